@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): deployments, device reports, credentials, push status, health and metrics."""

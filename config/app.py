@@ -1,0 +1,54 @@
+"""The composition root: builds the engine, the broker and (later) the providers from `Settings`, once per
+process, and hands them down. Nothing else in mdmq reads the environment or builds these parts."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+
+import dramatiq
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from config.settings import Settings, load_settings
+from models.database import create_engine
+from workers.broker import build_broker
+
+
+class App:
+    """mdmq's parts for one process. The engine is built lazily and rebuilt after a fork: a connection pool
+    inherited from a parent process would share sockets with it."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+        self._engine: Engine | None = None
+        self._engine_pid = 0
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None or self._engine_pid != os.getpid():
+                self._engine = create_engine(
+                    self.settings.database_url, pool_size=self.settings.database_pool_size
+                )
+                self._engine_pid = os.getpid()
+            return self._engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits when the block ends and rolls back when it raises."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @cached_property
+    def broker(self) -> dramatiq.Broker:
+        return build_broker(self.settings.broker_url)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None

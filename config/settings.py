@@ -1,0 +1,113 @@
+"""The one `Settings` class: every knob of mdmq, read from `MDMQ_*` environment variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MDMQ_"
+
+_DATABASE_SCHEMES = {
+    "sqlite": "sqlite",
+    "postgresql+psycopg": "postgresql+psycopg",
+    # Ops teams paste libpq-style URLs; they mean psycopg 3, the only driver we ship.
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+}
+_BROKER_SCHEMES = ("stub", "redis", "rediss", "amqp", "amqps")
+
+
+def redact_url(url: str) -> str:
+    """`scheme://user:secret@host/db` → `scheme://user:***@host/db`: errors must not leak a password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.partition(':')[0]}:***@{location}"
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class LogFormat(StrEnum):
+    auto = "auto"
+    text = "text"
+    json = "json"
+
+
+class SettingsError(Exception):
+    """The configuration is not valid."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        self.problem = problem
+        super().__init__(f"{variable}: {problem}")
+
+
+class Settings(BaseSettings):
+    """mdmq's configuration. The defaults are the embedded mode: SQLite, an in-process broker, the sandbox."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    environment: Environment = Environment.development
+    database_url: str = "sqlite:///mdmq.db"
+    broker_url: str = "stub://"
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.auto
+    sentry_dsn: str | None = None
+
+    database_pool_size: int = Field(default=5, ge=1, le=200)
+    # Rows per statement when deployments are created in bulk.
+    bulk_insert_batch: int = Field(default=5_000, ge=100, le=100_000)
+    # Deployments per dispatch message.
+    dispatch_chunk_size: int = Field(default=250, ge=1, le=5_000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in _DATABASE_SCHEMES:
+            raise ValueError(
+                f"expected sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB, got {redact_url(url)!r}"
+            )
+        if not rest.strip("/") and scheme != "sqlite":
+            raise ValueError(f"the URL names no host or database: {redact_url(url)!r}")
+        return f"{_DATABASE_SCHEMES[scheme]}://{rest}"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, url: str) -> str:
+        scheme, sep, _ = url.partition("://")
+        if not sep or scheme not in _BROKER_SCHEMES:
+            raise ValueError(
+                "expected stub://, redis://HOST:PORT/DB or amqp://USER:PASS@HOST:PORT/, "
+                f"got {redact_url(url)!r}"
+            )
+        return url
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when everything runs in one process: the demo and a first look."""
+        return self.broker_url.startswith("stub://")
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format is LogFormat.auto:
+            return self.environment is Environment.production
+        return self.log_format is LogFormat.json
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment into `Settings`, or raise `SettingsError` naming the first bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        error = e.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise SettingsError(ENV_PREFIX + field.upper(), message) from None

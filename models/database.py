@@ -1,0 +1,45 @@
+"""Engines for PostgreSQL and SQLite, each tuned for mdmq's write pattern."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+
+def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
+    """An engine for `url`. Call it in the process that uses it: a pool must never cross a fork."""
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, echo=echo)
+    return sa.create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        # A statement stuck behind a lock must not hold a worker thread for ever.
+        connect_args={"options": "-c lock_timeout=30s", "application_name": "mdmq"},
+    )
+
+
+def _sqlite_engine(url: str, *, echo: bool) -> Engine:
+    in_memory = url in ("sqlite://", "sqlite:///:memory:")
+    kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"check_same_thread": False, "timeout": 30}}
+    if in_memory:
+        # One shared connection, or every new connection would see a new empty database.
+        kwargs["poolclass"] = sa.pool.StaticPool
+    engine = sa.create_engine(url, **kwargs)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the demo's worker threads read while one of them writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

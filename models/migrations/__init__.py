@@ -1,0 +1,1 @@
+"""Alembic migrations of mdmq's schema, and the function that runs them."""

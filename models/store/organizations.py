@@ -1,0 +1,24 @@
+"""Organizations: the tenants."""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+
+from models.ids import is_organization_id
+from models.tables import Organization
+
+
+class InvalidOrganizationId(ValueError):
+    """An organization id must be 24 hex characters or at least 3 letters, digits and dashes."""
+
+
+def ensure_organization(session: Session, *, organization_id: str, name: str = "") -> Organization:
+    """The organization `organization_id`, created if it does not exist yet."""
+    if not is_organization_id(organization_id):
+        raise InvalidOrganizationId(f"invalid organization id {organization_id!r}")
+    organization = session.get(Organization, organization_id)
+    if organization is None:
+        organization = Organization(id=organization_id, name=name or organization_id)
+        session.add(organization)
+        session.flush()
+    return organization

@@ -1,0 +1,187 @@
+"""The SQLModel tables of DESIGN §2. All SQL that reads or writes them lives in `models.store`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from models.enums import (
+    Actor,
+    CertificateSource,
+    CredentialKind,
+    CredentialStatus,
+    Platform,
+    Provider,
+    PushEnvironment,
+    TokenState,
+)
+from models.statuses import Kind, Status
+from models.types import JSON, UTCDateTime, str_enum, utcnow
+
+ID = sa.String(24)
+ORG_ID = sa.String(64)
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BIGINT_PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _ts(*, nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _created() -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Organization(SQLModel, table=True):
+    """The tenant. Its settings override the defaults of the retry policy and pacing."""
+
+    id: str = Field(sa_type=ORG_ID, primary_key=True)
+    name: str = Field(default="", sa_type=sa.String(200))
+    wake_rate_per_s: float | None = None
+    retry_policy: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    created_at: datetime = _created()
+
+
+class PushCredential(SQLModel, table=True):
+    """What mdmq signs pushes with, one per organization and provider; renewing it replaces the material."""
+
+    __tablename__ = "push_credential"
+    __table_args__ = (sa.UniqueConstraint("organization_id", "provider"),)
+
+    id: str = Field(sa_type=ID, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID, foreign_key="organization.id")
+    provider: Provider = Field(sa_type=str_enum(Provider))
+    kind: CredentialKind = Field(sa_type=str_enum(CredentialKind))
+    # PEM, service-account JSON or API key. Write-only: never logged, never returned.
+    secret: str = Field(sa_type=sa.Text, repr=False)
+    fingerprint: str = Field(sa_type=sa.String(64))
+    key_id: str | None = Field(default=None, sa_type=sa.String(64))
+    team_id: str | None = Field(default=None, sa_type=sa.String(64))
+    topic: str | None = Field(default=None, sa_type=sa.String(255))
+    project_id: str | None = Field(default=None, sa_type=sa.String(255))
+    environment: PushEnvironment = Field(
+        default=PushEnvironment.production, sa_type=str_enum(PushEnvironment)
+    )
+    not_after: datetime | None = _ts()
+    status: CredentialStatus = Field(default=CredentialStatus.valid, sa_type=str_enum(CredentialStatus))
+    status_reason: str | None = Field(default=None, sa_type=sa.Text)
+    last_checked_at: datetime | None = _ts()
+    created_at: datetime = _created()
+    updated_at: datetime = _created()
+
+
+class Device(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_device_organization", "organization_id", "id"),)
+
+    id: str = Field(sa_type=ID, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID, foreign_key="organization.id")
+    platform: Platform = Field(sa_type=str_enum(Platform))
+    provider: Provider = Field(sa_type=str_enum(Provider))
+    push_token: str = Field(sa_type=sa.String(512), repr=False)
+    push_magic: str | None = Field(default=None, sa_type=sa.String(128), repr=False)
+    token_state: TokenState = Field(default=TokenState.valid, sa_type=str_enum(TokenState))
+    token_invalid_reason: str | None = Field(default=None, sa_type=sa.String(200))
+    token_invalid_at: datetime | None = _ts()
+    last_seen_at: datetime | None = _ts()
+    created_at: datetime = _created()
+
+
+class PushReceipt(SQLModel, table=True):
+    """One push sent. Only providers that report delivery (AOSP) fill `delivered` and `pending_devices`."""
+
+    __tablename__ = "push_receipt"
+    __table_args__ = (sa.Index("ix_push_receipt_poll", "provider", "delivered", "expires_at"),)
+
+    id: int | None = Field(default=None, sa_type=BIGINT_PK, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID, foreign_key="organization.id")
+    provider: Provider = Field(sa_type=str_enum(Provider))
+    provider_push_id: str | None = Field(default=None, sa_type=sa.String(200))
+    device_count: int = 1
+    sent_at: datetime = _created()
+    expires_at: datetime | None = _ts()
+    delivered: bool | None = None
+    pending_devices: int | None = None
+    last_polled_at: datetime | None = _ts()
+
+
+class Deployment(SQLModel, table=True):
+    """One profile, app, security action or message for one device, and where it stands."""
+
+    __table_args__ = (
+        # The sweeps: due Postponed / Waiting for startup, and Queued without a push (the relay).
+        sa.Index("ix_deployment_status_next", "status", "next_attempt_at"),
+        sa.Index("ix_deployment_org_status", "organization_id", "status"),
+        # Coalescing: every Queued deployment of a device is served by one wake-up.
+        sa.Index("ix_deployment_device_status", "device_id", "status"),
+        sa.Index("ix_deployment_receipt", "receipt_id"),
+    )
+
+    id: str = Field(sa_type=ID, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID, foreign_key="organization.id")
+    device_id: str = Field(sa_type=ID, foreign_key="device.id")
+    kind: Kind = Field(sa_type=str_enum(Kind))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    urgent: bool = False
+    status: Status = Field(default=Status.queued, sa_type=str_enum(Status))
+    previous_status: Status | None = Field(default=None, sa_type=str_enum(Status))
+    attempt_count: int = 0
+    postpone_count: int = 0
+    next_attempt_at: datetime | None = _ts()
+    hold_reason: str | None = Field(default=None, sa_type=sa.String(200))
+    error_code: str | None = Field(default=None, sa_type=sa.String(64))
+    error_message: str | None = Field(default=None, sa_type=sa.Text)
+    error_detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    last_device_reason: str | None = Field(default=None, sa_type=sa.Text)
+    receipt_id: int | None = Field(default=None, sa_type=sa.BigInteger, foreign_key="push_receipt.id")
+    created_at: datetime = _created()
+    updated_at: datetime = _created()
+    enqueued_at: datetime | None = _ts()
+    pushed_at: datetime | None = _ts()
+    fetched_at: datetime | None = _ts()
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+
+
+class DeploymentEvent(SQLModel, table=True):
+    """Append-only history, written in the transaction of the transition it records."""
+
+    __tablename__ = "deployment_event"
+    __table_args__ = (sa.Index("ix_deployment_event_deployment", "deployment_id", "id"),)
+
+    id: int | None = Field(default=None, sa_type=BIGINT_PK, primary_key=True)
+    deployment_id: str = Field(sa_type=ID, foreign_key="deployment.id")
+    from_status: Status | None = Field(default=None, sa_type=str_enum(Status))
+    to_status: Status = Field(sa_type=str_enum(Status))
+    at: datetime = _created()
+    actor: Actor = Field(sa_type=str_enum(Actor, 16))
+    detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+
+
+class WatchedCertificate(SQLModel, table=True):
+    """A certificate beyond the push credentials whose expiry would stop mdmq: a PEM file, a TLS endpoint."""
+
+    __tablename__ = "watched_certificate"
+    __table_args__ = (sa.UniqueConstraint("source", "target"),)
+
+    id: int | None = Field(default=None, sa_type=BIGINT_PK, primary_key=True)
+    source: CertificateSource = Field(sa_type=str_enum(CertificateSource))
+    target: str = Field(sa_type=sa.String(512))  # a path, or host:port
+    subject: str | None = Field(default=None, sa_type=sa.Text)
+    not_after: datetime | None = _ts()
+    last_checked_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = _created()
+
+
+class SchedulerLease(SQLModel, table=True):
+    """Which scheduler instance leads, until when. One row per lease name."""
+
+    __tablename__ = "scheduler_lease"
+
+    name: str = Field(sa_type=sa.String(64), primary_key=True)
+    holder: str = Field(sa_type=sa.String(128))
+    acquired_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)

@@ -1,0 +1,1 @@
+"""The APScheduler process: leader lease, certificate watch, sweeps."""

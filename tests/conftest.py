@@ -1,0 +1,118 @@
+"""Fixtures shared by every suite: databases (SQLite always, real PostgreSQL), sessions, factories."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel
+
+import models.tables  # noqa: F401  (registers the tables)
+from models.database import create_engine
+from models.enums import Platform
+from models.migrations.runner import upgrade
+from models.statuses import Kind
+from models.store import NewDeployment, create_deployments, ensure_organization
+from models.store.devices import NewDevice, add_devices
+from tests.services import CI, POSTGRES_ADMIN_URL, require
+
+TABLES = (
+    "deployment_event",
+    "deployment",
+    "push_receipt",
+    "push_credential",
+    "device",
+    "watched_certificate",
+    "scheduler_lease",
+    "organization",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.path) or "/acceptance/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # In CI a skipped integration test is a failure: it would hide a service that is not there.
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if CI and report.skipped and item.get_closest_marker("integration") is not None:
+        report.outcome = "failed"
+        report.longrepr = f"integration test skipped in CI: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, migrated to head by Alembic, dropped at the end."""
+    require(POSTGRES_ADMIN_URL, "PostgreSQL")
+    name = f"mdmq_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    engine = create_engine(postgres_url, pool_size=4)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg(postgres_engine: Engine) -> Engine:
+    """The PostgreSQL engine, with every table emptied before the test."""
+    with postgres_engine.begin() as connection:
+        connection.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    return postgres_engine
+
+
+@pytest.fixture
+def sqlite() -> Iterator[Engine]:
+    """An in-memory SQLite database with the schema of the models."""
+    engine = create_engine("sqlite://")
+    SQLModel.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each backend in turn: the same test runs on SQLite and on PostgreSQL."""
+    engine: Engine = request.getfixturevalue("sqlite" if request.param == "sqlite" else "pg")
+    return engine
+
+
+MakeDeployments = Callable[..., list[str]]
+
+
+@pytest.fixture
+def make_deployments() -> MakeDeployments:
+    """Create an organization, `count` devices and one Queued deployment of `kind` for each; commits."""
+
+    def make(engine: Engine, kind: Kind, count: int = 1, organization_id: str = "acme") -> list[str]:
+        with Session(engine) as session, session.begin():
+            ensure_organization(session, organization_id=organization_id)
+            devices = add_devices(
+                session,
+                organization_id=organization_id,
+                devices=[NewDevice(Platform.ios, f"token-{uuid.uuid4().hex}") for _ in range(count)],
+            )
+            return create_deployments(
+                session,
+                organization_id=organization_id,
+                deployments=[NewDeployment(device_id, kind, {"profile": "wifi"}) for device_id in devices],
+            )
+
+    return make

@@ -1,0 +1,1 @@
+"""Dramatiq broker set-up, the actors, the services they call, and the push providers."""

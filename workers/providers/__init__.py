@@ -1,0 +1,1 @@
+"""Push providers: one module per service (APNs, FCM, AOSP), each behind `PushProvider`."""
