@@ -33,7 +33,7 @@ TABLES = (
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "/integration/" in str(item.path) or "/acceptance/" in str(item.path):
+        if any(f"/{suite}/" in str(item.path) for suite in ("integration", "acceptance", "migration")):
             item.add_marker(pytest.mark.integration)
 
 

@@ -49,7 +49,7 @@ def add_devices(session: Session, *, organization_id: str, devices: Sequence[New
 
 
 def unknown_device_ids(session: Session, *, organization_id: str, ids: Collection[str]) -> set[str]:
-    """Those of `ids` that are not devices of `organization_id` (a device of another organization is not one)."""
+    """Those of `ids` that are not devices of `organization_id`; a device of another organization is not."""
     if not ids:
         return set()
     if dialect_of(session) == "postgresql":

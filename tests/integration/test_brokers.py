@@ -10,8 +10,8 @@ import dramatiq
 import pytest
 import redis
 
-from workers.broker import build_broker
 from tests.services import RABBITMQ_URL, REDIS_URL, require
+from workers.broker import build_broker
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
