@@ -1,0 +1,71 @@
+"""Emulated APNs, FCM and AOSP (Pushy-style) push services, spoken over real HTTP/2, for tests and benchmarks.
+
+mdmq's production provider clients talk to these emulators exactly as they talk to the real services: same
+protocol (HTTP/2 over TLS with ALPN ``h2``, or cleartext h2c with prior knowledge), same paths, headers, auth
+(ES256 provider JWT or TLS client certificate for APNs, RS256 service-account OAuth for FCM, ``api_key`` for
+AOSP) and the same status codes and error bodies.
+
+Quick start (async)::
+
+    from sandbox import DeviceRegistry, FaultConfig, Sandbox, Storm
+
+    registry = DeviceRegistry()
+    registry.add_apns_key(team_id="TEAM123456", key_id="KEY1234567", public_key=ec_public_key)
+    registry.add_apns_device(token_hex, topic="com.apple.mgmt.External.1234")
+    registry.add_apns_device(other_hex, topic="com.apple.mgmt.External.1234", online=False)
+    registry.unregister(dead_hex)                          # APNs 410 Unregistered / FCM 404 UNREGISTERED
+    registry.add_fcm_service_account("sa@proj.iam.gserviceaccount.com", rsa_public_key, project_id="proj")
+    registry.add_fcm_device(fcm_token, project_id="proj")
+    registry.add_aosp_api_key("0123abcd")
+    registry.add_aosp_device(aosp_token, online=False)     # stays in the push's pending_devices
+    registry.subscribe(lambda delivery: ...)               # called when a push reaches an online device
+
+    async with Sandbox(registry, apns_faults=FaultConfig(goaway_every_n_streams=500)) as sb:
+        sb.apns_url      # "http://127.0.0.1:PORT" (h2c) or "https://..." with tls=True
+        sb.fcm_url       # f"{sb.fcm_url}/token" and f"{sb.fcm_url}/v1/projects/proj/messages:send"
+        sb.aosp_url      # f"{sb.aosp_url}/push?api_key=KEY", f"{sb.aosp_url}/pushes/ID?api_key=KEY"
+        sb.apns_faults.start_storm(Storm(reason="ServiceUnavailable", fraction=0.5, duration_s=2.0))
+        sb.apns_faults.stop_storm()
+        registry.come_online(aosp_token)                   # drains it from pending_devices, fires subscribers
+
+Sync tests use ``SandboxThread`` (same arguments, ``with SandboxThread(registry) as sb:``), which runs
+the emulators on an event loop in a background thread.
+``serve_forever(host, apns_port, fcm_port, aosp_port, tls)`` runs them until interrupted (``mdmq sandbox``).
+
+TLS: ``Sandbox(registry, tls=True)`` makes a throw-away CA and a server certificate for ``localhost``,
+``127.0.0.1`` and the real service host names; clients trust ``sb.tls.ca_pem``. ALPN selects ``h2``.
+APNs client-certificate auth: ``registry.add_apns_client_ca(ca_cert)`` (before start) and
+``registry.add_apns_client_certificate(cert, topics=[...])``; ``sandbox.tls`` has helpers to make keys and
+certificates for tests.
+
+Faults (``sandbox.faults``): ``FaultConfig`` is fixed per run (latency ``Latency.fixed(ms)`` /
+``Latency.uniform(lo, hi)`` / ``Latency.normal(mean, sd)`` with ``seed``; ``error_rates`` by the
+provider's own reason, e.g. ``{"BadDeviceToken": 0.01}`` or ``{"UNAVAILABLE": 0.05}``; a ``storm``;
+``goaway_every_n_streams``; ``max_concurrent_streams`` advertised in SETTINGS). Each emulator gets a
+``FaultRuntime`` (``sb.apns_faults``, ``sb.fcm_faults``, ``sb.aosp_faults``) that can be changed while it
+runs.
+
+Time: ``DeviceRegistry(clock=...)`` takes a ``() -> float`` (unix seconds) so expiry can be tested without
+sleeping; the emulators read the time through the registry's clock.
+
+Emulator choices where the real services do not document behaviour: a non-JSON APNs body is answered
+400 ``PayloadEmpty``; h2 treats a client exceeding ``SETTINGS_MAX_CONCURRENT_STREAMS`` as a connection error
+(GOAWAY ``PROTOCOL_ERROR``); AOSP pushes are kept for the emulator's lifetime, so a push past its expiration
+still answers its status with the devices that never received it.
+"""
+
+from sandbox.faults import FaultConfig, FaultRuntime, Latency, Storm
+from sandbox.registry import Delivery, DeviceRegistry
+from sandbox.server import Sandbox, SandboxThread, serve_forever
+
+__all__ = [
+    "Delivery",
+    "DeviceRegistry",
+    "FaultConfig",
+    "FaultRuntime",
+    "Latency",
+    "Sandbox",
+    "SandboxThread",
+    "Storm",
+    "serve_forever",
+]
