@@ -165,3 +165,26 @@ def test_one_call_moves_many_kinds_each_to_its_own_spelling(
     for kind, group in ids.items():
         expected = S.action_in_progress if kind is Kind.security_action else S.in_progress
         assert {status_of(sqlite, i) for i in group} == {expected}
+
+
+def test_a_refusal_is_counted_and_logged(
+    sqlite: Engine, make_deployments: MakeDeployments, caplog: pytest.LogCaptureFixture
+) -> None:
+    from models import metrics
+
+    [deployment_id] = make_deployments(sqlite, Kind.profile)
+    force_status(sqlite, deployment_id, S.completed)
+    counter = metrics.TRANSITION_REFUSALS.labels(reason="not_allowed", actor="device")
+    before = counter._value.get()
+
+    with (
+        Session(sqlite) as session,
+        session.begin(),
+        caplog.at_level("INFO", logger="models.store.transitions"),
+    ):
+        transition(session, ids=[deployment_id], move=Move.to(S.waiting), actor=Actor.device)
+
+    assert counter._value.get() == before + 1
+    [record] = caplog.records
+    assert record.deployment_id == deployment_id  # type: ignore[attr-defined]
+    assert "cannot move to Waiting" in record.getMessage()
