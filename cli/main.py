@@ -29,6 +29,21 @@ def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision to 
     typer.echo(f"database at {revision}")
 
 
+@app.command()
+def sandbox(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    apns_port: int = typer.Option(2197, help="APNs emulator port (0: any free port)."),
+    fcm_port: int = typer.Option(2198, help="FCM emulator port (0: any free port)."),
+    aosp_port: int = typer.Option(2199, help="AOSP (Pushy-style) emulator port (0: any free port)."),
+    tls: bool = typer.Option(False, "--tls", help="HTTP/2 over TLS with a throw-away CA instead of h2c."),
+) -> None:
+    """Run the APNs, FCM and AOSP emulators until stopped. They accept any device and credential."""
+    from sandbox import serve_forever
+
+    configure_logging(level=load_settings().log_level)
+    serve_forever(host, apns_port, fcm_port, aosp_port, tls)
+
+
 def main() -> None:
     try:
         app()
