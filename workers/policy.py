@@ -1,0 +1,103 @@
+"""The retry policy: when a postponed deployment is tried again, and when it has had enough chances.
+
+Limits are per kind (a wipe cannot wait three days; a profile can) and an organization may override any of
+them in `Organization.retry_policy`, e.g. `{"profile": {"max_postpones": 20, "deadline_s": 604800}}`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from models.statuses import Kind
+
+_DAY = 86_400
+
+
+@dataclass(frozen=True)
+class KindPolicy:
+    max_postpones: int  # NotNow / agent-not-started reports before the deployment fails
+    deadline_s: int  # from creation; past it an unfinished deployment fails
+    postpone_first_s: int  # first wait after a postponement; doubles each time
+    postpone_max_s: int
+    max_pushes: int  # wake-up pushes without a check-in before the deployment fails
+    push_first_s: int  # first wait before a re-push or a transient provider failure is retried
+    push_max_s: int
+
+
+DEFAULTS: Mapping[Kind, KindPolicy] = {
+    Kind.profile: KindPolicy(12, 3 * _DAY, 300, 4 * 3600, 8, 600, 6 * 3600),
+    Kind.app: KindPolicy(12, 3 * _DAY, 300, 4 * 3600, 8, 600, 6 * 3600),
+    # A lock or wipe of a lost phone is retried fast and given up early: the admin must know soon.
+    Kind.security_action: KindPolicy(0, 1 * _DAY, 60, 600, 12, 60, 1800),
+    Kind.message: KindPolicy(0, 7 * _DAY, 300, 3600, 6, 900, 6 * 3600),
+}
+
+
+class InvalidPolicy(ValueError):
+    """An organization's retry policy override is not valid."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    kinds: Mapping[Kind, KindPolicy]
+
+    @classmethod
+    def defaults(cls) -> RetryPolicy:
+        return cls(DEFAULTS)
+
+    def overridden(self, overrides: Mapping[str, Any] | None) -> RetryPolicy:
+        """This policy with an organization's overrides applied; unknown kinds or fields are an error."""
+        if not overrides:
+            return self
+        kinds = dict(self.kinds)
+        for kind_name, changes in overrides.items():
+            kind = _kind(kind_name)
+            kinds[kind] = _apply(kinds[kind], changes, kind_name)
+        return RetryPolicy(kinds)
+
+    def __getitem__(self, kind: Kind) -> KindPolicy:
+        return self.kinds[kind]
+
+
+def backoff_s(attempt: int, first_s: int, max_s: int, rng: random.Random | None = None) -> float:
+    """Exponential back-off with full jitter over the upper half: attempt 1 waits about `first_s`."""
+    ceiling: float = min(max_s, first_s * 2 ** max(attempt - 1, 0))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())
+
+
+def next_attempt_at(
+    policy: KindPolicy,
+    *,
+    postpones: int,
+    created_at: datetime,
+    now: datetime,
+    rng: random.Random | None = None,
+) -> datetime | None:
+    """When to try a deployment postponed `postpones` times, or None when it has had enough chances."""
+    if postpones > policy.max_postpones:
+        return None
+    at = now + timedelta(seconds=backoff_s(postpones, policy.postpone_first_s, policy.postpone_max_s, rng))
+    deadline = created_at + timedelta(seconds=policy.deadline_s)
+    return at if at < deadline else None
+
+
+def _kind(name: str) -> Kind:
+    try:
+        return Kind(name)
+    except ValueError:
+        raise InvalidPolicy(
+            f"unknown kind {name!r} in retry policy; expected one of {', '.join(Kind)}"
+        ) from None
+
+
+def _apply(policy: KindPolicy, changes: Any, kind_name: str) -> KindPolicy:
+    known = {f.name for f in fields(KindPolicy)}
+    if not isinstance(changes, Mapping) or not set(changes) <= known:
+        raise InvalidPolicy(f"retry policy for {kind_name!r} may set only: {', '.join(sorted(known))}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in changes.values()):
+        raise InvalidPolicy(f"retry policy values for {kind_name!r} must be whole numbers >= 0")
+    return replace(policy, **changes)
