@@ -19,7 +19,7 @@ _DAY = 86_400
 
 @dataclass(frozen=True)
 class KindPolicy:
-    max_postpones: int  # NotNow / agent-not-started reports before the deployment fails
+    max_postpones: int  # the NotNow / agent-not-started report that makes this many fails the deployment
     deadline_s: int  # from creation; past it an unfinished deployment fails
     postpone_first_s: int  # first wait after a postponement; doubles each time
     postpone_max_s: int
@@ -78,7 +78,7 @@ def next_attempt_at(
     rng: random.Random | None = None,
 ) -> datetime | None:
     """When to try a deployment postponed `postpones` times, or None when it has had enough chances."""
-    if postpones > policy.max_postpones:
+    if postpones >= policy.max_postpones:
         return None
     at = now + timedelta(seconds=backoff_s(postpones, policy.postpone_first_s, policy.postpone_max_s, rng))
     deadline = created_at + timedelta(seconds=policy.deadline_s)

@@ -28,7 +28,9 @@ def test_a_postponed_profile_is_retried_until_its_postpones_run_out() -> None:
     first = next_attempt_at(policy, postpones=1, created_at=created, now=NOW)
     assert first is not None
     assert NOW + timedelta(seconds=150) <= first <= NOW + timedelta(seconds=300)
-    assert next_attempt_at(policy, postpones=policy.max_postpones + 1, created_at=created, now=NOW) is None
+    last = policy.max_postpones - 1
+    assert next_attempt_at(policy, postpones=last, created_at=created, now=NOW) is not None
+    assert next_attempt_at(policy, postpones=policy.max_postpones, created_at=created, now=NOW) is None
 
 
 def test_no_retry_is_scheduled_past_the_deadline() -> None:

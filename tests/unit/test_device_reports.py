@@ -1,0 +1,143 @@
+"""Device reports through the report service: postponements follow the retry policy, and the Failed texts
+say what happened in an admin's words."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from models.reports import Report
+from models.statuses import Kind, Status
+from models.store import get_deployment
+from models.tables import Deployment, Organization
+from models.types import utcnow
+from tests.conftest import MakeDeployments
+from workers.policy import RetryPolicy
+from workers.services.reports import DeviceReport, record_device_report
+
+POLICY = RetryPolicy.defaults()
+
+
+def _report(engine: Engine, report: DeviceReport, at_hours: float = 0) -> None:
+    with Session(engine) as session, session.begin():
+        record_device_report(session, report, policy=POLICY, now=utcnow() + timedelta(hours=at_hours))
+
+
+def _deployment(engine: Engine, deployment_id: str) -> Deployment:
+    with Session(engine) as session:
+        deployment = get_deployment(session, deployment_id=deployment_id)
+        assert deployment is not None
+        return deployment
+
+
+def test_not_now_postpones_with_a_retry_time_from_the_policy(
+    sqlite: Engine, make_deployments: MakeDeployments
+) -> None:
+    [deployment_id] = make_deployments(sqlite, Kind.profile)
+    before = utcnow()
+
+    _report(sqlite, DeviceReport(deployment_id, Report.not_now, reason="device locked with passcode"))
+
+    deployment = _deployment(sqlite, deployment_id)
+    assert deployment.status is Status.postponed
+    assert deployment.postpone_count == 1
+    assert deployment.last_device_reason == "device locked with passcode"
+    assert deployment.next_attempt_at is not None
+    first = POLICY[Kind.profile].postpone_first_s
+    assert before + timedelta(seconds=first / 2) <= deployment.next_attempt_at
+    assert deployment.next_attempt_at <= utcnow() + timedelta(seconds=first)
+
+
+def test_a_duplicated_not_now_is_refused_and_counts_nothing(
+    sqlite: Engine, make_deployments: MakeDeployments
+) -> None:
+    [deployment_id] = make_deployments(sqlite, Kind.app)
+    _report(sqlite, DeviceReport(deployment_id, Report.not_now, reason="busy"))
+    _report(sqlite, DeviceReport(deployment_id, Report.not_now, reason="busy"))
+
+    assert _deployment(sqlite, deployment_id).postpone_count == 1
+
+
+def test_the_last_allowed_postponement_fails_with_what_happened(
+    sqlite: Engine, make_deployments: MakeDeployments
+) -> None:
+    [deployment_id] = make_deployments(sqlite, Kind.profile)
+    limit = POLICY[Kind.profile].max_postpones
+    for attempt in range(limit):
+        # The sweep returns it to Queued, the device fetches it and says NotNow again, hours apart.
+        _report(sqlite, DeviceReport(deployment_id, Report.fetched), at_hours=attempt * 5)
+        _report(sqlite, DeviceReport(deployment_id, Report.not_now, reason="device locked with passcode"),
+                at_hours=attempt * 5)  # fmt: skip
+
+    deployment = _deployment(sqlite, deployment_id)
+    assert deployment.status is Status.failed
+    assert deployment.error_code == "postponed_too_often"
+    assert deployment.error_message == (
+        f"Postponed {limit} times over 2 days; last device reason: device locked with passcode"
+    )
+
+
+def test_an_organization_may_allow_more_postponements(
+    sqlite: Engine, make_deployments: MakeDeployments
+) -> None:
+    [deployment_id] = make_deployments(sqlite, Kind.profile)
+    with Session(sqlite) as session, session.begin():
+        organization = session.get(Organization, "acme")
+        assert organization is not None
+        organization.retry_policy = {"profile": {"max_postpones": 1}}
+
+    _report(sqlite, DeviceReport(deployment_id, Report.not_now, reason="busy"))
+
+    assert _deployment(sqlite, deployment_id).status is Status.failed
+
+
+def test_a_device_error_keeps_the_error_chain(sqlite: Engine, make_deployments: MakeDeployments) -> None:
+    [deployment_id] = make_deployments(sqlite, Kind.profile)
+    chain = [
+        {"ErrorCode": 4001, "ErrorDomain": "MCInstallationErrorDomain",
+         "LocalizedDescription": "Profile Installation Failed",
+         "USEnglishDescription": "Profile Installation Failed"},
+        {"ErrorCode": 2003, "ErrorDomain": "MCPayloadErrorDomain",
+         "USEnglishDescription": "The Wi-Fi payload has an invalid password."},
+    ]  # fmt: skip
+
+    _report(sqlite, DeviceReport(deployment_id, Report.error, error_chain=chain))
+
+    deployment = _deployment(sqlite, deployment_id)
+    assert deployment.status is Status.failed
+    assert deployment.error_code == "device_error"
+    assert deployment.error_message == (
+        "The device reported an error: Profile Installation Failed (MCInstallationErrorDomain 4001)"
+    )
+    assert deployment.error_detail is not None
+    assert deployment.error_detail["error_chain"] == chain
+
+
+@pytest.mark.parametrize(
+    ("kind", "report", "status"),
+    [
+        (Kind.profile, Report.agent_not_started, Status.waiting_for_startup),
+        (Kind.security_action, Report.accepted, Status.accepted_by_device),
+        (Kind.message, Report.notification_shown, Status.notification_created),
+    ],
+)
+def test_other_reports_move_to_their_kinds_status(
+    sqlite: Engine, make_deployments: MakeDeployments, kind: Kind, report: Report, status: Status
+) -> None:
+    [deployment_id] = make_deployments(sqlite, kind)
+
+    _report(sqlite, DeviceReport(deployment_id, report))
+
+    assert _deployment(sqlite, deployment_id).status is status
+
+
+def test_not_now_for_a_security_action_is_refused(sqlite: Engine, make_deployments: MakeDeployments) -> None:
+    [deployment_id] = make_deployments(sqlite, Kind.security_action)
+
+    _report(sqlite, DeviceReport(deployment_id, Report.not_now, reason="busy"))
+
+    deployment = _deployment(sqlite, deployment_id)
+    assert (deployment.status, deployment.postpone_count) == (Status.queued, 0)
