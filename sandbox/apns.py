@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,31 +104,33 @@ class ApnsEmulator:
         self.auth = ApnsAuthenticator(registry, environment)
 
     def __call__(self, request: Request) -> Response:
-        apns_id = request.header("apns-id")
-        echo_id = apns_id if apns_id is not None and _UUID.match(apns_id) else str(uuid.uuid4())
+        fields = dict(reversed(request.headers))  # the first of repeated fields, as `Request.header`
+        apns_id = fields.get("apns-id")
+        echo_id = apns_id if apns_id is not None and _UUID.match(apns_id) else _new_apns_id()
         try:
-            self._push(request)
+            self._push(request, fields, echo_id)
         except ApnsRejected as rejected:
             return self._error(echo_id, rejected.reason, retry_after_s=rejected.retry_after_s)
         except _Unregistered as gone:
             return self._error(echo_id, gone.reason, timestamp_ms=gone.timestamp_ms)
         return Response(200, self._id_headers(echo_id))
 
-    def _push(self, request: Request) -> None:
+    def _push(self, request: Request, fields: Mapping[str, str], apns_id: str) -> None:
         token = _route(request)
         injected = self.faults.pick_error()
         if injected is not None:
             raise ApnsRejected(injected.reason, retry_after_s=injected.retry_after_s)
-        _check_duplicates(request)
-        pusher = self.auth.authenticate(request.header("authorization"), request.connection)
-        topic = _topic(request, pusher)
-        push_type = _check_headers(request)
+        if len(fields) != len(request.headers):
+            _check_duplicates(request)
+        pusher = self.auth.authenticate(fields.get("authorization"), request.connection)
+        topic = _topic(fields, pusher)
+        push_type = _check_headers(fields)
         payload = _payload(request.body, push_type)
-        expires_at = self._expiration(request)
-        self._deliver(token, topic, payload, request.header("apns-id"), expires_at)
+        expires_at = self._expiration(fields)
+        self._deliver(token, topic, payload, apns_id, expires_at)
 
-    def _expiration(self, request: Request) -> float:
-        raw = request.header("apns-expiration")
+    def _expiration(self, fields: Mapping[str, str]) -> float:
+        raw = fields.get("apns-expiration")
         now = self.registry.clock()
         if raw is None:
             return now + DEFAULT_EXPIRATION_S
@@ -136,7 +138,7 @@ class ApnsEmulator:
         return float(raw) if raw != "0" else now
 
     def _deliver(
-        self, token: str, topic: str, payload: dict[str, Any], apns_id: str | None, expires_at: float
+        self, token: str, topic: str, payload: dict[str, Any], apns_id: str, expires_at: float
     ) -> None:
         device = self.registry.resolve(token.lower(), Provider.apns, topic=topic)
         if device is None or device.provider is not Provider.apns:
@@ -146,14 +148,13 @@ class ApnsEmulator:
             raise _Unregistered(reason, int((device.state_changed_at or 0) * 1000))
         if device.topic != topic:
             raise ApnsRejected("DeviceTokenNotForTopic")
-        push_id = apns_id or str(uuid.uuid4())
         self.registry.accept_push(
-            device.token, push_id=push_id, payload=payload, expires_at=expires_at, keep_only_latest=True
+            device.token, push_id=apns_id, payload=payload, expires_at=expires_at, keep_only_latest=True
         )
 
     def _id_headers(self, apns_id: str) -> tuple[tuple[str, str], ...]:
         if self.environment == "development":
-            return (("apns-id", apns_id), ("apns-unique-id", str(uuid.uuid4())))
+            return (("apns-id", apns_id), ("apns-unique-id", _new_apns_id()))
         return (("apns-id", apns_id),)
 
     def _error(
@@ -195,8 +196,17 @@ def _check_duplicates(request: Request) -> None:
         raise ApnsRejected("DuplicateHeaders")
 
 
-def _topic(request: Request, pusher: Pusher) -> str:
-    topic = request.header("apns-topic") or pusher.default_topic
+def _new_apns_id() -> str:
+    """A random (version 4) UUID, as `str(uuid.uuid4())` but without its two Python-level calls."""
+    octets = bytearray(os.urandom(16))
+    octets[6] = (octets[6] & 0x0F) | 0x40
+    octets[8] = (octets[8] & 0x3F) | 0x80
+    text = octets.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _topic(fields: Mapping[str, str], pusher: Pusher) -> str:
+    topic = fields.get("apns-topic") or pusher.default_topic
     if topic is None:
         raise ApnsRejected("MissingTopic")
     if not _TOPIC.match(topic):
@@ -206,21 +216,21 @@ def _topic(request: Request, pusher: Pusher) -> str:
     return topic
 
 
-def _check_headers(request: Request) -> str:
+def _check_headers(fields: Mapping[str, str]) -> str:
     """Validate the apns-* headers; return the push type (APNs assumes alert when none is given)."""
-    apns_id = request.header("apns-id")
+    apns_id = fields.get("apns-id")
     if apns_id is not None and not _UUID.match(apns_id):
         raise ApnsRejected("BadMessageId")
-    priority = request.header("apns-priority")
+    priority = fields.get("apns-priority")
     if priority is not None and priority not in PRIORITIES:
         raise ApnsRejected("BadPriority")
-    expiration = request.header("apns-expiration")
+    expiration = fields.get("apns-expiration")
     if expiration is not None and not expiration.isdigit():
         raise ApnsRejected("BadExpirationDate")
-    collapse_id = request.header("apns-collapse-id")
+    collapse_id = fields.get("apns-collapse-id")
     if collapse_id is not None and len(collapse_id.encode()) > MAX_COLLAPSE_ID:
         raise ApnsRejected("BadCollapseId")
-    push_type = request.header("apns-push-type") or "alert"
+    push_type = fields.get("apns-push-type") or "alert"
     if push_type not in PUSH_TYPES:
         raise ApnsRejected("InvalidPushType")
     return push_type

@@ -52,7 +52,9 @@ class ApnsAuthenticator:
     def __init__(self, registry: DeviceRegistry, environment: str) -> None:
         self.registry = registry
         self.environment = environment
-        # Signature checks are the costly part; a connection reuses one token for up to an hour.
+        # Signature checks are the costly part; a connection reuses one token for up to an hour. Keyed by the
+        # exact token, so a changed token (another key, team or iat) is verified anew; revocation, the key's
+        # environment and the token's age are checked on every request, cached or not.
         self._verified: dict[str, _VerifiedToken] = {}
 
     def authenticate(self, authorization: str | None, connection: ConnectionInfo) -> Pusher:
@@ -84,10 +86,17 @@ class ApnsAuthenticator:
         if cached is not None and self.registry.credentials.apns_keys.get(cached.key_id) is cached.key:
             return cached
         verified = self._verify_signature(token)
-        if len(self._verified) >= _CACHE_LIMIT:
-            self._verified.clear()
-        self._verified[token] = verified
+        self._remember(token, verified)
         return verified
+
+    def _remember(self, token: str, verified: _VerifiedToken) -> None:
+        if len(self._verified) >= _CACHE_LIMIT:
+            # Expired tokens only ever earn ExpiredProviderToken, which needs no signature check either,
+            # but they are the first to go; when every entry is live, start over.
+            oldest_live = self.registry.clock() - PROVIDER_TOKEN_TTL_S
+            live = {t: v for t, v in self._verified.items() if v.issued_at >= oldest_live}
+            self._verified = live if len(live) < _CACHE_LIMIT else {}
+        self._verified[token] = verified
 
     def _verify_signature(self, token: str) -> _VerifiedToken:
         try:

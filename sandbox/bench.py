@@ -1,6 +1,13 @@
-"""The APNs emulator's requests/s and CPU per request, driven by a raw h2 client: `python -m sandbox.bench`.
+"""The APNs emulator's requests/s and CPU per request: `python -m sandbox.bench [--requests N] [...]`.
 
-The server runs in its own process so that its CPU time is measured apart from the client's.
+The emulator runs in its own process, so that its CPU time is measured apart from the client's, and is asked
+for it at the start and end of the measured run. The client (`sandbox.bench_client`) sends `mdm` pushes with a
+provider token, `--concurrency` at a time over `--connections` connections, after a warm-up that opens the
+connections and has the token verified. The server counts as saturated when its CPU was busy for at least
+90% of the run: then requests/s is the emulator's limit, otherwise the client's or the latency's.
+
+Prints the results and writes them as JSON to `<--output-dir>/sandbox-<timestamp>.json`
+(default benchmarks/results, relative to the working directory).
 """
 
 from __future__ import annotations
@@ -9,93 +16,219 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import resource
+import os
+import platform
+import ssl
+import threading
 import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sandbox.h2client import H2Client
+from sandbox.bench_client import BenchConnection
+from sandbox.faults import FaultConfig, Latency
 from sandbox.registry import DeviceRegistry
 from sandbox.server import Sandbox
 
+TEAM_ID = "TEAMBENCH1"
+KEY_ID = "KEYBENCH01"
 TOPIC = "com.apple.mgmt.External.bench"
 TOKEN = "ab" * 32
+BODY = json.dumps({"mdm": "push-magic"}).encode()
+WARM_UP_REQUESTS = 200
+SATURATED_SHARE = 0.9
 
 
-def _serve(key_pem: bytes, ready: Any, done: Any, result: Any) -> None:
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    requests: int
+    connections: int
+    concurrency: int
+    latency_ms: float
+    tls: bool
+    accepted: int
+    elapsed_s: float
+    requests_per_s: float
+    server_cpu_us_per_request: float
+    client_cpu_us_per_request: float
+    server_cpu_share: float  # server CPU seconds per wall-clock second of the run
+    server_saturated: bool
+
+
+# -- the emulator's process ------------------------------------------------------------------------------
+
+
+def _serve(pipe: Connection, key_pem: bytes, latency_ms: float, tls: bool) -> None:
+    registry = DeviceRegistry()
+    registry.add_apns_key(team_id=TEAM_ID, key_id=KEY_ID, public_key=key_pem)
+    registry.add_apns_device(TOKEN, topic=TOPIC)
+    faults = FaultConfig(latency=Latency.fixed(latency_ms))
+
     async def main() -> None:
-        registry = DeviceRegistry()
-        registry.add_apns_key(team_id="TEAMBENCH1", key_id="KEYBENCH01", public_key=key_pem)
-        registry.add_apns_device(TOKEN, topic=TOPIC)
-        async with Sandbox(registry) as sandbox:
-            ready.put(sandbox.ports["apns"])
-            before = resource.getrusage(resource.RUSAGE_SELF)
-            await asyncio.get_running_loop().run_in_executor(None, done.wait)
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            result.put((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+        async with Sandbox(registry, tls=tls, apns_faults=faults) as sandbox:
+            ca_pem = sandbox.tls.ca_pem if sandbox.tls is not None else None
+            pipe.send((sandbox.ports["apns"], ca_pem))
+            stopped = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            threading.Thread(target=_answer_cpu_queries, args=(pipe, loop, stopped), daemon=True).start()
+            await stopped.wait()
 
     asyncio.run(main())
 
 
-async def _drive(port: int, token: str, requests: int, connections: int, concurrency: int) -> float:
-    clients = [await H2Client.connect("127.0.0.1", port) for _ in range(connections)]
-    headers = [("authorization", f"bearer {token}"), ("apns-topic", TOPIC), ("apns-push-type", "mdm")]
-    body = json.dumps({"mdm": "push-magic"}).encode()
-    remaining = requests
+def _answer_cpu_queries(pipe: Connection, loop: asyncio.AbstractEventLoop, stopped: asyncio.Event) -> None:
+    # "cpu" is answered with the process's CPU seconds so far (all threads), until "stop".
+    while pipe.recv() == "cpu":
+        pipe.send(time.process_time())
+    loop.call_soon_threadsafe(stopped.set)
 
-    async def worker(client: H2Client) -> None:
-        nonlocal remaining
+
+def _server_cpu_s(pipe: Connection) -> float:
+    pipe.send("cpu")
+    cpu_s: float = pipe.recv()
+    return cpu_s
+
+
+# -- the client ------------------------------------------------------------------------------------------
+
+
+async def _open(port: int, token: str, args: Any, ca_pem: bytes | None) -> list[BenchConnection]:
+    context = None
+    if ca_pem is not None:
+        context = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+        context.set_alpn_protocols(["h2"])
+    headers = [
+        (":method", "POST"),
+        (":scheme", "https" if context is not None else "http"),
+        (":authority", f"127.0.0.1:{port}"),
+        (":path", f"/3/device/{TOKEN}"),
+        ("authorization", f"bearer {token}"),
+        ("apns-topic", TOPIC),
+        ("apns-push-type", "mdm"),
+    ]
+    return [
+        await BenchConnection.open("127.0.0.1", port, headers, BODY, context) for _ in range(args.connections)
+    ]
+
+
+async def _send(connections: list[BenchConnection], requests: int, concurrency: int) -> int:
+    """Send `requests` pushes, `concurrency` at a time; return how many were accepted (200)."""
+    remaining, accepted = requests, 0
+
+    async def worker(connection: BenchConnection) -> None:
+        nonlocal remaining, accepted
         while remaining > 0:
             remaining -= 1
-            response = await client.request("POST", f"/3/device/{TOKEN}", headers, body)
-            assert response.status == 200, response.body
+            response = await connection.request()
+            accepted += response.status == 200
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(clients[i % connections]) for i in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    for client in clients:
-        await client.close()
-    return elapsed
+    await asyncio.gather(*(worker(connections[i % len(connections)]) for i in range(concurrency)))
+    return accepted
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--concurrency", type=int, default=200)
-    args = parser.parse_args()
+async def _drive(pipe: Connection, port: int, token: str, args: Any, ca_pem: bytes | None) -> BenchResult:
+    connections = await _open(port, token, args, ca_pem)
+    await _send(connections, WARM_UP_REQUESTS, min(args.concurrency, WARM_UP_REQUESTS))
+    started, client_started, server_started = time.perf_counter(), time.process_time(), _server_cpu_s(pipe)
+    accepted = await _send(connections, args.requests, args.concurrency)
+    elapsed_s = time.perf_counter() - started
+    client_cpu_s, server_cpu_s = time.process_time() - client_started, _server_cpu_s(pipe) - server_started
+    for connection in connections:
+        await connection.close()
+    share = server_cpu_s / elapsed_s
+    return BenchResult(
+        requests=args.requests,
+        connections=args.connections,
+        concurrency=args.concurrency,
+        latency_ms=args.latency_ms,
+        tls=args.tls,
+        accepted=accepted,
+        elapsed_s=round(elapsed_s, 3),
+        requests_per_s=round(args.requests / elapsed_s),
+        server_cpu_us_per_request=round(server_cpu_s / args.requests * 1e6, 1),
+        client_cpu_us_per_request=round(client_cpu_s / args.requests * 1e6, 1),
+        server_cpu_share=round(share, 2),
+        server_saturated=share >= SATURATED_SHARE,
+    )
+
+
+# -- the command -----------------------------------------------------------------------------------------
+
+
+def run(args: Any) -> BenchResult:
     key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    token = jwt.encode({"iss": "TEAMBENCH1", "iat": int(time.time())}, key, "ES256", {"kid": "KEYBENCH01"})
-    ready: multiprocessing.Queue[int] = multiprocessing.Queue()
-    result: multiprocessing.Queue[float] = multiprocessing.Queue()
-    done = multiprocessing.Event()
-    server = multiprocessing.Process(target=_serve, args=(key_pem, ready, done, result))
-    server.start()
-    port = ready.get(timeout=30)
-    elapsed = asyncio.run(_drive(port, token, args.requests, args.connections, args.concurrency))
-    done.set()
-    server_cpu_s = result.get(timeout=30)
-    server.join()
-    print(
-        json.dumps(
-            {
-                "requests": args.requests,
-                "connections": args.connections,
-                "concurrency": args.concurrency,
-                "elapsed_s": round(elapsed, 3),
-                "requests_per_s": round(args.requests / elapsed),
-                "server_cpu_us_per_request": round(server_cpu_s / args.requests * 1e6, 1),
-                "server_cpu_share": round(server_cpu_s / elapsed, 2),
-            }
-        )
+    token = jwt.encode({"iss": TEAM_ID, "iat": int(time.time())}, key, "ES256", {"kid": KEY_ID})
+    ours, theirs = multiprocessing.Pipe()
+    server = multiprocessing.Process(
+        target=_serve, args=(theirs, key_pem, args.latency_ms, args.tls), daemon=True
     )
+    server.start()
+    try:
+        port, ca_pem = ours.recv()
+        return asyncio.run(_drive(ours, port, token, args, ca_pem))
+    finally:
+        ours.send("stop")
+        server.join(timeout=10)
+
+
+def report(result: BenchResult, output_dir: Path) -> Path:
+    saturated = "saturated" if result.server_saturated else "not saturated"
+    print(
+        f"{result.requests_per_s} requests/s "
+        f"({result.accepted}/{result.requests} accepted in {result.elapsed_s} s)\n"
+        f"server CPU {result.server_cpu_us_per_request} µs/request "
+        f"({result.server_cpu_share:.0%} busy: {saturated})\n"
+        f"client CPU {result.client_cpu_us_per_request} µs/request"
+    )
+    at = datetime.now(UTC)
+    document = {
+        "benchmark": "sandbox",
+        "at": at.isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
+        **asdict(result),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"sandbox-{at.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"written to {path}")
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> Any:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--concurrency", type=int, default=200, help="requests in flight, over all connections"
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency the emulator injects")
+    parser.add_argument("--tls", action="store_true", help="TLS with ALPN h2 instead of cleartext h2c")
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    if min(args.requests, args.connections, args.concurrency) < 1 or args.latency_ms < 0:
+        parser.error(
+            "--requests, --connections and --concurrency must be positive, --latency-ms not negative"
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    report(result, args.output_dir)
+    return 0 if result.accepted == result.requests else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,36 +1,37 @@
-"""A small asyncio HTTP/2 server on the `h2` state machine, with the frame control fault injection needs.
+"""A small asyncio HTTP/2 server on `ServerConnection`, with the frame control fault injection needs.
 
 Why not hypercorn: the emulators must send GOAWAY after the Nth stream while still answering the streams up to
 it, advertise a chosen SETTINGS_MAX_CONCURRENT_STREAMS, delay single responses without holding up others,
 and cost little CPU per request so that they are never the bottleneck of a fan-out benchmark.
-Handlers are synchronous functions `Request -> Response`; latency is a timer, not a task per request.
+Handlers are synchronous functions `Request -> Response`. Delayed answers wait in one timer per millisecond
+of due time, not one per request, and everything a batch of input or a timer produces goes out in one write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-import hpack
 from h2.errors import ErrorCodes
 
 from sandbox.faults import FaultRuntime
+from sandbox.h2_connection import ProtocolViolation, ServerConnection, StreamClosed
+from sandbox.hpack_decoder import Header
+from sandbox.hpack_encoder import ResponseEncoder
+from sandbox.request_headers import MalformedRequest, RequestHead, parse_request_head
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BODY = 1 << 20  # far above every provider limit; past it the stream is reset
 _INITIAL_WINDOW = 1 << 20
-_PER_RESPONSE = frozenset({"apns-id", "apns-unique-id"})
+# Values that change on every response would only fill a cache: never indexed, never cached.
+_PER_RESPONSE = frozenset({"apns-id", "apns-unique-id", "content-length"})
+_TIMER_TICK_S = 0.001  # delayed answers due within the same millisecond share one timer
 
 
 @dataclass(slots=True)
@@ -73,17 +74,16 @@ class Handler(Protocol):
 
 
 class _Stream:
-    __slots__ = ("body", "headers", "timer", "to_send")
+    __slots__ = ("body", "head", "to_send")
 
-    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
-        self.headers = headers
+    def __init__(self, head: RequestHead) -> None:
+        self.head = head
         self.body = bytearray()
-        self.timer: asyncio.TimerHandle | None = None
         self.to_send: memoryview | None = None  # response body still waiting for flow-control window
 
 
 class H2Protocol(asyncio.Protocol):
-    """One HTTP/2 connection, server side."""
+    """One HTTP/2 connection, server side; `ServerConnection` calls it back for each request event."""
 
     def __init__(
         self,
@@ -92,16 +92,10 @@ class H2Protocol(asyncio.Protocol):
         on_open: Callable[[H2Protocol], None],
         on_close: Callable[[H2Protocol], None],
     ) -> None:
-        # Our own response headers are well-formed; validating them again costs more than the handler.
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=True,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
+        self.conn = ServerConnection(
+            self, max_concurrent_streams=faults.max_concurrent_streams, initial_window=_INITIAL_WINDOW
         )
-        self.conn = h2.connection.H2Connection(config=config)
-        self.conn.encoder = _PlainEncoder()
+        self.encoder = ResponseEncoder(_PER_RESPONSE)
         self.handler = handler
         self.faults = faults
         self.on_open = on_open
@@ -112,6 +106,8 @@ class H2Protocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.streams_seen = 0
         self.goaway_last_stream: int | None = None  # set once we said GOAWAY: streams above it are refused
+        self._due: dict[int, list[tuple[int, Response]]] = {}  # millisecond tick -> answers due then
+        self._timers: dict[int, asyncio.TimerHandle] = {}
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -126,123 +122,122 @@ class H2Protocol(asyncio.Protocol):
             if ssl_object.selected_alpn_protocol() not in (None, "h2"):
                 transport.close()  # an HTTP/1.1-only client: real APNs refuses it too
                 return
-        self.conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.faults.max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _INITIAL_WINDOW,
-            },
-        )
-        self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(_INITIAL_WINDOW)
+        self.conn.initiate()
         self._flush()
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            # h2 has queued a GOAWAY with the right error code; send it and hang up.
+            self.conn.receive(data)
+        except ProtocolViolation:
+            # The connection has queued a GOAWAY with the right error code; send it and hang up.
             self._flush()
             self._close_transport()
             return
-        for event in events:
-            if self.transport is None or self.transport.is_closing():
-                return  # we finished a GOAWAY while handling this batch: nothing more is answered
-            self._dispatch(event)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for stream in self.streams.values():
-            if stream.timer is not None:
-                stream.timer.cancel()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._due.clear()
         self.streams.clear()
         self.on_close(self)
 
-    # -- events ----------------------------------------------------------------------------------
+    # -- events from the connection --------------------------------------------------------------
 
-    def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            self._on_request(event)
-        elif isinstance(event, h2.events.DataReceived):
-            self._on_data(event)
-        elif isinstance(event, h2.events.StreamEnded):
-            self._on_stream_ended(event.stream_id)
-        elif isinstance(event, h2.events.StreamReset):
-            self._forget(event.stream_id)
-        elif isinstance(event, h2.events.WindowUpdated):
-            self._on_window_updated(event.stream_id)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._close_transport()
-
-    def _on_request(self, event: h2.events.RequestReceived) -> None:
-        stream_id = event.stream_id
-        assert stream_id is not None
-        assert event.headers is not None
+    def request_received(self, stream_id: int, headers: list[Header], end_stream: bool) -> None:
+        if self._closing:
+            return  # we finished a GOAWAY while handling this batch: nothing more is answered
         if self.goaway_last_stream is not None and stream_id > self.goaway_last_stream:
-            with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 may have closed already
-                self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        self.streams[stream_id] = _Stream(list(event.headers))
+        try:
+            head = parse_request_head(headers)
+        except MalformedRequest:
+            # RFC 9113 8.1.1: a malformed request is a stream error; the connection's other streams go on.
+            self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return
+        self.streams[stream_id] = _Stream(head)
         self.streams_seen += 1
         every = self.faults.goaway_every_n_streams
         if every and self.streams_seen % every == 0:
             self.send_goaway(last_stream_id=stream_id)
+        if end_stream:
+            self._on_stream_ended(stream_id)
 
-    def _on_data(self, event: h2.events.DataReceived) -> None:
-        stream_id = event.stream_id
-        assert stream_id is not None
-        assert event.data is not None
-        # Consumed at once into the request buffer, so the window is given back at once.
-        self.conn.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
+    def data_received_on(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None:
+        if stream is None or self._closing:
             return
-        stream.body += event.data
+        stream.body += data
         if len(stream.body) > MAX_REQUEST_BODY:
             self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             self._forget(stream_id)
+        elif end_stream:
+            self._on_stream_ended(stream_id)
 
-    def _on_stream_ended(self, stream_id: int | None) -> None:
-        stream = self.streams.get(stream_id or 0)
-        if stream is None or stream_id is None:
-            return
+    def stream_reset(self, stream_id: int) -> None:
+        self._forget(stream_id)
+
+    def window_opened(self, stream_id: int) -> None:
+        waiting = list(self.streams.items()) if not stream_id else [(stream_id, self.streams.get(stream_id))]
+        for sid, stream in waiting:
+            if stream is not None and stream.to_send is not None:
+                self._send_body(sid, stream)
+
+    def goaway_received(self) -> None:
+        self._close_transport()
+
+    @property
+    def _closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def _on_stream_ended(self, stream_id: int) -> None:
+        stream = self.streams[stream_id]
         response = self._handle(stream)
         delay_s = self.faults.delay_s()
         if delay_s > 0:
-            stream.timer = self.loop.call_later(delay_s, self._respond_later, stream_id, response)
+            self._answer_later(stream_id, response, delay_s)
         else:
             self._respond(stream_id, response)
 
     def _handle(self, stream: _Stream) -> Response:
+        head = stream.head
+        request = Request(head.method, head.path, head.authority, head.headers, bytes(stream.body), self.info)
         try:
-            return self.handler(_to_request(stream, self.info))
+            return self.handler(request)
         except Exception:
             log.exception("sandbox handler failed")
             return Response(500)
 
     # -- responses -------------------------------------------------------------------------------
 
-    def _respond_later(self, stream_id: int, response: Response) -> None:
-        if stream_id in self.streams:
-            self._respond(stream_id, response)
-            self._flush()
+    def _answer_later(self, stream_id: int, response: Response, delay_s: float) -> None:
+        tick = math.ceil((self.loop.time() + delay_s) / _TIMER_TICK_S)
+        due = self._due.get(tick)
+        if due is None:
+            due = self._due[tick] = []
+            self._timers[tick] = self.loop.call_at(tick * _TIMER_TICK_S, self._answer_due, tick)
+        due.append((stream_id, response))
+
+    def _answer_due(self, tick: int) -> None:
+        self._timers.pop(tick, None)
+        for stream_id, response in self._due.pop(tick, ()):
+            if stream_id in self.streams:
+                self._respond(stream_id, response)
+        self._flush()
 
     def _respond(self, stream_id: int, response: Response) -> None:
-        stream = self.streams[stream_id]
-        stream.timer = None
-        headers: list[tuple[str, str] | hpack.NeverIndexedHeaderTuple] = [(":status", str(response.status))]
-        # Values that change on every response would only churn the HPACK table: never index them.
-        headers += [
-            hpack.NeverIndexedHeaderTuple(k, v) if k in _PER_RESPONSE else (k, v) for k, v in response.headers
-        ]
+        headers = [(":status", str(response.status)), *response.headers]
         if response.body:
             headers.append(("content-length", str(len(response.body))))
         try:
-            self.conn.send_headers(stream_id, headers, end_stream=not response.body)
-        except h2.exceptions.StreamClosedError:
+            self.conn.send_headers(stream_id, self.encoder.encode(headers), end_stream=not response.body)
+        except StreamClosed:
             self._forget(stream_id)
             return
         if response.body:
+            stream = self.streams[stream_id]
             stream.to_send = memoryview(response.body)
             self._send_body(stream_id, stream)
         else:
@@ -253,27 +248,19 @@ class H2Protocol(asyncio.Protocol):
         remaining = stream.to_send
         assert remaining is not None
         while remaining:
-            size = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+            size = min(self.conn.send_window(stream_id), self.conn.max_outbound_frame_size)
             if size <= 0:
                 stream.to_send = remaining
                 return
             chunk, remaining = remaining[:size], remaining[size:]
-            self.conn.send_data(stream_id, chunk.tobytes(), end_stream=not remaining)
+            try:
+                self.conn.send_data(stream_id, chunk.tobytes(), end_stream=not remaining)
+            except StreamClosed:
+                break
         self._forget(stream_id)
 
-    def _on_window_updated(self, stream_id: int | None) -> None:
-        waiting = list(self.streams.items()) if not stream_id else [(stream_id, self.streams.get(stream_id))]
-        for sid, stream in waiting:
-            if stream is not None and stream.to_send is not None:
-                try:
-                    self._send_body(sid, stream)
-                except h2.exceptions.StreamClosedError:
-                    self._forget(sid)
-
-    def _forget(self, stream_id: int | None) -> None:
-        stream = self.streams.pop(stream_id or 0, None)
-        if stream is not None and stream.timer is not None:
-            stream.timer.cancel()
+    def _forget(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
         if self.goaway_last_stream is not None and not self.streams:
             self._finish_goaway()
 
@@ -297,10 +284,9 @@ class H2Protocol(asyncio.Protocol):
             self._finish_goaway()
 
     def _finish_goaway(self) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if self._closing or self.conn.closed:
             return
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.conn.close_connection(last_stream_id=self.goaway_last_stream)
+        self.conn.close_connection(last_stream_id=self.goaway_last_stream)
         self._flush()
         self._close_transport()
 
@@ -316,33 +302,6 @@ class H2Protocol(asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-
-class _PlainEncoder(hpack.Encoder):
-    """HPACK without Huffman coding: per-request ids (apns-id, apns-unique-id) are random and barely shrink,
-    and pure-Python Huffman coding was the largest CPU cost per response."""
-
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return super().encode(headers, huffman=False)
-
-
-def _to_request(stream: _Stream, info: ConnectionInfo) -> Request:
-    pseudo: dict[str, str] = {}
-    headers: list[tuple[str, str]] = []
-    for raw_name, raw_value in stream.headers:
-        name, value = raw_name.decode("ascii"), raw_value.decode("utf-8", "replace")
-        if name.startswith(":"):
-            pseudo[name] = value
-        else:
-            headers.append((name, value))
-    return Request(
-        method=pseudo.get(":method", ""),
-        path=pseudo.get(":path", ""),
-        authority=pseudo.get(":authority", ""),
-        headers=tuple(headers),
-        body=bytes(stream.body),
-        connection=info,
-    )
 
 
 class H2Server:

@@ -13,7 +13,7 @@ import h2.settings
 import pytest
 
 from sandbox import FaultConfig, Latency, Sandbox, SandboxThread, Storm
-from sandbox.h2client import ClientResponse, ConnectionLost, H2Client, StreamRefused
+from sandbox.h2client import ClientResponse, ConnectionLost, H2Client, StreamRefused, _Pending
 from sandbox.testing import (
     AOSP_KEY,
     APNS_TOKEN,
@@ -58,7 +58,7 @@ def test_max_concurrent_streams_is_advertised_and_enforced(world: World) -> None
         # A client that respects the limit gets every answer, even with more requests than streams.
         results = await asyncio.gather(*(mdm_push(client, world) for _ in range(6)))
         assert [r.status for r in results] == [200] * 6
-        # One that ignores it loses the connection (h2 treats it as a protocol error).
+        # One that ignores it loses the connection (the emulator treats it as a protocol error).
         conn = client.protocol.conn
         conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100})
         conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100
@@ -216,3 +216,28 @@ def test_tls_rejects_a_client_that_does_not_trust_it(world: World) -> None:
             )
 
     in_sandbox(world, tls=True)(body)
+
+
+def test_a_malformed_request_is_reset_and_the_connection_goes_on(world: World) -> None:
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.apns_url)
+        conn = client.protocol.conn
+        conn.config.validate_outbound_headers = False  # to send what h2 would refuse to
+        conn.config.normalize_outbound_headers = False
+        stream_id = conn.get_next_available_stream_id()
+        future: asyncio.Future[ClientResponse] = asyncio.get_running_loop().create_future()
+        client.protocol.pending[stream_id] = _Pending(future)
+        request = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            (":path", f"/3/device/{APNS_TOKEN}"),
+        ]
+        conn.send_headers(stream_id, [*request, ("Apns-Topic", TOPIC)], end_stream=True)
+        client.protocol.flush()
+        with pytest.raises(StreamRefused, match="PROTOCOL_ERROR"):
+            await future
+        assert (await mdm_push(client, world)).status == 200
+        await client.close()
+
+    in_sandbox(world)(body)

@@ -1,0 +1,74 @@
+"""HPACK in the emulators: the caching decoder agrees with hpack's, the response encoder is decodable."""
+
+from __future__ import annotations
+
+import hpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sandbox.hpack_decoder import CachingDecoder
+from sandbox.hpack_encoder import ResponseEncoder
+
+NAMES = [b":path", b":method", b"authorization", b"apns-id", b"apns-topic", b"x-custom", b"content-type"]
+field = st.tuples(st.sampled_from(NAMES), st.binary(max_size=300), st.booleans())
+block = st.tuples(st.lists(field, max_size=8), st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks=st.lists(block, min_size=1, max_size=6), table_size=st.sampled_from([0, 64, 256, 4096]))
+def test_decodes_what_hpack_decodes_and_keeps_the_same_table(
+    blocks: list[tuple[list[tuple[bytes, bytes, bool]], bool]], table_size: int
+) -> None:
+    encoder, reference, ours = hpack.Encoder(), hpack.Decoder(), CachingDecoder()
+    encoder.header_table_size = table_size
+    for fields, huffman in blocks:
+        headers = [hpack.NeverIndexedHeaderTuple(n, v) if never else (n, v) for n, v, never in fields]
+        data = encoder.encode(headers, huffman=huffman)
+        for _ in range(2):  # the second time, non-indexed literals come from the cache
+            assert ours.decode(data) == [tuple(h) for h in reference.decode(data, raw=True)]
+            assert ours.header_table.dynamic_entries == reference.header_table.dynamic_entries
+            data = encoder.encode(headers, huffman=huffman)
+
+
+def test_a_cached_literal_is_keyed_by_its_octets() -> None:
+    encoder, decoder = hpack.Encoder(), CachingDecoder()
+    first = [hpack.NeverIndexedHeaderTuple(b"authorization", b"bearer one")]
+    second = [hpack.NeverIndexedHeaderTuple(b"authorization", b"bearer two")]
+    assert decoder.decode(encoder.encode(first)) == [(b"authorization", b"bearer one")]
+    assert decoder.decode(encoder.encode(second)) == [(b"authorization", b"bearer two")]
+    assert decoder.decode(encoder.encode(first)) == [(b"authorization", b"bearer one")]
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        pytest.param(b"\x80", hpack.InvalidTableIndexError, id="index-0"),
+        pytest.param(b"\xbe", hpack.InvalidTableIndexError, id="index-past-the-tables"),
+        pytest.param(b"\x04\x05/ab", hpack.HPACKDecodingError, id="truncated-value"),
+        pytest.param(b"\x00", hpack.HPACKDecodingError, id="truncated-name"),
+        pytest.param(b"\xff\xff\xff\xff\xff\xff\xff", hpack.HPACKDecodingError, id="endless-integer"),
+        pytest.param(b"\x3f\xe2\x1f", hpack.InvalidTableSizeError, id="table-larger-than-allowed"),
+        pytest.param(b"\x82\x20", hpack.HPACKDecodingError, id="size-update-after-a-field"),
+    ],
+)
+def test_malformed_blocks_are_decoding_errors(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        CachingDecoder().decode(data)
+
+
+def test_a_header_list_above_the_limit_is_refused() -> None:
+    data = hpack.Encoder().encode([(b"x-big", b"v" * 200)] * 3)
+    with pytest.raises(hpack.OversizedHeaderListError):
+        CachingDecoder(max_header_list_size=500).decode(data)
+
+
+def test_responses_decode_to_what_was_encoded_and_per_response_fields_are_never_indexed() -> None:
+    encoder = ResponseEncoder(frozenset({"apns-id"}))
+    headers = [(":status", "200"), ("apns-id", "a" * 200), ("content-type", "application/json"), ("x-y", "z")]
+    for _ in range(2):
+        data = encoder.encode(headers)
+        decoded = list(hpack.Decoder().decode(data, raw=True))
+        assert [(h[0].decode(), h[1].decode()) for h in decoded] == headers
+        assert isinstance(decoded[1], hpack.NeverIndexedHeaderTuple)
+        assert data[0] == 0x88  # ":status: 200" is entry 8 of the static table
