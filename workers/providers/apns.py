@@ -1,0 +1,227 @@
+"""APNs over HTTP/2: MDM wake-ups and app notifications, with token (JWT) or certificate authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from hpack import NeverIndexedHeaderTuple
+
+from workers.providers.apns_reasons import invalid_since, outcome_for
+from workers.providers.apns_token import ApnsTokenSigner, ProviderToken
+from workers.providers.base import (
+    ConnectionFailed,
+    CredentialRejected,
+    Outcome,
+    Push,
+    PushResult,
+    PushType,
+)
+from workers.providers.credentials import ApnsCertificate, ApnsTokenKey
+from workers.providers.endpoints import ProviderEndpoints
+from workers.providers.http2 import Http2Pool, Origin, Response, StreamUnanswered
+
+logger = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 4096  # APNs refuses larger bodies with 413 PayloadTooLarge; we refuse them first.
+_TOO_LARGE = "PayloadTooLarge"
+_UNANSWERED = "Unanswered"
+_CONNECT_FAILED = "ConnectionFailed"
+
+
+class ApnsProvider:
+    """Sends pushes for one APNs credential over a pool of multiplexed HTTP/2 connections."""
+
+    def __init__(
+        self,
+        credential: ApnsTokenKey | ApnsCertificate,
+        endpoints: ProviderEndpoints,
+        *,
+        max_connections: int = 4,
+        request_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._credential = credential
+        self._clock = clock
+        self._topic = credential.topic.encode()
+        self._signer = (
+            ApnsTokenSigner(credential, clock=clock) if isinstance(credential, ApnsTokenKey) else None
+        )
+        origin = Origin.from_url(endpoints.apns(credential.environment))
+        self._pool = Http2Pool(
+            origin,
+            ssl_context=_ssl_context(credential, origin, endpoints),
+            max_connections=max_connections,
+            request_timeout_s=request_timeout_s,
+        )
+
+    @property
+    def connection_count(self) -> int:
+        return self._pool.connection_count
+
+    @property
+    def token_generation(self) -> int:
+        """How many provider tokens this provider has minted (0 with certificate auth)."""
+        return self._signer.generation if self._signer else 0
+
+    async def send(self, pushes: Sequence[Push]) -> list[PushResult]:
+        """One result per push, in order. Raises ConnectionFailed only if no push could reach APNs at all."""
+        self._refuse_expired_certificate()
+        results = list(await asyncio.gather(*(self._send_one(push) for push in pushes)))
+        if results and all(result.reason == _CONNECT_FAILED for result in results):
+            raise ConnectionFailed(f"cannot reach APNs at {self._pool.origin.host}:{self._pool.origin.port}")
+        return results
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    def _refuse_expired_certificate(self) -> None:
+        credential = self._credential
+        if isinstance(credential, ApnsCertificate) and credential.expired(
+            datetime.fromtimestamp(self._clock(), UTC)
+        ):
+            raise CredentialRejected(
+                f"the APNs certificate for {credential.topic} expired on {credential.not_after}"
+            )
+
+    async def _send_one(self, push: Push) -> PushResult:
+        body = _body(push)
+        if body is None:
+            return PushResult(push.device_id, Outcome.payload_rejected, reason="MissingPushMagic")
+        if len(body) > MAX_PAYLOAD_BYTES:
+            return PushResult(push.device_id, Outcome.payload_rejected, reason=_TOO_LARGE)
+        apns_id = str(uuid.uuid4())
+        token = self._signer.current() if self._signer else None
+        result = await self._post(push, apns_id, body, token)
+        if result.reason == "ExpiredProviderToken" and token is not None and self._signer is not None:
+            result = await self._resend_with_fresh_token(push, apns_id, body, token)
+        return result
+
+    async def _resend_with_fresh_token(
+        self, push: Push, apns_id: str, body: bytes, rejected: ProviderToken
+    ) -> PushResult:
+        assert self._signer is not None
+        fresh = self._signer.refresh_rejected(rejected)
+        if fresh is None:
+            return PushResult(push.device_id, Outcome.credential, apns_id, 403, "ExpiredProviderToken")
+        return await self._post(push, apns_id, body, fresh)
+
+    async def _post(self, push: Push, apns_id: str, body: bytes, token: ProviderToken | None) -> PushResult:
+        headers = self._headers(push, apns_id, token)
+        sent_at = datetime.now(UTC)
+        try:
+            response = await self._pool.request(headers, body)
+        except StreamUnanswered as e:
+            return PushResult(push.device_id, Outcome.transient, apns_id, reason=f"{_UNANSWERED}: {e.reason}")
+        except ConnectionFailed:
+            return PushResult(push.device_id, Outcome.transient, apns_id, reason=_CONNECT_FAILED)
+        return _result(push, apns_id, response, sent_at)
+
+    def _headers(self, push: Push, apns_id: str, token: ProviderToken | None) -> list[tuple[bytes, bytes]]:
+        headers = self._pool.request_headers(b"POST", _device_path(push.token))
+        headers += [
+            NeverIndexedHeaderTuple(b"apns-id", apns_id.encode()),
+            (b"apns-topic", self._topic),
+            (b"apns-push-type", _push_type(push).encode()),
+            (b"apns-priority", str(_priority(push)).encode()),
+            (b"apns-expiration", str(_expiration(push, self._clock())).encode()),
+        ]
+        if push.collapse_id:
+            headers.append((b"apns-collapse-id", push.collapse_id.encode()))
+        if token is not None:
+            headers.append((b"authorization", token.authorization))
+        return headers
+
+
+def _device_path(token: str) -> NeverIndexedHeaderTuple:
+    # Never indexed: each path is used once, and a device token has no place in a compression table.
+    return NeverIndexedHeaderTuple(b":path", b"/3/device/" + token.encode())
+
+
+def _body(push: Push) -> bytes | None:
+    if push.push_type is PushType.mdm:
+        # An MDM wake-up carries only the PushMagic the device gave at enrolment.
+        return None if not push.push_magic else json.dumps({"mdm": push.push_magic}).encode()
+    payload: dict[str, Any] = dict(push.payload or {})
+    if push.push_type is PushType.background:
+        payload.setdefault("aps", {"content-available": 1})
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _push_type(push: Push) -> str:
+    if push.push_type is PushType.data:
+        return PushType.background.value  # the closest APNs has to a silent data message
+    return push.push_type.value
+
+
+def _priority(push: Push) -> int:
+    # APNs refuses priority 10 for background pushes; they are sent at 5 whatever was asked.
+    return 5 if _push_type(push) == PushType.background else push.priority
+
+
+def _expiration(push: Push, now_s: float) -> int:
+    # 0 means "deliver once or never"; anything else is an absolute UNIX time.
+    return 0 if push.expiration_s <= 0 else int(now_s) + push.expiration_s
+
+
+def _result(push: Push, apns_id: str, response: Response, sent_at: datetime) -> PushResult:
+    push_id = response.header(b"apns-id") or apns_id
+    if response.status == 200:
+        expires_at = datetime.fromtimestamp(sent_at.timestamp() + push.expiration_s, UTC)
+        return PushResult(
+            push.device_id, Outcome.accepted, push_id, 200, sent_at=sent_at, expires_at=expires_at
+        )
+    error = _error_body(response.body)
+    reason = error.get("reason") if isinstance(error.get("reason"), str) else None
+    outcome = outcome_for(response.status, reason)
+    return PushResult(
+        push.device_id,
+        outcome,
+        push_id,
+        response.status,
+        reason,
+        retry_after_s=response.retry_after_s() if outcome is Outcome.transient else None,
+        token_invalid_since=invalid_since(error.get("timestamp")) if response.status == 410 else None,
+        sent_at=sent_at,
+    )
+
+
+def _error_body(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _ssl_context(
+    credential: ApnsTokenKey | ApnsCertificate, origin: Origin, endpoints: ProviderEndpoints
+) -> ssl.SSLContext | None:
+    if origin.scheme != "https":
+        return None
+    context = endpoints.tls_context()
+    if isinstance(credential, ApnsCertificate):
+        _load_client_certificate(context, credential)
+    return context
+
+
+def _load_client_certificate(context: ssl.SSLContext, credential: ApnsCertificate) -> None:
+    # ssl only loads a certificate chain from files: write it to a private directory and remove it at once.
+    with tempfile.TemporaryDirectory(prefix="mdmq-apns-") as directory:
+        path = os.path.join(directory, "client.pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(credential.certificate_pem.rstrip("\n") + "\n" + credential.private_key_pem)
+        try:
+            context.load_cert_chain(path)
+        except ssl.SSLError:
+            raise CredentialRejected("the APNs certificate and its key do not match") from None

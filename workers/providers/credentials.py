@@ -1,0 +1,199 @@
+"""The credential material a push provider is built from, as frozen values whose reprs hide every secret."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
+
+
+class InvalidCredential(ValueError):
+    """The credential material cannot be used; the message names the field, never its value."""
+
+
+class ApnsEnvironment(StrEnum):
+    production = "production"
+    sandbox = "sandbox"
+
+
+def _fingerprint(kind: str, *parts: str) -> str:
+    # A stable digest of the whole material: equal material gives an equal provider to reuse.
+    digest = hashlib.sha256(kind.encode())
+    for part in parts:
+        digest.update(b"\x00" + part.encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsTokenKey:
+    """An APNs auth key (.p8, ES256) with its key id and team id: signs the provider JWTs."""
+
+    private_key_pem: str = field(repr=False)
+    key_id: str
+    team_id: str
+    topic: str
+    environment: ApnsEnvironment = ApnsEnvironment.production
+
+    def __post_init__(self) -> None:
+        key = _load_private_key(self.private_key_pem, "private_key_pem")
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise InvalidCredential("private_key_pem is not an ES256 (P-256) key")
+        if not (self.key_id and self.team_id and self.topic):
+            raise InvalidCredential("key_id, team_id and topic are required")
+
+    @property
+    def fingerprint(self) -> str:
+        return _fingerprint(
+            "apns-token", self.private_key_pem, self.key_id, self.team_id, self.topic, self.environment
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsCertificate:
+    """An APNs push certificate (TLS client certificate) and its key; `not_after` is read from it."""
+
+    certificate_pem: str = field(repr=False)
+    private_key_pem: str = field(repr=False)
+    topic: str
+    environment: ApnsEnvironment
+    not_after: datetime
+
+    @classmethod
+    def from_pem(
+        cls,
+        certificate_pem: str,
+        private_key_pem: str,
+        *,
+        environment: ApnsEnvironment = ApnsEnvironment.production,
+        topic: str | None = None,
+    ) -> ApnsCertificate:
+        """Reads `not_after` and, unless given, the topic (the subject's UID, as Apple issues them)."""
+        try:
+            certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+        except ValueError:
+            raise InvalidCredential("certificate_pem is not a PEM certificate") from None
+        _load_private_key(private_key_pem, "private_key_pem")
+        topic = topic or _subject_uid(certificate)
+        if not topic:
+            raise InvalidCredential("the certificate names no topic (subject UID) and none was given")
+        return cls(certificate_pem, private_key_pem, topic, environment, certificate.not_valid_after_utc)
+
+    @classmethod
+    def from_p12(
+        cls,
+        data: bytes,
+        password: str | None,
+        *,
+        environment: ApnsEnvironment = ApnsEnvironment.production,
+        topic: str | None = None,
+    ) -> ApnsCertificate:
+        try:
+            key, certificate, _ = pkcs12.load_key_and_certificates(
+                data, password.encode() if password else None
+            )
+        except ValueError:
+            raise InvalidCredential("the PKCS#12 file cannot be opened with this password") from None
+        if key is None or certificate is None:
+            raise InvalidCredential("the PKCS#12 file holds no certificate and key")
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        certificate_pem = certificate.public_bytes(serialization.Encoding.PEM)
+        return cls.from_pem(certificate_pem.decode(), key_pem.decode(), environment=environment, topic=topic)
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return (now or datetime.now(UTC)) >= self.not_after
+
+    @property
+    def fingerprint(self) -> str:
+        return _fingerprint(
+            "apns-certificate", self.certificate_pem, self.private_key_pem, self.topic, self.environment
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FcmServiceAccount:
+    """A Google service account allowed to send through FCM for `project_id`."""
+
+    client_email: str
+    private_key_pem: str = field(repr=False)
+    project_id: str
+    private_key_id: str | None = None
+    token_uri: str = GOOGLE_TOKEN_URI
+
+    def __post_init__(self) -> None:
+        if not isinstance(_load_private_key(self.private_key_pem, "private_key"), rsa.RSAPrivateKey):
+            raise InvalidCredential("private_key is not an RSA key")
+        if not (self.client_email and self.project_id):
+            raise InvalidCredential("client_email and project_id are required")
+
+    @classmethod
+    def from_json(cls, text: str, *, project_id: str | None = None) -> FcmServiceAccount:
+        """From the service-account JSON file Google issues; `project_id` overrides the file's."""
+        try:
+            info: dict[str, Any] = json.loads(text)
+        except ValueError:
+            raise InvalidCredential("the service account is not JSON") from None
+        missing = [name for name in ("client_email", "private_key") if not info.get(name)]
+        if missing:
+            raise InvalidCredential(f"the service account lacks {', '.join(missing)}")
+        return cls(
+            client_email=info["client_email"],
+            private_key_pem=info["private_key"],
+            project_id=project_id or info.get("project_id", ""),
+            private_key_id=info.get("private_key_id"),
+            token_uri=info.get("token_uri") or GOOGLE_TOKEN_URI,
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        return _fingerprint(
+            "fcm",
+            self.client_email,
+            self.private_key_pem,
+            self.project_id,
+            self.private_key_id or "",
+            self.token_uri,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AospApiKey:
+    """The secret API key of a Pushy-compatible push service."""
+
+    api_key: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.api_key:
+            raise InvalidCredential("api_key is required")
+
+    @property
+    def fingerprint(self) -> str:
+        return _fingerprint("aosp", self.api_key)
+
+
+Credential = ApnsTokenKey | ApnsCertificate | FcmServiceAccount | AospApiKey
+
+
+def _load_private_key(pem: str, name: str) -> Any:
+    try:
+        return serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise InvalidCredential(f"{name} is not an unencrypted PEM private key") from None
+
+
+def _subject_uid(certificate: x509.Certificate) -> str | None:
+    uids = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
+    return str(uids[0].value) if uids else None

@@ -1,0 +1,54 @@
+"""Where each push service lives: the real hosts by default, loopback emulators for the sandbox."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from workers.providers.credentials import ApnsEnvironment
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEndpoints:
+    """Base URLs of the push services. `http://` means cleartext HTTP/2 with prior knowledge (h2c).
+
+    `ca_file` or `ca_pem` adds a trusted CA for `https://` endpoints: an emulator's self-signed one.
+    """
+
+    apns_production: str = "https://api.push.apple.com"
+    apns_sandbox: str = "https://api.sandbox.push.apple.com"
+    fcm: str = "https://fcm.googleapis.com"
+    oauth_token: str = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
+    aosp: str = "https://api.pushy.me"
+    ca_file: str | None = None
+    ca_pem: str | None = None
+
+    @classmethod
+    def loopback(
+        cls,
+        *,
+        apns_port: int,
+        fcm_port: int,
+        aosp_port: int,
+        host: str = "127.0.0.1",
+        tls_ca_pem: str | None = None,
+    ) -> ProviderEndpoints:
+        """The sandbox emulators: cleartext h2c, or TLS when `tls_ca_pem` (the emulators' CA) is given."""
+        scheme = "https" if tls_ca_pem else "http"
+        return cls(
+            apns_production=f"{scheme}://{host}:{apns_port}",
+            apns_sandbox=f"{scheme}://{host}:{apns_port}",
+            fcm=f"{scheme}://{host}:{fcm_port}",
+            oauth_token=f"{scheme}://{host}:{fcm_port}/token",
+            aosp=f"{scheme}://{host}:{aosp_port}",
+            ca_pem=tls_ca_pem,
+        )
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A verifying client context offering only h2, trusting the extra CA if one is set."""
+        context = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_pem)
+        context.set_alpn_protocols(["h2"])
+        return context
+
+    def apns(self, environment: ApnsEnvironment) -> str:
+        return self.apns_production if environment is ApnsEnvironment.production else self.apns_sandbox

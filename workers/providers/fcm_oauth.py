@@ -1,0 +1,127 @@
+"""Google OAuth 2.0 for a service account: an RS256-signed assertion exchanged for a cached access token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlencode, urlsplit
+
+import jwt
+
+from workers.providers.base import ConnectionFailed, CredentialRejected
+from workers.providers.credentials import FCM_SCOPE, FcmServiceAccount
+from workers.providers.http2 import Http2Pool, StreamUnanswered
+
+logger = logging.getLogger(__name__)
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+ASSERTION_LIFETIME_S = 3600  # Google's maximum
+# A token is replaced this long before Google says it expires, so no request carries one that dies in flight.
+REFRESH_MARGIN_S = 300
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    authorization: bytes = field(repr=False)  # b"Bearer <token>": a secret
+    expires_at: float
+
+
+class AccessTokenSource:
+    """Hands out the service account's access token, fetching a new one only when the cached one runs out.
+
+    Concurrent callers share one fetch: a rollout of thousands of pushes makes one token request.
+    """
+
+    def __init__(
+        self,
+        account: FcmServiceAccount,
+        pool: Http2Pool,
+        token_path: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._account = account
+        self._pool = pool
+        self._token_path = token_path.encode()
+        self._clock = clock
+        self._token: AccessToken | None = None
+        self._fetching: asyncio.Future[AccessToken] | None = None
+        self.fetch_count = 0
+
+    async def current(self) -> AccessToken:
+        token = self._token
+        if token is not None and self._clock() < token.expires_at - REFRESH_MARGIN_S:
+            return token
+        return await self._shared_fetch()
+
+    def forget(self, rejected: AccessToken) -> None:
+        """FCM refused `rejected` (revoked early): the next caller fetches a new one."""
+        if self._token is rejected:
+            self._token = None
+
+    async def _shared_fetch(self) -> AccessToken:
+        if self._fetching is None:
+            self._fetching = asyncio.ensure_future(self._fetch())
+            self._fetching.add_done_callback(self._fetch_done)
+        return await asyncio.shield(self._fetching)
+
+    def _fetch_done(self, fetching: asyncio.Future[AccessToken]) -> None:
+        self._fetching = None
+        if not fetching.cancelled() and fetching.exception() is None:
+            self._token = fetching.result()
+
+    async def _fetch(self) -> AccessToken:
+        self.fetch_count += 1
+        now = self._clock()
+        body = urlencode({"grant_type": GRANT_TYPE, "assertion": self._assertion(now)}).encode()
+        headers = self._pool.request_headers(b"POST", self._token_path)
+        headers.append((b"content-type", b"application/x-www-form-urlencoded"))
+        try:
+            response = await self._pool.request(headers, body)
+        except StreamUnanswered:
+            raise ConnectionFailed("the OAuth token endpoint closed the connection") from None
+        answer = _json_object(response.body)
+        access_token, expires_in = answer.get("access_token"), answer.get("expires_in", 3600)
+        if response.status >= 500 or response.status == 429:
+            raise ConnectionFailed(f"the OAuth token endpoint answered {response.status}")
+        if response.status != 200 or not isinstance(access_token, str):
+            error = str(answer.get("error", "no access_token"))[:100]
+            raise CredentialRejected(
+                f"Google refused the service account {self._account.client_email}: {error}"
+            )
+        logger.debug("OAuth access token fetched for %s", self._account.client_email)
+        lifetime_s = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        return AccessToken(b"Bearer " + access_token.encode(), now + lifetime_s)
+
+    def _assertion(self, now: float) -> str:
+        issued_at = int(now)
+        headers = {"kid": self._account.private_key_id} if self._account.private_key_id else None
+        return jwt.encode(
+            {
+                "iss": self._account.client_email,
+                "scope": FCM_SCOPE,
+                "aud": self._account.token_uri,
+                "iat": issued_at,
+                "exp": issued_at + ASSERTION_LIFETIME_S,
+            },
+            self._account.private_key_pem,
+            algorithm="RS256",
+            headers=headers,
+        )
+
+
+def token_path(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path or "/"
+
+
+def _json_object(body: bytes) -> dict[str, object]:
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}

@@ -1,0 +1,604 @@
+"""A small HTTP/2 client on asyncio and `h2`: persistent, multiplexed connections to one origin.
+
+Written on `h2` directly rather than on httpx because the push fan-out spends its CPU here: a request costs
+about a tenth of httpx's HTTP/2 path (see `benchmarks/apns_clients.py`). Everything h2, ssl and socket code
+raises is translated where it enters, into `ConnectionFailed` (could not connect at all) or `StreamUnanswered`
+(the connection ended before this request was answered, so it may be sent again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from workers.providers.base import ConnectionFailed, CredentialRejected, ProviderError
+from workers.providers.hpack_static import StaticTableEncoder
+
+logger = logging.getLogger(__name__)
+
+Headers = Sequence[tuple[bytes, bytes]]
+_StreamFilter = Callable[[int], bool]
+
+# Receive windows large enough that the server never waits on us for the small JSON answers of a push API.
+_RECEIVE_WINDOW = 1 << 24
+# A connection takes at most this many streams even when the server allows more (APNs: 1000), so that
+# concurrency spreads over several connections and losing one leaves fewer requests unanswered.
+# 4 connections x 200 streams cover 40 ms of latency at 20,000 requests/s.
+DEFAULT_STREAMS_PER_CONNECTION = 200
+
+
+class StreamUnanswered(ProviderError):
+    """The connection ended (GOAWAY, reset, loss) before the provider answered; the request may be resent."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where requests go: `https` is TLS with ALPN h2, `http` is cleartext h2c with prior knowledge."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) origin: {parts.scheme}://{parts.hostname}")
+        default_port = 443 if parts.scheme == "https" else 80
+        return cls(parts.scheme, parts.hostname, parts.port or default_port)
+
+    @property
+    def authority(self) -> bytes:
+        default_port = 443 if self.scheme == "https" else 80
+        name = self.host if self.port == default_port else f"{self.host}:{self.port}"
+        return name.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    def retry_after_s(self) -> float | None:
+        return retry_after_s(self.header(b"retry-after"))
+
+
+class _Stream:
+    """One request in flight: the bytes still to send and the answer being assembled."""
+
+    __slots__ = ("body", "deadline", "future", "headers", "pending", "status")
+
+    def __init__(
+        self, pending: bytes, future: asyncio.Future[Response], deadline: asyncio.TimerHandle
+    ) -> None:
+        self.pending = pending
+        self.future = future
+        self.deadline = deadline
+        self.status = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+
+
+class _CountingH2Connection(h2.connection.H2Connection):
+    """h2 counts the open streams by scanning all of them whenever a request starts; with hundreds in flight
+    the scan costs more than the request. The pool knows the count, so h2's scan — which also forgets the
+    closed streams — runs only once every `_SCAN_EVERY` requests.
+    """
+
+    _SCAN_EVERY = 128
+
+    def __init__(self, config: h2.config.H2Configuration, count_open: Callable[[], int]) -> None:
+        super().__init__(config)
+        self.encoder = StaticTableEncoder()
+        self._count_open = count_open
+        self._since_scan = 0
+
+    @property
+    def open_outbound_streams(self) -> int:
+        self._since_scan += 1
+        if self._since_scan >= self._SCAN_EVERY:
+            self._since_scan = 0
+            return super().open_outbound_streams
+        return self._count_open()
+
+
+class Http2Connection(asyncio.Protocol):
+    """One HTTP/2 connection. Not used directly: `Http2Pool` hands out its free streams."""
+
+    def __init__(
+        self, origin: Origin, stream_limit: int, pool: _PoolListener, request_timeout_s: float = 30.0
+    ) -> None:
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            # Our own headers are built lower-case and valid; checking them again costs CPU on every push.
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+        )
+        self._h2 = _CountingH2Connection(config, lambda: len(self._streams))
+        self._origin = origin
+        self._stream_limit = stream_limit
+        self._request_timeout_s = request_timeout_s
+        self._pool = pool
+        self._allowed_streams = 0  # min(server's SETTINGS_MAX_CONCURRENT_STREAMS, stream_limit)
+        self._transport: asyncio.Transport | None = None
+        self._streams: dict[int, _Stream] = {}
+        self._blocked: dict[
+            int, _Stream
+        ] = {}  # streams whose body waits for the server's flow-control window
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed = asyncio.get_running_loop().create_future()
+        self.accepting = False
+        self.last_error: str | None = None
+        self._flush_scheduled = False
+
+    # --- capacity -------------------------------------------------------------------------------------------
+
+    @property
+    def free_streams(self) -> int:
+        if not self.accepting:
+            return 0
+        return self._allowed_streams - len(self._streams)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._streams)
+
+    # --- requests -------------------------------------------------------------------------------------------
+
+    def start_request(self, headers: Headers, body: bytes) -> asyncio.Future[Response]:
+        """Send one request now (the caller checked `free_streams`); the future may fail: StreamUnanswered."""
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        try:
+            stream_id = self._h2.get_next_available_stream_id()
+            self._h2.send_headers(stream_id, headers, end_stream=not body)
+        except h2.exceptions.ProtocolError as e:
+            # Stream ids used up, or the connection closed under us: another connection takes the request.
+            self._stop_accepting(f"cannot open a stream: {type(e).__name__}")
+            future.set_exception(StreamUnanswered("no stream available"))
+            return future
+        deadline = asyncio.get_running_loop().call_later(self._request_timeout_s, self._expire, stream_id)
+        stream = _Stream(body, future, deadline)
+        self._streams[stream_id] = stream
+        if body:
+            self._send_pending(stream_id, stream)
+        self._flush_soon()
+        return future
+
+    def _flush_soon(self) -> None:
+        # Every request started in this turn of the loop leaves in one write: one syscall for many pushes.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _send_pending(self, stream_id: int, stream: _Stream) -> None:
+        # Flow control: send what the windows allow now, the rest when the server opens them (WINDOW_UPDATE).
+        while stream.pending:
+            window = min(self._h2.local_flow_control_window(stream_id), self._h2.max_outbound_frame_size)
+            if window <= 0:
+                self._blocked[stream_id] = stream
+                return
+            chunk, stream.pending = stream.pending[:window], stream.pending[window:]
+            self._h2.send_data(stream_id, chunk, end_stream=not stream.pending)
+        self._blocked.pop(stream_id, None)
+
+    def _send_blocked(self) -> None:
+        for stream_id, stream in list(self._blocked.items()):
+            if self._streams.get(stream_id) is not stream:
+                del self._blocked[stream_id]  # reset or failed meanwhile
+                continue
+            self._send_pending(stream_id, stream)
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._h2.initiate_connection()
+        self._h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _RECEIVE_WINDOW})
+        self._h2.increment_flow_control_window(_RECEIVE_WINDOW)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._abort(f"protocol error: {type(e).__name__}")
+            return
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = self.last_error or ("connection lost" if exc else "connection closed")
+        self.accepting = False
+        self._fail_streams(lambda _stream_id: True, reason)
+        if not self._ready.done():
+            self._ready.set_exception(ConnectionFailed(reason))
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._pool.connection_changed(self)
+
+    # --- h2 events -----------------------------------------------------------------------------------------
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            self._on_response(event)
+        elif isinstance(event, h2.events.DataReceived):
+            self._on_data(event)
+        elif isinstance(event, h2.events.StreamEnded):
+            self._finish(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self._on_reset(event)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._on_settings()
+        elif isinstance(event, h2.events.WindowUpdated) and self._blocked:
+            self._send_blocked()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._on_goaway(event)
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        stream = self._streams.get(event.stream_id or 0)
+        if stream is None or event.headers is None:
+            return
+        stream.headers = {bytes(name): bytes(value) for name, value in event.headers}
+        stream.status = int(stream.headers.pop(b":status", b"0"))
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        stream_id = event.stream_id or 0
+        if event.flow_controlled_length:
+            self._h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        stream = self._streams.get(stream_id)
+        if stream is not None and event.data:
+            stream.body += event.data
+
+    def _finish(self, stream_id: int | None) -> None:
+        stream = self._streams.pop(stream_id or 0, None)
+        if stream is None:
+            return
+        stream.deadline.cancel()
+        if not stream.future.done():
+            stream.future.set_result(Response(stream.status, stream.headers, bytes(stream.body)))
+        self._stream_freed()
+
+    def _on_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self._streams.pop(event.stream_id or 0, None)
+        if stream is not None:
+            code = getattr(event.error_code, "name", event.error_code)
+            self._fail(stream, f"stream reset: {code}")
+        self._stream_freed()
+
+    def _expire(self, stream_id: int) -> None:
+        # A server that accepts a stream and never answers must not hold the push (or the stream) for ever.
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._fail(stream, f"no answer within {self._request_timeout_s:g} s")
+        self._stream_freed()
+        self._flush_soon()
+
+    @staticmethod
+    def _fail(stream: _Stream, reason: str) -> None:
+        stream.deadline.cancel()
+        if not stream.future.done():
+            stream.future.set_exception(StreamUnanswered(reason))
+
+    def _stream_freed(self) -> None:
+        if self.accepting:
+            self._pool.stream_freed(self)
+        else:
+            self._close_if_drained()
+
+    def _on_settings(self) -> None:
+        self._allowed_streams = min(self._h2.remote_settings.max_concurrent_streams, self._stream_limit)
+        if not self._ready.done():
+            # The server's first SETTINGS says how many streams it allows: only now is the connection usable.
+            self.accepting = True
+            self._ready.set_result(None)
+        self._pool.connection_changed(self)
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        # Streams above last_stream_id were never processed: they fail now and may be resent elsewhere.
+        # Those at or below it may still be answered on this connection, which then closes.
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        code = getattr(event.error_code, "name", event.error_code)
+        self.last_error = f"GOAWAY {code}"
+        self._stop_accepting(self.last_error)
+        self._fail_streams(lambda stream_id: stream_id > last, self.last_error)
+        self._close_if_drained()
+
+    # --- closing -------------------------------------------------------------------------------------------
+
+    def _stop_accepting(self, reason: str) -> None:
+        if self.accepting:
+            logger.debug("HTTP/2 connection to %s stops taking requests: %s", self._origin.host, reason)
+        self.accepting = False
+        if not self._ready.done():
+            self._ready.set_exception(ConnectionFailed(reason))
+        self._pool.connection_changed(self)
+
+    def _fail_streams(self, which: _StreamFilter, reason: str) -> None:
+        for stream_id in [stream_id for stream_id in self._streams if which(stream_id)]:
+            self._fail(self._streams.pop(stream_id), reason)
+
+    def _close_if_drained(self) -> None:
+        if not self.accepting and not self._streams and self._transport is not None:
+            self._transport.close()
+
+    def _abort(self, reason: str) -> None:
+        self.last_error = reason
+        self.accepting = False
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self._h2.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.done()
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport
+
+    async def wait_ready(self) -> None:
+        await self._ready
+
+    async def close(self, grace_s: float) -> None:
+        """Stop taking requests, let those in flight finish (up to `grace_s`), then close."""
+        if self._transport is None or self._closed.done():
+            return
+        if self.accepting:
+            self.accepting = False
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.close_connection()
+            self._flush()
+        self._close_if_drained()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), grace_s)
+        except TimeoutError:
+            self._abort("closed by client")
+            await self._closed
+
+
+class _PoolListener(Protocol):
+    def stream_freed(self, connection: Http2Connection) -> None: ...
+
+    def connection_changed(self, connection: Http2Connection) -> None: ...
+
+
+class Http2Pool:
+    """Connections to one origin, opened one at a time as concurrency needs them, up to `max_connections`.
+
+    A request waits for a free stream on any connection; a connection that ends (GOAWAY, loss) is dropped and
+    the next request that finds no room opens its replacement.
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 4,
+        streams_per_connection: int = DEFAULT_STREAMS_PER_CONNECTION,
+        connect_timeout_s: float = 10.0,
+        request_timeout_s: float = 30.0,
+    ) -> None:
+        if origin.scheme == "https" and ssl_context is None:
+            ssl_context = ssl.create_default_context()
+            ssl_context.set_alpn_protocols(["h2"])
+        self.origin = origin
+        self._ssl_context = ssl_context if origin.scheme == "https" else None
+        self._max_connections = max_connections
+        self._streams_per_connection = streams_per_connection
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._connections: list[Http2Connection] = []
+        self._draining: set[Http2Connection] = set()
+        self._opening: asyncio.Task[None] | None = None
+        self._connect_error: ProviderError | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def request(self, headers: Headers, body: bytes = b"") -> Response:
+        """Send one request on a free stream. Raises ConnectionFailed or StreamUnanswered, nothing else."""
+        connection = await self._connection_with_free_stream()
+        return await connection.start_request(headers, body)
+
+    def request_headers(self, method: bytes, path: bytes | tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+        """The pseudo-headers; `path` may be given as a ready header tuple (e.g. never indexed)."""
+        return [
+            (b":method", method),
+            (b":scheme", self.origin.scheme.encode()),
+            path if isinstance(path, tuple) else (b":path", path),
+            (b":authority", self.origin.authority),
+        ]
+
+    async def _connection_with_free_stream(self) -> Http2Connection:
+        while True:
+            if self._closed:
+                raise ConnectionFailed("the provider was closed")
+            connection = self._least_busy()
+            if connection is not None:
+                return connection
+            if self._opening is None and len(self._connections) < self._max_connections:
+                self._opening = asyncio.get_running_loop().create_task(self._open())
+            if self._connections or self._opening is None:
+                await self._wait_for_capacity()
+                continue
+            # Nothing to wait on but the connection being opened: if it fails, this request fails with it.
+            await asyncio.shield(self._opening)
+            if not self._connections and self._connect_error is not None:
+                raise type(self._connect_error)(str(self._connect_error))
+
+    def _least_busy(self) -> Http2Connection | None:
+        best: Http2Connection | None = None
+        best_free = 0
+        for connection in self._connections:
+            free = connection.free_streams
+            if free > best_free:
+                best, best_free = connection, free
+        return best
+
+    async def _wait_for_capacity(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+
+    def _wake(self, count: int) -> None:
+        while count > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
+    def stream_freed(self, connection: Http2Connection) -> None:
+        # One stream freed, one waiter woken: waking more would only have them find the slot taken.
+        self._wake(1)
+
+    def connection_changed(self, connection: Http2Connection) -> None:
+        """Ready, new stream limit, or no longer taking requests."""
+        if connection.accepting:
+            self._wake(connection.free_streams)
+            return
+        # Out of the pool, but still answering its last streams: kept so that close() can close it.
+        if connection.closed:
+            self._draining.discard(connection)
+        else:
+            self._draining.add(connection)
+        if connection in self._connections:
+            # It drains its answered streams on its own; all waiting re-check, and one opens a replacement.
+            self._connections.remove(connection)
+            self._wake(len(self._waiters))
+
+    async def _open(self) -> None:
+        try:
+            self._connections.append(await self._connect())
+            self._connect_error = None
+        except ProviderError as e:
+            self._connect_error = e
+        finally:
+            self._opening = None
+            self._wake(len(self._waiters))
+
+    async def _connect(self) -> Http2Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, connection = await loop.create_connection(
+                    lambda: Http2Connection(
+                        self.origin, self._streams_per_connection, self, self._request_timeout_s
+                    ),
+                    self.origin.host,
+                    self.origin.port,
+                    ssl=self._ssl_context,
+                )
+                await self._until_ready(connection)
+        except ssl.SSLCertVerificationError:
+            raise ConnectionFailed(
+                f"TLS: {self.origin.host} presented a certificate we do not trust"
+            ) from None
+        except ssl.SSLError as e:
+            raise _translate_tls_error(e, self.origin) from None
+        except TimeoutError:
+            raise ConnectionFailed(f"timed out connecting to {self.origin.host}:{self.origin.port}") from None
+        except OSError as e:
+            raise ConnectionFailed(
+                f"cannot connect to {self.origin.host}:{self.origin.port}: {e.strerror}"
+            ) from None
+        logger.debug("HTTP/2 connection %d to %s open", len(self._connections) + 1, self.origin.host)
+        return connection
+
+    async def _until_ready(self, connection: Http2Connection) -> None:
+        try:
+            self._check_alpn(connection)
+            await connection.wait_ready()
+        except BaseException:
+            # Failed, timed out or cancelled (the pool closing) between TCP connect and the server's SETTINGS.
+            if connection.transport is not None:
+                connection.transport.abort()
+            raise
+
+    def _check_alpn(self, connection: Http2Connection) -> None:
+        transport = connection.transport
+        if self._ssl_context is None or transport is None:
+            return
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            raise ConnectionFailed(f"{self.origin.host} does not offer HTTP/2")
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Stop taking requests; let those in flight finish (at most `grace_s`); close all connections."""
+        self._closed = True
+        self._wake(len(self._waiters))
+        if self._opening is not None:
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opening
+        connections = [*self._connections, *self._draining]
+        self._connections, self._draining = [], set()
+        await asyncio.gather(*(connection.close(grace_s) for connection in connections))
+
+
+def _translate_tls_error(error: ssl.SSLError, origin: Origin) -> ProviderError:
+    reason = error.reason or type(error).__name__
+    # The server refused our client certificate during the handshake (revoked, expired, unknown CA).
+    if "ALERT" in reason and "CERTIFICATE" in reason:
+        return CredentialRejected(f"TLS: {origin.host} refused the client certificate ({reason})")
+    return ConnectionFailed(f"TLS with {origin.host} failed ({reason})")
+
+
+def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
+    """`Retry-After` in seconds, from either of its forms (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
