@@ -16,6 +16,7 @@ from sqlmodel import Session
 from config.settings import Settings, load_settings
 from models.database import create_engine
 from workers.broker import build_broker
+from workers.providers.endpoints import ProviderEndpoints
 
 
 class App:
@@ -47,6 +48,18 @@ class App:
     @cached_property
     def broker(self) -> dramatiq.Broker:
         return build_broker(self.settings.broker_url)
+
+    @cached_property
+    def endpoints(self) -> ProviderEndpoints:
+        s = self.settings
+        return ProviderEndpoints(
+            apns_production=s.apns_url,
+            apns_sandbox=s.apns_sandbox_url,
+            fcm=s.fcm_url,
+            oauth_token=s.fcm_token_url,
+            aosp=s.aosp_url,
+            ca_file=s.push_ca_file,
+        )
 
     def close(self) -> None:
         if self._engine is not None:

@@ -67,6 +67,22 @@ class Settings(BaseSettings):
     # Deployments per dispatch message.
     dispatch_chunk_size: int = Field(default=250, ge=1, le=5_000)
 
+    # Push services: the real hosts unless set (the embedded mode and the tests point them at the sandbox).
+    apns_url: str = "https://api.push.apple.com"
+    apns_sandbox_url: str = "https://api.sandbox.push.apple.com"
+    fcm_url: str = "https://fcm.googleapis.com"
+    fcm_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL, not a secret)
+    aosp_url: str = "https://api.pushy.me"
+    # An extra CA to trust for the push services (a test emulator's); the system store otherwise.
+    push_ca_file: str | None = None
+
+    @field_validator("apns_url", "apns_sandbox_url", "fcm_url", "fcm_token_url", "aosp_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("https://", "http://")):
+            raise ValueError(f"expected https://HOST[:PORT] (or http:// for cleartext HTTP/2), got {url!r}")
+        return url.rstrip("/")
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, url: str) -> str:

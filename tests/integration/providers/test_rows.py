@@ -1,0 +1,152 @@
+"""Stored credentials become providers: each kind of `PushCredential` row, read from the database, pushes
+through the emulators; a renewed row is used by the next dispatch without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from models.enums import CredentialKind, Provider, PushEnvironment
+from models.ids import new_id
+from models.store import ensure_organization
+from models.tables import PushCredential
+from sandbox import DeviceRegistry, Sandbox
+from sandbox.tls import issue_client_certificate, make_ca
+from tests.integration.providers.conftest import (
+    CLIENT_EMAIL,
+    KEY_ID,
+    PROJECT,
+    TEAM_ID,
+    TOPIC,
+    apns_token,
+    private_pem,
+)
+from workers.providers.base import Outcome, Push, PushType
+from workers.providers.credentials import InvalidCredential
+from workers.providers.endpoints import ProviderEndpoints
+from workers.providers.factory import ProviderFactory
+from workers.providers.rows import credential_from_row
+
+
+def _store(
+    engine: Engine, provider: Provider, kind: CredentialKind, secret: str, **fields: Any
+) -> PushCredential:
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        ensure_organization(session, organization_id="acme")
+        row = PushCredential(id=new_id(), organization_id="acme", provider=provider, kind=kind, secret=secret,
+                             fingerprint="-", environment=PushEnvironment.sandbox, **fields)  # fmt: skip
+        session.merge(row)
+    with Session(engine) as session:
+        stored = session.get(PushCredential, row.id)
+        assert stored is not None
+        return stored
+
+
+def test_every_kind_of_stored_credential_pushes(
+    pg: Engine,
+    registry: DeviceRegistry,
+    apns_signing_key: ec.EllipticCurvePrivateKey,
+    fcm_signing_key: rsa.RSAPrivateKey,
+) -> None:
+    aosp_key = secrets.token_hex(16)
+    registry.add_aosp_api_key(aosp_key)
+    apns_device, fcm_device, aosp_device = apns_token(), secrets.token_urlsafe(40), secrets.token_hex(11)
+    registry.add_apns_device(apns_device, topic=TOPIC)
+    registry.add_fcm_device(fcm_device, project_id=PROJECT)
+    registry.add_aosp_device(aosp_device)
+    service_account = json.dumps(
+        {
+            "type": "service_account",
+            "client_email": CLIENT_EMAIL,
+            "private_key": private_pem(fcm_signing_key),
+            "project_id": PROJECT,
+            "private_key_id": "kid-1",
+        }
+    )
+    rows = {
+        "apns": _store(
+            pg,
+            Provider.apns,
+            CredentialKind.apns_token,
+            private_pem(apns_signing_key),
+            key_id=KEY_ID,
+            team_id=TEAM_ID,
+            topic=TOPIC,
+        ),
+        "fcm": _store(pg, Provider.fcm, CredentialKind.fcm_service_account, service_account),
+        "aosp": _store(pg, Provider.aosp, CredentialKind.aosp_api_key, aosp_key),
+    }
+    pushes = {
+        "apns": Push("d-apns", token=apns_device, push_magic="magic"),
+        "fcm": Push("d-fcm", token=fcm_device, push_type=PushType.data, payload={"wake": "1"}),
+        "aosp": Push("d-aosp", token=aosp_device, push_type=PushType.data, payload={"wake": "1"}),
+    }
+    outcomes: dict[str, Outcome] = {}
+
+    async def scenario() -> None:
+        async with Sandbox(registry) as sandbox:
+            endpoints = ProviderEndpoints.loopback(
+                apns_port=sandbox.ports["apns"],
+                fcm_port=sandbox.ports["fcm"],
+                aosp_port=sandbox.ports["aosp"],
+            )
+            factory = ProviderFactory(endpoints)
+            for name, row in rows.items():
+                provider = factory.provider_for("acme", credential_from_row(row))
+                (result,) = await provider.send([pushes[name]])
+                outcomes[name] = result.outcome
+            await factory.close()
+
+    asyncio.run(scenario())
+    assert outcomes == {"apns": Outcome.accepted, "fcm": Outcome.accepted, "aosp": Outcome.accepted}
+
+
+def test_a_certificate_row_is_read_from_its_pem_bundle() -> None:
+    ca = make_ca()
+    client = issue_client_certificate(ca, topic=TOPIC)
+    bundle = (client.cert_pem + client.key_pem).decode()
+    row = PushCredential(id=new_id(), organization_id="acme", provider=Provider.apns, fingerprint="-",
+                         kind=CredentialKind.apns_certificate, secret=bundle)  # fmt: skip
+
+    credential = credential_from_row(row)
+
+    assert credential.topic == TOPIC  # type: ignore[union-attr]
+    assert credential.not_after == client.certificate.not_valid_after_utc  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("kind", "secret", "fields", "message"),
+    [
+        (
+            CredentialKind.apns_token,
+            "not a key",
+            {"key_id": KEY_ID, "team_id": TEAM_ID, "topic": TOPIC},
+            "key",
+        ),
+        (CredentialKind.apns_token, "irrelevant", {"key_id": KEY_ID}, "key id, team id and topic"),
+        (
+            CredentialKind.apns_certificate,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
+            {},
+            "PEM bundle",
+        ),
+        (CredentialKind.fcm_service_account, "{not json", {}, "not JSON"),
+    ],
+)
+def test_unusable_material_is_a_clear_error_that_names_no_secret(
+    kind: CredentialKind, secret: str, fields: dict[str, Any], message: str
+) -> None:
+    row = PushCredential(id=new_id(), organization_id="acme", provider=Provider.apns, fingerprint="-",
+                         kind=kind, secret=secret, **fields)  # fmt: skip
+
+    with pytest.raises(InvalidCredential, match=message) as raised:
+        credential_from_row(row)
+
+    assert secret not in str(raised.value)

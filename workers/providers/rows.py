@@ -1,0 +1,46 @@
+"""Stored `PushCredential` rows turned into the credential a provider is built from."""
+
+from __future__ import annotations
+
+import re
+
+from models.enums import CredentialKind
+from models.tables import PushCredential
+from workers.providers.credentials import (
+    AospApiKey,
+    ApnsCertificate,
+    ApnsEnvironment,
+    ApnsTokenKey,
+    Credential,
+    FcmServiceAccount,
+    InvalidCredential,
+)
+
+# A stored APNs certificate is one PEM bundle: the certificate and its private key.
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
+
+
+def credential_from_row(row: PushCredential) -> Credential:
+    """The provider credential for `row`; `InvalidCredential`, naming no secret, if it is unusable."""
+    environment = ApnsEnvironment(row.environment.value)
+    if row.kind is CredentialKind.apns_token:
+        if not (row.key_id and row.team_id and row.topic):
+            raise InvalidCredential("an APNs token key needs its key id, team id and topic")
+        return ApnsTokenKey(row.secret, row.key_id, row.team_id, row.topic, environment)
+    if row.kind is CredentialKind.apns_certificate:
+        certificate, key = _certificate_and_key(row.secret)
+        return ApnsCertificate.from_pem(certificate, key, environment=environment, topic=row.topic)
+    if row.kind is CredentialKind.fcm_service_account:
+        return FcmServiceAccount.from_json(row.secret, project_id=row.project_id)
+    return AospApiKey(row.secret)
+
+
+def _certificate_and_key(bundle: str) -> tuple[str, str]:
+    blocks = {match.group(1): match.group(0) for match in _PEM_BLOCK.finditer(bundle)}
+    certificate = blocks.get("CERTIFICATE")
+    key = next((block for label, block in blocks.items() if label.endswith("PRIVATE KEY")), None)
+    if certificate is None or key is None:
+        raise InvalidCredential(
+            "an APNs certificate is stored as one PEM bundle: the certificate and its key"
+        )
+    return certificate, key
