@@ -187,6 +187,12 @@ class DeviceRegistry:
         with self._lock:
             self._subscribers.append(callback)
 
+    def unsubscribe(self, callback: Callable[[Delivery], None]) -> None:
+        """Stop calling `callback` (e.g. a closed fleet); a callback never subscribed is ignored."""
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
     def go_offline(self, token: str) -> None:
         with self._lock:
             self._require(token).online = False
