@@ -1,0 +1,177 @@
+"""What a dispatch reads and writes: the claim, devices and credentials, receipts, tokens, holds."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, SQLModel, col, select
+
+from models.enums import Provider, TokenState
+from models.statuses import Kind, Status
+from models.store._sql import DEPLOYMENT, DEVICE, IDS_PER_STATEMENT, chunked, run
+from models.tables import PushCredential
+
+RECEIPT = SQLModel.metadata.tables["push_receipt"]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A Queued deployment this dispatch now pushes for."""
+
+    id: str
+    organization_id: str
+    device_id: str
+    kind: Kind
+    attempt_count: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    device_id: str
+    provider: Provider
+    token: str = field(repr=False)
+    push_magic: str | None = field(repr=False)
+    token_valid: bool
+
+
+@dataclass(frozen=True)
+class NewReceipt:
+    organization_id: str
+    provider: Provider
+    provider_push_id: str | None
+    deployment_ids: Sequence[str]
+    device_count: int
+    sent_at: datetime
+    expires_at: datetime | None
+
+
+def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> list[Claimed]:
+    """Count a push attempt for those of `ids` still Queued and not held: one conditional UPDATE per batch.
+    A redelivered message claims them again, which costs at worst a second wake-up push."""
+    claimed: list[Claimed] = []
+    c = DEPLOYMENT.c
+    for batch in chunked(list(dict.fromkeys(ids)), IDS_PER_STATEMENT):
+        statement = (
+            sa.update(DEPLOYMENT)
+            .where(c.id.in_(batch), c.status == Status.queued.value, c.hold_reason.is_(None))
+            .values(
+                attempt_count=c.attempt_count + 1,
+                pushed_at=now,
+                enqueued_at=sa.func.coalesce(c.enqueued_at, now),
+            )
+            .returning(c.id, c.organization_id, c.device_id, c.kind, c.attempt_count, c.created_at)
+        )
+        rows = run(session, statement)
+        claimed += [
+            Claimed(r.id, r.organization_id, r.device_id, Kind(r.kind), r.attempt_count, r.created_at)
+            for r in rows
+        ]
+    return claimed
+
+
+def push_targets(session: Session, *, device_ids: Collection[str]) -> dict[str, PushTarget]:
+    c = DEVICE.c
+    targets: dict[str, PushTarget] = {}
+    for batch in chunked(sorted(device_ids), IDS_PER_STATEMENT):
+        statement = sa.select(c.id, c.provider, c.push_token, c.push_magic, c.token_state).where(
+            c.id.in_(batch)
+        )
+        for r in run(session, statement):
+            valid = r.token_state == TokenState.valid.value
+            targets[r.id] = PushTarget(r.id, Provider(r.provider), r.push_token, r.push_magic, valid)
+    return targets
+
+
+def push_credentials(
+    session: Session, *, organization_ids: Collection[str]
+) -> dict[tuple[str, Provider], PushCredential]:
+    rows = session.exec(
+        select(PushCredential).where(col(PushCredential.organization_id).in_(organization_ids))
+    )
+    return {(row.organization_id, row.provider): row for row in rows}
+
+
+def record_receipts(session: Session, *, receipts: Sequence[NewReceipt]) -> None:
+    """One receipt per push sent, each woken deployment pointed at its receipt: two set-based statements."""
+    if not receipts:
+        return
+    rows = [
+        {
+            "organization_id": r.organization_id,
+            "provider": r.provider.value,
+            "provider_push_id": r.provider_push_id,
+            "device_count": r.device_count,
+            "sent_at": r.sent_at,
+            "expires_at": r.expires_at,
+        }
+        for r in receipts
+    ]
+    inserted = run(session, sa.insert(RECEIPT).returning(RECEIPT.c.id, sort_by_parameter_order=True), rows)
+    links = [
+        {"b_deployment": deployment_id, "b_receipt": receipt_id}
+        for receipt_id, receipt in zip(inserted.scalars().all(), receipts, strict=True)
+        for deployment_id in receipt.deployment_ids
+    ]
+    link = (
+        sa.update(DEPLOYMENT)
+        .where(DEPLOYMENT.c.id == sa.bindparam("b_deployment"))
+        .values(receipt_id=sa.bindparam("b_receipt"))
+    )
+    run(session, link, links)
+
+
+def invalidate_tokens(session: Session, *, reasons: Iterable[tuple[str, str, datetime]]) -> None:
+    """Mark device tokens invalid: (device id, the provider's reason, since when)."""
+    params = [{"device": d, "reason": reason[:200], "since": since} for d, reason, since in reasons]
+    if params:
+        statement = (
+            sa.update(DEVICE)
+            .where(DEVICE.c.id == sa.bindparam("device"))
+            .values(
+                token_state=TokenState.invalid.value,
+                token_invalid_reason=sa.bindparam("reason"),
+                token_invalid_at=sa.bindparam("since"),
+            )
+        )
+        run(session, statement, params)
+
+
+def hold_for_credential(session: Session, *, organization_id: str, provider: Provider, reason: str) -> int:
+    """Hold every Queued deployment of the organization that this provider wakes; returns how many."""
+    devices = sa.select(DEVICE.c.id).where(
+        DEVICE.c.organization_id == organization_id, DEVICE.c.provider == provider.value
+    )
+    statement = (
+        sa.update(DEPLOYMENT)
+        .where(
+            DEPLOYMENT.c.organization_id == organization_id,
+            DEPLOYMENT.c.status == Status.queued.value,
+            DEPLOYMENT.c.hold_reason.is_(None),
+            DEPLOYMENT.c.device_id.in_(devices),
+        )
+        .values(hold_reason=reason[:200])
+    )
+    return int(run(session, statement).rowcount)
+
+
+def release_holds(session: Session, *, organization_id: str, provider: Provider) -> list[str]:
+    """Release the organization's deployments held for this provider's credential; returns their ids."""
+    devices = sa.select(DEVICE.c.id).where(
+        DEVICE.c.organization_id == organization_id, DEVICE.c.provider == provider.value
+    )
+    statement = (
+        sa.update(DEPLOYMENT)
+        .where(
+            DEPLOYMENT.c.organization_id == organization_id,
+            DEPLOYMENT.c.hold_reason.is_not(None),
+            DEPLOYMENT.c.status == Status.queued.value,
+            DEPLOYMENT.c.device_id.in_(devices),
+        )
+        .values(hold_reason=None)
+        .returning(DEPLOYMENT.c.id)
+    )
+    return list(run(session, statement).scalars())

@@ -1,0 +1,238 @@
+"""Dispatch of a chunk through the real providers to the emulators, on SQLite and PostgreSQL: one push per
+device, receipts, dead tokens, held credentials, storms retried later, redelivery harmless."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
+from models.ids import new_id
+from models.statuses import Kind, Status
+from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
+from models.store.devices import NewDevice, add_devices
+from models.store.dispatch import release_holds
+from models.tables import Deployment, DeploymentEvent, Device, PushCredential, PushReceipt
+from sandbox import DeviceRegistry, FaultConfig, Sandbox, SandboxThread, Storm
+from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
+from workers.policy import RetryPolicy
+from workers.providers.endpoints import ProviderEndpoints
+from workers.push_gateway import PushGateway
+from workers.services.dispatch import dispatch_chunk
+
+POLICY = RetryPolicy.defaults()
+
+
+@pytest.fixture
+def signing_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def registry(signing_key: ec.EllipticCurvePrivateKey) -> DeviceRegistry:
+    registry = DeviceRegistry()
+    registry.add_apns_key(team_id=TEAM_ID, key_id=KEY_ID, public_key=signing_key.public_key())
+    return registry
+
+
+@contextmanager
+def _running(registry: DeviceRegistry, **faults: FaultConfig) -> Iterator[tuple[Sandbox, PushGateway]]:
+    with SandboxThread(registry, **faults) as sandbox:
+        gateway = PushGateway(
+            ProviderEndpoints.loopback(
+                apns_port=sandbox.ports["apns"],
+                fcm_port=sandbox.ports["fcm"],
+                aosp_port=sandbox.ports["aosp"],
+            )
+        )
+        try:
+            yield sandbox, gateway
+        finally:
+            gateway.close()
+
+
+def _sessions(engine: Engine):  # type: ignore[no-untyped-def]
+    @contextmanager
+    def session() -> Iterator[Session]:
+        with Session(engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    return session
+
+
+def _setup(
+    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+) -> dict[str, str]:
+    """Devices: two healthy iPhones, one whose token Apple no longer knows. Deployments: a profile and an app
+    for the first (one push serves both), a lock for the second, a profile and a lock for the dead one."""
+    tokens = {name: secrets.token_hex(32) for name in ("first", "second", "dead")}
+    for token in tokens.values():
+        registry.add_apns_device(token, topic=TOPIC)
+    registry.unregister(tokens["dead"], at=1_700_000_000.0)
+    with Session(engine) as s, s.begin():
+        ensure_organization(s, organization_id="acme")
+        s.add(
+            PushCredential(
+                id=new_id(),
+                organization_id="acme",
+                provider=Provider.apns,
+                kind=CredentialKind.apns_token,
+                secret=private_pem(signing_key),
+                fingerprint="-",
+                key_id=KEY_ID,
+                team_id=TEAM_ID,
+                topic=TOPIC,
+                environment=PushEnvironment.sandbox,
+            )
+        )
+        s.flush()
+        devices = dict(
+            zip(
+                tokens,
+                add_devices(
+                    s,
+                    organization_id="acme",
+                    devices=[
+                        NewDevice(Platform.ios, token, push_magic=f"magic-{name}")
+                        for name, token in tokens.items()
+                    ],
+                ),
+                strict=True,
+            )
+        )
+        wanted = [
+            ("first_profile", devices["first"], Kind.profile),
+            ("first_app", devices["first"], Kind.app),
+            ("second_lock", devices["second"], Kind.security_action),
+            ("dead_profile", devices["dead"], Kind.profile),
+            ("dead_lock", devices["dead"], Kind.security_action),
+        ]
+        ids = create_deployments(
+            s, organization_id="acme", deployments=[NewDeployment(d, k) for _, d, k in wanted]
+        )
+    return {name: i for (name, _, _), i in zip(wanted, ids, strict=True)} | {
+        f"device_{k}": v for k, v in devices.items()
+    }
+
+
+def _get(engine: Engine, deployment_id: str) -> Deployment:
+    with Session(engine) as s:
+        deployment = get_deployment(s, deployment_id=deployment_id)
+        assert deployment is not None
+        return deployment
+
+
+def _count(engine: Engine, model: type[PushReceipt] | type[DeploymentEvent]) -> int:
+    with Session(engine) as s:
+        return s.exec(select(func.count()).select_from(model)).one()
+
+
+def test_a_chunk_wakes_each_device_once_and_writes_every_outcome(
+    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    ids = _setup(engine, registry, signing_key)
+    chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock", "dead_profile", "dead_lock")]
+
+    with _running(registry) as (_, gateway):
+        summary = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+
+    assert (summary.claimed, summary.pushes, summary.accepted, summary.undeliverable) == (5, 3, 2, 2)
+    assert summary.retry is None
+    first_profile, first_app = _get(engine, ids["first_profile"]), _get(engine, ids["first_app"])
+    assert first_profile.status is Status.queued, "accepted: Queued until the device checks in"
+    assert first_profile.receipt_id is not None
+    assert first_profile.receipt_id == first_app.receipt_id, "one wake-up push served both"
+    assert _count(engine, PushReceipt) == 2
+    dead_profile, dead_lock = _get(engine, ids["dead_profile"]), _get(engine, ids["dead_lock"])
+    assert dead_profile.status is Status.error_distributing
+    assert dead_lock.status is Status.failed, "security actions have no Error distributing"
+    assert (
+        dead_profile.error_message
+        == "APNs rejected the device token: Unregistered since 2023-11-14 22:13 UTC"
+    )
+    assert dead_profile.error_detail == {"provider": "apns", "status": 410, "reason": "Unregistered"}
+    with Session(engine) as s:
+        dead = s.get(Device, ids["device_dead"])
+        assert dead is not None
+        assert (dead.token_state, dead.token_invalid_reason) == (TokenState.invalid, "Unregistered")
+
+
+def test_the_same_message_delivered_twice_changes_nothing_more(
+    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    ids = _setup(engine, registry, signing_key)
+    chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock", "dead_profile", "dead_lock")]
+
+    with _running(registry) as (_, gateway):
+        dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+        statuses = {k: _get(engine, ids[k]).status for k in ("first_profile", "second_lock", "dead_profile")}
+        events = _count(engine, DeploymentEvent)
+        again = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+
+    assert {k: _get(engine, ids[k]).status for k in statuses} == statuses
+    assert _count(engine, DeploymentEvent) == events, "no new events"
+    assert again.undeliverable == 0
+    assert again.accepted == 2, "at worst a second wake-up push"
+
+
+def test_a_refused_credential_holds_and_a_new_one_releases(
+    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    ids = _setup(engine, registry, signing_key)
+    registry.revoke_apns_key(KEY_ID)
+    chunk = [ids["first_profile"], ids["second_lock"]]
+
+    with _running(registry) as (_, gateway):
+        summary = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+        held = _get(engine, ids["first_profile"])
+        assert summary.held == 5, "every Queued APNs deployment of the organization, not only the chunk"
+        assert (held.status, held.hold_reason) == (
+            Status.queued,
+            "APNs refused the credential: InvalidProviderToken",
+        )
+        assert _get(engine, ids["dead_lock"]).status is Status.queued, "nothing is marked failed"
+
+        renewed = ec.generate_private_key(ec.SECP256R1())
+        registry.add_apns_key(team_id=TEAM_ID, key_id="NEWKEY0001", public_key=renewed.public_key())
+        with Session(engine) as s, s.begin():
+            credential = s.exec(select(PushCredential)).one()
+            credential.secret, credential.key_id = private_pem(renewed), "NEWKEY0001"
+            credential.status = CredentialStatus.valid
+            released = release_holds(s, organization_id="acme", provider=Provider.apns)
+        everything = ("first_profile", "first_app", "second_lock", "dead_profile", "dead_lock")
+        assert sorted(released) == sorted(ids[k] for k in everything)
+        after = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+
+    assert after.accepted == 2
+    assert _get(engine, ids["first_profile"]).hold_reason is None
+
+
+def test_a_5xx_storm_comes_back_as_a_delayed_retry_and_loses_nothing(
+    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    ids = _setup(engine, registry, signing_key)
+    chunk = [ids["first_profile"], ids["first_app"], ids["second_lock"]]
+    storm = FaultConfig(
+        storm=Storm(reason="ServiceUnavailable", fraction=1.0, duration_s=3600, retry_after_s=30)
+    )
+
+    with _running(registry, apns_faults=storm) as (_, gateway):
+        summary = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+
+    assert summary.retry is not None
+    assert sorted(summary.retry.deployment_ids) == sorted(chunk)
+    assert summary.retry.delay_s >= 30, "Retry-After is honoured"
+    assert {_get(engine, i).status for i in chunk} == {Status.queued}
+    with Session(engine) as s:
+        assert (
+            s.exec(
+                select(func.count()).select_from(Deployment).where(col(Deployment.receipt_id).is_not(None))
+            ).one()
+            == 0
+        )

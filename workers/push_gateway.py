@@ -1,0 +1,62 @@
+"""The bridge from synchronous actors to the asynchronous push providers.
+
+Dramatiq runs actors on worker threads; the providers keep persistent, multiplexed HTTP/2 connections on an
+event loop. One loop per process runs in a daemon thread; every worker thread submits its batch to it, so the
+connections of one credential are shared by all the chunks in flight. Built lazily, and anew after a fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Sequence
+
+from workers.providers.base import Push, PushResult
+from workers.providers.credentials import Credential
+from workers.providers.endpoints import ProviderEndpoints
+from workers.providers.factory import ProviderFactory
+
+# A batch that has not come back after this long is not coming back: its pushes are retried as transient.
+SEND_TIMEOUT_S = 120.0
+
+
+class PushGateway:
+    def __init__(self, endpoints: ProviderEndpoints) -> None:
+        self._endpoints = endpoints
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._factory: ProviderFactory | None = None
+        self._pid = 0
+
+    def send(self, organization_id: str, credential: Credential, pushes: Sequence[Push]) -> list[PushResult]:
+        """Send `pushes` with `credential`; a `ProviderError` means the whole batch could not be sent."""
+        loop, factory = self._running()
+
+        async def send() -> list[PushResult]:
+            return await factory.provider_for(organization_id, credential).send(pushes)
+
+        return asyncio.run_coroutine_threadsafe(send(), loop).result(SEND_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Close every connection and stop the loop (in the process that started it)."""
+        with self._lock:
+            loop, thread, factory = self._loop, self._thread, self._factory
+            self._loop, self._thread, self._factory = None, None, None
+        if loop is None or thread is None or factory is None or self._pid != os.getpid():
+            return
+        asyncio.run_coroutine_threadsafe(factory.close(), loop).result(SEND_TIMEOUT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+    def _running(self) -> tuple[asyncio.AbstractEventLoop, ProviderFactory]:
+        with self._lock:
+            if self._loop is None or self._factory is None or self._pid != os.getpid():
+                self._loop = asyncio.new_event_loop()
+                self._factory = ProviderFactory(self._endpoints)
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="mdmq-push", daemon=True)
+                self._thread.start()
+            return self._loop, self._factory

@@ -1,0 +1,312 @@
+"""Dispatch of one chunk: claim it, wake each device once, and write every outcome set-based.
+
+One push per device serves all of that device's deployments in the chunk: the device checks in and fetches
+every command queued for it. A device's failure is its own: the chunk goes on, and each outcome class is
+written by one statement (receipts, tokens, undeliverable deployments, holds); transient failures come back
+as a `Retry` for the actor to enqueue with a delay, never a sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
+
+from models.enums import Actor, CredentialStatus, Provider
+from models.statuses import PUSH_UNDELIVERABLE
+from models.store import Effects, ErrorInfo, Move, transition
+from models.store.dispatch import (
+    Claimed,
+    NewReceipt,
+    PushTarget,
+    claim_for_push,
+    hold_for_credential,
+    invalidate_tokens,
+    push_credentials,
+    push_targets,
+    record_receipts,
+)
+from models.tables import PushCredential
+from models.types import utcnow
+from workers.policy import RetryPolicy, backoff_s
+from workers.providers.base import CredentialRejected, Outcome, ProviderError, Push, PushResult, PushType
+from workers.providers.credentials import InvalidCredential
+from workers.providers.rows import credential_from_row
+from workers.push_gateway import PushGateway
+
+log = logging.getLogger(__name__)
+
+SessionFactory = Callable[[], AbstractContextManager[Session]]
+PROVIDER_NAMES = {Provider.apns: "APNs", Provider.fcm: "FCM", Provider.aosp: "The AOSP push provider"}
+UNDELIVERABLE = Move(PUSH_UNDELIVERABLE, "push undeliverable")
+
+
+@dataclass(frozen=True)
+class Retry:
+    deployment_ids: list[str]
+    delay_s: float
+
+
+@dataclass
+class Wake:
+    """One device to wake, and the deployments of the chunk it serves."""
+
+    target: PushTarget
+    deployments: list[Claimed]
+    result: PushResult | None = None
+
+
+@dataclass
+class DispatchSummary:
+    claimed: int = 0
+    pushes: int = 0
+    accepted: int = 0
+    undeliverable: int = 0
+    held: int = 0
+    retry: Retry | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+def dispatch_chunk(
+    session: SessionFactory,
+    gateway: PushGateway,
+    deployment_ids: list[str],
+    *,
+    policy: RetryPolicy,
+    now: datetime | None = None,
+) -> DispatchSummary:
+    now = now or utcnow()
+    with session() as s:
+        claimed = claim_for_push(s, ids=deployment_ids, now=now)
+        targets = push_targets(s, device_ids={c.device_id for c in claimed})
+        credentials = push_credentials(s, organization_ids={c.organization_id for c in claimed})
+    summary = DispatchSummary(claimed=len(claimed))
+    groups = _group(claimed, targets)
+    with session() as s:
+        for (organization_id, provider), wakes in groups.items():
+            credential = credentials.get((organization_id, provider))
+            _dispatch_group(
+                s,
+                gateway,
+                organization_id=organization_id,
+                provider=provider,
+                credential=credential,
+                wakes=wakes,
+                summary=summary,
+                now=now,
+            )
+        summary.retry = _retry(s, groups, policy=policy, now=now, summary=summary)
+    return summary
+
+
+def _group(claimed: list[Claimed], targets: dict[str, PushTarget]) -> dict[tuple[str, Provider], list[Wake]]:
+    by_device: dict[str, Wake] = {}
+    for deployment in claimed:
+        target = targets.get(deployment.device_id)
+        if target is None:  # the device row went away; nothing to wake
+            continue
+        by_device.setdefault(deployment.device_id, Wake(target, [])).deployments.append(deployment)
+    groups: dict[tuple[str, Provider], list[Wake]] = defaultdict(list)
+    for wake in by_device.values():
+        groups[(wake.deployments[0].organization_id, wake.target.provider)].append(wake)
+    return groups
+
+
+def _dispatch_group(
+    s: Session,
+    gateway: PushGateway,
+    *,
+    organization_id: str,
+    provider: Provider,
+    credential: PushCredential | None,
+    wakes: list[Wake],
+    summary: DispatchSummary,
+    now: datetime,
+) -> None:
+    dead = [w for w in wakes if not w.target.token_valid]
+    _undeliverable(s, provider, dead, "invalid_token", "has an invalid token for the device", summary=summary)
+    live = [w for w in wakes if w.target.token_valid]
+    if not live:
+        return
+    hold_reason = _unusable(provider, credential)
+    if hold_reason is None:
+        assert credential is not None
+        hold_reason = _send(gateway, organization_id, credential, live)
+    if hold_reason is not None:
+        _hold(s, organization_id, provider, credential=credential, reason=hold_reason, summary=summary)
+        return
+    _write_results(s, organization_id, provider, wakes=live, summary=summary, now=now)
+
+
+def _unusable(provider: Provider, credential: PushCredential | None) -> str | None:
+    if credential is None:
+        return f"no {PROVIDER_NAMES[provider]} credential"
+    if credential.status in (CredentialStatus.expired, CredentialStatus.revoked, CredentialStatus.invalid):
+        return f"{PROVIDER_NAMES[provider]} credential {credential.status.value}"
+    return None
+
+
+def _send(gateway: PushGateway, organization_id: str, row: PushCredential, wakes: list[Wake]) -> str | None:
+    """Fill each wake's result; returns a hold reason when the credential itself was refused."""
+    try:
+        credential = credential_from_row(row)
+        results = gateway.send(organization_id, credential, [_push(w) for w in wakes])
+    except (InvalidCredential, CredentialRejected) as e:
+        return f"{PROVIDER_NAMES[row.provider]} credential refused: {e}"
+    except (ProviderError, TimeoutError) as e:
+        log.warning(
+            "push batch failed: %s", e, extra={"organization": organization_id, "provider": row.provider}
+        )
+        results = [PushResult(w.target.device_id, Outcome.transient, reason=type(e).__name__) for w in wakes]
+    for wake, result in zip(wakes, results, strict=True):
+        wake.result = result
+    if any(r.outcome is Outcome.credential for r in results):
+        reason = next(r.reason for r in results if r.outcome is Outcome.credential)
+        return f"{PROVIDER_NAMES[row.provider]} refused the credential: {reason}"
+    return None
+
+
+def _push(wake: Wake) -> Push:
+    target = wake.target
+    if target.provider is Provider.apns:
+        return Push(target.device_id, token=target.token, push_magic=target.push_magic)
+    return Push(target.device_id, token=target.token, push_type=PushType.data, payload={"action": "checkin"})
+
+
+def _write_results(
+    s: Session,
+    organization_id: str,
+    provider: Provider,
+    *,
+    wakes: list[Wake],
+    summary: DispatchSummary,
+    now: datetime,
+) -> None:
+    by_outcome: dict[Outcome, list[Wake]] = defaultdict(list)
+    for wake in wakes:
+        assert wake.result is not None
+        by_outcome[wake.result.outcome].append(wake)
+        summary.outcomes[wake.result.outcome.value] = summary.outcomes.get(wake.result.outcome.value, 0) + 1
+    summary.pushes += len(wakes)
+    summary.accepted += len(by_outcome[Outcome.accepted])
+    record_receipts(s, receipts=list(_receipts(organization_id, provider, by_outcome[Outcome.accepted], now)))
+    permanent = by_outcome[Outcome.permanent]
+    invalidate_tokens(s, reasons=[_token_invalid(w, now) for w in permanent])
+    _undeliverable(
+        s, provider, permanent, "push_token_rejected", "rejected the device token", summary=summary
+    )
+    rejected = by_outcome[Outcome.payload_rejected]
+    _undeliverable(s, provider, rejected, "push_payload_rejected", "rejected the push", summary=summary)
+
+
+def _receipts(
+    organization_id: str, provider: Provider, wakes: list[Wake], now: datetime
+) -> Iterator[NewReceipt]:
+    by_push: dict[str | None, list[Wake]] = defaultdict(list)
+    for wake in wakes:
+        assert wake.result is not None
+        by_push[wake.result.push_id].append(wake)
+    for push_id, shared in by_push.items():
+        first = shared[0].result
+        assert first is not None
+        ids = [d.id for w in shared for d in w.deployments]
+        yield NewReceipt(
+            organization_id, provider, push_id, ids, len(shared), first.sent_at or now, first.expires_at
+        )
+
+
+def _token_invalid(wake: Wake, now: datetime) -> tuple[str, str, datetime]:
+    assert wake.result is not None
+    return wake.target.device_id, wake.result.reason or "rejected", wake.result.token_invalid_since or now
+
+
+def _undeliverable(
+    s: Session, provider: Provider, wakes: list[Wake], code: str, what: str, *, summary: DispatchSummary
+) -> None:
+    by_reason: dict[str, list[Wake]] = defaultdict(list)
+    for wake in wakes:
+        by_reason[_reason_text(wake)].append(wake)
+    for reason, group in by_reason.items():
+        message = (
+            f"{PROVIDER_NAMES[provider]} {what}: {reason}" if reason else f"{PROVIDER_NAMES[provider]} {what}"
+        )
+        result = group[0].result
+        detail = {
+            "provider": provider.value,
+            "status": result and result.status,
+            "reason": result and result.reason,
+        }
+        ids = [d.id for w in group for d in w.deployments]
+        effects = Effects(error=ErrorInfo(code, message, detail))
+        applied = transition(s, ids=ids, move=UNDELIVERABLE, actor=Actor.worker, effects=effects)
+        summary.undeliverable += len(applied.applied)
+
+
+def _reason_text(wake: Wake) -> str:
+    result = wake.result
+    if result is None:
+        return ""
+    since = f" since {result.token_invalid_since:%Y-%m-%d %H:%M} UTC" if result.token_invalid_since else ""
+    return f"{result.reason or result.status}{since}"
+
+
+def _hold(
+    s: Session,
+    organization_id: str,
+    provider: Provider,
+    *,
+    credential: PushCredential | None,
+    reason: str,
+    summary: DispatchSummary,
+) -> None:
+    held = hold_for_credential(s, organization_id=organization_id, provider=provider, reason=reason)
+    summary.held += held
+    if credential is not None and credential.status is CredentialStatus.valid:
+        credential = s.merge(credential)
+        credential.status, credential.status_reason = CredentialStatus.invalid, reason
+    extra = {"organization": organization_id, "provider": provider.value, "held": held}
+    log.error("deployments held: %s", reason, extra=extra)
+
+
+def _retry(
+    s: Session,
+    groups: dict[tuple[str, Provider], list[Wake]],
+    *,
+    policy: RetryPolicy,
+    now: datetime,
+    summary: DispatchSummary,
+) -> Retry | None:
+    transient = [
+        w for wakes in groups.values() for w in wakes if w.result and w.result.outcome is Outcome.transient
+    ]
+    if not transient:
+        return None
+    retry_ids, delays = [], []
+    for wake in transient:
+        assert wake.result is not None
+        for deployment in wake.deployments:
+            limits = policy[deployment.kind]
+            deadline = deployment.created_at + timedelta(seconds=limits.deadline_s)
+            if deployment.attempt_count >= limits.max_pushes or now >= deadline:
+                _give_up(s, wake, deployment, summary)
+                continue
+            retry_ids.append(deployment.id)
+            wait = backoff_s(deployment.attempt_count, limits.push_first_s, limits.push_max_s)
+            delays.append(max(wait, wake.result.retry_after_s or 0))
+    return Retry(retry_ids, min(delays)) if retry_ids else None
+
+
+def _give_up(s: Session, wake: Wake, deployment: Claimed, summary: DispatchSummary) -> None:
+    assert wake.result is not None
+    provider = PROVIDER_NAMES[wake.target.provider]
+    message = (
+        f"{provider} did not accept the push after {deployment.attempt_count} attempts: {_reason_text(wake)}"
+    )
+    effects = Effects(error=ErrorInfo("push_unavailable", message, {"reason": wake.result.reason}))
+    applied = transition(s, ids=[deployment.id], move=UNDELIVERABLE, actor=Actor.worker, effects=effects)
+    summary.undeliverable += len(applied.applied)
