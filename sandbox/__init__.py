@@ -3,7 +3,11 @@
 mdmq's production provider clients talk to these emulators exactly as they talk to the real services: same
 protocol (HTTP/2 over TLS with ALPN ``h2``, or cleartext h2c with prior knowledge), same paths, headers, auth
 (ES256 provider JWT or TLS client certificate for APNs, RS256 service-account OAuth for FCM, ``api_key`` for
-AOSP) and the same status codes and error bodies.
+AOSP) and the same status codes and error bodies. Like Google's endpoints and Pushy, the FCM and AOSP
+emulators also serve HTTP/1.1 on the same ports (``sandbox.http1``, on h11), so that HTTP/1.1-only clients
+(google-auth, requests, pyfcm) can be pointed at them: over TLS, ALPN picks ``h2`` when offered, else
+``http/1.1``; over cleartext the first bytes decide (the HTTP/2 preface, or HTTP/1.1). APNs, like Apple's,
+is HTTP/2 only.
 
 Quick start (async)::
 
@@ -33,7 +37,8 @@ the emulators on an event loop in a background thread.
 ``serve_forever(host, apns_port, fcm_port, aosp_port, tls)`` runs them until interrupted (``mdmq sandbox``).
 
 TLS: ``Sandbox(registry, tls=True)`` makes a throw-away CA and a server certificate for ``localhost``,
-``127.0.0.1`` and the real service host names; clients trust ``sb.tls.ca_pem``. ALPN selects ``h2``.
+``127.0.0.1`` and the real service host names; clients trust ``sb.tls.ca_pem``. ALPN selects ``h2``
+(FCM and AOSP: ``http/1.1`` for clients that offer only that).
 APNs client-certificate auth: ``registry.add_apns_client_ca(ca_cert)`` (before start) and
 ``registry.add_apns_client_certificate(cert, topics=[...])``; ``sandbox.tls`` has helpers to make keys and
 certificates for tests.
@@ -43,7 +48,9 @@ Faults (``sandbox.faults``): ``FaultConfig`` is fixed per run (latency ``Latency
 provider's own reason, e.g. ``{"BadDeviceToken": 0.01}`` or ``{"UNAVAILABLE": 0.05}``; a ``storm``;
 ``goaway_every_n_streams``; ``max_concurrent_streams`` advertised in SETTINGS). Each emulator gets a
 ``FaultRuntime`` (``sb.apns_faults``, ``sb.fcm_faults``, ``sb.aosp_faults``) that can be changed while it
-runs.
+runs. Over HTTP/1.1, latency, error rates and storms (429 with Retry-After included) apply as over HTTP/2;
+GOAWAY and the stream limit are HTTP/2 framing and do not. An HTTP/1.1 connection answers its requests one
+at a time, so injected latency adds up along a keep-alive connection, as it would at the real services.
 
 Time: ``DeviceRegistry(clock=...)`` takes a ``() -> float`` (unix seconds) so expiry can be tested without
 sleeping; the emulators read the time through the registry's clock.

@@ -3,7 +3,8 @@
 Why not hypercorn: the emulators must send GOAWAY after the Nth stream while still answering the streams up to
 it, advertise a chosen SETTINGS_MAX_CONCURRENT_STREAMS, delay single responses without holding up others,
 and cost little CPU per request so that they are never the bottleneck of a fan-out benchmark.
-Handlers are synchronous functions `Request -> Response`. Delayed answers wait in one timer per millisecond
+Handlers are synchronous functions `Request -> Response` (`sandbox.http1` serves them over HTTP/1.1 too, and
+`sandbox.http_server` listens for both). Delayed answers wait in one timer per millisecond
 of due time, not one per request, and everything a batch of input or a timer produces goes out in one write.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -290,6 +290,9 @@ class H2Protocol(asyncio.Protocol):
         self._flush()
         self._close_transport()
 
+    def close_gracefully(self) -> None:
+        self.send_goaway()
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -302,51 +305,3 @@ class H2Protocol(asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-
-class H2Server:
-    """Serves one handler on one port; `close()` says GOAWAY to every client and waits for their answers."""
-
-    def __init__(self, handler: Handler, faults: FaultRuntime, *, ssl_context: ssl.SSLContext | None = None):
-        self.handler = handler
-        self.faults = faults
-        self.ssl_context = ssl_context
-        self.connections: set[H2Protocol] = set()
-        self._server: asyncio.Server | None = None
-        self._all_closed = asyncio.Event()
-
-    async def start(self, host: str, port: int) -> int:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._new_protocol, host, port, ssl=self.ssl_context)
-        sockname = self._server.sockets[0].getsockname()
-        return int(sockname[1])
-
-    def _new_protocol(self) -> H2Protocol:
-        return H2Protocol(self.handler, self.faults, self._connection_opened, self._connection_closed)
-
-    def _connection_opened(self, protocol: H2Protocol) -> None:
-        self.connections.add(protocol)
-        self._all_closed.clear()
-
-    def _connection_closed(self, protocol: H2Protocol) -> None:
-        self.connections.discard(protocol)
-        if not self.connections:
-            self._all_closed.set()
-
-    def goaway_all(self) -> None:
-        for protocol in list(self.connections):
-            protocol.send_goaway()
-
-    async def close(self, *, grace_s: float = 5.0) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        self.goaway_all()
-        if self.connections:
-            try:
-                await asyncio.wait_for(self._all_closed.wait(), grace_s)
-            except TimeoutError:
-                for protocol in list(self.connections):
-                    protocol.abort()
-        await self._server.wait_closed()
-        self._server = None

@@ -15,12 +15,15 @@ from sandbox.aosp import AospEmulator
 from sandbox.apns import ApnsEmulator
 from sandbox.faults import FaultConfig, FaultRuntime
 from sandbox.fcm import FcmEmulator
-from sandbox.http2 import H2Server, Handler
+from sandbox.http2 import Handler
+from sandbox.http_server import HttpServer
 from sandbox.registry import DeviceRegistry
 from sandbox.tls import ServerTls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Google's endpoints and Pushy serve HTTP/1.1 beside HTTP/2; APNs is HTTP/2 only, and so is its emulator.
+HTTP1_SERVICES = frozenset({"fcm", "aosp"})
 
 
 class Sandbox:
@@ -28,6 +31,8 @@ class Sandbox:
 
     `tls=True` serves all three over TLS with a generated certificate (`self.tls.ca_pem` to trust);
     pass a `ServerTls` to choose the certificate. APNs client CAs are read from the registry at start.
+    FCM and AOSP also serve HTTP/1.1 on the same ports (ALPN `http/1.1`, or cleartext without the HTTP/2
+    preface); APNs serves HTTP/2 only, as Apple does.
     """
 
     def __init__(
@@ -54,7 +59,7 @@ class Sandbox:
         self.apns = ApnsEmulator(self.registry, self.apns_faults, environment=apns_environment)
         self.fcm = FcmEmulator(self.registry, self.fcm_faults)
         self.aosp = AospEmulator(self.registry, self.aosp_faults)
-        self.servers: dict[str, H2Server] = {}
+        self.servers: dict[str, HttpServer] = {}
         self.ports: dict[str, int] = {}
 
     @property
@@ -81,7 +86,8 @@ class Sandbox:
         }
         try:
             for name, (handler, faults) in handlers.items():
-                server = H2Server(handler, faults, ssl_context=self._ssl_context(name))
+                http1 = name in HTTP1_SERVICES
+                server = HttpServer(handler, faults, ssl_context=self._ssl_context(name), http1=http1)
                 self.ports[name] = await server.start(self.host, self._ports[name])
                 self.servers[name] = server
         except BaseException:
@@ -93,7 +99,7 @@ class Sandbox:
             return None
         if name == "apns":
             return self.tls.with_client_cas(self.registry.credentials.apns_client_cas).server_context()
-        return self.tls.server_context()
+        return self.tls.server_context(alpn_protocols=("h2", "http/1.1"))
 
     async def close(self) -> None:
         servers, self.servers = list(self.servers.values()), {}

@@ -127,10 +127,11 @@ class ServerTls:
     def with_client_cas(self, cas: Sequence[x509.Certificate]) -> ServerTls:
         return ServerTls(self.ca, self.server, tuple(cas))
 
-    def server_context(self) -> ssl.SSLContext:
+    def server_context(self, alpn_protocols: Sequence[str] = ("h2",)) -> ssl.SSLContext:
+        """A listener's context; ALPN picks the first of `alpn_protocols` that the client offers too."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.set_alpn_protocols(["h2"])
+        context.set_alpn_protocols(list(alpn_protocols))
         _load_chain(context, self.server)
         if self.client_cas:
             # Optional: token-auth clients present none; certificate clients must present a valid one.

@@ -14,6 +14,7 @@ import pytest
 
 from sandbox import FaultConfig, Latency, Sandbox, SandboxThread, Storm
 from sandbox.h2client import ClientResponse, ConnectionLost, H2Client, StreamRefused, _Pending
+from sandbox.http2 import H2Protocol
 from sandbox.testing import (
     AOSP_KEY,
     APNS_TOKEN,
@@ -167,9 +168,10 @@ def test_tls_with_alpn_h2_and_client_certificate_auth(world: World) -> None:
     in_sandbox(world, tls=tls)(body)
 
 
-def test_http1_client_is_turned_away(world: World) -> None:
-    with SandboxThread(world.registry) as sandbox, pytest.raises((OSError, http.client.HTTPException)):
-        urllib.request.urlopen(f"{sandbox.aosp_url}/push?api_key={AOSP_KEY}", timeout=5)
+def test_http1_client_is_turned_away_by_apns(world: World) -> None:
+    # APNs is HTTP/2 only (FCM and AOSP serve HTTP/1.1 too: test_sandbox_http1).
+    with SandboxThread(world.registry) as sandbox, pytest.raises(http.client.HTTPException):
+        urllib.request.urlopen(f"{sandbox.apns_url}/3/device/{APNS_TOKEN}", timeout=5)
 
 
 def test_close_answers_in_flight_requests_before_closing(world: World) -> None:
@@ -178,10 +180,8 @@ def test_close_answers_in_flight_requests_before_closing(world: World) -> None:
         await sandbox.start()
         client = await connect(sandbox.apns_url)
         in_flight = asyncio.ensure_future(mdm_push(client, world))
-        while (
-            not sandbox.servers["apns"].connections
-            or not next(iter(sandbox.servers["apns"].connections)).streams
-        ):
+        connections = sandbox.servers["apns"].connections
+        while not any(isinstance(c, H2Protocol) and c.streams for c in connections):
             await asyncio.sleep(0)  # wait until the server has the stream, not to paper over a race
         await sandbox.close()
         response = await in_flight
