@@ -30,6 +30,30 @@ def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision to 
 
 
 @app.command()
+def demo(
+    devices: int = typer.Option(1000, min=1, help="Simulated devices in the rollout."),
+    seed: int = typer.Option(7, help="Seed of the fleet's devices and behaviours."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the counts."),
+    timeout_s: float = typer.Option(600, "--timeout", help="Give up after this many seconds."),
+) -> None:
+    """A mixed rollout of profiles, apps, locks and messages to simulated devices, through the whole pipeline.
+
+    Exits 0 when every deployment reached the status its simulated device dictates."""
+    from cli.demo import run_demo
+    from cli.output import demo_progress, print_demo
+
+    settings = load_settings()
+    configure_logging(level="WARNING", json_lines=settings.json_logs)
+    with demo_progress(enabled=not json_output) as progress:
+        result = run_demo(settings, devices=devices, seed=seed, timeout_s=timeout_s, progress=progress)
+    if json_output:
+        typer.echo(result.as_json())
+    else:
+        print_demo(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
 def sandbox(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     apns_port: int = typer.Option(2197, help="APNs emulator port (0: any free port)."),

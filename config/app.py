@@ -16,15 +16,18 @@ from sqlmodel import Session
 from config.settings import Settings, load_settings
 from models.database import create_engine
 from workers.broker import build_broker
+from workers.policy import RetryPolicy
 from workers.providers.endpoints import ProviderEndpoints
+from workers.push_gateway import PushGateway
 
 
 class App:
     """mdmq's parts for one process. The engine is built lazily and rebuilt after a fork: a connection pool
     inherited from a parent process would share sockets with it."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, policy: RetryPolicy | None = None) -> None:
         self.settings = settings or load_settings()
+        self.policy = policy or RetryPolicy.defaults()
         self._engine: Engine | None = None
         self._engine_pid = 0
         self._lock = threading.Lock()
@@ -61,7 +64,13 @@ class App:
             ca_file=s.push_ca_file,
         )
 
+    @cached_property
+    def gateway(self) -> PushGateway:
+        return PushGateway(self.endpoints)
+
     def close(self) -> None:
+        if "gateway" in self.__dict__:
+            self.gateway.close()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None

@@ -20,12 +20,12 @@ _DAY = 86_400
 @dataclass(frozen=True)
 class KindPolicy:
     max_postpones: int  # the NotNow / agent-not-started report that makes this many fails the deployment
-    deadline_s: int  # from creation; past it an unfinished deployment fails
-    postpone_first_s: int  # first wait after a postponement; doubles each time
-    postpone_max_s: int
+    deadline_s: float  # from creation; past it an unfinished deployment fails
+    postpone_first_s: float  # first wait after a postponement; doubles each time
+    postpone_max_s: float
     max_pushes: int  # wake-up pushes without a check-in before the deployment fails
-    push_first_s: int  # first wait before a re-push or a transient provider failure is retried
-    push_max_s: int
+    push_first_s: float  # first wait before a re-push or a transient provider failure is retried
+    push_max_s: float
 
 
 DEFAULTS: Mapping[Kind, KindPolicy] = {
@@ -62,8 +62,24 @@ class RetryPolicy:
     def __getitem__(self, kind: Kind) -> KindPolicy:
         return self.kinds[kind]
 
+    def scaled(self, factor: float) -> RetryPolicy:
+        """Every wait and deadline times `factor`: the demo runs days of retries in seconds."""
+        return RetryPolicy(
+            {
+                kind: replace(
+                    p,
+                    deadline_s=p.deadline_s * factor,
+                    postpone_first_s=p.postpone_first_s * factor,
+                    postpone_max_s=p.postpone_max_s * factor,
+                    push_first_s=p.push_first_s * factor,
+                    push_max_s=p.push_max_s * factor,
+                )
+                for kind, p in self.kinds.items()
+            }
+        )
 
-def backoff_s(attempt: int, first_s: int, max_s: int, rng: random.Random | None = None) -> float:
+
+def backoff_s(attempt: int, first_s: float, max_s: float, rng: random.Random | None = None) -> float:
     """Exponential back-off with full jitter over the upper half: attempt 1 waits about `first_s`."""
     ceiling: float = min(max_s, first_s * 2 ** max(attempt - 1, 0))
     return ceiling * (0.5 + 0.5 * (rng or random).random())
@@ -98,6 +114,9 @@ def _apply(policy: KindPolicy, changes: Any, kind_name: str) -> KindPolicy:
     known = {f.name for f in fields(KindPolicy)}
     if not isinstance(changes, Mapping) or not set(changes) <= known:
         raise InvalidPolicy(f"retry policy for {kind_name!r} may set only: {', '.join(sorted(known))}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in changes.values()):
-        raise InvalidPolicy(f"retry policy values for {kind_name!r} must be whole numbers >= 0")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in changes.values()):
+        raise InvalidPolicy(f"retry policy values for {kind_name!r} must be numbers >= 0")
+    counts = {"max_postpones", "max_pushes"} & set(changes)
+    if any(not isinstance(changes[name], int) for name in counts):
+        raise InvalidPolicy(f"max_postpones and max_pushes for {kind_name!r} must be whole numbers")
     return replace(policy, **changes)

@@ -150,3 +150,34 @@ def deployment_history(session: Session, *, deployment_id: str) -> list[Deployme
         .order_by(col(DeploymentEvent.id))
     )
     return list(session.exec(statement))
+
+
+def pending_commands(session: Session, *, device_id: str) -> list[tuple[str, Kind]]:
+    """What the check-in server hands a device that connects: its Queued deployments that are not held."""
+    statement = sa.select(DEPLOYMENT.c.id, DEPLOYMENT.c.kind).where(
+        DEPLOYMENT.c.device_id == device_id,
+        DEPLOYMENT.c.status == Status.queued.value,
+        DEPLOYMENT.c.hold_reason.is_(None),
+    )
+    return [(row.id, Kind(row.kind)) for row in run(session, statement)]
+
+
+def rollout_state(session: Session, *, organization_id: str) -> list[tuple[str, str, Kind, Status]]:
+    """(id, device, kind, status) of every deployment of the organization, for the demo's progress."""
+    c = DEPLOYMENT.c
+    statement = sa.select(c.id, c.device_id, c.kind, c.status).where(c.organization_id == organization_id)
+    return [(r.id, r.device_id, Kind(r.kind), Status(r.status)) for r in run(session, statement)]
+
+
+def error_examples(session: Session, *, organization_id: str, limit: int = 5) -> list[tuple[str, str, int]]:
+    """The commonest error messages of the organization's deployments: (status, message, count)."""
+    c = DEPLOYMENT.c
+    count = sa.func.count().label("n")
+    statement = (
+        sa.select(c.status, c.error_message, count)
+        .where(c.organization_id == organization_id, c.error_message.is_not(None))
+        .group_by(c.status, c.error_message)
+        .order_by(count.desc())
+        .limit(limit)
+    )
+    return [(r.status, r.error_message, r.n) for r in run(session, statement)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -95,7 +95,9 @@ def push_credentials(
     return {(row.organization_id, row.provider): row for row in rows}
 
 
-def record_receipts(session: Session, *, receipts: Sequence[NewReceipt]) -> None:
+def record_receipts(
+    session: Session, *, receipts: Sequence[NewReceipt], repush_at: Mapping[str, datetime]
+) -> None:
     """One receipt per push sent, each woken deployment pointed at its receipt: two set-based statements."""
     if not receipts:
         return
@@ -112,14 +114,15 @@ def record_receipts(session: Session, *, receipts: Sequence[NewReceipt]) -> None
     ]
     inserted = run(session, sa.insert(RECEIPT).returning(RECEIPT.c.id, sort_by_parameter_order=True), rows)
     links = [
-        {"b_deployment": deployment_id, "b_receipt": receipt_id}
+        {"b_deployment": deployment_id, "b_receipt": receipt_id, "b_repush": repush_at[deployment_id]}
         for receipt_id, receipt in zip(inserted.scalars().all(), receipts, strict=True)
         for deployment_id in receipt.deployment_ids
     ]
     link = (
         sa.update(DEPLOYMENT)
         .where(DEPLOYMENT.c.id == sa.bindparam("b_deployment"))
-        .values(receipt_id=sa.bindparam("b_receipt"))
+        # Queued with a receipt, it waits for the device; if no check-in comes by then, the sweep re-pushes.
+        .values(receipt_id=sa.bindparam("b_receipt"), next_attempt_at=sa.bindparam("b_repush"))
     )
     run(session, link, links)
 

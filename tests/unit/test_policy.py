@@ -54,8 +54,9 @@ def test_an_organization_overrides_only_what_it_names() -> None:
     [
         ({"profiles": {"max_postpones": 3}}, "unknown kind 'profiles'"),
         ({"profile": {"max_retries": 3}}, "may set only"),
-        ({"profile": {"max_postpones": -1}}, "whole numbers >= 0"),
-        ({"profile": {"max_postpones": "3"}}, "whole numbers >= 0"),
+        ({"profile": {"max_postpones": -1}}, "numbers >= 0"),
+        ({"profile": {"max_postpones": "3"}}, "numbers >= 0"),
+        ({"profile": {"max_postpones": 2.5}}, "whole numbers"),
         ({"app": ["max_postpones"]}, "may set only"),
     ],
 )

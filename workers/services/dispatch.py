@@ -86,22 +86,69 @@ def dispatch_chunk(
         targets = push_targets(s, device_ids={c.device_id for c in claimed})
         credentials = push_credentials(s, organization_ids={c.organization_id for c in claimed})
     summary = DispatchSummary(claimed=len(claimed))
-    groups = _group(claimed, targets)
+    groups = [
+        _Group(organization_id, provider, credentials.get((organization_id, provider)), wakes)
+        for (organization_id, provider), wakes in _group(claimed, targets).items()
+    ]
+    # Pushes go out with no transaction open: a write lock held across network I/O would stall every other
+    # writer (on SQLite, all of them).
+    for group in groups:
+        group.send(gateway)
     with session() as s:
-        for (organization_id, provider), wakes in groups.items():
-            credential = credentials.get((organization_id, provider))
-            _dispatch_group(
+        for group in groups:
+            group.write(s, summary=summary, policy=policy, now=now)
+        summary.retry = _retry(
+            s, [w for g in groups for w in g.live], policy=policy, now=now, summary=summary
+        )
+    return summary
+
+
+@dataclass
+class _Group:
+    """The wakes of one organization and provider: one credential, one batch."""
+
+    organization_id: str
+    provider: Provider
+    credential: PushCredential | None
+    wakes: list[Wake]
+    hold_reason: str | None = None
+
+    @property
+    def live(self) -> list[Wake]:
+        return [w for w in self.wakes if w.target.token_valid]
+
+    def send(self, gateway: PushGateway) -> None:
+        if not self.live:
+            return
+        self.hold_reason = _unusable(self.provider, self.credential)
+        if self.hold_reason is None:
+            assert self.credential is not None
+            self.hold_reason = _send(gateway, self.organization_id, self.credential, self.live)
+
+    def write(self, s: Session, *, summary: DispatchSummary, policy: RetryPolicy, now: datetime) -> None:
+        dead = [w for w in self.wakes if not w.target.token_valid]
+        _undeliverable(
+            s, self.provider, dead, "invalid_token", "has an invalid token for the device", summary=summary
+        )
+        if self.hold_reason is not None:
+            _hold(
                 s,
-                gateway,
-                organization_id=organization_id,
-                provider=provider,
-                credential=credential,
-                wakes=wakes,
+                self.organization_id,
+                self.provider,
+                credential=self.credential,
+                reason=self.hold_reason,
                 summary=summary,
+            )
+        elif self.live:
+            _write_results(
+                s,
+                self.organization_id,
+                self.provider,
+                wakes=self.live,
+                summary=summary,
+                policy=policy,
                 now=now,
             )
-        summary.retry = _retry(s, groups, policy=policy, now=now, summary=summary)
-    return summary
 
 
 def _group(claimed: list[Claimed], targets: dict[str, PushTarget]) -> dict[tuple[str, Provider], list[Wake]]:
@@ -115,32 +162,6 @@ def _group(claimed: list[Claimed], targets: dict[str, PushTarget]) -> dict[tuple
     for wake in by_device.values():
         groups[(wake.deployments[0].organization_id, wake.target.provider)].append(wake)
     return groups
-
-
-def _dispatch_group(
-    s: Session,
-    gateway: PushGateway,
-    *,
-    organization_id: str,
-    provider: Provider,
-    credential: PushCredential | None,
-    wakes: list[Wake],
-    summary: DispatchSummary,
-    now: datetime,
-) -> None:
-    dead = [w for w in wakes if not w.target.token_valid]
-    _undeliverable(s, provider, dead, "invalid_token", "has an invalid token for the device", summary=summary)
-    live = [w for w in wakes if w.target.token_valid]
-    if not live:
-        return
-    hold_reason = _unusable(provider, credential)
-    if hold_reason is None:
-        assert credential is not None
-        hold_reason = _send(gateway, organization_id, credential, live)
-    if hold_reason is not None:
-        _hold(s, organization_id, provider, credential=credential, reason=hold_reason, summary=summary)
-        return
-    _write_results(s, organization_id, provider, wakes=live, summary=summary, now=now)
 
 
 def _unusable(provider: Provider, credential: PushCredential | None) -> str | None:
@@ -185,6 +206,7 @@ def _write_results(
     *,
     wakes: list[Wake],
     summary: DispatchSummary,
+    policy: RetryPolicy,
     now: datetime,
 ) -> None:
     by_outcome: dict[Outcome, list[Wake]] = defaultdict(list)
@@ -194,7 +216,9 @@ def _write_results(
         summary.outcomes[wake.result.outcome.value] = summary.outcomes.get(wake.result.outcome.value, 0) + 1
     summary.pushes += len(wakes)
     summary.accepted += len(by_outcome[Outcome.accepted])
-    record_receipts(s, receipts=list(_receipts(organization_id, provider, by_outcome[Outcome.accepted], now)))
+    accepted = by_outcome[Outcome.accepted]
+    receipts = list(_receipts(organization_id, provider, accepted, now))
+    record_receipts(s, receipts=receipts, repush_at=_repush_at(accepted, policy, now))
     permanent = by_outcome[Outcome.permanent]
     invalidate_tokens(s, reasons=[_token_invalid(w, now) for w in permanent])
     _undeliverable(
@@ -202,6 +226,18 @@ def _write_results(
     )
     rejected = by_outcome[Outcome.payload_rejected]
     _undeliverable(s, provider, rejected, "push_payload_rejected", "rejected the push", summary=summary)
+
+
+def _repush_at(wakes: list[Wake], policy: RetryPolicy, now: datetime) -> dict[str, datetime]:
+    """When to wake each device again if it has not checked in: the push back-off of its attempt."""
+    return {
+        d.id: now
+        + timedelta(
+            seconds=backoff_s(d.attempt_count, policy[d.kind].push_first_s, policy[d.kind].push_max_s)
+        )
+        for w in wakes
+        for d in w.deployments
+    }
 
 
 def _receipts(
@@ -275,15 +311,13 @@ def _hold(
 
 def _retry(
     s: Session,
-    groups: dict[tuple[str, Provider], list[Wake]],
+    wakes: list[Wake],
     *,
     policy: RetryPolicy,
     now: datetime,
     summary: DispatchSummary,
 ) -> Retry | None:
-    transient = [
-        w for wakes in groups.values() for w in wakes if w.result and w.result.outcome is Outcome.transient
-    ]
+    transient = [w for w in wakes if w.result is not None and w.result.outcome is Outcome.transient]
     if not transient:
         return None
     retry_ids, delays = [], []

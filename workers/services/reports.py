@@ -40,8 +40,11 @@ def record_device_report(
     """Apply `report`; a report that does not fit the deployment's status comes back as a refusal."""
     now = now or utcnow()
     move = Move.for_report(report.report)
-    deployment = get_deployment(session, deployment_id=report.deployment_id)
-    if deployment is None or report.report not in _POSTPONING or deployment.kind not in move.targets:
+    # Only a postponement needs the row (its counters and age); every other report is one conditional UPDATE.
+    deployment = (
+        get_deployment(session, deployment_id=report.deployment_id) if report.report in _POSTPONING else None
+    )
+    if deployment is None or deployment.kind not in move.targets:
         return transition(session, ids=[report.deployment_id], move=move, actor=Actor.device,
                           effects=_effects(report), now=now)  # fmt: skip
     organization = session.get(Organization, deployment.organization_id)

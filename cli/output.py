@@ -1,0 +1,58 @@
+"""What the `mdmq` command shows a person: progress bars and tables (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.demo import DemoResult
+from models.statuses import STATUSES, Kind, Status
+
+console = Console()
+
+
+@contextmanager
+def demo_progress(*, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    if not enabled:
+        yield lambda done, total: None
+        return
+    columns = (
+        TextColumn("deployments in their final status"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("rollout", total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def print_demo(result: DemoResult) -> None:
+    table = Table(
+        title=f"{result.total:,} deployments to {result.devices:,} devices in {result.seconds:.1f} s"
+    )
+    table.add_column("status")
+    kinds = [kind for kind in Kind if kind.value in result.deployments]
+    for kind in kinds:
+        table.add_column(kind.value.replace("_", " "), justify="right")
+    seen = {status for counts in result.deployments.values() for status in counts}
+    for status in (s for s in Status if s.value in seen):
+        cells = [_cell(result, kind, status) for kind in kinds]
+        table.add_row(status.value, *cells)
+    console.print(table)
+    for example in result.examples:
+        console.print(f"  {example['count']:>5}  {example['status']}: {example['error']}")
+    verdict = (
+        "every deployment reached" if result.ok else f"only {result.matched:,} of {result.total:,} reached"
+    )
+    console.print(f"{verdict} the status its simulated device dictates")
+
+
+def _cell(result: DemoResult, kind: Kind, status: Status) -> str:
+    if status not in STATUSES[kind]:
+        return ""
+    return f"{result.deployments.get(kind.value, {}).get(status.value, 0):,}"

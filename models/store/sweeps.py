@@ -1,0 +1,79 @@
+"""The sweeps' queries: each pages through one index, `limit` rows at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from models.statuses import Kind, Status
+from models.store._sql import DEPLOYMENT, IDS_PER_STATEMENT, chunked, run
+
+c = DEPLOYMENT.c
+
+
+@dataclass(frozen=True)
+class Due:
+    id: str
+    organization_id: str
+    kind: Kind
+    attempt_count: int
+    created_at: datetime
+
+
+def _due(statement: sa.Select[tuple[str, str, str, int, datetime]], session: Session) -> list[Due]:
+    return [
+        Due(r.id, r.organization_id, Kind(r.kind), r.attempt_count, r.created_at)
+        for r in run(session, statement)
+    ]
+
+
+def _columns() -> sa.Select[tuple[str, str, str, int, datetime]]:
+    return sa.select(c.id, c.organization_id, c.kind, c.attempt_count, c.created_at)
+
+
+def due_postponed(session: Session, *, now: datetime, limit: int) -> list[Due]:
+    """Postponed and Waiting for startup deployments whose retry time has come."""
+    waiting = (Status.postponed.value, Status.waiting_for_startup.value)
+    statement = _columns().where(c.status.in_(waiting), c.next_attempt_at <= now).order_by(c.next_attempt_at)
+    return _due(statement.limit(limit), session)
+
+
+def due_repush(session: Session, *, now: datetime, limit: int) -> list[Due]:
+    """Queued deployments whose device was woken but has not checked in by their re-push time."""
+    statement = _columns().where(
+        c.status == Status.queued.value, c.hold_reason.is_(None), c.next_attempt_at <= now
+    )
+    return _due(statement.order_by(c.next_attempt_at).limit(limit), session)
+
+
+def never_enqueued(session: Session, *, created_before: datetime, limit: int) -> list[Due]:
+    """Queued deployments committed but never handed to the broker (a crash between commit and enqueue)."""
+    statement = _columns().where(
+        c.status == Status.queued.value,
+        c.enqueued_at.is_(None),
+        c.hold_reason.is_(None),
+        c.created_at <= created_before,
+    )
+    return _due(statement.limit(limit), session)
+
+
+def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime) -> None:
+    """Handed to the broker: the relay leaves them alone from now on."""
+    for batch in chunked(list(ids), IDS_PER_STATEMENT):
+        statement = (
+            sa.update(DEPLOYMENT).where(c.id.in_(batch), c.enqueued_at.is_(None)).values(enqueued_at=now)
+        )
+        run(session, statement)
+
+
+def clear_repush(session: Session, *, ids: Sequence[str]) -> None:
+    """Taken by the re-push sweep: the next sweep must not take them again before their push is answered
+    (the dispatch that pushes them sets a new re-push time). Only while still Queued: a device that reported
+    NotNow since the sweep read the row has a retry time of its own, which must stand."""
+    for batch in chunked(list(ids), IDS_PER_STATEMENT):
+        statement = sa.update(DEPLOYMENT).where(c.id.in_(batch), c.status == Status.queued.value)
+        run(session, statement.values(next_attempt_at=None))

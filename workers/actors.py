@@ -1,0 +1,87 @@
+"""The actors: thin wrappers that call the services with this process's parts.
+
+Declared on the broker they are given, not on Dramatiq's global one: the composition root (`workers.main`
+for `dramatiq`, the demo, the tests) builds the `App` and passes it in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+
+from config.app import App
+from models.reports import UnknownReport, parse_report
+from models.store.sweeps import Due
+from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.enqueue import enqueue_dispatch
+from workers.services.dispatch import dispatch_chunk
+from workers.services.reports import DeviceReport, record_device_report
+
+log = logging.getLogger(__name__)
+
+# Dramatiq runs the lower number first: a lock or wipe never waits behind a rollout's chunks.
+URGENT_PRIORITY = 0
+BULK_PRIORITY = 100
+
+
+@dataclass(frozen=True)
+class Actors:
+    dispatch_urgent: dramatiq.Actor[[list[str]], None]
+    dispatch_bulk: dramatiq.Actor[[list[str]], None]
+    record_report: dramatiq.Actor[..., None]
+    app: App
+
+    def enqueue(self, deployments: Iterable[Due]) -> int:
+        """Send dispatch messages for `deployments` (committed already); returns how many messages."""
+        return enqueue_dispatch(
+            self.app.session,
+            deployments,
+            urgent=self.dispatch_urgent.send,
+            bulk=self.dispatch_bulk.send,
+            chunk_size=self.app.settings.dispatch_chunk_size,
+        )
+
+
+def declare_actors(app: App) -> Actors:
+    urgent = _dispatch_actor(app, "dispatch_urgent", URGENT_QUEUE, URGENT_PRIORITY)
+    bulk = _dispatch_actor(app, "dispatch_bulk", BULK_QUEUE, BULK_PRIORITY)
+
+    def record_report(
+        deployment_id: str,
+        report: str,
+        reason: str | None = None,
+        error_chain: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        try:
+            parsed = parse_report(report)
+        except UnknownReport as e:  # bad input is recorded, not retried: it would be as bad next time
+            log.warning("device report refused: %s", e, extra={"deployment_id": deployment_id})
+            return
+        with app.session() as session:
+            record_device_report(
+                session, DeviceReport(deployment_id, parsed, reason, error_chain), policy=app.policy
+            )
+
+    reports = dramatiq.Actor(
+        record_report, actor_name="record_report", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY,
+        options={}, broker=app.broker,
+    )  # fmt: skip
+    return Actors(urgent, bulk, reports, app)
+
+
+def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> dramatiq.Actor[[list[str]], None]:
+    def dispatch(deployment_ids: list[str]) -> None:
+        summary = dispatch_chunk(app.session, app.gateway, deployment_ids, policy=app.policy)
+        if summary.retry is not None:
+            # Transient provider failures come back later as a delayed message on the same queue.
+            delay_ms = int(summary.retry.delay_s * 1000)
+            actor.send_with_options(args=(summary.retry.deployment_ids,), delay=delay_ms)
+
+    actor: dramatiq.Actor[[list[str]], None] = dramatiq.Actor(
+        dispatch, actor_name=name, queue_name=queue, priority=priority, options={}, broker=app.broker
+    )
+    return actor

@@ -1,0 +1,48 @@
+"""Hand deployments to the broker in chunks, after their transaction committed."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+
+from sqlmodel import Session
+
+from models.statuses import Kind
+from models.store._sql import chunked
+from models.store.sweeps import Due, mark_enqueued
+from models.types import utcnow
+
+Send = Callable[[list[str]], object]
+
+
+def enqueue_dispatch(
+    session: Callable[[], AbstractContextManager[Session]],
+    deployments: Iterable[Due],
+    *,
+    urgent: Send,
+    bulk: Send,
+    chunk_size: int,
+) -> int:
+    """Send dispatch messages: chunks of one organization, security actions and single deployments on the
+    urgent queue. Returns the number of messages."""
+    groups: dict[tuple[str, bool], list[str]] = defaultdict(list)
+    for d in deployments:
+        groups[(d.organization_id, d.kind is Kind.security_action)].append(d.id)
+    sent: list[str] = []
+    messages = 0
+    for (_, is_urgent), ids in groups.items():
+        for chunk in chunked(ids, chunk_size):
+            (urgent if is_urgent or len(ids) == 1 else bulk)(list(chunk))
+            sent += chunk
+            messages += 1
+    if sent:
+        with session() as s:
+            mark_enqueued(s, ids=sent, now=utcnow())
+    return messages
+
+
+def as_due(rows: Sequence[tuple[str, str, Kind]]) -> list[Due]:
+    """(id, organization, kind) triples as the sweeps return them, for freshly created deployments."""
+    now = utcnow()
+    return [Due(i, organization, kind, 0, now) for i, organization, kind in rows]

@@ -1,0 +1,15 @@
+"""The worker process: `dramatiq workers.main` (the Procfile's `worker`).
+
+Builds the process's parts from `MDMQ_*` settings and declares the actors on its broker.
+"""
+
+from __future__ import annotations
+
+from config.app import App
+from config.logging import configure_logging
+from workers.actors import declare_actors
+
+app = App()
+configure_logging(level=app.settings.log_level, json_lines=app.settings.json_logs)
+actors = declare_actors(app)
+broker = app.broker

@@ -1,0 +1,56 @@
+"""The sweeps: postponed deployments whose time has come, devices that never checked in, and the relay.
+
+Each returns the deployments to dispatch; the caller enqueues them. Bounded: `limit` rows per call.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
+
+from models.enums import Actor
+from models.statuses import Status
+from models.store import Effects, ErrorInfo, Move, transition
+from models.store.sweeps import Due, clear_repush, due_postponed, due_repush, never_enqueued
+from workers.policy import RetryPolicy
+from workers.services import wording
+
+# A deployment committed this long ago and still never enqueued was lost between commit and enqueue.
+RELAY_GRACE_S = 30.0
+
+
+def requeue_postponed(session: Session, *, now: datetime, limit: int = 1_000) -> list[Due]:
+    """Back to Queued for those postponed deployments whose retry time has come."""
+    due = due_postponed(session, now=now, limit=limit)
+    result = transition(
+        session, ids=[d.id for d in due], move=Move.to(Status.queued), actor=Actor.scheduler, now=now
+    )
+    applied = {a.deployment_id for a in result.applied}
+    return [d for d in due if d.id in applied]
+
+
+def repush_unanswered(
+    session: Session, *, policy: RetryPolicy, now: datetime, limit: int = 1_000
+) -> list[Due]:
+    """Wake again the devices that did not check in; fail those that had all the pushes the policy allows."""
+    due = due_repush(session, now=now, limit=limit)
+    again: list[Due] = []
+    for d in due:
+        limits = policy[d.kind]
+        deadline = d.created_at + timedelta(seconds=limits.deadline_s)
+        if d.attempt_count < limits.max_pushes and now < deadline:
+            again.append(d)
+            continue
+        over = wording.duration(now - d.created_at)
+        message = f"The device did not check in after {d.attempt_count} wake-up pushes over {over}"
+        effects = Effects(error=ErrorInfo("no_check_in", message, {"pushes": d.attempt_count}))
+        transition(
+            session, ids=[d.id], move=Move.to(Status.failed), actor=Actor.scheduler, effects=effects, now=now
+        )
+    clear_repush(session, ids=[d.id for d in again])
+    return again
+
+
+def relay_unenqueued(session: Session, *, now: datetime, limit: int = 1_000) -> list[Due]:
+    return never_enqueued(session, created_before=now - timedelta(seconds=RELAY_GRACE_S), limit=limit)
