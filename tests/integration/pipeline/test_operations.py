@@ -1,0 +1,168 @@
+"""Storing a credential releases what was held for it; the relay finds what was never enqueued; an operator
+cancels what has not started and retries what failed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from models.enums import Actor, CredentialKind, CredentialStatus, Provider, PushEnvironment
+from models.reports import Report
+from models.statuses import Kind, Status
+from models.store import Effects, ErrorInfo, Move, transition
+from models.store.dispatch import hold_for_credential
+from models.store.sweeps import mark_enqueued
+from models.tables import PushCredential
+from models.types import utcnow
+from sandbox.tls import issue_client_certificate, make_ca
+from tests.conftest import MakeDeployments
+from tests.helpers import force_status, status_of
+from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
+from workers.providers.credentials import InvalidCredential
+from workers.services.credentials import store_credential
+from workers.services.operations import cancel_deployments, retry_deployments
+from workers.services.sweeps import relay_unenqueued
+
+
+def _token_key(engine: Engine, pem: str) -> list[str]:
+    with Session(engine) as s, s.begin():
+        stored = store_credential(
+            s,
+            organization_id="acme",
+            provider=Provider.apns,
+            kind=CredentialKind.apns_token,
+            secret=pem,
+            key_id=KEY_ID,
+            team_id=TEAM_ID,
+            topic=TOPIC,
+            environment=PushEnvironment.sandbox,
+        )
+        return stored.released
+
+
+def test_a_valid_credential_releases_every_deployment_held_for_it(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    ids = make_deployments(engine, Kind.profile, count=3)
+    with Session(engine) as s, s.begin():
+        assert (
+            hold_for_credential(
+                s, organization_id="acme", provider=Provider.apns, reason="APNs credential expired"
+            )
+            == 3
+        )
+
+    released = _token_key(engine, private_pem(ec.generate_private_key(ec.SECP256R1())))
+
+    assert sorted(released) == sorted(ids)
+    with Session(engine) as s:
+        credential = s.exec(select(PushCredential)).one()
+    assert credential.status is CredentialStatus.valid
+    assert len(credential.fingerprint) == 64
+
+
+def test_unusable_material_is_refused_and_stores_nothing(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    make_deployments(engine, Kind.profile)
+
+    with pytest.raises(InvalidCredential):
+        _token_key(engine, "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+
+    with Session(engine) as s:
+        assert s.exec(select(PushCredential)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("days", "status"), [(10, CredentialStatus.expiring), (-1, CredentialStatus.expired)]
+)
+def test_a_certificates_expiry_is_read_from_it(
+    engine: Engine, make_deployments: MakeDeployments, days: int, status: CredentialStatus
+) -> None:
+    make_deployments(engine, Kind.profile)
+    ca = make_ca()
+    certificate = issue_client_certificate(
+        ca, TOPIC, not_before=utcnow() - timedelta(days=30), days=30 + days
+    )
+    bundle = (certificate.cert_pem + certificate.key_pem).decode()
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        hold_for_credential(
+            s, organization_id="acme", provider=Provider.apns, reason="APNs credential expired"
+        )
+        stored = store_credential(
+            s,
+            organization_id="acme",
+            provider=Provider.apns,
+            kind=CredentialKind.apns_certificate,
+            secret=bundle,
+        )
+
+    assert stored.credential.status is status
+    assert stored.credential.not_after == certificate.certificate.not_valid_after_utc
+    assert (stored.released != []) is (status is CredentialStatus.expiring), "an expired one releases nothing"
+
+
+def test_the_relay_finds_what_was_committed_but_never_enqueued(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    ids = make_deployments(engine, Kind.app, count=4)  # committed; the process "crashed" before enqueueing
+    now = utcnow()
+
+    with Session(engine) as s, s.begin():
+        assert relay_unenqueued(s, now=now) == [], "within the grace period they may still be on their way"
+        found = relay_unenqueued(s, now=now + timedelta(minutes=1))
+        assert sorted(d.id for d in found) == sorted(ids)
+        mark_enqueued(s, ids=[d.id for d in found], now=now)
+    with Session(engine) as s:
+        assert relay_unenqueued(s, now=now + timedelta(minutes=1)) == []
+
+
+def test_cancel_stops_what_has_not_started_and_later_reports_change_nothing(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    queued, started = make_deployments(engine, Kind.profile, count=2)
+    force_status(engine, started, Status.in_progress)
+
+    with Session(engine) as s, s.begin():
+        result = cancel_deployments(s, ids=[queued, started])
+    with Session(engine) as s, s.begin():
+        late = transition(s, ids=[queued], move=Move.for_report(Report.acknowledged), actor=Actor.device)
+
+    assert [a.deployment_id for a in result.applied] == [queued]
+    assert [r.deployment_id for r in result.refused] == [started]
+    assert late.applied == ()
+    assert (status_of(engine, queued), status_of(engine, started)) == (Status.cancelled, Status.in_progress)
+
+
+def test_an_ops_retry_reopens_a_failed_deployment_afresh(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    failed, completed = make_deployments(engine, Kind.profile, count=2)
+    with Session(engine) as s, s.begin():
+        effects = Effects(error=ErrorInfo("device_error", "The device reported an error: boom"))
+        transition(s, ids=[failed], move=Move.to(Status.failed), actor=Actor.device, effects=effects)
+    force_status(engine, completed, Status.completed)
+
+    with Session(engine) as s, s.begin():
+        result = retry_deployments(s, ids=[failed, completed])
+
+    assert [a.deployment_id for a in result.applied] == [failed]
+    with Session(engine) as s:
+        from models.store import deployment_history, get_deployment
+
+        reopened = get_deployment(s, deployment_id=failed)
+        assert reopened is not None
+        assert (reopened.status, reopened.error_message, reopened.attempt_count) == (Status.queued, None, 0)
+        history = deployment_history(s, deployment_id=failed)
+    assert [(e.to_status, e.actor) for e in history] == [
+        (Status.failed, Actor.device),
+        (Status.queued, Actor.ops),
+    ]
+    assert history[0].detail == {
+        "error_code": "device_error",
+        "error_message": "The device reported an error: boom",
+    }
