@@ -8,7 +8,11 @@ the demo's own: seconds where production waits hours, so that postponements and 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -37,32 +41,30 @@ from sandbox import DeviceRegistry, SandboxThread
 from sandbox.fleet import APNS_TOPIC, FCM_PROJECT_ID, Fleet, PendingCommand
 from workers.actors import Actors, declare_actors
 from workers.enqueue import as_due
-from workers.policy import KindPolicy, RetryPolicy
 from workers.services.reports import DeviceReport, record_device_report
 from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
 
 SWEEP_INTERVAL_S = 0.2
-
-
-def demo_policy(devices: int) -> RetryPolicy:
-    """Four postponements and four wake-up pushes, seconds apart: a device that never checks in fails in
-    about 15 s. The simulated fleet checks in one device at a time, so a larger fleet gets longer waits
-    before a re-push, or a device still waiting its turn would look silent."""
-    push_first_s = max(2.0, devices / 150)
-    limits = KindPolicy(
-        max_postpones=4,
-        deadline_s=900,
-        postpone_first_s=0.3,
-        postpone_max_s=2,
-        max_pushes=4,
-        push_first_s=push_first_s,
-        push_max_s=4 * push_first_s,
-    )
-    return RetryPolicy(dict.fromkeys(Kind, limits))
-
-
 TEAM_ID, KEY_ID = "DEMOTEAM01", "DEMOKEY001"
 FCM_EMAIL = f"mdmq-demo@{FCM_PROJECT_ID}.iam.gserviceaccount.com"
+
+
+def demo_limits(devices: int) -> dict[str, dict[str, float]]:
+    """The demo organization's retry policy: four postponements and four wake-up pushes, seconds apart, so a
+    device that never checks in fails in about 15 s. The simulated fleet checks in one device at a time, so a
+    larger fleet gets longer waits before a re-push, or a device still waiting its turn would look silent.
+    Stored on the organization, so that worker processes of their own apply it too."""
+    push_first_s = max(2.0, devices / 150)
+    limits = {
+        "max_postpones": 4,
+        "deadline_s": 900,
+        "postpone_first_s": 0.3,
+        "postpone_max_s": 2,
+        "max_pushes": 4,
+        "push_first_s": push_first_s,
+        "push_max_s": 4 * push_first_s,
+    }
+    return {kind.value: limits for kind in Kind}
 
 
 @dataclass
@@ -136,7 +138,6 @@ def run_demo(
                     "aosp_url": sandbox.aosp_url,
                 }
             ),
-            policy=demo_policy(devices),
         )
         upgrade(settings.database_url)
         organization_id = f"demo-{seed}-{int(time.time())}"
@@ -144,7 +145,7 @@ def run_demo(
             with _worker(app) as actors, _sweeping(app, actors):
                 fleet.attach(StoreCheckIn(app), delay_s=(0.001, 0.01))
                 started = time.monotonic()
-                _roll_out(app, actors, fleet, organization_id, keys)
+                _roll_out(app, actors, fleet, organization_id, keys, limits=demo_limits(devices))
                 state = _wait(app, fleet, organization_id, timeout_s, progress)
                 seconds = time.monotonic() - started
         finally:
@@ -181,13 +182,46 @@ def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
 
 @contextmanager
 def _worker(app: App) -> Iterator[Actors]:
+    """Worker threads in this process on the in-process broker; real `dramatiq` processes on any other."""
     actors = declare_actors(app)
-    worker = dramatiq.Worker(app.broker, worker_threads=8, worker_timeout=100)
-    worker.start()
-    try:
+    if app.settings.is_embedded:
+        worker = dramatiq.Worker(app.broker, worker_threads=8, worker_timeout=100)
+        worker.start()
+        try:
+            yield actors
+        finally:
+            worker.stop()
+        return
+    with _worker_processes(app.settings):
         yield actors
-    finally:
-        worker.stop()
+
+
+@contextmanager
+def _worker_processes(settings: Settings, processes: int = 2, threads: int = 8) -> Iterator[None]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
+    environment |= {
+        f"MDMQ_{name.upper()}": str(value)
+        for name, value in settings.model_dump().items()
+        if value is not None
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.main:broker",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
+    with subprocess.Popen(  # noqa: S603  (our own interpreter and module, no outside input)
+        command, env=environment, stdout=subprocess.DEVNULL
+    ) as workers:
+        try:
+            yield
+        finally:
+            workers.send_signal(signal.SIGTERM)
+            workers.communicate(timeout=60)
 
 
 @contextmanager
@@ -217,6 +251,8 @@ def _roll_out(
     fleet: Fleet,
     organization_id: str,
     keys: dict[Provider, tuple[CredentialKind, str]],
+    *,
+    limits: dict[str, dict[str, float]],
 ) -> None:
     """Every device gets a profile and an app; every fifth a lock; Android and AOSP devices a message."""
     wanted: list[NewDeployment] = []
@@ -230,7 +266,7 @@ def _roll_out(
         if device.platform in (Platform.android, Platform.aosp):
             wanted.append(NewDeployment(device.id, Kind.message, {"text": "Please update today"}))
     with app.session() as s:
-        ensure_organization(s, organization_id=organization_id, name="mdmq demo")
+        ensure_organization(s, organization_id=organization_id, name="mdmq demo").retry_policy = limits
         for provider, (kind, secret) in keys.items():
             s.add(
                 PushCredential(

@@ -1,6 +1,7 @@
-"""The worker process: `dramatiq workers.main` (the Procfile's `worker`).
+"""The worker process: `dramatiq workers.main:broker` (the Procfile's `worker`).
 
-Builds the process's parts from `MDMQ_*` settings and declares the actors on its broker.
+Builds the process's parts from `MDMQ_*` settings and declares the actors on its broker. Name the broker:
+without `:broker`, the dramatiq command consumes from its own default broker instead.
 """
 
 from __future__ import annotations

@@ -79,6 +79,17 @@ class RetryPolicy:
         )
 
 
+class Policies:
+    """The policy of each organization: the process's policy with the organization's overrides applied."""
+
+    def __init__(self, base: RetryPolicy, overrides: Mapping[str, Mapping[str, Any] | None]) -> None:
+        self._by_organization = {org: base.overridden(changes) for org, changes in overrides.items()}
+        self._base = base
+
+    def limits(self, organization_id: str, kind: Kind) -> KindPolicy:
+        return self._by_organization.get(organization_id, self._base)[kind]
+
+
 def backoff_s(attempt: int, first_s: float, max_s: float, rng: random.Random | None = None) -> float:
     """Exponential back-off with full jitter over the upper half: attempt 1 waits about `first_s`."""
     ceiling: float = min(max_s, first_s * 2 ** max(attempt - 1, 0))

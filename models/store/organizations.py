@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlmodel import Session
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from sqlmodel import Session, col, select
 
 from models.ids import is_organization_id
 from models.tables import Organization
@@ -22,3 +25,13 @@ def ensure_organization(session: Session, *, organization_id: str, name: str = "
         session.add(organization)
         session.flush()
     return organization
+
+
+def retry_overrides(
+    session: Session, *, organization_ids: Collection[str]
+) -> dict[str, Mapping[str, Any] | None]:
+    """Each organization's retry policy overrides (None: the defaults)."""
+    statement = select(Organization.id, Organization.retry_policy).where(
+        col(Organization.id).in_(organization_ids)
+    )
+    return {organization_id: overrides for organization_id, overrides in session.exec(statement)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -30,6 +30,10 @@ class Move:
     targets: Mapping[Kind, Status]
     label: str
     ops_retry: bool = False
+    # A sweep acts on rows it read a moment ago: it moves only those still in the state it read them in
+    # (these statuses, and due by this time), never one that a device report changed in between.
+    only_from: frozenset[Status] | None = None
+    due_by: datetime | None = None
 
     @classmethod
     def to(cls, status: Status) -> Move:
@@ -46,7 +50,11 @@ class Move:
     def sources(self, kind: Kind) -> frozenset[Status]:
         if self.ops_retry:
             return OPS_RETRY_FROM[kind]
-        return allowed_sources(kind, self.targets[kind]) if kind in self.targets else frozenset()
+        allowed = allowed_sources(kind, self.targets[kind]) if kind in self.targets else frozenset()
+        return allowed & self.only_from if self.only_from is not None else allowed
+
+    def unless_changed_since_read(self, statuses: frozenset[Status], due_by: datetime) -> Move:
+        return replace(self, only_from=statuses, due_by=due_by)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class Effects:
     next_attempt_at: datetime | None = None
     device_reason: str | None = None
     count_postpone: bool = False
+    # The device answered: the pushes it did not answer are counted afresh from here.
+    reset_pushes: bool = False
     detail: Mapping[str, Any] = field(default_factory=dict)
 
     def event_detail(self) -> dict[str, Any] | None:
@@ -140,6 +150,8 @@ def _apply(
         return []
     table = DEPLOYMENT
     fits = sa.or_(*(sa.and_(table.c.kind == kind, table.c.status.in_(move.sources(kind))) for kind in kinds))
+    if move.due_by is not None:
+        fits = sa.and_(fits, table.c.next_attempt_at <= move.due_by)
     statement = (
         sa.update(table)
         .where(table.c.id.in_(batch), fits)
@@ -172,6 +184,8 @@ def _new_values(move: Move, kinds: list[Kind], effects: Effects, now: datetime) 
         values["last_device_reason"] = effects.device_reason
     if effects.count_postpone:
         values["postpone_count"] = c.postpone_count + 1
+    if effects.reset_pushes:
+        values["attempt_count"] = 0
     if move.ops_retry:
         values |= _REOPENED
     return values

@@ -141,3 +141,17 @@ def test_not_now_for_a_security_action_is_refused(sqlite: Engine, make_deploymen
 
     deployment = _deployment(sqlite, deployment_id)
     assert (deployment.status, deployment.postpone_count) == (Status.queued, 0)
+
+
+def test_a_report_counts_the_unanswered_pushes_afresh(
+    sqlite: Engine, make_deployments: MakeDeployments
+) -> None:
+    [deployment_id] = make_deployments(sqlite, Kind.app)
+    with Session(sqlite) as session, session.begin():
+        deployment = session.get(Deployment, deployment_id)
+        assert deployment is not None
+        deployment.attempt_count = 3  # three wake-up pushes went unanswered
+
+    _report(sqlite, DeviceReport(deployment_id, Report.not_now, reason="busy"))
+
+    assert _deployment(sqlite, deployment_id).attempt_count == 0

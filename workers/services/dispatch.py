@@ -31,9 +31,10 @@ from models.store.dispatch import (
     push_targets,
     record_receipts,
 )
+from models.store.organizations import retry_overrides
 from models.tables import PushCredential
 from models.types import utcnow
-from workers.policy import RetryPolicy, backoff_s
+from workers.policy import KindPolicy, Policies, RetryPolicy, backoff_s
 from workers.providers.base import CredentialRejected, Outcome, ProviderError, Push, PushResult, PushType
 from workers.providers.credentials import InvalidCredential
 from workers.providers.rows import credential_from_row
@@ -85,6 +86,7 @@ def dispatch_chunk(
         claimed = claim_for_push(s, ids=deployment_ids, now=now)
         targets = push_targets(s, device_ids={c.device_id for c in claimed})
         credentials = push_credentials(s, organization_ids={c.organization_id for c in claimed})
+        policies = Policies(policy, retry_overrides(s, organization_ids={c.organization_id for c in claimed}))
     summary = DispatchSummary(claimed=len(claimed))
     groups = [
         _Group(organization_id, provider, credentials.get((organization_id, provider)), wakes)
@@ -96,9 +98,9 @@ def dispatch_chunk(
         group.send(gateway)
     with session() as s:
         for group in groups:
-            group.write(s, summary=summary, policy=policy, now=now)
+            group.write(s, summary=summary, policies=policies, now=now)
         summary.retry = _retry(
-            s, [w for g in groups for w in g.live], policy=policy, now=now, summary=summary
+            s, [w for g in groups for w in g.live], policies=policies, now=now, summary=summary
         )
     return summary
 
@@ -125,7 +127,7 @@ class _Group:
             assert self.credential is not None
             self.hold_reason = _send(gateway, self.organization_id, self.credential, self.live)
 
-    def write(self, s: Session, *, summary: DispatchSummary, policy: RetryPolicy, now: datetime) -> None:
+    def write(self, s: Session, *, summary: DispatchSummary, policies: Policies, now: datetime) -> None:
         dead = [w for w in self.wakes if not w.target.token_valid]
         _undeliverable(
             s, self.provider, dead, "invalid_token", "has an invalid token for the device", summary=summary
@@ -146,7 +148,7 @@ class _Group:
                 self.provider,
                 wakes=self.live,
                 summary=summary,
-                policy=policy,
+                policies=policies,
                 now=now,
             )
 
@@ -206,7 +208,7 @@ def _write_results(
     *,
     wakes: list[Wake],
     summary: DispatchSummary,
-    policy: RetryPolicy,
+    policies: Policies,
     now: datetime,
 ) -> None:
     by_outcome: dict[Outcome, list[Wake]] = defaultdict(list)
@@ -218,7 +220,7 @@ def _write_results(
     summary.accepted += len(by_outcome[Outcome.accepted])
     accepted = by_outcome[Outcome.accepted]
     receipts = list(_receipts(organization_id, provider, accepted, now))
-    record_receipts(s, receipts=receipts, repush_at=_repush_at(accepted, policy, now))
+    record_receipts(s, receipts=receipts, repush_at=_repush_at(accepted, policies, now))
     permanent = by_outcome[Outcome.permanent]
     invalidate_tokens(s, reasons=[_token_invalid(w, now) for w in permanent])
     _undeliverable(
@@ -228,16 +230,18 @@ def _write_results(
     _undeliverable(s, provider, rejected, "push_payload_rejected", "rejected the push", summary=summary)
 
 
-def _repush_at(wakes: list[Wake], policy: RetryPolicy, now: datetime) -> dict[str, datetime]:
+def _repush_at(wakes: list[Wake], policies: Policies, now: datetime) -> dict[str, datetime]:
     """When to wake each device again if it has not checked in: the push back-off of its attempt."""
     return {
         d.id: now
-        + timedelta(
-            seconds=backoff_s(d.attempt_count, policy[d.kind].push_first_s, policy[d.kind].push_max_s)
-        )
+        + timedelta(seconds=_push_backoff_s(policies.limits(d.organization_id, d.kind), d.attempt_count))
         for w in wakes
         for d in w.deployments
     }
+
+
+def _push_backoff_s(limits: KindPolicy, attempt: int) -> float:
+    return backoff_s(attempt, limits.push_first_s, limits.push_max_s)
 
 
 def _receipts(
@@ -313,7 +317,7 @@ def _retry(
     s: Session,
     wakes: list[Wake],
     *,
-    policy: RetryPolicy,
+    policies: Policies,
     now: datetime,
     summary: DispatchSummary,
 ) -> Retry | None:
@@ -324,13 +328,13 @@ def _retry(
     for wake in transient:
         assert wake.result is not None
         for deployment in wake.deployments:
-            limits = policy[deployment.kind]
+            limits = policies.limits(deployment.organization_id, deployment.kind)
             deadline = deployment.created_at + timedelta(seconds=limits.deadline_s)
             if deployment.attempt_count >= limits.max_pushes or now >= deadline:
                 _give_up(s, wake, deployment, summary)
                 continue
             retry_ids.append(deployment.id)
-            wait = backoff_s(deployment.attempt_count, limits.push_first_s, limits.push_max_s)
+            wait = _push_backoff_s(limits, deployment.attempt_count)
             delays.append(max(wait, wake.result.retry_after_s or 0))
     return Retry(retry_ids, min(delays)) if retry_ids else None
 

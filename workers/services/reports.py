@@ -59,8 +59,8 @@ def _effects(report: DeviceReport) -> Effects:
             message=wording.device_error(report.error_chain, report.reason),
             detail={"error_chain": list(report.error_chain or []), "reason": report.reason},
         )
-        return Effects(error=error, device_reason=report.reason)
-    return Effects(device_reason=report.reason)
+        return Effects(error=error, device_reason=report.reason, reset_pushes=True)
+    return Effects(device_reason=report.reason, reset_pushes=True)
 
 
 def _postpone(
@@ -72,10 +72,12 @@ def _postpone(
     reason = report.reason or ("agent app not started" if report.report is Report.agent_not_started else None)
     if retry_at is not None:
         move = Move.for_report(report.report)
-        effects = Effects(next_attempt_at=retry_at, device_reason=reason, count_postpone=True)
+        effects = Effects(
+            next_attempt_at=retry_at, device_reason=reason, count_postpone=True, reset_pushes=True
+        )
     else:
         move = Move.to(Status.failed)
         message = wording.postponed_too_often(postpones, now - deployment.created_at, reason)
         error = ErrorInfo(code="postponed_too_often", message=message, detail={"postpones": postpones})
-        effects = Effects(error=error, device_reason=reason, count_postpone=True)
+        effects = Effects(error=error, device_reason=reason, count_postpone=True, reset_pushes=True)
     return transition(session, ids=[deployment.id], move=move, actor=Actor.device, effects=effects, now=now)

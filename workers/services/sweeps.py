@@ -12,10 +12,13 @@ from sqlmodel import Session
 from models.enums import Actor
 from models.statuses import Status
 from models.store import Effects, ErrorInfo, Move, transition
+from models.store.organizations import retry_overrides
 from models.store.sweeps import Due, clear_repush, due_postponed, due_repush, never_enqueued
-from workers.policy import RetryPolicy
+from workers.policy import Policies, RetryPolicy
 from workers.services import wording
 
+_POSTPONED = frozenset({Status.postponed, Status.waiting_for_startup})
+_QUEUED = frozenset({Status.queued})
 # A deployment committed this long ago and still never enqueued was lost between commit and enqueue.
 RELAY_GRACE_S = 30.0
 
@@ -23,9 +26,8 @@ RELAY_GRACE_S = 30.0
 def requeue_postponed(session: Session, *, now: datetime, limit: int = 1_000) -> list[Due]:
     """Back to Queued for those postponed deployments whose retry time has come."""
     due = due_postponed(session, now=now, limit=limit)
-    result = transition(
-        session, ids=[d.id for d in due], move=Move.to(Status.queued), actor=Actor.scheduler, now=now
-    )
+    move = Move.to(Status.queued).unless_changed_since_read(_POSTPONED, due_by=now)
+    result = transition(session, ids=[d.id for d in due], move=move, actor=Actor.scheduler, now=now)
     applied = {a.deployment_id for a in result.applied}
     return [d for d in due if d.id in applied]
 
@@ -35,9 +37,10 @@ def repush_unanswered(
 ) -> list[Due]:
     """Wake again the devices that did not check in; fail those that had all the pushes the policy allows."""
     due = due_repush(session, now=now, limit=limit)
+    policies = Policies(policy, retry_overrides(session, organization_ids={d.organization_id for d in due}))
     again: list[Due] = []
     for d in due:
-        limits = policy[d.kind]
+        limits = policies.limits(d.organization_id, d.kind)
         deadline = d.created_at + timedelta(seconds=limits.deadline_s)
         if d.attempt_count < limits.max_pushes and now < deadline:
             again.append(d)
@@ -45,9 +48,8 @@ def repush_unanswered(
         over = wording.duration(now - d.created_at)
         message = f"The device did not check in after {d.attempt_count} wake-up pushes over {over}"
         effects = Effects(error=ErrorInfo("no_check_in", message, {"pushes": d.attempt_count}))
-        transition(
-            session, ids=[d.id], move=Move.to(Status.failed), actor=Actor.scheduler, effects=effects, now=now
-        )
+        move = Move.to(Status.failed).unless_changed_since_read(_QUEUED, due_by=now)
+        transition(session, ids=[d.id], move=move, actor=Actor.scheduler, effects=effects, now=now)
     clear_repush(session, ids=[d.id for d in again])
     return again
 

@@ -16,7 +16,7 @@ from models.statuses import Kind, Status
 from models.store import Effects, ErrorInfo, Move, transition
 from models.store.dispatch import hold_for_credential
 from models.store.sweeps import mark_enqueued
-from models.tables import PushCredential
+from models.tables import Deployment, PushCredential
 from models.types import utcnow
 from sandbox.tls import issue_client_certificate, make_ca
 from tests.conftest import MakeDeployments
@@ -166,3 +166,26 @@ def test_an_ops_retry_reopens_a_failed_deployment_afresh(
         "error_code": "device_error",
         "error_message": "The device reported an error: boom",
     }
+
+
+def test_a_sweeps_move_applies_only_to_rows_still_as_it_read_them(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    answered, rescheduled, due = make_deployments(engine, Kind.profile, count=3)
+    now = utcnow()
+    with Session(engine) as s, s.begin():
+        for deployment_id, retry_in_s in ((answered, -1), (rescheduled, 60), (due, -1)):
+            deployment = s.get(Deployment, deployment_id)
+            assert deployment is not None
+            deployment.next_attempt_at = now + timedelta(seconds=retry_in_s)
+    # Between the sweep's read and its write, one device checked in; another's push was answered and
+    # its re-push time moved on.
+    force_status(engine, answered, Status.waiting)
+
+    with Session(engine) as s, s.begin():
+        move = Move.to(Status.failed).unless_changed_since_read(frozenset({Status.queued}), due_by=now)
+        result = transition(s, ids=[answered, rescheduled, due], move=move, actor=Actor.scheduler)
+
+    assert [a.deployment_id for a in result.applied] == [due]
+    assert status_of(engine, answered) is Status.waiting
+    assert status_of(engine, rescheduled) is Status.queued
