@@ -143,7 +143,7 @@ def run_demo(
         organization_id = f"demo-{seed}-{int(time.time())}"
         try:
             with _worker(app) as actors, _sweeping(app, actors):
-                fleet.attach(StoreCheckIn(app), delay_s=(0.001, 0.01))
+                fleet.attach(StoreCheckIn(app), delay_s=(0.001, 0.01), threads=4)
                 started = time.monotonic()
                 _roll_out(app, actors, fleet, organization_id, keys, limits=demo_limits(devices))
                 state = _wait(app, fleet, organization_id, timeout_s, progress)

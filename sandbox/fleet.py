@@ -454,14 +454,19 @@ class Fleet:
     def expected_status(self, device_id: str, kind: Kind | str) -> Status:
         return expected_status(self.device(device_id).behaviour, kind)
 
-    def attach(self, checkin: CheckIn, *, delay_s: tuple[float, float] = (0.005, 0.05)) -> None:
-        """Check in through `checkin`, `delay_s` (low, high; seeded per wake-up) after a push arrives."""
+    def attach(
+        self, checkin: CheckIn, *, delay_s: tuple[float, float] = (0.005, 0.05), threads: int = 1
+    ) -> None:
+        """Check in through `checkin`, `delay_s` (low, high; seeded per wake-up) after a push arrives, on
+        `threads` threads; one device is never checked in by two at once."""
         if self._runner is not None or self._closed:
             raise RuntimeError("the fleet is already attached, or closed")
         low, high = delay_s
         if not 0 <= low <= high:
             raise ValueError("delay_s must be (low, high) with 0 <= low <= high")
-        self._runner = _CheckInRunner(self, checkin, (low, high))
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        self._runner = _CheckInRunner(self, checkin, (low, high), threads)
         self.registry.subscribe(self._on_delivery)
         log.info("fleet of %d devices attached (seed %s)", len(self._devices), self.seed)
 
@@ -551,9 +556,14 @@ class _Tally:
 
 
 class _CheckInRunner:
-    """One thread and a heap of due check-ins; a condition tells waiters when nothing is left to run."""
+    """Threads and a heap of due check-ins; a condition tells waiters when nothing is left to run.
 
-    def __init__(self, fleet: Fleet, checkin: CheckIn, delay_s: tuple[float, float]) -> None:
+    A push that reaches a device while its check-in runs marks it to go again once that check-in ends, so a
+    device's reports never interleave across threads."""
+
+    def __init__(
+        self, fleet: Fleet, checkin: CheckIn, delay_s: tuple[float, float], threads: int = 1
+    ) -> None:
         self._fleet = fleet
         self._checkin = checkin
         self._delay_s = delay_s
@@ -564,8 +574,13 @@ class _CheckInRunner:
         self._outstanding = 0  # scheduled plus running
         self._stopped = False
         self._counters = FleetCounters()
-        self._thread = threading.Thread(target=self._run, name="mdmq-fleet", daemon=True)
-        self._thread.start()
+        self._running: set[str] = set()  # device ids being checked in now
+        self._again: dict[str, SimulatedDevice] = {}  # pushed while running: check in again afterwards
+        self._threads = [
+            threading.Thread(target=self._run, name=f"mdmq-fleet-{i}", daemon=True) for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def schedule(self, device: SimulatedDevice | None) -> None:
         with self._cond:
@@ -578,13 +593,23 @@ class _CheckInRunner:
             if device.id in self._scheduled:
                 self._count(deliveries=1, coalesced=1)
                 return
-            wake = device.times_woken + 1  # the check-in this push causes
-            due = time.monotonic() + check_in_delay_s(self._fleet.seed, device.id, wake, self._delay_s)
-            heapq.heappush(self._heap, (due, next(self._sequence), device))
-            self._scheduled.add(device.id)
-            self._outstanding += 1
+            if device.id in self._running:
+                if device.id not in self._again:
+                    self._again[device.id] = device
+                    self._outstanding += 1
+                self._count(deliveries=1)
+                return
             self._count(deliveries=1)
-            self._cond.notify_all()
+            self._push(device)
+
+    def _push(self, device: SimulatedDevice) -> None:
+        """Into the heap, due after the device's seeded delay; the caller holds the lock."""
+        wake = device.times_woken + 1  # the check-in this push causes
+        due = time.monotonic() + check_in_delay_s(self._fleet.seed, device.id, wake, self._delay_s)
+        heapq.heappush(self._heap, (due, next(self._sequence), device))
+        self._scheduled.add(device.id)
+        self._outstanding += 1
+        self._cond.notify_all()
 
     def _count(self, **increments: int) -> None:
         current = self._counters
@@ -596,6 +621,11 @@ class _CheckInRunner:
         while (device := self._next_due()) is not None:
             tally = self._fleet._check_in(device, self._checkin)
             with self._cond:
+                self._running.discard(device.id)
+                again = self._again.pop(device.id, None)
+                if again is not None and not self._stopped:
+                    self._outstanding -= 1  # _push counts it anew
+                    self._push(again)
                 self._outstanding = max(self._outstanding - 1, 0)
                 self._count(check_ins=tally.check_ins, reports=tally.reports, failures=tally.failures)
                 self._cond.notify_all()
@@ -612,8 +642,9 @@ class _CheckInRunner:
                     self._cond.wait(wait_s)
                     continue
                 _, _, device = heapq.heappop(self._heap)
-                # Out of the scheduled set before it runs: a push during this check-in gets its own.
+                # Out of the scheduled set before it runs: a push during this check-in gets its own, after it.
                 self._scheduled.discard(device.id)
+                self._running.add(device.id)
                 # Counted under the lock, so that the next wake-up's delay never races this one.
                 device.times_woken += 1
                 return device
@@ -633,6 +664,8 @@ class _CheckInRunner:
             self._heap.clear()
             self._scheduled.clear()
             self._outstanding = 0
+            self._again.clear()
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:  # close() from a `report` callback
-            self._thread.join()
+        for thread in self._threads:
+            if threading.current_thread() is not thread:  # close() from a `report` callback
+                thread.join()

@@ -644,29 +644,40 @@ class Gate(FakeCheckIn):
         super().__init__()
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.overlapped = False  # a second check-in began while the first was held
+        self.second = threading.Event()
 
     def pending(self, device_id: str) -> list[PendingCommand]:
         if not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(WAIT_S)
+        elif not self.release.is_set():
+            self.overlapped = True
+            self.second.set()
         return super().pending(device_id)
 
 
-def test_a_push_during_a_check_in_gets_a_check_in_of_its_own(registry: DeviceRegistry) -> None:
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_push_during_a_check_in_gets_a_check_in_of_its_own_after_it(
+    registry: DeviceRegistry, threads: int
+) -> None:
     server = Gate()
     with Fleet(registry, seed=3, size=1, mix=only(Behaviour.success)) as fleet:
         [device] = fleet.devices
-        fleet.attach(server, delay_s=NO_DELAY)
+        fleet.attach(server, delay_s=NO_DELAY, threads=threads)
         push(registry, device)
         assert server.entered.wait(WAIT_S)
         push(registry, device)
         assert not fleet.idle(0)
+        # What must not happen has a bounded time to show itself: a second check-in while the first is held.
+        assert not server.second.wait(0.3)
         server.release.set()
         assert fleet.idle(WAIT_S)
         counters = fleet.counters
 
     assert (counters.check_ins, counters.coalesced) == (2, 0)
     assert device.times_woken == 2
+    assert not server.overlapped, "one device is never checked in by two threads at once"
 
 
 def test_delays_follow_the_seed_and_stay_within_bounds() -> None:
