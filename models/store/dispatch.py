@@ -143,19 +143,23 @@ def invalidate_tokens(session: Session, *, reasons: Iterable[tuple[str, str, dat
         run(session, statement, params)
 
 
-def hold_for_credential(session: Session, *, organization_id: str, provider: Provider, reason: str) -> int:
-    """Hold every Queued deployment of the organization that this provider wakes; returns how many."""
+def _queued_for_provider(organization_id: str, provider: Provider) -> sa.ColumnElement[bool]:
+    """Queued deployments of the organization whose devices this provider wakes."""
     devices = sa.select(DEVICE.c.id).where(
         DEVICE.c.organization_id == organization_id, DEVICE.c.provider == provider.value
     )
+    return sa.and_(
+        DEPLOYMENT.c.organization_id == organization_id,
+        DEPLOYMENT.c.status == Status.queued.value,
+        DEPLOYMENT.c.device_id.in_(devices),
+    )
+
+
+def hold_for_credential(session: Session, *, organization_id: str, provider: Provider, reason: str) -> int:
+    """Hold every Queued deployment of the organization that this provider wakes; returns how many."""
     statement = (
         sa.update(DEPLOYMENT)
-        .where(
-            DEPLOYMENT.c.organization_id == organization_id,
-            DEPLOYMENT.c.status == Status.queued.value,
-            DEPLOYMENT.c.hold_reason.is_(None),
-            DEPLOYMENT.c.device_id.in_(devices),
-        )
+        .where(_queued_for_provider(organization_id, provider), DEPLOYMENT.c.hold_reason.is_(None))
         .values(hold_reason=reason[:200])
     )
     return int(run(session, statement).rowcount)
@@ -163,17 +167,9 @@ def hold_for_credential(session: Session, *, organization_id: str, provider: Pro
 
 def release_holds(session: Session, *, organization_id: str, provider: Provider) -> list[str]:
     """Release the organization's deployments held for this provider's credential; returns their ids."""
-    devices = sa.select(DEVICE.c.id).where(
-        DEVICE.c.organization_id == organization_id, DEVICE.c.provider == provider.value
-    )
     statement = (
         sa.update(DEPLOYMENT)
-        .where(
-            DEPLOYMENT.c.organization_id == organization_id,
-            DEPLOYMENT.c.hold_reason.is_not(None),
-            DEPLOYMENT.c.status == Status.queued.value,
-            DEPLOYMENT.c.device_id.in_(devices),
-        )
+        .where(_queued_for_provider(organization_id, provider), DEPLOYMENT.c.hold_reason.is_not(None))
         .values(hold_reason=None)
         .returning(DEPLOYMENT.c.id)
     )
