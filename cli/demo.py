@@ -49,12 +49,17 @@ TEAM_ID, KEY_ID = "DEMOTEAM01", "DEMOKEY001"
 FCM_EMAIL = f"mdmq-demo@{FCM_PROJECT_ID}.iam.gserviceaccount.com"
 
 
+def _check_in_threads(settings: Settings) -> int:
+    """SQLite has one writer: more threads would only queue for it. PostgreSQL takes them in parallel."""
+    return 4 if settings.database_url.startswith("sqlite") else 16
+
+
 def demo_limits(devices: int) -> dict[str, dict[str, float]]:
     """The demo organization's retry policy: four postponements and four wake-up pushes, seconds apart, so a
     device that never checks in fails in about 15 s. The simulated fleet checks in one device at a time, so a
     larger fleet gets longer waits before a re-push, or a device still waiting its turn would look silent.
     Stored on the organization, so that worker processes of their own apply it too."""
-    push_first_s = max(2.0, devices / 150)
+    push_first_s = max(2.0, devices / 100)
     limits = {
         "max_postpones": 4,
         "deadline_s": 900,
@@ -143,7 +148,7 @@ def run_demo(
         organization_id = f"demo-{seed}-{int(time.time())}"
         try:
             with _worker(app) as actors, _sweeping(app, actors):
-                fleet.attach(StoreCheckIn(app), delay_s=(0.001, 0.01), threads=4)
+                fleet.attach(StoreCheckIn(app), delay_s=(0.001, 0.01), threads=_check_in_threads(settings))
                 started = time.monotonic()
                 _roll_out(app, actors, fleet, organization_id, keys, limits=demo_limits(devices))
                 state = _wait(app, fleet, organization_id, timeout_s, progress)
