@@ -141,6 +141,8 @@ def run_demo(
                     "fcm_url": sandbox.fcm_url,
                     "fcm_token_url": f"{sandbox.fcm_url}/token",
                     "aosp_url": sandbox.aosp_url,
+                    # Every check-in thread, the sweeps and the progress poll hold a connection at once.
+                    "database_pool_size": _check_in_threads(settings) + 4,
                 }
             ),
         )
