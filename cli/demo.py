@@ -28,19 +28,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from config.app import App
 from config.settings import Settings
 from models.enums import CredentialKind, Platform, Provider, PushEnvironment
-from models.ids import new_id
 from models.migrations.runner import upgrade
 from models.reports import parse_report
 from models.statuses import TERMINAL, Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.deployments import error_examples, pending_commands, rollout_state
 from models.store.devices import NewDevice, add_devices
-from models.tables import PushCredential
 from models.types import utcnow
 from sandbox import DeviceRegistry, SandboxThread
 from sandbox.fleet import APNS_TOPIC, FCM_PROJECT_ID, Fleet, PendingCommand
 from workers.actors import Actors, declare_actors
 from workers.enqueue import as_due
+from workers.services.credentials import store_credential
 from workers.services.reports import DeviceReport, record_device_report
 from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
 
@@ -275,20 +274,17 @@ def _roll_out(
     with app.session() as s:
         ensure_organization(s, organization_id=organization_id, name="mdmq demo").retry_policy = limits
         for provider, (kind, secret) in keys.items():
-            s.add(
-                PushCredential(
-                    id=new_id(),
-                    organization_id=organization_id,
-                    provider=provider,
-                    kind=kind,
-                    secret=secret,
-                    fingerprint="demo",
-                    key_id=KEY_ID,
-                    team_id=TEAM_ID,
-                    topic=APNS_TOPIC,
-                    project_id=FCM_PROJECT_ID,
-                    environment=PushEnvironment.sandbox,
-                )
+            store_credential(
+                s,
+                organization_id=organization_id,
+                provider=provider,
+                kind=kind,
+                secret=secret,
+                key_id=KEY_ID,
+                team_id=TEAM_ID,
+                topic=APNS_TOPIC,
+                project_id=FCM_PROJECT_ID,
+                environment=PushEnvironment.sandbox,
             )
         add_devices(
             s,
