@@ -62,22 +62,6 @@ class RetryPolicy:
     def __getitem__(self, kind: Kind) -> KindPolicy:
         return self.kinds[kind]
 
-    def scaled(self, factor: float) -> RetryPolicy:
-        """Every wait and deadline times `factor`: the demo runs days of retries in seconds."""
-        return RetryPolicy(
-            {
-                kind: replace(
-                    p,
-                    deadline_s=p.deadline_s * factor,
-                    postpone_first_s=p.postpone_first_s * factor,
-                    postpone_max_s=p.postpone_max_s * factor,
-                    push_first_s=p.push_first_s * factor,
-                    push_max_s=p.push_max_s * factor,
-                )
-                for kind, p in self.kinds.items()
-            }
-        )
-
 
 class Policies:
     """The policy of each organization: the process's policy with the organization's overrides applied."""

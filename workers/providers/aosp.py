@@ -14,7 +14,7 @@ from urllib.parse import quote
 from workers.providers.base import ConnectionFailed, Outcome, ProviderError, Push, PushResult
 from workers.providers.credentials import AospApiKey
 from workers.providers.endpoints import ProviderEndpoints
-from workers.providers.http2 import Http2Pool, Origin, Response, StreamUnanswered
+from workers.providers.http2 import Response, StreamUnanswered
 
 MAX_RECIPIENTS = 1000  # per request: Pushy takes 100,000, but a smaller request fails less at once
 MAX_TTL_S = 365 * 86_400
@@ -61,9 +61,7 @@ class AospProvider:
         max_connections: int = 2,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        origin = Origin.from_url(endpoints.aosp)
-        context = endpoints.tls_context() if origin.scheme == "https" else None
-        self._pool = Http2Pool(origin, ssl_context=context, max_connections=max_connections)
+        self._pool = endpoints.pool(endpoints.aosp, max_connections=max_connections)
         self._key_query = b"?api_key=" + quote(credential.api_key, safe="").encode()
         self._clock = clock
 

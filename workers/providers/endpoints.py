@@ -6,6 +6,7 @@ import ssl
 from dataclasses import dataclass
 
 from workers.providers.credentials import ApnsEnvironment
+from workers.providers.http2 import Http2Pool, Origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,12 @@ class ProviderEndpoints:
         context = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_pem)
         context.set_alpn_protocols(["h2"])
         return context
+
+    def pool(self, url: str, *, max_connections: int) -> Http2Pool:
+        """Connections to `url`: TLS with this trust for `https://`, cleartext h2c for `http://`."""
+        origin = Origin.from_url(url)
+        context = self.tls_context() if origin.scheme == "https" else None
+        return Http2Pool(origin, ssl_context=context, max_connections=max_connections)
 
     def apns(self, environment: ApnsEnvironment) -> str:
         return self.apns_production if environment is ApnsEnvironment.production else self.apns_sandbox

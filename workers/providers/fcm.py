@@ -13,7 +13,7 @@ from workers.providers.base import ConnectionFailed, CredentialRejected, Outcome
 from workers.providers.credentials import FcmServiceAccount
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.fcm_oauth import AccessToken, AccessTokenSource, token_path
-from workers.providers.http2 import Http2Pool, Origin, Response, StreamUnanswered
+from workers.providers.http2 import Response, StreamUnanswered
 
 QUOTA_MIN_RETRY_S = 60.0  # FCM asks senders over quota to wait at least a minute
 _CONNECT_FAILED = "ConnectionFailed"
@@ -47,8 +47,8 @@ class FcmProvider:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._project_path = f"/v1/projects/{credential.project_id}/messages:send".encode()
-        self._pool = _pool(endpoints.fcm, endpoints, max_connections)
-        self._oauth_pool = _pool(endpoints.oauth_token, endpoints, 1)
+        self._pool = endpoints.pool(endpoints.fcm, max_connections=max_connections)
+        self._oauth_pool = endpoints.pool(endpoints.oauth_token, max_connections=1)
         self.tokens = AccessTokenSource(
             credential, self._oauth_pool, token_path(endpoints.oauth_token), clock=clock
         )
@@ -91,12 +91,6 @@ class FcmProvider:
         except ConnectionFailed:
             return PushResult(push.device_id, Outcome.transient, reason=_CONNECT_FAILED)
         return _result(push, response, sent_at)
-
-
-def _pool(url: str, endpoints: ProviderEndpoints, max_connections: int) -> Http2Pool:
-    origin = Origin.from_url(url)
-    context = endpoints.tls_context() if origin.scheme == "https" else None
-    return Http2Pool(origin, ssl_context=context, max_connections=max_connections)
 
 
 def _message(push: Push) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlmodel import Session
@@ -70,7 +70,6 @@ class DispatchSummary:
     undeliverable: int = 0
     held: int = 0
     retry: Retry | None = None
-    outcomes: dict[str, int] = field(default_factory=dict)
 
 
 def dispatch_chunk(
@@ -215,7 +214,6 @@ def _write_results(
     for wake in wakes:
         assert wake.result is not None
         by_outcome[wake.result.outcome].append(wake)
-        summary.outcomes[wake.result.outcome.value] = summary.outcomes.get(wake.result.outcome.value, 0) + 1
     summary.pushes += len(wakes)
     summary.accepted += len(by_outcome[Outcome.accepted])
     accepted = by_outcome[Outcome.accepted]
