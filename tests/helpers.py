@@ -1,6 +1,11 @@
-"""Test-only helpers that reach under the store: putting a deployment straight into a status."""
+"""Test-only helpers: reaching under the store to put a deployment in a status, running `mdmq`."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -33,3 +38,14 @@ def events_of(engine: Engine, deployment_id: str) -> list[DeploymentEvent]:
 def event_count(engine: Engine) -> int:
     with Session(engine) as session:
         return session.exec(select(func.count(col(DeploymentEvent.id)))).one()
+
+
+def run_mdmq(
+    *args: str, env: dict[str, str], timeout_s: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The `mdmq` command through its real entry point, with `env` as its only MDMQ_ settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
+    command = [sys.executable, "-c", "from cli.main import main; main()", *args]
+    return subprocess.run(
+        command, env=clean | env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False
+    )

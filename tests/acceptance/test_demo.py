@@ -4,29 +4,17 @@ ends with every deployment in the status its device dictates, and says so in its
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from models.statuses import STATUSES, Kind
+from tests.helpers import run_mdmq
 
 
 def test_the_demo_rollout_ends_as_every_simulated_device_dictates(tmp_path: Path) -> None:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
-    environment["MDMQ_DATABASE_URL"] = f"sqlite:///{tmp_path / 'demo.db'}"
-    command = [
-        sys.executable,
-        "-c",
-        "from cli.main import main; main()",
-        "demo",
-        "--devices",
-        "120",
-        "--json",
-    ]
+    database = f"sqlite:///{tmp_path / 'demo.db'}"
 
-    result = subprocess.run(
-        command, env=environment, capture_output=True, text=True, timeout=280, check=False
+    result = run_mdmq(
+        "demo", "--devices", "120", "--json", env={"MDMQ_DATABASE_URL": database}, timeout_s=280
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
