@@ -16,14 +16,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import dramatiq
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlmodel import Session
 
 from config.app import App
 from config.settings import Settings
@@ -36,15 +37,17 @@ from models.store.deployments import error_examples, pending_commands, rollout_s
 from models.store.devices import NewDevice, add_devices
 from models.types import utcnow
 from sandbox import DeviceRegistry, SandboxThread
-from sandbox.fleet import APNS_TOPIC, FCM_PROJECT_ID, Fleet, PendingCommand
+from sandbox.fleet import APNS_TOPIC, FCM_PROJECT_ID, Answer, Behaviour, Fleet, PendingCommand
 from workers.actors import Actors, declare_actors
 from workers.enqueue import as_due
 from workers.services.credentials import store_credential
-from workers.services.reports import DeviceReport, record_device_report
+from workers.services.reports import DeviceReport, record_device_reports
 from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
 
 SWEEP_INTERVAL_S = 0.2
-TEAM_ID, KEY_ID = "DEMOTEAM01", "DEMOKEY001"
+# The demo enqueues right after each commit; what is still not enqueued after this was lost on the way.
+RELAY_GRACE_S = 5.0
+TEAM_ID = "DEMOTEAM01"
 FCM_EMAIL = f"mdmq-demo@{FCM_PROJECT_ID}.iam.gserviceaccount.com"
 
 
@@ -55,10 +58,12 @@ def _check_in_threads(settings: Settings) -> int:
 
 def demo_limits(devices: int) -> dict[str, dict[str, float]]:
     """The demo organization's retry policy: four postponements and four wake-up pushes, seconds apart, so a
-    device that never checks in fails in about 15 s. The simulated fleet checks in one device at a time, so a
-    larger fleet gets longer waits before a re-push, or a device still waiting its turn would look silent.
+    device that never checks in fails after about 11 times the first wait. The simulated fleet checks in some
+    60 devices a second on PostgreSQL, so a larger fleet gets longer waits before a re-push, or a device still
+    waiting its turn would look silent: 2,000 devices wait 10 s, and fail silent ones after about 110 s.
+    (At devices/300 a loaded CI machine once failed one slow device of 2,000 as silent.)
     Stored on the organization, so that worker processes of their own apply it too."""
-    push_first_s = max(2.0, devices / 100)
+    push_first_s = max(2.0, devices / 200)
     limits = {
         "max_postpones": 4,
         "deadline_s": 900,
@@ -99,8 +104,8 @@ class DemoResult:
 
 
 class StoreCheckIn:
-    """The MDM check-in server as the fleet sees it: pending commands from the store, reports recorded at once
-    and in order, as a check-in server answering one device request at a time does."""
+    """The MDM check-in server as the fleet sees it: pending commands from the store, and each check-in's
+    reports recorded at once and in order, in one transaction."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -111,74 +116,168 @@ class StoreCheckIn:
                 PendingCommand(i, kind.value) for i, kind in pending_commands(session, device_id=device_id)
             ]
 
-    def report(
-        self,
-        device_id: str,
-        deployment_id: str,
-        report: str,
-        *,
-        reason: str | None = None,
-        error_chain: list[dict[str, Any]] | None = None,
-    ) -> None:
+    def report(self, device_id: str, answers: Sequence[Answer]) -> None:
+        now = utcnow()
+        reports = [
+            DeviceReport(a.deployment_id, parse_report(a.report), a.reason, a.error_chain, reported_at=now)
+            for a in answers
+        ]
         with self.app.session() as session:
-            device_report = DeviceReport(deployment_id, parse_report(report), reason, error_chain)
-            record_device_report(session, device_report, policy=self.app.policy)
+            record_device_reports(session, reports, policy=self.app.policy)
 
 
 def run_demo(
     settings: Settings, *, devices: int, seed: int, timeout_s: float, progress: Callable[[int, int], None]
 ) -> DemoResult:
-    registry = DeviceRegistry()
-    keys = _register_credentials(registry)
-    fleet = Fleet(registry, seed=seed, size=devices)
-    with SandboxThread(registry) as sandbox:
-        app = App(
-            settings.model_copy(
-                update={
-                    "apns_url": sandbox.apns_url,
-                    "apns_sandbox_url": sandbox.apns_url,
-                    "fcm_url": sandbox.fcm_url,
-                    "fcm_token_url": f"{sandbox.fcm_url}/token",
-                    "aosp_url": sandbox.aosp_url,
-                    # Every check-in thread, the sweeps and the progress poll hold a connection at once.
-                    "database_pool_size": _check_in_threads(settings) + 4,
-                }
-            ),
-        )
-        upgrade(settings.database_url)
-        organization_id = f"demo-{seed}-{int(time.time())}"
+    with Rollout(settings, devices=devices, seed=seed) as rollout:
+        started = time.monotonic()
+        rollout.start()
+        state = rollout.wait(timeout_s, progress)
+        return rollout.result(state, time.monotonic() - started)
+
+
+class Rollout:
+    """A demo rollout's parts, running: the sandbox and its fleet, the app, the workers and the sweeps.
+
+    `mdmq demo` starts one and waits; the acceptance tests also reach into its parts while it runs (the
+    sandbox's faults, the registry's keys) and renew its credentials.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        devices: int,
+        seed: int,
+        mix: Mapping[Behaviour, float] | None = None,
+        worker_processes: int = 2,
+    ) -> None:
+        self.registry = DeviceRegistry()
+        self.keys = _register_credentials(self.registry)
+        run = secrets.token_hex(4)
+        # Same seed, same mix and outcomes; ids of this run's own, so that runs can share a database.
+        self.fleet = Fleet(self.registry, seed=seed, size=devices, mix=mix, namespace=run)
+        self.organization_id = f"demo-{seed}-{run}"
+        self._settings = settings
+        self._worker_processes = worker_processes
+        self._stack = ExitStack()
+
+    def __enter__(self) -> Self:
         try:
-            with _worker(app) as actors, _sweeping(app, actors):
-                fleet.attach(StoreCheckIn(app), delay_s=(0.001, 0.01), threads=_check_in_threads(settings))
-                started = time.monotonic()
-                _roll_out(app, actors, fleet, organization_id, keys, limits=demo_limits(devices))
-                state = _wait(app, fleet, organization_id, timeout_s, progress)
-                seconds = time.monotonic() - started
-        finally:
-            fleet.close()
-            app.close()
-        return _result(app, fleet, organization_id, state, seconds)
+            self.sandbox = self._stack.enter_context(SandboxThread(self.registry))
+            self.app = App(
+                self._settings.model_copy(
+                    update={
+                        "apns_url": self.sandbox.apns_url,
+                        "apns_sandbox_url": self.sandbox.apns_url,
+                        "fcm_url": self.sandbox.fcm_url,
+                        "fcm_token_url": f"{self.sandbox.fcm_url}/token",
+                        "aosp_url": self.sandbox.aosp_url,
+                        # Every check-in thread, the sweeps and the progress poll hold a connection at once.
+                        "database_pool_size": _check_in_threads(self._settings) + 4,
+                    }
+                ),
+            )
+            self._stack.callback(self.app.close)
+            upgrade(self._settings.database_url)
+            self.actors, self.workers_pid = self._stack.enter_context(
+                _worker(self.app, self._worker_processes)
+            )
+            self._stack.enter_context(_sweeping(self.app, self.actors))
+            self._stack.callback(self.fleet.close)
+            threads = _check_in_threads(self._settings)
+            self.fleet.attach(StoreCheckIn(self.app), delay_s=(0.001, 0.01), threads=threads)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def start(self, *, enqueue: bool = True) -> list[str]:
+        """Create the rollout and enqueue it; `enqueue=False` commits it and stops there, as a process that
+        crashed between commit and enqueue would (the relay must find it). Returns the deployment ids."""
+        return _roll_out(
+            self.app,
+            self.actors if enqueue else None,
+            self.fleet,
+            self.organization_id,
+            self.keys,
+            limits=demo_limits(len(self.fleet.devices)),
+        )
+
+    def renew(self, provider: Provider) -> list[str]:
+        """A new credential for `provider`, known to the emulator and stored as an operator's upload is;
+        what was held for the old one is released and enqueued. Returns the released ids."""
+        self.keys[provider] = _new_credential(self.registry, provider)
+        with self.app.session() as s:
+            released = _store_credentials(s, self.organization_id, {provider: self.keys[provider]})
+        self.actors.enqueue_ids(released)
+        return released
+
+    def wait(
+        self, timeout_s: float, progress: Callable[[int, int], None] = lambda done, total: None
+    ) -> list[tuple[str, str, Kind, Status]]:
+        return _wait(self.app, self.fleet, self.organization_id, timeout_s, progress)
+
+    def result(self, state: list[tuple[str, str, Kind, Status]], seconds: float) -> DemoResult:
+        return _result(self.app, self.fleet, self.organization_id, state, seconds)
 
 
-def _register_credentials(registry: DeviceRegistry) -> dict[Provider, tuple[CredentialKind, str]]:
-    apns = ec.generate_private_key(ec.SECP256R1())
-    fcm = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+@dataclass(frozen=True)
+class DemoCredential:
+    kind: CredentialKind
+    secret: str = field(repr=False)
+    key_id: str | None = None
+
+
+def _register_credentials(registry: DeviceRegistry) -> dict[Provider, DemoCredential]:
+    return {provider: _new_credential(registry, provider) for provider in Provider}
+
+
+def _new_credential(registry: DeviceRegistry, provider: Provider) -> DemoCredential:
+    """Fresh material for `provider`, known to the emulators from now on (an APNs key under a new key id)."""
+    if provider is Provider.apns:
+        apns = ec.generate_private_key(ec.SECP256R1())
+        key_id = f"DEMO{secrets.token_hex(3).upper()}"
+        registry.add_apns_key(team_id=TEAM_ID, key_id=key_id, public_key=apns.public_key())
+        return DemoCredential(CredentialKind.apns_token, _pem(apns), key_id)
+    if provider is Provider.fcm:
+        fcm = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        registry.add_fcm_service_account(FCM_EMAIL, fcm.public_key(), project_id=FCM_PROJECT_ID)
+        account = {
+            "type": "service_account",
+            "client_email": FCM_EMAIL,
+            "private_key": _pem(fcm),
+            "project_id": FCM_PROJECT_ID,
+            "private_key_id": secrets.token_hex(8),
+        }
+        return DemoCredential(CredentialKind.fcm_service_account, json.dumps(account))
     aosp = secrets.token_hex(16)
-    registry.add_apns_key(team_id=TEAM_ID, key_id=KEY_ID, public_key=apns.public_key())
-    registry.add_fcm_service_account(FCM_EMAIL, fcm.public_key(), project_id=FCM_PROJECT_ID)
     registry.add_aosp_api_key(aosp)
-    account = {
-        "type": "service_account",
-        "client_email": FCM_EMAIL,
-        "private_key": _pem(fcm),
-        "project_id": FCM_PROJECT_ID,
-        "private_key_id": "demo",
-    }
-    return {
-        Provider.apns: (CredentialKind.apns_token, _pem(apns)),
-        Provider.fcm: (CredentialKind.fcm_service_account, json.dumps(account)),
-        Provider.aosp: (CredentialKind.aosp_api_key, aosp),
-    }
+    return DemoCredential(CredentialKind.aosp_api_key, aosp)
+
+
+def _store_credentials(
+    session: Session, organization_id: str, credentials: Mapping[Provider, DemoCredential]
+) -> list[str]:
+    """Stored as an operator's upload is; returns what was held for the previous ones."""
+    released: list[str] = []
+    for provider, credential in credentials.items():
+        released += store_credential(
+            session,
+            organization_id=organization_id,
+            provider=provider,
+            kind=credential.kind,
+            secret=credential.secret,
+            key_id=credential.key_id,
+            team_id=TEAM_ID,
+            topic=APNS_TOPIC,
+            project_id=FCM_PROJECT_ID,
+            environment=PushEnvironment.sandbox,
+        ).released
+    return released
 
 
 def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
@@ -187,23 +286,24 @@ def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
 
 
 @contextmanager
-def _worker(app: App) -> Iterator[Actors]:
-    """Worker threads in this process on the in-process broker; real `dramatiq` processes on any other."""
+def _worker(app: App, processes: int) -> Iterator[tuple[Actors, int | None]]:
+    """Worker threads in this process on the in-process broker; real `dramatiq` processes on any other.
+    Yields the actors, and the pid of the `dramatiq` command when there is one."""
     actors = declare_actors(app)
     if app.settings.is_embedded:
         worker = dramatiq.Worker(app.broker, worker_threads=8, worker_timeout=100)
         worker.start()
         try:
-            yield actors
+            yield actors, None
         finally:
             worker.stop()
         return
-    with _worker_processes(app.settings):
-        yield actors
+    with _worker_processes(app.settings, processes) as pid:
+        yield actors, pid
 
 
 @contextmanager
-def _worker_processes(settings: Settings, processes: int = 2, threads: int = 8) -> Iterator[None]:
+def _worker_processes(settings: Settings, processes: int, threads: int = 8) -> Iterator[int]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
     environment |= {
         f"MDMQ_{name.upper()}": str(value)
@@ -224,7 +324,7 @@ def _worker_processes(settings: Settings, processes: int = 2, threads: int = 8) 
         command, env=environment, stdout=subprocess.DEVNULL
     ) as workers:
         try:
-            yield
+            yield workers.pid
         finally:
             workers.send_signal(signal.SIGTERM)
             workers.communicate(timeout=60)
@@ -237,9 +337,13 @@ def _sweeping(app: App, actors: Actors) -> Iterator[None]:
     def sweep() -> None:
         while not stop.wait(SWEEP_INTERVAL_S):
             now = utcnow()
+            # A transaction each, as the scheduler runs them: one writer's row locks never span two sweeps.
             with app.session() as s:
-                due = requeue_postponed(s, now=now) + repush_unanswered(s, policy=app.policy, now=now)
-                due += relay_unenqueued(s, now=now)
+                due = requeue_postponed(s, now=now)
+            with app.session() as s:
+                due += repush_unanswered(s, policy=app.policy, now=now)
+            with app.session() as s:
+                due += relay_unenqueued(s, now=now, grace_s=RELAY_GRACE_S)
             actors.enqueue(due)
 
     thread = threading.Thread(target=sweep, name="mdmq-demo-sweeps", daemon=True)
@@ -253,13 +357,13 @@ def _sweeping(app: App, actors: Actors) -> Iterator[None]:
 
 def _roll_out(
     app: App,
-    actors: Actors,
+    actors: Actors | None,
     fleet: Fleet,
     organization_id: str,
-    keys: dict[Provider, tuple[CredentialKind, str]],
+    keys: Mapping[Provider, DemoCredential],
     *,
     limits: dict[str, dict[str, float]],
-) -> None:
+) -> list[str]:
     """Every device gets a profile and an app; every fifth a lock; Android and AOSP devices a message."""
     wanted: list[NewDeployment] = []
     for i, device in enumerate(fleet.devices):
@@ -273,26 +377,16 @@ def _roll_out(
             wanted.append(NewDeployment(device.id, Kind.message, {"text": "Please update today"}))
     with app.session() as s:
         ensure_organization(s, organization_id=organization_id, name="mdmq demo").retry_policy = limits
-        for provider, (kind, secret) in keys.items():
-            store_credential(
-                s,
-                organization_id=organization_id,
-                provider=provider,
-                kind=kind,
-                secret=secret,
-                key_id=KEY_ID,
-                team_id=TEAM_ID,
-                topic=APNS_TOPIC,
-                project_id=FCM_PROJECT_ID,
-                environment=PushEnvironment.sandbox,
-            )
+        _store_credentials(s, organization_id, keys)
         add_devices(
             s,
             organization_id=organization_id,
             devices=[NewDevice(d.platform, d.token, push_magic=d.push_magic, id=d.id) for d in fleet.devices],
         )
         ids = create_deployments(s, organization_id=organization_id, deployments=wanted)
-    actors.enqueue(as_due([(i, organization_id, d.kind) for i, d in zip(ids, wanted, strict=True)]))
+    if actors is not None:
+        actors.enqueue(as_due([(i, organization_id, d.kind) for i, d in zip(ids, wanted, strict=True)]))
+    return ids
 
 
 def _wait(

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 
 from config import SettingsError, load_settings
 from config.logging import configure_logging
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="mdmq: MDM deployments, pushes and retries."
+    no_args_is_help=True,
+    add_completion=False,
+    help="mdmq: MDM deployments, pushes and retries.",
+    pretty_exceptions_enable=False,  # errors an operator can act on are one line; see main()
 )
 db = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db, name="db")
+token = typer.Typer(no_args_is_help=True, help="API tokens.")
+app.add_typer(token, name="token")
 
 EXIT_CONFIG = 2
+EXIT_DATABASE = 3
+EXIT_USAGE = 64  # sysexits' EX_USAGE: the command was given something it cannot use
 
 
 @db.command("upgrade")
@@ -53,6 +63,72 @@ def demo(
     raise typer.Exit(0 if result.ok else 1)
 
 
+@token.command("create")
+def token_create(
+    org: Annotated[str, typer.Option("--org", help="The organization the token acts for (created if new).")],
+    permission: Annotated[
+        list[str], typer.Option("--permission", help="e.g. mdm.aosp.command.get; repeatable.")
+    ],
+) -> None:
+    """Create an API token and print it, once, as the last line: only its hash is stored."""
+    from config.app import App
+    from models.ids import is_organization_id
+    from models.store import ensure_organization
+    from models.store.tokens import create_token
+
+    if not is_organization_id(org):
+        typer.echo(
+            f"mdmq: --org {org!r} is not an organization id (24 hex, or 3+ letters, digits, -)", err=True
+        )
+        raise typer.Exit(EXIT_USAGE)
+    mdmq = App(load_settings())
+    try:
+        with mdmq.session() as session:
+            ensure_organization(session, organization_id=org)
+            row, secret = create_token(session, organization_id=org, permissions=permission)
+    finally:
+        mdmq.close()
+    typer.echo(f"token {row.id} for {org}: {', '.join(row.permissions)}", err=True)
+    typer.echo(secret)
+
+
+@app.command()
+def api(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """The HTTP API (the Procfile's `web`)."""
+    import uvicorn
+
+    from api.app import create_app
+    from config.sentry import init_sentry
+
+    settings = load_settings()
+    configure_logging(level=settings.log_level, json_lines=settings.json_logs)
+    init_sentry(settings, process="api")
+    uvicorn.run(create_app(), host=host, port=port, log_config=None)
+
+
+@app.command()
+def worker(
+    processes: int = typer.Option(2, min=1, help="Worker processes."),
+    threads: int = typer.Option(8, min=1, help="Threads per worker process."),
+) -> None:
+    """The Dramatiq workers: `dramatiq workers.main:broker` with these processes and threads."""
+    load_settings()  # a wrong setting is one line here, not a traceback in every worker process
+    command = ["dramatiq", "workers.main:broker", "--processes", str(processes), "--threads", str(threads)]
+    os.execvp(sys.executable, [sys.executable, "-m", *command])  # noqa: S606  (replaces this process)
+
+
+@app.command()
+def scheduler() -> None:
+    """The scheduler process: sweeps, stuck detection and retention while it holds the leader lease; run two
+    or more for failover. Stops on SIGTERM or SIGINT and hands the lease over."""
+    from scheduler.__main__ import main as run_scheduler
+
+    run_scheduler()
+
+
 @app.command()
 def sandbox(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
@@ -68,6 +144,11 @@ def sandbox(
     serve_forever(host, apns_port, fcm_port, aosp_port, tls)
 
 
+from cli import ops  # noqa: E402  (after the app and its groups)
+
+ops.register(app)
+
+
 def main() -> None:
     try:
         app()
@@ -75,3 +156,10 @@ def main() -> None:
         # A wrong setting is an operator's typo, not a crash: one line that names the variable.
         print(f"mdmq: invalid configuration: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    except sa.exc.DBAPIError as e:
+        # The database is down, or has no schema yet: one line, and what to do when it is the schema.
+        said = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
+        missing = "no such table" in said or ("relation" in said and "does not exist" in said)
+        hint = "; run `mdmq db upgrade` first" if missing else ""
+        print(f"mdmq: the database refused: {said}{hint}", file=sys.stderr)
+        sys.exit(EXIT_DATABASE)

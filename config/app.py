@@ -71,6 +71,8 @@ class App:
     def close(self) -> None:
         if "gateway" in self.__dict__:
             self.gateway.close()
+        if "broker" in self.__dict__:
+            self.broker.close()  # RabbitMQ: every thread's connection
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None

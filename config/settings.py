@@ -66,6 +66,22 @@ class Settings(BaseSettings):
     bulk_insert_batch: int = Field(default=5_000, ge=100, le=100_000)
     # Deployments per dispatch message.
     dispatch_chunk_size: int = Field(default=250, ge=1, le=5_000)
+    # Queued, and still not on the broker this long after its commit: lost on the way; the relay sends it.
+    relay_grace_s: float = Field(default=30.0, gt=0)
+    # The scheduler: its leader lease, how often the sweeps run, when a deployment counts as stuck, and how
+    # long terminal deployments (and their events) are kept.
+    scheduler_lease_s: float = Field(default=15.0, ge=1)
+    sweep_interval_s: float = Field(default=10.0, gt=0)
+    stuck_after_s: float = Field(default=3_600.0, gt=0)
+    retention_days: float = Field(default=90.0, gt=0)
+    # The certificate watch: alert thresholds in days, and certificates beyond the push credentials, both
+    # comma-separated: PEM files, and TLS endpoints as host:port (the MDM server's own, the APNs host).
+    cert_thresholds_days: str = "30,14,7,1"
+    cert_watch_interval_s: float = Field(default=3_600.0, gt=0)
+    # How often each AOSP push with devices still pending is polled for its delivery status.
+    poll_interval_s: float = Field(default=60.0, gt=0)
+    watch_files: str = ""
+    watch_endpoints: str = ""
 
     # Push services: the real hosts unless set (the embedded mode and the tests point them at the sandbox).
     apns_url: str = "https://api.push.apple.com"
@@ -105,6 +121,36 @@ class Settings(BaseSettings):
                 f"got {redact_url(url)!r}"
             )
         return url
+
+    @field_validator("cert_thresholds_days")
+    @classmethod
+    def _thresholds(cls, value: str) -> str:
+        try:
+            days = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            days = []
+        if not days or any(d <= 0 for d in days):
+            raise ValueError(f"expected whole days above 0, comma-separated (30,14,7,1), got {value!r}")
+        return value
+
+    @property
+    def thresholds_days(self) -> tuple[int, ...]:
+        """The certificate watch's thresholds, largest first."""
+        return tuple(
+            sorted({int(part) for part in self.cert_thresholds_days.split(",") if part.strip()}, reverse=True)
+        )
+
+    @staticmethod
+    def _items(value: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+
+    @property
+    def watched_files(self) -> tuple[str, ...]:
+        return self._items(self.watch_files)
+
+    @property
+    def watched_endpoints(self) -> tuple[str, ...]:
+        return self._items(self.watch_endpoints)
 
     @property
     def is_embedded(self) -> bool:

@@ -17,6 +17,8 @@ def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine
     return sa.create_engine(
         url,
         echo=echo,
+        # A failed statement's parameters can hold a push key or token: errors never carry them.
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
@@ -27,7 +29,11 @@ def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine
 
 def _sqlite_engine(url: str, *, echo: bool) -> Engine:
     in_memory = url in ("sqlite://", "sqlite:///:memory:")
-    kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"check_same_thread": False, "timeout": 30}}
+    kwargs: dict[str, Any] = {
+        "echo": echo,
+        "hide_parameters": True,  # as on PostgreSQL: no secret in an error message
+        "connect_args": {"check_same_thread": False, "timeout": 30},
+    }
     if in_memory:
         # One shared connection, or every new connection would see a new empty database.
         kwargs["poolclass"] = sa.pool.StaticPool

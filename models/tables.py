@@ -76,6 +76,9 @@ class PushCredential(SQLModel, table=True):
     status: CredentialStatus = Field(default=CredentialStatus.valid, sa_type=str_enum(CredentialStatus))
     status_reason: str | None = Field(default=None, sa_type=sa.Text)
     last_checked_at: datetime | None = _ts()
+    # The certificate watch's last alert: the threshold in days it crossed (0: expired or refused), so that
+    # each threshold alerts once. Cleared when the credential is replaced.
+    alerted_days: int | None = None
     created_at: datetime = _created()
     updated_at: datetime = _created()
 
@@ -123,6 +126,13 @@ class Deployment(SQLModel, table=True):
         sa.Index("ix_deployment_org_status", "organization_id", "status"),
         # Coalescing: every Queued deployment of a device is served by one wake-up.
         sa.Index("ix_deployment_device_status", "device_id", "status"),
+        # The retention purge; partial, so that bulk creation (nothing finished yet) skips it.
+        sa.Index(
+            "ix_deployment_finished",
+            "finished_at",
+            postgresql_where=sa.text("finished_at IS NOT NULL"),
+            sqlite_where=sa.text("finished_at IS NOT NULL"),
+        ),
         # Partial: a deployment has no receipt until its push is sent, and bulk creation skips the index.
         sa.Index(
             "ix_deployment_receipt",
@@ -148,6 +158,9 @@ class Deployment(SQLModel, table=True):
     error_message: str | None = Field(default=None, sa_type=sa.Text)
     error_detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     last_device_reason: str | None = Field(default=None, sa_type=sa.Text)
+    # When the device sent the last report that moved this deployment: an older one that arrives later is
+    # refused, so that reports reordered on their way never move a deployment back.
+    last_report_at: datetime | None = _ts()
     receipt_id: int | None = Field(default=None, sa_type=sa.BigInteger)
     created_at: datetime = _created()
     updated_at: datetime = _created()
@@ -187,6 +200,7 @@ class WatchedCertificate(SQLModel, table=True):
     not_after: datetime | None = _ts()
     last_checked_at: datetime | None = _ts()
     last_error: str | None = Field(default=None, sa_type=sa.Text)
+    alerted_days: int | None = None  # as on PushCredential: the last threshold alerted
     created_at: datetime = _created()
 
 
@@ -199,3 +213,34 @@ class SchedulerLease(SQLModel, table=True):
     holder: str = Field(sa_type=sa.String(128))
     acquired_at: datetime = _created()
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class SchedulerRun(SQLModel, table=True):
+    """One run of one scheduler job: by which scheduler, when, how it ended and how much it did. The last
+    successful run of each job is its health; the retention purge keeps a few days of them."""
+
+    __tablename__ = "scheduler_run"
+    __table_args__ = (sa.Index("ix_scheduler_run_job_started", "job", "started_at"),)
+
+    id: int | None = Field(default=None, sa_type=BIGINT_PK, primary_key=True)
+    job: str = Field(sa_type=sa.String(64))
+    holder: str = Field(sa_type=sa.String(128))
+    started_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    finished_at: datetime | None = _ts()
+    ok: bool | None = None
+    work: int | None = None  # rows the run moved, enqueued or deleted
+    error: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token of the HTTP API: an organization and permissions. Only the token's SHA-256 is stored;
+    the token itself is shown once, when it is created."""
+
+    __tablename__ = "api_token"
+
+    id: str = Field(sa_type=ID, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID, foreign_key="organization.id")
+    token_hash: str = Field(sa_type=sa.String(64), unique=True)
+    permissions: list[str] = Field(default_factory=list, sa_type=JSON)
+    created_at: datetime = _created()
+    revoked_at: datetime | None = _ts()

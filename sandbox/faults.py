@@ -121,6 +121,12 @@ class FaultRuntime:
         with self._lock:
             return self._current_storm() is not None
 
+    @property
+    def storm_failures(self) -> int:
+        """Requests the current (or last) storm failed."""
+        with self._lock:
+            return self._storm_failures
+
     def set_error_rate(self, reason: str, rate: float) -> None:
         with self._lock:
             if rate > 0:

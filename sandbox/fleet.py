@@ -70,6 +70,17 @@ class PendingCommand:
     kind: str
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One device report for one command: a `models.reports.Report` value, with NotNow's reason or Apple's
+    ErrorChain."""
+
+    deployment_id: str
+    report: str
+    reason: str | None = None
+    error_chain: list[dict[str, Any]] | None = None
+
+
 class CheckIn(Protocol):
     """What the MDM check-in server offers a device; mdmq wires it to its store and report actor."""
 
@@ -77,16 +88,9 @@ class CheckIn(Protocol):
         """The deployments the server holds for `device_id` now (none: an empty sequence)."""
         ...
 
-    def report(
-        self,
-        device_id: str,
-        deployment_id: str,
-        report: str,
-        *,
-        reason: str | None = None,
-        error_chain: list[dict[str, Any]] | None = None,
-    ) -> None:
-        """One device report, a `models.reports.Report` value, with NotNow's reason or Apple's ErrorChain."""
+    def report(self, device_id: str, answers: Sequence[Answer]) -> None:
+        """Every answer of one check-in, in the order the device gave them: each command's reports in turn.
+        Raising fails the check-in as a whole, as a failed request to a check-in server does."""
         ...
 
 
@@ -335,17 +339,21 @@ def _fraction(*parts: object) -> float:
 class _Streams:
     """One random stream per property, so that changing the mix leaves ids, platforms and tokens alone."""
 
-    def __init__(self, seed: int) -> None:
-        self.ids = random.Random(f"{seed}:ids")
+    def __init__(self, seed: int, namespace: str = "") -> None:
+        self.ids = random.Random(f"{seed}:{namespace}:ids" if namespace else f"{seed}:ids")
         self.platforms = random.Random(f"{seed}:platforms")
         self.behaviours = random.Random(f"{seed}:behaviours")
         self.tokens = random.Random(f"{seed}:tokens")
 
 
 def _make_devices(
-    seed: int, size: int, platforms: Mapping[Platform, float], mix: Mapping[Behaviour, float]
+    seed: int,
+    size: int,
+    platforms: Mapping[Platform, float],
+    mix: Mapping[Behaviour, float],
+    namespace: str = "",
 ) -> list[SimulatedDevice]:
-    streams = _Streams(seed)
+    streams = _Streams(seed, namespace)
     platform_keys, platform_weights = _cumulative(platforms, "platform")
     behaviour_keys, behaviour_weights = _cumulative(mix, "behaviour")
     drawn_platforms = streams.platforms.choices(platform_keys, cum_weights=platform_weights, k=size)
@@ -408,7 +416,8 @@ class Fleet:
     """`size` simulated devices registered in `registry`; `attach()` makes them check in when pushed.
 
     `mix` and `platforms` are weights (normalised; missing keys weigh 0). `not_now_times` is the k of
-    `not_now_then_success`: the first k check-ins answer NotNow. Deterministic for a seed.
+    `not_now_then_success`: the first k check-ins answer NotNow. Deterministic for a seed. `namespace`
+    changes the device ids only, so that two fleets of one seed (two demo runs) can share a database.
     """
 
     def __init__(
@@ -422,6 +431,7 @@ class Fleet:
         not_now_times: int = 2,
         apns_topic: str = APNS_TOPIC,
         fcm_project_id: str = FCM_PROJECT_ID,
+        namespace: str = "",
     ) -> None:
         if size < 0:
             raise ValueError("size must be >= 0")
@@ -430,7 +440,7 @@ class Fleet:
         self.registry = registry
         self.seed = seed
         self.not_now_times = not_now_times
-        self._devices = _make_devices(seed, size, platforms, DEFAULT_MIX if mix is None else mix)
+        self._devices = _make_devices(seed, size, platforms, DEFAULT_MIX if mix is None else mix, namespace)
         self._by_token = {device.token: device for device in self._devices}
         self._by_id: dict[str, SimulatedDevice] | None = None
         for device in self._devices:
@@ -501,10 +511,8 @@ class Fleet:
     # -- what one device does at one check-in -------------------------------------------------------
 
     def _check_in(self, device: SimulatedDevice, checkin: CheckIn) -> _Tally:
-        """Ask for pending commands and answer each; failures are logged and counted, not raised.
-
-        The runner has counted this wake-up in `device.times_woken` already.
-        """
+        """Ask for pending commands and answer them all in one report; failures are logged and counted, not
+        raised. The runner has counted this wake-up in `device.times_woken` already."""
         tally = _Tally(check_ins=1)
         try:
             commands = checkin.pending(device.id)
@@ -512,40 +520,41 @@ class Fleet:
             log.exception("fleet: pending() failed for device %s", device.id)
             tally.failures += 1
             return tally
-        for command in commands:
-            self._answer(device, command, checkin, tally)
+        answers = [answer for command in commands for answer in self._answers(device, command, tally)]
+        if not answers:
+            return tally
+        try:
+            checkin.report(device.id, answers)
+        except Exception:
+            log.exception(
+                "fleet: the check-in of device %s failed (deployments %s)",
+                device.id,
+                ", ".join(dict.fromkeys(a.deployment_id for a in answers)),
+            )
+            tally.failures += 1
+            return tally
+        tally.reports += len(answers)
         return tally
 
-    def _answer(
-        self, device: SimulatedDevice, command: PendingCommand, checkin: CheckIn, tally: _Tally
-    ) -> None:
+    def _answers(self, device: SimulatedDevice, command: PendingCommand, tally: _Tally) -> list[Answer]:
         try:
             kind = Kind(command.kind)
         except ValueError:
             log.warning("fleet: deployment %s has unknown kind %r", command.deployment_id, command.kind)
             tally.failures += 1
-            return
+            return []
         postpone = device.times_woken <= self.not_now_times
         variant = int(_fraction(self.seed, device.id, "error") * 2**16)
-        for planned in planned_reports(device.behaviour, kind, postpone=postpone, error_variant=variant):
-            if not self._send(device, command, planned, checkin):
-                tally.failures += 1
-                return  # the rest of this command's sequence would not fit; the other commands go on
-            tally.reports += 1
-
-    @staticmethod
-    def _send(
-        device: SimulatedDevice, command: PendingCommand, planned: PlannedReport, checkin: CheckIn
-    ) -> bool:
-        # A fresh copy each time: the receiver may keep or change what it gets.
-        chain = None if planned.error_chain is None else [dict(entry) for entry in planned.error_chain]
-        report = planned.report.value
-        try:
-            checkin.report(device.id, command.deployment_id, report, reason=planned.reason, error_chain=chain)
-        except Exception:
-            log.exception("fleet: report %s of deployment %s failed", report, command.deployment_id)
-            return False
-        return True
+        return [
+            # A fresh copy of the chain each time: the receiver may keep or change what it gets.
+            Answer(
+                command.deployment_id,
+                planned.report.value,
+                planned.reason,
+                None if planned.error_chain is None else [dict(entry) for entry in planned.error_chain],
+            )
+            for planned in planned_reports(device.behaviour, kind, postpone=postpone, error_variant=variant)
+        ]
 
 
 @dataclass(slots=True)

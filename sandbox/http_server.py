@@ -55,6 +55,11 @@ class _ProtocolSniffer(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connection_closed(self)
 
+    @property
+    def received(self) -> int:
+        """Bytes read while the protocol is still undecided."""
+        return len(self._received)
+
     def _hand_over(self, protocol: H2Protocol | H1Protocol) -> None:
         transport = self.transport
         assert transport is not None

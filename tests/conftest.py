@@ -17,6 +17,7 @@ from models.migrations.runner import upgrade
 from models.statuses import Kind
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
+from tests.sentry import sentry  # noqa: F401  (a fixture for every test)
 from tests.services import CI, POSTGRES_ADMIN_URL, require
 
 TABLES = (
@@ -27,6 +28,8 @@ TABLES = (
     "device",
     "watched_certificate",
     "scheduler_lease",
+    "scheduler_run",
+    "api_token",
     "organization",
 )
 

@@ -1,10 +1,15 @@
-"""Test-only helpers: reaching under the store to put a deployment in a status, running `mdmq`."""
+"""Test-only helpers: reaching under the store to put a deployment in a status, running `mdmq`, sessions,
+waiting for a condition."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -41,11 +46,39 @@ def event_count(engine: Engine) -> int:
 
 
 def run_mdmq(
-    *args: str, env: dict[str, str], timeout_s: float, cwd: Path | None = None
+    *args: str, env: dict[str, str], timeout_s: float, cwd: Path | None = None, answer: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The `mdmq` command through its real entry point, with `env` as its only MDMQ_ settings."""
+    """The `mdmq` command through its real entry point, with `env` as its only MDMQ_ settings; `answer` is
+    typed at its prompts."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
     command = [sys.executable, "-c", "from cli.main import main; main()", *args]
     return subprocess.run(
-        command, env=clean | env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False
+        command,
+        env=clean | env,
+        cwd=cwd,
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
+
+
+def sessions(engine: Engine) -> Callable[[], AbstractContextManager[Session]]:
+    """A session factory as `App.session` is: one transaction per block, committed when it ends."""
+
+    @contextmanager
+    def session() -> Iterator[Session]:
+        with Session(engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    return session
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` when `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        threading.Event().wait(0.05)

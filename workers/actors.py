@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import dramatiq
 
 from config.app import App
 from models.reports import UnknownReport, parse_report
-from models.store.sweeps import Due
+from models.store.sweeps import Due, due_for
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.enqueue import enqueue_dispatch
 from workers.services.dispatch import dispatch_chunk
+from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import DeviceReport, record_device_report
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ class Actors:
     dispatch_urgent: dramatiq.Actor[[list[str]], None]
     dispatch_bulk: dramatiq.Actor[[list[str]], None]
     record_report: dramatiq.Actor[..., None]
+    cancel: dramatiq.Actor[[list[str]], None]
+    retry: dramatiq.Actor[[list[str]], None]
     app: App
 
     def enqueue(self, deployments: Iterable[Due]) -> int:
@@ -45,6 +49,14 @@ class Actors:
             chunk_size=self.app.settings.dispatch_chunk_size,
         )
 
+    def enqueue_ids(self, deployment_ids: Sequence[str]) -> int:
+        """`enqueue` for deployments known by id only (released, retried), committed already."""
+        if not deployment_ids:
+            return 0
+        with self.app.session() as session:
+            due = due_for(session, ids=deployment_ids)
+        return self.enqueue(due)
+
 
 def declare_actors(app: App) -> Actors:
     urgent = _dispatch_actor(app, "dispatch_urgent", URGENT_QUEUE, URGENT_PRIORITY)
@@ -55,22 +67,49 @@ def declare_actors(app: App) -> Actors:
         report: str,
         reason: str | None = None,
         error_chain: Sequence[Mapping[str, Any]] | None = None,
+        reported_at: str | None = None,
     ) -> None:
+        """`reported_at`: when the check-in server received the report (ISO 8601 with an offset). Messages
+        can overtake each other between worker threads; a report older than one applied changes nothing."""
         try:
             parsed = parse_report(report)
-        except UnknownReport as e:  # bad input is recorded, not retried: it would be as bad next time
+            at = datetime.fromisoformat(reported_at) if reported_at is not None else None
+            if at is not None and at.tzinfo is None:
+                raise ValueError(f"reported_at {reported_at!r} has no UTC offset")
+        except (UnknownReport, ValueError) as e:  # bad input is logged, not retried: it would be as bad again
             log.warning("device report refused: %s", e, extra={"deployment_id": deployment_id})
             return
         with app.session() as session:
-            record_device_report(
-                session, DeviceReport(deployment_id, parsed, reason, error_chain), policy=app.policy
-            )
+            device_report = DeviceReport(deployment_id, parsed, reason, error_chain, reported_at=at)
+            record_device_report(session, device_report, policy=app.policy)
 
     reports = dramatiq.Actor(
         record_report, actor_name="record_report", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY,
         options={}, broker=app.broker,
     )  # fmt: skip
-    return Actors(urgent, bulk, reports, app)
+
+    def cancel(deployment_ids: list[str]) -> None:
+        """An operator's cancel of many deployments, off the request path. Those already started are
+        refused (logged and counted), as one at a time would be."""
+        with app.session() as session:
+            cancel_deployments(session, ids=deployment_ids)
+
+    def retry(deployment_ids: list[str]) -> None:
+        """An operator's retry of Failed and Error distributing deployments: back to Queued, then enqueued."""
+        with app.session() as session:
+            applied = [a.deployment_id for a in retry_deployments(session, ids=deployment_ids).applied]
+        actors.enqueue_ids(applied)
+
+    cancels: dramatiq.Actor[[list[str]], None] = dramatiq.Actor(
+        cancel, actor_name="cancel", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY, options={},
+        broker=app.broker,
+    )  # fmt: skip
+    retries: dramatiq.Actor[[list[str]], None] = dramatiq.Actor(
+        retry, actor_name="retry", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY, options={},
+        broker=app.broker,
+    )  # fmt: skip
+    actors = Actors(urgent, bulk, reports, cancels, retries, app)
+    return actors
 
 
 def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> dramatiq.Actor[[list[str]], None]:

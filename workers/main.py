@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from config.app import App
 from config.logging import configure_logging
+from config.sentry import init_sentry
 from workers.actors import declare_actors
 
 app = App()
 configure_logging(level=app.settings.log_level, json_lines=app.settings.json_logs)
+init_sentry(app.settings, process="worker")  # before the broker exists: Dramatiq's integration hooks it
 actors = declare_actors(app)
 broker = app.broker

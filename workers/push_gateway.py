@@ -12,7 +12,8 @@ import os
 import threading
 from collections.abc import Sequence
 
-from workers.providers.base import Push, PushResult
+from workers.providers.aosp import AospProvider, PushStatus
+from workers.providers.base import ProviderError, Push, PushResult
 from workers.providers.credentials import Credential
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.factory import ProviderFactory
@@ -38,6 +39,28 @@ class PushGateway:
             return await factory.provider_for(organization_id, credential).send(pushes)
 
         return asyncio.run_coroutine_threadsafe(send(), loop).result(SEND_TIMEOUT_S)
+
+    def poll(
+        self, organization_id: str, credential: Credential, push_ids: Sequence[str]
+    ) -> dict[str, PushStatus | ProviderError]:
+        """Ask a provider that reports delivery (AOSP) where each push stands; a push it cannot answer for
+        comes back as the error that says why."""
+        loop, factory = self._running()
+
+        async def poll() -> dict[str, PushStatus | ProviderError]:
+            provider = factory.provider_for(organization_id, credential)
+            if not isinstance(provider, AospProvider):
+                raise TypeError(f"{type(provider).__name__} does not report delivery")
+            answers = await asyncio.gather(*(provider.poll(p) for p in push_ids), return_exceptions=True)
+            results: dict[str, PushStatus | ProviderError] = {}
+            for push_id, answer in zip(push_ids, answers, strict=True):
+                if isinstance(answer, PushStatus | ProviderError):
+                    results[push_id] = answer
+                elif isinstance(answer, BaseException):
+                    raise answer
+            return results
+
+        return asyncio.run_coroutine_threadsafe(poll(), loop).result(SEND_TIMEOUT_S)
 
     def close(self) -> None:
         """Close every connection and stop the loop (in the process that started it)."""

@@ -29,6 +29,26 @@ def run(
     return session.connection().execute(statement, params)
 
 
+def in_id_order(where: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """`where`, for an UPDATE of deployments that may touch many rows: the rows are locked first, in id order.
+
+    Two multi-row UPDATEs that lock the same rows in different orders (one walks the primary key, the other
+    the heap) deadlock on PostgreSQL; every such UPDATE here takes its locks in one order instead. The
+    condition is kept on the UPDATE too. SQLite has one writer and no row locks: there it is just `where`."""
+    locked = sa.select(DEPLOYMENT.c.id).where(where).order_by(DEPLOYMENT.c.id).with_for_update()
+    return sa.and_(DEPLOYMENT.c.id.in_(locked), where)
+
+
+def lock_deployments(session: Session, *, ids: Sequence[str]) -> None:
+    """Lock these deployment rows now, in id order, for a transaction that goes on to write them in several
+    statements: its later statements then wait for no row another writer could hold. No-op on SQLite."""
+    if dialect_of(session) == "sqlite":
+        return
+    for batch in chunked(sorted(set(ids)), IDS_PER_STATEMENT):
+        locked = sa.select(DEPLOYMENT.c.id).where(DEPLOYMENT.c.id.in_(batch)).order_by(DEPLOYMENT.c.id)
+        run(session, locked.with_for_update())
+
+
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

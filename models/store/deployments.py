@@ -15,6 +15,7 @@ from models.ids import is_id, new_ids
 from models.statuses import Kind, Status
 from models.store._sql import DEPLOYMENT, chunked, dialect_of, run
 from models.store.devices import unknown_device_ids
+from models.store.maintenance import STUCK_IN
 from models.tables import Deployment, DeploymentEvent
 from models.types import utcnow
 
@@ -181,3 +182,52 @@ def error_examples(session: Session, *, organization_id: str, limit: int = 5) ->
         .limit(limit)
     )
     return [(r.status, r.error_message, r.n) for r in run(session, statement)]
+
+
+@dataclass(frozen=True)
+class DeploymentFilter:
+    """What an operator asks for: every field optional; `stuck_since` keeps the deployments unchanged since
+    then in a status where nothing moves them on their own."""
+
+    kind: Kind | None = None
+    status: Status | None = None
+    device_id: str | None = None
+    held: bool | None = None
+    stuck_since: datetime | None = None
+
+
+def list_deployments(
+    session: Session,
+    *,
+    organization_id: str | None,
+    where: DeploymentFilter,
+    after: str | None,
+    limit: int,
+    newest_first: bool = False,
+) -> list[Deployment]:
+    """One page in id order (ids sort by creation time), or newest first: those past the cursor `after`.
+    `organization_id` None: every organization's (the ops command line)."""
+    statement = select(Deployment)
+    if organization_id is not None:
+        statement = statement.where(Deployment.organization_id == organization_id)
+    if where.kind is not None:
+        statement = statement.where(Deployment.kind == where.kind)
+    if where.status is not None:
+        statement = statement.where(Deployment.status == where.status)
+    if where.device_id is not None:
+        statement = statement.where(Deployment.device_id == where.device_id)
+    if where.held is not None:
+        held = col(Deployment.hold_reason)
+        statement = statement.where(held.is_not(None) if where.held else held.is_(None))
+    if where.stuck_since is not None:
+        stuck = sa.or_(
+            *(
+                sa.and_(col(Deployment.kind) == kind, col(Deployment.status).in_(statuses))
+                for kind, statuses in STUCK_IN.items()
+            )
+        )
+        statement = statement.where(stuck, col(Deployment.updated_at) < where.stuck_since)
+    ids = col(Deployment.id)
+    if after is not None:
+        statement = statement.where(ids < after if newest_first else ids > after)
+    return list(session.exec(statement.order_by(ids.desc() if newest_first else ids).limit(limit)))

@@ -9,10 +9,11 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, col, select
 
-from models.enums import Provider, TokenState
+from models.enums import CredentialStatus, Provider, TokenState
 from models.statuses import Kind, Status
-from models.store._sql import DEPLOYMENT, DEVICE, IDS_PER_STATEMENT, chunked, run
+from models.store._sql import DEPLOYMENT, DEVICE, IDS_PER_STATEMENT, chunked, in_id_order, run
 from models.tables import PushCredential
+from models.types import utcnow
 
 RECEIPT = SQLModel.metadata.tables["push_receipt"]
 
@@ -57,7 +58,11 @@ def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> li
     for batch in chunked(list(dict.fromkeys(ids)), IDS_PER_STATEMENT):
         statement = (
             sa.update(DEPLOYMENT)
-            .where(c.id.in_(batch), c.status == Status.queued.value, c.hold_reason.is_(None))
+            .where(
+                in_id_order(
+                    sa.and_(c.id.in_(batch), c.status == Status.queued.value, c.hold_reason.is_(None))
+                )
+            )
             .values(
                 attempt_count=c.attempt_count + 1,
                 pushed_at=now,
@@ -118,18 +123,28 @@ def record_receipts(
         for receipt_id, receipt in zip(inserted.scalars().all(), receipts, strict=True)
         for deployment_id in receipt.deployment_ids
     ]
+    links.sort(
+        key=lambda link: link["b_deployment"]
+    )  # row locks in id order, as every multi-row write takes them
+    c = DEPLOYMENT.c
     link = (
         sa.update(DEPLOYMENT)
-        .where(DEPLOYMENT.c.id == sa.bindparam("b_deployment"))
+        .where(c.id == sa.bindparam("b_deployment"))
         # Queued with a receipt, it waits for the device; if no check-in comes by then, the sweep re-pushes.
-        .values(receipt_id=sa.bindparam("b_receipt"), next_attempt_at=sa.bindparam("b_repush"))
+        # A device that answered since the push was sent keeps its own retry time (a NotNow's).
+        .values(
+            receipt_id=sa.bindparam("b_receipt"),
+            next_attempt_at=sa.case(
+                (c.status == Status.queued.value, sa.bindparam("b_repush")), else_=c.next_attempt_at
+            ),
+        )
     )
     run(session, link, links)
 
 
 def invalidate_tokens(session: Session, *, reasons: Iterable[tuple[str, str, datetime]]) -> None:
     """Mark device tokens invalid: (device id, the provider's reason, since when)."""
-    params = [{"device": d, "reason": reason[:200], "since": since} for d, reason, since in reasons]
+    params = [{"device": d, "reason": reason[:200], "since": since} for d, reason, since in sorted(reasons)]
     if params:
         statement = (
             sa.update(DEVICE)
@@ -155,22 +170,73 @@ def _queued_for_provider(organization_id: str, provider: Provider) -> sa.ColumnE
     )
 
 
+def credential_unchanged(
+    session: Session, *, organization_id: str, provider: Provider, fingerprint: str | None
+) -> bool:
+    """Is the organization's credential for `provider` still the one read before (None: still none)? Locks
+    its row till the end of the transaction, so that an upload waits for a hold decided on the old one."""
+    statement = (
+        select(PushCredential.fingerprint)
+        .where(PushCredential.organization_id == organization_id, PushCredential.provider == provider)
+        .with_for_update()
+    )
+    current = session.exec(statement).first()
+    return current == fingerprint
+
+
+def mark_credential(
+    session: Session,
+    *,
+    credential_id: str,
+    fingerprint: str,
+    status: CredentialStatus,
+    reason: str,
+    only_from: Collection[CredentialStatus],
+) -> bool:
+    """Set the status of the credential with this id, if it still holds the material with `fingerprint` and
+    is in one of `only_from`: a verdict on old material never lands on the one that replaced it."""
+    table = SQLModel.metadata.tables["push_credential"]
+    statement = (
+        sa.update(table)
+        .where(
+            table.c.id == credential_id,
+            table.c.fingerprint == fingerprint,
+            table.c.status.in_([s.value for s in only_from]),
+        )
+        .values(status=status.value, status_reason=reason[:500])
+    )
+    return bool(run(session, statement).rowcount)
+
+
 def hold_for_credential(session: Session, *, organization_id: str, provider: Provider, reason: str) -> int:
     """Hold every Queued deployment of the organization that this provider wakes; returns how many."""
     statement = (
         sa.update(DEPLOYMENT)
-        .where(_queued_for_provider(organization_id, provider), DEPLOYMENT.c.hold_reason.is_(None))
+        .where(
+            in_id_order(
+                sa.and_(_queued_for_provider(organization_id, provider), DEPLOYMENT.c.hold_reason.is_(None))
+            )
+        )
         .values(hold_reason=reason[:200])
     )
     return int(run(session, statement).rowcount)
 
 
-def release_holds(session: Session, *, organization_id: str, provider: Provider) -> list[str]:
-    """Release the organization's deployments held for this provider's credential; returns their ids."""
+def release_holds(
+    session: Session, *, organization_id: str, provider: Provider, now: datetime | None = None
+) -> list[str]:
+    """Release the organization's deployments held for this provider's credential; returns their ids for the
+    caller to enqueue. Marked not enqueued: should the caller never send them, the relay will."""
     statement = (
         sa.update(DEPLOYMENT)
-        .where(_queued_for_provider(organization_id, provider), DEPLOYMENT.c.hold_reason.is_not(None))
-        .values(hold_reason=None)
+        .where(
+            in_id_order(
+                sa.and_(
+                    _queued_for_provider(organization_id, provider), DEPLOYMENT.c.hold_reason.is_not(None)
+                )
+            )
+        )
+        .values(hold_reason=None, enqueued_at=None, updated_at=now or utcnow())
         .returning(DEPLOYMENT.c.id)
     )
     return list(run(session, statement).scalars())

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from models.statuses import Kind, Status
-from models.store._sql import DEPLOYMENT, IDS_PER_STATEMENT, chunked, run
+from models.store._sql import DEPLOYMENT, IDS_PER_STATEMENT, chunked, in_id_order, run
 
 c = DEPLOYMENT.c
 
@@ -35,6 +35,14 @@ def _columns() -> sa.Select[tuple[str, str, str, int, datetime]]:
     return sa.select(c.id, c.organization_id, c.kind, c.attempt_count, c.created_at)
 
 
+def due_for(session: Session, *, ids: Sequence[str]) -> list[Due]:
+    """The deployments `ids` as the sweeps return them: for a caller that released or re-queued them."""
+    found: list[Due] = []
+    for batch in chunked(list(ids), IDS_PER_STATEMENT):
+        found += _due(_columns().where(c.id.in_(batch)), session)
+    return found
+
+
 def due_postponed(session: Session, *, now: datetime, limit: int) -> list[Due]:
     """Postponed and Waiting for startup deployments whose retry time has come."""
     waiting = (Status.postponed.value, Status.waiting_for_startup.value)
@@ -50,13 +58,14 @@ def due_repush(session: Session, *, now: datetime, limit: int) -> list[Due]:
     return _due(statement.order_by(c.next_attempt_at).limit(limit), session)
 
 
-def never_enqueued(session: Session, *, created_before: datetime, limit: int) -> list[Due]:
-    """Queued deployments committed but never handed to the broker (a crash between commit and enqueue)."""
+def never_enqueued(session: Session, *, queued_before: datetime, limit: int) -> list[Due]:
+    """Queued deployments committed but never handed to the broker (a crash between commit and enqueue):
+    created, re-queued or released before `queued_before`, and not enqueued since."""
     statement = _columns().where(
         c.status == Status.queued.value,
         c.enqueued_at.is_(None),
         c.hold_reason.is_(None),
-        c.created_at <= created_before,
+        c.updated_at <= queued_before,
     )
     return _due(statement.limit(limit), session)
 
@@ -65,7 +74,9 @@ def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime) -> Non
     """Handed to the broker: the relay leaves them alone from now on."""
     for batch in chunked(list(ids), IDS_PER_STATEMENT):
         statement = (
-            sa.update(DEPLOYMENT).where(c.id.in_(batch), c.enqueued_at.is_(None)).values(enqueued_at=now)
+            sa.update(DEPLOYMENT)
+            .where(in_id_order(sa.and_(c.id.in_(batch), c.enqueued_at.is_(None))))
+            .values(enqueued_at=now)
         )
         run(session, statement)
 
@@ -75,5 +86,7 @@ def clear_repush(session: Session, *, ids: Sequence[str]) -> None:
     (the dispatch that pushes them sets a new re-push time). Only while still Queued: a device that reported
     NotNow since the sweep read the row has a retry time of its own, which must stand."""
     for batch in chunked(list(ids), IDS_PER_STATEMENT):
-        statement = sa.update(DEPLOYMENT).where(c.id.in_(batch), c.status == Status.queued.value)
+        statement = sa.update(DEPLOYMENT).where(
+            in_id_order(sa.and_(c.id.in_(batch), c.status == Status.queued.value))
+        )
         run(session, statement.values(next_attempt_at=None))

@@ -17,7 +17,7 @@ from models import metrics
 from models.enums import Actor
 from models.reports import Report, targets_for
 from models.statuses import OPS_RETRY_FROM, STATUSES, TERMINAL, Kind, Status, allowed_sources
-from models.store._sql import DEPLOYMENT, EVENT, IDS_PER_STATEMENT, chunked, run
+from models.store._sql import DEPLOYMENT, EVENT, IDS_PER_STATEMENT, chunked, in_id_order, run
 from models.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class Move:
     # (these statuses, and due by this time), never one that a device report changed in between.
     only_from: frozenset[Status] | None = None
     due_by: datetime | None = None
+    # A device report sent at this time: it applies only where no later report has been applied.
+    reported_at: datetime | None = None
 
     @classmethod
     def to(cls, status: Status) -> Move:
@@ -55,6 +57,10 @@ class Move:
 
     def unless_changed_since_read(self, statuses: frozenset[Status], due_by: datetime) -> Move:
         return replace(self, only_from=statuses, due_by=due_by)
+
+    def reported(self, at: datetime | None) -> Move:
+        """The move of a device report the device sent `at`: refused where a later report was applied."""
+        return replace(self, reported_at=at)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class RefusalReason(StrEnum):
     unknown_deployment = "unknown_deployment"
     not_applicable = "not_applicable"  # e.g. `not_now` for a security action
     not_allowed = "not_allowed"  # the kind's table has no such move from the current status
+    out_of_order = "out_of_order"  # a report the device sent after this one was applied already
 
 
 @dataclass(frozen=True)
@@ -152,9 +159,13 @@ def _apply(
     fits = sa.or_(*(sa.and_(table.c.kind == kind, table.c.status.in_(move.sources(kind))) for kind in kinds))
     if move.due_by is not None:
         fits = sa.and_(fits, table.c.next_attempt_at <= move.due_by)
+    if move.reported_at is not None:
+        fits = sa.and_(
+            fits, sa.or_(table.c.last_report_at.is_(None), table.c.last_report_at <= move.reported_at)
+        )
     statement = (
         sa.update(table)
-        .where(table.c.id.in_(batch), fits)
+        .where(in_id_order(sa.and_(table.c.id.in_(batch), fits)))
         .values(_new_values(move, kinds, effects, now))
         # `previous_status` is SET from the old `status`, so RETURNING hands back both sides of the move.
         .returning(table.c.id, table.c.kind, table.c.previous_status, table.c.status)
@@ -182,10 +193,15 @@ def _new_values(move: Move, kinds: list[Kind], effects: Effects, now: datetime) 
         }
     if effects.device_reason is not None:
         values["last_device_reason"] = effects.device_reason
+    if move.reported_at is not None:
+        values["last_report_at"] = move.reported_at
     if effects.count_postpone:
         values["postpone_count"] = c.postpone_count + 1
     if effects.reset_pushes:
         values["attempt_count"] = 0
+    if all(move.targets[k] is Status.queued for k in kinds):
+        # Back in the queue: not on the broker until the caller enqueues it, and the relay's if it never does.
+        values["enqueued_at"] = None
     if move.ops_retry:
         values |= _REOPENED
     return values
@@ -246,22 +262,30 @@ def _insert_events(
 def _explain_refusals(session: Session, ids: list[str], move: Move) -> list[Refusal]:
     if not ids:
         return []
-    found: dict[str, tuple[Kind, Status]] = {}
+    found: dict[str, tuple[Kind, Status, datetime | None]] = {}
+    c = DEPLOYMENT.c
     for batch in chunked(ids, IDS_PER_STATEMENT):
-        statement = sa.select(DEPLOYMENT.c.id, DEPLOYMENT.c.kind, DEPLOYMENT.c.status).where(
-            DEPLOYMENT.c.id.in_(batch)
-        )
-        found |= {row.id: (Kind(row.kind), Status(row.status)) for row in run(session, statement)}
+        statement = sa.select(c.id, c.kind, c.status, c.last_report_at).where(c.id.in_(batch))
+        found |= {
+            row.id: (Kind(row.kind), Status(row.status), row.last_report_at)
+            for row in run(session, statement)
+        }
     return [_refusal(i, found.get(i), move) for i in ids]
 
 
-def _refusal(deployment_id: str, current: tuple[Kind, Status] | None, move: Move) -> Refusal:
+def _refusal(deployment_id: str, current: tuple[Kind, Status, datetime | None] | None, move: Move) -> Refusal:
     if current is None:
         return Refusal(deployment_id, RefusalReason.unknown_deployment, "no such deployment")
-    kind, status = current
+    kind, status, last_report_at = current
     if kind not in move.targets:
         message = f"{move.label} does not apply to a {kind.value} deployment"
         return Refusal(deployment_id, RefusalReason.not_applicable, message, status)
+    if move.reported_at is not None and last_report_at is not None and last_report_at > move.reported_at:
+        message = (
+            f"{move.label} was sent at {move.reported_at.isoformat()}, before the report applied last "
+            f"({last_report_at.isoformat()}); a late report changes nothing"
+        )
+        return Refusal(deployment_id, RefusalReason.out_of_order, message, status)
     if move.ops_retry:
         allowed = " or ".join(sorted(OPS_RETRY_FROM[kind]))
         message = f"only a {kind.value} deployment in {allowed} can be retried; this one is {status.value}"

@@ -32,3 +32,7 @@ def test_the_demo_rollout_ends_as_every_simulated_device_dictates(tmp_path: Path
     assert any(m.startswith("APNs rejected the device token: Unregistered since") for m in messages) or any(
         "reported an error" in m for m in messages
     )
+
+    again = run_mdmq("demo", "--devices", "40", "--json", env={"MDMQ_DATABASE_URL": database}, timeout_s=280)
+    assert again.returncode == 0, "a second run on the same database: " + again.stdout + again.stderr
+    assert json.loads(again.stdout)["ok"] is True

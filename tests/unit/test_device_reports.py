@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from models.reports import Report
 from models.statuses import Kind, Status
-from models.store import get_deployment
+from models.store import RefusalReason, get_deployment
 from models.tables import Deployment, Organization
 from models.types import utcnow
 from tests.conftest import MakeDeployments
@@ -155,3 +155,19 @@ def test_a_report_counts_the_unanswered_pushes_afresh(
     _report(sqlite, DeviceReport(deployment_id, Report.not_now, reason="busy"))
 
     assert _deployment(sqlite, deployment_id).attempt_count == 0
+
+
+def test_a_report_older_than_the_last_applied_one_is_refused_as_out_of_order(
+    sqlite: Engine, make_deployments: MakeDeployments
+) -> None:
+    [deployment_id] = make_deployments(sqlite, Kind.profile)
+    sent = utcnow()
+    _report(sqlite, DeviceReport(deployment_id, Report.not_now, reason="busy", reported_at=sent))
+
+    with Session(sqlite) as session, session.begin():
+        late = DeviceReport(deployment_id, Report.fetched, reported_at=sent - timedelta(seconds=2))
+        result = record_device_report(session, late, policy=POLICY)
+
+    assert [r.reason for r in result.refused] == [RefusalReason.out_of_order]
+    deployment = _deployment(sqlite, deployment_id)
+    assert (deployment.status, deployment.last_report_at) == (Status.postponed, sent)

@@ -143,10 +143,12 @@ class FcmServiceAccount:
     def from_json(cls, text: str, *, project_id: str | None = None) -> FcmServiceAccount:
         """From the service-account JSON file Google issues; `project_id` overrides the file's."""
         try:
-            info: dict[str, Any] = json.loads(text)
+            info = json.loads(text)
         except ValueError:
             raise InvalidCredential("the service account is not JSON") from None
-        missing = [name for name in ("client_email", "private_key") if not info.get(name)]
+        if not isinstance(info, dict):
+            raise InvalidCredential("the service account is not a JSON object")
+        missing = [name for name in ("client_email", "private_key") if not isinstance(info.get(name), str)]
         if missing:
             raise InvalidCredential(f"the service account lacks {', '.join(missing)}")
         return cls(

@@ -93,6 +93,7 @@ def _upsert(
     for name in ("kind", "secret", "key_id", "team_id", "topic", "project_id", "environment"):
         setattr(row, name, getattr(candidate, name))
     row.fingerprint, row.not_after, row.status, row.status_reason = fingerprint, not_after, status, None
+    row.alerted_days = None  # new material: the certificate watch alerts afresh
     row.updated_at = row.last_checked_at = now
     session.add(row)
     session.flush()

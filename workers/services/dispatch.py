@@ -20,13 +20,16 @@ from sqlmodel import Session
 from models.enums import Actor, CredentialStatus, Provider
 from models.statuses import PUSH_UNDELIVERABLE
 from models.store import Effects, ErrorInfo, Move, transition
+from models.store._sql import lock_deployments
 from models.store.dispatch import (
     Claimed,
     NewReceipt,
     PushTarget,
     claim_for_push,
+    credential_unchanged,
     hold_for_credential,
     invalidate_tokens,
+    mark_credential,
     push_credentials,
     push_targets,
     record_receipts,
@@ -95,7 +98,12 @@ def dispatch_chunk(
     # writer (on SQLite, all of them).
     for group in groups:
         group.send(gateway)
+    for group in groups:
+        if group.hold_reason is not None:  # in a transaction of its own: the credential row, then the holds
+            with session() as s:
+                group.hold(s, summary=summary)
     with session() as s:
+        lock_deployments(s, ids=[c.id for c in claimed])  # its writes take no row lock after this
         for group in groups:
             group.write(s, summary=summary, policies=policies, now=now)
         summary.retry = _retry(
@@ -126,21 +134,36 @@ class _Group:
             assert self.credential is not None
             self.hold_reason = _send(gateway, self.organization_id, self.credential, self.live)
 
+    def hold(self, s: Session, *, summary: DispatchSummary) -> None:
+        """Hold every Queued deployment of the organization for this provider: the credential was refused.
+        If an operator stored another credential since this batch read it, hold nothing: the batch's
+        pushes come back as a transient failure, to go out with the new one."""
+        assert self.hold_reason is not None
+        fingerprint = self.credential.fingerprint if self.credential is not None else None
+        if not credential_unchanged(
+            s, organization_id=self.organization_id, provider=self.provider, fingerprint=fingerprint
+        ):
+            self.hold_reason = None
+            for wake in self.live:
+                wake.result = PushResult(
+                    wake.target.device_id, Outcome.transient, reason="credential replaced"
+                )
+            return
+        _hold(
+            s,
+            self.organization_id,
+            self.provider,
+            credential=self.credential,
+            reason=self.hold_reason,
+            summary=summary,
+        )
+
     def write(self, s: Session, *, summary: DispatchSummary, policies: Policies, now: datetime) -> None:
         dead = [w for w in self.wakes if not w.target.token_valid]
         _undeliverable(
             s, self.provider, dead, "invalid_token", "has an invalid token for the device", summary=summary
         )
-        if self.hold_reason is not None:
-            _hold(
-                s,
-                self.organization_id,
-                self.provider,
-                credential=self.credential,
-                reason=self.hold_reason,
-                summary=summary,
-            )
-        elif self.live:
+        if self.live and self.hold_reason is None:
             _write_results(
                 s,
                 self.organization_id,
@@ -304,9 +327,15 @@ def _hold(
 ) -> None:
     held = hold_for_credential(s, organization_id=organization_id, provider=provider, reason=reason)
     summary.held += held
-    if credential is not None and credential.status is CredentialStatus.valid:
-        credential = s.merge(credential)
-        credential.status, credential.status_reason = CredentialStatus.invalid, reason
+    if credential is not None:
+        mark_credential(
+            s,
+            credential_id=credential.id,
+            fingerprint=credential.fingerprint,
+            status=CredentialStatus.invalid,
+            reason=reason,
+            only_from=(CredentialStatus.valid, CredentialStatus.expiring),
+        )
     extra = {"organization": organization_id, "provider": provider.value, "held": held}
     log.error("deployments held: %s", reason, extra=extra)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +16,7 @@ from models.enums import Actor
 from models.reports import Report
 from models.statuses import Status
 from models.store import Effects, ErrorInfo, Move, TransitionResult, get_deployment, transition
+from models.store._sql import lock_deployments
 from models.tables import Deployment, Organization
 from models.types import utcnow
 from workers.policy import KindPolicy, RetryPolicy, next_attempt_at
@@ -26,12 +29,14 @@ _POSTPONING = frozenset({Report.not_now, Report.agent_not_started})
 
 @dataclass(frozen=True)
 class DeviceReport:
-    """What the check-in server relays: the report, the device's reason (NotNow) or its ErrorChain."""
+    """What the check-in server relays: the report, the device's reason (NotNow) or its ErrorChain, and when
+    the server received it (`reported_at`): a report older than one applied already changes nothing."""
 
     deployment_id: str
     report: Report
     reason: str | None = None
     error_chain: Sequence[Mapping[str, Any]] | None = None
+    reported_at: datetime | None = None
 
 
 def record_device_report(
@@ -39,7 +44,7 @@ def record_device_report(
 ) -> TransitionResult:
     """Apply `report`; a report that does not fit the deployment's status comes back as a refusal."""
     now = now or utcnow()
-    move = Move.for_report(report.report)
+    move = Move.for_report(report.report).reported(report.reported_at)
     # Only a postponement needs the row (its counters and age); every other report is one conditional UPDATE.
     deployment = (
         get_deployment(session, deployment_id=report.deployment_id) if report.report in _POSTPONING else None
@@ -50,6 +55,42 @@ def record_device_report(
     organization = session.get(Organization, deployment.organization_id)
     limits = policy.overridden(organization.retry_policy if organization else None)[deployment.kind]
     return _postpone(session, deployment, report, limits, now)
+
+
+def record_device_reports(
+    session: Session, reports: Sequence[DeviceReport], *, policy: RetryPolicy, now: datetime | None = None
+) -> list[TransitionResult]:
+    """Apply many reports, each deployment's in the order given, as one report at a time would, but set-based:
+    the n-th reports of all deployments form a round, and within a round the reports that say the same thing
+    move together in one UPDATE. A device's check-in (fetched, processing, acknowledged for each of its
+    commands) costs three statements instead of three per command."""
+    now = now or utcnow()
+    lock_deployments(session, ids=[report.deployment_id for report in reports])
+    rounds: list[list[DeviceReport]] = []
+    seen: Counter[str] = Counter()
+    for report in reports:
+        n = seen[report.deployment_id]
+        seen[report.deployment_id] += 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(report)
+    results: list[TransitionResult] = []
+    for round_ in rounds:
+        alike: dict[tuple[Report, str | None, str, datetime | None], list[DeviceReport]] = {}
+        for report in round_:
+            if report.report in _POSTPONING:  # needs its own row: counters, age and organization policy
+                results.append(record_device_report(session, report, policy=policy, now=now))
+                continue
+            chain = json.dumps(report.error_chain, sort_keys=True, default=str)
+            alike.setdefault((report.report, report.reason, chain, report.reported_at), []).append(report)
+        for group in alike.values():
+            ids = [report.deployment_id for report in group]
+            move = Move.for_report(group[0].report).reported(group[0].reported_at)
+            effects = _effects(group[0])
+            results.append(
+                transition(session, ids=ids, move=move, actor=Actor.device, effects=effects, now=now)
+            )
+    return results
 
 
 def _effects(report: DeviceReport) -> Effects:
@@ -71,12 +112,12 @@ def _postpone(
     retry_at = next_attempt_at(limits, postpones=postpones, created_at=deployment.created_at, now=now)
     reason = report.reason or ("agent app not started" if report.report is Report.agent_not_started else None)
     if retry_at is not None:
-        move = Move.for_report(report.report)
+        move = Move.for_report(report.report).reported(report.reported_at)
         effects = Effects(
             next_attempt_at=retry_at, device_reason=reason, count_postpone=True, reset_pushes=True
         )
     else:
-        move = Move.to(Status.failed)
+        move = Move.to(Status.failed).reported(report.reported_at)
         message = wording.postponed_too_often(postpones, now - deployment.created_at, reason)
         error = ErrorInfo(code="postponed_too_often", message=message, detail={"postpones": postpones})
         effects = Effects(error=error, device_reason=reason, count_postpone=True, reset_pushes=True)

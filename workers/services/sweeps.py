@@ -12,6 +12,7 @@ from sqlmodel import Session
 from models.enums import Actor
 from models.statuses import Status
 from models.store import Effects, ErrorInfo, Move, transition
+from models.store._sql import lock_deployments
 from models.store.organizations import retry_overrides
 from models.store.sweeps import Due, clear_repush, due_postponed, due_repush, never_enqueued
 from workers.policy import Policies, RetryPolicy
@@ -19,8 +20,6 @@ from workers.services import wording
 
 _POSTPONED = frozenset({Status.postponed, Status.waiting_for_startup})
 _QUEUED = frozenset({Status.queued})
-# A deployment committed this long ago and still never enqueued was lost between commit and enqueue.
-RELAY_GRACE_S = 30.0
 
 
 def requeue_postponed(session: Session, *, now: datetime, limit: int = 1_000) -> list[Due]:
@@ -37,6 +36,7 @@ def repush_unanswered(
 ) -> list[Due]:
     """Wake again the devices that did not check in; fail those that had all the pushes the policy allows."""
     due = due_repush(session, now=now, limit=limit)
+    lock_deployments(session, ids=[d.id for d in due])  # several statements follow
     policies = Policies(policy, retry_overrides(session, organization_ids={d.organization_id for d in due}))
     again: list[Due] = []
     for d in due:
@@ -54,5 +54,6 @@ def repush_unanswered(
     return again
 
 
-def relay_unenqueued(session: Session, *, now: datetime, limit: int = 1_000) -> list[Due]:
-    return never_enqueued(session, created_before=now - timedelta(seconds=RELAY_GRACE_S), limit=limit)
+def relay_unenqueued(session: Session, *, now: datetime, grace_s: float, limit: int = 1_000) -> list[Due]:
+    """Queued deployments not enqueued `grace_s` after their commit: lost between commit and enqueue."""
+    return never_enqueued(session, queued_before=now - timedelta(seconds=grace_s), limit=limit)

@@ -4,7 +4,7 @@ device, receipts, dead tokens, held credentials, storms retried later, redeliver
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -20,10 +20,14 @@ from models.store.devices import NewDevice, add_devices
 from models.store.dispatch import release_holds
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential, PushReceipt
 from sandbox import DeviceRegistry, FaultConfig, Sandbox, SandboxThread, Storm
+from tests.helpers import sessions
 from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
 from workers.policy import RetryPolicy
+from workers.providers.base import Push, PushResult
+from workers.providers.credentials import Credential
 from workers.providers.endpoints import ProviderEndpoints
 from workers.push_gateway import PushGateway
+from workers.services.credentials import store_credential
 from workers.services.dispatch import dispatch_chunk
 
 POLICY = RetryPolicy.defaults()
@@ -55,15 +59,6 @@ def _running(registry: DeviceRegistry, **faults: FaultConfig) -> Iterator[tuple[
             yield sandbox, gateway
         finally:
             gateway.close()
-
-
-def _sessions(engine: Engine):  # type: ignore[no-untyped-def]
-    @contextmanager
-    def session() -> Iterator[Session]:
-        with Session(engine, expire_on_commit=False) as s, s.begin():
-            yield s
-
-    return session
 
 
 def _setup(
@@ -140,7 +135,7 @@ def test_a_chunk_wakes_each_device_once_and_writes_every_outcome(
     chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock", "dead_profile", "dead_lock")]
 
     with _running(registry) as (_, gateway):
-        summary = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+        summary = dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
 
     assert (summary.claimed, summary.pushes, summary.accepted, summary.undeliverable) == (5, 3, 2, 2)
     assert summary.retry is None
@@ -170,10 +165,10 @@ def test_the_same_message_delivered_twice_changes_nothing_more(
     chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock", "dead_profile", "dead_lock")]
 
     with _running(registry) as (_, gateway):
-        dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+        dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
         statuses = {k: _get(engine, ids[k]).status for k in ("first_profile", "second_lock", "dead_profile")}
         events = _count(engine, DeploymentEvent)
-        again = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+        again = dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
 
     assert {k: _get(engine, ids[k]).status for k in statuses} == statuses
     assert _count(engine, DeploymentEvent) == events, "no new events"
@@ -189,7 +184,7 @@ def test_a_refused_credential_holds_and_a_new_one_releases(
     chunk = [ids["first_profile"], ids["second_lock"]]
 
     with _running(registry) as (_, gateway):
-        summary = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+        summary = dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
         held = _get(engine, ids["first_profile"])
         assert summary.held == 5, "every Queued APNs deployment of the organization, not only the chunk"
         assert (held.status, held.hold_reason) == (
@@ -207,7 +202,7 @@ def test_a_refused_credential_holds_and_a_new_one_releases(
             released = release_holds(s, organization_id="acme", provider=Provider.apns)
         everything = ("first_profile", "first_app", "second_lock", "dead_profile", "dead_lock")
         assert sorted(released) == sorted(ids[k] for k in everything)
-        after = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+        after = dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
 
     assert after.accepted == 2
     assert _get(engine, ids["first_profile"]).hold_reason is None
@@ -223,7 +218,7 @@ def test_a_5xx_storm_comes_back_as_a_delayed_retry_and_loses_nothing(
     )
 
     with _running(registry, apns_faults=storm) as (_, gateway):
-        summary = dispatch_chunk(_sessions(engine), gateway, chunk, policy=POLICY)
+        summary = dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
 
     assert summary.retry is not None
     assert sorted(summary.retry.deployment_ids) == sorted(chunk)
@@ -236,3 +231,61 @@ def test_a_5xx_storm_comes_back_as_a_delayed_retry_and_loses_nothing(
             ).one()
             == 0
         )
+
+
+class UploadsDuringSend(PushGateway):
+    """The real gateway, and an operator who stores a new credential while a batch is in flight."""
+
+    def __init__(self, endpoints: ProviderEndpoints, upload: Callable[[], None]) -> None:
+        super().__init__(endpoints)
+        self.upload = upload
+
+    def send(self, organization_id: str, credential: Credential, pushes: Sequence[Push]) -> list[PushResult]:
+        results = super().send(organization_id, credential, pushes)
+        self.upload()
+        return results
+
+
+def test_a_credential_stored_while_a_refused_batch_was_in_flight_is_kept_and_nothing_is_held(
+    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    ids = _setup(engine, registry, signing_key)
+    registry.revoke_apns_key(KEY_ID)
+    renewed = ec.generate_private_key(ec.SECP256R1())
+    registry.add_apns_key(team_id=TEAM_ID, key_id="NEWKEY0002", public_key=renewed.public_key())
+
+    def upload() -> None:
+        with Session(engine) as s, s.begin():
+            store_credential(
+                s,
+                organization_id="acme",
+                provider=Provider.apns,
+                kind=CredentialKind.apns_token,
+                secret=private_pem(renewed),
+                key_id="NEWKEY0002",
+                team_id=TEAM_ID,
+                topic=TOPIC,
+                environment=PushEnvironment.sandbox,
+            )
+
+    chunk = [ids["first_profile"], ids["second_lock"]]
+    with SandboxThread(registry) as sandbox:
+        endpoints = ProviderEndpoints.loopback(
+            apns_port=sandbox.ports["apns"], fcm_port=sandbox.ports["fcm"], aosp_port=sandbox.ports["aosp"]
+        )
+        racing = UploadsDuringSend(endpoints, upload)
+        try:
+            summary = dispatch_chunk(sessions(engine), racing, chunk, policy=POLICY)
+        finally:
+            racing.close()
+        with Session(engine) as s:
+            credential = s.exec(select(PushCredential)).one()
+            holds = [d.hold_reason for d in s.exec(select(Deployment))]
+        assert (credential.key_id, credential.status) == ("NEWKEY0002", CredentialStatus.valid), "kept"
+        assert (summary.held, holds) == (0, [None] * 5), "a refusal of the old key holds nothing"
+        assert summary.retry is not None
+        assert sorted(summary.retry.deployment_ids) == sorted(chunk), "the batch goes again, with the new key"
+
+        with _running(registry) as (_, gateway):
+            again = dispatch_chunk(sessions(engine), gateway, summary.retry.deployment_ids, policy=POLICY)
+    assert again.accepted == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -14,7 +15,8 @@ from models.enums import Actor, CredentialKind, CredentialStatus, Provider, Push
 from models.reports import Report
 from models.statuses import Kind, Status
 from models.store import Effects, ErrorInfo, Move, transition
-from models.store.dispatch import hold_for_credential
+from models.store._sql import DEPLOYMENT
+from models.store.dispatch import hold_for_credential, release_holds
 from models.store.sweeps import mark_enqueued
 from models.tables import Deployment, PushCredential
 from models.types import utcnow
@@ -25,7 +27,7 @@ from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private
 from workers.providers.credentials import InvalidCredential
 from workers.services.credentials import store_credential
 from workers.services.operations import cancel_deployments, retry_deployments
-from workers.services.sweeps import relay_unenqueued
+from workers.services.sweeps import relay_unenqueued, requeue_postponed
 
 
 def _token_key(engine: Engine, pem: str) -> list[str]:
@@ -113,12 +115,36 @@ def test_the_relay_finds_what_was_committed_but_never_enqueued(
     now = utcnow()
 
     with Session(engine) as s, s.begin():
-        assert relay_unenqueued(s, now=now) == [], "within the grace period they may still be on their way"
-        found = relay_unenqueued(s, now=now + timedelta(minutes=1))
+        assert relay_unenqueued(s, now=now, grace_s=30) == [], "they may still be on their way"
+        found = relay_unenqueued(s, now=now + timedelta(minutes=1), grace_s=30)
         assert sorted(d.id for d in found) == sorted(ids)
         mark_enqueued(s, ids=[d.id for d in found], now=now)
     with Session(engine) as s:
-        assert relay_unenqueued(s, now=now + timedelta(minutes=1)) == []
+        assert relay_unenqueued(s, now=now + timedelta(minutes=1), grace_s=30) == []
+
+
+def test_the_relay_finds_a_requeued_or_released_deployment_that_was_never_enqueued(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    postponed, held = make_deployments(engine, Kind.profile, count=2)
+    now = utcnow()
+    with Session(engine) as s, s.begin():
+        mark_enqueued(s, ids=[postponed, held], now=now)
+    force_status(engine, postponed, Status.postponed)
+    with engine.begin() as connection:
+        connection.execute(sa.update(DEPLOYMENT).values(next_attempt_at=now, updated_at=now))
+    later = now + timedelta(minutes=5)
+    with Session(engine) as s, s.begin():
+        # The sweep re-queues the postponed one and a credential upload releases the held one; both commit,
+        # then the process dies before it enqueues them.
+        assert [d.id for d in requeue_postponed(s, now=later)] == [postponed]
+        hold_for_credential(s, organization_id="acme", provider=Provider.apns, reason="key revoked")
+        released = release_holds(s, organization_id="acme", provider=Provider.apns, now=later)
+        assert sorted(released) == sorted([postponed, held])
+    with Session(engine) as s:
+        assert relay_unenqueued(s, now=later, grace_s=30) == [], "the grace counts from the re-queue"
+        found = relay_unenqueued(s, now=later + timedelta(seconds=31), grace_s=30)
+    assert sorted(d.id for d in found) == sorted([postponed, held])
 
 
 def test_cancel_stops_what_has_not_started_and_later_reports_change_nothing(

@@ -25,6 +25,7 @@ from sandbox import DeviceRegistry, Sandbox
 from sandbox.fleet import (
     DEFAULT_MIX,
     DEFAULT_PLATFORMS,
+    Answer,
     Behaviour,
     Fleet,
     PendingCommand,
@@ -84,27 +85,23 @@ class FakeCheckIn:
                 commands.append(PendingCommand(deployment_id, self.held[deployment_id].kind.value))
             return commands
 
-    def report(
-        self,
-        device_id: str,
-        deployment_id: str,
-        report: str,
-        *,
-        reason: str | None = None,
-        error_chain: list[dict[str, Any]] | None = None,
-    ) -> None:
+    def report(self, device_id: str, answers: Sequence[Answer]) -> None:
         with self.lock:
-            held = self.held[deployment_id]
-            assert held.device_id == device_id
-            held.reports.append((report, reason, error_chain))
-            target = TARGETS[held.kind].get(Report(report))
-            if target is None or self._done(held):
-                return
-            held.status = target
-            if target in (Status.postponed, Status.waiting_for_startup):
-                held.postpones += 1
-                if held.postpones >= self.max_postpones:
-                    held.status = Status.failed
+            for answer in answers:
+                self._apply(device_id, answer)
+
+    def _apply(self, device_id: str, answer: Answer) -> None:
+        held = self.held[answer.deployment_id]
+        assert held.device_id == device_id
+        held.reports.append((answer.report, answer.reason, answer.error_chain))
+        target = TARGETS[held.kind].get(Report(answer.report))
+        if target is None or self._done(held):
+            return
+        held.status = target
+        if target in (Status.postponed, Status.waiting_for_startup):
+            held.postpones += 1
+            if held.postpones >= self.max_postpones:
+                held.status = Status.failed
 
     def reports_of(self, deployment_id: str) -> list[Sent]:
         with self.lock:
@@ -112,7 +109,7 @@ class FakeCheckIn:
 
 
 class Exploding(FakeCheckIn):
-    """Raises in `pending` for some devices and in `report` for some deployments."""
+    """Raises in `pending` for some devices, and in `report` for a check-in that answers some deployments."""
 
     def __init__(self, bad_devices: set[str], bad_deployments: set[str]) -> None:
         super().__init__()
@@ -124,10 +121,11 @@ class Exploding(FakeCheckIn):
             raise RuntimeError(f"store unavailable for {device_id}")
         return super().pending(device_id)
 
-    def report(self, device_id: str, deployment_id: str, report: str, **extra: Any) -> None:
-        if deployment_id in self.bad_deployments:
-            raise RuntimeError(f"report actor refused {deployment_id}")
-        super().report(device_id, deployment_id, report, **extra)
+    def report(self, device_id: str, answers: Sequence[Answer]) -> None:
+        for answer in answers:
+            if answer.deployment_id in self.bad_deployments:
+                raise RuntimeError(f"report refused for {answer.deployment_id}")
+        super().report(device_id, answers)
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -182,6 +180,19 @@ def test_another_mix_keeps_ids_platforms_and_tokens() -> None:
         (i, p, t, m) for i, p, t, m, _ in identities(all_locked)
     ]
     assert {d.behaviour for d in all_locked.devices} == {Behaviour.locked_for_good}
+
+
+def test_a_namespace_changes_the_ids_and_nothing_else() -> None:
+    plain = Fleet(DeviceRegistry(), seed=5, size=300)
+    first = Fleet(DeviceRegistry(), seed=5, size=300, namespace="run-1")
+    second = Fleet(DeviceRegistry(), seed=5, size=300, namespace="run-2")
+
+    assert {d.id for d in first.devices}.isdisjoint(d.id for d in second.devices)
+    assert {d.id for d in first.devices}.isdisjoint(d.id for d in plain.devices)
+    for fleet in (first, second):
+        assert [(p, t, m, b) for _, p, t, m, b in identities(fleet)] == [
+            (p, t, m, b) for _, p, t, m, b in identities(plain)
+        ]
 
 
 TOKEN_SHAPES = {
@@ -737,9 +748,8 @@ def test_failing_check_ins_are_logged_and_counted_and_the_rest_go_on(
 
     assert counters.check_ins == 3
     assert counters.failures == 2
-    assert counters.reports == 3 + 3 + 3 + 3 * 4  # `partly`'s app stopped at its first report
-    assert server.held[partly_held[Kind.profile]].status == Status.completed
-    assert server.held[partly_held[Kind.app]].reports == []
+    assert counters.reports == 3 * 4  # `fine`'s; `partly`'s check-in failed as a whole
+    assert all(server.held[d].reports == [] for d in partly_held.values())
     assert all(server.held[d].status in TERMINAL[server.held[d].kind] for d in fine_held.values())
     assert broken.id in caplog.text
     assert partly_held[Kind.app] in caplog.text

@@ -21,6 +21,7 @@ import requests
 from sandbox import FaultConfig, Latency, Sandbox, SandboxThread, Storm
 from sandbox.http1 import H1Protocol
 from sandbox.http2 import MAX_REQUEST_BODY, H2Protocol
+from sandbox.http_server import _ProtocolSniffer
 from sandbox.testing import AOSP_KEY, AOSP_OFFLINE, AOSP_TOKEN, World, connect, in_sandbox
 from sandbox.tls import ServerTls
 
@@ -161,14 +162,26 @@ def test_absolute_form_target_is_accepted(world: World) -> None:
 def test_cleartext_sniffing_sends_the_http2_preface_to_http2_even_in_pieces(world: World) -> None:
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     client.initiate_connection()
-    with SandboxThread(world.registry) as sandbox, raw_connection(sandbox.ports["fcm"]) as (sock, _):
-        preface = client.data_to_send()
-        sock.sendall(preface[:7])  # a prefix of the preface: no decision yet
-        time.sleep(0.05)
-        sock.sendall(preface[7:])
-        events = client.receive_data(sock.recv(65_535))
-        assert any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events)
-        assert all(isinstance(c, H2Protocol) for c in sandbox.servers["fcm"].connections)
+    preface = client.data_to_send()
+
+    async def body(sandbox: Sandbox) -> None:
+        server = sandbox.servers["fcm"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", sandbox.ports["fcm"])
+        writer.write(preface[:7])  # a prefix of the preface: no decision yet
+        await writer.drain()
+        # Client and server share this loop: wait until the server has read the prefix, and check it waits.
+        while not any(isinstance(c, _ProtocolSniffer) and c.received == 7 for c in server.connections):
+            await asyncio.sleep(0.001)
+        assert not any(isinstance(c, H2Protocol | H1Protocol) for c in server.connections)
+        writer.write(preface[7:])
+        events: list[h2.events.Event] = []
+        while not any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events):
+            events += client.receive_data(await reader.read(65_535))
+        assert [type(c) for c in server.connections] == [H2Protocol]
+        writer.close()
+        await writer.wait_closed()
+
+    in_sandbox(world)(body)
 
 
 def test_cleartext_port_serves_both_protocols(world: World) -> None:

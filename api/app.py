@@ -1,0 +1,126 @@
+"""The HTTP API (`mdmq api`, the Procfile's `web`): FastAPI, every answer in the JSON envelope."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from api import credentials, deployments
+from api.auth import Caller, EntityId, OrganizationId
+from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
+from config.app import App
+from models.enums import Provider
+from models.tables import Deployment, Device, PushReceipt
+from workers.actors import declare_actors
+
+
+class PushStatus(BaseModel):
+    """What the push provider last said about the command's push; a field it gave nothing for is absent."""
+
+    delivered: bool | None = None
+    pendingDevices: int | None = None
+    expiresAt: str | None = None
+    sentAt: str | None = None
+
+
+class PushStatusAnswer(BaseModel):
+    status: bool = True
+    data: PushStatus
+
+
+class Health(BaseModel):
+    status: bool = True
+    data: dict[str, str]
+
+
+def create_app(app: App | None = None) -> FastAPI:
+    api = FastAPI(
+        title="mdmq",
+        version="1",
+        summary="Deployments to managed devices, and their push status.",
+        responses=RESPONSES,
+    )
+    without_422(api)
+    mdmq = app or App()
+    api.state.mdmq = mdmq
+    install(api)
+    actors = declare_actors(mdmq)  # to send: dispatch after a create or a retry
+    api.include_router(deployments.router(actors))
+    api.include_router(deployments.reports_router(actors))
+    api.include_router(credentials.router(actors))
+
+    @api.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> dict[str, Any]:
+        """The process is up."""
+        return {"status": True, "data": {"process": "up"}}
+
+    @api.get("/metrics", tags=["health"], response_class=PlainTextResponse, include_in_schema=False)
+    def metrics() -> PlainTextResponse:
+        """Prometheus exposition of this process's metrics."""
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/readyz", response_model=Health, tags=["health"])
+    def readyz(request: Request) -> dict[str, Any]:
+        """The database and the broker answer."""
+        mdmq: App = request.app.state.mdmq
+        with mdmq.session() as session:
+            session.connection().execute(sa.text("SELECT 1"))
+        client = getattr(mdmq.broker, "client", None)  # Redis; RabbitMQ and the in-process broker have none
+        if client is not None:
+            client.ping()
+        return {"status": True, "data": {"database": "up", "broker": "up"}}
+
+    @api.get(
+        "/v1/organizations/{organizationId}/mdm/aosp/enterprise/devices/{aosDeviceId}/commands/{aosCommandId}/push-status",
+        response_model=PushStatusAnswer,
+        response_model_exclude_none=True,
+        tags=["aosp"],
+        summary="Get AOS command push delivery status",
+    )
+    def aosp_push_status(
+        request: Request,
+        caller: Caller,
+        organizationId: OrganizationId,
+        aosDeviceId: EntityId,
+        aosCommandId: EntityId,
+    ) -> dict[str, Any]:
+        """Required permission: `mdm.aosp.command.get`. The delivery status the push provider last reported
+        for the command's push (polled by the scheduler); `data` is empty until the push is sent."""
+        caller.require(organizationId, "mdm.aosp.command.get")
+        mdmq: App = request.app.state.mdmq
+        with mdmq.session() as session:
+            deployment = session.get(Deployment, aosCommandId)
+            device = session.get(Device, aosDeviceId)
+            if (
+                deployment is None
+                or device is None
+                or deployment.organization_id != organizationId
+                or deployment.device_id != device.id
+                or device.provider is not Provider.aosp
+            ):
+                raise ApiError(ENTITY_NOT_FOUND)
+            receipt = session.get(PushReceipt, deployment.receipt_id) if deployment.receipt_id else None
+            return {"status": True, "data": _push_status(receipt)}
+
+    return api
+
+
+def _push_status(receipt: PushReceipt | None) -> dict[str, Any]:
+    if receipt is None:
+        return {}
+    return {
+        "delivered": receipt.delivered,
+        "pendingDevices": receipt.pending_devices,
+        "expiresAt": _time(receipt.expires_at),
+        "sentAt": _time(receipt.sent_at),
+    }
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None

@@ -1,0 +1,51 @@
+"""Bearer tokens: an organization and permissions, found by the token's hash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from api.errors import ENTITY_NOT_FOUND, INVALID_TOKEN, NO_AUTH_TOKEN, PERMISSION_DENIED, ApiError
+from config.app import App
+from models.ids import ID_PATTERN, ORGANIZATION_ID_PATTERN
+from models.store.tokens import find_token
+
+# What the routes take: path ids checked against the patterns of DESIGN §2, and the caller. Module level,
+# because FastAPI resolves the routes' (string) annotations in their modules' globals.
+OrganizationId = Annotated[str, Path(pattern=ORGANIZATION_ID_PATTERN.pattern)]
+EntityId = Annotated[str, Path(pattern=ID_PATTERN.pattern)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    organization_id: str
+    permissions: frozenset[str]
+
+    def require(self, organization_id: str, permission: str) -> None:
+        """An entity of another organization is not found, exactly as a missing one; then the permission."""
+        if organization_id != self.organization_id:
+            raise ApiError(ENTITY_NOT_FOUND)
+        if permission not in self.permissions:
+            raise ApiError(PERMISSION_DENIED, permission)
+
+
+def principal(request: Request) -> Principal:
+    """The caller, from `Authorization: Bearer <token>`."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise ApiError(NO_AUTH_TOKEN)
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(NO_AUTH_TOKEN)
+    app: App = request.app.state.mdmq
+    with app.session() as session:
+        row = find_token(session, token)
+        if row is None:
+            raise ApiError(INVALID_TOKEN)
+        return Principal(row.organization_id, frozenset(row.permissions))
+
+
+Caller = Annotated[Principal, Depends(principal)]

@@ -1,0 +1,321 @@
+"""Deployments over HTTP: bulk create (enqueued after the commit), get with history and receipts, cancel,
+retry, and the device reports of the MDM check-in server."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from sqlmodel import Session, col, select
+
+from api.auth import Caller, EntityId, OrganizationId
+from api.errors import ENTITY_NOT_FOUND, INVALID_REQUEST, ApiError
+from models.enums import Actor
+from models.ids import ID_PATTERN
+from models.reports import UnknownReport, parse_report
+from models.statuses import Kind, Status
+from models.store import NewDeployment, create_deployments, deployment_history, get_deployment
+from models.store.deployments import DeploymentFilter, UnknownDevices, list_deployments
+from models.tables import Deployment, PushReceipt
+from models.types import utcnow
+from workers.actors import Actors
+from workers.enqueue import as_due
+from workers.services.operations import cancel_deployments, retry_deployments
+from workers.services.reports import DeviceReport, record_device_reports
+
+MAX_PER_REQUEST = 10_000
+DeviceId = Annotated[str, Field(pattern=ID_PATTERN.pattern)]  # a 24-hex id in a body
+
+
+class NewDeploymentIn(BaseModel):
+    deviceId: DeviceId
+    kind: Kind
+    payload: dict[str, Any] = Field(default_factory=dict)
+    urgent: bool = False
+
+
+class BulkCreate(BaseModel):
+    deployments: list[NewDeploymentIn] = Field(min_length=1, max_length=MAX_PER_REQUEST)
+
+
+class Ids(BaseModel):
+    ids: list[str]
+
+
+class IdsAnswer(BaseModel):
+    status: bool = True
+    data: Ids
+
+
+class IdList(BaseModel):
+    ids: list[DeviceId] = Field(min_length=1, max_length=MAX_PER_REQUEST)
+
+
+class Outcome(BaseModel):
+    applied: list[str]
+    refused: list[dict[str, str]]
+
+
+class OutcomeAnswer(BaseModel):
+    status: bool = True
+    data: Outcome
+
+
+class Event(BaseModel):
+    fromStatus: str | None
+    toStatus: str
+    at: datetime
+    actor: str
+    detail: dict[str, Any] | None
+
+
+class Receipt(BaseModel):
+    provider: str
+    sentAt: datetime
+    expiresAt: datetime | None
+    delivered: bool | None
+    pendingDevices: int | None
+
+
+class DeploymentOut(BaseModel):
+    id: str
+    deviceId: str
+    kind: str
+    status: str
+    held: str | None
+    attempts: int
+    postpones: int
+    nextAttemptAt: datetime | None
+    error: dict[str, Any] | None
+    createdAt: datetime
+    updatedAt: datetime
+    history: list[Event]
+    receipt: Receipt | None
+
+
+class DeploymentSummary(BaseModel):
+    id: str
+    deviceId: str
+    kind: str
+    status: str
+    held: str | None
+    error: str | None
+    updatedAt: datetime
+
+
+class Page(BaseModel):
+    items: list[DeploymentSummary]
+    next: str | None = Field(description="The cursor of the next page; null on the last one.")
+
+
+class PageAnswer(BaseModel):
+    status: bool = True
+    data: Page
+
+
+class DeploymentAnswer(BaseModel):
+    status: bool = True
+    data: DeploymentOut
+
+
+class ReportIn(BaseModel):
+    deploymentId: Annotated[str, Field(pattern=ID_PATTERN.pattern)]
+    report: str = Field(max_length=64)
+    reason: str | None = Field(default=None, max_length=1_000)
+    errorChain: list[dict[str, Any]] | None = Field(default=None, max_length=50)
+    reportedAt: datetime | None = None
+
+
+class Reports(BaseModel):
+    """One device check-in's reports, in the order the device gave them."""
+
+    reports: list[ReportIn] = Field(min_length=1, max_length=1_000)
+
+
+def router(actors: Actors) -> APIRouter:
+    routes = APIRouter(prefix="/v1/organizations/{organizationId}", tags=["deployments"])
+    app = actors.app
+
+    @routes.post("/deployments", status_code=202, response_model=IdsAnswer)
+    def create(organizationId: OrganizationId, body: BulkCreate, caller: Caller) -> dict[str, Any]:
+        """Required permission: `mdm.deployment.create`. Up to 10,000 deployments, all or nothing: one device
+        id that is not this organization's creates nothing, and the answer names it. Queued, and enqueued
+        once committed; the ids come back in the order given."""
+        caller.require(organizationId, "mdm.deployment.create")
+        wanted = [NewDeployment(d.deviceId, d.kind, d.payload, d.urgent) for d in body.deployments]
+        try:
+            with app.session() as session:
+                ids = create_deployments(session, organization_id=organizationId, deployments=wanted)
+        except UnknownDevices as e:
+            raise ApiError(INVALID_REQUEST, f"unknown device id(s): {', '.join(e.device_ids[:20])}") from None
+        actors.enqueue(as_due([(i, organizationId, d.kind) for i, d in zip(ids, wanted, strict=True)]))
+        return {"status": True, "data": {"ids": ids}}
+
+    @routes.get("/deployments/{deploymentId}", response_model=DeploymentAnswer)
+    def get(organizationId: OrganizationId, deploymentId: EntityId, caller: Caller) -> dict[str, Any]:
+        """Required permission: `mdm.deployment.get`. Status, error detail, history and push receipt."""
+        caller.require(organizationId, "mdm.deployment.get")
+        with app.session() as session:
+            deployment = get_deployment(session, deployment_id=deploymentId)
+            if deployment is None or deployment.organization_id != organizationId:
+                raise ApiError(ENTITY_NOT_FOUND)
+            history = deployment_history(session, deployment_id=deploymentId)
+            receipt = session.get(PushReceipt, deployment.receipt_id) if deployment.receipt_id else None
+            return {"status": True, "data": _deployment(deployment, history, receipt)}
+
+    @routes.get("/deployments", response_model=PageAnswer)
+    def listing(
+        *,
+        organizationId: OrganizationId,
+        caller: Caller,
+        kind: Kind | None = None,
+        status: Annotated[str | None, Query(max_length=64)] = None,
+        device: Annotated[str | None, Query(pattern=ID_PATTERN.pattern)] = None,
+        held: bool | None = None,
+        stuck: bool = False,
+        cursor: Annotated[str | None, Query(pattern=ID_PATTERN.pattern)] = None,
+        limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
+    ) -> dict[str, Any]:
+        """Required permission: `mdm.deployment.get`. Filtered by kind, status (as the console writes it),
+        device, held, stuck (unchanged for MDMQ_STUCK_AFTER_S); in creation order, `limit` a page, the next
+        page from `cursor`."""
+        caller.require(organizationId, "mdm.deployment.get")
+        wanted_status = None
+        if status is not None:
+            try:
+                wanted_status = Status(status)
+            except ValueError:
+                raise ApiError(INVALID_REQUEST, f"status: not a status: {status!r}") from None
+        stuck_since = utcnow() - timedelta(seconds=app.settings.stuck_after_s) if stuck else None
+        where = DeploymentFilter(kind, wanted_status, device, held, stuck_since)
+        with app.session() as session:
+            page = list_deployments(
+                session, organization_id=organizationId, where=where, after=cursor, limit=limit + 1
+            )
+        items = [_summary(d) for d in page[:limit]]
+        return {
+            "status": True,
+            "data": {"items": items, "next": page[limit - 1].id if len(page) > limit else None},
+        }
+
+    @routes.post("/deployments/cancel", response_model=OutcomeAnswer)
+    def cancel(organizationId: OrganizationId, body: IdList, caller: Caller) -> dict[str, Any]:
+        """Required permission: `mdm.deployment.cancel`. Cancels what has not started; says why not for
+        the rest."""
+        caller.require(organizationId, "mdm.deployment.cancel")
+        with app.session() as session:
+            ids = _own(session, organizationId, body.ids)
+            result = cancel_deployments(session, ids=ids, actor=Actor.api)
+        return {"status": True, "data": _outcome(body.ids, ids, result)}
+
+    @routes.post("/deployments/retry", response_model=OutcomeAnswer)
+    def retry(organizationId: OrganizationId, body: IdList, caller: Caller) -> dict[str, Any]:
+        """Required permission: `mdm.deployment.retry`. Failed and Error distributing deployments back to
+        Queued, afresh, and enqueued; says why not for the rest."""
+        caller.require(organizationId, "mdm.deployment.retry")
+        with app.session() as session:
+            ids = _own(session, organizationId, body.ids)
+            result = retry_deployments(session, ids=ids, actor=Actor.api)
+        actors.enqueue_ids([a.deployment_id for a in result.applied])
+        return {"status": True, "data": _outcome(body.ids, ids, result)}
+
+    return routes
+
+
+def reports_router(actors: Actors) -> APIRouter:
+    routes = APIRouter(prefix="/v1/organizations/{organizationId}", tags=["device reports"])
+    app = actors.app
+
+    @routes.post("/device-reports", response_model=OutcomeAnswer)
+    def reports(organizationId: OrganizationId, body: Reports, caller: Caller) -> dict[str, Any]:
+        """Required permission: `mdm.device.report`. The MDM check-in server relays one check-in's reports.
+        A report that does not fit (late, duplicated, for a cancelled deployment) changes nothing and is
+        listed as refused with the reason."""
+        caller.require(organizationId, "mdm.device.report")
+        try:
+            parsed = [(r, parse_report(r.report)) for r in body.reports]
+        except UnknownReport as e:
+            raise ApiError(INVALID_REQUEST, str(e)) from None
+        received = utcnow()
+        with app.session() as session:
+            wanted = [r.deploymentId for r in body.reports]
+            ids = set(_own(session, organizationId, wanted))
+            device_reports = [
+                DeviceReport(r.deploymentId, report, r.reason, r.errorChain, r.reportedAt or received)
+                for r, report in parsed
+                if r.deploymentId in ids
+            ]
+            results = record_device_reports(session, device_reports, policy=app.policy)
+        applied = [a.deployment_id for result in results for a in result.applied]
+        refused = [
+            {"id": f.deployment_id, "reason": f.reason.value} for result in results for f in result.refused
+        ]
+        refused += [{"id": i, "reason": "unknown_deployment"} for i in dict.fromkeys(wanted) if i not in ids]
+        return {"status": True, "data": {"applied": applied, "refused": refused}}
+
+    return routes
+
+
+def _own(session: Session, organization_id: str, ids: list[str]) -> list[str]:
+    """Those of `ids` that are this organization's deployments (another's are as unknown as a missing one)."""
+    mine = Deployment.organization_id == organization_id
+    return list(session.exec(select(Deployment.id).where(col(Deployment.id).in_(ids), mine)))
+
+
+def _outcome(asked: list[str], own: list[str], result: Any) -> dict[str, Any]:
+    mine = set(own)
+    refused = [{"id": r.deployment_id, "reason": r.reason.value} for r in result.refused]
+    refused += [{"id": i, "reason": "unknown_deployment"} for i in dict.fromkeys(asked) if i not in mine]
+    return {"applied": [a.deployment_id for a in result.applied], "refused": refused}
+
+
+def _summary(d: Deployment) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "deviceId": d.device_id,
+        "kind": d.kind.value,
+        "status": d.status.value,
+        "held": d.hold_reason,
+        "error": d.error_message,
+        "updatedAt": d.updated_at,
+    }
+
+
+def _deployment(d: Deployment, history: list[Any], receipt: PushReceipt | None) -> dict[str, Any]:
+    error = None
+    if d.error_code is not None:
+        error = {"code": d.error_code, "message": d.error_message, "detail": d.error_detail}
+    return {
+        "id": d.id,
+        "deviceId": d.device_id,
+        "kind": d.kind.value,
+        "status": d.status.value,
+        "held": d.hold_reason,
+        "attempts": d.attempt_count,
+        "postpones": d.postpone_count,
+        "nextAttemptAt": d.next_attempt_at,
+        "error": error,
+        "createdAt": d.created_at,
+        "updatedAt": d.updated_at,
+        "history": [
+            {
+                "fromStatus": e.from_status.value if e.from_status else None,
+                "toStatus": e.to_status.value,
+                "at": e.at,
+                "actor": e.actor.value,
+                "detail": e.detail,
+            }
+            for e in history
+        ],
+        "receipt": None
+        if receipt is None
+        else {
+            "provider": receipt.provider.value,
+            "sentAt": receipt.sent_at,
+            "expiresAt": receipt.expires_at,
+            "delivered": receipt.delivered,
+            "pendingDevices": receipt.pending_devices,
+        },
+    }

@@ -1,0 +1,132 @@
+"""The API's errors: one JSON envelope, a code from this table, and never an HTML page or a bare `detail`.
+
+| code | HTTP | message |
+| --- | --- | --- |
+| 3001 | 404 | Entity not found (also: an entity of another organization) |
+| 3002 | 404 | Route not found |
+| 3003 | 405 | Method not allowed |
+| 4000 | 400 | Invalid request: which field, and why |
+| 4002 | 401 | No auth token |
+| 4003 | 403 | Permission denied: which permission is missing |
+| 4004 | 401 | Invalid Token |
+| 5000 | 500 | Internal error |
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+ENTITY_NOT_FOUND = (404, 3001, "Entity not found")
+ROUTE_NOT_FOUND = (404, 3002, "Route not found")
+METHOD_NOT_ALLOWED = (405, 3003, "Method not allowed")
+INVALID_REQUEST = (400, 4000, "Invalid request")
+NO_AUTH_TOKEN = (401, 4002, "No auth token")
+PERMISSION_DENIED = (403, 4003, "Permission denied")
+INVALID_TOKEN = (401, 4004, "Invalid Token")
+INTERNAL_ERROR = (500, 5000, "Internal error")
+
+CODES = (
+    ENTITY_NOT_FOUND, ROUTE_NOT_FOUND, METHOD_NOT_ALLOWED, INVALID_REQUEST, NO_AUTH_TOKEN, PERMISSION_DENIED,
+    INVALID_TOKEN, INTERNAL_ERROR,
+)  # fmt: skip
+
+
+class ErrorDetail(BaseModel):
+    code: int
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    status: bool = False
+    error: ErrorDetail
+
+
+# Documented on every route: what any of them may answer besides its own success.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorEnvelope, "description": "Invalid request (4000)"},
+    401: {"model": ErrorEnvelope, "description": "No auth token (4002), Invalid Token (4004)"},
+    403: {"model": ErrorEnvelope, "description": "Permission denied (4003)"},
+    404: {"model": ErrorEnvelope, "description": "Entity not found (3001)"},
+    500: {"model": ErrorEnvelope, "description": "Internal error (5000)"},
+}
+
+
+def without_422(api: FastAPI) -> None:
+    """FastAPI documents validation errors as 422 with its own body; this API answers them as 400 in the
+    envelope, and its document says so."""
+    generate = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            document = generate()
+            for path in document.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = document.get("components", {}).get("schemas", {})
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+            api.openapi_schema = document
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+class ApiError(Exception):
+    def __init__(self, error: tuple[int, int, str], detail: str | None = None) -> None:
+        self.http_status, self.code, message = error
+        self.message = f"{message}: {detail}" if detail else message
+        super().__init__(self.message)
+
+
+def envelope(code: int, message: str) -> dict[str, Any]:
+    return {"status": False, "error": {"code": code, "message": message}}
+
+
+def _response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(envelope(error.code, error.message), status_code=error.http_status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Every error the app can produce, as the envelope."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None
+        return _response(error, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _response(ApiError(INVALID_REQUEST, _describe(error)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            return _response(ApiError(ROUTE_NOT_FOUND, request.url.path))
+        if error.status_code == 405:
+            return _response(ApiError(METHOD_NOT_ALLOWED, request.method))
+        code = INVALID_REQUEST[1] if error.status_code < 500 else INTERNAL_ERROR[1]
+        return JSONResponse(envelope(code, str(error.detail)), status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, error: Exception) -> JSONResponse:
+        log.exception("API request failed: %s %s", request.method, request.url.path)
+        return _response(ApiError(INTERNAL_ERROR))
+
+
+def _describe(error: RequestValidationError) -> str:
+    """The first problem, in words: where, and what was wrong; never the value (it may be a secret)."""
+    problems = error.errors()
+    if not problems:
+        return "malformed"
+    first = problems[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body",)) or "request"
+    return f"{where}: {first.get('msg', 'invalid')}"

@@ -1,0 +1,71 @@
+"""The scheduler's reads and deletes beyond the sweeps: stuck deployments, and the retention purge."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, SQLModel
+
+from models.statuses import IN_FLIGHT, TERMINAL, Kind, Status
+from models.store._sql import DEPLOYMENT, EVENT, lock_deployments, run
+
+c = DEPLOYMENT.c
+RUNS = SQLModel.metadata.tables["scheduler_run"]
+
+# Where a deployment can stand still without anyone acting: the queue (not held: held ones are counted as
+# held), and the statuses between the device fetching a command and answering it.
+STUCK_IN: dict[Kind, frozenset[Status]] = {kind: IN_FLIGHT[kind] | {Status.queued} for kind in Kind}
+_TERMINAL_VALUES = sorted({status.value for statuses in TERMINAL.values() for status in statuses})
+
+
+def stuck_counts(session: Session, *, unchanged_since: datetime) -> dict[tuple[Kind, Status], int]:
+    """Deployments per kind and status that have not changed since `unchanged_since`, every stuck-able pair
+    included (0 when none), so that a gauge drops back to 0."""
+    counts = {(kind, status): 0 for kind, statuses in STUCK_IN.items() for status in statuses}
+    fits = sa.or_(
+        *(
+            sa.and_(c.kind == kind.value, c.status.in_([s.value for s in statuses]))
+            for kind, statuses in STUCK_IN.items()
+        )
+    )
+    statement = (
+        sa.select(c.kind, c.status, sa.func.count().label("n"))
+        .where(fits, c.updated_at < unchanged_since, c.hold_reason.is_(None))
+        .group_by(c.kind, c.status)
+    )
+    for row in run(session, statement).mappings():
+        counts[(Kind(row["kind"]), Status(row["status"]))] = int(row["n"])
+    return counts
+
+
+def purge_finished(session: Session, *, finished_before: datetime, limit: int) -> int:
+    """Delete up to `limit` deployments that ended before `finished_before`, and their events; returns how
+    many. Ops retry clears `finished_at`, so a deployment brought back is never purged."""
+    ids = list(
+        run(
+            session,
+            sa.select(c.id)
+            .where(c.finished_at < finished_before, c.status.in_(_TERMINAL_VALUES))
+            .order_by(c.finished_at)
+            .limit(limit),
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    # Locked in id order, then read again: an operator's retry between the read and the delete keeps the
+    # deployment, and its history with it.
+    lock_deployments(session, ids=ids)
+    still = sa.select(c.id).where(
+        c.id.in_(ids), c.finished_at < finished_before, c.status.in_(_TERMINAL_VALUES)
+    )
+    ids = list(run(session, still).scalars())
+    if not ids:
+        return 0
+    run(session, sa.delete(EVENT).where(EVENT.c.deployment_id.in_(ids)))
+    return int(run(session, sa.delete(DEPLOYMENT).where(c.id.in_(ids))).rowcount)
+
+
+def purge_runs(session: Session, *, started_before: datetime) -> int:
+    """Scheduler runs older than `started_before`."""
+    return int(run(session, sa.delete(RUNS).where(RUNS.c.started_at < started_before)).rowcount)

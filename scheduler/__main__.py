@@ -1,0 +1,19 @@
+"""`python -m scheduler`: the scheduler process (the Procfile's `scheduler`)."""
+
+from __future__ import annotations
+
+from config.app import App
+from config.logging import configure_logging
+from config.sentry import init_sentry
+from scheduler.runner import Scheduler
+
+
+def main() -> None:
+    app = App()
+    configure_logging(level=app.settings.log_level, json_lines=app.settings.json_logs)
+    init_sentry(app.settings, process="scheduler")
+    Scheduler(app).run_forever()
+
+
+if __name__ == "__main__":
+    main()

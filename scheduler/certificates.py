@@ -1,0 +1,255 @@
+"""The certificate watch: every certificate and key whose expiry or revocation would silently stop mdmq.
+
+- Push credentials: an APNs certificate by its `not_after`; an APNs token key, an FCM service account and an
+  AOSP API key by one cheap authenticated call to the provider (a push to a token no device has: the
+  provider checks the credential before the token). Refused is reported as expired is.
+- Watched certificates (`MDMQ_WATCH_FILES`, `MDMQ_WATCH_ENDPOINTS`): PEM files, and the certificate a TLS
+  endpoint presents (the MDM server's own, the APNs host).
+
+Each crossing of a threshold (30/14/7/1 days by default) is logged, counted in the expiry gauge and sent to
+Sentry as a message, once: the row remembers the last threshold it alerted. An expired or refused push
+credential is marked so, and its organization's deployments for that provider are held, as the pipeline
+holds them when a push is refused; storing a valid credential releases them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import sentry_sdk
+from cryptography import x509
+from prometheus_client import Gauge
+from sentry_sdk.integrations.logging import ignore_logger
+from sqlmodel import Session, col, select
+
+from config.app import App
+from models.enums import CertificateSource, CredentialKind, CredentialStatus, Provider
+from models.store.dispatch import hold_for_credential
+from models.tables import PushCredential, WatchedCertificate
+from scheduler.lease import still_leading
+from workers.providers.base import CredentialRejected, Outcome, Push, PushType
+from workers.providers.credentials import InvalidCredential
+from workers.providers.rows import credential_from_row
+from workers.push_gateway import PushGateway
+from workers.services.dispatch import PROVIDER_NAMES
+
+log = logging.getLogger(__name__)
+# This module sends each alert to Sentry itself, once; its log lines must not become a second event.
+ignore_logger(__name__)
+
+EXPIRY = Gauge(
+    "mdmq_certificate_expiry_timestamp_seconds",
+    "When a watched certificate expires (Unix time): push credentials, PEM files, TLS endpoints.",
+    ["source", "name"],
+)
+CREDENTIAL_ACCEPTED = Gauge(
+    "mdmq_push_credential_accepted",
+    "1 when the provider accepted the push credential at its last check, 0 when it refused it.",
+    ["organization", "provider"],
+)
+TLS_TIMEOUT_S = 10.0
+CREDENTIALS_PER_PASS = 500
+
+# A push to a token no device has: the provider authenticates the credential first, then refuses the token.
+_PROBE_TOKENS = {Provider.apns: "0" * 64, Provider.fcm: "mdmq-credential-check", Provider.aosp: "0" * 22}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one check found: the expiry when there is one, or why the provider refused the credential."""
+
+    not_after: datetime | None
+    refused: str | None = None
+    fingerprint: str | None = None  # of the material checked: a verdict applies to that material only
+
+
+def crossed_threshold(days_left: float, thresholds: tuple[int, ...]) -> int | None:
+    """The smallest threshold `days_left` is at or under; 0 once expired; None while above them all."""
+    if days_left <= 0:
+        return 0
+    under = [t for t in thresholds if days_left <= t]
+    return min(under) if under else None
+
+
+def watch_certificates(app: App, now: datetime) -> int:
+    """One pass over every push credential and watched certificate; returns how many alerted this pass."""
+    alerts = 0
+    with app.session() as s:
+        # The least recently checked first, at most CREDENTIALS_PER_PASS: each is a call to a provider.
+        oldest = col(PushCredential.last_checked_at).asc().nulls_first()
+        credentials = list(s.exec(select(PushCredential).order_by(oldest).limit(CREDENTIALS_PER_PASS)))
+    for credential in credentials:
+        if not still_leading():
+            return alerts
+        verdict = _check_credential(app.gateway, credential)
+        with app.session() as s:
+            alerts += _apply_to_credential(s, credential.id, verdict, app.settings.thresholds_days, now)
+    _register_watched(app)
+    with app.session() as s:
+        watched = list(s.exec(select(WatchedCertificate).order_by(WatchedCertificate.id)))  # type: ignore[arg-type]
+    for certificate in watched:
+        found = _check_watched(certificate)
+        with app.session() as s:
+            alerts += _apply_to_watched(s, certificate.id, found, app.settings.thresholds_days, now)
+    return alerts
+
+
+def _check_credential(gateway: PushGateway, row: PushCredential) -> Verdict:
+    checked = Verdict(row.not_after, fingerprint=row.fingerprint)
+    if row.kind is CredentialKind.apns_certificate:
+        return checked
+    try:
+        material = credential_from_row(row)
+        results = gateway.send(f"credential-check:{row.organization_id}", material, [_probe(row.provider)])
+    except (InvalidCredential, CredentialRejected) as e:
+        return replace(checked, refused=str(e))
+    except Exception as e:  # the provider could not be asked: no verdict this pass, nothing changes
+        log.warning(
+            "credential check of %s %s failed: %s", row.organization_id, row.provider, type(e).__name__
+        )
+        return checked
+    refused = [r for r in results if r.outcome is Outcome.credential]
+    return replace(checked, refused=refused[0].reason or "refused") if refused else checked
+
+
+def _probe(provider: Provider) -> Push:
+    token = _PROBE_TOKENS[provider]
+    if provider is Provider.apns:
+        return Push("credential-check", token=token, push_magic="credential-check")
+    return Push("credential-check", token=token, push_type=PushType.data, payload={"action": "checkin"})
+
+
+def _apply_to_credential(
+    s: Session, credential_id: str, verdict: Verdict, thresholds: tuple[int, ...], now: datetime
+) -> int:
+    row = s.get(PushCredential, credential_id, with_for_update=True)
+    if row is None or row.fingerprint != verdict.fingerprint:  # replaced meanwhile: the verdict is stale
+        return 0
+    provider = PROVIDER_NAMES[row.provider]
+    name = f"{row.organization_id}/{row.provider.value}"
+    row.last_checked_at = now
+    CREDENTIAL_ACCEPTED.labels(organization=row.organization_id, provider=row.provider.value).set(
+        0 if verdict.refused else 1
+    )
+    if verdict.not_after is not None:
+        EXPIRY.labels(source="push_credential", name=name).set(verdict.not_after.timestamp())
+    if verdict.refused is not None:
+        crossed: int | None = 0
+        kind = row.kind.value.replace("_", " ")
+        what = f"{provider} refused the {kind} of {row.organization_id}: {verdict.refused}"
+        row.status, row.status_reason = CredentialStatus.revoked, verdict.refused[:500]
+    elif verdict.not_after is not None:
+        days_left = (verdict.not_after - now).total_seconds() / 86_400
+        crossed = crossed_threshold(days_left, thresholds)
+        what = _expiry_text(
+            f"the {provider} certificate of {row.organization_id}", verdict.not_after, days_left
+        )
+        if crossed == 0:
+            row.status, row.status_reason = CredentialStatus.expired, what
+        elif crossed is not None and row.status is CredentialStatus.valid:
+            row.status = CredentialStatus.expiring
+    else:
+        return 0
+    if crossed == 0:
+        held = hold_for_credential(s, organization_id=row.organization_id, provider=row.provider, reason=what)
+        if held:
+            log.error("deployments held: %s", what, extra={"organization": row.organization_id, "held": held})
+    return _alert_once(row, crossed, what, source="push_credential", name=name)
+
+
+def _register_watched(app: App) -> None:
+    wanted = [(CertificateSource.pem_file, f) for f in app.settings.watched_files] + [
+        (CertificateSource.tls_endpoint, e) for e in app.settings.watched_endpoints
+    ]
+    if not wanted:
+        return
+    with app.session() as s:
+        known = {(w.source, w.target) for w in s.exec(select(WatchedCertificate))}
+        for source, target in wanted:
+            if (source, target) not in known:
+                s.add(WatchedCertificate(source=source, target=target))
+
+
+def _check_watched(certificate: WatchedCertificate) -> Verdict | str:
+    """The certificate's expiry, or why it could not be read (an error text)."""
+    try:
+        if certificate.source is CertificateSource.pem_file:
+            pem = Path(certificate.target).read_bytes()
+        else:
+            pem = _endpoint_certificate(certificate.target).encode()
+        return Verdict(x509.load_pem_x509_certificate(pem).not_valid_after_utc)
+    except (OSError, ValueError, ssl.SSLError) as e:
+        return f"{type(e).__name__}: {e}"[:500]
+
+
+def _endpoint_certificate(target: str) -> str:
+    """The PEM certificate `host:port` presents, whoever signed it and however expired: it is read to be
+    watched, not trusted."""
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {target!r}")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # reading the certificate, not trusting the peer
+    with (
+        socket.create_connection((host, int(port)), timeout=TLS_TIMEOUT_S) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise ValueError(f"{target} presented no certificate")
+    return ssl.DER_cert_to_PEM_cert(der)
+
+
+def _apply_to_watched(
+    s: Session, certificate_id: int | None, verdict: Verdict | str, thresholds: tuple[int, ...], now: datetime
+) -> int:
+    row = s.get(WatchedCertificate, certificate_id)
+    if row is None:
+        return 0
+    row.last_checked_at = now
+    if isinstance(verdict, str):
+        if row.last_error != verdict:
+            log.warning("watched certificate %s could not be read: %s", row.target, verdict)
+        row.last_error = verdict
+        return 0
+    assert verdict.not_after is not None
+    row.not_after, row.last_error = verdict.not_after, None
+    EXPIRY.labels(source=row.source.value, name=row.target).set(verdict.not_after.timestamp())
+    days_left = (verdict.not_after - now).total_seconds() / 86_400
+    what = _expiry_text(f"the certificate of {row.target}", verdict.not_after, days_left)
+    return _alert_once(
+        row, crossed_threshold(days_left, thresholds), what, source=row.source.value, name=row.target
+    )
+
+
+def _expiry_text(subject: str, not_after: datetime, days_left: float) -> str:
+    when = f"{not_after:%Y-%m-%d %H:%M} UTC"
+    if days_left <= 0:
+        return f"{subject} expired on {when}"
+    return f"{subject} expires in {int(days_left)} days, on {when}"
+
+
+def _alert_once(
+    row: PushCredential | WatchedCertificate, crossed: int | None, what: str, *, source: str, name: str
+) -> int:
+    """Log and send `what` when `crossed` is a threshold not alerted yet, and remember it; 1 if alerted."""
+    if crossed is None:
+        row.alerted_days = None  # renewed, or never near: the next approach alerts afresh
+        return 0
+    if row.alerted_days is not None and crossed >= row.alerted_days:
+        return 0
+    row.alerted_days = crossed
+    level = logging.ERROR if crossed == 0 else logging.WARNING
+    threshold = "expired" if crossed == 0 else f"{crossed}-day threshold"
+    log.log(
+        level, "certificate watch: %s (%s)", what, threshold, extra={"source": source, "certificate": name}
+    )
+    if sentry_sdk.get_client().is_active():
+        sentry_sdk.capture_message(f"certificate watch: {what}", level="error" if crossed == 0 else "warning")
+    return 1

@@ -1,0 +1,129 @@
+"""The scheduler process: APScheduler runs the lease renewal always, and the jobs only while this process
+leads. Every run is recorded in `scheduler_run` after the lease is confirmed in the same transaction."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from datetime import UTC
+from types import FrameType
+
+import sentry_sdk
+import sqlalchemy as sa
+from apscheduler.schedulers.blocking import BlockingScheduler
+from prometheus_client import Counter, Gauge
+from sentry_sdk.crons import capture_checkin
+from sqlmodel import SQLModel
+
+from config.app import App
+from models.store._sql import run
+from models.types import utcnow
+from scheduler.jobs import JOBS, Job
+from scheduler.lease import STILL_LEADING, Lease
+from workers.actors import declare_actors
+
+log = logging.getLogger(__name__)
+
+RUNS = SQLModel.metadata.tables["scheduler_run"]
+
+LEADER = Gauge("mdmq_scheduler_leader", "1 while this scheduler process holds the leader lease, else 0.")
+JOB_LAST_SUCCESS = Gauge(
+    "mdmq_scheduler_job_last_success_timestamp_seconds",
+    "Unix time of the job's last successful run in this process.",
+    ["job"],
+)
+JOB_DURATION = Gauge("mdmq_scheduler_job_duration_seconds", "How long the job's last run took.", ["job"])
+JOB_RUNS = Counter("mdmq_scheduler_job_runs_total", "Job runs by outcome (ok, error).", ["job", "outcome"])
+
+
+class Scheduler:
+    def __init__(self, app: App, *, jobs: tuple[Job, ...] = JOBS, lease: Lease | None = None) -> None:
+        self.app = app
+        self.actors = declare_actors(app)
+        self.jobs = jobs
+        self.lease = lease or Lease(app.session, period_s=app.settings.scheduler_lease_s)
+        self._aps = BlockingScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    def run_forever(self) -> None:
+        """Until SIGTERM or SIGINT; then the lease is released so that a standby takes over at once."""
+        now = utcnow()
+        self._aps.add_job(self._refresh, "interval", seconds=self.lease.renew_every_s, next_run_time=now)
+        for job in self.jobs:
+            seconds = job.every_s(self.actors)
+            self._aps.add_job(
+                self.run_job, "interval", args=[job], seconds=seconds, id=job.name, name=job.name
+            )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        log.info("scheduler %s started: %d jobs", self.lease.holder, len(self.jobs))
+        try:
+            self._aps.start()
+        finally:
+            self.lease.release()
+            LEADER.set(0)
+            self.app.close()
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        """Stop leading at once (a running job ends at its next page), let running jobs end, then the lease
+        is released: a standby never starts a job while one of ours still runs."""
+        log.info("scheduler %s stopping (signal %d)", self.lease.holder, signum)
+        self.lease.stand_down()
+        self._aps.shutdown(wait=True)
+
+    def _refresh(self) -> None:
+        LEADER.set(1 if self.lease.refresh() else 0)
+
+    def run_job(self, job: Job) -> bool:
+        """Run `job` once if this process leads; returns whether it ran. Failures are logged, counted and
+        recorded, never raised: the next run tries again."""
+        if not self.lease.leading():
+            return False
+        started = utcnow()
+        with self.app.session() as s:
+            if not self.lease.confirm(s, started):
+                LEADER.set(0)
+                return False
+            run_id = run(
+                s,
+                sa.insert(RUNS)
+                .values(job=job.name, holder=self.lease.holder, started_at=started)
+                .returning(RUNS.c.id),
+            ).scalar_one()
+        check_in = _check_in(job.name, "in_progress")
+        clock = time.monotonic()
+        work, error = None, None
+        leading = STILL_LEADING.set(self.lease.leading)
+        try:
+            work = job.run(self.actors, started)
+        except Exception as e:
+            log.exception("scheduler job %s failed", job.name)
+            error = f"{type(e).__name__}: {e}"[:1_000]
+        finally:
+            STILL_LEADING.reset(leading)
+        seconds = time.monotonic() - clock
+        with self.app.session() as s:
+            values = {"finished_at": utcnow(), "ok": error is None, "work": work, "error": error}
+            run(s, sa.update(RUNS).where(RUNS.c.id == run_id).values(**values))
+        outcome = "ok" if error is None else "error"
+        _check_in(job.name, outcome, check_in, seconds)
+        JOB_RUNS.labels(job=job.name, outcome=outcome).inc()
+        JOB_DURATION.labels(job=job.name).set(seconds)
+        if error is None:
+            JOB_LAST_SUCCESS.labels(job=job.name).set(time.time())
+            log.debug("scheduler job %s: %s rows in %.3f s", job.name, work, seconds)
+        return True
+
+
+def _check_in(
+    job: str, status: str, check_in_id: str | None = None, seconds: float | None = None
+) -> str | None:
+    """A Sentry cron check-in for the job, when Sentry is configured."""
+    if not sentry_sdk.get_client().is_active():
+        return None
+    return capture_checkin(
+        monitor_slug=f"mdmq-scheduler-{job}", check_in_id=check_in_id, status=status, duration=seconds
+    )

@@ -1,0 +1,147 @@
+"""The actors on a real worker: device reports (messages that overtake each other, and bad input, never move
+a deployment back or change anything else), and an operator's cancel and retry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import dramatiq
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from config.app import App
+from config.settings import Settings
+from models.statuses import Kind, Status
+from models.store import get_deployment
+from models.types import utcnow
+from tests.conftest import MakeDeployments
+from tests.helpers import events_of, force_status, status_of
+from workers.actors import Actors, declare_actors
+from workers.broker import BULK_QUEUE, URGENT_QUEUE
+
+
+@pytest.fixture
+def app(pg: Engine, postgres_url: str) -> Iterator[App]:
+    app = App(Settings(database_url=postgres_url, broker_url="stub://"))
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def actors(app: App) -> Iterator[Actors]:
+    actors = declare_actors(app)
+    worker = dramatiq.Worker(app.broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    yield actors
+    worker.stop()
+
+
+def _deliver(app: App, actors: Actors, *messages: tuple[object, ...]) -> None:
+    """Send the report messages in this order and wait until the worker has handled them all."""
+    for args in messages:
+        actors.record_report.send(*args)
+    _settle(app)
+
+
+def _settle(app: App) -> None:
+    for queue in (URGENT_QUEUE, BULK_QUEUE):
+        app.broker.join(queue, timeout=20_000)
+
+
+def test_a_report_that_arrives_after_a_later_one_changes_nothing(
+    pg: Engine, app: App, actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    [deployment_id] = make_deployments(pg, Kind.profile)
+    fetched_at = utcnow()
+    not_now_at = fetched_at + timedelta(seconds=1)
+
+    # The device sent `fetched`, then `not_now`; the messages arrive the other way round.
+    _deliver(
+        app,
+        actors,
+        (deployment_id, "not_now", "device locked with passcode", None, not_now_at.isoformat()),
+        (deployment_id, "fetched", None, None, fetched_at.isoformat()),
+    )
+
+    assert status_of(pg, deployment_id) is Status.postponed, "the late `fetched` did not move it back"
+    assert [(e.from_status, e.to_status) for e in events_of(pg, deployment_id)] == [
+        (Status.queued, Status.postponed)
+    ]
+
+
+def test_reports_in_order_through_the_actor_complete_the_deployment(
+    pg: Engine, app: App, actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    [deployment_id] = make_deployments(pg, Kind.app)
+    start = utcnow()
+    steps = ["fetched", "processing", "acknowledged"]
+
+    _deliver(
+        app,
+        actors,
+        *(
+            (deployment_id, report, None, None, (start + timedelta(seconds=i)).isoformat())
+            for i, report in enumerate(steps)
+        ),
+    )
+
+    assert status_of(pg, deployment_id) is Status.completed
+    assert len(events_of(pg, deployment_id)) == 3
+
+
+@pytest.mark.parametrize(
+    ("report", "reported_at"),
+    [
+        ("exploded", None),  # not a report
+        ("fetched", "yesterday"),  # not a time
+        ("fetched", "2026-11-23T10:00:00"),  # no UTC offset: ambiguous
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(
+    pg: Engine,
+    app: App,
+    actors: Actors,
+    make_deployments: MakeDeployments,
+    report: str,
+    reported_at: str | None,
+) -> None:
+    [deployment_id] = make_deployments(pg, Kind.profile)
+
+    _deliver(app, actors, (deployment_id, report, None, None, reported_at))
+
+    assert status_of(pg, deployment_id) is Status.queued
+    assert events_of(pg, deployment_id) == []
+
+
+def test_cancel_through_the_actor_stops_what_has_not_started_and_nothing_else(
+    pg: Engine, app: App, actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    waiting = make_deployments(pg, Kind.profile, count=3)
+    [done] = make_deployments(pg, Kind.profile)
+    force_status(pg, done, Status.completed)
+
+    actors.cancel.send([*waiting, done])
+    _settle(app)
+
+    assert [status_of(pg, d) for d in waiting] == [Status.cancelled] * 3
+    assert status_of(pg, done) is Status.completed, "a finished deployment is not cancelled"
+
+
+def test_retry_through_the_actor_requeues_afresh_and_enqueues(
+    pg: Engine, app: App, actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    failed = make_deployments(pg, Kind.app, count=2)
+    for deployment_id in failed:
+        force_status(pg, deployment_id, Status.failed)
+
+    actors.retry.send(failed)
+    _settle(app)
+
+    with Session(pg) as s:
+        rows = [get_deployment(s, deployment_id=d) for d in failed]
+    assert all(d is not None and d.status is Status.queued for d in rows)
+    assert all(d is not None and d.enqueued_at is not None for d in rows), "sent to dispatch after the commit"
+    assert all(d is not None and d.hold_reason == "no APNs credential" for d in rows), "and dispatched"
+    assert [e.to_status for e in events_of(pg, failed[0])] == [Status.queued]

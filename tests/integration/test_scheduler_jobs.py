@@ -1,0 +1,137 @@
+"""The scheduler's jobs on SQLite and PostgreSQL: each pages through its work, enqueues after its commit, and
+a second run right after does nothing; stuck deployments become gauges; the retention purge deletes only
+what ended long ago."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from config.app import App
+from config.settings import Settings
+from models.migrations.runner import upgrade
+from models.statuses import Kind, Status
+from models.store._sql import DEPLOYMENT, EVENT
+from models.types import utcnow
+from scheduler import jobs
+from tests.conftest import MakeDeployments
+from workers.actors import Actors, declare_actors
+from workers.broker import BULK_QUEUE, URGENT_QUEUE
+
+COUNT = 2_500  # two and a half pages of PAGE = 1,000
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def actors(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Actors]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'scheduler.db'}"
+        upgrade(url)
+    else:
+        request.getfixturevalue("pg")  # empties the tables
+        url = request.getfixturevalue("postgres_url")
+    app = App(Settings(database_url=url, broker_url="stub://", relay_grace_s=30, stuck_after_s=600))
+    yield declare_actors(app)
+    app.close()
+
+
+def _messages(actors: Actors) -> int:
+    broker = actors.app.broker
+    return sum(len(broker.queues[q].queue) for q in (URGENT_QUEUE, BULK_QUEUE))
+
+
+def _set(engine: Engine, **values: object) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.update(DEPLOYMENT).values(**values))
+
+
+def test_due_postponements_are_requeued_in_pages_and_a_second_run_does_nothing(
+    actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    engine = actors.app.engine
+    make_deployments(engine, Kind.profile, count=COUNT)
+    now = utcnow()
+    _set(engine, status=Status.postponed.value, next_attempt_at=now - timedelta(seconds=1), enqueued_at=now)
+
+    assert jobs.requeue_postponed_job(actors, now) == COUNT
+    assert jobs.requeue_postponed_job(actors, now) == 0
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(DEPLOYMENT.c.status, DEPLOYMENT.c.enqueued_at)).all()
+    assert {row.status for row in rows} == {Status.queued.value}
+    assert all(row.enqueued_at is not None for row in rows), "enqueued, and marked so after the send"
+    assert _messages(actors) >= COUNT // actors.app.settings.dispatch_chunk_size
+
+
+def test_the_relay_sends_what_was_never_enqueued_once(
+    actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    engine = actors.app.engine
+    make_deployments(engine, Kind.app, count=COUNT)
+    later = utcnow() + timedelta(seconds=31)
+
+    assert jobs.relay_job(actors, utcnow()) == 0, "within the grace they may still be on their way"
+    assert jobs.relay_job(actors, later) == COUNT
+    assert jobs.relay_job(actors, later) == 0
+
+
+def test_stuck_deployments_are_counted_per_kind_and_status(
+    actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    engine = actors.app.engine
+    waiting = make_deployments(engine, Kind.profile, count=3)
+    make_deployments(engine, Kind.security_action, count=2)  # Queued just now: not stuck
+    an_hour_ago = utcnow() - timedelta(hours=1)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(DEPLOYMENT)
+            .where(DEPLOYMENT.c.id.in_(waiting))
+            .values(status=Status.waiting.value, updated_at=an_hour_ago)
+        )
+
+    assert jobs.stuck_job(actors, utcnow()) == 3
+    gauge = jobs.STUCK.labels(kind="profile", status="Waiting")._value.get()
+    assert gauge == 3
+    assert jobs.STUCK.labels(kind="security_action", status="Queued")._value.get() == 0
+
+
+def test_retention_deletes_what_ended_long_ago_with_its_events_and_nothing_else(
+    actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    engine = actors.app.engine
+    old = make_deployments(engine, Kind.profile, count=3)
+    recent = make_deployments(engine, Kind.profile, count=2)
+    reopened = make_deployments(engine, Kind.profile, count=1)  # retried: no finished_at
+    long_ago = utcnow() - timedelta(days=actors.app.settings.retention_days + 1)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(DEPLOYMENT)
+            .where(DEPLOYMENT.c.id.in_(old))
+            .values(status=Status.completed.value, finished_at=long_ago)
+        )
+        connection.execute(
+            sa.update(DEPLOYMENT)
+            .where(DEPLOYMENT.c.id.in_(recent))
+            .values(status=Status.completed.value, finished_at=utcnow())
+        )
+        connection.execute(
+            sa.update(DEPLOYMENT).where(DEPLOYMENT.c.id.in_(reopened)).values(status=Status.queued.value)
+        )
+        connection.execute(
+            sa.insert(EVENT),
+            [
+                {"deployment_id": d, "to_status": "Completed", "actor": "device", "at": long_ago}
+                for d in old + recent
+            ],
+        )
+
+    assert jobs.retention_job(actors, utcnow()) == 3
+    assert jobs.retention_job(actors, utcnow()) == 0
+    with engine.connect() as connection:
+        left = set(connection.execute(sa.select(DEPLOYMENT.c.id)).scalars())
+        with_events = set(connection.execute(sa.select(EVENT.c.deployment_id)).scalars())
+    assert left == set(recent + reopened)
+    assert with_events == set(recent)
