@@ -29,11 +29,14 @@ log = logging.getLogger(__name__)
 URGENT_PRIORITY = 0
 BULK_PRIORITY = 100
 
+# dispatch(deployment_ids, failures=0): `failures` is set only by the delayed retry of a turned-away push.
+DispatchActor = dramatiq.Actor[..., None]
+
 
 @dataclass(frozen=True)
 class Actors:
-    dispatch_urgent: dramatiq.Actor[[list[str]], None]
-    dispatch_bulk: dramatiq.Actor[[list[str]], None]
+    dispatch_urgent: DispatchActor
+    dispatch_bulk: DispatchActor
     record_report: dramatiq.Actor[..., None]
     cancel: dramatiq.Actor[[list[str]], None]
     retry: dramatiq.Actor[[list[str]], None]
@@ -112,15 +115,18 @@ def declare_actors(app: App) -> Actors:
     return actors
 
 
-def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> dramatiq.Actor[[list[str]], None]:
-    def dispatch(deployment_ids: list[str]) -> None:
-        summary = dispatch_chunk(app.session, app.gateway, deployment_ids, policy=app.policy)
+def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> DispatchActor:
+    def dispatch(deployment_ids: list[str], failures: int = 0) -> None:
+        summary = dispatch_chunk(
+            app.session, app.gateway, deployment_ids, policy=app.policy, failures=failures
+        )
         if summary.retry is not None:
             # Transient provider failures come back later as a delayed message on the same queue.
-            delay_ms = int(summary.retry.delay_s * 1000)
-            actor.send_with_options(args=(summary.retry.deployment_ids,), delay=delay_ms)
+            retry = summary.retry
+            delay_ms = int(retry.delay_s * 1000)
+            actor.send_with_options(args=(retry.deployment_ids, retry.failures), delay=delay_ms)
 
-    actor: dramatiq.Actor[[list[str]], None] = dramatiq.Actor(
+    actor: DispatchActor = dramatiq.Actor(
         dispatch, actor_name=name, queue_name=queue, priority=priority, options={}, broker=app.broker
     )
     return actor

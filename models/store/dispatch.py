@@ -78,6 +78,18 @@ def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> li
     return claimed
 
 
+def give_back_attempts(session: Session, *, ids: Sequence[str]) -> None:
+    """Undo the claim's count for pushes the provider turned away (a 5xx, a 429, a lost connection): the
+    device was not woken, so the wake-ups it is allowed stay as they were."""
+    c = DEPLOYMENT.c
+    for batch in chunked(sorted(set(ids)), IDS_PER_STATEMENT):
+        condition = sa.and_(c.id.in_(batch), c.status == Status.queued.value, c.attempt_count > 0)
+        run(
+            session,
+            sa.update(DEPLOYMENT).where(in_id_order(condition)).values(attempt_count=c.attempt_count - 1),
+        )
+
+
 def push_targets(session: Session, *, device_ids: Collection[str]) -> dict[str, PushTarget]:
     c = DEVICE.c
     targets: dict[str, PushTarget] = {}

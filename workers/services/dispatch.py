@@ -27,6 +27,7 @@ from models.store.dispatch import (
     PushTarget,
     claim_for_push,
     credential_unchanged,
+    give_back_attempts,
     hold_for_credential,
     invalidate_tokens,
     mark_credential,
@@ -42,6 +43,7 @@ from workers.providers.base import CredentialRejected, Outcome, ProviderError, P
 from workers.providers.credentials import InvalidCredential
 from workers.providers.rows import credential_from_row
 from workers.push_gateway import PushGateway
+from workers.services import wording
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,12 @@ UNDELIVERABLE = Move(PUSH_UNDELIVERABLE, "push undeliverable")
 
 @dataclass(frozen=True)
 class Retry:
+    """Deployments the provider turned away, to be sent again after `delay_s`: the `failures`-th time in a
+    row for this message's deployments, which sets the back-off."""
+
     deployment_ids: list[str]
     delay_s: float
+    failures: int
 
 
 @dataclass
@@ -81,8 +87,11 @@ def dispatch_chunk(
     deployment_ids: list[str],
     *,
     policy: RetryPolicy,
+    failures: int = 0,
     now: datetime | None = None,
 ) -> DispatchSummary:
+    """Push for the Queued deployments of `deployment_ids`. `failures`: how many times in a row the provider
+    already turned this message's pushes away (a delayed retry carries it), for the back-off."""
     now = now or utcnow()
     with session() as s:
         claimed = claim_for_push(s, ids=deployment_ids, now=now)
@@ -107,7 +116,12 @@ def dispatch_chunk(
         for group in groups:
             group.write(s, summary=summary, policies=policies, now=now)
         summary.retry = _retry(
-            s, [w for g in groups for w in g.live], policies=policies, now=now, summary=summary
+            s,
+            [w for g in groups for w in g.live],
+            policies=policies,
+            failures=failures + 1,
+            now=now,
+            summary=summary,
         )
     return summary
 
@@ -345,9 +359,13 @@ def _retry(
     wakes: list[Wake],
     *,
     policies: Policies,
+    failures: int,
     now: datetime,
     summary: DispatchSummary,
 ) -> Retry | None:
+    """Pushes the provider turned away go again later, with exponential back-off that honours Retry-After.
+    They were no wake-up, so they do not count against the device's pushes: a provider's outage only
+    delays a rollout, and fails a deployment only at its deadline."""
     transient = [w for w in wakes if w.result is not None and w.result.outcome is Outcome.transient]
     if not transient:
         return None
@@ -356,22 +374,27 @@ def _retry(
         assert wake.result is not None
         for deployment in wake.deployments:
             limits = policies.limits(deployment.organization_id, deployment.kind)
-            deadline = deployment.created_at + timedelta(seconds=limits.deadline_s)
-            if deployment.attempt_count >= limits.max_pushes or now >= deadline:
-                _give_up(s, wake, deployment, summary)
+            if now >= deployment.created_at + timedelta(seconds=limits.deadline_s):
+                _give_up(s, wake, deployment, failures=failures, now=now, summary=summary)
                 continue
             retry_ids.append(deployment.id)
-            wait = _push_backoff_s(limits, deployment.attempt_count)
+            wait = backoff_s(failures, limits.push_first_s, limits.push_max_s)
             delays.append(max(wait, wake.result.retry_after_s or 0))
-    return Retry(retry_ids, min(delays)) if retry_ids else None
+    give_back_attempts(s, ids=retry_ids)
+    return Retry(retry_ids, min(delays), failures) if retry_ids else None
 
 
-def _give_up(s: Session, wake: Wake, deployment: Claimed, summary: DispatchSummary) -> None:
+def _give_up(
+    s: Session, wake: Wake, deployment: Claimed, *, failures: int, now: datetime, summary: DispatchSummary
+) -> None:
     assert wake.result is not None
     provider = PROVIDER_NAMES[wake.target.provider]
+    over = wording.duration(now - deployment.created_at)
     message = (
-        f"{provider} did not accept the push after {deployment.attempt_count} attempts: {_reason_text(wake)}"
+        f"{provider} did not accept the push before the deadline "
+        f"({failures} tries in a row over {over}): {_reason_text(wake)}"
     )
-    effects = Effects(error=ErrorInfo("push_unavailable", message, {"reason": wake.result.reason}))
+    detail = {"reason": wake.result.reason, "status": wake.result.status, "tries": failures}
+    effects = Effects(error=ErrorInfo("push_unavailable", message, detail))
     applied = transition(s, ids=[deployment.id], move=UNDELIVERABLE, actor=Actor.worker, effects=effects)
     summary.undeliverable += len(applied.applied)

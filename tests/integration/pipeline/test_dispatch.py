@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -289,3 +290,45 @@ def test_a_credential_stored_while_a_refused_batch_was_in_flight_is_kept_and_not
         with _running(registry) as (_, gateway):
             again = dispatch_chunk(sessions(engine), gateway, summary.retry.deployment_ids, policy=POLICY)
     assert again.accepted == 2
+
+
+def test_a_storm_longer_than_the_wake_ups_allowed_delays_and_only_the_deadline_fails(
+    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """A push the provider turns away was no wake-up: it gives its attempt back, so an outage of any length
+    costs no device its pushes. The back-off grows with the failures in a row that the retry carries."""
+    ids = _setup(engine, registry, signing_key)
+    chunk = [ids["first_profile"], ids["second_lock"]]
+    storm = FaultConfig(storm=Storm(reason="ServiceUnavailable", fraction=1.0, duration_s=3600))
+    tries = max(POLICY[Kind.profile].max_pushes, POLICY[Kind.security_action].max_pushes) + 2
+
+    with _running(registry, apns_faults=storm) as (sandbox, gateway):
+        failures, ceilings = 0, []
+        for _ in range(tries):
+            summary = dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY, failures=failures)
+            assert summary.retry is not None
+            assert sorted(summary.retry.deployment_ids) == sorted(chunk)
+            failures = summary.retry.failures
+            ceilings.append(summary.retry.delay_s)
+        assert failures == tries
+        assert {_get(engine, i).status for i in chunk} == {Status.queued}
+        assert {_get(engine, i).attempt_count for i in chunk} == {0}, "no wake-up was spent"
+        first = POLICY[Kind.security_action].push_first_s  # the shortest of the two kinds' waits
+        assert ceilings[0] <= first, "the first retry waits about push_first_s"
+        assert ceilings[3] >= 4 * first, "the wait doubles with each failure in a row"
+
+        # Past the lock's deadline (one day), the storm fails it, saying so; the profile (three days) waits.
+        late = _get(engine, ids["second_lock"]).created_at + timedelta(days=1, seconds=1)
+        summary = dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY, failures=failures, now=late)
+        assert summary.retry is not None
+        assert summary.retry.deployment_ids == [ids["first_profile"]]
+        lock = _get(engine, ids["second_lock"])
+        assert lock.status is Status.failed
+        assert lock.error_message == (
+            f"APNs did not accept the push before the deadline ({tries + 1} tries in a row over 1 day): "
+            "ServiceUnavailable"
+        )
+        sandbox.apns_faults.stop_storm()
+        after = dispatch_chunk(sessions(engine), gateway, [ids["first_profile"]], policy=POLICY)
+    assert after.accepted == 1
+    assert _get(engine, ids["first_profile"]).attempt_count == 1, "one wake-up, the one that went out"
