@@ -12,7 +12,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -40,6 +39,7 @@ from sandbox import DeviceRegistry, SandboxThread
 from sandbox.fleet import APNS_TOPIC, FCM_PROJECT_ID, Answer, Behaviour, Fleet, PendingCommand
 from workers.actors import Actors, declare_actors
 from workers.enqueue import as_due
+from workers.launch import worker_command, worker_environment
 from workers.services.credentials import store_credential
 from workers.services.reports import DeviceReport, record_device_reports
 from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
@@ -310,18 +310,10 @@ def _worker_processes(settings: Settings, processes: int, threads: int = 8) -> I
         for name, value in settings.model_dump().items()
         if value is not None
     }
-    command = [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "workers.main:broker",
-        "--processes",
-        str(processes),
-        "--threads",
-        str(threads),
-    ]
     with subprocess.Popen(  # noqa: S603  (our own interpreter and module, no outside input)
-        command, env=environment, stdout=subprocess.DEVNULL
+        worker_command(processes, threads),
+        env=worker_environment(settings, environment),
+        stdout=subprocess.DEVNULL,
     ) as workers:
         try:
             yield workers.pid

@@ -115,9 +115,11 @@ def worker(
     threads: int = typer.Option(8, min=1, help="Threads per worker process."),
 ) -> None:
     """The Dramatiq workers: `dramatiq workers.main:broker` with these processes and threads."""
-    load_settings()  # a wrong setting is one line here, not a traceback in every worker process
-    command = ["dramatiq", "workers.main:broker", "--processes", str(processes), "--threads", str(threads)]
-    os.execvp(sys.executable, [sys.executable, "-m", *command])  # noqa: S606  (replaces this process)
+    from workers.launch import worker_command, worker_environment
+
+    settings = load_settings()  # a wrong setting is one line here, not a traceback in every worker process
+    command = worker_command(processes, threads)
+    os.execvpe(command[0], command, worker_environment(settings, os.environ))  # noqa: S606  (replaces this process)
 
 
 @app.command()

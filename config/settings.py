@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     watch_files: str = ""
     watch_endpoints: str = ""
 
+    # Where Prometheus scrapes the processes that have no HTTP API of their own: the worker's exposition
+    # server (all its processes, through prometheus_client's multiprocess directory, which `mdmq worker`
+    # empties at start) and the scheduler's. The API serves /metrics on its own port.
+    metrics_host: str = "0.0.0.0"  # noqa: S104 (a scrape target, as the API's port is)
+    worker_metrics_port: int = Field(default=9191, ge=0, le=65_535)
+    scheduler_metrics_port: int = Field(default=9192, ge=0, le=65_535)
+    metrics_dir: str = ""  # empty: a directory under the system's temporary directory
+
     # Push services: the real hosts unless set (the embedded mode and the tests point them at the sandbox).
     apns_url: str = "https://api.push.apple.com"
     apns_sandbox_url: str = "https://api.sandbox.push.apple.com"

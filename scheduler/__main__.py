@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client import start_http_server
+
 from config.app import App
 from config.logging import configure_logging
 from config.sentry import init_sentry
@@ -12,6 +14,8 @@ def main() -> None:
     app = App()
     configure_logging(level=app.settings.log_level, json_lines=app.settings.json_logs)
     init_sentry(app.settings, process="scheduler")
+    settings = app.settings
+    start_http_server(settings.scheduler_metrics_port, addr=settings.metrics_host)  # /metrics, on a thread
     Scheduler(app).run_forever()
 
 

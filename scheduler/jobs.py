@@ -10,14 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from prometheus_client import Gauge
-
 from models.enums import CredentialStatus, Provider
 from models.store.dispatch import push_credentials
 from models.store.maintenance import purge_finished, purge_runs, stuck_counts
 from models.store.receipts import ToPoll, receipts_to_poll, record_poll
 from models.store.sweeps import Due
 from scheduler.certificates import watch_certificates
+from scheduler.gauges import STUCK, gauges_job
 from scheduler.lease import still_leading
 from workers.actors import Actors
 from workers.providers.aosp import PushStatus
@@ -31,11 +30,6 @@ log = logging.getLogger(__name__)
 PAGE = 1_000
 PAGES = 200  # at most 200,000 rows a run, a page at a time; what is left is the next run's
 
-STUCK = Gauge(
-    "mdmq_deployments_stuck",
-    "Deployments unchanged for longer than MDMQ_STUCK_AFTER_S where nothing moves them on its own.",
-    ["kind", "status"],
-)
 _USABLE = frozenset({CredentialStatus.valid, CredentialStatus.expiring})
 # Runs of the scheduler's own history older than this are purged.
 RUNS_KEPT = timedelta(days=7)
@@ -164,6 +158,10 @@ def _sweep_interval(actors: Actors) -> float:
     return actors.app.settings.sweep_interval_s
 
 
+def _gauge_interval(actors: Actors) -> float:
+    return max(actors.app.settings.sweep_interval_s * 3, 30.0)
+
+
 def _slow_interval(actors: Actors) -> float:
     return max(actors.app.settings.sweep_interval_s * 6, 60.0)
 
@@ -173,6 +171,7 @@ JOBS: tuple[Job, ...] = (
     Job("repush", repush_job, _sweep_interval),
     Job("relay", relay_job, _sweep_interval),
     Job("stuck", stuck_job, _slow_interval),
+    Job("gauges", gauges_job, _gauge_interval),
     Job("retention", retention_job, _slow_interval),
     Job("poll_receipts", poll_receipts_job, lambda actors: actors.app.settings.poll_interval_s),
     Job("certificates", certificates_job, lambda actors: actors.app.settings.cert_watch_interval_s),

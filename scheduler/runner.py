@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 from config.app import App
 from models.store._sql import run
 from models.types import utcnow
+from scheduler import gauges
 from scheduler.jobs import JOBS, Job
 from scheduler.lease import STILL_LEADING, Lease
 from workers.actors import declare_actors
@@ -65,6 +66,7 @@ class Scheduler:
         finally:
             self.lease.release()
             LEADER.set(0)
+            gauges.clear()
             self.app.close()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
@@ -75,7 +77,10 @@ class Scheduler:
         self._aps.shutdown(wait=True)
 
     def _refresh(self) -> None:
-        LEADER.set(1 if self.lease.refresh() else 0)
+        leading = self.lease.refresh()
+        LEADER.set(1 if leading else 0)
+        if not leading:
+            gauges.clear()  # only the leader's counts are scraped
 
     def run_job(self, job: Job) -> bool:
         """Run `job` once if this process leads; returns whether it ran. Failures are logged, counted and
@@ -86,6 +91,7 @@ class Scheduler:
         with self.app.session() as s:
             if not self.lease.confirm(s, started):
                 LEADER.set(0)
+                gauges.clear()
                 return False
             run_id = run(
                 s,

@@ -6,6 +6,7 @@ import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import dq_name
 
 # Queues, most urgent first: a lock or wipe of a lost phone never waits behind a million profile pushes.
 URGENT_QUEUE = "urgent"
@@ -22,3 +23,24 @@ def build_broker(url: str, *, namespace: str = "mdmq") -> dramatiq.Broker:
     if scheme in ("amqp", "amqps"):
         return RabbitmqBroker(url=url)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}")
+
+
+def queue_backlog(
+    broker: dramatiq.Broker, queues: tuple[str, ...] = (URGENT_QUEUE, BULK_QUEUE)
+) -> dict[tuple[str, str], int]:
+    """Messages waiting on each queue, `ready` and `delayed` (not yet due, or due and not yet taken):
+    what the workers have still to do. Messages a worker holds are Dramatiq's own in-progress gauges."""
+    counts: dict[tuple[str, str], int] = {}
+    for queue in queues:
+        if isinstance(broker, RedisBroker):
+            client = broker.client
+            counts[(queue, "ready")] = int(client.llen(f"{broker.namespace}:{queue}"))
+            counts[(queue, "delayed")] = int(client.llen(f"{broker.namespace}:{dq_name(queue)}"))
+        elif isinstance(broker, RabbitmqBroker):
+            ready, delayed, _dead = broker.get_queue_message_counts(queue)
+            counts[(queue, "ready")], counts[(queue, "delayed")] = ready, delayed
+        elif isinstance(broker, StubBroker):
+            stub_queues = broker.queues
+            for name, state in ((queue, "ready"), (dq_name(queue), "delayed")):
+                counts[(queue, state)] = stub_queues[name].qsize() if name in stub_queues else 0
+    return counts

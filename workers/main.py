@@ -1,10 +1,15 @@
 """The worker process: `dramatiq workers.main:broker` (the Procfile's `worker`).
 
 Builds the process's parts from `MDMQ_*` settings and declares the actors on its broker. Name the broker:
-without `:broker`, the dramatiq command consumes from its own default broker instead.
+without `:broker`, the dramatiq command consumes from its own default broker instead. Start it with
+`mdmq worker`, which names the metrics directory first (`workers.launch`); then Dramatiq's Prometheus
+middleware serves the metrics of every worker process on `MDMQ_WORKER_METRICS_PORT`.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 from config.app import App
 from config.logging import configure_logging
@@ -14,5 +19,11 @@ from workers.actors import declare_actors
 app = App()
 configure_logging(level=app.settings.log_level, json_lines=app.settings.json_logs)
 init_sentry(app.settings, process="worker")  # before the broker exists: Dramatiq's integration hooks it
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    from dramatiq.middleware.prometheus import Prometheus  # reads its settings from the environment
+
+    app.broker.add_middleware(Prometheus())
+else:
+    logging.getLogger(__name__).warning("no metrics directory: start the workers with `mdmq worker`")
 actors = declare_actors(app)
 broker = app.broker

@@ -7,11 +7,13 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, SQLModel
 
-from models.statuses import IN_FLIGHT, TERMINAL, Kind, Status
-from models.store._sql import DEPLOYMENT, EVENT, lock_deployments, run
+from models.enums import Provider
+from models.statuses import IN_FLIGHT, STATUSES, TERMINAL, Kind, Status
+from models.store._sql import DEPLOYMENT, DEVICE, EVENT, lock_deployments, run
 
 c = DEPLOYMENT.c
 RUNS = SQLModel.metadata.tables["scheduler_run"]
+RECEIPT = SQLModel.metadata.tables["push_receipt"]
 
 # Where a deployment can stand still without anyone acting: the queue (not held: held ones are counted as
 # held), and the statuses between the device fetching a command and answering it.
@@ -69,3 +71,41 @@ def purge_finished(session: Session, *, finished_before: datetime, limit: int) -
 def purge_runs(session: Session, *, started_before: datetime) -> int:
     """Scheduler runs older than `started_before`."""
     return int(run(session, sa.delete(RUNS).where(RUNS.c.started_at < started_before)).rowcount)
+
+
+def status_counts(session: Session) -> dict[tuple[Kind, Status], int]:
+    """Deployments per kind and status, every status of every kind included (0 when none): one aggregate
+    over the table, which the retention purge keeps to its window."""
+    counts = {(kind, status): 0 for kind, statuses in STATUSES.items() for status in statuses}
+    statement = sa.select(c.kind, c.status, sa.func.count().label("n")).group_by(c.kind, c.status)
+    for row in run(session, statement).mappings():
+        counts[(Kind(row["kind"]), Status(row["status"]))] = int(row["n"])
+    return counts
+
+
+def held_counts(session: Session) -> dict[tuple[Provider, str], int]:
+    """Held deployments per provider (their device's) and hold reason."""
+    d = DEVICE.c
+    statement = (
+        sa.select(d.provider, c.hold_reason, sa.func.count().label("n"))
+        .select_from(DEPLOYMENT.join(DEVICE, d.id == c.device_id))
+        .where(c.hold_reason.is_not(None))
+        .group_by(d.provider, c.hold_reason)
+    )
+    return {
+        (Provider(r["provider"]), r["hold_reason"]): int(r["n"]) for r in run(session, statement).mappings()
+    }
+
+
+def pending_devices(session: Session, *, now: datetime) -> dict[Provider, int]:
+    """Devices still pending on pushes that have not expired, per provider (only AOSP reports them)."""
+    r = RECEIPT.c
+    statement = (
+        sa.select(r.provider, sa.func.sum(r.pending_devices).label("n"))
+        .where(r.pending_devices > 0, sa.or_(r.expires_at.is_(None), r.expires_at > now))
+        .group_by(r.provider)
+    )
+    counts = dict.fromkeys(Provider, 0)
+    for row in run(session, statement).mappings():
+        counts[Provider(row["provider"])] = int(row["n"] or 0)
+    return counts

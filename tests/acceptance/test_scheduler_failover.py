@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from models.types import utcnow
-from tests.helpers import wait_until
+from tests.helpers import free_ports, scraped, wait_until
 from tests.services import REDIS_URL, require
 
 LEASE_S = 3.0
@@ -32,6 +32,14 @@ def runs(engine: Engine) -> list[sa.Row[tuple[str, str, datetime, datetime | Non
         )
 
 
+METRICS_PORTS: dict[int, int] = {}  # a scheduler process's pid -> the port its /metrics is served on
+
+
+def leader_gauge(process: subprocess.Popen[bytes]) -> float | None:
+    """`mdmq_scheduler_leader` as the process's own /metrics says it; None while it does not answer yet."""
+    return scraped(f"http://127.0.0.1:{METRICS_PORTS[process.pid]}/metrics").get("mdmq_scheduler_leader")
+
+
 @pytest.fixture
 def schedulers(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     require(REDIS_URL, "Redis")
@@ -43,7 +51,16 @@ def schedulers(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[list[s
     }
     command = [sys.executable, "-m", "scheduler"]
     logs = [(tmp_path / f"scheduler-{i}.log").open("wb") for i in range(2)]
-    processes = [subprocess.Popen(command, env=environment, stderr=log) for log in logs]
+    ports = free_ports(2)
+    processes = [
+        subprocess.Popen(
+            command,
+            env=environment | {"MDMQ_METRICS_HOST": "127.0.0.1", "MDMQ_SCHEDULER_METRICS_PORT": str(port)},
+            stderr=log,
+        )
+        for log, port in zip(logs, ports, strict=True)
+    ]
+    METRICS_PORTS.update({process.pid: port for process, port in zip(processes, ports, strict=True)})
     yield processes
     for process, log in zip(processes, logs, strict=True):
         if process.poll() is None:
@@ -60,6 +77,7 @@ def test_a_standby_leads_within_one_lease_period_of_a_sigkill_and_never_both(
     leader_pid = int(leader.split(":")[1])
     [process] = [p for p in schedulers if p.pid == leader_pid]
     [standby] = [p for p in schedulers if p.pid != leader_pid]
+    wait_until(lambda: (leader_gauge(process), leader_gauge(standby)) == (1, 0), 10, "each says who leads")
 
     process.kill()  # SIGKILL: no release, no goodbye
     process.wait(timeout=10)
@@ -68,6 +86,7 @@ def test_a_standby_leads_within_one_lease_period_of_a_sigkill_and_never_both(
     with pg.connect() as connection:
         taken_at = connection.execute(sa.text("SELECT acquired_at FROM scheduler_lease")).scalar_one()
 
+    wait_until(lambda: leader_gauge(standby) == 1, 2 * LEASE_S, "the survivor's /metrics to say it leads")
     standby.send_signal(signal.SIGTERM)
     assert standby.wait(timeout=30) == 0
     history = runs(pg)

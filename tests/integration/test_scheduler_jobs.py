@@ -17,8 +17,9 @@ from config.settings import Settings
 from models.migrations.runner import upgrade
 from models.statuses import Kind, Status
 from models.store._sql import DEPLOYMENT, EVENT
+from models.store.maintenance import RECEIPT
 from models.types import utcnow
-from scheduler import jobs
+from scheduler import gauges, jobs
 from tests.conftest import MakeDeployments
 from workers.actors import Actors, declare_actors
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
@@ -93,9 +94,9 @@ def test_stuck_deployments_are_counted_per_kind_and_status(
         )
 
     assert jobs.stuck_job(actors, utcnow()) == 3
-    gauge = jobs.STUCK.labels(kind="profile", status="Waiting")._value.get()
+    gauge = gauges.STUCK.labels(kind="profile", status="Waiting")._value.get()
     assert gauge == 3
-    assert jobs.STUCK.labels(kind="security_action", status="Queued")._value.get() == 0
+    assert gauges.STUCK.labels(kind="security_action", status="Queued")._value.get() == 0
 
 
 def test_retention_deletes_what_ended_long_ago_with_its_events_and_nothing_else(
@@ -135,3 +136,53 @@ def test_retention_deletes_what_ended_long_ago_with_its_events_and_nothing_else(
         with_events = set(connection.execute(sa.select(EVENT.c.deployment_id)).scalars())
     assert left == set(recent + reopened)
     assert with_events == set(recent)
+
+
+def test_the_gauges_job_counts_statuses_holds_pending_devices_and_the_backlog(
+    actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    engine = actors.app.engine
+    profiles = make_deployments(engine, Kind.profile, count=4)  # iOS devices: APNs
+    make_deployments(engine, Kind.security_action, count=2)
+    now = utcnow()
+    reason = "APNs refused the credential: InvalidProviderToken"
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(DEPLOYMENT).where(DEPLOYMENT.c.id.in_(profiles[:1])).values(status=Status.failed.value)
+        )
+        connection.execute(
+            sa.update(DEPLOYMENT).where(DEPLOYMENT.c.id.in_(profiles[1:3])).values(hold_reason=reason)
+        )
+        receipt = {"organization_id": "acme", "provider": "aosp", "device_count": 9, "sent_at": now}
+        connection.execute(
+            sa.insert(RECEIPT),
+            [
+                receipt | {"pending_devices": 5, "expires_at": now + timedelta(hours=1)},
+                receipt | {"pending_devices": 2, "expires_at": None},
+                receipt | {"pending_devices": 7, "expires_at": now - timedelta(seconds=1)},  # expired
+                receipt | {"pending_devices": 0, "expires_at": now + timedelta(hours=1)},
+            ],
+        )
+    actors.dispatch_bulk.send(["one"])
+    actors.dispatch_bulk.send_with_options(args=(["two"],), delay=60_000)
+
+    assert gauges.gauges_job(actors, now) == 2, "two held"
+    value = gauges.DEPLOYMENTS.labels
+    assert (value(kind="profile", status="Queued")._value.get(), value("profile", "Failed")._value.get()) == (
+        3,
+        1,
+    )
+    assert value(kind="security_action", status="Queued")._value.get() == 2
+    assert value(kind="message", status="Notification created")._value.get() == 0, "every status is a series"
+    assert gauges.HELD.labels(provider="apns", reason=reason)._value.get() == 2
+    assert gauges.PENDING_DEVICES.labels(provider="aosp")._value.get() == 7, "unexpired pushes only"
+    assert gauges.PENDING_DEVICES.labels(provider="fcm")._value.get() == 0
+    backlog = gauges.QUEUE_MESSAGES.labels
+    assert (backlog(BULK_QUEUE, "ready")._value.get(), backlog(BULK_QUEUE, "delayed")._value.get()) == (1, 1)
+    assert backlog(URGENT_QUEUE, "ready")._value.get() == 0
+
+    # The hold ends: its series goes, rather than staying at its last count.
+    with engine.begin() as connection:
+        connection.execute(sa.update(DEPLOYMENT).values(hold_reason=None))
+    gauges.gauges_job(actors, now)
+    assert [s for m in gauges.HELD.collect() for s in m.samples] == []

@@ -15,6 +15,7 @@ from workers.providers.base import ConnectionFailed, Outcome, ProviderError, Pus
 from workers.providers.credentials import AospApiKey
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.http2 import Response, StreamUnanswered
+from workers.providers.timing import timed
 
 MAX_RECIPIENTS = 1000  # per request: Pushy takes 100,000, but a smaller request fails less at once
 MAX_TTL_S = 365 * 86_400
@@ -29,6 +30,7 @@ _OUTCOME_BY_CODE: Mapping[str, Outcome] = {
     "INTERNAL_SERVER_ERROR": Outcome.transient,
     "SERVICE_UNAVAILABLE": Outcome.transient,
 }
+KNOWN_CODES = frozenset(_OUTCOME_BY_CODE)  # the provider's documented words, for the metrics' reason label
 
 
 class PushNotFound(ProviderError):
@@ -108,7 +110,8 @@ class AospProvider:
         headers.append((b"content-type", b"application/json"))
         sent_at = datetime.fromtimestamp(self._clock(), UTC)
         try:
-            response = await self._pool.request(headers, json.dumps(body, separators=(",", ":")).encode())
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            response = await timed("aosp", self._pool.request(headers, payload))
         except StreamUnanswered as e:
             return [
                 PushResult(p.device_id, Outcome.transient, reason=f"Unanswered: {e.reason}") for p in pushes

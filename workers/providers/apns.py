@@ -29,6 +29,7 @@ from workers.providers.base import (
 from workers.providers.credentials import ApnsCertificate, ApnsTokenKey
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.http2 import Http2Pool, Origin, Response, StreamUnanswered
+from workers.providers.timing import timed
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class ApnsProvider:
         headers = self._headers(push, apns_id, token)
         sent_at = datetime.now(UTC)
         try:
-            response = await self._pool.request(headers, body)
+            response = await timed("apns", self._pool.request(headers, body))
         except StreamUnanswered as e:
             return PushResult(push.device_id, Outcome.transient, apns_id, reason=f"{_UNANSWERED}: {e.reason}")
         except ConnectionFailed:

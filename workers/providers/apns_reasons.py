@@ -45,6 +45,9 @@ _OUTCOME_BY_REASON: dict[str, Outcome] = {
     "ServiceUnavailable": Outcome.transient,
     "Shutdown": Outcome.transient,
 }
+KNOWN_REASONS = frozenset(
+    _OUTCOME_BY_REASON
+)  # the provider's documented words, for the metrics' reason label
 
 
 def outcome_for(status: int, reason: str | None) -> Outcome:

@@ -14,6 +14,7 @@ from workers.providers.credentials import FcmServiceAccount
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.fcm_oauth import AccessToken, AccessTokenSource, token_path
 from workers.providers.http2 import Response, StreamUnanswered
+from workers.providers.timing import timed
 
 QUOTA_MIN_RETRY_S = 60.0  # FCM asks senders over quota to wait at least a minute
 _CONNECT_FAILED = "ConnectionFailed"
@@ -27,6 +28,9 @@ _OUTCOME_BY_ERROR_CODE: Mapping[str, Outcome] = {
     "INTERNAL": Outcome.transient,
     "THIRD_PARTY_AUTH_ERROR": Outcome.credential,
 }
+KNOWN_ERROR_CODES = frozenset(
+    _OUTCOME_BY_ERROR_CODE
+)  # the provider's documented words, for the metrics' reason label
 _OUTCOME_BY_STATUS: Mapping[int, Outcome] = {
     401: Outcome.credential,
     403: Outcome.credential,  # PERMISSION_DENIED from Google's front end: the account may not send
@@ -85,7 +89,7 @@ class FcmProvider:
         headers += [(b"authorization", token.authorization), (b"content-type", b"application/json")]
         sent_at = datetime.now(UTC)
         try:
-            response = await self._pool.request(headers, body)
+            response = await timed("fcm", self._pool.request(headers, body))
         except StreamUnanswered as e:
             return PushResult(push.device_id, Outcome.transient, reason=f"Unanswered: {e.reason}")
         except ConnectionFailed:

@@ -38,6 +38,7 @@ from models.store.dispatch import (
 from models.store.organizations import retry_overrides
 from models.tables import PushCredential
 from models.types import utcnow
+from workers.metrics import HOLDS, count_answers
 from workers.policy import KindPolicy, Policies, RetryPolicy, backoff_s
 from workers.providers.base import CredentialRejected, Outcome, ProviderError, Push, PushResult, PushType
 from workers.providers.credentials import InvalidCredential
@@ -222,6 +223,7 @@ def _send(gateway: PushGateway, organization_id: str, row: PushCredential, wakes
             "push batch failed: %s", e, extra={"organization": organization_id, "provider": row.provider}
         )
         results = [PushResult(w.target.device_id, Outcome.transient, reason=type(e).__name__) for w in wakes]
+    count_answers(row.provider.value, results)
     for wake, result in zip(wakes, results, strict=True):
         wake.result = result
     if any(r.outcome is Outcome.credential for r in results):
@@ -341,6 +343,7 @@ def _hold(
 ) -> None:
     held = hold_for_credential(s, organization_id=organization_id, provider=provider, reason=reason)
     summary.held += held
+    HOLDS.labels(provider.value).inc(held)
     if credential is not None:
         mark_credential(
             s,

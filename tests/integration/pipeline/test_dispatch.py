@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -332,3 +333,24 @@ def test_a_storm_longer_than_the_wake_ups_allowed_delays_and_only_the_deadline_f
         after = dispatch_chunk(sessions(engine), gateway, [ids["first_profile"]], policy=POLICY)
     assert after.accepted == 1
     assert _get(engine, ids["first_profile"]).attempt_count == 1, "one wake-up, the one that went out"
+
+
+def _pushes(outcome: str, reason: str) -> float:
+    labels = {"provider": "apns", "outcome": outcome, "reason": reason}
+    return REGISTRY.get_sample_value("mdmq_push_requests_total", labels) or 0.0
+
+
+def test_every_answer_is_counted_by_outcome_and_reason_and_timed(
+    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    ids = _setup(engine, registry, signing_key)
+    chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock", "dead_profile")]
+    before = _pushes("accepted", "none"), _pushes("permanent", "Unregistered")
+    timed = REGISTRY.get_sample_value("mdmq_push_duration_seconds_count", {"provider": "apns"}) or 0.0
+
+    with _running(registry) as (_, gateway):
+        dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
+
+    after = _pushes("accepted", "none"), _pushes("permanent", "Unregistered")
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1), "one per device woken, not per deployment"
+    assert REGISTRY.get_sample_value("mdmq_push_duration_seconds_count", {"provider": "apns"}) == timed + 3

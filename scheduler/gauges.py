@@ -1,0 +1,62 @@
+"""The gauges that come from the database and the broker, set by the leading scheduler alone: one process
+counts, however many workers and API processes run. A scheduler that stops leading clears them, so that
+only the leader's figures are ever scraped (aggregate with `max` across replicas)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prometheus_client import Gauge
+
+from models.store.maintenance import held_counts, pending_devices, status_counts
+from workers.actors import Actors
+from workers.broker import queue_backlog
+
+DEPLOYMENTS = Gauge("mdmq_deployments", "Deployments in each status, by kind.", ["kind", "status"])
+STUCK = Gauge(
+    "mdmq_deployments_stuck",
+    "Deployments unchanged for longer than MDMQ_STUCK_AFTER_S where nothing moves them on its own.",
+    ["kind", "status"],
+)
+HELD = Gauge(
+    "mdmq_deployments_held",
+    "Queued deployments held because the provider refused the organization's credential, by provider and "
+    "the hold's reason.",
+    ["provider", "reason"],
+)
+PENDING_DEVICES = Gauge(
+    "mdmq_receipts_pending_devices",
+    "Devices still pending on pushes that have not expired, by provider (AOSP reports delivery; APNs and "
+    "FCM report acceptance only).",
+    ["provider"],
+)
+QUEUE_MESSAGES = Gauge(
+    "mdmq_queue_messages",
+    "Messages waiting on the broker, by queue and state (ready; delayed: a retry or a message not yet due).",
+    ["queue", "state"],
+)
+LEADER_ONLY = (DEPLOYMENTS, STUCK, HELD, PENDING_DEVICES, QUEUE_MESSAGES)
+
+
+def gauges_job(actors: Actors, now: datetime) -> int:
+    """Counts deployments by status, held ones, pending devices and the broker's backlog; returns how many
+    deployments are held."""
+    with actors.app.session() as s:
+        statuses = status_counts(s)
+        held = held_counts(s)
+        pending = pending_devices(s, now=now)
+    for (kind, status), n in statuses.items():
+        DEPLOYMENTS.labels(kind=kind.value, status=status.value).set(n)
+    HELD.clear()  # a hold that ended leaves no series behind
+    for (provider, reason), n in held.items():
+        HELD.labels(provider=provider.value, reason=reason).set(n)
+    for provider, n in pending.items():
+        PENDING_DEVICES.labels(provider=provider.value).set(n)
+    for (queue, state), n in queue_backlog(actors.app.broker).items():
+        QUEUE_MESSAGES.labels(queue=queue, state=state).set(n)
+    return sum(held.values())
+
+
+def clear() -> None:
+    for gauge in LEADER_ONLY:
+        gauge.clear()

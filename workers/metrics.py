@@ -1,0 +1,61 @@
+"""The metrics a worker emits where pushes happen. In worker processes prometheus_client runs in multiprocess
+mode (`mdmq worker` sets the directory before anything imports it), and Dramatiq's exposition server serves
+the sum over the processes.
+
+Labels stay low in cardinality: a provider's reason is kept only when it is one of the words the providers
+document (or mdmq's own for a push that got no answer); anything else is its HTTP status or `other`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+from workers.providers.aosp import KNOWN_CODES as AOSP_CODES
+from workers.providers.apns_reasons import KNOWN_REASONS as APNS_REASONS
+from workers.providers.base import Outcome, PushResult
+from workers.providers.fcm import KNOWN_ERROR_CODES as FCM_CODES
+from workers.providers.timing import PUSH_DURATION
+
+__all__ = ["HOLDS", "PUSHES", "PUSH_DURATION", "count_answers", "reason_label"]
+
+PUSHES = Counter(
+    "mdmq_push_requests",
+    "Pushes answered, one per device woken, by provider, outcome and the provider's reason "
+    "('none' when accepted).",
+    ["provider", "outcome", "reason"],
+)
+HOLDS = Counter(
+    "mdmq_holds",
+    "Deployments held because the provider refused the organization's credential, by provider.",
+    ["provider"],
+)
+
+# mdmq's own words for a push that got no answer, beside the providers' documented reasons.
+_OWN_REASONS = frozenset(
+    {
+        "ConnectionFailed",
+        "Unanswered",
+        "MissingPushMagic",
+        "OAUTH_REFUSED",
+        "OAUTH_UNAVAILABLE",
+        "TimeoutError",
+        "ProviderError",
+        "credential_replaced",
+    }
+)
+KNOWN_REASONS = APNS_REASONS | FCM_CODES | AOSP_CODES | _OWN_REASONS
+
+
+def reason_label(result: PushResult) -> str:
+    """The `reason` label of one answer: a documented word, `http_<status>`, or `other`."""
+    if result.outcome is Outcome.accepted:
+        return "none"
+    word = (result.reason or "").partition(":")[0].strip().replace(" ", "_")
+    if word in KNOWN_REASONS:
+        return word
+    return f"http_{result.status}" if result.status else "other"
+
+
+def count_answers(provider: str, results: list[PushResult]) -> None:
+    for result in results:
+        PUSHES.labels(provider, result.outcome.value, reason_label(result)).inc()
