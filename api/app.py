@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from api import credentials, deployments
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
+from api.metrics import RequestMetrics
 from config.app import App
 from models.enums import Provider
 from models.tables import Deployment, Device, PushReceipt
@@ -47,6 +48,7 @@ def create_app(app: App | None = None) -> FastAPI:
         responses=RESPONSES,
     )
     without_422(api)
+    api.add_middleware(RequestMetrics)
     mdmq = app or App()
     api.state.mdmq = mdmq
     install(api)

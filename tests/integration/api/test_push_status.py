@@ -17,7 +17,7 @@ from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
 from models.store.tokens import create_token
 from models.tables import ApiToken, Deployment, PushReceipt
-from tests.helpers import run_mdmq
+from tests.helpers import run_mdmq, scraped
 from tests.integration.api.conftest import Client
 
 PERMISSION = "mdm.aosp.command.get"
@@ -229,3 +229,30 @@ def test_mdmq_token_create_refuses_a_malformed_organization(postgres_url: str) -
     )  # fmt: skip
     assert result.returncode == 64
     assert "is not an organization id" in result.stderr
+
+
+def test_requests_are_counted_by_route_template_never_by_raw_path(
+    client: Client, world: dict[str, str]
+) -> None:
+    route = (
+        "/v1/organizations/{organizationId}/mdm/aosp/enterprise/devices/{aosDeviceId}/commands/"
+        "{aosCommandId}/push-status"
+    )
+
+    def count(path: str, status: str) -> float:
+        labels = f'method="GET",route="{path}",status="{status}"'
+        return scraped(client.base_url + "/metrics").get(f"mdmq_http_requests_total{{{labels}}}", 0.0)
+
+    before = count(route, "401"), count("unmatched", "404")
+    client.get(url(world["aosp"], world["pending"]))  # no token
+    client.get("/no/such/thing/123")
+    client.get("/no/such/thing/456")
+
+    assert (count(route, "401"), count("unmatched", "404")) == (before[0] + 1, before[1] + 2)
+    text = client.get("/metrics").text
+    assert world["pending"] not in text, "no id in any label"
+    assert "/no/such/thing" not in text
+    timed = scraped(client.base_url + "/metrics").get(
+        f'mdmq_http_request_duration_seconds_count{{method="GET",route="{route}"}}', 0.0
+    )
+    assert timed >= 1, "and timed"
