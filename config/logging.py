@@ -1,15 +1,51 @@
-"""Logging: one JSON object per line in production, readable text in development."""
+"""Logging: one JSON object per line in production, readable text in development.
+
+What a line is about travels with it: code that works on deployments wraps its work in `log_context(action=…,
+organization=…, provider=…, deployment_id=…)`, and every line written inside carries those fields, whichever
+module writes it. Fields passed with `extra=` win over the context's.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed in `extra=` and belongs in the JSON line.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+_CONTEXT: ContextVar[dict[str, Any]] = ContextVar("mdmq_log_context", default={})  # noqa: B039 (never mutated)
+IDS_PER_LINE = 20  # a chunk's lines name its first deployments and count them all
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Every line logged inside (on this thread or task) carries `fields`; None values are left out."""
+    token = _CONTEXT.set(_CONTEXT.get() | {k: v for k, v in fields.items() if v is not None})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def ids_field(ids: Sequence[str]) -> dict[str, Any]:
+    """The context fields for many deployments: their count, and the first `IDS_PER_LINE` ids."""
+    if len(ids) == 1:
+        return {"deployment_id": ids[0]}
+    return {"deployments": len(ids), "deployment_ids": list(ids[:IDS_PER_LINE])}
+
+
+class WithContext(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _CONTEXT.get().items():
+            record.__dict__.setdefault(key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,6 +74,7 @@ def configure_logging(*, level: str = "INFO", json_lines: bool = False) -> None:
     handler.setFormatter(
         JsonFormatter() if json_lines else TextFormatter("%(levelname)s %(name)s: %(message)s")
     )
+    handler.addFilter(WithContext())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

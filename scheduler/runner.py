@@ -17,6 +17,7 @@ from sentry_sdk.crons import capture_checkin
 from sqlmodel import SQLModel
 
 from config.app import App
+from config.logging import log_context
 from models.store._sql import run
 from models.types import utcnow
 from scheduler import gauges
@@ -104,7 +105,8 @@ class Scheduler:
         work, error = None, None
         leading = STILL_LEADING.set(self.lease.leading)
         try:
-            work = job.run(self.actors, started)
+            with log_context(action=f"scheduler.{job.name}"):
+                work = job.run(self.actors, started)
         except Exception as e:
             log.exception("scheduler job %s failed", job.name)
             error = f"{type(e).__name__}: {e}"[:1_000]

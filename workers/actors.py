@@ -15,6 +15,7 @@ from typing import Any
 import dramatiq
 
 from config.app import App
+from config.logging import ids_field, log_context
 from models.reports import UnknownReport, parse_report
 from models.store.sweeps import Due, due_for
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
@@ -82,7 +83,7 @@ def declare_actors(app: App) -> Actors:
         except (UnknownReport, ValueError) as e:  # bad input is logged, not retried: it would be as bad again
             log.warning("device report refused: %s", e, extra={"deployment_id": deployment_id})
             return
-        with app.session() as session:
+        with log_context(action="report", deployment_id=deployment_id), app.session() as session:
             device_report = DeviceReport(deployment_id, parsed, reason, error_chain, reported_at=at)
             record_device_report(session, device_report, policy=app.policy)
 
@@ -94,14 +95,15 @@ def declare_actors(app: App) -> Actors:
     def cancel(deployment_ids: list[str]) -> None:
         """An operator's cancel of many deployments, off the request path. Those already started are
         refused (logged and counted), as one at a time would be."""
-        with app.session() as session:
+        with log_context(action="cancel", **ids_field(deployment_ids)), app.session() as session:
             cancel_deployments(session, ids=deployment_ids)
 
     def retry(deployment_ids: list[str]) -> None:
         """An operator's retry of Failed and Error distributing deployments: back to Queued, then enqueued."""
-        with app.session() as session:
-            applied = [a.deployment_id for a in retry_deployments(session, ids=deployment_ids).applied]
-        actors.enqueue_ids(applied)
+        with log_context(action="retry", **ids_field(deployment_ids)):
+            with app.session() as session:
+                applied = [a.deployment_id for a in retry_deployments(session, ids=deployment_ids).applied]
+            actors.enqueue_ids(applied)
 
     cancels: dramatiq.Actor[[list[str]], None] = dramatiq.Actor(
         cancel, actor_name="cancel", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY, options={},
@@ -117,9 +119,10 @@ def declare_actors(app: App) -> Actors:
 
 def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> DispatchActor:
     def dispatch(deployment_ids: list[str], failures: int = 0) -> None:
-        summary = dispatch_chunk(
-            app.session, app.gateway, deployment_ids, policy=app.policy, failures=failures
-        )
+        with log_context(action="dispatch", **ids_field(deployment_ids)):
+            summary = dispatch_chunk(
+                app.session, app.gateway, deployment_ids, policy=app.policy, failures=failures
+            )
         if summary.retry is not None:
             # Transient provider failures come back later as a delayed message on the same queue.
             retry = summary.retry

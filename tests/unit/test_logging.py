@@ -7,7 +7,14 @@ import logging
 
 import pytest
 
-from config.logging import JsonFormatter, TextFormatter, configure_logging
+from config.logging import (
+    IDS_PER_LINE,
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    ids_field,
+    log_context,
+)
 
 
 def _record(**extra: object) -> logging.LogRecord:
@@ -41,3 +48,28 @@ def test_configure_logging_installs_one_handler(capsys: pytest.CaptureFixture[st
 
     [line] = capsys.readouterr().err.splitlines()
     assert json.loads(line)["action"] == "dispatch"
+
+
+def test_lines_written_inside_a_log_context_carry_its_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(level="INFO", json_lines=True)
+    log = logging.getLogger("mdmq.elsewhere")  # any module's logger: the context is not the logger's
+    with log_context(action="dispatch", **ids_field([f"d{i:02}" for i in range(25)])):
+        with log_context(organization="acme", provider="apns", ignored=None):
+            log.info("held", extra={"provider": "fcm"})
+        log.info("chunk done")
+    log.info("outside")
+
+    held, done, outside = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert (held["action"], held["organization"], held["provider"]) == ("dispatch", "acme", "fcm"), (
+        "extra wins over the context"
+    )
+    assert held["deployments"] == 25
+    assert held["deployment_ids"] == [f"d{i:02}" for i in range(IDS_PER_LINE)]
+    assert "ignored" not in held
+    assert "organization" not in done, "an inner context ends with its block"
+    assert done["action"] == "dispatch"
+    assert "action" not in outside
+
+
+def test_one_deployment_is_named_by_its_id() -> None:
+    assert ids_field(["d1"]) == {"deployment_id": "d1"}

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
+from config.logging import ids_field, log_context
 from models.enums import Actor, CredentialStatus, Provider
 from models.statuses import PUSH_UNDELIVERABLE
 from models.store import Effects, ErrorInfo, Move, transition
@@ -107,15 +108,17 @@ def dispatch_chunk(
     # Pushes go out with no transaction open: a write lock held across network I/O would stall every other
     # writer (on SQLite, all of them).
     for group in groups:
-        group.send(gateway)
+        with group.logged():
+            group.send(gateway)
     for group in groups:
         if group.hold_reason is not None:  # in a transaction of its own: the credential row, then the holds
-            with session() as s:
+            with group.logged(), session() as s:
                 group.hold(s, summary=summary)
     with session() as s:
         lock_deployments(s, ids=[c.id for c in claimed])  # its writes take no row lock after this
         for group in groups:
-            group.write(s, summary=summary, policies=policies, now=now)
+            with group.logged():
+                group.write(s, summary=summary, policies=policies, now=now)
         summary.retry = _retry(
             s,
             [w for g in groups for w in g.live],
@@ -140,6 +143,11 @@ class _Group:
     @property
     def live(self) -> list[Wake]:
         return [w for w in self.wakes if w.target.token_valid]
+
+    def logged(self) -> AbstractContextManager[None]:
+        """Lines logged about this group name its organization, provider and deployments."""
+        ids = [d.id for w in self.wakes for d in w.deployments]
+        return log_context(organization=self.organization_id, provider=self.provider.value, **ids_field(ids))
 
     def send(self, gateway: PushGateway) -> None:
         if not self.live:
