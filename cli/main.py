@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -29,7 +30,15 @@ EXIT_USAGE = 64  # sysexits' EX_USAGE: the command was given something it cannot
 
 
 @db.command("upgrade")
-def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision to migrate to.")) -> None:
+def db_upgrade(
+    revision: str = typer.Argument("head", help="Alembic revision to migrate to."),
+    stay: bool = typer.Option(
+        False,
+        "--stay",
+        help="Then keep running until stopped: for process managers that stop every process when one ends "
+        "(honcho, foreman), which run the Procfile's release beside the others.",
+    ),
+) -> None:
     """Migrate the database of MDMQ_DATABASE_URL to the newest schema (or REVISION)."""
     from models.migrations.runner import upgrade
 
@@ -37,6 +46,25 @@ def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision to 
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
     upgrade(settings.database_url, revision)
     typer.echo(f"database at {revision}")
+    if stay:
+        stopping = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+        signal.sigwait(stopping)
+
+
+def _wait_for_schema() -> None:
+    """The long-running processes start once the release step has brought the database to the newest
+    schema: honcho and Kubernetes start them beside it."""
+    from models.migrations.runner import wait_until_current
+
+    settings = load_settings()
+    if not wait_until_current(settings.database_url, settings.schema_wait_s):
+        typer.echo(
+            f"mdmq: the database schema is not the newest after {settings.schema_wait_s:g} s: "
+            "run `mdmq db upgrade` (the Procfile's release)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_DATABASE)
 
 
 @app.command()
@@ -106,6 +134,7 @@ def api(
     settings = load_settings()
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
     init_sentry(settings, process="api")
+    _wait_for_schema()
     uvicorn.run(create_app(), host=host, port=port, log_config=None)
 
 
@@ -118,6 +147,8 @@ def worker(
     from workers.launch import worker_command, worker_environment
 
     settings = load_settings()  # a wrong setting is one line here, not a traceback in every worker process
+    configure_logging(level=settings.log_level, json_lines=settings.json_logs)
+    _wait_for_schema()
     command = worker_command(processes, threads)
     os.execvpe(command[0], command, worker_environment(settings, os.environ))  # noqa: S606  (replaces this process)
 
@@ -128,6 +159,7 @@ def scheduler() -> None:
     or more for failover. Stops on SIGTERM or SIGINT and hands the lease over."""
     from scheduler.__main__ import main as run_scheduler
 
+    _wait_for_schema()
     run_scheduler()
 
 

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     sentry_dsn: str | None = None
 
     database_pool_size: int = Field(default=5, ge=1, le=200)
+    # How long `mdmq api`, `mdmq worker` and `mdmq scheduler` wait at start for the release step to bring the
+    # database to the newest schema.
+    schema_wait_s: float = Field(default=120.0, ge=0)
     # Rows per statement when deployments are created in bulk.
     bulk_insert_batch: int = Field(default=5_000, ge=100, le=100_000)
     # Deployments per dispatch message.

@@ -45,6 +45,7 @@ class Scheduler:
         self.actors = declare_actors(app)
         self.jobs = jobs
         self.lease = lease or Lease(app.session, period_s=app.settings.scheduler_lease_s)
+        self._leading = False
         self._aps = BlockingScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -78,10 +79,16 @@ class Scheduler:
         self._aps.shutdown(wait=True)
 
     def _refresh(self) -> None:
-        leading = self.lease.refresh()
+        was_leading, leading = self._leading, self.lease.refresh()
+        self._leading = leading
         LEADER.set(1 if leading else 0)
         if not leading:
             gauges.clear()  # only the leader's counts are scraped
+        elif not was_leading:
+            # A new leader runs every job now rather than an interval from now: the gauges and the
+            # certificate watch (hourly) must not wait for their first figures.
+            for job in self.jobs:
+                self._aps.modify_job(job.name, next_run_time=utcnow())
 
     def run_job(self, job: Job) -> bool:
         """Run `job` once if this process leads; returns whether it ran. Failures are logged, counted and

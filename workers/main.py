@@ -20,9 +20,9 @@ app = App()
 configure_logging(level=app.settings.log_level, json_lines=app.settings.json_logs)
 init_sentry(app.settings, process="worker")  # before the broker exists: Dramatiq's integration hooks it
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    from dramatiq.middleware.prometheus import Prometheus  # reads its settings from the environment
+    from workers.prometheus import WorkerMetrics  # Dramatiq's reads its settings from the environment
 
-    app.broker.add_middleware(Prometheus())
+    app.broker.add_middleware(WorkerMetrics())
 else:
     logging.getLogger(__name__).warning("no metrics directory: start the workers with `mdmq worker`")
 actors = declare_actors(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
+from models.enums import Provider
 from workers.providers.aosp import KNOWN_CODES as AOSP_CODES
 from workers.providers.apns_reasons import KNOWN_REASONS as APNS_REASONS
 from workers.providers.base import Outcome, PushResult
@@ -29,6 +30,9 @@ HOLDS = Counter(
     "Deployments held because the provider refused the organization's credential, by provider.",
     ["provider"],
 )
+
+for _provider in Provider:  # a series at 0 for each, so that the first hold shows in rate()
+    HOLDS.labels(_provider.value)
 
 # mdmq's own words for a push that got no answer, beside the providers' documented reasons.
 _OWN_REASONS = frozenset(

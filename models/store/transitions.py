@@ -103,6 +103,11 @@ class RefusalReason(StrEnum):
     out_of_order = "out_of_order"  # a report the device sent after this one was applied already
 
 
+for _reason in RefusalReason:  # a series at 0 for each, so that the first refusal shows in rate()
+    for _actor in Actor:
+        metrics.TRANSITION_REFUSALS.labels(reason=_reason.value, actor=_actor.value)
+
+
 @dataclass(frozen=True)
 class Applied:
     deployment_id: str
