@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed in `extra=` and belongs in the JSON line.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
+# Libraries whose INFO lines say nothing an operator acts on, once per job run or per start.
+_QUIETER = {"apscheduler": logging.WARNING, "alembic.runtime.plugins": logging.WARNING}
 
 
 _CONTEXT: ContextVar[dict[str, Any]] = ContextVar("mdmq_log_context", default={})  # noqa: B039 (never mutated)
@@ -78,3 +80,5 @@ def configure_logging(*, level: str = "INFO", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name, quieter in _QUIETER.items():
+        logging.getLogger(name).setLevel(max(quieter, root.level))

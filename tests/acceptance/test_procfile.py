@@ -1,0 +1,115 @@
+"""`honcho start` runs the Procfile as it is, on an empty PostgreSQL database and Redis: the release step
+migrates while the other three wait for it, and then each serves its /metrics and does its work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from config.app import App
+from config.settings import Settings
+from models.migrations.runner import is_current
+from tests.helpers import free_ports, scraped, wait_until
+from tests.services import POSTGRES_ADMIN_URL, REDIS_URL, require
+from workers.actors import declare_actors
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    """A database with no tables at all: the Procfile's release must create them."""
+    require(POSTGRES_ADMIN_URL, "PostgreSQL")
+    name = f"mdmq_procfile_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def procfile_names() -> list[str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return [line.split(":", 1)[0] for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
+    empty_database: str, tmp_path: Path
+) -> None:
+    require(REDIS_URL, "Redis")
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    names = procfile_names()
+    assert set(names) == {"release", "web", "worker", "scheduler"}
+    web_port, worker_port, scheduler_port = free_ports(3)
+    base_port = web_port - 100 * names.index("web")  # honcho gives the i-th process base + 100 * i
+    bin_dir = str(Path(sys.executable).parent)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")} | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MDMQ_DATABASE_URL": empty_database,
+        "MDMQ_BROKER_URL": REDIS_URL,
+        "MDMQ_ENVIRONMENT": "production",
+        "MDMQ_METRICS_HOST": "127.0.0.1",
+        "MDMQ_WORKER_METRICS_PORT": str(worker_port),
+        "MDMQ_SCHEDULER_METRICS_PORT": str(scheduler_port),
+        "MDMQ_METRICS_DIR": str(tmp_path / "worker-metrics"),
+        "MDMQ_SWEEP_INTERVAL_S": "1",
+        "WORKER_PROCESSES": "1",
+        "WORKER_THREADS": "2",
+    }
+    command = [
+        str(Path(bin_dir) / "honcho"), "start", "--no-colour",
+        "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(base_port),
+    ]  # fmt: skip
+    with (tmp_path / "honcho.log").open("wb") as log:
+        honcho = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    web = f"http://127.0.0.1:{web_port}"
+    worker = f"http://127.0.0.1:{worker_port}/metrics"
+    scheduler = f"http://127.0.0.1:{scheduler_port}/metrics"
+    try:
+        wait_until(lambda: _answers(web + "/healthz"), 120, f"the API on {web}")
+        assert is_current(empty_database), "the release step migrated the database"
+        assert requests.get(web + "/readyz", timeout=10).json()["data"] == {"database": "up", "broker": "up"}
+        wait_until(lambda: scraped(scheduler).get("mdmq_scheduler_leader") == 1, 60, "the scheduler to lead")
+        wait_until(
+            lambda: 'mdmq_deployments{kind="profile",status="Queued"}' in scraped(scheduler), 30, "gauges"
+        )
+
+        # One message through Redis to the worker processes, and their exposition server counts it.
+        app = App(Settings(database_url=empty_database, broker_url=REDIS_URL))
+        try:
+            declare_actors(app).dispatch_bulk.send([])
+        finally:
+            app.close()
+        handled = 'dramatiq_messages_total{actor_name="dispatch_bulk",queue_name="bulk"}'
+        wait_until(lambda: scraped(worker).get(handled) == 1, 60, "the worker to handle the message")
+        assert 'mdmq_http_requests_total{method="GET",route="/healthz",status="200"}' in scraped(
+            web + "/metrics"
+        )
+    finally:
+        honcho.send_signal(signal.SIGTERM)
+        honcho.wait(timeout=90)
+    output = (tmp_path / "honcho.log").read_text()
+    for name in ("release", "web", "worker", "scheduler"):
+        assert f"{name}.1" in output, f"honcho ran {name}"
+    assert not any(_answers(url) for url in (web + "/healthz", worker, scheduler)), "all stopped"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
