@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Self
 
 import dramatiq
@@ -37,6 +38,7 @@ from models.store.devices import NewDevice, add_devices
 from models.types import utcnow
 from sandbox import DeviceRegistry, SandboxThread
 from sandbox.fleet import APNS_TOPIC, FCM_PROJECT_ID, Answer, Behaviour, Fleet, PendingCommand
+from sandbox.tls import ServerTls
 from workers.actors import Actors, declare_actors
 from workers.enqueue import as_due
 from workers.launch import worker_command, worker_environment
@@ -151,7 +153,11 @@ class Rollout:
         seed: int,
         mix: Mapping[Behaviour, float] | None = None,
         worker_processes: int = 2,
+        tls: ServerTls | None = None,
+        worker_log: Path | None = None,
     ) -> None:
+        """`tls`: the emulators' certificate (trust its CA with `push_ca_file`); cleartext HTTP/2 without.
+        `worker_log`: where the worker processes' log lines go (the terminal's stderr without)."""
         self.registry = DeviceRegistry()
         self.keys = _register_credentials(self.registry)
         run = secrets.token_hex(4)
@@ -160,11 +166,13 @@ class Rollout:
         self.organization_id = f"demo-{seed}-{run}"
         self._settings = settings
         self._worker_processes = worker_processes
+        self._tls = tls
+        self._worker_log = worker_log
         self._stack = ExitStack()
 
     def __enter__(self) -> Self:
         try:
-            self.sandbox = self._stack.enter_context(SandboxThread(self.registry))
+            self.sandbox = self._stack.enter_context(SandboxThread(self.registry, tls=self._tls))
             self.app = App(
                 self._settings.model_copy(
                     update={
@@ -181,7 +189,7 @@ class Rollout:
             self._stack.callback(self.app.close)
             upgrade(self._settings.database_url)
             self.actors, self.workers_pid = self._stack.enter_context(
-                _worker(self.app, self._worker_processes)
+                _worker(self.app, self._worker_processes, self._worker_log)
             )
             self._stack.enter_context(_sweeping(self.app, self.actors))
             self._stack.callback(self.fleet.close)
@@ -206,6 +214,11 @@ class Rollout:
             self.keys,
             limits=demo_limits(len(self.fleet.devices)),
         )
+
+    def environment(self) -> dict[str, str]:
+        """The environment another mdmq process needs to join this rollout (the scheduler, the API): this
+        process's, with the rollout's settings as `MDMQ_*` variables, the emulators' addresses included."""
+        return settings_environment(self.app.settings)
 
     def renew(self, provider: Provider) -> list[str]:
         """A new credential for `provider`, known to the emulator and stored as an operator's upload is;
@@ -286,7 +299,7 @@ def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
 
 
 @contextmanager
-def _worker(app: App, processes: int) -> Iterator[tuple[Actors, int | None]]:
+def _worker(app: App, processes: int, log: Path | None = None) -> Iterator[tuple[Actors, int | None]]:
     """Worker threads in this process on the in-process broker; real `dramatiq` processes on any other.
     Yields the actors, and the pid of the `dramatiq` command when there is one."""
     actors = declare_actors(app)
@@ -298,23 +311,34 @@ def _worker(app: App, processes: int) -> Iterator[tuple[Actors, int | None]]:
         finally:
             worker.stop()
         return
-    with _worker_processes(app.settings, processes) as pid:
+    with _worker_processes(app.settings, processes, log=log) as pid:
         yield actors, pid
 
 
-@contextmanager
-def _worker_processes(settings: Settings, processes: int, threads: int = 8) -> Iterator[int]:
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """This process's environment with `settings` as the `MDMQ_*` variables (and no other `MDMQ_*`)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
-    environment |= {
+    return environment | {
         f"MDMQ_{name.upper()}": str(value)
         for name, value in settings.model_dump().items()
         if value is not None
     }
-    with subprocess.Popen(  # noqa: S603  (our own interpreter and module, no outside input)
-        worker_command(processes, threads),
-        env=worker_environment(settings, environment),
-        stdout=subprocess.DEVNULL,
-    ) as workers:
+
+
+@contextmanager
+def _worker_processes(
+    settings: Settings, processes: int, threads: int = 8, *, log: Path | None = None
+) -> Iterator[int]:
+    with ExitStack() as stack:
+        stderr = stack.enter_context(log.open("ab")) if log is not None else None
+        workers = stack.enter_context(
+            subprocess.Popen(  # noqa: S603  (our own interpreter and module, no outside input)
+                worker_command(processes, threads),
+                env=worker_environment(settings, settings_environment(settings)),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        )
         try:
             yield workers.pid
         finally:

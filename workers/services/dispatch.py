@@ -9,7 +9,7 @@ as a `Retry` for the actor to enqueue with a delay, never a sleep.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -119,6 +119,7 @@ def dispatch_chunk(
         for group in groups:
             with group.logged():
                 group.write(s, summary=summary, policies=policies, now=now)
+                log.info("pushes answered: %s", group.outcomes())
         summary.retry = _retry(
             s,
             [w for g in groups for w in g.live],
@@ -143,6 +144,16 @@ class _Group:
     @property
     def live(self) -> list[Wake]:
         return [w for w in self.wakes if w.target.token_valid]
+
+    def outcomes(self) -> str:
+        """`12 accepted, 1 permanent, 2 invalid token`: what became of the group's pushes, for its log."""
+        if self.hold_reason is not None:
+            return f"none sent, held: {self.hold_reason}"
+        counts = Counter(w.result.outcome.value for w in self.live if w.result is not None)
+        parts = [f"{n} {outcome}" for outcome, n in sorted(counts.items())]
+        if dead := len(self.wakes) - len(self.live):
+            parts.append(f"{dead} invalid token")
+        return ", ".join(parts) or "none"
 
     def logged(self) -> AbstractContextManager[None]:
         """Lines logged about this group name its organization, provider and deployments."""
