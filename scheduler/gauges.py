@@ -9,6 +9,7 @@ from datetime import datetime
 from prometheus_client import Gauge
 
 from models.store.maintenance import held_counts, pending_devices, status_counts
+from scheduler import certificates
 from workers.actors import Actors
 from workers.broker import queue_backlog
 
@@ -58,5 +59,6 @@ def gauges_job(actors: Actors, now: datetime) -> int:
 
 
 def clear() -> None:
-    for gauge in LEADER_ONLY:
+    """Drop every leader-only series, the certificate watch's too: a standby exports none of them."""
+    for gauge in (*LEADER_ONLY, certificates.EXPIRY, certificates.CREDENTIAL_ACCEPTED):
         gauge.clear()

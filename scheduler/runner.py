@@ -30,13 +30,23 @@ log = logging.getLogger(__name__)
 RUNS = SQLModel.metadata.tables["scheduler_run"]
 
 LEADER = Gauge("mdmq_scheduler_leader", "1 while this scheduler process holds the leader lease, else 0.")
+# `scheduler_job`, not `job`: Prometheus gives every target a `job` label of its own.
 JOB_LAST_SUCCESS = Gauge(
     "mdmq_scheduler_job_last_success_timestamp_seconds",
     "Unix time of the job's last successful run in this process.",
-    ["job"],
+    ["scheduler_job"],
 )
-JOB_DURATION = Gauge("mdmq_scheduler_job_duration_seconds", "How long the job's last run took.", ["job"])
-JOB_RUNS = Counter("mdmq_scheduler_job_runs_total", "Job runs by outcome (ok, error).", ["job", "outcome"])
+JOB_DURATION = Gauge(
+    "mdmq_scheduler_job_duration_seconds", "How long the job's last run took.", ["scheduler_job"]
+)
+JOB_INTERVAL = Gauge(
+    "mdmq_scheduler_job_interval_seconds",
+    "How often the job is meant to run: an alert compares the age of its last success with this.",
+    ["scheduler_job"],
+)
+JOB_RUNS = Counter(
+    "mdmq_scheduler_job_runs_total", "Job runs by outcome (ok, error).", ["scheduler_job", "outcome"]
+)
 
 
 class Scheduler:
@@ -57,6 +67,7 @@ class Scheduler:
         self._aps.add_job(self._refresh, "interval", seconds=self.lease.renew_every_s, next_run_time=now)
         for job in self.jobs:
             seconds = job.every_s(self.actors)
+            JOB_INTERVAL.labels(scheduler_job=job.name).set(seconds)
             self._aps.add_job(
                 self.run_job, "interval", args=[job], seconds=seconds, id=job.name, name=job.name
             )
@@ -125,10 +136,10 @@ class Scheduler:
             run(s, sa.update(RUNS).where(RUNS.c.id == run_id).values(**values))
         outcome = "ok" if error is None else "error"
         _check_in(job.name, outcome, check_in, seconds)
-        JOB_RUNS.labels(job=job.name, outcome=outcome).inc()
-        JOB_DURATION.labels(job=job.name).set(seconds)
+        JOB_RUNS.labels(scheduler_job=job.name, outcome=outcome).inc()
+        JOB_DURATION.labels(scheduler_job=job.name).set(seconds)
         if error is None:
-            JOB_LAST_SUCCESS.labels(job=job.name).set(time.time())
+            JOB_LAST_SUCCESS.labels(scheduler_job=job.name).set(time.time())
             log.debug("scheduler job %s: %s rows in %.3f s", job.name, work, seconds)
         return True
 
