@@ -8,6 +8,7 @@ from datetime import datetime
 
 from prometheus_client import Gauge
 
+from models.enums import Provider
 from models.store.maintenance import held_counts, pending_devices, status_counts
 from scheduler import certificates
 from workers.actors import Actors
@@ -51,6 +52,9 @@ def gauges_job(actors: Actors, now: datetime) -> int:
     HELD.clear()  # a hold that ended leaves no series behind
     for (provider, reason), n in held.items():
         HELD.labels(provider=provider.value, reason=reason).set(n)
+    for provider in Provider:  # nothing held: a 0 with no reason, so that the series exists to be read
+        if not any(p is provider for p, _ in held):
+            HELD.labels(provider=provider.value, reason="").set(0)
     for provider, n in pending.items():
         PENDING_DEVICES.labels(provider=provider.value).set(n)
     for (queue, state), n in queue_backlog(actors.app.broker).items():

@@ -185,4 +185,10 @@ def test_the_gauges_job_counts_statuses_holds_pending_devices_and_the_backlog(
     with engine.begin() as connection:
         connection.execute(sa.update(DEPLOYMENT).values(hold_reason=None))
     gauges.gauges_job(actors, now)
-    assert [s for m in gauges.HELD.collect() for s in m.samples] == []
+    assert {
+        (s.labels["provider"], s.labels["reason"], s.value) for m in gauges.HELD.collect() for s in m.samples
+    } == {
+        ("apns", "", 0),
+        ("fcm", "", 0),
+        ("aosp", "", 0),
+    }, "a 0 per provider, with no reason"

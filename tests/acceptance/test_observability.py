@@ -1,0 +1,194 @@
+"""Observability end to end: a rollout on PostgreSQL and Redis with real worker processes, the scheduler and
+the API beside it, JSON logs and Sentry on. Afterwards every process's /metrics holds every series name the
+Grafana dashboard and the alert rules use, and no secret is in any log line or Sentry envelope."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+import yaml
+from sqlalchemy.engine import Engine
+
+from cli.demo import Rollout
+from config.settings import LogFormat, Settings
+from sandbox.tls import ServerTls, issue_server_certificate, make_ca
+from tests.helpers import free_ports, run_mdmq, scraped, wait_until
+from tests.sentry import SentryServer
+from tests.services import REDIS_URL, require
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "mdmq.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+# What mdmq's processes export; `up` is Prometheus's, and `level:name:operations` a recording rule's.
+SERIES = re.compile(r"(?<![\w:])(?:mdmq|dramatiq)_[a-z0-9_]+(?![\w:])")
+pytestmark = pytest.mark.timeout(600)
+
+
+def queries(document: Any) -> Iterator[str]:
+    """Every PromQL string in a dashboard or rule file: the values under `expr` and `query`."""
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if key in ("expr", "query") and isinstance(value, str):
+                yield value
+            else:
+                yield from queries(value)
+    elif isinstance(document, list):
+        for item in document:
+            yield from queries(item)
+
+
+def used_series() -> set[str]:
+    documents = [json.loads(DASHBOARD.read_text()), yaml.safe_load(ALERTS.read_text())]
+    return {name for document in documents for query in queries(document) for name in SERIES.findall(query)}
+
+
+def series_names(url: str) -> set[str]:
+    return {key.partition("{")[0] for key in scraped(url)}
+
+
+def test_every_series_the_dashboard_and_alerts_use_is_served_and_no_secret_is_logged_or_sent(
+    pg: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    require(REDIS_URL, "Redis")
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    assert len(used_series()) >= 15, "the dashboard and the rules are read"
+    ca = make_ca(days=400)
+    tls = ServerTls(ca, issue_server_certificate(ca, days=5))  # the emulators' certificate: 5 days left
+    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+    worker_port, scheduler_port, api_port = free_ports(3)
+    logs = {name: tmp_path / f"{name}.log" for name in ("workers", "scheduler", "api")}
+    bin_dir = Path(sys.executable).parent
+
+    with SentryServer() as sentry, ExitStack() as stack:
+        settings = Settings(
+            database_url=postgres_url,
+            broker_url=REDIS_URL,
+            log_format=LogFormat.json,
+            sentry_dsn=sentry.dsn,
+            push_ca_file=str(tmp_path / "ca.pem"),
+            metrics_host="127.0.0.1",
+            worker_metrics_port=worker_port,
+            scheduler_metrics_port=scheduler_port,
+            metrics_dir=str(tmp_path / "worker-metrics"),
+            sweep_interval_s=1,
+        )
+        with Rollout(settings, devices=120, seed=31, tls=tls, worker_log=logs["workers"]) as rollout:
+            environment = rollout.environment() | {
+                "MDMQ_WATCH_ENDPOINTS": f"127.0.0.1:{rollout.sandbox.ports['apns']}"
+            }
+            token = run_mdmq(
+                "token", "create", "--org", rollout.organization_id, "--permission", "mdm.deployment.get",
+                env={"MDMQ_DATABASE_URL": postgres_url}, timeout_s=60,
+            ).stdout.strip()  # fmt: skip
+            processes = [
+                subprocess.Popen(command, env=environment, stderr=stack.enter_context(logs[name].open("wb")))
+                for name, command in (
+                    ("scheduler", [str(bin_dir / "mdmq"), "scheduler"]),
+                    ("api", [str(bin_dir / "mdmq"), "api", "--port", str(api_port)]),
+                )
+            ]
+            try:
+                ids = rollout.start()
+                state = rollout.wait(300)
+                result = rollout.result(state, 0)
+                assert result.ok, result.as_json()
+
+                api = f"http://127.0.0.1:{api_port}"
+                wait_until(lambda: _answers(api + "/healthz"), 60, "the API")
+                answer = requests.get(
+                    f"{api}/v1/organizations/{rollout.organization_id}/deployments/{ids[0]}",
+                    headers={"authorization": f"Bearer {token}"},
+                    timeout=10,
+                )
+                assert answer.status_code == 200, answer.text
+                wrong = requests.get(api + "/healthz", headers={"authorization": "Bearer nope"}, timeout=10)
+                assert wrong.status_code == 200
+                scheduler = f"http://127.0.0.1:{scheduler_port}/metrics"
+                endpoint = f'name="127.0.0.1:{rollout.sandbox.ports["apns"]}",source="tls_endpoint"'
+                wait_until(
+                    lambda: f"mdmq_certificate_expiry_timestamp_seconds{{{endpoint}}}" in scraped(scheduler),
+                    60,
+                    "the certificate watch's first pass",
+                )
+                wait_until(lambda: "mdmq_queue_messages" in series_names(scheduler), 60, "the gauges job")
+                served = (
+                    series_names(f"http://127.0.0.1:{worker_port}/metrics")
+                    | series_names(scheduler)
+                    | series_names(api + "/metrics")
+                )
+            finally:
+                for process in processes:
+                    process.send_signal(signal.SIGTERM)
+                for process in processes:
+                    process.wait(timeout=60)
+            secrets = _secrets(rollout, token)
+            magic = [d.push_magic for d in rollout.fleet.devices if d.push_magic]
+            devices = len(rollout.fleet.devices)
+        envelopes = list(sentry.envelopes)
+        check_ins, events = sentry.items("check_in"), sentry.items("event")
+
+    missing = used_series() - served
+    assert not missing, f"used by the dashboard or the alerts, served by no process: {sorted(missing)}"
+
+    texts = {name: path.read_text(errors="replace") for name, path in logs.items()} | {
+        f"sentry envelope {i}": body for i, body in enumerate(envelopes)
+    }
+    assert magic, "Apple devices among them"
+    assert len(secrets) >= devices + len(magic) + 3, "every token, every push magic, every key, the API token"
+    leaked = {(where, secret[:12]) for where, text in texts.items() for secret in secrets if secret in text}
+    assert not leaked, f"secrets in the logs or sent to Sentry: {sorted(leaked)}"
+    assert not [w for w, text in texts.items() if re.search(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ", text)], "no JWT"
+
+    assert {c["monitor_slug"] for c in check_ins} >= {"mdmq-scheduler-gauges", "mdmq-scheduler-certificates"}
+    assert any("127.0.0.1" in json.dumps(event) and "expires" in json.dumps(event) for event in events), (
+        "the 5-day certificate crossed the 7-day threshold: one Sentry message"
+    )
+
+    # Production lines are JSON, and a dispatch's lines say what they are about.
+    lines = [json.loads(line) for line in texts["scheduler"].splitlines() + texts["api"].splitlines()]
+    assert lines, "the scheduler and the API log"
+    answered = [
+        json.loads(line)
+        for line in texts["workers"].splitlines()
+        if line.startswith("{") and "pushes answered" in line
+    ]
+    assert answered, "each group of pushes is logged"
+    for line in answered:
+        assert line["action"] == "dispatch"
+        assert line["organization"] == rollout.organization_id
+        assert line["provider"] in ("apns", "fcm", "aosp")
+        assert line.get("deployment_id") or line.get("deployment_ids")
+
+
+def _secrets(rollout: Rollout, token: str) -> set[str]:
+    found = {token}
+    for device in rollout.fleet.devices:
+        found.add(device.token)
+        if device.push_magic:
+            found.add(device.push_magic)
+    for credential in rollout.keys.values():
+        secret = credential.secret
+        if "PRIVATE KEY" in secret or secret.startswith("{"):
+            pem = json.loads(secret)["private_key"] if secret.startswith("{") else secret
+            found |= {line for line in pem.splitlines() if len(line) >= 40}  # the key's base64 lines
+        else:
+            found.add(secret)  # an AOSP API key
+    return found
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
