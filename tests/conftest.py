@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
 import models.tables  # noqa: F401  (registers the tables)
@@ -18,7 +18,7 @@ from models.statuses import Kind
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
 from tests.sentry import sentry  # noqa: F401  (a fixture for every test)
-from tests.services import CI, POSTGRES_ADMIN_URL, require
+from tests.services import CI, new_postgres_database
 
 TABLES = (
     "deployment_event",
@@ -53,17 +53,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test run, migrated to head by Alembic, dropped at the end."""
-    require(POSTGRES_ADMIN_URL, "PostgreSQL")
-    name = f"mdmq_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_postgres_database("mdmq_test") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -32,3 +37,19 @@ def require(url: str, what: str) -> None:
         if CI:
             raise RuntimeError(f"{what} is not reachable at {host}:{port} in CI: {e}") from e
         pytest.skip(f"{what} is not reachable at {host}:{port}")
+
+
+@contextmanager
+def new_postgres_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own, empty (no schema), dropped afterwards; yields its URL."""
+    require(POSTGRES_ADMIN_URL, "PostgreSQL")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

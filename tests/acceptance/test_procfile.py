@@ -7,21 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 import requests
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from config.app import App
 from config.settings import Settings
 from models.migrations.runner import is_current
 from tests.helpers import free_ports, scraped, wait_until
-from tests.services import POSTGRES_ADMIN_URL, REDIS_URL, require
+from tests.services import REDIS_URL, new_postgres_database, require
 from workers.actors import declare_actors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,15 +28,8 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture
 def empty_database() -> Iterator[str]:
     """A database with no tables at all: the Procfile's release must create them."""
-    require(POSTGRES_ADMIN_URL, "PostgreSQL")
-    name = f"mdmq_procfile_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_postgres_database("mdmq_procfile") as url:
+        yield url
 
 
 def procfile_names() -> list[str]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +11,11 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 import models.tables  # noqa: F401
 from models.migrations.runner import alembic_config, upgrade
-from tests.services import POSTGRES_ADMIN_URL, require
+from tests.services import new_postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -25,15 +23,8 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    require(POSTGRES_ADMIN_URL, "PostgreSQL")
-    name = f"mdmq_migration_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_postgres_database("mdmq_migration") as url:
+        yield url
 
 
 def _differences(url: str) -> list[object]:
