@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -24,7 +25,7 @@ from models.statuses import TERMINAL, Kind, Status
 from sandbox import Storm
 from sandbox.fleet import Behaviour
 from sandbox.registry import Delivery
-from tests.helpers import wait_until
+from tests.helpers import free_ports, wait_until
 from tests.services import RABBITMQ_URL, REDIS_URL, require
 
 pytestmark = pytest.mark.timeout(600)
@@ -36,17 +37,24 @@ State = list[tuple[str, str, Kind, Status]]
 def on_redis(pg: Engine, postgres_url: str) -> Settings:
     require(REDIS_URL, "Redis")
     redis.Redis.from_url(REDIS_URL).flushdb()  # this test's own database number: no stale messages
-    return Settings(database_url=postgres_url, broker_url=REDIS_URL)
+    return Settings(database_url=postgres_url, broker_url=REDIS_URL, **metrics_on_a_free_port())
 
 
 @pytest.fixture
 def on_rabbitmq(pg: Engine, postgres_url: str) -> Settings:
     require(RABBITMQ_URL, "RabbitMQ")
-    return Settings(database_url=postgres_url, broker_url=RABBITMQ_URL)
+    return Settings(database_url=postgres_url, broker_url=RABBITMQ_URL, **metrics_on_a_free_port())
+
+
+def metrics_on_a_free_port() -> dict[str, Any]:
+    """The workers' metrics server on loopback, on a port nothing else holds: it is one of the processes the
+    revoke test counts."""
+    return {"metrics_host": "127.0.0.1", "worker_metrics_port": free_ports(1)[0]}
 
 
 def worker_processes(pid: int | None) -> set[int]:
-    """The `dramatiq` command's child processes: the same set before and after means nothing restarted."""
+    """The `dramatiq` command's child processes (its workers and its metrics exposition server): the same set
+    before and after means nothing restarted."""
     assert pid is not None, "these tests run real worker processes"
     return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
@@ -129,7 +137,11 @@ def test_a_credential_revoked_mid_rollout_holds_the_rest_and_a_renewal_releases_
                 revoked.set()
 
         rollout.registry.subscribe(revoke_at_the_40th_apns_push)
-        wait_until(lambda: len(worker_processes(rollout.workers_pid)) == 2, 60, "two worker processes")
+        wait_until(
+            lambda: len(worker_processes(rollout.workers_pid)) == 3,
+            60,
+            "two worker processes and the metrics exposition server",
+        )
         workers = worker_processes(rollout.workers_pid)
         rollout.start()
         assert revoked.wait(120), "the rollout never made 40 APNs pushes"
