@@ -159,7 +159,7 @@ class Rollout:
         """`tls`: the emulators' certificate (trust its CA with `push_ca_file`); cleartext HTTP/2 without.
         `worker_log`: where the worker processes' log lines go (the terminal's stderr without)."""
         self.registry = DeviceRegistry()
-        self.keys = _register_credentials(self.registry)
+        self.keys = register_credentials(self.registry)
         run = secrets.token_hex(4)
         # Same seed, same mix and outcomes; ids of this run's own, so that runs can share a database.
         self.fleet = Fleet(self.registry, seed=seed, size=devices, mix=mix, namespace=run)
@@ -225,7 +225,7 @@ class Rollout:
         what was held for the old one is released and enqueued. Returns the released ids."""
         self.keys[provider] = _new_credential(self.registry, provider)
         with self.app.session() as s:
-            released = _store_credentials(s, self.organization_id, {provider: self.keys[provider]})
+            released = store_credentials(s, self.organization_id, {provider: self.keys[provider]})
         self.actors.enqueue_ids(released)
         return released
 
@@ -245,7 +245,7 @@ class DemoCredential:
     key_id: str | None = None
 
 
-def _register_credentials(registry: DeviceRegistry) -> dict[Provider, DemoCredential]:
+def register_credentials(registry: DeviceRegistry) -> dict[Provider, DemoCredential]:
     return {provider: _new_credential(registry, provider) for provider in Provider}
 
 
@@ -272,7 +272,7 @@ def _new_credential(registry: DeviceRegistry, provider: Provider) -> DemoCredent
     return DemoCredential(CredentialKind.aosp_api_key, aosp)
 
 
-def _store_credentials(
+def store_credentials(
     session: Session, organization_id: str, credentials: Mapping[Provider, DemoCredential]
 ) -> list[str]:
     """Stored as an operator's upload is; returns what was held for the previous ones."""
@@ -393,7 +393,7 @@ def _roll_out(
             wanted.append(NewDeployment(device.id, Kind.message, {"text": "Please update today"}))
     with app.session() as s:
         ensure_organization(s, organization_id=organization_id, name="mdmq demo").retry_policy = limits
-        _store_credentials(s, organization_id, keys)
+        store_credentials(s, organization_id, keys)
         add_devices(
             s,
             organization_id=organization_id,

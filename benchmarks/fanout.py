@@ -1,0 +1,333 @@
+"""Fan-out: N deployments of mixed kinds, from bulk creation to every push accepted and every deployment
+terminal, through real `dramatiq` worker processes on PostgreSQL and Redis.
+
+The outside world runs in a process of its own: the APNs, FCM and AOSP emulators with injected latency, and
+a simulated fleet that checks in (through the store, as the MDM check-in server would) when woken. mdmq runs
+as in production: `mdmq worker` processes taking dispatch messages from Redis.
+
+    python -m benchmarks.fanout [--deployments 10000] [--latency-ms 40] [--processes 2] [--threads 8]
+
+Prints the times, pushes per second, CPU seconds per 1,000 deployments for the workers, PostgreSQL and Redis,
+each worker process's peak memory and the rows written; writes benchmarks/results/fanout-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._postgres import scratch_database
+from cli.demo import (
+    DemoCredential,
+    StoreCheckIn,
+    register_credentials,
+    settings_environment,
+    store_credentials,
+)
+from config.app import App
+from config.settings import Settings
+from models.enums import Platform
+from models.statuses import TERMINAL, Kind
+from models.store import NewDeployment, create_deployments, ensure_organization
+from models.store.devices import NewDevice, add_devices
+from workers.actors import declare_actors
+from workers.enqueue import as_due
+from workers.launch import worker_command, worker_environment
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REDIS_URL = os.environ.get("MDMQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+ORGANIZATION = "bench"
+TICKS = os.sysconf("SC_CLK_TCK")
+Device = tuple[str, str, str, str | None]  # id, platform, token, push magic
+
+
+# --- the outside world: emulators and devices, in a process of their own ---------------------------------
+
+
+def outside_world(
+    pipe: Connection, devices: int, *, seed: int, latency_ms: float, database_url: str, check_in: bool
+) -> None:
+    from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
+    from sandbox.fleet import Behaviour, Fleet
+
+    registry = DeviceRegistry()
+    keys = register_credentials(registry)
+    fleet = Fleet(registry, seed=seed, size=devices, mix={Behaviour.success: 1.0})
+    faults = FaultConfig(latency=Latency.fixed(latency_ms))
+    options = {"apns_faults": faults, "fcm_faults": faults, "aosp_faults": faults}
+    with SandboxThread(registry, **options) as sandbox:
+        app = App(Settings(database_url=database_url, broker_url="stub://", database_pool_size=20))
+        if check_in:  # without, the devices take their pushes and stay silent: the push path alone
+            fleet.attach(StoreCheckIn(app), delay_s=(0.001, 0.01), threads=16)
+        urls = {"apns": sandbox.apns_url, "fcm": sandbox.fcm_url, "aosp": sandbox.aosp_url}
+        listed = [(d.id, d.platform.value, d.token, d.push_magic) for d in fleet.devices]
+        pipe.send((urls, keys, listed))
+        pipe.recv()  # "stop"
+        fleet.close()
+        app.close()
+
+
+# --- what is measured ------------------------------------------------------------------------------------
+
+
+def cpu_s(pids: Sequence[int]) -> float:
+    """User and system CPU seconds of `pids` (those still alive)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def pids_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rows_written(engine: sa.Engine) -> int:
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+        return int(
+            connection.execute(
+                sa.text("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables")
+            ).scalar_one()
+        )
+
+
+def progress(engine: sa.Engine) -> tuple[int, int, int]:
+    """(deployments, pushed: accepted or moved on, terminal)."""
+    terminal = sorted({s.value for statuses in TERMINAL.values() for s in statuses})
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.text(
+                "SELECT count(*) AS n, "
+                "count(*) FILTER (WHERE receipt_id IS NOT NULL OR status <> 'Queued') AS pushed, "
+                "count(*) FILTER (WHERE status = ANY(:terminal)) AS done FROM deployment"
+            ),
+            {"terminal": terminal},
+        ).one()
+    return int(row.n), int(row.pushed), int(row.done)
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def wanted(devices: list[Device], count: int) -> list[NewDeployment]:
+    """`count` deployments, two per device: a profile, and an app, a lock (every tenth device) or, on
+    Android and AOSP devices, a message (every third)."""
+    out: list[NewDeployment] = []
+    for i, (device_id, platform_name, _, _) in enumerate(devices):
+        second = Kind.app
+        if i % 10 == 0:
+            second = Kind.security_action
+        elif platform_name != Platform.ios.value and i % 3 == 0:
+            second = Kind.message
+        out += [NewDeployment(device_id, Kind.profile), NewDeployment(device_id, second)]
+    return out[:count]
+
+
+@contextmanager
+def workers(settings: Settings, processes: int, threads: int) -> Iterator[subprocess.Popen[bytes]]:
+    environment = worker_environment(settings, settings_environment(settings))
+    with subprocess.Popen(
+        worker_command(processes, threads), env=environment, stdout=subprocess.DEVNULL
+    ) as process:
+        try:
+            yield process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+
+
+def wait_for_metrics(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("the workers' metrics server never answered: did they start?")
+
+
+def run(
+    deployments: int, *, latency_ms: float, processes: int, threads: int, timeout_s: float, check_in: bool
+) -> dict[str, Any]:
+    devices_needed = (deployments + 1) // 2
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with scratch_database() as database_url:
+        parent, child = multiprocessing.Pipe()
+        world = multiprocessing.get_context("spawn").Process(
+            target=outside_world,
+            args=(child, devices_needed),
+            kwargs={"seed": 7, "latency_ms": latency_ms, "database_url": database_url, "check_in": check_in},
+            daemon=True,
+        )
+        world.start()
+        urls, keys, devices = parent.recv()
+        keys_: dict[Any, DemoCredential] = keys
+        settings = Settings(
+            database_url=database_url,
+            broker_url=REDIS_URL,
+            apns_url=urls["apns"],
+            apns_sandbox_url=urls["apns"],
+            fcm_url=urls["fcm"],
+            fcm_token_url=f"{urls['fcm']}/token",
+            aosp_url=urls["aosp"],
+            metrics_host="127.0.0.1",
+            log_level="WARNING",  # a line per group of pushes answered would be the run's own noise
+            worker_metrics_port=19191,
+            database_pool_size=threads + 2,
+        )
+        app = App(settings)
+        engine = app.engine
+        with app.session() as s:
+            ensure_organization(s, organization_id=ORGANIZATION, name="fan-out benchmark")
+            store_credentials(s, ORGANIZATION, keys_)
+            add_devices(
+                s,
+                organization_id=ORGANIZATION,
+                devices=[
+                    NewDevice(Platform(p), token, push_magic=magic, id=i) for i, p, token, magic in devices
+                ],
+            )
+        actors = declare_actors(app)
+        with workers(settings, processes, threads) as dramatiq:
+            wait_for_metrics(settings.worker_metrics_port, 60)
+            worker_pids = [dramatiq.pid, *children(dramatiq.pid)]
+            postgres, redis_server = pids_named("postgres"), pids_named("redis-server")
+            before = (cpu_s(worker_pids), cpu_s(postgres), cpu_s(redis_server), rows_written(engine))
+
+            started = time.monotonic()
+            batch = wanted(devices, deployments)
+            with app.session() as s:
+                ids = create_deployments(s, organization_id=ORGANIZATION, deployments=batch)
+            created_s = time.monotonic() - started
+            actors.enqueue(as_due([(i, ORGANIZATION, d.kind) for i, d in zip(ids, batch, strict=True)]))
+            enqueued_s = time.monotonic() - started
+            pushed_s = done_s = None
+            while time.monotonic() - started < timeout_s:
+                total, pushed, done = progress(engine)
+                now = time.monotonic() - started
+                if pushed_s is None and pushed == total:
+                    pushed_s = now
+                if done == total:
+                    done_s = now
+                    break
+                if pushed_s is not None and not check_in:
+                    break  # silent devices: nothing becomes terminal before the retry policy's waits
+                time.sleep(0.5)  # the benchmark's own progress poll
+            peak = {pid: peak_rss_mib(pid) for pid in children(dramatiq.pid)}
+            after = (cpu_s(worker_pids), cpu_s(postgres), cpu_s(redis_server), rows_written(engine))
+            pushes = _pushes(engine)
+        parent.send("stop")
+        world.join(timeout=60)
+        app.close()
+    per_1000 = 1000 / deployments
+    return {
+        "deployments": deployments,
+        "devices": devices_needed,
+        "latency_ms": latency_ms,
+        "devices_check_in": check_in,
+        "worker_processes": processes,
+        "threads": threads,
+        "create_s": round(created_s, 2),
+        "create_and_enqueue_s": round(enqueued_s, 2),
+        "every_push_accepted_s": round(pushed_s, 2) if pushed_s is not None else None,
+        "every_deployment_terminal_s": round(done_s, 2) if done_s is not None else None,
+        "pushes": pushes,
+        "pushes_per_s": round(pushes / pushed_s, 1) if pushed_s else None,
+        "cpu_s_per_1000": {
+            "workers": round((after[0] - before[0]) * per_1000, 3),
+            "postgresql": round((after[1] - before[1]) * per_1000, 3),
+            "redis": round((after[2] - before[2]) * per_1000, 3),
+        },
+        "peak_rss_mib_per_worker_process": sorted(round(v, 1) for v in peak.values()),
+        "rows_written": after[3] - before[3],
+    }
+
+
+def _pushes(engine: sa.Engine) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.text("SELECT coalesce(sum(device_count), 0) FROM push_receipt")
+            ).scalar_one()
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--deployments", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--latency-ms", type=float, default=40.0)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--timeout-s", type=float, default=900.0)
+    parser.add_argument(
+        "--no-check-in",
+        dest="check_in",
+        action="store_false",
+        help="devices take their pushes and stay silent: the push path alone, without the fleet's load",
+    )
+    args = parser.parse_args(argv)
+    runs = []
+    for n in args.deployments:
+        result = run(
+            n,
+            latency_ms=args.latency_ms,
+            processes=args.processes,
+            threads=args.threads,
+            timeout_s=args.timeout_s,
+            check_in=args.check_in,
+        )
+        print(json.dumps(result, indent=2))
+        runs.append(result)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    (RESULTS / f"fanout-{stamp}.json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
