@@ -62,6 +62,7 @@ def create_deployments(
     ids = new_ids(len(deployments))
     if dialect_of(session) == "postgresql":
         _copy(session, _copy_lines(organization_id, ids, deployments, now))
+        _refresh_statistics_if_stale(session, added=len(ids))
     else:
         rows = _rows(organization_id, ids, deployments, now)
         for part in chunked(rows, batch_size):
@@ -76,6 +77,21 @@ def _check_devices(session: Session, organization_id: str, deployments: Sequence
     unknown = malformed | unknown_device_ids(session, organization_id=organization_id, ids=wanted - malformed)
     if unknown:
         raise UnknownDevices(sorted(unknown))
+
+
+def _refresh_statistics_if_stale(session: Session, *, added: int) -> None:
+    """ANALYZE the deployment table when its statistics count fewer rows than one creation just added.
+
+    Autovacuum analyzes a table a minute or more after it grew. Until then the planner takes a freshly filled
+    table for a near-empty one and answers each dispatch's claim of 250 ids with a sequential scan that tests
+    every row against all 250 ids: half a second a claim at 100,000 rows, and 100,000 deployments took 160 s
+    to push instead of 55. A table whose statistics are of its size is not touched (no cost in steady state).
+    """
+    known = run(
+        session, sa.text("SELECT reltuples FROM pg_class WHERE oid = 'deployment'::regclass")
+    ).scalar()
+    if known is None or known < added:
+        run(session, sa.text("ANALYZE deployment"))
 
 
 def _copy_lines(
