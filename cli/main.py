@@ -12,6 +12,7 @@ import typer
 
 from config import SettingsError, load_settings
 from config.logging import configure_logging
+from config.settings import Settings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -52,12 +53,11 @@ def db_upgrade(
         signal.sigwait(stopping)
 
 
-def _wait_for_schema() -> None:
+def _wait_for_schema(settings: Settings) -> None:
     """The long-running processes start once the release step has brought the database to the newest
     schema: honcho and Kubernetes start them beside it."""
     from models.migrations.runner import wait_until_current
 
-    settings = load_settings()
     if not wait_until_current(settings.database_url, settings.schema_wait_s):
         typer.echo(
             f"mdmq: the database schema is not the newest after {settings.schema_wait_s:g} s: "
@@ -134,7 +134,7 @@ def api(
     settings = load_settings()
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
     init_sentry(settings, process="api")
-    _wait_for_schema()
+    _wait_for_schema(settings)
     uvicorn.run(create_app(), host=host, port=port, log_config=None)
 
 
@@ -148,7 +148,7 @@ def worker(
 
     settings = load_settings()  # a wrong setting is one line here, not a traceback in every worker process
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
-    _wait_for_schema()
+    _wait_for_schema(settings)
     command = worker_command(processes, threads)
     os.execvpe(command[0], command, worker_environment(settings, os.environ))  # noqa: S606  (replaces this process)
 
@@ -159,7 +159,7 @@ def scheduler() -> None:
     or more for failover. Stops on SIGTERM or SIGINT and hands the lease over."""
     from scheduler.__main__ import main as run_scheduler
 
-    _wait_for_schema()
+    _wait_for_schema(load_settings())
     run_scheduler()
 
 

@@ -52,9 +52,9 @@ def gauges_job(actors: Actors, now: datetime) -> int:
     HELD.clear()  # a hold that ended leaves no series behind
     for (provider, reason), n in held.items():
         HELD.labels(provider=provider.value, reason=reason).set(n)
-    for provider in Provider:  # nothing held: a 0 with no reason, so that the series exists to be read
-        if not any(p is provider for p, _ in held):
-            HELD.labels(provider=provider.value, reason="").set(0)
+    holding = {provider for provider, _ in held}
+    for provider in set(Provider) - holding:  # nothing held: a 0 with no reason, so the series exists
+        HELD.labels(provider=provider.value, reason="").set(0)
     for provider, n in pending.items():
         PENDING_DEVICES.labels(provider=provider.value).set(n)
     for (queue, state), n in queue_backlog(actors.app.broker).items():

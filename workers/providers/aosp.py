@@ -30,7 +30,8 @@ _OUTCOME_BY_CODE: Mapping[str, Outcome] = {
     "INTERNAL_SERVER_ERROR": Outcome.transient,
     "SERVICE_UNAVAILABLE": Outcome.transient,
 }
-KNOWN_CODES = frozenset(_OUTCOME_BY_CODE)  # the provider's documented words, for the metrics' reason label
+# The provider's documented words, for the metrics' reason label.
+KNOWN_CODES = frozenset(_OUTCOME_BY_CODE)
 
 
 class PushNotFound(ProviderError):

@@ -45,9 +45,8 @@ _OUTCOME_BY_REASON: dict[str, Outcome] = {
     "ServiceUnavailable": Outcome.transient,
     "Shutdown": Outcome.transient,
 }
-KNOWN_REASONS = frozenset(
-    _OUTCOME_BY_REASON
-)  # the provider's documented words, for the metrics' reason label
+# The provider's documented words, for the metrics' reason label.
+KNOWN_REASONS = frozenset(_OUTCOME_BY_REASON)
 
 
 def outcome_for(status: int, reason: str | None) -> Outcome:

@@ -28,9 +28,8 @@ _OUTCOME_BY_ERROR_CODE: Mapping[str, Outcome] = {
     "INTERNAL": Outcome.transient,
     "THIRD_PARTY_AUTH_ERROR": Outcome.credential,
 }
-KNOWN_ERROR_CODES = frozenset(
-    _OUTCOME_BY_ERROR_CODE
-)  # the provider's documented words, for the metrics' reason label
+# The provider's documented words, for the metrics' reason label.
+KNOWN_ERROR_CODES = frozenset(_OUTCOME_BY_ERROR_CODE)
 _OUTCOME_BY_STATUS: Mapping[int, Outcome] = {
     401: Outcome.credential,
     403: Outcome.credential,  # PERMISSION_DENIED from Google's front end: the account may not send
