@@ -9,48 +9,33 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 import requests
-import yaml
 from sqlalchemy.engine import Engine
 
 from cli.demo import Rollout
 from config.settings import LogFormat, Settings
 from sandbox.tls import ServerTls, issue_server_certificate, make_ca
-from tests.helpers import free_ports, run_mdmq, scraped, wait_until
+from tests.deploy.names import dashboard_metric_names, rule_metric_names
+from tests.helpers import answers, free_ports, run_mdmq, scraped, wait_until
 from tests.sentry import SentryServer
 from tests.services import REDIS_URL, require
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "mdmq.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-# What mdmq's processes export; `up` is Prometheus's, and `level:name:operations` a recording rule's.
-SERIES = re.compile(r"(?<![\w:])(?:mdmq|dramatiq)_[a-z0-9_]+(?![\w:])")
 pytestmark = pytest.mark.timeout(600)
 
 
-def queries(document: Any) -> Iterator[str]:
-    """Every PromQL string in a dashboard or rule file: the values under `expr` and `query`."""
-    if isinstance(document, dict):
-        for key, value in document.items():
-            if key in ("expr", "query") and isinstance(value, str):
-                yield value
-            else:
-                yield from queries(value)
-    elif isinstance(document, list):
-        for item in document:
-            yield from queries(item)
-
-
 def used_series() -> set[str]:
-    documents = [json.loads(DASHBOARD.read_text()), yaml.safe_load(ALERTS.read_text())]
-    return {name for document in documents for query in queries(document) for name in SERIES.findall(query)}
+    """What the dashboard and the alert rules read from mdmq's processes: not `up`, which Prometheus makes,
+    nor the series the recording rules make (`level:metric:operations`)."""
+    names = dashboard_metric_names(DASHBOARD) | rule_metric_names(ALERTS)
+    return {name for name in names if name.startswith(("mdmq_", "dramatiq_"))}
 
 
 def series_names(url: str) -> set[str]:
@@ -105,7 +90,7 @@ def test_every_series_the_dashboard_and_alerts_use_is_served_and_no_secret_is_lo
                 assert result.ok, result.as_json()
 
                 api = f"http://127.0.0.1:{api_port}"
-                wait_until(lambda: _answers(api + "/healthz"), 60, "the API")
+                wait_until(lambda: answers(api + "/healthz"), 60, "the API")
                 answer = requests.get(
                     f"{api}/v1/organizations/{rollout.organization_id}/deployments/{ids[0]}",
                     headers={"authorization": f"Bearer {token}"},
@@ -185,10 +170,3 @@ def _secrets(rollout: Rollout, token: str) -> set[str]:
         else:
             found.add(secret)  # an AOSP API key
     return found
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False

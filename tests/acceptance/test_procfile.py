@@ -17,7 +17,7 @@ import requests
 from config.app import App
 from config.settings import Settings
 from models.migrations.runner import is_current
-from tests.helpers import free_ports, scraped, wait_until
+from tests.helpers import answers, free_ports, scraped, wait_until
 from tests.services import REDIS_URL, new_postgres_database, require
 from workers.actors import declare_actors
 
@@ -70,7 +70,7 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
     worker = f"http://127.0.0.1:{worker_port}/metrics"
     scheduler = f"http://127.0.0.1:{scheduler_port}/metrics"
     try:
-        wait_until(lambda: _answers(web + "/healthz"), 120, f"the API on {web}")
+        wait_until(lambda: answers(web + "/healthz"), 120, f"the API on {web}")
         assert is_current(empty_database), "the release step migrated the database"
         assert requests.get(web + "/readyz", timeout=10).json()["data"] == {"database": "up", "broker": "up"}
         wait_until(lambda: scraped(scheduler).get("mdmq_scheduler_leader") == 1, 60, "the scheduler to lead")
@@ -95,11 +95,4 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
     output = (tmp_path / "honcho.log").read_text()
     for name in ("release", "web", "worker", "scheduler"):
         assert f"{name}.1" in output, f"honcho ran {name}"
-    assert not any(_answers(url) for url in (web + "/healthz", worker, scheduler)), "all stopped"
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
+    assert not any(answers(url) for url in (web + "/healthz", worker, scheduler)), "all stopped"

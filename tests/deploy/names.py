@@ -1,4 +1,4 @@
-"""The series a Grafana dashboard queries: its panels, their PromQL, and the metric names in it."""
+"""The series a Grafana dashboard or a Prometheus rule file reads: its PromQL, and the metric names in it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 _STRING = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`""")
 _NAME_MATCHER = re.compile(r"""__name__\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')""")
@@ -89,3 +91,10 @@ def dashboard_metric_names(path: str | Path) -> set[str]:
     for expr in expressions(dashboard) + variable_queries(dashboard):
         names |= metric_names(expr)
     return names
+
+
+def rule_metric_names(path: str | Path) -> set[str]:
+    """The raw series names the expressions of the Prometheus rule file at `path` select, the series its
+    recording rules produce (`level:metric:operations`) included."""
+    groups = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["groups"]
+    return {name for group in groups for rule in group["rules"] for name in metric_names(rule["expr"])}
