@@ -40,6 +40,9 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+REDELIVER_AFTER_S = 600.0
+
+
 class SettingsError(Exception):
     """The configuration is not valid."""
 
@@ -71,6 +74,10 @@ class Settings(BaseSettings):
     dispatch_chunk_size: int = Field(default=250, ge=1, le=5_000)
     # Queued, and still not on the broker this long after its commit: lost on the way; the relay sends it.
     relay_grace_s: float = Field(default=30.0, gt=0)
+    # On the broker, and still Queued with no push recorded this long after: the message was lost (a broker
+    # restarted without its data, a worker killed mid-push); the re-push sweep takes the deployment again.
+    # Longer than a message waits in the queue at the busiest, or a slow message is sent twice.
+    redeliver_after_s: float = Field(default=REDELIVER_AFTER_S, gt=0)
     # The scheduler: its leader lease, how often the sweeps run, when a deployment counts as stuck, and how
     # long terminal deployments (and their events) are kept.
     scheduler_lease_s: float = Field(default=15.0, ge=1)

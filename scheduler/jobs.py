@@ -67,7 +67,10 @@ def requeue_postponed_job(actors: Actors, now: datetime) -> int:
 def repush_job(actors: Actors, now: datetime) -> int:
     def take(now: datetime) -> list[Due]:
         with actors.app.session() as s:
-            return repush_unanswered(s, policy=actors.app.policy, now=now, limit=PAGE)
+            redeliver = actors.app.settings.redeliver_after_s
+            return repush_unanswered(
+                s, policy=actors.app.policy, now=now, redeliver_after_s=redeliver, limit=PAGE
+            )
 
     return _pages(actors, take, now)
 

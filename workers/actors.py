@@ -51,6 +51,7 @@ class Actors:
             urgent=self.dispatch_urgent.send,
             bulk=self.dispatch_bulk.send,
             chunk_size=self.app.settings.dispatch_chunk_size,
+            redeliver_after_s=self.app.settings.redeliver_after_s,
         )
 
     def enqueue_ids(self, deployment_ids: Sequence[str]) -> int:
@@ -121,7 +122,12 @@ def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> DispatchA
     def dispatch(deployment_ids: list[str], failures: int = 0) -> None:
         with log_context(action="dispatch", **ids_field(deployment_ids)):
             summary = dispatch_chunk(
-                app.session, app.gateway, deployment_ids, policy=app.policy, failures=failures
+                app.session,
+                app.gateway,
+                deployment_ids,
+                policy=app.policy,
+                failures=failures,
+                redeliver_after_s=app.settings.redeliver_after_s,
             )
         if summary.retry is not None:
             # Transient provider failures come back later as a delayed message on the same queue.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
+from datetime import timedelta
 
 from sqlmodel import Session
 
@@ -23,6 +24,7 @@ def enqueue_dispatch(
     urgent: Send,
     bulk: Send,
     chunk_size: int,
+    redeliver_after_s: float,
 ) -> int:
     """Send dispatch messages: chunks of one organization, security actions and single deployments on the
     urgent queue. Returns the number of messages."""
@@ -38,7 +40,8 @@ def enqueue_dispatch(
             messages += 1
     if sent:
         with session() as s:
-            mark_enqueued(s, ids=sent, now=utcnow())
+            now = utcnow()
+            mark_enqueued(s, ids=sent, now=now, redeliver_at=now + timedelta(seconds=redeliver_after_s))
     return messages
 
 

@@ -78,15 +78,19 @@ def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> li
     return claimed
 
 
-def give_back_attempts(session: Session, *, ids: Sequence[str]) -> None:
+def give_back_attempts(session: Session, *, ids: Sequence[str], redeliver_at: datetime) -> None:
     """Undo the claim's count for pushes the provider turned away (a 5xx, a 429, a lost connection): the
-    device was not woken, so the wake-ups it is allowed stay as they were."""
+    device was not woken, so the wake-ups it is allowed stay as they were. The re-push sweep takes them
+    again at `redeliver_at`, should the retry's message be lost."""
     c = DEPLOYMENT.c
     for batch in chunked(sorted(set(ids)), IDS_PER_STATEMENT):
-        condition = sa.and_(c.id.in_(batch), c.status == Status.queued.value, c.attempt_count > 0)
+        condition = sa.and_(c.id.in_(batch), c.status == Status.queued.value)
+        given_back = sa.case((c.attempt_count > 0, c.attempt_count - 1), else_=0)
         run(
             session,
-            sa.update(DEPLOYMENT).where(in_id_order(condition)).values(attempt_count=c.attempt_count - 1),
+            sa.update(DEPLOYMENT)
+            .where(in_id_order(condition))
+            .values(attempt_count=given_back, next_attempt_at=redeliver_at),
         )
 
 
@@ -248,7 +252,7 @@ def release_holds(
                 )
             )
         )
-        .values(hold_reason=None, enqueued_at=None, updated_at=now or utcnow())
+        .values(hold_reason=None, enqueued_at=None, next_attempt_at=None, updated_at=now or utcnow())
         .returning(DEPLOYMENT.c.id)
     )
     return list(run(session, statement).scalars())

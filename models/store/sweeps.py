@@ -70,23 +70,37 @@ def never_enqueued(session: Session, *, queued_before: datetime, limit: int) -> 
     return _due(statement.limit(limit), session)
 
 
-def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime) -> None:
-    """Handed to the broker: the relay leaves them alone from now on."""
+def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime, redeliver_at: datetime) -> None:
+    """Handed to the broker: the relay leaves them alone from now on, and the re-push sweep takes them again
+    at `redeliver_at` should the message never be answered (the broker lost it, the worker died). A re-push
+    time already ahead (a push answered meanwhile) stands."""
     for batch in chunked(list(ids), IDS_PER_STATEMENT):
+        pending = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
         statement = (
             sa.update(DEPLOYMENT)
-            .where(in_id_order(sa.and_(c.id.in_(batch), c.enqueued_at.is_(None))))
-            .values(enqueued_at=now)
+            .where(
+                in_id_order(
+                    sa.and_(
+                        c.id.in_(batch),
+                        c.status == Status.queued.value,
+                        sa.or_(c.enqueued_at.is_(None), pending),
+                    )
+                )
+            )
+            .values(
+                enqueued_at=sa.func.coalesce(c.enqueued_at, now),
+                next_attempt_at=sa.case((pending, redeliver_at), else_=c.next_attempt_at),
+            )
         )
         run(session, statement)
 
 
-def clear_repush(session: Session, *, ids: Sequence[str]) -> None:
-    """Taken by the re-push sweep: the next sweep must not take them again before their push is answered
-    (the dispatch that pushes them sets a new re-push time). Only while still Queued: a device that reported
-    NotNow since the sweep read the row has a retry time of its own, which must stand."""
+def clear_repush(session: Session, *, ids: Sequence[str], redeliver_at: datetime) -> None:
+    """Taken by the re-push sweep: the next sweep takes them again only at `redeliver_at`, should the message
+    it sends be lost (the dispatch that pushes them sets the real re-push time). Only while still Queued: a
+    device that reported NotNow since the sweep read the row has a retry time of its own, which must stand."""
     for batch in chunked(list(ids), IDS_PER_STATEMENT):
         statement = sa.update(DEPLOYMENT).where(
             in_id_order(sa.and_(c.id.in_(batch), c.status == Status.queued.value))
         )
-        run(session, statement.values(next_attempt_at=None))
+        run(session, statement.values(next_attempt_at=redeliver_at))

@@ -135,7 +135,7 @@ def test_each_certificate_lands_in_its_state_gauge_and_log_line_once(
     app, registry = world
     queued = make_deployments(pg, Kind.profile, count=3, organization_id="acme")
     with Session(pg) as s, s.begin():
-        mark_enqueued(s, ids=queued, now=utcnow())
+        mark_enqueued(s, ids=queued, now=utcnow(), redeliver_at=utcnow())
     registry.revoke_apns_key(KEY_ID)
 
     with caplog.at_level(logging.WARNING, logger="scheduler.certificates"):

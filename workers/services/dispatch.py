@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Session
 
 from config.logging import ids_field, log_context
+from config.settings import REDELIVER_AFTER_S
 from models.enums import Actor, CredentialStatus, Provider
 from models.statuses import PUSH_UNDELIVERABLE
 from models.store import Effects, ErrorInfo, Move, transition
@@ -91,6 +92,7 @@ def dispatch_chunk(
     policy: RetryPolicy,
     failures: int = 0,
     now: datetime | None = None,
+    redeliver_after_s: float = REDELIVER_AFTER_S,
 ) -> DispatchSummary:
     """Push for the Queued deployments of `deployment_ids`. `failures`: how many times in a row the provider
     already turned this message's pushes away (a delayed retry carries it), for the back-off."""
@@ -127,6 +129,7 @@ def dispatch_chunk(
             failures=failures + 1,
             now=now,
             summary=summary,
+            redeliver_after_s=redeliver_after_s,
         )
     return summary
 
@@ -384,6 +387,7 @@ def _retry(
     failures: int,
     now: datetime,
     summary: DispatchSummary,
+    redeliver_after_s: float,
 ) -> Retry | None:
     """Pushes the provider turned away go again later, with exponential back-off that honours Retry-After.
     They were no wake-up, so they do not count against the device's pushes: a provider's outage only
@@ -402,8 +406,12 @@ def _retry(
             retry_ids.append(deployment.id)
             wait = backoff_s(failures, limits.push_first_s, limits.push_max_s)
             delays.append(max(wait, wake.result.retry_after_s or 0))
-    give_back_attempts(s, ids=retry_ids)
-    return Retry(retry_ids, min(delays), failures) if retry_ids else None
+    if not retry_ids:
+        return None
+    delay_s = min(delays)
+    # Should the delayed message be lost, the re-push sweep sends them once it is overdue.
+    give_back_attempts(s, ids=retry_ids, redeliver_at=now + timedelta(seconds=delay_s + redeliver_after_s))
+    return Retry(retry_ids, delay_s, failures)
 
 
 def _give_up(

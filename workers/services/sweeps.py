@@ -32,9 +32,10 @@ def requeue_postponed(session: Session, *, now: datetime, limit: int = 1_000) ->
 
 
 def repush_unanswered(
-    session: Session, *, policy: RetryPolicy, now: datetime, limit: int = 1_000
+    session: Session, *, policy: RetryPolicy, now: datetime, redeliver_after_s: float, limit: int = 1_000
 ) -> list[Due]:
-    """Wake again the devices that did not check in; fail those that had all the pushes the policy allows."""
+    """Wake again the devices that did not check in, and send again what a lost message never pushed; fail
+    those that had all the pushes the policy allows."""
     due = due_repush(session, now=now, limit=limit)
     lock_deployments(session, ids=[d.id for d in due])  # several statements follow
     policies = Policies(policy, retry_overrides(session, organization_ids={d.organization_id for d in due}))
@@ -50,7 +51,7 @@ def repush_unanswered(
         effects = Effects(error=ErrorInfo("no_check_in", message, {"pushes": d.attempt_count}))
         move = Move.to(Status.failed).unless_changed_since_read(_QUEUED, due_by=now)
         transition(session, ids=[d.id], move=move, actor=Actor.scheduler, effects=effects, now=now)
-    clear_repush(session, ids=[d.id for d in again])
+    clear_repush(session, ids=[d.id for d in again], redeliver_at=now + timedelta(seconds=redeliver_after_s))
     return again
 
 

@@ -3,7 +3,7 @@ cancels what has not started and retries what failed."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +16,7 @@ from models.reports import Report
 from models.statuses import Kind, Status
 from models.store import Effects, ErrorInfo, Move, transition
 from models.store._sql import DEPLOYMENT
-from models.store.dispatch import hold_for_credential, release_holds
+from models.store.dispatch import claim_for_push, hold_for_credential, release_holds
 from models.store.sweeps import mark_enqueued
 from models.tables import Deployment, PushCredential
 from models.types import utcnow
@@ -24,10 +24,11 @@ from sandbox.tls import issue_client_certificate, make_ca
 from tests.conftest import MakeDeployments
 from tests.helpers import force_status, status_of
 from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
+from workers.policy import RetryPolicy
 from workers.providers.credentials import InvalidCredential
 from workers.services.credentials import store_credential
 from workers.services.operations import cancel_deployments, retry_deployments
-from workers.services.sweeps import relay_unenqueued, requeue_postponed
+from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
 
 
 def _token_key(engine: Engine, pem: str) -> list[str]:
@@ -118,7 +119,7 @@ def test_the_relay_finds_what_was_committed_but_never_enqueued(
         assert relay_unenqueued(s, now=now, grace_s=30) == [], "they may still be on their way"
         found = relay_unenqueued(s, now=now + timedelta(minutes=1), grace_s=30)
         assert sorted(d.id for d in found) == sorted(ids)
-        mark_enqueued(s, ids=[d.id for d in found], now=now)
+        mark_enqueued(s, ids=[d.id for d in found], now=now, redeliver_at=now)
     with Session(engine) as s:
         assert relay_unenqueued(s, now=now + timedelta(minutes=1), grace_s=30) == []
 
@@ -129,7 +130,7 @@ def test_the_relay_finds_a_requeued_or_released_deployment_that_was_never_enqueu
     postponed, held = make_deployments(engine, Kind.profile, count=2)
     now = utcnow()
     with Session(engine) as s, s.begin():
-        mark_enqueued(s, ids=[postponed, held], now=now)
+        mark_enqueued(s, ids=[postponed, held], now=now, redeliver_at=now)
     force_status(engine, postponed, Status.postponed)
     with engine.begin() as connection:
         connection.execute(sa.update(DEPLOYMENT).values(next_attempt_at=now, updated_at=now))
@@ -145,6 +146,40 @@ def test_the_relay_finds_a_requeued_or_released_deployment_that_was_never_enqueu
         assert relay_unenqueued(s, now=later, grace_s=30) == [], "the grace counts from the re-queue"
         found = relay_unenqueued(s, now=later + timedelta(seconds=31), grace_s=30)
     assert sorted(d.id for d in found) == sorted([postponed, held])
+
+
+def test_a_message_the_broker_lost_is_sent_again_by_the_re_push_sweep(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    """Enqueued, then lost with a broker that restarted without its data, or with a worker killed between
+    its claim and its result: nothing else would ever send it. The re-push sweep takes it again once it is
+    `redeliver_after_s` overdue, and sends it without failing it: a lost message woke no device."""
+    lost, claimed, answered = make_deployments(engine, Kind.profile, count=3)
+    policy, now = RetryPolicy.defaults(), utcnow()
+    with Session(engine) as s, s.begin():
+        mark_enqueued(s, ids=[lost, claimed], now=now, redeliver_at=now + timedelta(seconds=600))
+        assert [c.id for c in claim_for_push(s, ids=[claimed], now=now)] == [claimed]  # then the worker died
+    repush_at = now + timedelta(hours=1)
+    with engine.begin() as connection:  # its push was answered: the dispatch set the device's re-push time
+        connection.execute(
+            sa.update(DEPLOYMENT).where(DEPLOYMENT.c.id == answered).values(next_attempt_at=repush_at)
+        )
+    with Session(engine) as s, s.begin():
+        mark_enqueued(s, ids=[answered], now=now, redeliver_at=now + timedelta(seconds=600))
+
+    def sweep(at: datetime) -> list[str]:
+        with Session(engine) as s, s.begin():
+            return sorted(d.id for d in repush_unanswered(s, policy=policy, now=at, redeliver_after_s=600))
+
+    assert sweep(now + timedelta(seconds=599)) == [], "the message may still be waiting in the queue"
+    assert sweep(now + timedelta(seconds=601)) == sorted([lost, claimed])
+    assert {status_of(engine, i) for i in (lost, claimed)} == {Status.queued}, "sent again, not failed"
+    assert sweep(now + timedelta(seconds=1199)) == [], "taken again only when the new message is overdue too"
+    assert sweep(now + timedelta(seconds=1202)) == sorted([lost, claimed])
+    with Session(engine) as s:
+        row = s.get(Deployment, answered)
+        assert row is not None
+        assert row.next_attempt_at == repush_at, "a re-push time ahead stands"
 
 
 def test_cancel_stops_what_has_not_started_and_later_reports_change_nothing(
