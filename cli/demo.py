@@ -8,6 +8,7 @@ the demo's own: seconds where production waits hours, so that postponements and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -46,6 +47,8 @@ from workers.services.credentials import store_credential
 from workers.services.reports import DeviceReport, record_device_reports
 from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
 
+log = logging.getLogger(__name__)
+
 SWEEP_INTERVAL_S = 0.2
 # The demo enqueues right after each commit; what is still not enqueued after this was lost on the way.
 RELAY_GRACE_S = 5.0
@@ -76,6 +79,12 @@ def demo_limits(devices: int) -> dict[str, dict[str, float]]:
         "push_max_s": 4 * push_first_s,
     }
     return {kind.value: limits for kind in Kind}
+
+
+def demo_redeliver_after_s(devices: int) -> float:
+    """20 s, or longer for a fleet whose first wave of messages waits longer in the queue (the workers take
+    some 1,000 deployments a second on this machine, and a device has about 2.6)."""
+    return max(20.0, devices / 100)
 
 
 @dataclass
@@ -181,6 +190,9 @@ class Rollout:
                         "fcm_url": self.sandbox.fcm_url,
                         "fcm_token_url": f"{self.sandbox.fcm_url}/token",
                         "aosp_url": self.sandbox.aosp_url,
+                        # A message lost with the broker's data, or with a worker killed mid-push, is sent
+                        # again after this; it must outlast the queue's wait at the rollout's busiest.
+                        "redeliver_after_s": demo_redeliver_after_s(len(self.fleet.devices)),
                         # Every check-in thread, the sweeps and the progress poll hold a connection at once.
                         "database_pool_size": _check_in_threads(self._settings) + 4,
                     }
@@ -188,7 +200,7 @@ class Rollout:
             )
             self._stack.callback(self.app.close)
             upgrade(self._settings.database_url)
-            self.actors, self.workers_pid = self._stack.enter_context(
+            self.actors, self.workers = self._stack.enter_context(
                 _worker(self.app, self._worker_processes, self._worker_log)
             )
             self._stack.enter_context(_sweeping(self.app, self.actors))
@@ -299,9 +311,11 @@ def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
 
 
 @contextmanager
-def _worker(app: App, processes: int, log: Path | None = None) -> Iterator[tuple[Actors, int | None]]:
+def _worker(
+    app: App, processes: int, log: Path | None = None
+) -> Iterator[tuple[Actors, WorkerProcesses | None]]:
     """Worker threads in this process on the in-process broker; real `dramatiq` processes on any other.
-    Yields the actors, and the pid of the `dramatiq` command when there is one."""
+    Yields the actors, and the `dramatiq` command when there is one."""
     actors = declare_actors(app)
     if app.settings.is_embedded:
         worker = dramatiq.Worker(app.broker, worker_threads=8, worker_timeout=100)
@@ -311,8 +325,8 @@ def _worker(app: App, processes: int, log: Path | None = None) -> Iterator[tuple
         finally:
             worker.stop()
         return
-    with _worker_processes(app.settings, processes, log=log) as pid:
-        yield actors, pid
+    with WorkerProcesses(app.settings, processes, log=log) as workers:
+        yield actors, workers
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -325,25 +339,87 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-@contextmanager
-def _worker_processes(
-    settings: Settings, processes: int, threads: int = 8, *, log: Path | None = None
-) -> Iterator[int]:
-    with ExitStack() as stack:
-        stderr = stack.enter_context(log.open("ab")) if log is not None else None
-        workers = stack.enter_context(
-            subprocess.Popen(  # noqa: S603  (our own interpreter and module, no outside input)
-                worker_command(processes, threads),
-                env=worker_environment(settings, settings_environment(settings)),
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        )
+class WorkerProcesses:
+    """The `dramatiq` command of a rollout, started again whenever it exits on its own, as the worker's
+    systemd unit (`Restart=on-failure`) or its Kubernetes pod would be: Dramatiq stops every process of the
+    command when one of them dies, and the fault suite kills them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        processes: int,
+        threads: int = 8,
+        *,
+        log: Path | None = None,
+        restart_after_s: float = 1.0,
+    ) -> None:
+        self._processes = processes
+        self._command = worker_command(processes, threads)
+        self._environment = worker_environment(settings, settings_environment(settings))
+        self._log = log
+        self._restart_after_s = restart_after_s
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._watch: threading.Thread | None = None
+        self.restarts = 0
+
+    def __enter__(self) -> Self:
+        self._process = self._spawn()
+        self._watch = threading.Thread(target=self._keep_running, name="mdmq-demo-workers", daemon=True)
+        self._watch.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        with self._lock:
+            process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        if self._watch is not None:
+            self._watch.join()
+
+    @property
+    def pid(self) -> int:
+        with self._lock:
+            assert self._process is not None, "started"
+            return self._process.pid
+
+    def children(self) -> set[int]:
+        """The command's child processes now: its workers and its metrics exposition server."""
         try:
-            yield workers.pid
+            listed = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except FileNotFoundError:  # between an exit and the restart
+            return set()
+        return {int(child) for child in listed.split()}
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes alone: Dramatiq starts them before its fork processes (the exposition server),
+        so they are the first children."""
+        return sorted(self.children())[: self._processes]
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        stderr = self._log.open("ab") if self._log is not None else None
+        try:
+            return subprocess.Popen(  # noqa: S603  (our own interpreter and module, no outside input)
+                self._command, env=self._environment, stdout=subprocess.DEVNULL, stderr=stderr
+            )
         finally:
-            workers.send_signal(signal.SIGTERM)
-            workers.communicate(timeout=60)
+            if stderr is not None:
+                stderr.close()  # the child holds its own copy
+
+    def _keep_running(self) -> None:
+        while True:
+            with self._lock:
+                process = self._process
+            assert process is not None
+            process.wait()
+            if self._stopping.wait(self._restart_after_s):
+                return
+            with self._lock:
+                self._process = self._spawn()
+                self.restarts += 1
 
 
 @contextmanager
@@ -353,14 +429,20 @@ def _sweeping(app: App, actors: Actors) -> Iterator[None]:
     def sweep() -> None:
         while not stop.wait(SWEEP_INTERVAL_S):
             now = utcnow()
-            # A transaction each, as the scheduler runs them: one writer's row locks never span two sweeps.
-            with app.session() as s:
-                due = requeue_postponed(s, now=now)
-            with app.session() as s:
-                due += repush_unanswered(s, policy=app.policy, now=now)
-            with app.session() as s:
-                due += relay_unenqueued(s, now=now, grace_s=RELAY_GRACE_S)
-            actors.enqueue(due)
+            try:
+                # A transaction each, as the scheduler runs them: one writer's row locks never span two.
+                with app.session() as s:
+                    due = requeue_postponed(s, now=now)
+                redeliver = app.settings.redeliver_after_s
+                with app.session() as s:
+                    due += repush_unanswered(s, policy=app.policy, now=now, redeliver_after_s=redeliver)
+                with app.session() as s:
+                    due += relay_unenqueued(s, now=now, grace_s=RELAY_GRACE_S)
+                actors.enqueue(due)
+            except Exception:
+                # The database or the broker away for a moment: the next pass picks up where this one failed,
+                # as the scheduler's next run of a job does.
+                log.exception("demo: a sweep failed; trying again in %.1f s", SWEEP_INTERVAL_S)
 
     thread = threading.Thread(target=sweep, name="mdmq-demo-sweeps", daemon=True)
     thread.start()

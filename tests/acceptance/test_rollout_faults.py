@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,13 +49,6 @@ def metrics_on_a_free_port() -> dict[str, Any]:
     """The workers' metrics server on loopback, on a port nothing else holds: it is one of the processes the
     revoke test counts."""
     return {"metrics_host": "127.0.0.1", "worker_metrics_port": free_ports(1)[0]}
-
-
-def worker_processes(pid: int | None) -> set[int]:
-    """The `dramatiq` command's child processes (its workers and its metrics exposition server): the same set
-    before and after means nothing restarted."""
-    assert pid is not None, "these tests run real worker processes"
-    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
 def mismatches(rollout: Rollout, state: State) -> list[tuple[str, Kind, Status, Status]]:
@@ -137,12 +129,14 @@ def test_a_credential_revoked_mid_rollout_holds_the_rest_and_a_renewal_releases_
                 revoked.set()
 
         rollout.registry.subscribe(revoke_at_the_40th_apns_push)
+        workers = rollout.workers
+        assert workers is not None, "real worker processes"
         wait_until(
-            lambda: len(worker_processes(rollout.workers_pid)) == 3,
+            lambda: len(workers.children()) == 3,
             60,
             "two worker processes and the metrics exposition server",
         )
-        workers = worker_processes(rollout.workers_pid)
+        started = workers.children()
         rollout.start()
         assert revoked.wait(120), "the rollout never made 40 APNs pushes"
 
@@ -164,7 +158,7 @@ def test_a_credential_revoked_mid_rollout_holds_the_rest_and_a_renewal_releases_
         assert sorted(released) == sorted(holds)
         state = rollout.wait(240)
         result = rollout.result(state, 0)
-        assert worker_processes(rollout.workers_pid) == workers, "the same worker processes, never restarted"
+        assert workers.children() == started, "the same worker processes, never restarted"
 
     assert result.ok, explain(pg, rollout, state)
     assert held(pg, rollout.organization_id) == {}
