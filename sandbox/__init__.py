@@ -68,7 +68,7 @@ Emulator choices where the real services do not document behaviour: a non-JSON A
 still answers its status with the devices that never received it.
 """
 
-from sandbox.faults import FaultConfig, FaultRuntime, Latency, Storm
+from sandbox.faults import FaultConfig, FaultRuntime, Garbage, GarbageBurst, Latency, Storm
 from sandbox.registry import Delivery, DeviceRegistry
 from sandbox.server import Sandbox, SandboxThread, serve_forever
 
@@ -77,6 +77,8 @@ __all__ = [
     "DeviceRegistry",
     "FaultConfig",
     "FaultRuntime",
+    "Garbage",
+    "GarbageBurst",
     "Latency",
     "Sandbox",
     "SandboxThread",

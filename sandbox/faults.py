@@ -63,6 +63,30 @@ class Storm:
     retry_after_s: int | None = None
 
 
+class Garbage(StrEnum):
+    """An answer no provider sends: met when something else answers, or when a connection breaks."""
+
+    html = "html"  # an HTML error page with the given status, as a proxy in front of the provider sends
+    not_json = "not_json"  # the given status, `application/json`, and a body that does not parse
+    truncated = "truncated"  # the answer's HEADERS, then a DATA frame cut short, then the connection closes
+
+
+@dataclass(frozen=True, slots=True)
+class GarbageBurst:
+    """The next `requests` requests are answered with `kind` garbage (`status` for html and not_json)."""
+
+    kind: Garbage
+    requests: int
+    status: int = 502
+
+    def response_body(self) -> tuple[str, bytes]:
+        """The content type and body of an html or not_json answer."""
+        if self.kind is Garbage.html:
+            page = f"<html><head><title>{self.status}</title></head><body>upstream error</body></html>"
+            return "text/html", page.encode()
+        return "application/json", b'{"reason": "BadDevi'
+
+
 @dataclass(frozen=True, slots=True)
 class InjectedError:
     """What the emulator must answer instead of handling the request."""
@@ -101,6 +125,8 @@ class FaultRuntime:
         self.goaway_every_n_streams = config.goaway_every_n_streams
         self.max_concurrent_streams = config.max_concurrent_streams
         self._storm: Storm | None = None
+        self._garbage: GarbageBurst | None = None
+        self._garbage_left = 0
         self._storm_started_at = 0.0
         self._storm_failures = 0
         if config.storm is not None:
@@ -111,6 +137,23 @@ class FaultRuntime:
             self._storm = storm
             self._storm_started_at = self._clock()
             self._storm_failures = 0
+
+    def start_garbage(self, burst: GarbageBurst) -> None:
+        with self._lock:
+            self._garbage, self._garbage_left = burst, burst.requests
+
+    @property
+    def garbage_left(self) -> int:
+        with self._lock:
+            return self._garbage_left
+
+    def pick_garbage(self) -> GarbageBurst | None:
+        """The garbage this request gets instead of an answer, if a burst is on. Called once per request."""
+        with self._lock:
+            if self._garbage is None or self._garbage_left <= 0:
+                return None
+            self._garbage_left -= 1
+            return self._garbage
 
     def stop_storm(self) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from sandbox.faults import FaultRuntime
+from sandbox.faults import FaultRuntime, Garbage
 from sandbox.http2 import MAX_REQUEST_BODY, ConnectionInfo, Handler, Request, Response
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,18 @@ class H1Protocol(asyncio.Protocol):
             self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
     def _dispatch(self) -> None:
+        garbage = self.faults.pick_garbage()
+        if garbage is not None and garbage.kind is Garbage.truncated:
+            # An answer that announces 64 bytes of body, carries 10, and then the connection is gone.
+            self._write(
+                b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{"name": '
+            )
+            self._close_transport()  # after what was written: the client reads a body cut short
+            return
+        if garbage is not None:
+            content_type, body = garbage.response_body()
+            self._answer(Response(garbage.status, (("content-type", content_type),), body))
+            return
         response = self._handle()
         delay_s = self.faults.delay_s()
         if delay_s > 0 and self.transport is not None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from h2.errors import ErrorCodes
 
-from sandbox.faults import FaultRuntime
+from sandbox.faults import FaultRuntime, Garbage, GarbageBurst
 from sandbox.h2_connection import ProtocolViolation, ServerConnection, StreamClosed
 from sandbox.hpack_decoder import Header
 from sandbox.hpack_encoder import ResponseEncoder
@@ -194,6 +194,10 @@ class H2Protocol(asyncio.Protocol):
 
     def _on_stream_ended(self, stream_id: int) -> None:
         stream = self.streams[stream_id]
+        garbage = self.faults.pick_garbage()
+        if garbage is not None:
+            self._answer_garbage(stream_id, garbage)
+            return
         response = self._handle(stream)
         delay_s = self.faults.delay_s()
         if delay_s > 0:
@@ -226,6 +230,18 @@ class H2Protocol(asyncio.Protocol):
             if stream_id in self.streams:
                 self._respond(stream_id, response)
         self._flush()
+
+    def _answer_garbage(self, stream_id: int, burst: GarbageBurst) -> None:
+        if burst.kind is not Garbage.truncated:
+            content_type, body = burst.response_body()
+            self._respond(stream_id, Response(burst.status, (("content-type", content_type),), body))
+        else:  # truncated: a DATA frame that announces 64 bytes and carries 10, then the connection is gone
+            self.conn.send_headers(stream_id, self.encoder.encode([(":status", "200")]), end_stream=False)
+            self._flush()
+            header = (64).to_bytes(3, "big") + bytes([0x0, 0x0]) + stream_id.to_bytes(4, "big")
+            if self.transport is not None:
+                self.transport.write(header + b"0123456789")
+            self._close_transport()  # after what was written: the client reads a frame cut short
 
     def _respond(self, stream_id: int, response: Response) -> None:
         headers = [(":status", str(response.status)), *response.headers]

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import quote
 
 from workers.providers.base import ConnectionFailed, Outcome, ProviderError, Push, PushResult
@@ -87,7 +86,7 @@ class AospProvider:
             response = await self._pool.request(self._pool.request_headers(b"GET", path))
         except StreamUnanswered as e:
             raise ConnectionFailed(f"the AOSP push service did not answer: {e.reason}") from None
-        answer = _json_object(response.body)
+        answer = response.json_object() or {}
         push = answer.get("push")
         if response.status != 200 or not isinstance(push, dict):
             raise PushNotFound(f"push {push_id}: {answer.get('code') or response.status}")
@@ -135,8 +134,12 @@ def _groups(pushes: Sequence[Push]) -> list[list[int]]:
 
 
 def _results(pushes: list[Push], response: Response, sent_at: datetime, ttl_s: int) -> list[PushResult]:
-    answer = _json_object(response.body)
-    if response.status == 200 and answer.get("success") is True:
+    answer = response.json_object()
+    if answer is None or (response.status == 200 and answer.get("success") is not True):
+        # Not the push service's answer: something in front of it spoke, or the answer was cut short.
+        reason = response.unreadable()
+        return [PushResult(p.device_id, Outcome.transient, None, response.status, reason) for p in pushes]
+    if response.status == 200:
         push_id = str(answer.get("id"))
         info = answer.get("info") if isinstance(answer.get("info"), dict) else {}
         failed = set(info.get("failed") or ()) if isinstance(info, dict) else set()
@@ -169,11 +172,3 @@ def _time(value: object) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return datetime.fromtimestamp(value, UTC)
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body) if body else {}
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}

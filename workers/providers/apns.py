@@ -176,12 +176,14 @@ def _expiration(push: Push, now_s: float) -> int:
 
 def _result(push: Push, apns_id: str, response: Response, sent_at: datetime) -> PushResult:
     push_id = response.header(b"apns-id") or apns_id
+    error = response.json_object()
+    if error is None:  # not APNs's answer: something in front of it spoke, or the answer was cut short
+        return PushResult(push.device_id, Outcome.transient, None, response.status, response.unreadable())
     if response.status == 200:
         expires_at = datetime.fromtimestamp(sent_at.timestamp() + push.expiration_s, UTC)
         return PushResult(
             push.device_id, Outcome.accepted, push_id, 200, sent_at=sent_at, expires_at=expires_at
         )
-    error = _error_body(response.body)
     reason = error.get("reason") if isinstance(error.get("reason"), str) else None
     outcome = outcome_for(response.status, reason)
     return PushResult(
@@ -194,14 +196,6 @@ def _result(push: Push, apns_id: str, response: Response, sent_at: datetime) -> 
         token_invalid_since=invalid_since(error.get("timestamp")) if response.status == 410 else None,
         sent_at=sent_at,
     )
-
-
-def _error_body(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body) if body else {}
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 def _ssl_context(

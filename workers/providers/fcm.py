@@ -113,7 +113,9 @@ def _message(push: Push) -> dict[str, Any]:
 
 
 def _result(push: Push, response: Response, sent_at: datetime) -> PushResult:
-    answer = _json_object(response.body)
+    answer = response.json_object()
+    if answer is None:  # not FCM's answer: something in front of it spoke, or the answer was cut short
+        return PushResult(push.device_id, Outcome.transient, None, response.status, response.unreadable())
     if response.status == 200:
         name = answer.get("name")
         expires_at = datetime.fromtimestamp(sent_at.timestamp() + push.expiration_s, UTC)
@@ -162,11 +164,3 @@ def _names_the_token(error: Mapping[str, Any]) -> bool:
             if isinstance(violation, dict) and violation.get("field") == "message.token":
                 return True
     return False
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body) if body else {}
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 from collections import deque
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import h2.config
@@ -86,6 +87,24 @@ class Response:
 
     def retry_after_s(self) -> float | None:
         return retry_after_s(self.header(b"retry-after"))
+
+    def json_object(self) -> dict[str, Any] | None:
+        """The body as the JSON object every provider answers with: `{}` when there is no body, None when
+        there is one and it is not a JSON object (an HTML page from a proxy in front, a body cut short)."""
+        if not self.body:
+            return {}
+        try:
+            parsed = json.loads(self.body)
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+
+    def unreadable(self) -> str:
+        """The reason given for an answer `json_object` could not read: its content type, and nothing of
+        its body (which could be anything, of any length)."""
+        content_type = (self.header(b"content-type") or "no content type").split(";")[0].strip()
+        printable = "".join(c for c in content_type[:40] if c.isprintable())
+        return f"unreadable answer ({printable})"
 
 
 class _Stream:
