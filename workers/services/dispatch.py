@@ -9,12 +9,14 @@ as a `Retry` for the actor to enqueue with a delay, never a sleep.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from sqlalchemy import exc as sa_exc
 from sqlmodel import Session
 
 from config.logging import ids_field, log_context
@@ -51,6 +53,9 @@ from workers.services import wording
 log = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
+# Tries to record a chunk's answers while the database is away, waiting 0.5 s, then twice as long each time
+# up to 8 s: some 24 s in all, a restart's worth.
+RECORD_ATTEMPTS = 7
 PROVIDER_NAMES = {Provider.apns: "APNs", Provider.fcm: "FCM", Provider.aosp: "The AOSP push provider"}
 UNDELIVERABLE = Move(PUSH_UNDELIVERABLE, "push undeliverable")
 
@@ -116,6 +121,50 @@ def dispatch_chunk(
         if group.hold_reason is not None:  # in a transaction of its own: the credential row, then the holds
             with group.logged(), session() as s:
                 group.hold(s, summary=summary)
+    # The pushes are out: their answers are recorded even if the database is away for a moment, for a
+    # message that failed here would be taken again and push every device of it a second time.
+    before = replace(summary)
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        summary = replace(before)
+        try:
+            _record(
+                session,
+                groups,
+                claimed,
+                summary,
+                policies=policies,
+                failures=failures,
+                now=now,
+                redeliver_after_s=redeliver_after_s,
+            )
+        except sa_exc.OperationalError as e:
+            if attempt == RECORD_ATTEMPTS:
+                raise
+            wait_s = min(0.5 * 2 ** (attempt - 1), 8.0)
+            log.warning(
+                "could not record the answers of %d pushes (%s); trying again in %.1f s",
+                sum(len(g.wakes) for g in groups),
+                type(e.orig).__name__ if e.orig is not None else type(e).__name__,
+                wait_s,
+            )
+            time.sleep(wait_s)  # a worker thread waiting for the database to come back
+        else:
+            break
+    return summary
+
+
+def _record(
+    session: SessionFactory,
+    groups: list[_Group],
+    claimed: list[Claimed],
+    summary: DispatchSummary,
+    *,
+    policies: Policies,
+    failures: int,
+    now: datetime,
+    redeliver_after_s: float,
+) -> None:
+    """Write the answers of a chunk's pushes, and what goes again later, in one transaction."""
     with session() as s:
         lock_deployments(s, ids=[c.id for c in claimed])  # its writes take no row lock after this
         for group in groups:
@@ -131,7 +180,6 @@ def dispatch_chunk(
             summary=summary,
             redeliver_after_s=redeliver_after_s,
         )
-    return summary
 
 
 @dataclass

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import REGISTRY
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -354,3 +355,38 @@ def test_every_answer_is_counted_by_outcome_and_reason_and_timed(
     after = _pushes("accepted", "none"), _pushes("permanent", "Unregistered")
     assert (after[0] - before[0], after[1] - before[1]) == (2, 1), "one per device woken, not per deployment"
     assert REGISTRY.get_sample_value("mdmq_push_duration_seconds_count", {"provider": "apns"}) == timed + 3
+
+
+def test_answers_are_recorded_when_the_database_comes_back_not_pushed_again(
+    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """The pushes went out, then the database was away when their answers were to be written (a restart):
+    the worker writes them once it is back, rather than failing the message, which would push every device
+    of the chunk a second time."""
+    ids = _setup(engine, registry, signing_key)
+    chunk = [ids["first_profile"], ids["first_app"], ids["second_lock"]]
+    deliveries: list[str] = []
+    registry.subscribe(lambda delivery: deliveries.append(delivery.token))
+    opened = sessions(engine)
+    calls = 0
+
+    @contextmanager
+    def away_once() -> Iterator[Session]:
+        """The second transaction (the answers) fails as a restarting server makes it fail."""
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise sa_exc.OperationalError(
+                "BEGIN", {}, ConnectionError("the database system is shutting down")
+            )
+        with opened() as s:
+            yield s
+
+    with _running(registry) as (_, gateway):
+        summary = dispatch_chunk(away_once, gateway, chunk, policy=POLICY)
+
+    assert calls == 3, "claimed, then the answers twice"
+    assert (summary.pushes, summary.accepted) == (2, 2), "counted once"
+    assert len(deliveries) == 2, "each device pushed once"
+    assert {_get(engine, i).receipt_id is not None for i in chunk} == {True}, "the answers are recorded"
+    assert {_get(engine, i).attempt_count for i in chunk} == {1}
