@@ -125,7 +125,7 @@ class FaultRuntime:
         self.goaway_every_n_streams = config.goaway_every_n_streams
         self.max_concurrent_streams = config.max_concurrent_streams
         self._storm: Storm | None = None
-        self._garbage: GarbageBurst | None = None
+        self._garbage: list[GarbageBurst] = []  # the current burst first, then those queued after it
         self._garbage_left = 0
         self._storm_started_at = 0.0
         self._storm_failures = 0
@@ -138,22 +138,29 @@ class FaultRuntime:
             self._storm_started_at = self._clock()
             self._storm_failures = 0
 
-    def start_garbage(self, burst: GarbageBurst) -> None:
+    def start_garbage(self, *bursts: GarbageBurst) -> None:
+        """Answer the next requests with `bursts`, one after another (replacing any still under way)."""
         with self._lock:
-            self._garbage, self._garbage_left = burst, burst.requests
+            self._garbage = [b for b in bursts if b.requests > 0]
+            self._garbage_left = self._garbage[0].requests if self._garbage else 0
 
     @property
     def garbage_left(self) -> int:
+        """Garbage answers still to send, over every burst queued."""
         with self._lock:
-            return self._garbage_left
+            return self._garbage_left + sum(b.requests for b in self._garbage[1:])
 
     def pick_garbage(self) -> GarbageBurst | None:
         """The garbage this request gets instead of an answer, if a burst is on. Called once per request."""
         with self._lock:
-            if self._garbage is None or self._garbage_left <= 0:
+            if not self._garbage:
                 return None
+            burst = self._garbage[0]
             self._garbage_left -= 1
-            return self._garbage
+            if self._garbage_left == 0:
+                self._garbage.pop(0)
+                self._garbage_left = self._garbage[0].requests if self._garbage else 0
+            return burst
 
     def stop_storm(self) -> None:
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import Delivery, DeviceRegistry, FaultConfig, FaultRuntime, Latency, Storm
+from sandbox import Delivery, DeviceRegistry, FaultConfig, FaultRuntime, Garbage, GarbageBurst, Latency, Storm
 from sandbox.registry import Provider
 from sandbox.testing import FakeClock
 
@@ -86,3 +86,19 @@ def test_latency_samples_stay_in_range(latency: Latency, low: float, high: float
     faults = FaultRuntime(FaultConfig(latency=latency, seed=1))
     samples = [faults.delay_s() for _ in range(500)]
     assert all(low <= s <= high for s in samples)
+
+
+def test_garbage_bursts_run_one_after_another_then_stop() -> None:
+    faults = FaultRuntime()
+    html, cut = (
+        GarbageBurst(Garbage.html, requests=2, status=502),
+        GarbageBurst(Garbage.truncated, requests=1),
+    )
+    faults.start_garbage(html, cut)
+    assert faults.garbage_left == 3
+    picked = [faults.pick_garbage() for _ in range(4)]
+    assert picked == [html, html, cut, None]
+    assert faults.garbage_left == 0
+    faults.start_garbage(html)
+    faults.start_garbage()  # stopped before it was sent
+    assert (faults.pick_garbage(), faults.garbage_left) == (None, 0)
