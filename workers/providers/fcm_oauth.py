@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -84,15 +83,19 @@ class AccessTokenSource:
             response = await self._pool.request(headers, body)
         except StreamUnanswered:
             raise ConnectionFailed("the OAuth token endpoint closed the connection") from None
-        answer = _json_object(response.body)
+        answer = response.json_object()
+        if answer is None:  # not Google's answer: something in front of it spoke, or it was cut short
+            raise ConnectionFailed(f"the OAuth token endpoint's {response.unreadable()}")
         access_token, expires_in = answer.get("access_token"), answer.get("expires_in", 3600)
-        if response.status >= 500 or response.status == 429:
-            raise ConnectionFailed(f"the OAuth token endpoint answered {response.status}")
-        if response.status != 200 or not isinstance(access_token, str):
-            error = str(answer.get("error", "no access_token"))[:100]
+        error = answer.get("error")
+        if 400 <= response.status < 500 and response.status != 429 and isinstance(error, str):
+            # Google's own refusal ({"error": "invalid_grant", ...}): the service account is no good.
             raise CredentialRejected(
-                f"Google refused the service account {self._account.client_email}: {error}"
+                f"Google refused the service account {self._account.client_email}: {error[:100]}"
             )
+        if response.status != 200 or not isinstance(access_token, str):
+            # A 429, a 5xx, or an answer without the token or a refusal: nothing said about the account.
+            raise ConnectionFailed(f"the OAuth token endpoint answered {response.status} without a token")
         logger.debug("OAuth access token fetched for %s", self._account.client_email)
         lifetime_s = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
         return AccessToken(b"Bearer " + access_token.encode(), now + lifetime_s)
@@ -117,11 +120,3 @@ class AccessTokenSource:
 def token_path(url: str) -> str:
     parts = urlsplit(url)
     return parts.path or "/"
-
-
-def _json_object(body: bytes) -> dict[str, object]:
-    try:
-        parsed = json.loads(body) if body else {}
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}

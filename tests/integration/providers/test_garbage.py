@@ -15,7 +15,15 @@ from sandbox.faults import FaultRuntime
 from tests.integration.providers.conftest import PROJECT, TOPIC, apns_token
 from workers.providers.aosp import AospProvider
 from workers.providers.apns import ApnsProvider
-from workers.providers.base import Outcome, Push, PushProvider, PushResult, PushType
+from workers.providers.base import (
+    ConnectionFailed,
+    CredentialRejected,
+    Outcome,
+    Push,
+    PushProvider,
+    PushResult,
+    PushType,
+)
 from workers.providers.credentials import AospApiKey, ApnsTokenKey, FcmServiceAccount
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.fcm import FcmProvider
@@ -120,3 +128,24 @@ def test_aosp_reads_garbage_as_transient(
     registry: DeviceRegistry, aosp_key: AospApiKey, burst: GarbageBurst
 ) -> None:
     check(*run(registry, aosp(aosp_key), burst), burst)
+
+
+@pytest.mark.parametrize("burst", BURSTS, ids=_ids)
+def test_garbage_from_the_oauth_token_endpoint_says_nothing_about_the_service_account(
+    registry: DeviceRegistry, fcm_account: FcmServiceAccount, burst: GarbageBurst
+) -> None:
+    """The token is fetched before the first push: garbage there is a connection failure (the batch goes
+    again later), never Google's refusal, which would hold every FCM deployment of the organization."""
+
+    async def scenario() -> list[PushResult]:
+        async with Sandbox(registry) as sandbox:
+            provider, faults, push = fcm(fcm_account)(registry, sandbox)
+            faults.start_garbage(burst)  # the first request is the token's
+            with pytest.raises(ConnectionFailed) as failed:
+                await provider.send([push])
+            assert not isinstance(failed.value, CredentialRejected)
+            after = await provider.send([push])
+            await provider.close()
+            return after
+
+    assert {r.outcome for r in asyncio.run(scenario())} == {Outcome.accepted}
