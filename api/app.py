@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from api import credentials, deployments
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
+from api.limits import BodyLimit
 from api.metrics import RequestMetrics
 from config.app import App
 from models.enums import Provider
@@ -48,8 +49,9 @@ def create_app(app: App | None = None) -> FastAPI:
         responses=RESPONSES,
     )
     without_422(api)
-    api.add_middleware(RequestMetrics)
     mdmq = app or App()
+    api.add_middleware(BodyLimit, max_bytes=mdmq.settings.api_max_body_bytes)
+    api.add_middleware(RequestMetrics)  # added last, so outermost: it counts the 413s too
     api.state.mdmq = mdmq
     install(api)
     actors = declare_actors(mdmq)  # to send: dispatch after a create or a retry

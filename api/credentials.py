@@ -12,6 +12,7 @@ from sqlmodel import select
 
 from api.auth import Caller, OrganizationId
 from api.errors import INVALID_REQUEST, ApiError
+from api.text import StoredText
 from models.enums import CredentialKind, Provider, PushEnvironment
 from models.tables import PushCredential
 from workers.actors import Actors
@@ -19,7 +20,7 @@ from workers.providers.credentials import InvalidCredential
 from workers.services.credentials import store_credential
 
 
-class CredentialIn(BaseModel):
+class CredentialIn(StoredText):
     kind: CredentialKind
     secret: str = Field(min_length=1, max_length=20_000, description="PEM, service-account JSON or API key.")
     keyId: str | None = Field(default=None, max_length=64)

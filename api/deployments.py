@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, INVALID_REQUEST, ApiError
+from api.text import StoredText
 from models.enums import Actor
 from models.ids import ID_PATTERN
 from models.reports import UnknownReport, parse_report
@@ -120,7 +121,7 @@ class DeploymentAnswer(BaseModel):
     data: DeploymentOut
 
 
-class ReportIn(BaseModel):
+class ReportIn(StoredText):
     deploymentId: Annotated[str, Field(pattern=ID_PATTERN.pattern)]
     report: str = Field(max_length=64)
     reason: str | None = Field(default=None, max_length=1_000)

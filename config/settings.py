@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # Where Prometheus scrapes the processes that have no HTTP API of their own: the worker's exposition
     # server (all its processes, through prometheus_client's multiprocess directory, which `mdmq worker`
     # empties at start) and the scheduler's. The API serves /metrics on its own port.
+    # The largest request body the API reads; a larger one is answered 413 before it is read.
+    api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     metrics_host: str = "0.0.0.0"  # noqa: S104 (a scrape target, as the API's port is)
     worker_metrics_port: int = Field(default=9191, ge=0, le=65_535)
     scheduler_metrics_port: int = Field(default=9192, ge=0, le=65_535)

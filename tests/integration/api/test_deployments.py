@@ -3,9 +3,11 @@ cancel and retry with reasons, device reports of a check-in, and another organiz
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import select
 
@@ -303,3 +305,64 @@ def test_a_credential_upload_validates_reads_back_and_never_returns_the_secret(
         ).json()["data"][0]["keyId"]
         == "KEY1234567"
     ), "a refused upload changes nothing"
+
+
+def _count_deployments(mdmq: App) -> int:
+    with mdmq.engine.connect() as connection:
+        return int(connection.execute(sa.text("SELECT count(*) FROM deployment")).scalar_one())
+
+
+def test_an_oversize_body_is_a_413_in_the_envelope_and_creates_nothing(
+    client: Client, mdmq: App, world: dict[str, Any]
+) -> None:
+    limit = mdmq.settings.api_max_body_bytes
+    one = {"deviceId": world["devices"][0], "kind": "profile", "params": {"pad": "x" * 1000}}
+    body = json.dumps({"deployments": [one] * (limit // 1000 + 10)}).encode()
+    assert len(body) > limit
+    url = client.base_url + "/v1/organizations/acme/deployments"
+    headers = {"Authorization": f"Bearer {world['token']}", "Content-Type": "application/json"}
+
+    announced = client.http.post(url, data=body, headers=headers, timeout=30)
+    chunked = client.http.post(
+        url, data=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]), headers=headers, timeout=30
+    )
+
+    for response, size in ((announced, f"{len(body)} bytes"), (chunked, f"more than {limit} bytes")):
+        assert response.status_code == 413
+        assert response.json() == {
+            "status": False,
+            "error": {"code": 4013, "message": f"Request body too large: {size}, at most {limit}"},
+        }
+    assert _count_deployments(mdmq) == 0, "nothing created"
+    small = json.dumps({"deployments": [{"deviceId": world["devices"][0], "kind": "profile"}]}).encode()
+    read_whole = client.http.post(url, data=iter([small[:10], small[10:]]), headers=headers, timeout=30)
+    assert read_whole.status_code == 202, "a chunked body within the limit reaches its route whole"
+    assert _count_deployments(mdmq) == 1
+
+
+def test_text_with_a_nul_character_is_a_400_naming_the_field_and_changes_nothing(
+    client: Client, mdmq: App, world: dict[str, Any]
+) -> None:
+    """Found by schemathesis: PostgreSQL text cannot hold NUL, and the INSERT failed with a 500."""
+    with mdmq.session() as s:
+        manager = create_token(s, organization_id="acme", permissions=["mdm.credential.manage"])[1]
+    body = {"kind": "aosp_api_key", "secret": "k" * 32, "keyId": "KEY\x00"}
+    response = client.http.put(
+        client.base_url + "/v1/organizations/acme/credentials/aosp",
+        json=body,
+        headers={"Authorization": f"Bearer {manager}"},
+        timeout=30,
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (400, 4000)
+    assert "keyId may not contain a NUL character" in response.json()["error"]["message"]
+    listed = client.get("/v1/organizations/acme/credentials", headers={"Authorization": f"Bearer {manager}"})
+    assert listed.json()["data"] == []
+
+    (profile,) = _create(client, world, ["profile"])
+    report = {"reports": [{"deploymentId": profile, "report": "not_now", "reason": "locked\x00"}]}
+    status, answer = post(client, "/v1/organizations/acme/device-reports", world["token"], report)
+    assert (status, answer["error"]["code"]) == (400, 4000)
+    assert (
+        get(client, f"/v1/organizations/acme/deployments/{profile}", world["token"])[1]["data"]["status"]
+        == "Queued"
+    )
