@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import dramatiq
+import sqlalchemy.exc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlmodel import Session
@@ -491,9 +492,20 @@ def _wait(
     app: App, fleet: Fleet, organization_id: str, timeout_s: float, progress: Callable[[int, int], None]
 ) -> list[tuple[str, str, Kind, Status]]:
     deadline = time.monotonic() + timeout_s
+    state: list[tuple[str, str, Kind, Status]] | None = None
     while True:
-        with app.session() as s:
-            state = rollout_state(s, organization_id=organization_id)
+        try:
+            with app.session() as s:
+                state = rollout_state(s, organization_id=organization_id)
+        except sqlalchemy.exc.OperationalError:
+            # The database away for a moment (the fault suite restarts it): poll again, unless time is up.
+            log.warning("demo: the progress poll could not reach the database", exc_info=True)
+            if time.monotonic() > deadline:
+                if state is None:
+                    raise
+                return state
+            time.sleep(0.25)
+            continue
         settled = sum(
             status is fleet.expected_status(device, kind) or status in TERMINAL[kind]
             for _, device, kind, status in state

@@ -123,6 +123,7 @@ class FaultRuntime:
         self.error_rates: dict[str, float] = dict(config.error_rates)
         self.retry_after_s = config.retry_after_s
         self.goaway_every_n_streams = config.goaway_every_n_streams
+        self.goaways_sent = 0  # by the every-N rule, over all connections
         self.max_concurrent_streams = config.max_concurrent_streams
         self._storm: Storm | None = None
         self._garbage: list[GarbageBurst] = []  # the current burst first, then those queued after it

@@ -161,6 +161,7 @@ class H2Protocol(asyncio.Protocol):
         self.streams_seen += 1
         every = self.faults.goaway_every_n_streams
         if every and self.streams_seen % every == 0:
+            self.faults.goaways_sent += 1  # on the server's loop thread only
             self.send_goaway(last_stream_id=stream_id)
         if end_stream:
             self._on_stream_ended(stream_id)
