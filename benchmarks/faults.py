@@ -375,22 +375,21 @@ def _restarted_since(workers: WorkerProcesses, restarts: int) -> bool:
 
 def restart_redis(run: Run, *, down_s: float = 3.0) -> None:
     assert run.redis is not None
-    run.mid_rollout()
-    before = len(run.deliveries)
-    run.redis.stop()
-    time.sleep(down_s)  # the outage itself
-    run.redis.start()
-    run.ended = time.monotonic()
-    run.figures |= {"down_s": down_s, "pushes_before": before}
+    _restart(run, run.redis, down_s)
 
 
 def restart_postgres(run: Run, *, down_s: float = 3.0) -> None:
     assert run.postgres is not None
+    _restart(run, run.postgres, down_s)
+
+
+def _restart(run: Run, server: OwnRedis | OwnPostgres, down_s: float) -> None:
+    """Stop `server` mid-rollout, leave it down `down_s` seconds, start it again."""
     run.mid_rollout()
     before = len(run.deliveries)
-    run.postgres.stop()
+    server.stop()
     time.sleep(down_s)  # the outage itself
-    run.postgres.start()
+    server.start()
     run.ended = time.monotonic()
     run.figures |= {"down_s": down_s, "pushes_before": before}
 

@@ -109,25 +109,17 @@ def check(garbled: list[PushResult], after: list[PushResult], burst: GarbageBurs
     assert {r.outcome for r in after} == {Outcome.accepted}, "the next push goes through"
 
 
+@pytest.mark.parametrize("provider", ["apns", "fcm", "aosp"])
 @pytest.mark.parametrize("burst", BURSTS, ids=_ids)
-def test_apns_reads_garbage_as_transient(
-    registry: DeviceRegistry, apns_key: ApnsTokenKey, burst: GarbageBurst
+def test_each_provider_reads_garbage_as_transient(
+    registry: DeviceRegistry, request: pytest.FixtureRequest, provider: str, burst: GarbageBurst
 ) -> None:
-    check(*run(registry, apns(apns_key), burst), burst)
-
-
-@pytest.mark.parametrize("burst", BURSTS, ids=_ids)
-def test_fcm_reads_garbage_as_transient(
-    registry: DeviceRegistry, fcm_account: FcmServiceAccount, burst: GarbageBurst
-) -> None:
-    check(*run(registry, fcm(fcm_account), burst), burst)
-
-
-@pytest.mark.parametrize("burst", BURSTS, ids=_ids)
-def test_aosp_reads_garbage_as_transient(
-    registry: DeviceRegistry, aosp_key: AospApiKey, burst: GarbageBurst
-) -> None:
-    check(*run(registry, aosp(aosp_key), burst), burst)
+    setups = {
+        "apns": lambda: apns(request.getfixturevalue("apns_key")),
+        "fcm": lambda: fcm(request.getfixturevalue("fcm_account")),
+        "aosp": lambda: aosp(request.getfixturevalue("aosp_key")),
+    }
+    check(*run(registry, setups[provider](), burst), burst)
 
 
 @pytest.mark.parametrize("burst", BURSTS, ids=_ids)
