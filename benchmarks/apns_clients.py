@@ -24,7 +24,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -190,7 +191,58 @@ async def httpx_client(
     return send, client.aclose
 
 
-CLIENTS = {"mdmq": mdmq_client, "aioapns": aioapns_client, "httpx": httpx_client}
+async def raw_client(
+    port: int, ca_pem: str, key_pem: str, *, connections: int = 4, streams: int = 250
+) -> tuple[SendBatch, Callable[[], Awaitable[None]]]:
+    """The emulator's ceiling: `sandbox.bench_client`, a minimal HTTP/2 client that sends pre-encoded
+    requests (to one device, the first token, whatever tokens it is given) on `connections` connections,
+    `streams` at a time on each."""
+    import jwt
+
+    from sandbox.bench_client import BenchConnection
+
+    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else None
+    if context is not None:
+        context.set_alpn_protocols(["h2"])
+    token = jwt.encode(
+        {"iss": TEAM_ID, "iat": int(time.time())}, key_pem, algorithm="ES256", headers={"kid": KEY_ID}
+    )
+    opened: list[BenchConnection] = []
+
+    async def send(tokens: Sequence[str]) -> int:
+        if not opened:
+            headers = [
+                (":method", "POST"),
+                (":scheme", "https" if context is not None else "http"),
+                (":authority", f"127.0.0.1:{port}"),
+                (":path", f"/3/device/{tokens[0]}"),
+                ("authorization", f"bearer {token}"),
+                ("apns-topic", TOPIC),
+                ("apns-push-type", "mdm"),
+            ]
+            body = json.dumps({"mdm": "bench-magic"}).encode()
+            for _ in range(connections):
+                opened.append(await BenchConnection.open("127.0.0.1", port, headers, body, context))
+        remaining, accepted = len(tokens), 0
+
+        async def stream(connection: BenchConnection) -> None:
+            nonlocal remaining, accepted
+            while remaining > 0:
+                remaining -= 1
+                answer = await connection.request()  # not inside `accepted += …`: it would read first
+                accepted += answer.status == 200
+
+        await asyncio.gather(*(stream(opened[i % connections]) for i in range(connections * streams)))
+        return accepted
+
+    async def close() -> None:
+        for connection in opened:
+            await connection.close()
+
+    return send, close
+
+
+CLIENTS = {"mdmq": mdmq_client, "aioapns": aioapns_client, "httpx": httpx_client, "raw": raw_client}
 
 
 # --- the driver -------------------------------------------------------------------------------------------
@@ -265,35 +317,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cleartext and "aioapns" in names:
         names.remove("aioapns")
         print("aioapns speaks TLS only: left out of a --cleartext run")
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public_pem = key.public_key().public_bytes(
+    with emulator_process(args.pushes, args.seed, args.latency_ms, tls=not args.cleartext) as (
+        pipe,
+        emulator,
+    ):
+        # Clients alternate over the rounds, so a burst of load from elsewhere on the machine hits all alike;
+        # each client's best round is reported.
+        rounds = [
+            asyncio.run(measure(name, pipe, emulator, KEY_PEM, args))
+            for _ in range(args.rounds)
+            for name in names
+        ]
+        runs = [max((r for r in rounds if r.client == name), key=lambda r: r.pushes_per_s) for name in names]
+    report(runs, args)
+    return 0 if all(run.accepted == run.pushes for run in runs) else 1
+
+
+def bare_rates(
+    pushes: int, latency_ms: float, clients: Sequence[str] = ("aioapns", "raw")
+) -> dict[str, float]:
+    """Pushes per second of `clients` alone (no database, no queue), `pushes` each over TLS to an APNs
+    emulator with `latency_ms`: the baselines the fan-out benchmark sets its rate against."""
+    args = parse_args(["--pushes", str(pushes), "--latency-ms", str(latency_ms)])
+    with emulator_process(pushes, args.seed, latency_ms, tls=True) as (pipe, emulator):
+        return {
+            name: asyncio.run(measure(name, pipe, emulator, KEY_PEM, args)).pushes_per_s for name in clients
+        }
+
+
+_KEY = ec.generate_private_key(ec.SECP256R1())
+KEY_PEM = _KEY.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+).decode()
+
+
+@contextmanager
+def emulator_process(
+    pushes: int, seed: int, latency_ms: float, *, tls: bool
+) -> Iterator[tuple[Connection, tuple[int, str]]]:
+    """The APNs emulator in a process of its own, knowing `KEY_PEM`'s key and the devices of `pushes`
+    tokens; yields the pipe that asks it for its CPU time, and its (port, CA PEM or "")."""
+    public_pem = _KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
     emulator = multiprocessing.get_context("spawn").Process(
         target=serve_emulator,
-        args=(theirs, public_pem, device_tokens(args.pushes, args.seed), args.latency_ms, not args.cleartext),
+        args=(theirs, public_pem, device_tokens(pushes, seed), latency_ms, tls),
         daemon=True,
     )
     emulator.start()
     try:
-        port, ca_pem = ours.recv()
-        # Clients alternate over the rounds, so a burst of load from elsewhere on the machine hits all alike;
-        # each client's best round is reported.
-        rounds = [
-            asyncio.run(measure(name, ours, (port, ca_pem), key_pem, args))
-            for _ in range(args.rounds)
-            for name in names
-        ]
-        runs = [max((r for r in rounds if r.client == name), key=lambda r: r.pushes_per_s) for name in names]
+        yield ours, ours.recv()
     finally:
         ours.send("stop")
         emulator.join(timeout=10)
-    report(runs, args)
-    return 0 if all(run.accepted == run.pushes for run in runs) else 1
 
 
 def report(runs: list[ClientRun], args: Any) -> None:

@@ -7,8 +7,12 @@ as in production: `mdmq worker` processes taking dispatch messages from Redis.
 
     python -m benchmarks.fanout [--deployments 10000] [--latency-ms 40] [--processes 2] [--threads 8]
 
-Prints the times, pushes per second, CPU seconds per 1,000 deployments for the workers, PostgreSQL and Redis,
-each worker process's peak memory and the rows written; writes benchmarks/results/fanout-<time>.json.
+Then the same number of pushes goes from aioapns alone and from a minimal HTTP/2 client (the emulator's
+ceiling), over TLS with the same latency and no database or queue (`--no-baselines` skips them).
+
+Prints the times, pushes per second (and as ratios to both baselines), CPU seconds per 1,000 deployments
+for the workers, PostgreSQL and Redis, each worker process's peak memory and the rows written; writes
+benchmarks/results/fanout-<time>.json.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._postgres import scratch_database
+from benchmarks.apns_clients import bare_rates
 from cli.demo import (
     DemoCredential,
     StoreCheckIn,
@@ -309,6 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_false",
         help="devices take their pushes and stay silent: the push path alone, without the fleet's load",
     )
+    parser.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the bare aioapns and raw HTTP/2 runs that follow each fan-out",
+    )
     args = parser.parse_args(argv)
     runs = []
     for n in args.deployments:
@@ -320,6 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_s=args.timeout_s,
             check_in=args.check_in,
         )
+        if args.baselines and result["pushes_per_s"]:
+            # The same number of pushes from aioapns alone, and from a minimal HTTP/2 client (the emulator's
+            # ceiling), with no database or queue: mdmq's end-to-end rate as ratios to both.
+            bare = bare_rates(result["pushes"], args.latency_ms)
+            result["baseline_pushes_per_s"] = bare
+            result["ratio_to_aioapns"] = round(result["pushes_per_s"] / bare["aioapns"], 2)
+            result["ratio_to_ceiling"] = round(result["pushes_per_s"] / bare["raw"], 3)
         print(json.dumps(result, indent=2))
         runs.append(result)
     RESULTS.mkdir(exist_ok=True)
