@@ -129,6 +129,79 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
+    return {pid: cpu_s([pid]) for pid in pids}
+
+
+def cpu_since(before: dict[int, float], now: Sequence[int]) -> float:
+    """CPU seconds spent since `before` by the processes `now` lists, counting a process started since
+    from zero (a PostgreSQL backend opened by a worker's pool during the run)."""
+    return sum(cpu_s([pid]) - before.get(pid, 0.0) for pid in now)
+
+
+@contextmanager
+def profiled(pids: Sequence[int], directory: Path | None) -> Iterator[None]:
+    """Sample `pids` with py-spy while the block runs; each profile goes to `directory` as collapsed
+    stacks, and its heaviest functions are printed."""
+    if directory is None:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    spies = {
+        pid: subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--gil",
+                "--output",
+                str(directory / f"worker-{pid}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    }
+    try:
+        yield
+    finally:
+        for spy in spies.values():
+            spy.send_signal(signal.SIGINT)
+        for spy in spies.values():
+            spy.wait(timeout=60)
+    for pid in spies:
+        print(heaviest(directory / f"worker-{pid}.txt"), file=sys.stderr)
+
+
+def heaviest(profile: Path, top: int = 25) -> str:
+    """The functions of a py-spy raw profile that the most samples were in (inclusive) and at the top of
+    (self), as percentages of all samples."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in profile.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = [frame.rsplit(":", 1)[0] for frame in stack.split(";")]
+        total += count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    lines = [f"{profile.name}: {total} samples", "  inclusive  self  function"]
+    for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"  {100 * count / total:8.1f}% {100 * own.get(frame, 0) / total:5.1f}%  {frame}")
+    lines.append("  heaviest by self:")
+    for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"  {100 * count / total:8.1f}%  {frame}")
+    return "\n".join(lines)
+
+
 def rows_written(engine: sa.Engine) -> int:
     with engine.connect() as connection:
         connection.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
@@ -196,7 +269,14 @@ def wait_for_metrics(port: int, timeout_s: float) -> None:
 
 
 def run(
-    deployments: int, *, latency_ms: float, processes: int, threads: int, timeout_s: float, check_in: bool
+    deployments: int,
+    *,
+    latency_ms: float,
+    processes: int,
+    threads: int,
+    timeout_s: float,
+    check_in: bool,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     devices_needed = (deployments + 1) // 2
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -240,30 +320,23 @@ def run(
         with workers(settings, processes, threads) as dramatiq:
             wait_for_metrics(settings.worker_metrics_port, 60)
             worker_pids = [dramatiq.pid, *children(dramatiq.pid)]
-            postgres, redis_server = pids_named("postgres"), pids_named("redis-server")
-            before = (cpu_s(worker_pids), cpu_s(postgres), cpu_s(redis_server), rows_written(engine))
-
-            started = time.monotonic()
-            batch = wanted(devices, deployments)
-            with app.session() as s:
-                ids = create_deployments(s, organization_id=ORGANIZATION, deployments=batch)
-            created_s = time.monotonic() - started
-            actors.enqueue(as_due([(i, ORGANIZATION, d.kind) for i, d in zip(ids, batch, strict=True)]))
-            enqueued_s = time.monotonic() - started
-            pushed_s = done_s = None
-            while time.monotonic() - started < timeout_s:
-                total, pushed, done = progress(engine)
-                now = time.monotonic() - started
-                if pushed_s is None and pushed == total:
-                    pushed_s = now
-                if done == total:
-                    done_s = now
-                    break
-                if pushed_s is not None and not check_in:
-                    break  # silent devices: nothing becomes terminal before the retry policy's waits
-                time.sleep(0.5)  # the benchmark's own progress poll
+            before = (
+                cpu_s(worker_pids),
+                cpu_by_pid(pids_named("postgres")),
+                cpu_by_pid(pids_named("redis-server")),
+                rows_written(engine),
+            )
+            with profiled(children(dramatiq.pid), profile and profile / str(deployments)):
+                created_s, enqueued_s, pushed_s, done_s = _roll_out(
+                    app, actors, devices, deployments, timeout_s=timeout_s, check_in=check_in
+                )
             peak = {pid: peak_rss_mib(pid) for pid in children(dramatiq.pid)}
-            after = (cpu_s(worker_pids), cpu_s(postgres), cpu_s(redis_server), rows_written(engine))
+            after = (
+                cpu_s(worker_pids),
+                cpu_since(before[1], pids_named("postgres")),
+                cpu_since(before[2], pids_named("redis-server")),
+                rows_written(engine),
+            )
             pushes = _pushes(engine)
         parent.send("stop")
         world.join(timeout=60)
@@ -284,12 +357,40 @@ def run(
         "pushes_per_s": round(pushes / pushed_s, 1) if pushed_s else None,
         "cpu_s_per_1000": {
             "workers": round((after[0] - before[0]) * per_1000, 3),
-            "postgresql": round((after[1] - before[1]) * per_1000, 3),
-            "redis": round((after[2] - before[2]) * per_1000, 3),
+            "postgresql": round(after[1] * per_1000, 3),
+            "redis": round(after[2] * per_1000, 3),
         },
         "peak_rss_mib_per_worker_process": sorted(round(v, 1) for v in peak.values()),
         "rows_written": after[3] - before[3],
     }
+
+
+def _roll_out(
+    app: App, actors: Any, devices: list[Device], deployments: int, *, timeout_s: float, check_in: bool
+) -> tuple[float, float, float | None, float | None]:
+    """Create and enqueue the deployments, and wait: seconds to created, to enqueued, to every push
+    accepted and to every deployment terminal (None when not reached)."""
+    engine = app.engine
+    started = time.monotonic()
+    batch = wanted(devices, deployments)
+    with app.session() as s:
+        ids = create_deployments(s, organization_id=ORGANIZATION, deployments=batch)
+    created_s = time.monotonic() - started
+    actors.enqueue(as_due([(i, ORGANIZATION, d.kind) for i, d in zip(ids, batch, strict=True)]))
+    enqueued_s = time.monotonic() - started
+    pushed_s = done_s = None
+    while time.monotonic() - started < timeout_s:
+        total, pushed, done = progress(engine)
+        now = time.monotonic() - started
+        if pushed_s is None and pushed == total:
+            pushed_s = now
+        if done == total:
+            done_s = now
+            break
+        if pushed_s is not None and not check_in:
+            break  # silent devices: nothing becomes terminal before the retry policy's waits
+        time.sleep(0.5)  # the benchmark's own progress poll
+    return created_s, enqueued_s, pushed_s, done_s
 
 
 def _pushes(engine: sa.Engine) -> int:
@@ -320,6 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_false",
         help="skip the bare aioapns and raw HTTP/2 runs that follow each fan-out",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the worker processes with py-spy during each rollout; collapsed stacks go to DIR/N/",
+    )
     args = parser.parse_args(argv)
     runs = []
     for n in args.deployments:
@@ -330,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             timeout_s=args.timeout_s,
             check_in=args.check_in,
+            profile=args.profile,
         )
         if args.baselines and result["pushes_per_s"]:
             # The same number of pushes from aioapns alone, and from a minimal HTTP/2 client (the emulator's
