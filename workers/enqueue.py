@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlmodel import Session
 
 from models.statuses import Kind
-from models.store._sql import chunked
+from models.store._sql import IDS_PER_STATEMENT, chunked
 from models.store.sweeps import Due, mark_enqueued
 from models.types import utcnow
 
@@ -38,11 +38,26 @@ def enqueue_dispatch(
             (urgent if is_urgent or len(ids) == 1 else bulk)(list(chunk))
             sent += chunk
             messages += 1
+            if len(sent) >= MARK_EVERY:
+                _mark(session, sent, redeliver_after_s)
+                sent = []
     if sent:
-        with session() as s:
-            now = utcnow()
-            mark_enqueued(s, ids=sent, now=now, redeliver_at=now + timedelta(seconds=redeliver_after_s))
+        _mark(session, sent, redeliver_after_s)
     return messages
+
+
+# Marked a few thousand at a time, each in a transaction of its own, as their messages go out: a mark of a
+# whole rollout in one transaction would hold its row locks until the last, and the workers recording the
+# answers to the first chunks' pushes would wait for it.
+MARK_EVERY = IDS_PER_STATEMENT
+
+
+def _mark(
+    session: Callable[[], AbstractContextManager[Session]], ids: list[str], redeliver_after_s: float
+) -> None:
+    with session() as s:
+        now = utcnow()
+        mark_enqueued(s, ids=ids, now=now, redeliver_at=now + timedelta(seconds=redeliver_after_s))
 
 
 def as_due(rows: Sequence[tuple[str, str, Kind]]) -> list[Due]:
