@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from models.statuses import Kind, Status
-from models.store._sql import DEPLOYMENT, IDS_PER_STATEMENT, chunked, in_id_order, run
+from models.store._sql import DEPLOYMENT, IDS_PER_STATEMENT, chunked, in_id_order, one_of, run
 
 c = DEPLOYMENT.c
 
@@ -39,7 +39,7 @@ def due_for(session: Session, *, ids: Sequence[str]) -> list[Due]:
     """The deployments `ids` as the sweeps return them: for a caller that released or re-queued them."""
     found: list[Due] = []
     for batch in chunked(list(ids), IDS_PER_STATEMENT):
-        found += _due(_columns().where(c.id.in_(batch)), session)
+        found += _due(_columns().where(one_of(session, c.id, batch)), session)
     return found
 
 
@@ -81,7 +81,7 @@ def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime, redeli
             .where(
                 in_id_order(
                     sa.and_(
-                        c.id.in_(batch),
+                        one_of(session, c.id, batch),
                         c.status == Status.queued.value,
                         sa.or_(c.enqueued_at.is_(None), pending),
                     )
@@ -101,6 +101,6 @@ def clear_repush(session: Session, *, ids: Sequence[str], redeliver_at: datetime
     device that reported NotNow since the sweep read the row has a retry time of its own, which must stand."""
     for batch in chunked(list(ids), IDS_PER_STATEMENT):
         statement = sa.update(DEPLOYMENT).where(
-            in_id_order(sa.and_(c.id.in_(batch), c.status == Status.queued.value))
+            in_id_order(sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value))
         )
         run(session, statement.values(next_attempt_at=redeliver_at))

@@ -17,7 +17,7 @@ from models import metrics
 from models.enums import Actor
 from models.reports import Report, targets_for
 from models.statuses import OPS_RETRY_FROM, STATUSES, TERMINAL, Kind, Status, allowed_sources
-from models.store._sql import DEPLOYMENT, EVENT, IDS_PER_STATEMENT, chunked, in_id_order, run
+from models.store._sql import DEPLOYMENT, EVENT, IDS_PER_STATEMENT, chunked, in_id_order, one_of, run
 from models.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def _apply(
         )
     statement = (
         sa.update(table)
-        .where(in_id_order(sa.and_(table.c.id.in_(batch), fits)))
+        .where(in_id_order(sa.and_(one_of(session, table.c.id, batch), fits)))
         .values(_new_values(move, kinds, effects, now))
         # `previous_status` is SET from the old `status`, so RETURNING hands back both sides of the move.
         .returning(table.c.id, table.c.kind, table.c.previous_status, table.c.status)
@@ -270,7 +270,7 @@ def _explain_refusals(session: Session, ids: list[str], move: Move) -> list[Refu
     found: dict[str, tuple[Kind, Status, datetime | None]] = {}
     c = DEPLOYMENT.c
     for batch in chunked(ids, IDS_PER_STATEMENT):
-        statement = sa.select(c.id, c.kind, c.status, c.last_report_at).where(c.id.in_(batch))
+        statement = sa.select(c.id, c.kind, c.status, c.last_report_at).where(one_of(session, c.id, batch))
         found |= {
             row.id: (Kind(row.kind), Status(row.status), row.last_report_at)
             for row in run(session, statement)
