@@ -132,10 +132,14 @@ class FcmServiceAccount:
     project_id: str
     private_key_id: str | None = None
     token_uri: str = GOOGLE_TOKEN_URI
+    # The key, loaded once: loading an RSA key costs some 35 ms of CPU, and the OAuth assertions need it.
+    signing_key: rsa.RSAPrivateKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(_load_private_key(self.private_key_pem, "private_key"), rsa.RSAPrivateKey):
+        key = _load_private_key(self.private_key_pem, "private_key")
+        if not isinstance(key, rsa.RSAPrivateKey):
             raise InvalidCredential("private_key is not an RSA key")
+        object.__setattr__(self, "signing_key", key)
         if not (self.client_email and self.project_id):
             raise InvalidCredential("client_email and project_id are required")
 

@@ -111,7 +111,7 @@ class AccessTokenSource:
                 "iat": issued_at,
                 "exp": issued_at + ASSERTION_LIFETIME_S,
             },
-            self._account.private_key_pem,
+            self._account.signing_key,
             algorithm="RS256",
             headers=headers,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from typing import NamedTuple
 
 from models.enums import CredentialKind
@@ -27,12 +28,17 @@ def credential_from_row(row: PushCredential) -> Credential:
 
     Every dispatch chunk asks, and loading a private key is costly (an RSA service account's, some 35 ms of
     CPU: a third of a worker's time before this cache), so each distinct stored credential is loaded once.
-    The key is the row's whole content, so a renewed or edited credential is loaded afresh."""
-    return _credential(
-        _Stored(
-            row.kind, row.environment.value, row.secret, row.key_id, row.team_id, row.topic, row.project_id
-        )
+    The key is the row's whole content, so a renewed or edited credential is loaded afresh. The worker
+    threads ask at once when a rollout starts; the lock makes the first load it and the others wait for it,
+    where each would otherwise load it too."""
+    stored = _Stored(
+        row.kind, row.environment.value, row.secret, row.key_id, row.team_id, row.topic, row.project_id
     )
+    with _loading:
+        return _credential(stored)
+
+
+_loading = threading.Lock()
 
 
 class _Stored(NamedTuple):
