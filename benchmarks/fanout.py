@@ -122,11 +122,21 @@ def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def peak_rss_mib(pid: int) -> float:
+def _status(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_rss_mib(pid: int) -> float:
+    return _status(pid, "VmHWM") / 1024
+
+
+def worker_processes(pid: int, threads: int) -> list[int]:
+    """The `dramatiq` command's worker processes: its children that run the worker threads, not the fork
+    process that serves the metrics."""
+    return [child for child in children(pid) if _status(child, "Threads") >= threads]
 
 
 def cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
@@ -276,6 +286,7 @@ def run(
     threads: int,
     timeout_s: float,
     check_in: bool,
+    chunk_size: int = 250,
     profile: Path | None = None,
 ) -> dict[str, Any]:
     devices_needed = (deployments + 1) // 2
@@ -303,6 +314,7 @@ def run(
             log_level="WARNING",  # a line per group of pushes answered would be the run's own noise
             worker_metrics_port=19191,
             database_pool_size=threads + 2,
+            dispatch_chunk_size=chunk_size,
         )
         app = App(settings)
         engine = app.engine
@@ -327,10 +339,10 @@ def run(
                 rows_written(engine),
             )
             with profiled(children(dramatiq.pid), profile and profile / str(deployments)):
-                created_s, enqueued_s, pushed_s, done_s = _roll_out(
+                created_s, enqueued_s, first_s, pushed_s, done_s = _roll_out(
                     app, actors, devices, deployments, timeout_s=timeout_s, check_in=check_in
                 )
-            peak = {pid: peak_rss_mib(pid) for pid in children(dramatiq.pid)}
+            peak = {pid: peak_rss_mib(pid) for pid in worker_processes(dramatiq.pid, threads)}
             after = (
                 cpu_s(worker_pids),
                 cpu_since(before[1], pids_named("postgres")),
@@ -349,8 +361,10 @@ def run(
         "devices_check_in": check_in,
         "worker_processes": processes,
         "threads": threads,
+        "chunk_size": chunk_size,
         "create_s": round(created_s, 2),
         "create_and_enqueue_s": round(enqueued_s, 2),
+        "first_push_s": round(first_s, 2) if first_s is not None else None,
         "every_push_accepted_s": round(pushed_s, 2) if pushed_s is not None else None,
         "every_deployment_terminal_s": round(done_s, 2) if done_s is not None else None,
         "pushes": pushes,
@@ -367,11 +381,12 @@ def run(
 
 def _roll_out(
     app: App, actors: Any, devices: list[Device], deployments: int, *, timeout_s: float, check_in: bool
-) -> tuple[float, float, float | None, float | None]:
-    """Create and enqueue the deployments, and wait: seconds to created, to enqueued, to every push
-    accepted and to every deployment terminal (None when not reached)."""
+) -> tuple[float, float, float | None, float | None, float | None]:
+    """Create and enqueue the deployments, and wait: seconds to created, to enqueued, to the first push
+    recorded, to every push accepted and to every deployment terminal (None when not reached)."""
     engine = app.engine
     started = time.monotonic()
+    started_at = datetime.now(UTC)
     batch = wanted(devices, deployments)
     with app.session() as s:
         ids = create_deployments(s, organization_id=ORGANIZATION, deployments=batch)
@@ -392,7 +407,19 @@ def _roll_out(
         # The benchmark's own progress poll: often enough to time a short run to some 2% (at 0.5 s, a
         # 10,000 run's 2.4 s read up to 20% long), rarely enough that its count of the table costs little.
         time.sleep(min(max(deployments / 200_000, 0.05), 5.0))
-    return created_s, enqueued_s, pushed_s, done_s
+    return created_s, enqueued_s, _first_push_s(engine, started_at), pushed_s, done_s
+
+
+def _first_push_s(engine: sa.Engine, started_at: datetime) -> float | None:
+    """Seconds from the start of the bulk creation to the first push recorded: the start-up a rollout pays
+    before its pushes flow (the first messages' wait in the queue, the first connections and tokens)."""
+    with engine.connect() as connection:
+        first = connection.execute(sa.text("SELECT min(sent_at) FROM push_receipt")).scalar_one()
+    if first is None:
+        return None
+    if first.tzinfo is None:
+        first = first.replace(tzinfo=UTC)
+    return float((first - started_at).total_seconds())
 
 
 def _pushes(engine: sa.Engine) -> int:
@@ -411,6 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--timeout-s", type=float, default=900.0)
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=250,
+        help="deployments a dispatch message (MDMQ_DISPATCH_CHUNK_SIZE)",
+    )
     parser.add_argument(
         "--no-check-in",
         dest="check_in",
@@ -439,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             timeout_s=args.timeout_s,
             check_in=args.check_in,
+            chunk_size=args.chunk_size,
             profile=args.profile,
         )
         if args.baselines and result["pushes_per_s"]:
