@@ -21,6 +21,9 @@ from workers.providers.factory import ProviderFactory
 # A batch that has not come back after this long is not coming back: its pushes are retried as transient.
 SEND_TIMEOUT_S = 120.0
 
+# One organization's pushes for one provider, with its credential.
+Batch = tuple[str, Credential, Sequence[Push]]
+
 
 class PushGateway:
     def __init__(self, endpoints: ProviderEndpoints) -> None:
@@ -39,6 +42,27 @@ class PushGateway:
             return await factory.provider_for(organization_id, credential).send(pushes)
 
         return asyncio.run_coroutine_threadsafe(send(), loop).result(SEND_TIMEOUT_S)
+
+    def send_all(self, batches: Sequence[Batch]) -> list[list[PushResult] | Exception]:
+        """Send every batch at once, each as `send` would: a chunk's batches (one per organization and
+        provider) wait for the slowest provider, not for each in turn. Returns, in order, each batch's
+        results or the exception that stopped it."""
+        loop, factory = self._running()
+
+        async def send_one(batch: Batch) -> list[PushResult]:
+            organization_id, credential, pushes = batch
+            return await factory.provider_for(organization_id, credential).send(pushes)
+
+        async def send_all() -> list[list[PushResult] | Exception]:
+            answers = await asyncio.gather(*(send_one(b) for b in batches), return_exceptions=True)
+            out: list[list[PushResult] | Exception] = []
+            for answer in answers:
+                if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                    raise answer  # a cancellation or an exit is the process's, not a batch's
+                out.append(answer)
+            return out
+
+        return asyncio.run_coroutine_threadsafe(send_all(), loop).result(SEND_TIMEOUT_S)
 
     def poll(
         self, organization_id: str, credential: Credential, push_ids: Sequence[str]

@@ -45,7 +45,7 @@ from models.types import utcnow
 from workers.metrics import HOLDS, count_answers
 from workers.policy import KindPolicy, Policies, RetryPolicy, backoff_s
 from workers.providers.base import CredentialRejected, Outcome, ProviderError, Push, PushResult, PushType
-from workers.providers.credentials import InvalidCredential
+from workers.providers.credentials import Credential, InvalidCredential
 from workers.providers.rows import credential_from_row
 from workers.push_gateway import PushGateway
 from workers.services import wording
@@ -114,9 +114,7 @@ def dispatch_chunk(
     ]
     # Pushes go out with no transaction open: a write lock held across network I/O would stall every other
     # writer (on SQLite, all of them).
-    for group in groups:
-        with group.logged():
-            group.send(gateway)
+    _send_all(gateway, groups)
     for group in groups:
         if group.hold_reason is not None:  # in a transaction of its own: the credential row, then the holds
             with group.logged(), session() as s:
@@ -228,13 +226,41 @@ class _Group:
         ids = [d.id for w in self.wakes for d in w.deployments]
         return log_context(organization=self.organization_id, provider=self.provider.value, **ids_field(ids))
 
-    def send(self, gateway: PushGateway) -> None:
+    def ready(self) -> Credential | None:
+        """The credential to send this group's pushes with, or None: nothing to send, or a hold reason set
+        because the stored credential cannot be used."""
         if not self.live:
-            return
+            return None
         self.hold_reason = _unusable(self.provider, self.credential)
-        if self.hold_reason is None:
-            assert self.credential is not None
-            self.hold_reason = _send(gateway, self.organization_id, self.credential, self.live)
+        if self.hold_reason is not None:
+            return None
+        assert self.credential is not None
+        try:
+            return credential_from_row(self.credential)
+        except InvalidCredential as e:
+            self.hold_reason = f"{PROVIDER_NAMES[self.provider]} credential refused: {e}"
+            return None
+
+    def answered(self, answer: list[PushResult] | Exception) -> None:
+        """Fill each wake's result from the provider's answer, or set the hold reason when the credential
+        itself was refused. An exception no provider raises is a bug, and fails the message."""
+        name = PROVIDER_NAMES[self.provider]
+        if isinstance(answer, InvalidCredential | CredentialRejected):
+            self.hold_reason = f"{name} credential refused: {answer}"
+            return
+        if isinstance(answer, ProviderError | TimeoutError):
+            log.warning("push batch failed: %s", answer)
+            answer = [
+                PushResult(w.target.device_id, Outcome.transient, reason=type(answer).__name__)
+                for w in self.live
+            ]
+        elif isinstance(answer, Exception):
+            raise answer
+        count_answers(self.provider.value, answer)
+        for wake, result in zip(self.live, answer, strict=True):
+            wake.result = result
+        if refused := next((r for r in answer if r.outcome is Outcome.credential), None):
+            self.hold_reason = f"{name} refused the credential: {refused.reason}"
 
     def hold(self, s: Session, *, summary: DispatchSummary) -> None:
         """Hold every Queued deployment of the organization for this provider: the credential was refused.
@@ -293,25 +319,24 @@ def _unusable(provider: Provider, credential: PushCredential | None) -> str | No
     return None
 
 
-def _send(gateway: PushGateway, organization_id: str, row: PushCredential, wakes: list[Wake]) -> str | None:
-    """Fill each wake's result; returns a hold reason when the credential itself was refused."""
+def _send_all(gateway: PushGateway, groups: list[_Group]) -> None:
+    """Send every group's pushes at once, so a chunk for APNs, FCM and AOSP devices waits for its slowest
+    provider rather than for each in turn; then fill each group's results or hold reason."""
+    sending: list[tuple[_Group, Credential]] = []
+    for group in groups:
+        with group.logged():
+            if (credential := group.ready()) is not None:
+                sending.append((group, credential))
+    if not sending:
+        return
+    batches = [(g.organization_id, credential, [_push(w) for w in g.live]) for g, credential in sending]
     try:
-        credential = credential_from_row(row)
-        results = gateway.send(organization_id, credential, [_push(w) for w in wakes])
-    except (InvalidCredential, CredentialRejected) as e:
-        return f"{PROVIDER_NAMES[row.provider]} credential refused: {e}"
-    except (ProviderError, TimeoutError) as e:
-        log.warning(
-            "push batch failed: %s", e, extra={"organization": organization_id, "provider": row.provider}
-        )
-        results = [PushResult(w.target.device_id, Outcome.transient, reason=type(e).__name__) for w in wakes]
-    count_answers(row.provider.value, results)
-    for wake, result in zip(wakes, results, strict=True):
-        wake.result = result
-    if any(r.outcome is Outcome.credential for r in results):
-        reason = next(r.reason for r in results if r.outcome is Outcome.credential)
-        return f"{PROVIDER_NAMES[row.provider]} refused the credential: {reason}"
-    return None
+        answers = gateway.send_all(batches)
+    except TimeoutError as e:
+        answers = [e] * len(sending)
+    for (group, _), answer in zip(sending, answers, strict=True):
+        with group.logged():
+            group.answered(answer)
 
 
 def _push(wake: Wake) -> Push:

@@ -4,6 +4,7 @@ device, receipts, dead tokens, held credentials, storms retried later, redeliver
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -15,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from cli.demo import register_credentials, store_credentials
 from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
 from models.ids import new_id
 from models.statuses import Kind, Status
@@ -22,14 +24,14 @@ from models.store import NewDeployment, create_deployments, ensure_organization,
 from models.store.devices import NewDevice, add_devices
 from models.store.dispatch import release_holds
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential, PushReceipt
-from sandbox import DeviceRegistry, FaultConfig, Sandbox, SandboxThread, Storm
+from sandbox import Delivery, DeviceRegistry, FaultConfig, Latency, Sandbox, SandboxThread, Storm
+from sandbox.fleet import APNS_TOPIC
 from tests.helpers import sessions
 from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
 from workers.policy import RetryPolicy
-from workers.providers.base import Push, PushResult
-from workers.providers.credentials import Credential
+from workers.providers.base import PushResult
 from workers.providers.endpoints import ProviderEndpoints
-from workers.push_gateway import PushGateway
+from workers.push_gateway import Batch, PushGateway
 from workers.services.credentials import store_credential
 from workers.services.dispatch import dispatch_chunk
 
@@ -243,8 +245,8 @@ class UploadsDuringSend(PushGateway):
         super().__init__(endpoints)
         self.upload = upload
 
-    def send(self, organization_id: str, credential: Credential, pushes: Sequence[Push]) -> list[PushResult]:
-        results = super().send(organization_id, credential, pushes)
+    def send_all(self, batches: Sequence[Batch]) -> list[list[PushResult] | Exception]:
+        results = super().send_all(batches)
         self.upload()
         return results
 
@@ -390,3 +392,40 @@ def test_answers_are_recorded_when_the_database_comes_back_not_pushed_again(
     assert len(deliveries) == 2, "each device pushed once"
     assert {_get(engine, i).receipt_id is not None for i in chunk} == {True}, "the answers are recorded"
     assert {_get(engine, i).attempt_count for i in chunk} == {1}
+
+
+def test_a_chunk_sends_to_each_provider_at_once_not_in_turn(engine: Engine) -> None:
+    """A chunk of iPhones and AOSP devices waits for its slowest provider, not for each in turn: both
+    emulators hold their answers 2 s, and the second device still gets its push while the first's answer
+    is held. Sent in turn, the second push would leave only after the first answer, 2 s or more later."""
+    registry = DeviceRegistry()
+    keys = register_credentials(registry)
+    iphone, aosp = secrets.token_hex(32), secrets.token_hex(16)
+    registry.add_apns_device(iphone, topic=APNS_TOPIC)
+    registry.add_aosp_device(aosp)
+    delivered: dict[str, float] = {}
+
+    def arrived(delivery: Delivery) -> None:
+        delivered.setdefault(delivery.token, time.monotonic())
+
+    registry.subscribe(arrived)
+    with Session(engine) as s, s.begin():
+        ensure_organization(s, organization_id="acme")
+        store_credentials(s, "acme", keys)
+        devices = add_devices(
+            s,
+            organization_id="acme",
+            devices=[NewDevice(Platform.ios, iphone, push_magic="magic"), NewDevice(Platform.aosp, aosp)],
+        )
+        ids = create_deployments(
+            s, organization_id="acme", deployments=[NewDeployment(d, Kind.profile) for d in devices]
+        )
+    held_s = 2.0
+    held = FaultConfig(latency=Latency.fixed(held_s * 1000))
+    with _running(registry, apns_faults=held, aosp_faults=held) as (_, gateway):
+        summary = dispatch_chunk(sessions(engine), gateway, ids, policy=POLICY)
+    assert (summary.pushes, summary.accepted) == (2, 2)
+    apart_s = abs(delivered[iphone] - delivered[aosp])
+    assert apart_s < held_s / 2, (
+        f"the second push left {apart_s:.2f} s after the first: it waited for its answer"
+    )
