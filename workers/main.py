@@ -15,6 +15,7 @@ from config.app import App
 from config.logging import configure_logging
 from config.sentry import init_sentry
 from workers.actors import declare_actors
+from workers.warm_up import WarmUp
 
 app = App()
 configure_logging(level=app.settings.log_level, json_lines=app.settings.json_logs)
@@ -25,5 +26,6 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     app.broker.add_middleware(WorkerMetrics())
 else:
     logging.getLogger(__name__).warning("no metrics directory: start the workers with `mdmq worker`")
+app.broker.add_middleware(WarmUp(app))  # each process connects and compiles before its threads start
 actors = declare_actors(app)
 broker = app.broker
