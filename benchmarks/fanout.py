@@ -278,6 +278,16 @@ def wait_for_metrics(port: int, timeout_s: float) -> None:
     raise TimeoutError("the workers' metrics server never answered: did they start?")
 
 
+def wait_for_workers(pid: int, processes: int, threads: int, timeout_s: float) -> None:
+    """Until every worker process runs its worker threads: booted, and taking messages. The clock starts
+    after, as a rollout's would in production, where the workers were started long before."""
+    deadline = time.monotonic() + timeout_s
+    while len(worker_processes(pid, threads)) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {processes} worker processes running {threads} threads")
+        time.sleep(0.1)
+
+
 def run(
     deployments: int,
     *,
@@ -331,6 +341,7 @@ def run(
         actors = declare_actors(app)
         with workers(settings, processes, threads) as dramatiq:
             wait_for_metrics(settings.worker_metrics_port, 60)
+            wait_for_workers(dramatiq.pid, processes, threads, 60)
             worker_pids = [dramatiq.pid, *children(dramatiq.pid)]
             before = (
                 cpu_s(worker_pids),
