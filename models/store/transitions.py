@@ -204,6 +204,10 @@ def _new_values(move: Move, kinds: list[Kind], effects: Effects, now: datetime) 
         values["postpone_count"] = c.postpone_count + 1
     if effects.reset_pushes:
         values["attempt_count"] = 0
+    # Only a Queued deployment is held, and no move goes from Queued to Queued: whatever moves is no longer
+    # waiting on a credential (its device checked in on its own, an admin cancelled it), and counts as held
+    # no more.
+    values["hold_reason"] = None
     if all(move.targets[k] is Status.queued for k in kinds):
         # Back in the queue: not on the broker until the caller enqueues it, and the relay's if it never does.
         values["enqueued_at"] = None
@@ -221,7 +225,6 @@ _REOPENED: dict[str, Any] = {
     "error_code": None,
     "error_message": None,
     "error_detail": None,
-    "hold_reason": None,
     "finished_at": None,
     "enqueued_at": None,
 }

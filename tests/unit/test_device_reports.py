@@ -9,9 +9,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from models.enums import Provider
 from models.reports import Report
 from models.statuses import Kind, Status
 from models.store import RefusalReason, get_deployment
+from models.store.dispatch import hold_for_credential
+from models.store.maintenance import held_counts
 from models.tables import Deployment, Organization
 from models.types import utcnow
 from tests.conftest import MakeDeployments
@@ -171,3 +174,23 @@ def test_a_report_older_than_the_last_applied_one_is_refused_as_out_of_order(
     assert [r.reason for r in result.refused] == [RefusalReason.out_of_order]
     deployment = _deployment(sqlite, deployment_id)
     assert (deployment.status, deployment.last_report_at) == (Status.postponed, sent)
+
+
+def test_a_held_deployment_whose_device_checks_in_is_held_no_more(
+    sqlite: Engine, make_deployments: MakeDeployments
+) -> None:
+    """A revoked push key holds what it would wake, but a device that checks in on its own still fetches its
+    commands: the deployment moves on, and no longer counts as held (the held gauge, the API's `held`)."""
+    held_id, other_id = make_deployments(sqlite, Kind.profile, count=2)
+    with Session(sqlite) as session, session.begin():
+        hold_for_credential(
+            session, organization_id="acme", provider=Provider.apns, reason="APNs credential revoked"
+        )
+
+    _report(sqlite, DeviceReport(held_id, Report.fetched))
+
+    moved, still = _deployment(sqlite, held_id), _deployment(sqlite, other_id)
+    assert (moved.status, moved.hold_reason) == (Status.waiting, None)
+    assert (still.status, still.hold_reason) == (Status.queued, "APNs credential revoked")
+    with Session(sqlite) as session:
+        assert held_counts(session) == {(Provider.apns, "APNs credential revoked"): 1}
