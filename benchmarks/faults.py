@@ -172,10 +172,13 @@ def audit(
         if status not in TERMINAL[kind]:
             lost += 1
             problems.append(f"left {status.value}")
-        elif status is not expected:
-            wrong += 1
-            problems.append(f"{status.value}, expected {expected.value}")
         steps = history.get(row.id, [])
+        if status in TERMINAL[kind] and status is not expected:
+            wrong += 1
+            path = " > ".join(f"{to.value} ({actor})" for _, to, actor in steps)
+            problems.append(
+                f"{status.value}, expected {expected.value}; error {row.error_message!r}; history {path}"
+            )
         bad_steps = _illegal_steps(kind, steps)
         illegal += bool(bad_steps)
         problems += bad_steps
