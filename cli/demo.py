@@ -67,12 +67,16 @@ def demo_limits(devices: int) -> dict[str, dict[str, float]]:
     device that never checks in fails after about 11 times the first wait. The simulated fleet checks in some
     60 devices a second on PostgreSQL, so a larger fleet gets longer waits before a re-push, or a device still
     waiting its turn would look silent: 2,000 devices wait 10 s, and fail silent ones after about 110 s.
-    (At devices/300 a loaded CI machine once failed one slow device of 2,000 as silent.)
+    (At devices/300 a loaded CI machine once failed one slow device of 2,000 as silent.) The deadline is
+    15 minutes, or 20 first waits for a larger fleet (2,000 s at 20,000 devices), past the 11 in which a
+    silent device has had its four pushes: a 20,000-device rollout takes some 19 minutes to settle, and
+    at 15 minutes a device still waiting for its next wake-up (one that lost a check-in to a restarted
+    database) would fail on the deadline instead of completing as it dictates.
     Stored on the organization, so that worker processes of their own apply it too."""
     push_first_s = max(2.0, devices / 200)
     limits = {
         "max_postpones": 4,
-        "deadline_s": 900,
+        "deadline_s": max(900.0, 20 * push_first_s),
         "postpone_first_s": 0.3,
         "postpone_max_s": 2,
         "max_pushes": 4,
