@@ -285,6 +285,11 @@ class _Group:
             reason=self.hold_reason,
             summary=summary,
         )
+        # No device was woken: the claim's count is given back, as for a provider's 5xx, so a rollout whose
+        # key was revoked and renewed keeps every wake-up its policy allows. (The next attempt time of a
+        # held deployment is the release's to set.)
+        ids = [d.id for w in self.live for d in w.deployments]
+        give_back_attempts(s, ids=ids, redeliver_at=utcnow())
 
     def write(self, s: Session, *, summary: DispatchSummary, now: datetime) -> list[Wake]:
         """Write what the provider's answers settle; returns the accepted wakes, whose receipts the caller

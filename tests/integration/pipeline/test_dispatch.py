@@ -197,6 +197,7 @@ def test_a_refused_credential_holds_and_a_new_one_releases(
             "APNs refused the credential: InvalidProviderToken",
         )
         assert _get(engine, ids["dead_lock"]).status is Status.queued, "nothing is marked failed"
+        assert {_get(engine, i).attempt_count for i in chunk} == {0}, "no device was woken: no push counted"
 
         renewed = ec.generate_private_key(ec.SECP256R1())
         registry.add_apns_key(team_id=TEAM_ID, key_id="NEWKEY0001", public_key=renewed.public_key())
