@@ -37,11 +37,8 @@ class PushGateway:
     def send(self, organization_id: str, credential: Credential, pushes: Sequence[Push]) -> list[PushResult]:
         """Send `pushes` with `credential`; a `ProviderError` means the whole batch could not be sent."""
         loop, factory = self._running()
-
-        async def send() -> list[PushResult]:
-            return await factory.provider_for(organization_id, credential).send(pushes)
-
-        return asyncio.run_coroutine_threadsafe(send(), loop).result(SEND_TIMEOUT_S)
+        batch = (organization_id, credential, pushes)
+        return asyncio.run_coroutine_threadsafe(_send(factory, batch), loop).result(SEND_TIMEOUT_S)
 
     def send_all(self, batches: Sequence[Batch]) -> list[list[PushResult] | Exception]:
         """Send every batch at once, each as `send` would: a chunk's batches (one per organization and
@@ -49,12 +46,8 @@ class PushGateway:
         results or the exception that stopped it."""
         loop, factory = self._running()
 
-        async def send_one(batch: Batch) -> list[PushResult]:
-            organization_id, credential, pushes = batch
-            return await factory.provider_for(organization_id, credential).send(pushes)
-
         async def send_all() -> list[list[PushResult] | Exception]:
-            answers = await asyncio.gather(*(send_one(b) for b in batches), return_exceptions=True)
+            answers = await asyncio.gather(*(_send(factory, b) for b in batches), return_exceptions=True)
             out: list[list[PushResult] | Exception] = []
             for answer in answers:
                 if isinstance(answer, BaseException) and not isinstance(answer, Exception):
@@ -107,3 +100,8 @@ class PushGateway:
                 self._thread = threading.Thread(target=self._loop.run_forever, name="mdmq-push", daemon=True)
                 self._thread.start()
             return self._loop, self._factory
+
+
+async def _send(factory: ProviderFactory, batch: Batch) -> list[PushResult]:
+    organization_id, credential, pushes = batch
+    return await factory.provider_for(organization_id, credential).send(pushes)
