@@ -69,6 +69,7 @@ class Deliveries:
         self._lock = threading.Condition()
         self.times: list[float] = []
         self.per_provider: Counter[str] = Counter()
+        self.at_by_token: dict[str, list[float]] = {}  # wall clock, to read beside the database's times
 
     def __call__(self, delivery: Delivery) -> None:
         if delivery.token not in self._tokens:
@@ -76,6 +77,7 @@ class Deliveries:
         with self._lock:
             self.times.append(time.monotonic())
             self.per_provider[delivery.provider] += 1
+            self.at_by_token.setdefault(delivery.token, []).append(time.time())
             self._lock.notify_all()
 
     def wait_for(self, count: int, timeout_s: float) -> bool:
@@ -136,20 +138,23 @@ def audit(
     fault_ended: float | None,
     figures: dict[str, Any],
     recoveries: Sequence[float] = (),
+    started_at: float | None = None,
 ) -> Audit:
-    """Read every deployment of the rollout, its events and its receipts back from the database."""
+    """Read every deployment of the rollout, its events and its receipts back from the database. Each
+    deployment that went wrong is shown with its history, the pushes its device received and its check-ins,
+    in seconds from `started_at` (wall clock; the first event's time when not given)."""
     organization = rollout.organization_id
     with rollout.app.engine.connect() as connection:
         rows = connection.execute(
             sa.text(
-                "SELECT id, device_id, kind, status, error_message FROM deployment "
+                "SELECT id, device_id, kind, status, error_message, attempt_count FROM deployment "
                 "WHERE organization_id = :org"
             ),
             {"org": organization},
         ).all()
         events = connection.execute(
             sa.text(
-                "SELECT e.deployment_id, e.from_status, e.to_status, e.actor FROM deployment_event e "
+                "SELECT e.deployment_id, e.from_status, e.to_status, e.actor, e.at FROM deployment_event e "
                 "JOIN deployment d ON d.id = e.deployment_id WHERE d.organization_id = :org ORDER BY e.id"
             ),
             {"org": organization},
@@ -159,9 +164,16 @@ def audit(
             {"org": organization},
         ).scalar_one()
     history: dict[str, list[tuple[Status | None, Status, str]]] = {}
+    moments: dict[str, list[float]] = {}
     for e in events:
         source = None if e.from_status is None else Status(e.from_status)
         history.setdefault(e.deployment_id, []).append((source, Status(e.to_status), e.actor))
+        moments.setdefault(e.deployment_id, []).append(e.at.timestamp())
+    if started_at is None:
+        started_at = min((m[0] for m in moments.values()), default=0.0)
+
+    def since(moment: float) -> str:
+        return f"+{moment - started_at:.1f}"
 
     lost = wrong = illegal = unexplained = 0
     examples: list[str] = []
@@ -175,9 +187,17 @@ def audit(
         steps = history.get(row.id, [])
         if status in TERMINAL[kind] and status is not expected:
             wrong += 1
-            path = " > ".join(f"{to.value} ({actor})" for _, to, actor in steps)
+            path = " > ".join(
+                f"{to.value} ({actor} {since(at)})"
+                for (_, to, actor), at in zip(steps, moments.get(row.id, []), strict=True)
+            )
+            device = rollout.fleet.device(row.device_id)
+            pushed = ", ".join(map(since, deliveries.at_by_token.get(device.token, []))) or "none"
+            checked_in = ", ".join(map(since, device.checked_in_at)) or "none"
             problems.append(
-                f"{status.value}, expected {expected.value}; error {row.error_message!r}; history {path}"
+                f"{status.value}, expected {expected.value}; error {row.error_message!r}; history {path}; "
+                f"{row.attempt_count} attempts counted; device {device.behaviour.value} pushed at {pushed}, "
+                f"checked in at {checked_in} (last {len(device.checked_in_at)} of {device.times_woken})"
             )
         bad_steps = _illegal_steps(kind, steps)
         illegal += bool(bad_steps)
@@ -594,7 +614,7 @@ def run_fault(
                     failure.append(error)
 
             injector = threading.Thread(target=inject, name=f"fault-{fault.name}", daemon=True)
-            started = time.monotonic()
+            started, started_at = time.monotonic(), time.time()
             rollout.start()
             injector.start()
 
@@ -617,6 +637,7 @@ def run_fault(
                 fault_ended=run.ended,
                 figures=figures,
                 recoveries=run.recoveries,
+                started_at=started_at,
             )
 
 

@@ -280,6 +280,8 @@ class SimulatedDevice:
     push_magic: str | None = field(repr=False)  # Apple MDM only
     behaviour: Behaviour
     times_woken: int = 0
+    # When its last few check-ins began (wall clock): what an audit of a run shows next to its pushes.
+    checked_in_at: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def provider(self) -> Provider:
@@ -656,6 +658,7 @@ class _CheckInRunner:
                 self._running.add(device.id)
                 # Counted under the lock, so that the next wake-up's delay never races this one.
                 device.times_woken += 1
+                device.checked_in_at = (*device.checked_in_at[-7:], time.time())
                 return device
             return None
 
