@@ -170,11 +170,11 @@ def deployment_history(session: Session, *, deployment_id: str) -> list[Deployme
 
 
 def pending_commands(session: Session, *, device_id: str) -> list[tuple[str, Kind]]:
-    """What the check-in server hands a device that connects: its Queued deployments that are not held."""
+    """What the check-in server hands a device that connects: its Queued deployments, held ones too. A hold
+    stops the pushes that wake a device, not what a device that checks in anyway (woken by an earlier push,
+    or on its own) fetches; the fetch moves the deployment on and ends its hold."""
     statement = sa.select(DEPLOYMENT.c.id, DEPLOYMENT.c.kind).where(
-        DEPLOYMENT.c.device_id == device_id,
-        DEPLOYMENT.c.status == Status.queued.value,
-        DEPLOYMENT.c.hold_reason.is_(None),
+        DEPLOYMENT.c.device_id == device_id, DEPLOYMENT.c.status == Status.queued.value
     )
     return [(row.id, Kind(row.kind)) for row in run(session, statement)]
 

@@ -62,10 +62,17 @@ class NewReceipt:
 
 
 def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> list[Claimed]:
-    """Count a push attempt for those of `ids` still Queued and not held: one conditional UPDATE per batch.
-    A redelivered message claims them again, which costs at worst a second wake-up push."""
+    """Claim those of `ids` still Queued and not held for a push: one conditional UPDATE per batch.
+
+    A wake-up counts once each time a deployment is enqueued (created, re-queued, released, or taken again by
+    the re-push sweep): a second message for it (a redelivery after a crash, or a rollout's message still
+    on the queue when a hold was released and the release sent its own) claims it again and costs at worst
+    a second wake-up push, but it is one chance to check in, not two."""
     claimed: list[Claimed] = []
     c = DEPLOYMENT.c
+    not_pushed_since_enqueued = sa.or_(
+        c.pushed_at.is_(None), c.enqueued_at.is_(None), c.pushed_at < c.enqueued_at
+    )
     for batch in chunked(list(dict.fromkeys(ids)), IDS_PER_STATEMENT):
         statement = (
             sa.update(DEPLOYMENT)
@@ -79,7 +86,7 @@ def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> li
                 )
             )
             .values(
-                attempt_count=c.attempt_count + 1,
+                attempt_count=c.attempt_count + sa.case((not_pushed_since_enqueued, 1), else_=0),
                 pushed_at=now,
                 enqueued_at=sa.func.coalesce(c.enqueued_at, now),
             )
@@ -94,9 +101,10 @@ def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> li
 
 
 def give_back_attempts(session: Session, *, ids: Sequence[str], redeliver_at: datetime) -> None:
-    """Undo the claim's count for pushes the provider turned away (a 5xx, a 429, a lost connection): the
-    device was not woken, so the wake-ups it is allowed stay as they were. The re-push sweep takes them
-    again at `redeliver_at`, should the retry's message be lost."""
+    """Undo the claim's count for pushes the provider turned away (a 5xx, a 429, a lost connection, a refused
+    credential): the device was not woken, so the wake-ups it is allowed stay as they were, and the push
+    that does reach it counts. The re-push sweep takes them again at `redeliver_at`, should the retry's
+    message be lost."""
     c = DEPLOYMENT.c
     for batch in chunked(sorted(set(ids)), IDS_PER_STATEMENT):
         condition = sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value)
@@ -105,7 +113,7 @@ def give_back_attempts(session: Session, *, ids: Sequence[str], redeliver_at: da
             session,
             sa.update(DEPLOYMENT)
             .where(in_id_order(condition))
-            .values(attempt_count=given_back, next_attempt_at=redeliver_at),
+            .values(attempt_count=given_back, pushed_at=None, next_attempt_at=redeliver_at),
         )
 
 

@@ -95,12 +95,13 @@ def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime, redeli
         run(session, statement)
 
 
-def clear_repush(session: Session, *, ids: Sequence[str], redeliver_at: datetime) -> None:
-    """Taken by the re-push sweep: the next sweep takes them again only at `redeliver_at`, should the message
-    it sends be lost (the dispatch that pushes them sets the real re-push time). Only while still Queued: a
-    device that reported NotNow since the sweep read the row has a retry time of its own, which must stand."""
+def clear_repush(session: Session, *, ids: Sequence[str], now: datetime, redeliver_at: datetime) -> None:
+    """Taken by the re-push sweep, enqueued anew (its push counts another wake-up): the next sweep takes them
+    again only at `redeliver_at`, should the message it sends be lost (the dispatch that pushes them sets
+    the real re-push time). Only while still Queued: a device that reported NotNow since the sweep read the
+    row has a retry time of its own, which must stand."""
     for batch in chunked(list(ids), IDS_PER_STATEMENT):
         statement = sa.update(DEPLOYMENT).where(
             in_id_order(sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value))
         )
-        run(session, statement.values(next_attempt_at=redeliver_at))
+        run(session, statement.values(enqueued_at=now, next_attempt_at=redeliver_at))

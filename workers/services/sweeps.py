@@ -51,7 +51,9 @@ def repush_unanswered(
         effects = Effects(error=ErrorInfo("no_check_in", message, {"pushes": d.attempt_count}))
         move = Move.to(Status.failed).unless_changed_since_read(_QUEUED, due_by=now)
         transition(session, ids=[d.id], move=move, actor=Actor.scheduler, effects=effects, now=now)
-    clear_repush(session, ids=[d.id for d in again], redeliver_at=now + timedelta(seconds=redeliver_after_s))
+    clear_repush(
+        session, ids=[d.id for d in again], now=now, redeliver_at=now + timedelta(seconds=redeliver_after_s)
+    )
     return again
 
 

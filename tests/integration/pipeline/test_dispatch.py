@@ -179,6 +179,9 @@ def test_the_same_message_delivered_twice_changes_nothing_more(
     assert _count(engine, DeploymentEvent) == events, "no new events"
     assert again.undeliverable == 0
     assert again.accepted == 2, "at worst a second wake-up push"
+    assert {_get(engine, ids[k]).attempt_count for k in ("first_profile", "first_app", "second_lock")} == {
+        1
+    }, "pushed twice for one enqueue: one chance to check in, counted once"
 
 
 def test_a_refused_credential_holds_and_a_new_one_releases(

@@ -16,7 +16,13 @@ from models.reports import Report
 from models.statuses import Kind, Status
 from models.store import Effects, ErrorInfo, Move, transition
 from models.store._sql import DEPLOYMENT
-from models.store.dispatch import claim_for_push, hold_for_credential, release_holds
+from models.store.deployments import pending_commands
+from models.store.dispatch import (
+    claim_for_push,
+    give_back_attempts,
+    hold_for_credential,
+    release_holds,
+)
 from models.store.sweeps import mark_enqueued
 from models.tables import Deployment, PushCredential
 from models.types import utcnow
@@ -180,6 +186,63 @@ def test_a_message_the_broker_lost_is_sent_again_by_the_re_push_sweep(
         row = s.get(Deployment, answered)
         assert row is not None
         assert row.next_attempt_at == repush_at, "a re-push time ahead stands"
+
+
+def test_a_wake_up_counts_once_each_time_a_deployment_is_enqueued(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    """The wake-ups a deployment is allowed are chances for its device to check in: a second message for the
+    same enqueue (a rollout's message still queued when a hold was released, a redelivery) pushes again
+    but is no new chance; the re-push sweep's, a release's and a retry after a refused push are."""
+    (deployment,) = make_deployments(engine, Kind.profile)
+    policy, now = RetryPolicy.defaults(), utcnow()
+
+    def claim(at: datetime) -> int:
+        with Session(engine) as s, s.begin():
+            (claimed,) = claim_for_push(s, ids=[deployment], now=at)
+            return claimed.attempt_count
+
+    with Session(engine) as s, s.begin():
+        mark_enqueued(s, ids=[deployment], now=now, redeliver_at=now + timedelta(seconds=600))
+    assert claim(now + timedelta(seconds=1)) == 1
+    assert claim(now + timedelta(seconds=2)) == 1, "the same enqueue's second message"
+    with engine.begin() as connection:  # the push was answered; the device stays silent
+        connection.execute(sa.update(DEPLOYMENT).values(next_attempt_at=now + timedelta(minutes=10)))
+    with Session(engine) as s, s.begin():
+        due = repush_unanswered(s, policy=policy, now=now + timedelta(minutes=11), redeliver_after_s=600)
+        assert [d.id for d in due] == [deployment]
+    assert claim(now + timedelta(minutes=11, seconds=1)) == 2, "the re-push sweep's: a new wake-up"
+    assert claim(now + timedelta(minutes=11, seconds=2)) == 2
+    with Session(engine) as s, s.begin():
+        give_back_attempts(s, ids=[deployment], redeliver_at=now + timedelta(minutes=12))
+    assert claim(now + timedelta(minutes=12)) == 2, (
+        "the retry of a refused push counts the push that went out"
+    )
+    with Session(engine) as s, s.begin():
+        hold_for_credential(s, organization_id="acme", provider=Provider.apns, reason="key revoked")
+        assert release_holds(s, organization_id="acme", provider=Provider.apns) == [deployment]
+    assert claim(now + timedelta(minutes=13)) == 3, "released: enqueued anew"
+    assert claim(now + timedelta(minutes=13, seconds=1)) == 3, "and a message left from before the hold"
+
+
+def test_a_device_that_checks_in_gets_its_held_commands_too(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    """A hold stops the pushes, not the check-in: a device woken before the credential was refused fetches
+    what was held, and the fetch ends the hold."""
+    held, other = make_deployments(engine, Kind.profile, count=2)
+    with Session(engine) as s, s.begin():
+        hold_for_credential(s, organization_id="acme", provider=Provider.apns, reason="key revoked")
+        device = s.get(Deployment, held)
+        assert device is not None
+        assert pending_commands(s, device_id=device.device_id) == [(held, Kind.profile)]
+    with Session(engine) as s, s.begin():
+        fetched = transition(s, ids=[held], move=Move.for_report(Report.fetched), actor=Actor.device)
+    assert [a.deployment_id for a in fetched.applied] == [held]
+    with Session(engine) as s:
+        rows = {d.id: d for d in s.exec(select(Deployment))}
+    assert (rows[held].status, rows[held].hold_reason) == (Status.waiting, None)
+    assert (rows[other].status, rows[other].hold_reason) == (Status.queued, "key revoked")
 
 
 def test_cancel_stops_what_has_not_started_and_later_reports_change_nothing(
