@@ -215,6 +215,7 @@ def audit(
         if (first := deliveries.first_after(moment)) is not None
     ]
     recovery = max(waits, default=None)
+    figures = figures | {"check_in_lag_s": _check_in_lag(rollout, deliveries)}
     return Audit(
         fault=fault,
         organization=organization,
@@ -232,6 +233,29 @@ def audit(
         fault_figures=figures,
         examples=examples,
     )
+
+
+def _check_in_lag(rollout: Rollout, deliveries: Deliveries) -> dict[str, float]:
+    """How long the simulated fleet took from a push to the check-in it caused (the first push since the
+    device's check-in before): its backlog, which the demo's retry policy must outwait. From each device's
+    last few check-ins."""
+    lags = []
+    for device in rollout.fleet.devices:
+        pushes = deliveries.at_by_token.get(device.token, [])
+        previous = 0.0
+        for check_in in device.checked_in_at:
+            first = next((p for p in pushes if previous < p <= check_in), None)
+            if first is not None:
+                lags.append(check_in - first)
+            previous = check_in
+    if not lags:
+        return {}
+    lags.sort()
+    return {
+        "median": round(lags[len(lags) // 2], 1),
+        "p99": round(lags[int(len(lags) * 0.99)], 1),
+        "max": round(lags[-1], 1),
+    }
 
 
 def _illegal_steps(kind: Kind, steps: Sequence[tuple[Status | None, Status, str]]) -> list[str]:
