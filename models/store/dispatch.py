@@ -162,6 +162,9 @@ def record_receipts(
         for deployment_id in receipt.deployment_ids
     ]
     links.sort(key=lambda link: link["b_deployment"])  # row locks in id order, as every write takes them
+    if dialect_of(session) == "postgresql":
+        _link_receipts(session, links)
+        return
     c = DEPLOYMENT.c
     link = (
         sa.update(DEPLOYMENT)
@@ -176,6 +179,22 @@ def record_receipts(
         )
     )
     run(session, link, links)
+
+
+# The same UPDATE as the portable path, a row a deployment, as psycopg sends it: prepared once, pipelined.
+_LINK_SQL = (
+    "UPDATE deployment SET receipt_id = %s, "
+    "next_attempt_at = CASE WHEN status = %s THEN %s ELSE next_attempt_at END WHERE id = %s"
+)
+
+
+def _link_receipts(session: Session, links: list[dict[str, Any]]) -> None:
+    """PostgreSQL: the receipts' links straight to the driver. SQLAlchemy's executemany turned each row's
+    parameters into a compiled statement's, which was a tenth of a worker's CPU in a 10,000 fan-out; one
+    `UPDATE … FROM unnest(…)` would spare that too, but cost the server more than the rows it replaces."""
+    queued = Status.queued.value
+    rows = [(link["b_receipt"], queued, link["b_repush"], link["b_deployment"]) for link in links]
+    session.connection().exec_driver_sql(_LINK_SQL, rows)
 
 
 def _insert_receipts(session: Session, rows: list[dict[str, Any]]) -> list[int]:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from models.enums import Provider
-from models.statuses import Kind
+from models.statuses import Kind, Status
 from models.store.dispatch import NewReceipt, record_receipts
 from models.tables import Deployment, PushReceipt
 from models.types import utcnow
@@ -89,3 +89,25 @@ def test_receipts_recorded_side_by_side_take_their_own_ids(
 
     assert errors == []
     assert _pointed_at(engine, ids) == {k: v for batch in batches for k, v in _expected(batch).items()}
+
+
+def test_a_queued_deployment_gets_its_re_push_time_and_one_that_answered_keeps_its_own(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    """The device may answer before the push's answer is recorded: a NotNow's retry time must stand."""
+    waiting, postponed = make_deployments(engine, Kind.profile, 2)
+    own_retry = utcnow() + timedelta(hours=2)
+    with Session(engine) as session, session.begin():
+        row = session.get(Deployment, postponed)
+        assert row is not None
+        row.status, row.next_attempt_at = Status.postponed, own_retry
+    repush = utcnow() + timedelta(minutes=5)
+    receipt = NewReceipt("acme", Provider.apns, "push-1", [waiting, postponed], 1, utcnow(), None)
+    with Session(engine) as session, session.begin():
+        record_receipts(session, receipts=[receipt], repush_at={waiting: repush, postponed: repush})
+
+    with Session(engine) as session:
+        rows = {d.id: d for d in session.exec(select(Deployment))}
+    assert rows[waiting].next_attempt_at == repush
+    assert rows[postponed].next_attempt_at == own_retry
+    assert rows[waiting].receipt_id == rows[postponed].receipt_id is not None
