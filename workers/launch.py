@@ -35,13 +35,15 @@ def prepare_metrics_dir(settings: Settings) -> Path:
 
 
 def worker_environment(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
-    """`base` with the multiprocess directory and Dramatiq's exposition server set from `settings`."""
+    """`base` with the multiprocess directory, Dramatiq's exposition server and its idle poll (the
+    `dramatiq` command reads the worker timeout only from its environment) set from `settings`."""
     directory = str(prepare_metrics_dir(settings))
     return dict(base) | {
         "PROMETHEUS_MULTIPROC_DIR": directory,
         "dramatiq_prom_db": directory,
         "dramatiq_prom_host": settings.metrics_host,
         "dramatiq_prom_port": str(settings.worker_metrics_port),
+        "dramatiq_worker_timeout": str(settings.worker_poll_ms),
     }
 
 
