@@ -53,6 +53,8 @@ from sandbox import Garbage, GarbageBurst, Storm
 from sandbox.registry import Delivery
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Under this many devices (CI's fleets) a rollout is over in seconds: faults are scaled to fit it.
+SMALL_FLEET = 2_000
 POSTGRES_BIN = Path(os.environ.get("MDMQ_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 # Statuses that must carry the error text an admin acts on.
 NEEDS_ERROR_TEXT = frozenset({Status.failed, Status.error_distributing})
@@ -137,12 +139,12 @@ def audit(
     seconds: float,
     fault_ended: float | None,
     figures: dict[str, Any],
+    started_at: float,
     recoveries: Sequence[float] = (),
-    started_at: float | None = None,
 ) -> Audit:
     """Read every deployment of the rollout, its events and its receipts back from the database. Each
     deployment that went wrong is shown with its history, the pushes its device received and its check-ins,
-    in seconds from `started_at` (wall clock; the first event's time when not given)."""
+    in seconds from `started_at` (wall clock)."""
     organization = rollout.organization_id
     with rollout.app.engine.connect() as connection:
         rows = connection.execute(
@@ -169,8 +171,6 @@ def audit(
         source = None if e.from_status is None else Status(e.from_status)
         history.setdefault(e.deployment_id, []).append((source, Status(e.to_status), e.actor))
         moments.setdefault(e.deployment_id, []).append(e.at.timestamp())
-    if started_at is None:
-        started_at = min((m[0] for m in moments.values()), default=0.0)
 
     def since(moment: float) -> str:
         return f"+{moment - started_at:.1f}"
@@ -450,7 +450,7 @@ def storm_503(run: Run, *, seconds: float = 30.0) -> None:
     apns.start_storm(Storm("ServiceUnavailable", fraction=0.5, duration_s=seconds))
     started = time.monotonic()
     devices = len(run.rollout.fleet.devices)
-    if devices < 2_000 and run.deliveries.wait_for(2 * devices // 3, seconds):
+    if devices < SMALL_FLEET and run.deliveries.wait_for(2 * devices // 3, seconds):
         apns.stop_storm()
     _wait(lambda: not apns.storm_active, seconds + 30, "the storm to end")
     run.ended = min(time.monotonic(), started + seconds)
@@ -480,7 +480,7 @@ def goaway(run: Run, *, every: int = 0) -> None:
     """APNs (the HTTP/2 provider) ends each connection with GOAWAY after its `every`-th stream, for the
     whole rollout: every 100th, or every 20th for a fleet under 2,000, whose connections carry fewer."""
     apns = run.rollout.sandbox.apns_faults
-    every = every or (100 if len(run.rollout.fleet.devices) >= 2_000 else 20)
+    every = every or (100 if len(run.rollout.fleet.devices) >= SMALL_FLEET else 20)
     apns.goaway_every_n_streams = every
     _wait(lambda: _settled(run.rollout), 3_600, "the rollout to settle")
     run.figures |= {"goaway_every_n_streams": every, "goaways": apns.goaways_sent}
