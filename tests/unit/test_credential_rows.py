@@ -30,27 +30,28 @@ def _service_account_row() -> PushCredential:
 def test_threads_that_ask_at_once_wait_for_the_first_load(monkeypatch: pytest.MonkeyPatch) -> None:
     row = _service_account_row()
     real_load = credentials._load_private_key
-    loads: list[str] = []
+    loads: list[tuple[str, bool]] = []
     got: list[Credential] = []
     other_waited: list[bool] = []
     other = threading.Thread(target=lambda: got.append(credential_from_row(row)))
 
-    def counted_load(pem: str, name: str) -> object:
-        loads.append(name)
+    def counted_load(pem: str, name: str, *, check: bool = True) -> object:
+        loads.append((name, check))
         if len(loads) == 1:
             # While this first load is under way, a second thread asks for the same row: it must wait for
             # this load rather than start its own.
             other.start()
             other.join(timeout=0.5)
             other_waited.append(other.is_alive())
-        return real_load(pem, name)
+        return real_load(pem, name, check=check)
 
     monkeypatch.setattr(credentials, "_load_private_key", counted_load)
     first = credential_from_row(row)
     other.join()
 
     assert other_waited == [True]
-    assert loads == ["private_key"]
+    # Once, and without the RSA check the row passed when it was stored (store_credential's own load checks).
+    assert loads == [("private_key", False)]
     assert got == [first]
     assert got[0] is first
 

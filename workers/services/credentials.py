@@ -58,7 +58,7 @@ def store_credential(
         project_id=project_id,
         environment=environment,
     )
-    material = credential_from_row(candidate)
+    material = credential_from_row(candidate, stored=False)
     not_after = material.not_after if isinstance(material, ApnsCertificate) else None
     if not_after is not None and not_after <= now:
         status = CredentialStatus.expired

@@ -3,11 +3,12 @@ cancels what has not started and retries what failed."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -81,6 +82,29 @@ def test_unusable_material_is_refused_and_stores_nothing(
 
     with pytest.raises(InvalidCredential):
         _token_key(engine, "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+
+    with Session(engine) as s:
+        assert s.exec(select(PushCredential)).all() == []
+
+
+def test_an_inconsistent_rsa_key_is_refused_at_the_door(engine: Engine) -> None:
+    # Workers load a stored key without the RSA consistency check (it costs 56 ms a load), so the check
+    # must happen here: a key whose private exponent does not match its primes is refused.
+    good = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        good.p, good.q, good.d + 2, good.dmp1, good.dmq1, good.iqmp, good.public_numbers
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    secret = json.dumps({"client_email": "push@acme.example", "private_key": private_pem(broken)})
+
+    with pytest.raises(InvalidCredential, match="private_key"), Session(engine) as s, s.begin():
+        store_credential(
+            s,
+            organization_id="acme",
+            provider=Provider.fcm,
+            kind=CredentialKind.fcm_service_account,
+            secret=secret,
+            project_id="acme-mdm",
+        )
 
     with Session(engine) as s:
         assert s.exec(select(PushCredential)).all() == []
