@@ -17,12 +17,11 @@ from models.enums import Actor
 from models.ids import ID_PATTERN
 from models.reports import UnknownReport, parse_report
 from models.statuses import Kind, Status
-from models.store import NewDeployment, create_deployments, deployment_history, get_deployment
+from models.store import NewDeployment, deployment_history, get_deployment
 from models.store.deployments import DeploymentFilter, UnknownDevices, list_deployments
 from models.tables import Deployment, PushReceipt
 from models.types import utcnow
 from workers.actors import Actors
-from workers.enqueue import as_due
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import DeviceReport, record_device_reports
 
@@ -147,11 +146,9 @@ def router(actors: Actors) -> APIRouter:
         caller.require(organizationId, "mdm.deployment.create")
         wanted = [NewDeployment(d.deviceId, d.kind, d.payload, d.urgent) for d in body.deployments]
         try:
-            with app.session() as session:
-                ids = create_deployments(session, organization_id=organizationId, deployments=wanted)
+            ids = actors.create(organizationId, wanted)
         except UnknownDevices as e:
             raise ApiError(INVALID_REQUEST, f"unknown device id(s): {', '.join(e.device_ids[:20])}") from None
-        actors.enqueue(as_due([(i, organizationId, d.kind) for i, d in zip(ids, wanted, strict=True)]))
         return {"status": True, "data": {"ids": ids}}
 
     @routes.get("/deployments/{deploymentId}", response_model=DeploymentAnswer)

@@ -222,7 +222,8 @@ class Rollout:
 
     def start(self, *, enqueue: bool = True) -> list[str]:
         """Create the rollout and enqueue it; `enqueue=False` commits it and stops there, as a process that
-        crashed between commit and enqueue would (the relay must find it). Returns the deployment ids."""
+        crashed between commit and enqueue would (the re-push sweep must find it). Returns the deployment
+        ids."""
         return _roll_out(
             self.app,
             self.actors if enqueue else None,
@@ -486,9 +487,14 @@ def _roll_out(
             organization_id=organization_id,
             devices=[NewDevice(d.platform, d.token, push_magic=d.push_magic, id=d.id) for d in fleet.devices],
         )
-        ids = create_deployments(s, organization_id=organization_id, deployments=wanted)
+        # Written as enqueued, as `Actors.create` writes them: one session with the set-up above.
+        redeliver = app.settings.redeliver_after_s
+        ids = create_deployments(
+            s, organization_id=organization_id, deployments=wanted, redeliver_after_s=redeliver
+        )
     if actors is not None:
-        actors.enqueue(as_due([(i, organization_id, d.kind) for i, d in zip(ids, wanted, strict=True)]))
+        due = as_due([(i, organization_id, d.kind) for i, d in zip(ids, wanted, strict=True)])
+        actors.enqueue(due, marked=True)
     return ids
 
 

@@ -17,9 +17,10 @@ import dramatiq
 from config.app import App
 from config.logging import ids_field, log_context
 from models.reports import UnknownReport, parse_report
+from models.store import NewDeployment, create_deployments
 from models.store.sweeps import Due, due_for
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
-from workers.enqueue import enqueue_dispatch
+from workers.enqueue import as_due, enqueue_dispatch
 from workers.services.dispatch import dispatch_chunk
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import DeviceReport, record_device_report
@@ -43,8 +44,25 @@ class Actors:
     retry: dramatiq.Actor[[list[str]], None]
     app: App
 
-    def enqueue(self, deployments: Iterable[Due]) -> int:
-        """Send dispatch messages for `deployments` (committed already); returns how many messages."""
+    def create(self, organization_id: str, deployments: Sequence[NewDeployment]) -> list[str]:
+        """Create `deployments` (all or nothing: `UnknownDevices`) and enqueue them once committed; their
+        ids, in order. They are written as enqueued already, so that sending their messages writes nothing
+        more (`create_deployments`' `redeliver_after_s`)."""
+        with self.app.session() as session:
+            ids = create_deployments(
+                session,
+                organization_id=organization_id,
+                deployments=deployments,
+                redeliver_after_s=self.app.settings.redeliver_after_s,
+            )
+        self.enqueue(
+            as_due([(i, organization_id, d.kind) for i, d in zip(ids, deployments, strict=True)]), marked=True
+        )
+        return ids
+
+    def enqueue(self, deployments: Iterable[Due], *, marked: bool = False) -> int:
+        """Send dispatch messages for `deployments` (committed already); returns how many messages.
+        `marked`: created as enqueued already (`create`)."""
         return enqueue_dispatch(
             self.app.session,
             deployments,
@@ -52,6 +70,7 @@ class Actors:
             bulk=self.dispatch_bulk.send,
             chunk_size=self.app.settings.dispatch_chunk_size,
             redeliver_after_s=self.app.settings.redeliver_after_s,
+            marked=marked,
         )
 
     def enqueue_ids(self, deployment_ids: Sequence[str]) -> int:

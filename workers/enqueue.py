@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from models.statuses import Kind
 from models.store._sql import IDS_PER_STATEMENT, chunked
-from models.store.sweeps import Due, mark_enqueued
+from models.store.sweeps import Due, mark_enqueued, unmark_enqueued
 from models.types import utcnow
 
 Send = Callable[[list[str]], object]
@@ -25,25 +25,40 @@ def enqueue_dispatch(
     bulk: Send,
     chunk_size: int,
     redeliver_after_s: float,
+    marked: bool = False,
 ) -> int:
     """Send dispatch messages: chunks of one organization, security actions and single deployments on the
-    urgent queue. Returns the number of messages."""
+    urgent queue. Returns the number of messages.
+
+    The rows are marked enqueued as their messages go out, unless they were created `marked` already. When
+    a send fails (the broker is down), the rows are left saying which messages went: those sent are marked,
+    those not are unmarked, for the relay to enqueue once the broker is back; then the error is raised."""
     groups: dict[tuple[str, bool], list[str]] = defaultdict(list)
     for d in deployments:
         groups[(d.organization_id, d.kind is Kind.security_action)].append(d.id)
+    chunks = [
+        (urgent if is_urgent or len(ids) == 1 else bulk, list(chunk))
+        for (_, is_urgent), ids in groups.items()
+        for chunk in chunked(ids, chunk_size)
+    ]
     sent: list[str] = []
-    messages = 0
-    for (_, is_urgent), ids in groups.items():
-        for chunk in chunked(ids, chunk_size):
-            (urgent if is_urgent or len(ids) == 1 else bulk)(list(chunk))
+    for done, (send, chunk) in enumerate(chunks):
+        try:
+            send(chunk)
+        except Exception:
+            if marked:
+                _unmark(session, [i for _, unsent in chunks[done:] for i in unsent])
+            elif sent:
+                _mark(session, sent, redeliver_after_s)
+            raise
+        if not marked:
             sent += chunk
-            messages += 1
             if len(sent) >= MARK_EVERY:
                 _mark(session, sent, redeliver_after_s)
                 sent = []
     if sent:
         _mark(session, sent, redeliver_after_s)
-    return messages
+    return len(chunks)
 
 
 # Marked a few thousand at a time, each in a transaction of its own, as their messages go out: a mark of a
@@ -58,6 +73,11 @@ def _mark(
     with session() as s:
         now = utcnow()
         mark_enqueued(s, ids=ids, now=now, redeliver_at=now + timedelta(seconds=redeliver_after_s))
+
+
+def _unmark(session: Callable[[], AbstractContextManager[Session]], ids: list[str]) -> None:
+    with session() as s:
+        unmark_enqueued(s, ids=ids)
 
 
 def as_due(rows: Sequence[tuple[str, str, Kind]]) -> list[Due]:

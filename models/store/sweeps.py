@@ -95,6 +95,19 @@ def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime, redeli
         run(session, statement)
 
 
+def unmark_enqueued(session: Session, *, ids: Sequence[str]) -> None:
+    """Created as enqueued (`create_deployments(redeliver_after_s=…)`), but their messages never reached the
+    broker: the relay is to enqueue them once the broker is back. Only those not claimed since (a message
+    that did reach a worker pushed them)."""
+    for batch in chunked(list(ids), IDS_PER_STATEMENT):
+        statement = sa.update(DEPLOYMENT).where(
+            in_id_order(
+                sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value, c.pushed_at.is_(None))
+            )
+        )
+        run(session, statement.values(enqueued_at=None, next_attempt_at=None))
+
+
 def clear_repush(session: Session, *, ids: Sequence[str], now: datetime, redeliver_at: datetime) -> None:
     """Taken by the re-push sweep, enqueued anew (its push counts another wake-up): the next sweep takes them
     again only at `redeliver_at`, should the message it sends be lost (the dispatch that pushes them sets

@@ -70,16 +70,19 @@ def explain(engine: Engine, rollout: Rollout, state: State) -> str:
     return "\n".join([f"{len(wrong)} of {len(state)} deployments not as dictated", *lines])
 
 
-def test_a_rollout_committed_but_never_enqueued_is_relayed_through_rabbitmq(
+def test_a_rollout_committed_but_never_enqueued_is_re_pushed_through_rabbitmq(
     pg: Engine, on_rabbitmq: Settings
 ) -> None:
     with Rollout(on_rabbitmq, devices=150, seed=13) as rollout:
         ids = rollout.start(enqueue=False)  # the "crash": committed, and nothing sent to the broker
         with pg.connect() as connection:
-            enqueued = connection.execute(
-                sa.text("SELECT count(*) FROM deployment WHERE enqueued_at IS NOT NULL")
+            unpushed = connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM deployment "
+                    "WHERE enqueued_at IS NOT NULL AND next_attempt_at IS NOT NULL AND pushed_at IS NULL"
+                )
             ).scalar_one()
-        assert enqueued == 0
+        assert unpushed == len(ids), "written as enqueued, with a re-push time: the re-push sweep's to find"
         state = rollout.wait(300)
         result = rollout.result(state, 0)
 

@@ -4,6 +4,8 @@ cancels what has not started and retries what failed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import pytest
@@ -12,25 +14,35 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from models.enums import Actor, CredentialKind, CredentialStatus, Provider, PushEnvironment
+from models.enums import Actor, CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment
 from models.reports import Report
 from models.statuses import Kind, Status
-from models.store import Effects, ErrorInfo, Move, transition
+from models.store import (
+    Effects,
+    ErrorInfo,
+    Move,
+    NewDeployment,
+    create_deployments,
+    ensure_organization,
+    transition,
+)
 from models.store._sql import DEPLOYMENT
 from models.store.deployments import pending_commands
+from models.store.devices import NewDevice, add_devices
 from models.store.dispatch import (
     claim_for_push,
     give_back_attempts,
     hold_for_credential,
     release_holds,
 )
-from models.store.sweeps import mark_enqueued
+from models.store.sweeps import due_repush, mark_enqueued
 from models.tables import Deployment, PushCredential
 from models.types import utcnow
 from sandbox.tls import issue_client_certificate, make_ca
 from tests.conftest import MakeDeployments
 from tests.helpers import force_status, status_of
 from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
+from workers.enqueue import as_due, enqueue_dispatch
 from workers.policy import RetryPolicy
 from workers.providers.credentials import InvalidCredential
 from workers.services.credentials import store_credential
@@ -152,6 +164,57 @@ def test_the_relay_finds_what_was_committed_but_never_enqueued(
         mark_enqueued(s, ids=[d.id for d in found], now=now, redeliver_at=now)
     with Session(engine) as s:
         assert relay_unenqueued(s, now=now + timedelta(minutes=1), grace_s=30) == []
+
+
+@contextmanager
+def _transaction(engine: Engine) -> Iterator[Session]:
+    with Session(engine) as s, s.begin():
+        yield s
+
+
+@pytest.mark.parametrize("created_enqueued", [True, False])
+def test_a_failed_enqueue_leaves_the_rows_saying_which_messages_went(
+    engine: Engine, created_enqueued: bool
+) -> None:
+    # Six deployments in chunks of two; the broker goes down at the second message.
+    now = utcnow()
+    with Session(engine) as s, s.begin():
+        ensure_organization(s, organization_id="acme")
+        devices = add_devices(
+            s, organization_id="acme", devices=[NewDevice(Platform.ios, f"token-{i}") for i in range(6)]
+        )
+        wanted = [NewDeployment(device_id, Kind.app) for device_id in devices]
+        ids = create_deployments(
+            s,
+            organization_id="acme",
+            deployments=wanted,
+            now=now,
+            redeliver_after_s=600 if created_enqueued else None,
+        )
+    sent: list[list[str]] = []
+
+    def send(chunk: list[str]) -> None:
+        if sent:
+            raise ConnectionError("broker down")
+        sent.append(chunk)
+
+    with pytest.raises(ConnectionError):
+        enqueue_dispatch(
+            lambda: _transaction(engine),
+            as_due([(i, "acme", Kind.app) for i in ids]),
+            urgent=send,
+            bulk=send,
+            chunk_size=2,
+            redeliver_after_s=600,
+            marked=created_enqueued,
+        )
+
+    [went] = sent
+    with Session(engine) as s, s.begin():
+        relayed = relay_unenqueued(s, now=now + timedelta(minutes=1), grace_s=30)
+        assert sorted(d.id for d in relayed) == sorted(set(ids) - set(went)), "the relay sends the rest"
+        lost = {d.id for d in due_repush(s, now=utcnow() + timedelta(seconds=601), limit=10)}
+        assert lost == set(went), "should its message be lost, the re-push sweep takes what went"
 
 
 def test_the_relay_finds_a_requeued_or_released_deployment_that_was_never_enqueued(
