@@ -34,8 +34,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import redis
 import sqlalchemy as sa
+from dramatiq.brokers.redis import RedisBroker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -55,6 +57,7 @@ from models.statuses import TERMINAL, Kind
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
 from workers.actors import declare_actors
+from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.enqueue import as_due
 from workers.launch import worker_command, worker_environment
 
@@ -399,12 +402,18 @@ def _roll_out(
     started = time.monotonic()
     started_at = datetime.now(UTC)
     batch = wanted(devices, deployments)
+    # `Actors.create`, in its two steps, each timed.
     with app.session() as s:
-        ids = create_deployments(s, organization_id=ORGANIZATION, deployments=batch)
+        redeliver = app.settings.redeliver_after_s
+        ids = create_deployments(
+            s, organization_id=ORGANIZATION, deployments=batch, redeliver_after_s=redeliver
+        )
     created_s = time.monotonic() - started
-    actors.enqueue(as_due([(i, ORGANIZATION, d.kind) for i, d in zip(ids, batch, strict=True)]))
+    actors.enqueue(as_due([(i, ORGANIZATION, d.kind) for i, d in zip(ids, batch, strict=True)]), marked=True)
     enqueued_s = time.monotonic() - started
     pushed_s = done_s = None
+    if not check_in:
+        pushed_s = _every_message_answered_s(app, started, timeout_s)
     while time.monotonic() - started < timeout_s:
         total, pushed, done = progress(engine)
         now = time.monotonic() - started
@@ -419,6 +428,27 @@ def _roll_out(
         # 10,000 run's 2.4 s read up to 20% long), rarely enough that its count of the table costs little.
         time.sleep(min(max(deployments / 200_000, 0.05), 5.0))
     return created_s, enqueued_s, _first_push_s(engine, started_at), pushed_s, done_s
+
+
+def _every_message_answered_s(app: App, started: float, timeout_s: float) -> float | None:
+    """Seconds from `started` to every dispatch message answered, when every deployment is then pushed
+    (accepted, or moved on by its answer): with silent devices, the time to every push accepted. None if
+    some deployment is not, and the caller polls the table instead.
+
+    Asking Redis whether a queue still holds a message costs next to nothing, where counting the
+    deployments every 50 ms cost PostgreSQL some 5 ms a count at 10,000 (a tenth of a core, in the
+    figures it measures). A message is answered once its actor returned: its pushes' answers committed."""
+    broker = app.broker
+    assert isinstance(broker, RedisBroker)  # the fan-out runs on Redis
+    for queue in (URGENT_QUEUE, BULK_QUEUE):
+        remaining_ms = max(int((timeout_s - (time.monotonic() - started)) * 1000), 1)
+        try:
+            broker.join(queue, interval=10, timeout=remaining_ms)
+        except dramatiq.errors.QueueJoinTimeout:
+            return None
+    answered_s = time.monotonic() - started
+    total, pushed, _ = progress(app.engine)
+    return answered_s if pushed == total else None
 
 
 def _first_push_s(engine: sa.Engine, started_at: datetime) -> float | None:
