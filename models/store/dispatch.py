@@ -79,11 +79,12 @@ def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> li
             sa.update(DEPLOYMENT)
             .where(
                 in_id_order(
+                    session,
                     sa.and_(
                         one_of(session, c.id, batch),
                         c.status == Status.queued.value,
                         c.hold_reason.is_(None),
-                    )
+                    ),
                 )
             )
             .values(
@@ -113,7 +114,7 @@ def give_back_attempts(session: Session, *, ids: Sequence[str], redeliver_at: da
         run(
             session,
             sa.update(DEPLOYMENT)
-            .where(in_id_order(condition))
+            .where(in_id_order(session, condition))
             .values(attempt_count=given_back, pushed_at=None, next_attempt_at=redeliver_at),
         )
 
@@ -297,7 +298,8 @@ def hold_for_credential(session: Session, *, organization_id: str, provider: Pro
         sa.update(DEPLOYMENT)
         .where(
             in_id_order(
-                sa.and_(_queued_for_provider(organization_id, provider), DEPLOYMENT.c.hold_reason.is_(None))
+                session,
+                sa.and_(_queued_for_provider(organization_id, provider), DEPLOYMENT.c.hold_reason.is_(None)),
             )
         )
         .values(hold_reason=reason[:200])
@@ -314,9 +316,10 @@ def release_holds(
         sa.update(DEPLOYMENT)
         .where(
             in_id_order(
+                session,
                 sa.and_(
                     _queued_for_provider(organization_id, provider), DEPLOYMENT.c.hold_reason.is_not(None)
-                )
+                ),
             )
         )
         .values(hold_reason=None, enqueued_at=None, next_attempt_at=None, updated_at=now or utcnow())

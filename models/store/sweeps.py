@@ -80,11 +80,12 @@ def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime, redeli
             sa.update(DEPLOYMENT)
             .where(
                 in_id_order(
+                    session,
                     sa.and_(
                         one_of(session, c.id, batch),
                         c.status == Status.queued.value,
                         sa.or_(c.enqueued_at.is_(None), pending),
-                    )
+                    ),
                 )
             )
             .values(
@@ -102,7 +103,8 @@ def unmark_enqueued(session: Session, *, ids: Sequence[str]) -> None:
     for batch in chunked(list(ids), IDS_PER_STATEMENT):
         statement = sa.update(DEPLOYMENT).where(
             in_id_order(
-                sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value, c.pushed_at.is_(None))
+                session,
+                sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value, c.pushed_at.is_(None)),
             )
         )
         run(session, statement.values(enqueued_at=None, next_attempt_at=None))
@@ -115,6 +117,6 @@ def clear_repush(session: Session, *, ids: Sequence[str], now: datetime, redeliv
     row has a retry time of its own, which must stand."""
     for batch in chunked(list(ids), IDS_PER_STATEMENT):
         statement = sa.update(DEPLOYMENT).where(
-            in_id_order(sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value))
+            in_id_order(session, sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value))
         )
         run(session, statement.values(enqueued_at=now, next_attempt_at=redeliver_at))

@@ -170,7 +170,7 @@ def _apply(
         )
     statement = (
         sa.update(table)
-        .where(in_id_order(sa.and_(one_of(session, table.c.id, batch), fits)))
+        .where(in_id_order(session, sa.and_(one_of(session, table.c.id, batch), fits)))
         .values(_new_values(move, kinds, effects, now))
         # `previous_status` is SET from the old `status`, so RETURNING hands back both sides of the move.
         .returning(table.c.id, table.c.kind, table.c.previous_status, table.c.status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -14,6 +15,7 @@ from models.enums import Actor
 from models.reports import Report
 from models.statuses import Kind, Status
 from models.store import Move, TransitionResult, transition
+from models.store._sql import DEPLOYMENT, in_id_order, one_of
 from tests.conftest import MakeDeployments
 from tests.helpers import events_of, status_of
 
@@ -88,3 +90,46 @@ def test_racing_threads_over_many_deployments_each_win_exactly_once_per_deployme
         expected = Status.completed if deployment_id in set(completed) else Status.failed
         assert history[-1].to_status is expected
         assert status_of(pg, deployment_id) is expected
+
+
+def _lock_passes(plan: dict[str, Any]) -> list[int]:
+    """How many times each LockRows node of an EXPLAIN (ANALYZE, FORMAT JSON) plan ran."""
+    loops = [plan["Actual Loops"]] if plan["Node Type"] == "LockRows" else []
+    for child in plan.get("Plans", []):
+        loops += _lock_passes(child)
+    return loops
+
+
+def test_a_many_row_update_locks_its_rows_in_one_pass_whatever_plan_the_planner_picks(
+    pg: Engine, make_deployments: MakeDeployments
+) -> None:
+    """When its statistics said no row matched, PostgreSQL joined an `id IN (SELECT … FOR UPDATE)` in a
+    nested loop that ran the locking SELECT again for every row: n² row locks, 30 s for 5,000 ids, and the
+    writers behind it timed out. Statistics as stale here, the locks must still be taken in one pass."""
+    ids = make_deployments(pg, Kind.profile, count=300)
+    with pg.begin() as connection:  # ANALYZE sees every row pushed once; then none is
+        connection.execute(sa.update(DEPLOYMENT).values(attempt_count=1))
+        connection.exec_driver_sql("ANALYZE deployment")
+        connection.execute(sa.update(DEPLOYMENT).values(attempt_count=0))
+    with Session(pg) as session:  # rolled back as it closes
+        statement = (
+            sa.update(DEPLOYMENT)
+            .where(
+                in_id_order(
+                    session, sa.and_(one_of(session, DEPLOYMENT.c.id, ids), DEPLOYMENT.c.attempt_count == 0)
+                )
+            )
+            .values(attempt_count=DEPLOYMENT.c.attempt_count + 1)
+        )
+        compiled = statement.compile(dialect=session.get_bind().dialect)
+        explained = session.connection().exec_driver_sql(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + str(compiled), compiled.params
+        )
+        plan = explained.scalar_one()[0]["Plan"]
+        updated = session.connection().execute(
+            sa.select(sa.func.count()).where(
+                one_of(session, DEPLOYMENT.c.id, ids), DEPLOYMENT.c.attempt_count == 1
+            )
+        )
+        assert updated.scalar_one() == 300
+    assert _lock_passes(plan) == [1]
