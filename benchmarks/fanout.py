@@ -58,7 +58,6 @@ from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
 from workers.actors import declare_actors
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
-from workers.enqueue import as_due
 from workers.launch import worker_command, worker_environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -409,7 +408,7 @@ def _roll_out(
             s, organization_id=ORGANIZATION, deployments=batch, redeliver_after_s=redeliver
         )
     created_s = time.monotonic() - started
-    actors.enqueue(as_due([(i, ORGANIZATION, d.kind) for i, d in zip(ids, batch, strict=True)]), marked=True)
+    actors.enqueue_created(ORGANIZATION, ids, batch)
     enqueued_s = time.monotonic() - started
     pushed_s = done_s = None
     if not check_in:

@@ -42,7 +42,6 @@ from sandbox import DeviceRegistry, SandboxThread
 from sandbox.fleet import APNS_TOPIC, FCM_PROJECT_ID, Answer, Behaviour, Fleet, PendingCommand
 from sandbox.tls import ServerTls
 from workers.actors import Actors, declare_actors
-from workers.enqueue import as_due
 from workers.launch import worker_command, worker_environment
 from workers.services.credentials import store_credential
 from workers.services.reports import DeviceReport, record_device_reports
@@ -493,8 +492,7 @@ def _roll_out(
             s, organization_id=organization_id, deployments=wanted, redeliver_after_s=redeliver
         )
     if actors is not None:
-        due = as_due([(i, organization_id, d.kind) for i, d in zip(ids, wanted, strict=True)])
-        actors.enqueue(due, marked=True)
+        actors.enqueue_created(organization_id, ids, wanted)
     return ids
 
 

@@ -55,10 +55,16 @@ class Actors:
                 deployments=deployments,
                 redeliver_after_s=self.app.settings.redeliver_after_s,
             )
-        self.enqueue(
-            as_due([(i, organization_id, d.kind) for i, d in zip(ids, deployments, strict=True)]), marked=True
-        )
+        self.enqueue_created(organization_id, ids, deployments)
         return ids
+
+    def enqueue_created(
+        self, organization_id: str, ids: Sequence[str], deployments: Sequence[NewDeployment]
+    ) -> int:
+        """`create`'s second step, for a caller that created `deployments` (as `ids`) as enqueued already,
+        in a transaction of its own that has committed."""
+        due = as_due([(i, organization_id, d.kind) for i, d in zip(ids, deployments, strict=True)])
+        return self.enqueue(due, marked=True)
 
     def enqueue(self, deployments: Iterable[Due], *, marked: bool = False) -> int:
         """Send dispatch messages for `deployments` (committed already); returns how many messages.
