@@ -95,8 +95,63 @@ class Device(SQLModel, table=True):
     token_state: TokenState = Field(default=TokenState.valid, sa_type=str_enum(TokenState))
     token_invalid_reason: str | None = Field(default=None, sa_type=sa.String(200))
     token_invalid_at: datetime | None = _ts()
+    # Which answer invalidated the token, so that an invalidation can be judged, counted and undone: the
+    # provider's HTTP status, the fingerprint of the credential it was sent with, and whether the answer was
+    # one the providers also give for every device of a misconfigured credential (tried again once when the
+    # organization's credential changes).
+    token_invalid_status: int | None = None
+    token_invalid_fingerprint: str | None = Field(default=None, sa_type=sa.String(64))
+    token_invalid_ambiguous: bool = False
     last_seen_at: datetime | None = _ts()
     created_at: datetime = _created()
+
+
+class ProviderHold(SQLModel, table=True):
+    """An organization's pushes through one provider, stopped because the answer was the organization's (its
+    credential or configuration), not a device's. Its deployments stay Queued with `hold_reason`; the
+    scheduler tries one push at `probe_at` (backing off up to an hour), and a success, a new credential or
+    `mdmq release` ends the hold."""
+
+    __tablename__ = "provider_hold"
+
+    organization_id: str = Field(sa_type=ORG_ID, foreign_key="organization.id", primary_key=True)
+    provider: Provider = Field(sa_type=str_enum(Provider), primary_key=True)
+    scope: str = Field(sa_type=sa.String(16))  # the Outcome that held it: credential or config
+    reason: str = Field(sa_type=sa.Text)
+    provider_reason: str | None = Field(default=None, sa_type=sa.String(64))  # the raw reason, for metrics
+    fingerprint: str | None = Field(default=None, sa_type=sa.String(64))
+    held_at: datetime = _created()
+    probe_at: datetime | None = _ts(index=True)
+    probe_failures: int = 0
+    last_probe_at: datetime | None = _ts()
+    last_probe_result: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class PushAnswerWindow(SQLModel, table=True):
+    """The last answers a credential got, one character each (`a` accepted or the device's own answer, `d`
+    a dead-token answer), oldest first: shared by every worker process, so that the dispatch can tell one
+    dead token among working ones from a credential that every device refuses."""
+
+    __tablename__ = "push_answer_window"
+
+    fingerprint: str = Field(sa_type=sa.String(64), primary_key=True)
+    answers: str = Field(default="", sa_type=sa.String(512))
+    updated_at: datetime = _created()
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who changed what an organization's pushes depend on, and when: forced topic changes, releases of
+    holds, restored tokens. `detail` names no secret."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (sa.Index("ix_audit_event_organization_at", "organization_id", "at"),)
+
+    id: int | None = Field(default=None, sa_type=BIGINT_PK, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID)
+    actor: str = Field(sa_type=sa.String(64))  # an API token id, "cli", "scheduler"
+    action: str = Field(sa_type=sa.String(64))
+    detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    at: datetime = _created()
 
 
 class PushReceipt(SQLModel, table=True):

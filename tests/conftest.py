@@ -21,6 +21,9 @@ from tests.sentry import sentry  # noqa: F401  (a fixture for every test)
 from tests.services import CI, new_postgres_database
 
 TABLES = (
+    "provider_hold",
+    "push_answer_window",
+    "audit_event",
     "deployment_event",
     "deployment",
     "push_receipt",

@@ -10,17 +10,34 @@ from typing import Any, Protocol
 
 
 class Outcome(StrEnum):
-    """What a provider's answer means for one device; the raw status and reason travel beside it."""
+    """What a provider's answer means, by whose problem it is; the raw status and reason travel beside it.
+
+    The scope decides what is touched. Getting it wrong either fails what an admin fixes in a minute or,
+    worse, invalidates a whole fleet's tokens (DESIGN §4.3; every answer and its source: PROVIDERS.md).
+    """
 
     accepted = "accepted"
-    # The token is dead or not ours (APNs BadDeviceToken, Unregistered; FCM UNREGISTERED...).
+    # The device's: this token is dead for good (APNs 410 Unregistered/ExpiredToken, FCM UNREGISTERED).
     permanent = "permanent"
-    # Try again later: 429, 5xx, connection loss, GOAWAY. `retry_after_s` says when, if the provider did.
+    # A "dead token" answer that the providers also give for *every* token when the organization's
+    # credential has the wrong topic, environment or project (APNs BadDeviceToken, DeviceTokenNotForTopic;
+    # FCM SENDER_ID_MISMATCH, INVALID_ARGUMENT about the token; the AOSP provider's failed tokens). The
+    # dispatch judges it on the credential's recent answers: the device's, or the organization's.
+    dead_token = "dead_token"  # noqa: S105  (an outcome, not a secret)
+    # Nobody's: try again later (429, 5xx, connection loss, GOAWAY). `retry_after_s` says when, if known.
     transient = "transient"
-    # The credential is bad or expired: hold the organization's deployments, fail nothing.
+    # The credential itself is refused (revoked key, bad certificate, OAuth refused): it is marked invalid
+    # and the organization's deployments for the provider are held. Nothing fails, no token is touched.
     credential = "credential"
-    # The provider refused this content (too large, malformed); sending it again would not help.
+    # The organization's configuration (topic, environment, project, the APNs key stored in Firebase): hold
+    # as for `credential`, but the credential stays valid; `advice` names the fix.
+    config = "config"
+    # The payload's: the provider refused this content (too large, malformed); sending it again won't help.
     payload_rejected = "payload_rejected"
+
+
+# Outcomes that hold the organization's deployments for the provider instead of touching a device.
+HOLDING = frozenset({Outcome.credential, Outcome.config})
 
 
 class PushType(StrEnum):
@@ -55,6 +72,9 @@ class PushResult:
     reason: str | None = None  # the raw provider reason (APNs reason, FCM errorCode, AOSP error)
     retry_after_s: float | None = None
     token_invalid_since: datetime | None = None  # APNs 410 timestamp
+    # For an answer that may be the organization's (config, credential, dead_token): what an admin should
+    # fix, in words that name no secret, e.g. "upload the renewed certificate, not a new one".
+    advice: str | None = None
     sent_at: datetime | None = None
     expires_at: datetime | None = None
 
