@@ -6,14 +6,19 @@ import datetime as dt
 import ipaddress
 import ssl
 import tempfile
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from sandbox.registry import DeviceRegistry
 
 # The real services' names, so that a client that insists on its production host name (SNI and
 # certificate check) can be pointed at the emulator through a resolver override.
@@ -78,13 +83,66 @@ def issue_client_certificate(
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.USER_ID, topic),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"APNs: {topic}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, _common_name(topic)),
         ]
     )
     builder = _builder(subject, ca.certificate.subject, key.public_key(), days, not_before).add_extension(
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
     )
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+@dataclass(frozen=True, slots=True)
+class MdmPushCertificate:
+    """An MDM push certificate the sandbox's APNs knows: its topic, the issued pair and its CA."""
+
+    topic: str
+    issued: Issued
+    ca: Issued = field(repr=False)
+
+    @property
+    def pem_bundle(self) -> str:
+        """Certificate then private key, one PEM text: how a stored APNs certificate row keeps its secret."""
+        return (self.issued.cert_pem + self.issued.key_pem).decode("ascii")
+
+
+def mdm_topic() -> str:
+    """A fresh MDM topic as Apple names them: `com.apple.mgmt.External.<uuid>`."""
+    return f"com.apple.mgmt.External.{uuid.uuid4()}"
+
+
+def issue_mdm_push_certificate(
+    registry: DeviceRegistry,
+    *,
+    topic: str | None = None,
+    environments: Iterable[str] = ("development", "production"),
+    ca: Issued | None = None,
+    not_before: dt.datetime | None = None,
+    days: int = 30,
+) -> MdmPushCertificate:
+    """Issue a push certificate for `topic` (default: a fresh MDM topic) and register it with `registry`.
+
+    The subject's UID is the topic, as Apple issues MDM push certificates [A-MDMPUSH]. The issuing CA (a
+    throw-away one unless `ca` is given) is registered as a client CA and the certificate as known for
+    `environments` ("development" or "sandbox", "production"). The sandbox reads client CAs when it starts:
+    call this before starting it, or pass a `ca` registered before.
+    """
+    authority = ca or make_ca("mdmq sandbox push CA")
+    chosen = topic or mdm_topic()
+    issued = issue_client_certificate(authority, chosen, not_before=not_before, days=days)
+    if ca is None:
+        registry.add_apns_client_ca(authority.certificate)
+    names = {"development" if name == "sandbox" else name for name in environments}
+    registry.add_apns_client_certificate(issued.certificate, topics=[chosen], environments=names)
+    return MdmPushCertificate(chosen, issued, authority)
+
+
+def _common_name(topic: str) -> str:
+    # Apple names an MDM push certificate "APSP:<uuid>" beside the UID; a common name holds 64 characters.
+    prefix = "com.apple.mgmt.External."
+    if topic.startswith(prefix):
+        return f"APSP:{topic.removeprefix(prefix)}"[:64]
+    return f"APNs: {topic}"[:64]
 
 
 def _builder(
