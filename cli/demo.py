@@ -1,7 +1,9 @@
 """`mdmq demo`: a mixed rollout to simulated devices through the whole pipeline, on the configured stores.
 
 On the embedded default everything runs in this process: SQLite, Dramatiq's in-process broker with worker
-threads, the sandbox's push emulators and a simulated fleet, and the sweeps every 0.2 s. The retry policy is
+threads, the sandbox's push emulators over TLS and a simulated fleet, and the sweeps every 0.2 s. APNs
+wake-ups go as real MDM pushes do: over TLS with the organization's push certificate, whose subject UID is
+the topic [A-MDMPUSH]. The retry policy is
 the demo's own: seconds where production waits hours, so that postponements and silent devices play out.
 """
 
@@ -13,6 +15,7 @@ import os
 import secrets
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -25,7 +28,7 @@ from typing import Any, Self
 import dramatiq
 import sqlalchemy.exc
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlmodel import Session
 
 from config.app import App
@@ -40,7 +43,7 @@ from models.store.devices import NewDevice, add_devices
 from models.types import utcnow
 from sandbox import DeviceRegistry, SandboxThread
 from sandbox.fleet import APNS_TOPIC, FCM_PROJECT_ID, Answer, Behaviour, Fleet, PendingCommand
-from sandbox.tls import ServerTls
+from sandbox.tls import Issued, ServerTls, issue_mdm_push_certificate, make_ca
 from workers.actors import Actors, declare_actors
 from workers.launch import worker_command, worker_environment
 from workers.services.credentials import store_credential
@@ -52,7 +55,8 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 0.2
 # The demo enqueues right after each commit; what is still not enqueued after this was lost on the way.
 RELAY_GRACE_S = 5.0
-TEAM_ID = "DEMOTEAM01"
+# The push certificate's life: long enough that the certificate watch never calls it expiring.
+PUSH_CERTIFICATE_DAYS = 365
 FCM_EMAIL = f"mdmq-demo@{FCM_PROJECT_ID}.iam.gserviceaccount.com"
 
 
@@ -169,17 +173,21 @@ class Rollout:
         tls: ServerTls | None = None,
         worker_log: Path | None = None,
     ) -> None:
-        """`tls`: the emulators' certificate (trust its CA with `push_ca_file`); cleartext HTTP/2 without.
+        """`tls`: the emulators' server certificate (a throw-away one without); mdmq trusts its CA through
+        the settings' `push_ca_file`, or a file the rollout writes when that is unset.
         `worker_log`: where the worker processes' log lines go (the terminal's stderr without)."""
         self.registry = DeviceRegistry()
-        self.keys = register_credentials(self.registry)
+        # Apple's side of the push certificates: renewals are issued by the same authority.
+        self.push_ca = make_ca("mdmq demo push CA")
+        self.registry.add_apns_client_ca(self.push_ca.certificate)
+        self.keys = register_credentials(self.registry, push_ca=self.push_ca)
         run = secrets.token_hex(4)
         # Same seed, same mix and outcomes; ids of this run's own, so that runs can share a database.
         self.fleet = Fleet(self.registry, seed=seed, size=devices, mix=mix, namespace=run)
         self.organization_id = f"demo-{seed}-{run}"
         self._settings = settings
         self._worker_processes = worker_processes
-        self._tls = tls
+        self._tls = tls or ServerTls.generate()
         self._worker_log = worker_log
         self._stack = ExitStack()
 
@@ -189,6 +197,7 @@ class Rollout:
             self.app = App(
                 self._settings.model_copy(
                     update={
+                        "push_ca_file": self._settings.push_ca_file or self._trust_file(),
                         "apns_url": self.sandbox.apns_url,
                         "apns_sandbox_url": self.sandbox.apns_url,
                         "fcm_url": self.sandbox.fcm_url,
@@ -219,6 +228,13 @@ class Rollout:
     def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
 
+    def _trust_file(self) -> str:
+        """The emulators' CA in a file of the rollout's own, for mdmq's processes to trust."""
+        directory = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="mdmq-demo-")))
+        path = directory / "emulators-ca.pem"
+        path.write_bytes(self._tls.ca_pem)
+        return str(path)
+
     def start(self, *, enqueue: bool = True) -> list[str]:
         """Create the rollout and enqueue it; `enqueue=False` commits it and stops there, as a process that
         crashed between commit and enqueue would (the re-push sweep must find it). Returns the deployment
@@ -238,9 +254,10 @@ class Rollout:
         return settings_environment(self.app.settings)
 
     def renew(self, provider: Provider) -> list[str]:
-        """A new credential for `provider`, known to the emulator and stored as an operator's upload is;
-        what was held for the old one is released and enqueued. Returns the released ids."""
-        self.keys[provider] = _new_credential(self.registry, provider)
+        """A new credential for `provider`, known to the emulator and stored as an operator's upload is (for
+        APNs a renewed push certificate: new key and certificate, the same topic); what was held for the
+        old one is released and enqueued. Returns the released ids."""
+        self.keys[provider] = _new_credential(self.registry, provider, self.push_ca)
         with self.app.session() as s:
             released = store_credentials(s, self.organization_id, {provider: self.keys[provider]})
         self.actors.enqueue_ids(released)
@@ -257,22 +274,36 @@ class Rollout:
 
 @dataclass(frozen=True)
 class DemoCredential:
+    """A credential as an operator uploads it. Plain strings, so that it crosses a process boundary."""
+
     kind: CredentialKind
     secret: str = field(repr=False)
-    key_id: str | None = None
+    certificate_pem: str | None = None  # an APNs push certificate's public half: what APNs revokes
 
 
-def register_credentials(registry: DeviceRegistry) -> dict[Provider, DemoCredential]:
-    return {provider: _new_credential(registry, provider) for provider in Provider}
+def register_credentials(
+    registry: DeviceRegistry, *, push_ca: Issued | None = None
+) -> dict[Provider, DemoCredential]:
+    """A credential for each provider, known to the emulators. The APNs push certificate is issued by
+    `push_ca`, which the registry must know already, or by a throw-away CA registered here; either way
+    before the emulators start, which read their client CAs then."""
+    return {provider: _new_credential(registry, provider, push_ca) for provider in Provider}
 
 
-def _new_credential(registry: DeviceRegistry, provider: Provider) -> DemoCredential:
-    """Fresh material for `provider`, known to the emulators from now on (an APNs key under a new key id)."""
+def _new_credential(registry: DeviceRegistry, provider: Provider, push_ca: Issued | None) -> DemoCredential:
+    """Fresh material for `provider`, known to the emulators from now on. For APNs an MDM push certificate
+    for the fleet's topic: MDM pushes are certificate-only, to the topic in the subject's UID
+    [A-MDMPUSH]; the emulators play sandbox (development) APNs, the environment the demo stores."""
     if provider is Provider.apns:
-        apns = ec.generate_private_key(ec.SECP256R1())
-        key_id = f"DEMO{secrets.token_hex(3).upper()}"
-        registry.add_apns_key(team_id=TEAM_ID, key_id=key_id, public_key=apns.public_key())
-        return DemoCredential(CredentialKind.apns_token, _pem(apns), key_id)
+        issued = issue_mdm_push_certificate(
+            registry,
+            topic=APNS_TOPIC,
+            environments=(PushEnvironment.sandbox.value,),
+            ca=push_ca,
+            days=PUSH_CERTIFICATE_DAYS,
+        )
+        certificate = issued.issued.cert_pem.decode("ascii")
+        return DemoCredential(CredentialKind.apns_certificate, issued.pem_bundle, certificate)
     if provider is Provider.fcm:
         fcm = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         registry.add_fcm_service_account(FCM_EMAIL, fcm.public_key(), project_id=FCM_PROJECT_ID)
@@ -301,16 +332,14 @@ def store_credentials(
             provider=provider,
             kind=credential.kind,
             secret=credential.secret,
-            key_id=credential.key_id,
-            team_id=TEAM_ID,
-            topic=APNS_TOPIC,
+            # An APNs certificate's topic is read from the certificate: none is passed.
             project_id=FCM_PROJECT_ID,
             environment=PushEnvironment.sandbox,
         ).released
     return released
 
 
-def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
+def _pem(key: rsa.RSAPrivateKey) -> str:
     encoding, private = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
     return key.private_bytes(encoding, private, serialization.NoEncryption()).decode()
 

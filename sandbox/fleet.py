@@ -53,7 +53,8 @@ from sandbox.registry import Delivery, DeviceRegistry
 
 log = logging.getLogger(__name__)
 
-APNS_TOPIC = "com.apple.mgmt.External.mdmq-sandbox"
+# An MDM topic as Apple names it: the UID of the organization's push certificate [A-MDMPUSH].
+APNS_TOPIC = "com.apple.mgmt.External.c82df87c-a7d0-4705-af4e-058da52ecab9"
 FCM_PROJECT_ID = "mdmq-sandbox"
 LOCKED_REASON = "device locked with passcode"
 COMMAND_FORMAT_ERROR = "CommandFormatError"
