@@ -1,4 +1,8 @@
-"""APNs over HTTP/2: MDM wake-ups and app notifications, with token (JWT) or certificate authentication."""
+"""APNs over HTTP/2: MDM wake-ups with the organization's MDM push certificate (TLS client certificate).
+
+MDM has no token-based authentication: the certificate-based process is the only way to send MDM pushes, one
+certificate per customer, whose subject UID is the topic [A-MDMPUSH].
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,7 @@ from typing import Any
 
 from hpack import NeverIndexedHeaderTuple
 
-from workers.providers.apns_reasons import invalid_since, outcome_for
-from workers.providers.apns_token import ApnsTokenSigner, ProviderToken
+from workers.providers.apns_reasons import answer_for, invalid_since
 from workers.providers.base import (
     ConnectionFailed,
     CredentialRejected,
@@ -26,7 +29,7 @@ from workers.providers.base import (
     PushResult,
     PushType,
 )
-from workers.providers.credentials import ApnsCertificate, ApnsTokenKey
+from workers.providers.credentials import ApnsCertificate
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.http2 import Http2Pool, Origin, Response, StreamUnanswered
 from workers.providers.timing import timed
@@ -40,11 +43,11 @@ _CONNECT_FAILED = "ConnectionFailed"
 
 
 class ApnsProvider:
-    """Sends pushes for one APNs credential over a pool of multiplexed HTTP/2 connections."""
+    """Sends pushes for one APNs push certificate over a pool of multiplexed HTTP/2 connections."""
 
     def __init__(
         self,
-        credential: ApnsTokenKey | ApnsCertificate,
+        credential: ApnsCertificate,
         endpoints: ProviderEndpoints,
         *,
         max_connections: int = 4,
@@ -53,10 +56,8 @@ class ApnsProvider:
     ) -> None:
         self._credential = credential
         self._clock = clock
+        # The certificate's subject UID [A-MDMPUSH]: APNs refuses another topic (TopicDisallowed).
         self._topic = credential.topic.encode()
-        self._signer = (
-            ApnsTokenSigner(credential, clock=clock) if isinstance(credential, ApnsTokenKey) else None
-        )
         origin = Origin.from_url(endpoints.apns(credential.environment))
         self._pool = Http2Pool(
             origin,
@@ -68,11 +69,6 @@ class ApnsProvider:
     @property
     def connection_count(self) -> int:
         return self._pool.connection_count
-
-    @property
-    def token_generation(self) -> int:
-        """How many provider tokens this provider has minted (0 with certificate auth)."""
-        return self._signer.generation if self._signer else 0
 
     async def send(self, pushes: Sequence[Push]) -> list[PushResult]:
         """One result per push, in order. Raises ConnectionFailed only if no push could reach APNs at all."""
@@ -87,9 +83,7 @@ class ApnsProvider:
 
     def _refuse_expired_certificate(self) -> None:
         credential = self._credential
-        if isinstance(credential, ApnsCertificate) and credential.expired(
-            datetime.fromtimestamp(self._clock(), UTC)
-        ):
+        if credential.expired(datetime.fromtimestamp(self._clock(), UTC)):
             raise CredentialRejected(
                 f"the APNs certificate for {credential.topic} expired on {credential.not_after}"
             )
@@ -100,24 +94,10 @@ class ApnsProvider:
             return PushResult(push.device_id, Outcome.payload_rejected, reason="MissingPushMagic")
         if len(body) > MAX_PAYLOAD_BYTES:
             return PushResult(push.device_id, Outcome.payload_rejected, reason=_TOO_LARGE)
-        apns_id = str(uuid.uuid4())
-        token = self._signer.current() if self._signer else None
-        result = await self._post(push, apns_id, body, token)
-        if result.reason == "ExpiredProviderToken" and token is not None and self._signer is not None:
-            result = await self._resend_with_fresh_token(push, apns_id, body, token)
-        return result
+        return await self._post(push, str(uuid.uuid4()), body)
 
-    async def _resend_with_fresh_token(
-        self, push: Push, apns_id: str, body: bytes, rejected: ProviderToken
-    ) -> PushResult:
-        assert self._signer is not None
-        fresh = self._signer.refresh_rejected(rejected)
-        if fresh is None:
-            return PushResult(push.device_id, Outcome.credential, apns_id, 403, "ExpiredProviderToken")
-        return await self._post(push, apns_id, body, fresh)
-
-    async def _post(self, push: Push, apns_id: str, body: bytes, token: ProviderToken | None) -> PushResult:
-        headers = self._headers(push, apns_id, token)
+    async def _post(self, push: Push, apns_id: str, body: bytes) -> PushResult:
+        headers = self._headers(push, apns_id)
         sent_at = datetime.now(UTC)
         try:
             response = await timed("apns", self._pool.request(headers, body))
@@ -127,7 +107,7 @@ class ApnsProvider:
             return PushResult(push.device_id, Outcome.transient, apns_id, reason=_CONNECT_FAILED)
         return _result(push, apns_id, response, sent_at)
 
-    def _headers(self, push: Push, apns_id: str, token: ProviderToken | None) -> list[tuple[bytes, bytes]]:
+    def _headers(self, push: Push, apns_id: str) -> list[tuple[bytes, bytes]]:
         headers = self._pool.request_headers(b"POST", _device_path(push.token))
         headers += [
             NeverIndexedHeaderTuple(b"apns-id", apns_id.encode()),
@@ -138,8 +118,6 @@ class ApnsProvider:
         ]
         if push.collapse_id:
             headers.append((b"apns-collapse-id", push.collapse_id.encode()))
-        if token is not None:
-            headers.append((b"authorization", token.authorization))
         return headers
 
 
@@ -185,27 +163,29 @@ def _result(push: Push, apns_id: str, response: Response, sent_at: datetime) -> 
             push.device_id, Outcome.accepted, push_id, 200, sent_at=sent_at, expires_at=expires_at
         )
     reason = error.get("reason") if isinstance(error.get("reason"), str) else None
-    outcome = outcome_for(response.status, reason)
+    answer = answer_for(response.status, reason)
     return PushResult(
         push.device_id,
-        outcome,
+        answer.outcome,
         push_id,
         response.status,
         reason,
-        retry_after_s=response.retry_after_s() if outcome is Outcome.transient else None,
+        # APNs documents no Retry-After [A-RESP]; one sent by something in front of it is still honoured.
+        retry_after_s=response.retry_after_s() if answer.outcome is Outcome.transient else None,
+        advice=answer.advice,
         token_invalid_since=invalid_since(error.get("timestamp")) if response.status == 410 else None,
         sent_at=sent_at,
     )
 
 
 def _ssl_context(
-    credential: ApnsTokenKey | ApnsCertificate, origin: Origin, endpoints: ProviderEndpoints
+    credential: ApnsCertificate, origin: Origin, endpoints: ProviderEndpoints
 ) -> ssl.SSLContext | None:
+    # Cleartext h2c (an emulator's `http://` URL) carries no client certificate: APNs itself is TLS only.
     if origin.scheme != "https":
         return None
     context = endpoints.tls_context()
-    if isinstance(credential, ApnsCertificate):
-        _load_client_certificate(context, credential)
+    _load_client_certificate(context, credential)
     return context
 
 

@@ -15,18 +15,29 @@ from workers.providers.credentials import (
     ApnsTokenKey,
     Credential,
     FcmServiceAccount,
+    InvalidCredential,
 )
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.fcm import FcmProvider
 
 logger = logging.getLogger(__name__)
 
+# [A-MDMPUSH] "The certificate-based process is the only way to send MDM push notifications."
+MDM_NEEDS_CERTIFICATE = (
+    "an APNs auth key (.p8) cannot send MDM pushes: MDM needs the organization's APNs MDM push certificate "
+    "(from identity.apple.com)"
+)
 ProviderBuilder = Callable[[Credential, ProviderEndpoints], PushProvider]
 
 
 def build_provider(credential: Credential, endpoints: ProviderEndpoints) -> PushProvider:
-    """The provider for a kind of credential. Builds only: no connection is opened before the first send."""
-    if isinstance(credential, ApnsTokenKey | ApnsCertificate):
+    """The provider for a kind of credential. Builds only: no connection is opened before the first send.
+
+    An APNs auth key (.p8) is refused: MDM pushes have no token-based authentication [A-MDMPUSH].
+    """
+    if isinstance(credential, ApnsTokenKey):
+        raise InvalidCredential(MDM_NEEDS_CERTIFICATE)
+    if isinstance(credential, ApnsCertificate):
         return ApnsProvider(credential, endpoints)
     if isinstance(credential, FcmServiceAccount):
         return FcmProvider(credential, endpoints)
