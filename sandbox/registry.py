@@ -13,6 +13,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 Clock = Callable[[], float]
 
@@ -36,6 +37,7 @@ class Device:
     token: str = field(repr=False)
     provider: Provider
     topic: str | None = None  # APNs topic the token was issued for
+    environment: str | None = None  # APNs environment the token was issued in: "production" or "development"
     project_id: str | None = None  # FCM project the token belongs to
     online: bool = True
     state: TokenState = TokenState.valid
@@ -74,6 +76,7 @@ class ApnsCertificate:
     fingerprint: str
     topics: frozenset[str]
     environments: frozenset[str]
+    uid: str | None = None  # the subject's UID: an MDM push certificate's one topic [A-MDMPUSH]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,14 @@ class ServiceAccount:
 
 
 BOTH_ENVIRONMENTS = frozenset({"development", "production"})
+
+
+def apns_environment(name: str) -> str:
+    """The registry's name of an APNs environment: production, or development (Apple's "sandbox")."""
+    environment = "development" if name == "sandbox" else name
+    if environment not in BOTH_ENVIRONMENTS:
+        raise ValueError("an APNs environment is production or development (sandbox)")
+    return environment
 
 
 def certificate_fingerprint(der: bytes) -> str:
@@ -126,8 +137,23 @@ class DeviceRegistry:
 
     # -- devices ---------------------------------------------------------------------------------
 
-    def add_apns_device(self, token: str, *, topic: str, online: bool = True) -> None:
-        self._add(Device(token=token.lower(), provider=Provider.apns, topic=topic, online=online))
+    def add_apns_device(
+        self, token: str, *, topic: str, environment: str = "production", online: bool = True
+    ) -> None:
+        """A device token issued for `topic` in `environment` ("production", or "development"/"sandbox").
+
+        APNs tokens work only in their own environment [A-SEND]: the other environment's listener answers
+        400 BadDeviceToken [A-RESP]. The default is the environment of `Sandbox.apns_url`.
+        """
+        self._add(
+            Device(
+                token=token.lower(),
+                provider=Provider.apns,
+                topic=topic,
+                environment=apns_environment(environment),
+                online=online,
+            )
+        )
 
     def add_fcm_device(self, token: str, *, project_id: str, online: bool = True) -> None:
         self._add(Device(token=token, provider=Provider.fcm, project_id=project_id, online=online))
@@ -297,9 +323,19 @@ class DeviceRegistry:
         topics: Iterable[str],
         environments: Iterable[str] = BOTH_ENVIRONMENTS,
     ) -> None:
-        """A push certificate APNs knows (BadCertificate otherwise), with the topics it may push to."""
-        der = _load_certificate(certificate).public_bytes(serialization.Encoding.DER)
-        entry = ApnsCertificate(certificate_fingerprint(der), frozenset(topics), frozenset(environments))
+        """A push certificate APNs knows (BadCertificate otherwise), with the topics it may push to.
+
+        Its subject's UID is kept: an MDM push is accepted only to that topic [A-MDMPUSH].
+        """
+        loaded = _load_certificate(certificate)
+        der = loaded.public_bytes(serialization.Encoding.DER)
+        uids = loaded.subject.get_attributes_for_oid(NameOID.USER_ID)
+        entry = ApnsCertificate(
+            certificate_fingerprint(der),
+            frozenset(topics),
+            frozenset(apns_environment(name) for name in environments),
+            str(uids[0].value) if uids else None,
+        )
         with self._lock:
             self.credentials.apns_certificates[entry.fingerprint] = entry
 
