@@ -515,15 +515,16 @@ def _settled(rollout: Rollout) -> bool:
 
 
 def revoke_and_renew(run: Run) -> None:
-    """The APNs key revoked a third of the way through: the rest of the APNs work is held, not failed. Once
-    everything that still needs APNs is held, a new key is stored, which releases it. (What the other
-    providers wake goes on meanwhile.)"""
+    """The APNs push certificate revoked a third of the way through: APNs answers 403 BadCertificate
+    [A-RESP], and the rest of the APNs work is held, not failed. Once everything that still needs APNs is
+    held, the renewed certificate (a new one, the same topic in its UID [A-MDMPUSH]) is stored, which
+    releases it. (What the other providers wake goes on meanwhile.)"""
     rollout = run.rollout
     fleet = rollout.fleet
-    old_key = rollout.keys[Provider.apns].key_id
-    assert old_key is not None
+    old_certificate = rollout.keys[Provider.apns].certificate_pem
+    assert old_certificate is not None, "the demo's APNs credential is a push certificate"
     run.mid_rollout()
-    rollout.registry.revoke_apns_key(old_key)
+    rollout.registry.revoke_apns_client_certificate(old_certificate.encode("ascii"))
     revoked = time.monotonic()
 
     def held_ids() -> set[str]:
@@ -586,7 +587,11 @@ FAULTS: dict[str, Fault] = {
         Fault("429-burst", "APNs and FCM answer 429 with Retry-After: 3", burst_429),
         Fault("goaway", "GOAWAY after every 100th stream on APNs", goaway),
         Fault("garbage", "HTML pages, bodies that are not JSON, answers cut short", provider_garbage),
-        Fault("revoke-renew", "the APNs key revoked mid-rollout, then renewed", revoke_and_renew),
+        Fault(
+            "revoke-renew",
+            "the APNs push certificate revoked mid-rollout, then renewed",
+            revoke_and_renew,
+        ),
     )
 }
 

@@ -4,7 +4,7 @@ runs the same faults on 20,000 devices.
 
 Every fault must leave every deployment in the status its simulated device dictates, every transition one the
 tables allow, and every status explained by its history and error text. Faults that crash nothing (provider
-errors, GOAWAY, a revoked key) must also push no device twice for the same wake-up.
+errors, GOAWAY, a revoked push certificate) must also push no device twice for the same wake-up.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_every_deployment_ends_as_its_device_dictates(
         case "revoke-renew":
             assert figures["held"] > 0
             assert figures["released_all_held"], figures
-            assert figures["failed_while_held"] == 0, "the revoked key failed nothing"
+            assert figures["failed_while_held"] == 0, "the revoked certificate failed nothing"
     if name not in {"goaway", "garbage"}:  # faults with an end: pushes went on after it
         assert audit.recovery_s is not None, "a device got a push after the fault"
 

@@ -1,7 +1,7 @@
 """A crash between commit and enqueue, relayed through RabbitMQ with real `dramatiq` worker processes: the
 run ends with every deployment in the status its simulated device dictates. The other faults (a worker
-SIGKILLed, Redis or PostgreSQL restarted, 503 storms, 429 bursts, GOAWAY, garbage answers, a revoked key)
-are the fault suite's, on Redis: `test_fault_suite.py`.
+SIGKILLed, Redis or PostgreSQL restarted, 503 storms, 429 bursts, GOAWAY, garbage answers, a revoked push
+certificate) are the fault suite's, on Redis: `test_fault_suite.py`.
 
 The rollouts are the demo's (`cli.demo.Rollout`): the sandbox's emulators and fleet in this process, the
 workers in their own, the sweeps on a thread.
