@@ -178,9 +178,11 @@ def sandbox(
     serve_forever(host, apns_port, fcm_port, aosp_port, tls)
 
 
-from cli import ops  # noqa: E402  (after the app and its groups)
+from cli import credentials, holds, ops  # noqa: E402  (after the app and its groups)
 
 ops.register(app)
+holds.register(app)
+credentials.register(app)
 
 
 def main() -> None:

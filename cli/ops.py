@@ -26,6 +26,7 @@ from models.statuses import Kind, Status
 from models.store import deployment_history, get_deployment
 from models.store._sql import chunked
 from models.store.deployments import DeploymentFilter, list_deployments
+from models.store.holds import held_providers
 from models.store.maintenance import stuck_counts
 from models.tables import Deployment, PushCredential, WatchedCertificate
 from models.types import utcnow
@@ -185,10 +186,26 @@ def stuck(as_json: Json = False) -> None:
 
 
 def held(as_json: Json = False) -> None:
-    """Deployments held for a credential, per organization and reason."""
+    """Organizations whose pushes through a provider are held, why, and when one push is tried again; then
+    the held deployments per organization and reason."""
     app = _app()
     try:
         with app.session() as s:
+            holds = [
+                {
+                    "organization": h.organization_id,
+                    "provider": h.provider.value,
+                    "scope": h.scope,
+                    "reason": h.reason,
+                    "provider_reason": h.provider_reason,
+                    "credential": h.fingerprint,
+                    "held_at": h.held_at,
+                    "next_try_at": h.probe_at,
+                    "tries": h.probe_failures,
+                    "last_try": h.last_probe_result,
+                }
+                for h in held_providers(s)
+            ]
             hold = col(Deployment.hold_reason)
             statement = (
                 select(Deployment.organization_id, hold, func.count())
@@ -199,14 +216,27 @@ def held(as_json: Json = False) -> None:
     finally:
         app.close()
     if as_json:
-        _emit({"held": [{"organization": o, "reason": r, "count": n} for o, r, n in groups]})
+        _emit({"holds": holds, "held": [{"organization": o, "reason": r, "count": n} for o, r, n in groups]})
     else:
+        _print_holds(holds)
         table = Table("organization", "held", "reason", title="held deployments")
         for org, reason, n in sorted(groups, key=lambda g: -g[2]):
             table.add_row(org, f"{n:,}", reason)
         console.print(table)
-    if not groups:
+    if not groups and not holds:
         raise typer.Exit(EXIT_NOTHING)
+
+
+def _print_holds(holds: list[dict[str, Any]]) -> None:
+    if not holds:
+        return
+    table = Table("organization", "provider", "since", "next try", "reason", title="held providers")
+    for h in holds:
+        since = f"{h['held_at']:%Y-%m-%d %H:%M}"
+        next_try = f"{h['next_try_at']:%Y-%m-%d %H:%M}" if h["next_try_at"] else ""
+        table.add_row(h["organization"], h["provider"], since, next_try, h["reason"])
+    console.print(table)
+    console.print("release by hand once fixed: mdmq release --org ORG --provider PROVIDER")
 
 
 def certs(as_json: Json = False) -> None:

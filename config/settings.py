@@ -92,6 +92,16 @@ class Settings(BaseSettings):
     # comma-separated: PEM files, and TLS endpoints as host:port (the MDM server's own, the APNs host).
     cert_thresholds_days: str = "30,14,7,1"
     cert_watch_interval_s: float = Field(default=3_600.0, gt=0)
+    # The safety valve (DESIGN §4.3): a credential's dead-token answers are judged on its last
+    # `valve_window` answers; with at least min(`valve_min_answers`, its devices) of them, a share of
+    # `valve_dead_share` or more is the organization's (held), less is the devices' (tokens invalidated).
+    valve_window: int = Field(default=200, ge=10, le=500)
+    valve_min_answers: int = Field(default=20, ge=1)
+    valve_dead_share: float = Field(default=0.2, gt=0, le=1)
+    # A held organization is tried again with one push this long after the hold, then twice as long each
+    # time, at most `hold_probe_max_s`: a fix made elsewhere releases it.
+    hold_probe_first_s: float = Field(default=60.0, gt=0)
+    hold_probe_max_s: float = Field(default=3_600.0, gt=0)
     # How often each AOSP push with devices still pending is polled for its delivery status.
     poll_interval_s: float = Field(default=60.0, gt=0)
     watch_files: str = ""

@@ -13,13 +13,14 @@ from datetime import datetime, timedelta
 from models.enums import CredentialStatus, Provider
 from models.store.dispatch import push_credentials
 from models.store.maintenance import purge_finished, purge_runs, stuck_counts
-from models.store.receipts import ToPoll, receipts_to_poll, record_poll
+from models.store.receipts import ToPoll, receipts_to_poll, record_poll, record_untracked
 from models.store.sweeps import Due
 from scheduler.certificates import watch_certificates
 from scheduler.gauges import STUCK, gauges_job
+from scheduler.holds import probe_holds_job
 from scheduler.lease import still_leading
 from workers.actors import Actors
-from workers.providers.aosp import PushStatus
+from workers.providers.aosp import PushGone, PushStatus
 from workers.providers.base import ProviderError
 from workers.providers.credentials import InvalidCredential
 from workers.providers.rows import credential_from_row
@@ -118,7 +119,8 @@ def certificates_job(actors: Actors, now: datetime) -> int:
 
 def poll_receipts_job(actors: Actors, now: datetime) -> int:
     """Ask the AOSP push service where the pushes with devices still pending stand; returns how many
-    receipts it polled. A push the service no longer knows is left as it was, and polled no more than any."""
+    receipts it polled. A push the service says it no longer tracks (INVALID_PUSH_ID) is polled no more and
+    judged by its stored expiry, never as a failure; any other unanswered poll is tried again later."""
     app = actors.app
     polled_before = now - timedelta(seconds=app.settings.poll_interval_s / 2)
     with app.session() as s:
@@ -143,7 +145,9 @@ def poll_receipts_job(actors: Actors, now: datetime) -> int:
         with app.session() as s:
             for receipt in receipts:
                 answer = answers.get(receipt.provider_push_id)
-                if isinstance(answer, PushStatus):
+                if isinstance(answer, PushGone):
+                    record_untracked(s, receipt_id=receipt.id, now=now)
+                elif isinstance(answer, PushStatus):
                     record_poll(
                         s,
                         receipt_id=receipt.id,
@@ -178,4 +182,5 @@ JOBS: tuple[Job, ...] = (
     Job("retention", retention_job, _slow_interval),
     Job("poll_receipts", poll_receipts_job, lambda actors: actors.app.settings.poll_interval_s),
     Job("certificates", certificates_job, lambda actors: actors.app.settings.cert_watch_interval_s),
+    Job("probe_holds", probe_holds_job, _sweep_interval),
 )

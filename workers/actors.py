@@ -24,6 +24,7 @@ from workers.enqueue import as_due, enqueue_dispatch
 from workers.services.dispatch import dispatch_chunk
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import DeviceReport, record_device_report
+from workers.services.valve import Valve
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,9 @@ def declare_actors(app: App) -> Actors:
 
 
 def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> DispatchActor:
+    settings = app.settings
+    valve = Valve(settings.valve_window, settings.valve_min_answers, settings.valve_dead_share)
+
     def dispatch(deployment_ids: list[str], failures: int = 0) -> None:
         with log_context(action="dispatch", **ids_field(deployment_ids)):
             summary = dispatch_chunk(
@@ -153,6 +157,8 @@ def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> DispatchA
                 policy=app.policy,
                 failures=failures,
                 redeliver_after_s=app.settings.redeliver_after_s,
+                valve=valve,
+                first_probe_s=app.settings.hold_probe_first_s,
             )
         if summary.retry is not None:
             # Transient provider failures come back later as a delayed message on the same queue.

@@ -17,7 +17,16 @@ from workers.providers.base import Outcome, PushResult
 from workers.providers.fcm import KNOWN_ERROR_CODES as FCM_CODES
 from workers.providers.timing import PUSH_DURATION
 
-__all__ = ["HOLDS", "PUSHES", "PUSH_DURATION", "count_answers", "reason_label"]
+__all__ = [
+    "CLOCK_SKEW_REFUSALS",
+    "HOLDS",
+    "PUSHES",
+    "PUSH_DURATION",
+    "TOKENS_INVALIDATED",
+    "count_answers",
+    "count_clock_skew_refusal",
+    "reason_label",
+]
 
 PUSHES = Counter(
     "mdmq_push_requests",
@@ -29,6 +38,17 @@ HOLDS = Counter(
     "mdmq_holds",
     "Deployments held because the provider refused the organization's credential, by provider.",
     ["provider"],
+)
+TOKENS_INVALIDATED = Counter(
+    "mdmq_push_tokens_invalidated",
+    "Device tokens marked invalid on a provider's answer, by organization, provider and provider's reason.",
+    ["organization", "provider", "reason"],
+)
+CLOCK_SKEW_REFUSALS = Counter(
+    "mdmq_clock_skew_refusals",
+    "Credential exchanges a provider refused for this host's clock (an OAuth assertion's iat/exp), by "
+    "provider and host: the host's clock is to be fixed, the credential is fine.",
+    ["provider", "host"],
 )
 
 for _provider in Provider:  # a series at 0 for each, so that the first hold shows in rate()
@@ -44,6 +64,7 @@ _OWN_REASONS = frozenset(
         "OAUTH_UNAVAILABLE",
         "TimeoutError",
         "ProviderError",
+        "ClockSkewRefused",
         "credential_replaced",
     }
 )
@@ -63,3 +84,7 @@ def reason_label(result: PushResult) -> str:
 def count_answers(provider: str, results: list[PushResult]) -> None:
     for result in results:
         PUSHES.labels(provider, result.outcome.value, reason_label(result)).inc()
+
+
+def count_clock_skew_refusal(provider: str, host: str) -> None:
+    CLOCK_SKEW_REFUSALS.labels(provider, host).inc()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -224,22 +224,6 @@ def _insert_receipts(session: Session, rows: list[dict[str, Any]]) -> list[int]:
         .returning(RECEIPT.c.id)
     )
     return sorted(run(session, statement).scalars())
-
-
-def invalidate_tokens(session: Session, *, reasons: Iterable[tuple[str, str, datetime]]) -> None:
-    """Mark device tokens invalid: (device id, the provider's reason, since when)."""
-    params = [{"device": d, "reason": reason[:200], "since": since} for d, reason, since in sorted(reasons)]
-    if params:
-        statement = (
-            sa.update(DEVICE)
-            .where(DEVICE.c.id == sa.bindparam("device"))
-            .values(
-                token_state=TokenState.invalid.value,
-                token_invalid_reason=sa.bindparam("reason"),
-                token_invalid_at=sa.bindparam("since"),
-            )
-        )
-        run(session, statement, params)
 
 
 def _queued_for_provider(organization_id: str, provider: Provider) -> sa.ColumnElement[bool]:

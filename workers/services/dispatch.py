@@ -13,7 +13,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import exc as sa_exc
@@ -33,22 +33,31 @@ from models.store.dispatch import (
     credential_unchanged,
     give_back_attempts,
     hold_for_credential,
-    invalidate_tokens,
     mark_credential,
     push_credentials,
     push_targets,
     record_receipts,
 )
+from models.store.holds import (
+    Invalidation,
+    NewHold,
+    devices_served,
+    hold_provider,
+    invalidate_tokens,
+    provider_holds,
+    record_answers,
+)
 from models.store.organizations import retry_overrides
-from models.tables import PushCredential
+from models.tables import ProviderHold, PushCredential
 from models.types import utcnow
-from workers.metrics import HOLDS, count_answers
+from workers.metrics import HOLDS, TOKENS_INVALIDATED, count_answers
 from workers.policy import KindPolicy, Policies, RetryPolicy, backoff_s
 from workers.providers.base import CredentialRejected, Outcome, ProviderError, Push, PushResult, PushType
 from workers.providers.credentials import Credential, InvalidCredential
 from workers.providers.rows import credential_from_row
 from workers.push_gateway import PushGateway
 from workers.services import wording
+from workers.services.valve import Valve, Verdict, answer_marks
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,9 @@ SessionFactory = Callable[[], AbstractContextManager[Session]]
 RECORD_ATTEMPTS = 7
 PROVIDER_NAMES = {Provider.apns: "APNs", Provider.fcm: "FCM", Provider.aosp: "The AOSP push provider"}
 UNDELIVERABLE = Move(PUSH_UNDELIVERABLE, "push undeliverable")
+# The first try of one push for a held organization comes this long after the hold (DESIGN §4.3).
+HOLD_FIRST_PROBE_S = 60.0
+DEFAULT_VALVE = Valve()
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,8 @@ def dispatch_chunk(
     failures: int = 0,
     now: datetime | None = None,
     redeliver_after_s: float = REDELIVER_AFTER_S,
+    valve: Valve = DEFAULT_VALVE,
+    first_probe_s: float = HOLD_FIRST_PROBE_S,
 ) -> DispatchSummary:
     """Push for the Queued deployments of `deployment_ids`. `failures`: how many times in a row the provider
     already turned this message's pushes away (a delayed retry carries it), for the back-off."""
@@ -105,20 +119,26 @@ def dispatch_chunk(
     with session() as s:
         claimed = claim_for_push(s, ids=deployment_ids, now=now)
         targets = push_targets(s, device_ids={c.device_id for c in claimed})
-        credentials = push_credentials(s, organization_ids={c.organization_id for c in claimed})
-        policies = Policies(policy, retry_overrides(s, organization_ids={c.organization_id for c in claimed}))
+        organizations = {c.organization_id for c in claimed}
+        credentials = push_credentials(s, organization_ids=organizations)
+        holds = provider_holds(s, organization_ids=organizations) if claimed else {}
+        policies = Policies(policy, retry_overrides(s, organization_ids=organizations))
     summary = DispatchSummary(claimed=len(claimed))
     groups = [
-        _Group(organization_id, provider, credentials.get((organization_id, provider)), wakes)
-        for (organization_id, provider), wakes in _group(claimed, targets).items()
+        _Group(*key, credentials.get(key), wakes, standing=holds.get(key))
+        for key, wakes in _group(claimed, targets).items()
     ]
     # Pushes go out with no transaction open: a write lock held across network I/O would stall every other
     # writer (on SQLite, all of them).
     _send_all(gateway, groups)
     for group in groups:
+        if group.sent:  # the credential's window, in a short transaction: every worker adds to it at once
+            with group.logged(), session() as s:
+                group.judge_dead_tokens(s, valve)
+    for group in groups:
         if group.hold_reason is not None:  # in a transaction of its own: the credential row, then the holds
             with group.logged(), session() as s:
-                group.hold(s, summary=summary)
+                group.hold(s, summary=summary, probe_at=now + timedelta(seconds=first_probe_s))
     # The pushes are out: their answers are recorded even if the database is away for a moment, for a
     # message that failed here would be taken again and push every device of it a second time.
     before = replace(summary)
@@ -198,7 +218,15 @@ class _Group:
     provider: Provider
     credential: PushCredential | None
     wakes: list[Wake]
+    standing: ProviderHold | None = None  # the hold this organization and provider are under already
     hold_reason: str | None = None
+    # Whose problem the hold is: `credential` marks the credential invalid, `config` leaves it valid.
+    hold_scope: Outcome = Outcome.credential
+    hold_answer: PushResult | None = field(default=None, repr=False)  # the answer that held it, if any
+
+    @property
+    def sent(self) -> bool:
+        return self.hold_reason is None and any(w.result is not None for w in self.live)
 
     @property
     def live(self) -> list[Wake]:
@@ -231,6 +259,9 @@ class _Group:
         because the stored credential cannot be used."""
         if not self.live:
             return None
+        if self.standing is not None:
+            self.hold_reason, self.hold_scope = self.standing.reason, Outcome(self.standing.scope)
+            return None
         self.hold_reason = _unusable(self.provider, self.credential)
         if self.hold_reason is not None:
             return None
@@ -260,9 +291,50 @@ class _Group:
         for wake, result in zip(self.live, answer, strict=True):
             wake.result = result
         if refused := next((r for r in answer if r.outcome is Outcome.credential), None):
-            self.hold_reason = f"{name} refused the credential: {refused.reason}"
+            self._held_by(refused, f"{name} refused the credential: {refused.reason}")
+        elif misconfigured := next((r for r in answer if r.outcome is Outcome.config), None):
+            self._held_by(misconfigured, f"{name} refused the configuration: {misconfigured.reason}")
 
-    def hold(self, s: Session, *, summary: DispatchSummary) -> None:
+    def _held_by(self, answer: PushResult, fallback: str) -> None:
+        self.hold_reason = answer.advice or fallback
+        self.hold_scope, self.hold_answer = answer.outcome, answer
+
+    def judge_dead_tokens(self, s: Session, valve: Valve) -> None:
+        """Add the batch's answers to the credential's window, and judge its dead-token answers on it: the
+        devices' (their tokens are invalidated), the organization's (a hold; no token is touched), or too
+        few answers to tell (sent again with the next batch)."""
+        assert self.credential is not None
+        marks = answer_marks([w.result for w in self.live if w.result is not None])
+        window = record_answers(s, fingerprint=self.credential.fingerprint, answers=marks, keep=valve.window)
+        dead = [w for w in self.live if w.result is not None and w.result.outcome is Outcome.dead_token]
+        if not dead:
+            return
+        sample = window if len(marks) <= valve.window else marks
+        verdict = valve.judge(
+            sample,
+            devices_served=lambda n: devices_served(
+                s, organization_id=self.organization_id, provider=self.provider, at_most=n
+            ),
+        )
+        first = dead[0].result
+        assert first is not None
+        log.warning(
+            "%d of %d answers in the credential's window are dead-token answers (%s): %s",
+            sample.count("d"),
+            len(sample),
+            first.reason,
+            verdict.value,
+        )
+        if verdict is Verdict.organization:
+            name = PROVIDER_NAMES[self.provider]
+            self.hold_reason = first.advice or f"{name} answered {first.reason} for most devices"
+            self.hold_scope, self.hold_answer = Outcome.config, first
+        elif verdict is Verdict.undecided:
+            for wake in dead:
+                assert wake.result is not None
+                wake.result = replace(wake.result, outcome=Outcome.transient)
+
+    def hold(self, s: Session, *, summary: DispatchSummary, probe_at: datetime) -> None:
         """Hold every Queued deployment of the organization for this provider: the credential was refused.
         If an operator stored another credential since this batch read it, hold nothing: the batch's
         pushes come back as a transient failure, to go out with the new one."""
@@ -277,14 +349,7 @@ class _Group:
                     wake.target.device_id, Outcome.transient, reason="credential replaced"
                 )
             return
-        _hold(
-            s,
-            self.organization_id,
-            self.provider,
-            credential=self.credential,
-            reason=self.hold_reason,
-            summary=summary,
-        )
+        _hold(s, self, summary=summary, probe_at=probe_at)
         # No device was woken: the claim's count is given back, as for a provider's 5xx, so a rollout whose
         # key was revoked and renewed keeps every wake-up its policy allows. (The next attempt time of a
         # held deployment is the release's to set.)
@@ -300,7 +365,7 @@ class _Group:
         )
         if not self.live or self.hold_reason is not None:
             return []
-        return _write_results(s, self.provider, wakes=self.live, summary=summary, now=now)
+        return _write_results(s, self, wakes=self.live, summary=summary, now=now)
 
 
 def _group(claimed: list[Claimed], targets: dict[str, PushTarget]) -> dict[tuple[str, Provider], list[Wake]]:
@@ -352,19 +417,23 @@ def _push(wake: Wake) -> Push:
 
 
 def _write_results(
-    s: Session, provider: Provider, *, wakes: list[Wake], summary: DispatchSummary, now: datetime
+    s: Session, group: _Group, *, wakes: list[Wake], summary: DispatchSummary, now: datetime
 ) -> list[Wake]:
+    provider = group.provider
     by_outcome: dict[Outcome, list[Wake]] = defaultdict(list)
     for wake in wakes:
         assert wake.result is not None
         by_outcome[wake.result.outcome].append(wake)
     summary.pushes += len(wakes)
     summary.accepted += len(by_outcome[Outcome.accepted])
-    permanent = by_outcome[Outcome.permanent]
-    invalidate_tokens(s, reasons=[_token_invalid(w, now) for w in permanent])
-    _undeliverable(
-        s, provider, permanent, "push_token_rejected", "rejected the device token", summary=summary
-    )
+    # Judged the devices' by the valve by now: an undecided one went back to transient, and a verdict
+    # against the organization held the group before it got here.
+    dead = by_outcome[Outcome.permanent] + by_outcome[Outcome.dead_token]
+    fingerprint = group.credential.fingerprint if group.credential is not None else None
+    invalidate_tokens(s, invalidations=[_token_invalid(w, fingerprint, now) for w in dead])
+    for reason, count in Counter(w.result.reason or "rejected" for w in dead if w.result).items():
+        TOKENS_INVALIDATED.labels(group.organization_id, provider.value, reason).inc(count)
+    _undeliverable(s, provider, dead, "push_token_rejected", "rejected the device token", summary=summary)
     rejected = by_outcome[Outcome.payload_rejected]
     _undeliverable(s, provider, rejected, "push_payload_rejected", "rejected the push", summary=summary)
     return by_outcome[Outcome.accepted]
@@ -400,9 +469,17 @@ def _receipts(
         )
 
 
-def _token_invalid(wake: Wake, now: datetime) -> tuple[str, str, datetime]:
-    assert wake.result is not None
-    return wake.target.device_id, wake.result.reason or "rejected", wake.result.token_invalid_since or now
+def _token_invalid(wake: Wake, fingerprint: str | None, now: datetime) -> Invalidation:
+    result = wake.result
+    assert result is not None
+    return Invalidation(
+        wake.target.device_id,
+        result.reason or "rejected",
+        result.token_invalid_since or now,
+        result.status,
+        fingerprint,
+        ambiguous=result.outcome is Outcome.dead_token,
+    )
 
 
 def _undeliverable(
@@ -435,19 +512,17 @@ def _reason_text(wake: Wake) -> str:
     return f"{result.reason or result.status}{since}"
 
 
-def _hold(
-    s: Session,
-    organization_id: str,
-    provider: Provider,
-    *,
-    credential: PushCredential | None,
-    reason: str,
-    summary: DispatchSummary,
-) -> None:
+def _hold(s: Session, group: _Group, *, summary: DispatchSummary, probe_at: datetime) -> None:
+    """Hold the organization's Queued deployments for the group's provider. A refused credential is marked
+    invalid; a configuration answer leaves it valid. With a credential to try, the hold is recorded for the
+    scheduler's probe, which releases it when one push goes through."""
+    organization_id, provider, credential = group.organization_id, group.provider, group.credential
+    reason = group.hold_reason
+    assert reason is not None
     held = hold_for_credential(s, organization_id=organization_id, provider=provider, reason=reason)
     summary.held += held
     HOLDS.labels(provider.value).inc(held)
-    if credential is not None:
+    if credential is not None and group.hold_scope is Outcome.credential:
         mark_credential(
             s,
             credential_id=credential.id,
@@ -456,6 +531,17 @@ def _hold(
             reason=reason,
             only_from=(CredentialStatus.valid, CredentialStatus.expiring),
         )
+    if credential is not None and group.standing is None:
+        answer = group.hold_answer
+        hold = NewHold(
+            organization_id,
+            provider,
+            group.hold_scope.value,
+            reason,
+            answer.reason if answer is not None else None,
+            credential.fingerprint,
+        )
+        hold_provider(s, hold=hold, probe_at=probe_at, now=utcnow())
     extra = {"organization": organization_id, "provider": provider.value, "held": held}
     log.error("deployments held: %s", reason, extra=extra)
 

@@ -1,0 +1,105 @@
+"""The way out of a hold, by hand: `mdmq release`, and `mdmq devices restore-tokens` for tokens an answer
+invalidated that turned out to be the organization's (a wrong certificate, a wrong Firebase project).
+
+Exit codes as the other ops commands: 0 done, 1 nothing to do, 64 usage.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from cli.ops import EXIT_NOTHING, EXIT_USAGE, Json, _app, _emit, console
+from models.enums import Provider
+from models.store.audit import record_audit_event
+from models.store.holds import held_providers, release_provider, restore_tokens
+from workers.actors import declare_actors
+
+devices = typer.Typer(no_args_is_help=True, help="Devices and their push tokens.")
+
+OrgOption = Annotated[str, typer.Option("--org", help="The organization.")]
+ProviderOption = Annotated[Provider, typer.Option("--provider", help="apns, fcm or aosp.")]
+
+
+def release(org: OrgOption, provider: ProviderOption, as_json: Json = False) -> None:
+    """Release an organization's pushes through PROVIDER held for its credential or configuration, once the
+    cause is fixed: the held deployments are enqueued, and a new refusal holds them again."""
+    app = _app()
+    try:
+        with app.session() as s:
+            holds = held_providers(s, organization_id=org)
+            reason = next((h.reason for h in holds if h.provider is provider), None)
+            ids = release_provider(s, organization_id=org, provider=provider)
+            if reason is not None or ids:
+                record_audit_event(
+                    s,
+                    organization_id=org,
+                    actor="cli",
+                    action="hold.released",
+                    detail={"provider": provider.value, "by": "hand", "reason": reason, "held": len(ids)},
+                )
+        declare_actors(app).enqueue_ids(ids)
+    finally:
+        app.close()
+    if as_json:
+        _emit({"organization": org, "provider": provider.value, "released": len(ids), "reason": reason})
+    else:
+        console.print(f"released {len(ids):,} deployment(s) of {org} for {provider.value}")
+    if reason is None and not ids:
+        raise typer.Exit(EXIT_NOTHING)
+
+
+def restore_tokens_command(
+    org: OrgOption,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only tokens invalidated at or after this ISO 8601 time.")
+    ] = None,
+    credential: Annotated[
+        str | None,
+        typer.Option("--credential", help="Only tokens invalidated with the credential of this fingerprint."),
+    ] = None,
+    provider: Annotated[Provider | None, typer.Option("--provider", help="apns, fcm or aosp.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Make invalidated push tokens valid again, e.g. those a wrong credential's answers invalidated."""
+    after = _since(since)
+    app = _app()
+    try:
+        with app.session() as s:
+            restored = restore_tokens(
+                s, organization_id=org, provider=provider, since=after, fingerprint=credential
+            )
+            if restored:
+                detail = {"restored": restored, "since": since, "credential": credential}
+                record_audit_event(
+                    s, organization_id=org, actor="cli", action="tokens.restored", detail=detail
+                )
+    finally:
+        app.close()
+    if as_json:
+        _emit({"organization": org, "restored": restored})
+    else:
+        console.print(f"restored {restored:,} token(s) of {org}")
+    if not restored:
+        raise typer.Exit(EXIT_NOTHING)
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        typer.echo(f"mdmq: --since {value!r} is not an ISO 8601 time with a UTC offset", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    return at
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="release")(release)
+    devices.command(name="restore-tokens")(restore_tokens_command)
+    app.add_typer(devices, name="devices")

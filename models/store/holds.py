@@ -1,0 +1,285 @@
+"""Provider holds, the credentials' answer windows, and the record of invalidated device tokens.
+
+A hold stops an organization's pushes through one provider when an answer was the organization's (its
+credential or configuration), not a device's. Its row says why, and when the scheduler tries one push again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel, col, select
+
+from models.enums import CredentialStatus, Provider, TokenState
+from models.store._sql import DEVICE, dialect_of, run
+from models.store.dispatch import release_holds
+from models.tables import ProviderHold, PushCredential
+from models.types import utcnow
+
+WINDOW = SQLModel.metadata.tables["push_answer_window"]
+HOLD = SQLModel.metadata.tables["provider_hold"]
+CREDENTIAL = SQLModel.metadata.tables["push_credential"]
+
+# One character per answer in a credential's window.
+ANSWER_ALIVE = "a"  # accepted, or an answer only a live credential gets (410 Unregistered)
+ANSWER_DEAD = "d"  # a dead-token answer, which a misconfigured credential gets for every device
+
+
+# -- the answer window -----------------------------------------------------------------------------------
+
+
+def record_answers(session: Session, *, fingerprint: str, answers: str, keep: int) -> str:
+    """Append `answers` to the credential's window and keep its last `keep`; returns the window, oldest
+    first. One statement, so that concurrent workers each add theirs: run it in a short transaction."""
+    if not answers:
+        return ""
+    dialect = dialect_of(session)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = utcnow()
+    statement = (
+        insert(WINDOW)
+        .values(fingerprint=fingerprint, answers=_last(answers, keep, dialect), updated_at=now)
+        .on_conflict_do_update(
+            index_elements=[WINDOW.c.fingerprint],
+            set_={"answers": _last(WINDOW.c.answers + answers, keep, dialect), "updated_at": now},
+        )
+        .returning(WINDOW.c.answers)
+    )
+    return str(run(session, statement).scalar_one())
+
+
+def _last(value: str | sa.ColumnElement[str], keep: int, dialect: str) -> sa.ColumnElement[str]:
+    text = sa.cast(value, sa.String) if isinstance(value, str) else value
+    if dialect == "postgresql":
+        return sa.func.right(text, keep)
+    return sa.func.substr(text, -keep)
+
+
+def devices_served(session: Session, *, organization_id: str, provider: Provider, at_most: int) -> int:
+    """How many of the organization's devices this provider wakes, counted up to `at_most`."""
+    some = (
+        sa.select(DEVICE.c.id)
+        .where(DEVICE.c.organization_id == organization_id, DEVICE.c.provider == provider.value)
+        .limit(at_most)
+        .subquery()
+    )
+    return int(run(session, sa.select(sa.func.count()).select_from(some)).scalar_one())
+
+
+# -- holds -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewHold:
+    organization_id: str
+    provider: Provider
+    scope: str  # the Outcome that held it: "credential" or "config"
+    reason: str
+    provider_reason: str | None
+    fingerprint: str | None
+
+
+def provider_holds(
+    session: Session, *, organization_ids: Collection[str]
+) -> dict[tuple[str, Provider], ProviderHold]:
+    rows = session.exec(select(ProviderHold).where(col(ProviderHold.organization_id).in_(organization_ids)))
+    return {(row.organization_id, row.provider): row for row in rows}
+
+
+def hold_provider(session: Session, *, hold: NewHold, probe_at: datetime, now: datetime) -> None:
+    """Record the hold (a new reason replaces the old one; the probe schedule of a standing hold stays)."""
+    existing = session.get(ProviderHold, (hold.organization_id, hold.provider))
+    if existing is None:
+        session.add(
+            ProviderHold(
+                organization_id=hold.organization_id,
+                provider=hold.provider,
+                scope=hold.scope,
+                reason=hold.reason,
+                provider_reason=hold.provider_reason,
+                fingerprint=hold.fingerprint,
+                held_at=now,
+                probe_at=probe_at,
+            )
+        )
+    else:
+        existing.scope, existing.reason = hold.scope, hold.reason
+        existing.provider_reason, existing.fingerprint = hold.provider_reason, hold.fingerprint
+        session.add(existing)
+    session.flush()
+
+
+def release_provider(
+    session: Session, *, organization_id: str, provider: Provider, now: datetime | None = None
+) -> list[str]:
+    """End the organization's hold for `provider`: its row goes, a credential marked invalid by the hold is
+    valid again, and the held deployments are released; returns their ids for the caller to enqueue."""
+    hold = session.get(ProviderHold, (organization_id, provider))
+    if hold is not None:
+        if hold.scope == "credential" and hold.fingerprint is not None:
+            run(
+                session,
+                sa.update(CREDENTIAL)
+                .where(
+                    CREDENTIAL.c.organization_id == organization_id,
+                    CREDENTIAL.c.provider == provider.value,
+                    CREDENTIAL.c.fingerprint == hold.fingerprint,
+                    CREDENTIAL.c.status == CredentialStatus.invalid.value,
+                )
+                .values(status=CredentialStatus.valid.value, status_reason=None),
+            )
+        session.delete(hold)
+        session.flush()
+    return release_holds(session, organization_id=organization_id, provider=provider, now=now)
+
+
+def due_probes(session: Session, *, now: datetime, limit: int) -> list[ProviderHold]:
+    statement = (
+        select(ProviderHold)
+        .where(col(ProviderHold.probe_at).is_not(None), col(ProviderHold.probe_at) <= now)
+        .order_by(col(ProviderHold.probe_at))
+        .limit(limit)
+    )
+    return list(session.exec(statement))
+
+
+def probe_failed(
+    session: Session,
+    *,
+    organization_id: str,
+    provider: Provider,
+    result: str,
+    next_probe_at: datetime,
+    now: datetime,
+) -> None:
+    hold = session.get(ProviderHold, (organization_id, provider))
+    if hold is None:  # released meanwhile
+        return
+    hold.probe_failures += 1
+    hold.last_probe_at, hold.last_probe_result, hold.probe_at = now, result[:500], next_probe_at
+    session.add(hold)
+    session.flush()
+
+
+def probe_device(
+    session: Session, *, organization_id: str, provider: Provider
+) -> tuple[str, str, str | None] | None:
+    """A device to try one push to: (id, token, push magic) of the most recently seen device with a valid
+    token."""
+    c = DEVICE.c
+    statement = (
+        sa.select(c.id, c.push_token, c.push_magic)
+        .where(
+            c.organization_id == organization_id,
+            c.provider == provider.value,
+            c.token_state == TokenState.valid.value,
+        )
+        .order_by(c.last_seen_at.desc().nulls_last(), c.id)
+        .limit(1)
+    )
+    row = run(session, statement).first()
+    return None if row is None else (row.id, row.push_token, row.push_magic)
+
+
+def credential_row(session: Session, *, organization_id: str, provider: Provider) -> PushCredential | None:
+    statement = select(PushCredential).where(
+        PushCredential.organization_id == organization_id, PushCredential.provider == provider
+    )
+    return session.exec(statement).first()
+
+
+# -- invalidated tokens ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """One device token found dead: the provider's reason and status, the credential it was sent with, and
+    whether the answer is one the providers also give for every device of a misconfigured credential."""
+
+    device_id: str
+    reason: str
+    since: datetime
+    status: int | None
+    fingerprint: str | None
+    ambiguous: bool
+
+
+def invalidate_tokens(session: Session, *, invalidations: Iterable[Invalidation]) -> int:
+    """Mark device tokens invalid with their record; returns how many were valid before."""
+    params = [
+        {
+            "device": i.device_id,
+            "reason": i.reason[:200],
+            "since": i.since,
+            "status": i.status,
+            "fingerprint": i.fingerprint,
+            "ambiguous": i.ambiguous,
+        }
+        for i in sorted(invalidations, key=lambda i: i.device_id)
+    ]
+    if not params:
+        return 0
+    statement = (
+        sa.update(DEVICE)
+        .where(DEVICE.c.id == sa.bindparam("device"), DEVICE.c.token_state == TokenState.valid.value)
+        .values(
+            token_state=TokenState.invalid.value,
+            token_invalid_reason=sa.bindparam("reason"),
+            token_invalid_at=sa.bindparam("since"),
+            token_invalid_status=sa.bindparam("status"),
+            token_invalid_fingerprint=sa.bindparam("fingerprint"),
+            token_invalid_ambiguous=sa.bindparam("ambiguous"),
+        )
+    )
+    return int(run(session, statement, params).rowcount)
+
+
+def restore_tokens(
+    session: Session,
+    *,
+    organization_id: str,
+    provider: Provider | None = None,
+    since: datetime | None = None,
+    fingerprint: str | None = None,
+    ambiguous_only: bool = False,
+) -> int:
+    """Make the organization's invalidated tokens valid again; returns how many. Optionally only those of one
+    provider, invalidated at or after `since`, seen with the credential of `fingerprint`, or invalidated by
+    an ambiguous answer."""
+    c = DEVICE.c
+    where = [c.organization_id == organization_id, c.token_state == TokenState.invalid.value]
+    if provider is not None:
+        where.append(c.provider == provider.value)
+    if since is not None:
+        where.append(c.token_invalid_at >= since)
+    if fingerprint is not None:
+        where.append(c.token_invalid_fingerprint == fingerprint)
+    if ambiguous_only:
+        where.append(c.token_invalid_ambiguous.is_(True))
+    statement = (
+        sa.update(DEVICE)
+        .where(*where)
+        .values(
+            token_state=TokenState.valid.value,
+            token_invalid_reason=None,
+            token_invalid_at=None,
+            token_invalid_status=None,
+            token_invalid_fingerprint=None,
+            token_invalid_ambiguous=False,
+        )
+    )
+    return int(run(session, statement).rowcount)
+
+
+# -- what is held ---------------------------------------------------------------------------------------
+
+
+def held_providers(session: Session, *, organization_id: str | None = None) -> Sequence[ProviderHold]:
+    statement = select(ProviderHold).order_by(col(ProviderHold.organization_id), col(ProviderHold.provider))
+    if organization_id is not None:
+        statement = statement.where(ProviderHold.organization_id == organization_id)
+    return list(session.exec(statement))
