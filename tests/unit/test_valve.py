@@ -1,0 +1,55 @@
+"""The safety valve's verdict on a credential's window of answers (DESIGN §4.3): one dead token among
+working ones is the device's, the same answer for most of a credential's devices is the credential's, and
+too few answers decide nothing. [A-RESP] BadDeviceToken and DeviceTokenNotForTopic, [F-ERR]
+SENDER_ID_MISMATCH: what the providers say for every device of a wrong certificate or project."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.providers.base import Outcome, PushResult
+from workers.services.valve import Valve, Verdict, answer_marks
+
+VALVE = Valve(window=200, min_answers=20, dead_share=0.2)
+
+
+def test_one_dead_token_among_working_answers_is_the_devices() -> None:
+    assert VALVE.judge("a" * 199 + "d", devices_served=lambda n: 10_000) is Verdict.device
+
+
+def test_a_fifth_or_more_of_dead_tokens_is_the_organizations() -> None:
+    assert VALVE.judge("a" * 80 + "d" * 20, devices_served=lambda n: 10_000) is Verdict.organization
+    assert VALVE.judge("d" * 100, devices_served=lambda n: 10_000) is Verdict.organization
+    assert VALVE.judge("a" * 81 + "d" * 19, devices_served=lambda n: 10_000) is Verdict.device
+
+
+def test_too_few_answers_decide_nothing_until_every_device_of_a_small_fleet_answered() -> None:
+    assert VALVE.judge("a" * 5 + "d", devices_served=lambda n: 10_000) is Verdict.undecided
+    # A fleet of 6 devices that all answered: enough to judge, though under 20 answers.
+    assert VALVE.judge("a" * 5 + "d", devices_served=lambda n: min(6, n)) is Verdict.device
+    assert VALVE.judge("dddddd", devices_served=lambda n: min(6, n)) is Verdict.organization
+
+
+def test_the_fleet_is_counted_only_when_the_window_is_small() -> None:
+    def never(n: int) -> int:
+        raise AssertionError("counted the devices of a window of 20 answers or more")
+
+    assert VALVE.judge("a" * 19 + "d", devices_served=never) is Verdict.device
+
+
+@pytest.mark.parametrize(
+    ("outcome", "mark"),
+    [
+        (Outcome.accepted, "a"),
+        (Outcome.permanent, "a"),  # 410 Unregistered [A-RESP]: only a working credential and topic get it
+        (Outcome.dead_token, "d"),
+        (Outcome.transient, ""),
+        (Outcome.payload_rejected, ""),
+        (Outcome.credential, ""),
+        (Outcome.config, ""),
+    ],
+)
+def test_only_answers_that_say_something_about_the_credential_enter_the_window(
+    outcome: Outcome, mark: str
+) -> None:
+    assert answer_marks([PushResult("d1", outcome)]) == mark
