@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,9 +19,41 @@ from cryptography.x509.oid import NameOID
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
 
+# [A-SEND] an MDM push goes to the topic of the push certificate's subject UID, com.apple.mgmt.External.<uuid>
+MDM_TOPIC_PREFIX = "com.apple.mgmt."
+# What follows the prefix: the characters of Apple's topics (bundle-id characters); the topic is a header.
+_MDM_TOPIC = re.compile(re.escape(MDM_TOPIC_PREFIX) + r"[A-Za-z0-9._-]+")
+# [A-MDMPUSH] "MDM doesn't support token-based pushes": MDM is certificate-only. Under ~170 characters, so
+# that it fits a hold reason (200) after "APNs credential refused: ".
+MDM_NEEDS_CERTIFICATE = (
+    "an APNs token key (.p8) cannot send MDM pushes (Apple: MDM doesn't support token-based pushes): "
+    "upload the organization's APNs MDM push certificate"
+)
+# Google Cloud's project id: 6 to 30 lowercase letters, digits or hyphens, starting with a letter and not
+# ending with a hyphen (https://cloud.google.com/resource-manager/docs/creating-managing-projects). It is
+# a segment of the FCM URL path [F-SEND].
+_PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+
 
 class InvalidCredential(ValueError):
     """The credential material cannot be used; the message names the field, never its value."""
+
+
+def require_printable(name: str, value: str | None) -> None:
+    """`InvalidCredential` naming `name` when `value` holds a control character (below 0x20, 0x7f) or any
+    other non-printing character (format, separator, unassigned): such text may end up in a header."""
+    if value is not None and not value.isprintable():
+        raise InvalidCredential(f"{name} contains a control or non-printing character")
+
+
+def require_project_id(project_id: str) -> None:
+    """`InvalidCredential` unless `project_id` has the shape of a Google Cloud project id."""
+    require_printable("the project id", project_id)
+    if not _PROJECT_ID.fullmatch(project_id):
+        raise InvalidCredential(
+            "the project id is not a Google Cloud project id (6-30 lowercase letters, digits or hyphens, "
+            "starting with a letter)"
+        )
 
 
 class ApnsEnvironment(StrEnum):
@@ -38,7 +71,8 @@ def _fingerprint(kind: str, *parts: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ApnsTokenKey:
-    """An APNs auth key (.p8, ES256) with its key id and team id: signs the provider JWTs."""
+    """An APNs auth key (.p8, ES256) with its key id and team id: signs the provider JWTs. Never an MDM
+    credential [A-MDMPUSH]: a stored one is refused (`MDM_NEEDS_CERTIFICATE`)."""
 
     private_key_pem: str = field(repr=False)
     key_id: str
@@ -52,6 +86,12 @@ class ApnsTokenKey:
             raise InvalidCredential("private_key_pem is not an ES256 (P-256) key")
         if not (self.key_id and self.team_id and self.topic):
             raise InvalidCredential("key_id, team_id and topic are required")
+        for name, value in (
+            ("the key id", self.key_id),
+            ("the team id", self.team_id),
+            ("the topic", self.topic),
+        ):
+            require_printable(name, value)  # [A-JWT] the key id is the JWT's `kid`, the topic a header
 
     @property
     def fingerprint(self) -> str:
@@ -62,7 +102,8 @@ class ApnsTokenKey:
 
 @dataclass(frozen=True, slots=True)
 class ApnsCertificate:
-    """An APNs push certificate (TLS client certificate) and its key; `not_after` is read from it."""
+    """An APNs MDM push certificate (TLS client certificate) and its key; the topic and `not_after` are read
+    from the certificate."""
 
     certificate_pem: str = field(repr=False)
     private_key_pem: str = field(repr=False)
@@ -77,17 +118,16 @@ class ApnsCertificate:
         private_key_pem: str,
         *,
         environment: ApnsEnvironment = ApnsEnvironment.production,
-        topic: str | None = None,
     ) -> ApnsCertificate:
-        """Reads `not_after` and, unless given, the topic (the subject's UID, as Apple issues them)."""
+        """Reads `not_after` and the topic: the subject's UID, which must be an MDM topic [A-SEND]."""
         try:
             certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
         except ValueError:
             raise InvalidCredential("certificate_pem is not a PEM certificate") from None
-        _load_private_key(private_key_pem, "private_key_pem")
-        topic = topic or _subject_uid(certificate)
-        if not topic:
-            raise InvalidCredential("the certificate names no topic (subject UID) and none was given")
+        key = _load_private_key(private_key_pem, "private_key_pem")
+        if _public_der(key.public_key()) != _public_der(certificate.public_key()):
+            raise InvalidCredential("the private key is not the certificate's key")
+        topic = mdm_topic_of(certificate)
         return cls(certificate_pem, private_key_pem, topic, environment, certificate.not_valid_after_utc)
 
     @classmethod
@@ -97,7 +137,6 @@ class ApnsCertificate:
         password: str | None,
         *,
         environment: ApnsEnvironment = ApnsEnvironment.production,
-        topic: str | None = None,
     ) -> ApnsCertificate:
         try:
             key, certificate, _ = pkcs12.load_key_and_certificates(
@@ -111,7 +150,7 @@ class ApnsCertificate:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         certificate_pem = certificate.public_bytes(serialization.Encoding.PEM)
-        return cls.from_pem(certificate_pem.decode(), key_pem.decode(), environment=environment, topic=topic)
+        return cls.from_pem(certificate_pem.decode(), key_pem.decode(), environment=environment)
 
     def expired(self, now: datetime | None = None) -> bool:
         return (now or datetime.now(UTC)) >= self.not_after
@@ -144,6 +183,8 @@ class FcmServiceAccount:
         object.__setattr__(self, "signing_key", key)
         if not (self.client_email and self.project_id):
             raise InvalidCredential("client_email and project_id are required")
+        require_project_id(self.project_id)  # a segment of the send URL's path [F-SEND]
+        require_printable("the service account's client_email", self.client_email)
 
     @classmethod
     def from_json(
@@ -210,6 +251,25 @@ def _load_private_key(pem: str, name: str, *, check: bool = True) -> Any:
         raise InvalidCredential(f"{name} is not an unencrypted PEM private key") from None
 
 
-def _subject_uid(certificate: x509.Certificate) -> str | None:
+def mdm_topic_of(certificate: x509.Certificate) -> str:
+    """The MDM topic of a push certificate: its subject's UID [A-SEND], which starts with
+    `com.apple.mgmt.` [A-MDMPUSH]; `InvalidCredential` when it has none or another."""
     uids = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
-    return str(uids[0].value) if uids else None
+    if not uids:
+        raise InvalidCredential(
+            "the certificate names no topic (subject UID): it is not an MDM push certificate"
+        )
+    topic = str(uids[0].value)
+    require_printable("the certificate's topic (subject UID)", topic)
+    if not _MDM_TOPIC.fullmatch(topic):
+        raise InvalidCredential(
+            f"the certificate's topic (subject UID) is not a {MDM_TOPIC_PREFIX}* topic: "
+            "it is not an MDM push certificate"
+        )
+    return topic
+
+
+def _public_der(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )

@@ -7,13 +7,13 @@ import re
 import threading
 from typing import NamedTuple
 
-from models.enums import CredentialKind
+from models.enums import CredentialKind, Provider
 from models.tables import PushCredential
 from workers.providers.credentials import (
+    MDM_NEEDS_CERTIFICATE,
     AospApiKey,
     ApnsCertificate,
     ApnsEnvironment,
-    ApnsTokenKey,
     Credential,
     FcmServiceAccount,
     InvalidCredential,
@@ -22,9 +22,18 @@ from workers.providers.credentials import (
 # A stored APNs certificate is one PEM bundle: the certificate and its private key.
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
 
+# The kinds of credential each provider is built from. An APNs token key is an APNs kind, refused with its
+# own reason: mdmq sends APNs only MDM pushes, which are certificate-only [A-MDMPUSH].
+KINDS = {
+    Provider.apns: (CredentialKind.apns_certificate, CredentialKind.apns_token),
+    Provider.fcm: (CredentialKind.fcm_service_account,),
+    Provider.aosp: (CredentialKind.aosp_api_key,),
+}
+
 
 def credential_from_row(row: PushCredential, *, stored: bool = True) -> Credential:
-    """The provider credential for `row`; `InvalidCredential`, naming no secret, if it is unusable.
+    """The provider credential for `row`; `InvalidCredential`, naming no secret, if it is unusable: a kind
+    of another provider, an APNs token key (`MDM_NEEDS_CERTIFICATE`), unreadable material.
 
     `stored` False for material on its way in (`store_credential`): it gets every check. A stored row passed
     them when it was stored, so its RSA key is loaded without the consistency check again (56 ms of CPU,
@@ -35,9 +44,8 @@ def credential_from_row(row: PushCredential, *, stored: bool = True) -> Credenti
     The key is the row's whole content, so a renewed or edited credential is loaded afresh. The worker
     threads ask at once when a rollout starts; the lock makes the first load it and the others wait for it,
     where each would otherwise load it too."""
-    material = _Stored(
-        row.kind, row.environment.value, row.secret, row.key_id, row.team_id, row.topic, row.project_id
-    )
+    require_kind_of(row.provider, row.kind)
+    material = _Stored(row.kind, row.environment.value, row.secret, row.project_id)
     with _loading:
         return _credential(material, check_key=not stored)
 
@@ -45,13 +53,19 @@ def credential_from_row(row: PushCredential, *, stored: bool = True) -> Credenti
 _loading = threading.Lock()
 
 
+def require_kind_of(provider: Provider, kind: CredentialKind) -> None:
+    """`InvalidCredential` unless a `provider` credential can be of `kind`, and used for MDM pushes."""
+    if kind not in KINDS[provider]:
+        expected = " or ".join(k.value for k in KINDS[provider] if k is not CredentialKind.apns_token)
+        raise InvalidCredential(f"a credential for {provider.value} is of kind {expected}, not {kind.value}")
+    if kind is CredentialKind.apns_token:
+        raise InvalidCredential(MDM_NEEDS_CERTIFICATE)
+
+
 class _Stored(NamedTuple):
     kind: CredentialKind
     environment: str
     secret: str
-    key_id: str | None
-    team_id: str | None
-    topic: str | None
     project_id: str | None
 
     def __repr__(self) -> str:  # never the secret
@@ -61,13 +75,10 @@ class _Stored(NamedTuple):
 @functools.lru_cache(maxsize=256)
 def _credential(row: _Stored, *, check_key: bool) -> Credential:
     environment = ApnsEnvironment(row.environment)
-    if row.kind is CredentialKind.apns_token:
-        if not (row.key_id and row.team_id and row.topic):
-            raise InvalidCredential("an APNs token key needs its key id, team id and topic")
-        return ApnsTokenKey(row.secret, row.key_id, row.team_id, row.topic, environment)
     if row.kind is CredentialKind.apns_certificate:
         certificate, key = _certificate_and_key(row.secret)
-        return ApnsCertificate.from_pem(certificate, key, environment=environment, topic=row.topic)
+        # The topic is the certificate's own [A-SEND]: what the row says is a copy, for listing.
+        return ApnsCertificate.from_pem(certificate, key, environment=environment)
     if row.kind is CredentialKind.fcm_service_account:
         return FcmServiceAccount.from_json(row.secret, project_id=row.project_id, check_key=check_key)
     return AospApiKey(row.secret)

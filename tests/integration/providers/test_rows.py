@@ -1,5 +1,5 @@
 """Stored credentials become providers: each kind of `PushCredential` row, read from the database, pushes
-through the emulators; a renewed row is used by the next dispatch without a restart."""
+through the emulators (APNs with the MDM push certificate, over TLS); unusable rows are clear errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import secrets
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -18,7 +18,7 @@ from models.ids import new_id
 from models.store import ensure_organization
 from models.tables import PushCredential
 from sandbox import DeviceRegistry, Sandbox
-from sandbox.tls import issue_client_certificate, make_ca
+from sandbox.tls import issue_client_certificate, issue_mdm_push_certificate, make_ca
 from tests.integration.providers.conftest import (
     CLIENT_EMAIL,
     KEY_ID,
@@ -41,7 +41,7 @@ def _store(
     with Session(engine, expire_on_commit=False) as session, session.begin():
         ensure_organization(session, organization_id="acme")
         row = PushCredential(id=new_id(), organization_id="acme", provider=provider, kind=kind, secret=secret,
-                             fingerprint="-", environment=PushEnvironment.sandbox, **fields)  # fmt: skip
+                             fingerprint="-", environment=PushEnvironment.production, **fields)  # fmt: skip
         session.merge(row)
     with Session(engine) as session:
         stored = session.get(PushCredential, row.id)
@@ -50,14 +50,13 @@ def _store(
 
 
 def test_every_kind_of_stored_credential_pushes(
-    pg: Engine,
-    registry: DeviceRegistry,
-    apns_signing_key: ec.EllipticCurvePrivateKey,
-    fcm_signing_key: rsa.RSAPrivateKey,
+    pg: Engine, registry: DeviceRegistry, fcm_signing_key: rsa.RSAPrivateKey
 ) -> None:
+    # [A-MDMPUSH] MDM pushes go with the push certificate, over TLS; its subject UID is the topic [A-SEND].
+    certificate = issue_mdm_push_certificate(registry, topic=TOPIC, environments=("production",))
     aosp_key = secrets.token_hex(16)
     registry.add_aosp_api_key(aosp_key)
-    apns_device, fcm_device, aosp_device = apns_token(), secrets.token_urlsafe(40), secrets.token_hex(11)
+    apns_device, fcm_device, aosp_device = apns_token(), secrets.token_urlsafe(120), secrets.token_hex(11)
     registry.add_apns_device(apns_device, topic=TOPIC)
     registry.add_fcm_device(fcm_device, project_id=PROJECT)
     registry.add_aosp_device(aosp_device)
@@ -71,31 +70,25 @@ def test_every_kind_of_stored_credential_pushes(
         }
     )
     rows = {
-        "apns": _store(
-            pg,
-            Provider.apns,
-            CredentialKind.apns_token,
-            private_pem(apns_signing_key),
-            key_id=KEY_ID,
-            team_id=TEAM_ID,
-            topic=TOPIC,
-        ),
+        "apns": _store(pg, Provider.apns, CredentialKind.apns_certificate, certificate.pem_bundle),
         "fcm": _store(pg, Provider.fcm, CredentialKind.fcm_service_account, service_account),
         "aosp": _store(pg, Provider.aosp, CredentialKind.aosp_api_key, aosp_key),
     }
     pushes = {
-        "apns": Push("d-apns", token=apns_device, push_magic="magic"),
+        "apns": Push("d-apns", token=apns_device, push_type=PushType.mdm, push_magic="magic"),
         "fcm": Push("d-fcm", token=fcm_device, push_type=PushType.data, payload={"wake": "1"}),
         "aosp": Push("d-aosp", token=aosp_device, push_type=PushType.data, payload={"wake": "1"}),
     }
     outcomes: dict[str, Outcome] = {}
 
     async def scenario() -> None:
-        async with Sandbox(registry) as sandbox:
+        async with Sandbox(registry, tls=True) as sandbox:
+            assert sandbox.tls is not None
             endpoints = ProviderEndpoints.loopback(
                 apns_port=sandbox.ports["apns"],
                 fcm_port=sandbox.ports["fcm"],
                 aosp_port=sandbox.ports["aosp"],
+                tls_ca_pem=sandbox.tls.ca_pem.decode(),
             )
             factory = ProviderFactory(endpoints)
             for name, row in rows.items():
@@ -113,9 +106,9 @@ def test_a_certificate_row_is_read_from_its_pem_bundle() -> None:
     client = issue_client_certificate(ca, topic=TOPIC)
     bundle = (client.cert_pem + client.key_pem).decode()
     row = PushCredential(id=new_id(), organization_id="acme", provider=Provider.apns, fingerprint="-",
-                         kind=CredentialKind.apns_certificate, secret=bundle)  # fmt: skip
+                         kind=CredentialKind.apns_certificate, secret=bundle, topic="t")  # fmt: skip
 
-    credential = credential_from_row(row)
+    credential = credential_from_row(row)  # [A-SEND] the topic is the certificate's, whatever the row says
 
     assert credential.topic == TOPIC  # type: ignore[union-attr]
     assert credential.not_after == client.certificate.not_valid_after_utc  # type: ignore[union-attr]
@@ -124,13 +117,14 @@ def test_a_certificate_row_is_read_from_its_pem_bundle() -> None:
 @pytest.mark.parametrize(
     ("kind", "secret", "fields", "message"),
     [
+        # [A-MDMPUSH] MDM pushes are certificate-only: a stored .p8 key is refused with the fix.
         (
             CredentialKind.apns_token,
             "not a key",
             {"key_id": KEY_ID, "team_id": TEAM_ID, "topic": TOPIC},
-            "key",
+            "MDM push certificate",
         ),
-        (CredentialKind.apns_token, "irrelevant", {"key_id": KEY_ID}, "key id, team id and topic"),
+        (CredentialKind.apns_token, "irrelevant", {"key_id": KEY_ID}, "token-based pushes"),
         (
             CredentialKind.apns_certificate,
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
@@ -143,7 +137,8 @@ def test_a_certificate_row_is_read_from_its_pem_bundle() -> None:
 def test_unusable_material_is_a_clear_error_that_names_no_secret(
     kind: CredentialKind, secret: str, fields: dict[str, Any], message: str
 ) -> None:
-    row = PushCredential(id=new_id(), organization_id="acme", provider=Provider.apns, fingerprint="-",
+    provider = Provider.fcm if kind is CredentialKind.fcm_service_account else Provider.apns
+    row = PushCredential(id=new_id(), organization_id="acme", provider=provider, fingerprint="-",
                          kind=kind, secret=secret, **fields)  # fmt: skip
 
     with pytest.raises(InvalidCredential, match=message) as raised:
