@@ -1,0 +1,270 @@
+"""Whose problem an answer is, through the real providers and the sandbox's TLS servers, on PostgreSQL.
+
+A certificate of the wrong topic or environment makes APNs refuse *every* device with an answer that also
+means "dead token" ([A-RESP] DeviceTokenNotForTopic, BadDeviceToken); the safety valve holds the
+organization instead of invalidating its fleet, a genuinely dead token among working ones is still the
+device's, too few answers decide nothing, and a hold ends with the right credential or with one push that
+goes through once the cause was fixed elsewhere.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from config.app import App
+from config.settings import Settings
+from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
+from models.statuses import Kind, Status
+from models.store import NewDeployment, create_deployments, ensure_organization
+from models.store.devices import NewDevice, add_devices
+from models.tables import Deployment, Device, ProviderHold, PushCredential
+from sandbox import DeviceRegistry, Sandbox, SandboxThread, Storm
+from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topic
+from scheduler.holds import probe_holds_job
+from workers.actors import Actors, declare_actors
+from workers.policy import RetryPolicy
+from workers.services.credentials import store_credential
+from workers.services.dispatch import DispatchSummary, dispatch_chunk
+
+POLICY = RetryPolicy.defaults()
+ORG = "acme"
+
+
+@dataclass
+class World:
+    registry: DeviceRegistry
+    actors: Actors
+    topic: str  # the topic the fleet enrolled with
+    right: MdmPushCertificate  # the organization's push certificate, of the fleet's topic
+    other: MdmPushCertificate  # a push certificate of another topic (a new one, not a renewal)
+    sandbox: Sandbox
+
+    @property
+    def app(self) -> App:
+        return self.actors.app
+
+
+@pytest.fixture
+def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
+    registry = DeviceRegistry()
+    topic = mdm_topic()
+    right = issue_mdm_push_certificate(registry, topic=topic, days=365)
+    other = issue_mdm_push_certificate(registry, topic=mdm_topic(), ca=right.ca, days=365)
+    with SandboxThread(registry, tls=True) as sandbox:
+        assert sandbox.tls is not None
+        ca = tmp_path / "sandbox-ca.pem"
+        ca.write_bytes(sandbox.tls.ca_pem)
+        settings = Settings(
+            database_url=postgres_url,
+            broker_url="stub://",
+            apns_url=sandbox.apns_url,
+            apns_sandbox_url=sandbox.apns_sandbox_url,
+            fcm_url=sandbox.fcm_url,
+            fcm_token_url=f"{sandbox.fcm_url}/token",
+            aosp_url=sandbox.aosp_url,
+            push_ca_file=str(ca),
+        )
+        app = App(settings)
+        yield World(registry, declare_actors(app), topic, right, other, sandbox)
+        app.close()
+
+
+def _upload(world: World, certificate: MdmPushCertificate, environment: PushEnvironment) -> list[str]:
+    with world.app.session() as s:
+        ensure_organization(s, organization_id=ORG)
+        stored = store_credential(
+            s,
+            organization_id=ORG,
+            provider=Provider.apns,
+            kind=CredentialKind.apns_certificate,
+            secret=certificate.pem_bundle,
+            environment=environment,
+            force=True,
+        )
+        return stored.released
+
+
+def _fleet(
+    world: World, count: int, *, environment: str = "production", topic: str | None = None
+) -> list[str]:
+    """`count` iPhones enrolled with the fleet's topic (or `topic`) in `environment`; one profile each."""
+    tokens = [secrets.token_hex(32) for _ in range(count)]
+    for token in tokens:
+        world.registry.add_apns_device(token, topic=topic or world.topic, environment=environment)
+    with world.app.session() as s:
+        ensure_organization(s, organization_id=ORG)
+        devices = add_devices(
+            s,
+            organization_id=ORG,
+            devices=[
+                NewDevice(Platform.ios, token, push_magic=f"magic-{i}") for i, token in enumerate(tokens)
+            ],
+        )
+        return create_deployments(
+            s, organization_id=ORG, deployments=[NewDeployment(d, Kind.profile) for d in devices]
+        )
+
+
+def _dispatch(world: World, ids: list[str]) -> DispatchSummary:
+    return dispatch_chunk(world.app.session, world.app.gateway, ids, policy=POLICY)
+
+
+def _deployments(world: World) -> list[Deployment]:
+    with Session(world.app.engine) as s:
+        return list(s.exec(select(Deployment)))
+
+
+def _invalid_tokens(world: World) -> list[Device]:
+    with Session(world.app.engine) as s:
+        return list(s.exec(select(Device).where(Device.token_state == TokenState.invalid)))
+
+
+def _hold(world: World) -> ProviderHold | None:
+    with Session(world.app.engine) as s:
+        return s.get(ProviderHold, (ORG, Provider.apns))
+
+
+def _credential(world: World) -> PushCredential:
+    with Session(world.app.engine) as s:
+        return s.exec(select(PushCredential)).one()
+
+
+def test_a_certificate_of_another_topic_holds_the_organization_and_invalidates_nothing(world: World) -> None:
+    """[A-RESP] DeviceTokenNotForTopic for every device: the certificate's topic is not the fleet's."""
+    _upload(world, world.other, PushEnvironment.production)
+    ids = _fleet(world, 30)
+
+    summary = _dispatch(world, ids)
+
+    assert summary.held == 30
+    assert summary.undeliverable == 0
+    assert _invalid_tokens(world) == []
+    deployments = _deployments(world)
+    assert {d.status for d in deployments} == {Status.queued}
+    assert all(d.hold_reason and "topic" in d.hold_reason for d in deployments), deployments[0].hold_reason
+    hold = _hold(world)
+    assert hold is not None
+    assert (hold.scope, hold.provider_reason) == ("config", "DeviceTokenNotForTopic")
+    assert _credential(world).status is CredentialStatus.valid, "the certificate itself is fine"
+
+    released = _upload(world, world.right, PushEnvironment.production)
+
+    assert sorted(released) == sorted(ids)
+    assert _hold(world) is None
+    again = _dispatch(world, ids)
+    assert again.accepted == 30
+    assert again.held == 0
+
+
+def test_a_certificate_of_the_other_environment_holds_with_the_environment_named(world: World) -> None:
+    """[A-RESP] BadDeviceToken: "verify that the token matches the environment" — a production certificate
+    for a fleet enrolled in the sandbox (development) environment gets it for every device."""
+    _upload(world, world.right, PushEnvironment.production)
+    ids = _fleet(world, 25, environment="development")
+
+    summary = _dispatch(world, ids)
+
+    assert summary.held == 25
+    assert _invalid_tokens(world) == []
+    reason = _deployments(world)[0].hold_reason or ""
+    assert "environment" in reason, reason
+    released = _upload(world, world.right, PushEnvironment.sandbox)
+    assert sorted(released) == sorted(ids)
+    assert _dispatch(world, ids).accepted == 25
+
+
+def test_one_dead_token_among_working_ones_is_the_devices_own(world: World) -> None:
+    """One token enrolled under another topic among 39 good ones: 1 of 40 answers (2.5%) is the device's."""
+    _upload(world, world.right, PushEnvironment.production)
+    good = _fleet(world, 39)
+    [stray] = _fleet(world, 1, topic=mdm_topic())
+
+    summary = _dispatch(world, [*good, stray])
+
+    assert summary.accepted == 39
+    assert summary.held == 0
+    [dead] = _invalid_tokens(world)
+    assert (dead.token_invalid_reason, dead.token_invalid_status) == ("DeviceTokenNotForTopic", 400)
+    assert dead.token_invalid_fingerprint == _credential(world).fingerprint
+    assert dead.token_invalid_ambiguous is True
+    by_id = {d.id: d for d in _deployments(world)}
+    assert by_id[stray].status is Status.error_distributing
+    assert {by_id[i].status for i in good} == {Status.queued}
+    assert _hold(world) is None
+
+
+def test_too_few_answers_decide_nothing_and_the_pushes_go_again(world: World) -> None:
+    """Five answers of a credential that serves 60 devices: too few to tell whose the dead token is."""
+    _upload(world, world.right, PushEnvironment.production)
+    _fleet(world, 55)  # devices the credential serves, not in this chunk
+    chunk = _fleet(world, 4)
+    [stray] = _fleet(world, 1, topic=mdm_topic())
+
+    summary = _dispatch(world, [*chunk, stray])
+
+    assert summary.accepted == 4
+    assert summary.retry is not None
+    assert summary.retry.deployment_ids == [stray]
+    assert _invalid_tokens(world) == []
+    assert _hold(world) is None
+    assert {d.id: d.status for d in _deployments(world)}[stray] is Status.queued
+
+
+def test_a_hold_fixed_elsewhere_is_released_by_the_scheduled_push(world: World) -> None:
+    """[A-RESP] TopicDisallowed is the organization's configuration: held, the certificate stays valid; once
+    APNs takes pushes again, the probe's one push releases the hold."""
+    _upload(world, world.right, PushEnvironment.production)
+    ids = _fleet(world, 10)
+    sandbox = world.sandbox
+    sandbox.apns_faults.start_storm(Storm("TopicDisallowed"))
+
+    assert _dispatch(world, ids).held == 10
+    hold = _hold(world)
+    assert hold is not None
+    assert hold.scope == "config"
+    assert hold.probe_at is not None
+    assert _credential(world).status is CredentialStatus.valid
+    assert probe_holds_job(world.actors, hold.probe_at - timedelta(seconds=1)) == 0, "not before its time"
+    assert probe_holds_job(world.actors, hold.probe_at) == 0, "still refused"
+    tried = _hold(world)
+    assert tried is not None
+    assert tried.probe_failures == 1
+    assert tried.last_probe_result == "TopicDisallowed"
+    assert tried.probe_at is not None
+    assert tried.probe_at > hold.probe_at
+
+    sandbox.apns_faults.stop_storm()
+    assert probe_holds_job(world.actors, tried.probe_at) == 1
+
+    assert _hold(world) is None
+    assert {d.hold_reason for d in _deployments(world)} == {None}
+    assert _dispatch(world, ids).accepted == 10
+
+
+def test_a_refused_certificate_is_marked_invalid_and_released_when_it_works_again(world: World) -> None:
+    """[A-RESP] BadCertificate is the credential's: marked invalid and held; a probe that goes through
+    makes it valid again."""
+    _upload(world, world.right, PushEnvironment.production)
+    ids = _fleet(world, 10)
+    sandbox = world.sandbox
+    sandbox.apns_faults.start_storm(Storm("BadCertificate"))
+    assert _dispatch(world, ids).held == 10
+    assert _credential(world).status is CredentialStatus.invalid
+    hold = _hold(world)
+    assert hold is not None
+    assert hold.scope == "credential"
+    assert hold.probe_at is not None
+    sandbox.apns_faults.stop_storm()
+
+    assert probe_holds_job(world.actors, hold.probe_at + timedelta(seconds=1)) == 1
+
+    assert _credential(world).status is CredentialStatus.valid
+    assert _dispatch(world, ids).accepted == 10
