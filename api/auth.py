@@ -22,6 +22,7 @@ EntityId = Annotated[str, Path(pattern=ID_PATTERN.pattern)]
 class Principal:
     organization_id: str
     permissions: frozenset[str]
+    token_id: str | None = None  # the API token's id: the actor of what the audit record keeps
 
     def require(self, organization_id: str, permission: str) -> None:
         """An entity of another organization is not found, exactly as a missing one; then the permission."""
@@ -45,7 +46,7 @@ def principal(request: Request) -> Principal:
         row = find_token(session, token)
         if row is None:
             raise ApiError(INVALID_TOKEN)
-        return Principal(row.organization_id, frozenset(row.permissions))
+        return Principal(row.organization_id, frozenset(row.permissions), row.id)
 
 
 Caller = Annotated[Principal, Depends(principal)]

@@ -1,5 +1,6 @@
-"""Push credentials over HTTP: upload (validated, its expiry read back, what was held for the old one
-released and enqueued) and list. Secrets are write-only: no answer ever carries one."""
+"""Push credentials over HTTP: upload (validated, its expiry read back, a change of APNs topic guarded,
+what was held for the old one released and enqueued) and list. Secrets are write-only: no answer ever
+carries one."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pydantic import BaseModel, Field
 from sqlmodel import select
 
 from api.auth import Caller, OrganizationId
-from api.errors import INVALID_REQUEST, ApiError
+from api.errors import CONFLICT, INVALID_REQUEST, ApiError, ErrorEnvelope
 from api.text import StoredText
 from models.enums import CredentialKind, Provider, PushEnvironment
 from models.tables import PushCredential
 from workers.actors import Actors
 from workers.providers.credentials import InvalidCredential
-from workers.services.credentials import store_credential
+from workers.services.credentials import CredentialUpload, TopicChange, upload_credential
 
 
 class CredentialIn(StoredText):
@@ -25,9 +26,25 @@ class CredentialIn(StoredText):
     secret: str = Field(min_length=1, max_length=20_000, description="PEM, service-account JSON or API key.")
     keyId: str | None = Field(default=None, max_length=64)
     teamId: str | None = Field(default=None, max_length=64)
-    topic: str | None = Field(default=None, max_length=255)
+    topic: str | None = Field(
+        default=None, max_length=255, description="APNs: read from the certificate; if given, must be its."
+    )
     projectId: str | None = Field(default=None, max_length=255)
     environment: PushEnvironment = PushEnvironment.production
+    force: bool = Field(
+        default=False, description="APNs: store a certificate of another topic than the stored."
+    )
+
+    def upload(self) -> CredentialUpload:
+        return CredentialUpload(
+            kind=self.kind,
+            secret=self.secret,
+            key_id=self.keyId,
+            team_id=self.teamId,
+            topic=self.topic,
+            project_id=self.projectId,
+            environment=self.environment,
+        )
 
 
 class CredentialOut(BaseModel):
@@ -59,7 +76,12 @@ def router(actors: Actors) -> APIRouter:
     routes = APIRouter(prefix="/v1/organizations/{organizationId}/credentials", tags=["credentials"])
     app = actors.app
 
-    @routes.put("/{provider}", response_model=CredentialAnswer, response_model_exclude_none=False)
+    @routes.put(
+        "/{provider}",
+        response_model=CredentialAnswer,
+        response_model_exclude_none=False,
+        responses={409: {"model": ErrorEnvelope, "description": "Conflict (4009): a change of APNs topic"}},
+    )
     def upload(
         organizationId: OrganizationId,
         provider: Provider,
@@ -68,27 +90,32 @@ def router(actors: Actors) -> APIRouter:
     ) -> dict[str, Any]:
         """Required permission: `mdm.credential.manage`. Replaces the organization's credential for the
         provider once it validates; a certificate's expiry is read from it. Deployments held for the old one
-        are released and enqueued. The secret is never returned."""
+        are released and enqueued. The secret is never returned.
+
+        APNs takes only an MDM push certificate (`apns_certificate`: the certificate and its key, one PEM
+        text): MDM pushes are certificate-only, so a token key (`apns_token`, .p8) is a 400. The topic is
+        the certificate's subject UID (`com.apple.mgmt.…`); a `topic` given must be that one. A certificate
+        whose topic differs from the stored credential's is a 409 (devices enrolled under the old topic
+        stop answering until they re-enroll: renew with the same Apple ID instead) unless the body says
+        `"force": true`; a forced change is kept in the audit record. A kind of another provider, a
+        control character in a field, or an FCM project id that is not a Google Cloud project id is a 400.
+        Fields the kind does not use are ignored."""
         caller.require(organizationId, "mdm.credential.manage")
         try:
-            with app.session() as session:
-                stored = store_credential(
-                    session,
-                    organization_id=organizationId,
-                    provider=provider,
-                    kind=body.kind,
-                    secret=body.secret,
-                    key_id=body.keyId,
-                    team_id=body.teamId,
-                    topic=body.topic,
-                    project_id=body.projectId,
-                    environment=body.environment,
-                )
-                answer = _out(stored.credential) | {"released": len(stored.released)}
+            stored = upload_credential(
+                app.session,
+                actors.enqueue_ids,
+                organization_id=organizationId,
+                provider=provider,
+                upload=body.upload(),
+                force=body.force,
+                actor=caller.token_id or "api",
+            )
         except InvalidCredential as e:  # names the field, never the value
             raise ApiError(INVALID_REQUEST, str(e)) from None
-        actors.enqueue_ids(stored.released)
-        return {"status": True, "data": answer}
+        except TopicChange as e:
+            raise ApiError(CONFLICT, str(e)) from None
+        return {"status": True, "data": _out(stored.credential) | {"released": len(stored.released)}}
 
     @routes.get("", response_model=CredentialsAnswer)
     def listing(organizationId: OrganizationId, caller: Caller) -> dict[str, Any]:

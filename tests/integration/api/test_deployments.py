@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import select
 
 from config.app import App
@@ -21,7 +20,6 @@ from models.store.tokens import create_token
 from models.tables import Deployment
 from tests.helpers import force_status
 from tests.integration.api.conftest import Client
-from tests.integration.providers.conftest import private_pem
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 
 EVERYTHING = [
@@ -261,50 +259,6 @@ def test_list_filters_and_pages_with_a_cursor(client: Client, mdmq: App, world: 
     )
     status, answer = get(client, base + "?status=Exploded", world["token"])
     assert (status, answer["error"]["code"]) == (400, 4000)
-
-
-def test_a_credential_upload_validates_reads_back_and_never_returns_the_secret(
-    client: Client, mdmq: App, world: dict[str, Any]
-) -> None:
-    with mdmq.session() as s:
-        manager = create_token(s, organization_id="acme", permissions=["mdm.credential.manage"])[1]
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = private_pem(key)
-    body = {"kind": "apns_token", "secret": pem, "keyId": "KEY1234567", "teamId": "TEAM123456", "topic": "t"}
-    response = client.http.put(
-        client.base_url + "/v1/organizations/acme/credentials/apns",
-        json=body,
-        headers={"Authorization": f"Bearer {manager}"},
-        timeout=30,
-    )
-
-    assert response.status_code == 200, response.text
-    data = response.json()["data"]
-    assert (data["provider"], data["kind"], data["status"], data["released"]) == (
-        "apns",
-        "apns_token",
-        "valid",
-        0,
-    )
-    assert "PRIVATE KEY" not in response.text
-    listed = client.get("/v1/organizations/acme/credentials", headers={"Authorization": f"Bearer {manager}"})
-    assert [c["keyId"] for c in listed.json()["data"]] == ["KEY1234567"]
-    assert "PRIVATE KEY" not in listed.text
-
-    bad = client.http.put(
-        client.base_url + "/v1/organizations/acme/credentials/apns",
-        json=body | {"secret": "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"},
-        headers={"Authorization": f"Bearer {manager}"},
-        timeout=30,
-    )
-    assert (bad.status_code, bad.json()["error"]["code"]) == (400, 4000)
-    assert "not a key" not in bad.text, "the error names the field, never the value"
-    assert (
-        client.get(
-            "/v1/organizations/acme/credentials", headers={"Authorization": f"Bearer {manager}"}
-        ).json()["data"][0]["keyId"]
-        == "KEY1234567"
-    ), "a refused upload changes nothing"
 
 
 def _count_deployments(mdmq: App) -> int:
