@@ -1,8 +1,9 @@
 """The certificate watch: every certificate and key whose expiry or revocation would silently stop mdmq.
 
-- Push credentials: an APNs certificate by its `not_after`; an APNs token key, an FCM service account and an
-  AOSP API key by one cheap authenticated call to the provider (a push to a token no device has: the
-  provider checks the credential before the token). Refused is reported as expired is.
+- Push credentials: an APNs certificate by its `not_after`; an FCM service account and an AOSP API key by
+  one cheap authenticated call to the provider (a push to a token no device has: the provider checks the
+  credential before the token). Refused is reported as expired is; so is a credential mdmq cannot use (a
+  stored APNs token key: MDM pushes are certificate-only), with the reason, and no call made.
 - Watched certificates (`MDMQ_WATCH_FILES`, `MDMQ_WATCH_ENDPOINTS`): PEM files, and the certificate a TLS
   endpoint presents (the MDM server's own, the APNs host).
 
@@ -61,11 +62,13 @@ _PROBE_TOKENS = {Provider.apns: "0" * 64, Provider.fcm: "mdmq-credential-check",
 
 @dataclass(frozen=True)
 class Verdict:
-    """What one check found: the expiry when there is one, or why the provider refused the credential."""
+    """What one check found: the expiry when there is one, or why the credential was refused: by the
+    provider, or by mdmq itself when it cannot be used (`unusable`)."""
 
     not_after: datetime | None
     refused: str | None = None
     fingerprint: str | None = None  # of the material checked: a verdict applies to that material only
+    unusable: bool = False
 
 
 def crossed_threshold(days_left: float, thresholds: tuple[int, ...]) -> int | None:
@@ -101,10 +104,13 @@ def watch_certificates(app: App, now: datetime) -> int:
 
 def _check_credential(gateway: PushGateway, row: PushCredential) -> Verdict:
     checked = Verdict(row.not_after, fingerprint=row.fingerprint)
+    try:
+        material = credential_from_row(row)
+    except InvalidCredential as e:  # e.g. an APNs token key: [A-MDMPUSH] MDM pushes are certificate-only
+        return replace(checked, refused=str(e), unusable=True)
     if row.kind is CredentialKind.apns_certificate:
         return checked
     try:
-        material = credential_from_row(row)
         results = gateway.send(f"credential-check:{row.organization_id}", material, [_probe(row.provider)])
     except (InvalidCredential, CredentialRejected) as e:
         return replace(checked, refused=str(e))
@@ -138,11 +144,18 @@ def _apply_to_credential(
     )
     if verdict.not_after is not None:
         EXPIRY.labels(source="push_credential", name=name).set(verdict.not_after.timestamp())
+    hold_reason: str | None = None
     if verdict.refused is not None:
         crossed: int | None = 0
         kind = row.kind.value.replace("_", " ")
-        what = f"{provider} refused the {kind} of {row.organization_id}: {verdict.refused}"
-        row.status, row.status_reason = CredentialStatus.revoked, verdict.refused[:500]
+        if verdict.unusable:
+            what = f"{provider} cannot use the {kind} of {row.organization_id}: {verdict.refused}"
+            # The hold's reason as the dispatch words it, with room in its 200 characters for the fix.
+            hold_reason = f"{provider} credential refused: {verdict.refused}"
+            row.status, row.status_reason = CredentialStatus.invalid, verdict.refused[:500]
+        else:
+            what = f"{provider} refused the {kind} of {row.organization_id}: {verdict.refused}"
+            row.status, row.status_reason = CredentialStatus.revoked, verdict.refused[:500]
     elif verdict.not_after is not None:
         days_left = (verdict.not_after - now).total_seconds() / 86_400
         crossed = crossed_threshold(days_left, thresholds)
@@ -156,7 +169,9 @@ def _apply_to_credential(
     else:
         return 0
     if crossed == 0:
-        held = hold_for_credential(s, organization_id=row.organization_id, provider=row.provider, reason=what)
+        held = hold_for_credential(
+            s, organization_id=row.organization_id, provider=row.provider, reason=hold_reason or what
+        )
         if held:
             log.error("deployments held: %s", what, extra={"organization": row.organization_id, "held": held})
     return _alert_once(row, crossed, what, source="push_credential", name=name)

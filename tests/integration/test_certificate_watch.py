@@ -1,6 +1,7 @@
 """The certificate watch on PostgreSQL with the sandbox: PEM files that expire in 40, 20, 10 and 3 days and
-yesterday, a TLS endpoint on loopback whose certificate expires in 5 days, a revoked APNs token key and an
-expired APNs certificate. Each lands in the right state, gauge and log line, once."""
+yesterday, a TLS endpoint on loopback whose certificate expires in 5 days, an APNs token key stored before
+MDM became certificate-only, and an expired APNs certificate. Each lands in the right state, gauge and log
+line, once."""
 
 from __future__ import annotations
 
@@ -26,11 +27,18 @@ from models.store.sweeps import mark_enqueued
 from models.tables import Deployment, PushCredential, WatchedCertificate
 from models.types import utcnow
 from sandbox import DeviceRegistry, SandboxThread
-from sandbox.tls import ServerTls, issue_client_certificate, issue_server_certificate, make_ca
+from sandbox.tls import (
+    ServerTls,
+    issue_client_certificate,
+    issue_mdm_push_certificate,
+    issue_server_certificate,
+    make_ca,
+)
 from scheduler.certificates import EXPIRY, crossed_threshold, watch_certificates
 from tests.conftest import MakeDeployments
 from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
 from tests.sentry import Captured
+from workers.providers.credentials import MDM_NEEDS_CERTIFICATE
 from workers.services.credentials import store_credential
 
 DAYS = {"forty": 40, "twenty": 20, "ten": 10, "three": 3}
@@ -66,8 +74,8 @@ def world(
     pg: Engine, postgres_url: str, pem_files: dict[str, Path], tmp_path: Path
 ) -> Iterator[tuple[App, DeviceRegistry]]:
     registry = DeviceRegistry()
-    signing_key = ec.generate_private_key(ec.SECP256R1())
-    registry.add_apns_key(team_id=TEAM_ID, key_id=KEY_ID, public_key=signing_key.public_key())
+    # [A-MDMPUSH] the APNs credential is the MDM push certificate: watched by its expiry, a year out.
+    push_certificate = issue_mdm_push_certificate(registry, topic=TOPIC, days=400)
     ca = make_ca(days=400)
     tls = ServerTls(ca, issue_server_certificate(ca, days=5))
     ca_file = tmp_path / "sandbox-ca.pem"
@@ -92,11 +100,8 @@ def world(
                 s,
                 organization_id="acme",
                 provider=Provider.apns,
-                kind=CredentialKind.apns_token,
-                secret=private_pem(signing_key),
-                key_id=KEY_ID,
-                team_id=TEAM_ID,
-                topic=TOPIC,
+                kind=CredentialKind.apns_certificate,
+                secret=push_certificate.pem_bundle,
                 environment=PushEnvironment.sandbox,
             )
             for provider, kind, secret in (
@@ -109,6 +114,16 @@ def world(
         registry.add_aosp_api_key(AOSP_KEY)
         yield app, registry
         app.close()
+
+
+def _as_a_token_key_stored_before(pg: Engine) -> None:
+    """The APNs row made a .p8 key with its key id, team id and topic, as uploads stored them before."""
+    key = private_pem(ec.generate_private_key(ec.SECP256R1()))
+    with Session(pg) as s, s.begin():
+        row = s.exec(select(PushCredential).where(PushCredential.provider == Provider.apns)).one()
+        row.kind, row.secret, row.key_id, row.team_id = CredentialKind.apns_token, key, KEY_ID, TEAM_ID
+        row.not_after = None
+        s.add(row)
 
 
 def _service_account(registry: DeviceRegistry) -> str:
@@ -132,11 +147,11 @@ def test_each_certificate_lands_in_its_state_gauge_and_log_line_once(
     make_deployments: MakeDeployments,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app, registry = world
+    app, _ = world
     queued = make_deployments(pg, Kind.profile, count=3, organization_id="acme")
     with Session(pg) as s, s.begin():
         mark_enqueued(s, ids=queued, now=utcnow(), redeliver_at=utcnow())
-    registry.revoke_apns_key(KEY_ID)
+    _as_a_token_key_stored_before(pg)
 
     with caplog.at_level(logging.WARNING, logger="scheduler.certificates"):
         first = watch_certificates(app, utcnow())
@@ -151,10 +166,11 @@ def test_each_certificate_lands_in_its_state_gauge_and_log_line_once(
         held = [d.hold_reason for d in s.exec(select(Deployment))]
     alerted = {Path(t).stem if t.endswith(".pem") else "endpoint": w.alerted_days for t, w in watched.items()}
     assert alerted == {"forty": None, "twenty": 30, "ten": 14, "three": 7, "yesterday": 0, "endpoint": 7}
-    assert credential.status is CredentialStatus.revoked
+    # [A-MDMPUSH] MDM doesn't support token-based pushes: the key is unusable, held with the fix, no crash.
+    assert (credential.status, credential.status_reason) == (CredentialStatus.invalid, MDM_NEEDS_CERTIFICATE)
     assert credential.alerted_days == 0
     assert others == {Provider.fcm: CredentialStatus.valid, Provider.aosp: CredentialStatus.valid}
-    assert all(reason is not None and "refused" in reason for reason in held), held
+    assert held == [f"APNs credential refused: {MDM_NEEDS_CERTIFICATE}"] * 3
     assert (first, second) == (6, 0), "five certificates and the key alerted once; nothing the second time"
 
     lines = [r.getMessage() for r in caplog.records if "certificate watch" in r.getMessage()]
@@ -162,7 +178,7 @@ def test_each_certificate_lands_in_its_state_gauge_and_log_line_once(
     for name in ("twenty", "ten", "three", "yesterday"):
         assert sum(str(pem_files[name]) in line for line in lines) == 1, name
     assert any("expired on" in line and "yesterday" in line for line in lines)
-    assert any("APNs refused" in line for line in lines)
+    assert any(f"APNs cannot use the apns token of acme: {MDM_NEEDS_CERTIFICATE}" in line for line in lines)
     for name, days in DAYS.items():
         expiry = EXPIRY.labels(source="pem_file", name=str(pem_files[name]))._value.get()
         assert abs(expiry - (dt.datetime.now(dt.UTC) + dt.timedelta(days=days)).timestamp()) < 3_600
