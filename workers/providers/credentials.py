@@ -26,8 +26,8 @@ _MDM_TOPIC = re.compile(re.escape(MDM_TOPIC_PREFIX) + r"[A-Za-z0-9._-]+")
 # [A-MDMPUSH] "MDM doesn't support token-based pushes": MDM is certificate-only. Under ~170 characters, so
 # that it fits a hold reason (200) after "APNs credential refused: ".
 MDM_NEEDS_CERTIFICATE = (
-    "an APNs token key (.p8) cannot send MDM pushes (Apple: MDM doesn't support token-based pushes): "
-    "upload the organization's APNs MDM push certificate"
+    "MDM pushes need the organization's MDM push certificate: an APNs token key (.p8) cannot send them "
+    "(Apple: MDM doesn't support token-based pushes)"
 )
 # Google Cloud's project id: 6 to 30 lowercase letters, digits or hyphens, starting with a letter and not
 # ending with a hyphen (https://cloud.google.com/resource-manager/docs/creating-managing-projects). It is
