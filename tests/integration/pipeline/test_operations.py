@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -41,7 +41,7 @@ from models.types import utcnow
 from sandbox.tls import issue_client_certificate, make_ca
 from tests.conftest import MakeDeployments
 from tests.helpers import force_status, status_of
-from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
+from tests.integration.providers.conftest import TOPIC, private_pem
 from workers.enqueue import as_due, enqueue_dispatch
 from workers.policy import RetryPolicy
 from workers.providers.credentials import InvalidCredential
@@ -50,17 +50,14 @@ from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
 
 
-def _token_key(engine: Engine, pem: str) -> list[str]:
+def _push_certificate(engine: Engine, bundle: str) -> list[str]:
     with Session(engine) as s, s.begin():
         stored = store_credential(
             s,
             organization_id="acme",
             provider=Provider.apns,
-            kind=CredentialKind.apns_token,
-            secret=pem,
-            key_id=KEY_ID,
-            team_id=TEAM_ID,
-            topic=TOPIC,
+            kind=CredentialKind.apns_certificate,
+            secret=bundle,
             environment=PushEnvironment.sandbox,
         )
         return stored.released
@@ -78,7 +75,8 @@ def test_a_valid_credential_releases_every_deployment_held_for_it(
             == 3
         )
 
-    released = _token_key(engine, private_pem(ec.generate_private_key(ec.SECP256R1())))
+    issued = issue_client_certificate(make_ca(), TOPIC, days=365)
+    released = _push_certificate(engine, (issued.cert_pem + issued.key_pem).decode())
 
     assert sorted(released) == sorted(ids)
     with Session(engine) as s:
@@ -92,8 +90,10 @@ def test_unusable_material_is_refused_and_stores_nothing(
 ) -> None:
     make_deployments(engine, Kind.profile)
 
+    certificate = issue_client_certificate(make_ca(), TOPIC).cert_pem.decode()
+    not_a_key = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
     with pytest.raises(InvalidCredential):
-        _token_key(engine, "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+        _push_certificate(engine, certificate + not_a_key)
 
     with Session(engine) as s:
         assert s.exec(select(PushCredential)).all() == []
