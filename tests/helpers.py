@@ -22,6 +22,8 @@ from sqlmodel import Session, SQLModel, col, func, select
 from models.statuses import Status
 from models.store import deployment_history, get_deployment
 from models.tables import DeploymentEvent
+from sandbox import Sandbox
+from workers.providers.endpoints import ProviderEndpoints
 
 
 def force_status(engine: Engine, deployment_id: str, status: Status) -> None:
@@ -122,3 +124,16 @@ def answers(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def sandbox_endpoints(sandbox: Sandbox) -> ProviderEndpoints:
+    """mdmq's endpoints for a running sandbox: each APNs environment on its own listener, FCM with its OAuth
+    endpoint, AOSP; trusting the sandbox's CA when it serves TLS."""
+    return ProviderEndpoints(
+        apns_production=sandbox.apns_url,
+        apns_sandbox=sandbox.apns_sandbox_url,
+        fcm=sandbox.fcm_url,
+        oauth_token=f"{sandbox.fcm_url}/token",
+        aosp=sandbox.aosp_url,
+        ca_pem=sandbox.tls.ca_pem.decode("ascii") if sandbox.tls else None,
+    )

@@ -133,8 +133,8 @@ def dispatch_chunk(
     _send_all(gateway, groups)
     for group in groups:
         if group.sent:  # the credential's window, in a short transaction: every worker adds to it at once
-            with group.logged(), session() as s:
-                group.judge_dead_tokens(s, valve)
+            with group.logged():
+                _judge(session, group, valve)
     for group in groups:
         if group.hold_reason is not None:  # in a transaction of its own: the credential row, then the holds
             with group.logged(), session() as s:
@@ -169,6 +169,18 @@ def dispatch_chunk(
         else:
             break
     return summary
+
+
+def _judge(session: SessionFactory, group: _Group, valve: Valve) -> None:
+    """The valve's verdict on the group's dead-token answers. With the database away for a moment the
+    pushes are out already: their dead-token answers go again later, undecided, rather than failing the
+    message (which would push every device of the chunk a second time)."""
+    try:
+        with session() as s:
+            group.judge_dead_tokens(s, valve)
+    except sa_exc.OperationalError as e:
+        log.warning("could not judge dead-token answers (%s): sent again later", type(e).__name__)
+        group.undecided()
 
 
 def _record(
@@ -330,8 +342,12 @@ class _Group:
             self.hold_reason = first.advice or f"{name} answered {first.reason} for most devices"
             self.hold_scope, self.hold_answer = Outcome.config, first
         elif verdict is Verdict.undecided:
-            for wake in dead:
-                assert wake.result is not None
+            self.undecided()
+
+    def undecided(self) -> None:
+        """Dead-token answers nobody could judge: sent again with a later batch, as transient failures."""
+        for wake in self.live:
+            if wake.result is not None and wake.result.outcome is Outcome.dead_token:
                 wake.result = replace(wake.result, outcome=Outcome.transient)
 
     def hold(self, s: Session, *, summary: DispatchSummary, probe_at: datetime) -> None:

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import REGISTRY
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
@@ -22,12 +21,12 @@ from models.ids import new_id
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
 from models.store.devices import NewDevice, add_devices
-from models.store.dispatch import release_holds
+from models.store.holds import release_provider
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential, PushReceipt
 from sandbox import Delivery, DeviceRegistry, FaultConfig, Latency, Sandbox, SandboxThread, Storm
 from sandbox.fleet import APNS_TOPIC
-from tests.helpers import sessions
-from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
+from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topic
+from tests.helpers import sandbox_endpoints, sessions
 from workers.policy import RetryPolicy
 from workers.providers.base import PushResult
 from workers.providers.endpoints import ProviderEndpoints
@@ -39,41 +38,32 @@ POLICY = RetryPolicy.defaults()
 
 
 @pytest.fixture
-def signing_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
+def registry() -> DeviceRegistry:
+    return DeviceRegistry()
 
 
 @pytest.fixture
-def registry(signing_key: ec.EllipticCurvePrivateKey) -> DeviceRegistry:
-    registry = DeviceRegistry()
-    registry.add_apns_key(team_id=TEAM_ID, key_id=KEY_ID, public_key=signing_key.public_key())
-    return registry
+def certificate(registry: DeviceRegistry) -> MdmPushCertificate:
+    """The organization's MDM push certificate: MDM pushes are certificate-only [A-MDMPUSH]."""
+    return issue_mdm_push_certificate(registry, topic=mdm_topic(), days=365)
 
 
 @contextmanager
 def _running(registry: DeviceRegistry, **faults: FaultConfig) -> Iterator[tuple[Sandbox, PushGateway]]:
-    with SandboxThread(registry, **faults) as sandbox:
-        gateway = PushGateway(
-            ProviderEndpoints.loopback(
-                apns_port=sandbox.ports["apns"],
-                fcm_port=sandbox.ports["fcm"],
-                aosp_port=sandbox.ports["aosp"],
-            )
-        )
+    with SandboxThread(registry, tls=True, **faults) as sandbox:
+        gateway = PushGateway(sandbox_endpoints(sandbox))
         try:
             yield sandbox, gateway
         finally:
             gateway.close()
 
 
-def _setup(
-    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
-) -> dict[str, str]:
+def _setup(engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate) -> dict[str, str]:
     """Devices: two healthy iPhones, one whose token Apple no longer knows. Deployments: a profile and an app
     for the first (one push serves both), a lock for the second, a profile and a lock for the dead one."""
     tokens = {name: secrets.token_hex(32) for name in ("first", "second", "dead")}
     for token in tokens.values():
-        registry.add_apns_device(token, topic=TOPIC)
+        registry.add_apns_device(token, topic=certificate.topic)
     registry.unregister(tokens["dead"], at=1_700_000_000.0)
     with Session(engine) as s, s.begin():
         ensure_organization(s, organization_id="acme")
@@ -82,13 +72,11 @@ def _setup(
                 id=new_id(),
                 organization_id="acme",
                 provider=Provider.apns,
-                kind=CredentialKind.apns_token,
-                secret=private_pem(signing_key),
+                kind=CredentialKind.apns_certificate,
+                secret=certificate.pem_bundle,
                 fingerprint="-",
-                key_id=KEY_ID,
-                team_id=TEAM_ID,
-                topic=TOPIC,
-                environment=PushEnvironment.sandbox,
+                topic=certificate.topic,
+                environment=PushEnvironment.production,
             )
         )
         s.flush()
@@ -134,9 +122,9 @@ def _count(engine: Engine, model: type[PushReceipt] | type[DeploymentEvent]) -> 
 
 
 def test_a_chunk_wakes_each_device_once_and_writes_every_outcome(
-    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
 ) -> None:
-    ids = _setup(engine, registry, signing_key)
+    ids = _setup(engine, registry, certificate)
     chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock", "dead_profile", "dead_lock")]
 
     with _running(registry) as (_, gateway):
@@ -164,9 +152,9 @@ def test_a_chunk_wakes_each_device_once_and_writes_every_outcome(
 
 
 def test_the_same_message_delivered_twice_changes_nothing_more(
-    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
 ) -> None:
-    ids = _setup(engine, registry, signing_key)
+    ids = _setup(engine, registry, certificate)
     chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock", "dead_profile", "dead_lock")]
 
     with _running(registry) as (_, gateway):
@@ -185,30 +173,29 @@ def test_the_same_message_delivered_twice_changes_nothing_more(
 
 
 def test_a_refused_credential_holds_and_a_new_one_releases(
-    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
 ) -> None:
-    ids = _setup(engine, registry, signing_key)
-    registry.revoke_apns_key(KEY_ID)
+    ids = _setup(engine, registry, certificate)
+    registry.revoke_apns_client_certificate(certificate.issued.certificate)
     chunk = [ids["first_profile"], ids["second_lock"]]
 
     with _running(registry) as (_, gateway):
         summary = dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
         held = _get(engine, ids["first_profile"])
         assert summary.held == 5, "every Queued APNs deployment of the organization, not only the chunk"
-        assert (held.status, held.hold_reason) == (
-            Status.queued,
-            "APNs refused the credential: InvalidProviderToken",
-        )
+        assert held.status is Status.queued
+        assert held.hold_reason is not None
+        assert held.hold_reason.startswith("APNs refuses the push certificate (invalid or revoked)")
         assert _get(engine, ids["dead_lock"]).status is Status.queued, "nothing is marked failed"
         assert {_get(engine, i).attempt_count for i in chunk} == {0}, "no device was woken: no push counted"
 
-        renewed = ec.generate_private_key(ec.SECP256R1())
-        registry.add_apns_key(team_id=TEAM_ID, key_id="NEWKEY0001", public_key=renewed.public_key())
+        # Renewed with the same Apple ID: a new certificate of the same topic.
+        renewed = issue_mdm_push_certificate(registry, topic=certificate.topic, ca=certificate.ca, days=365)
         with Session(engine) as s, s.begin():
             credential = s.exec(select(PushCredential)).one()
-            credential.secret, credential.key_id = private_pem(renewed), "NEWKEY0001"
+            credential.secret = renewed.pem_bundle
             credential.status = CredentialStatus.valid
-            released = release_holds(s, organization_id="acme", provider=Provider.apns)
+            released = release_provider(s, organization_id="acme", provider=Provider.apns)
         everything = ("first_profile", "first_app", "second_lock", "dead_profile", "dead_lock")
         assert sorted(released) == sorted(ids[k] for k in everything)
         after = dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
@@ -218,9 +205,9 @@ def test_a_refused_credential_holds_and_a_new_one_releases(
 
 
 def test_a_5xx_storm_comes_back_as_a_delayed_retry_and_loses_nothing(
-    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
 ) -> None:
-    ids = _setup(engine, registry, signing_key)
+    ids = _setup(engine, registry, certificate)
     chunk = [ids["first_profile"], ids["first_app"], ids["second_lock"]]
     storm = FaultConfig(
         storm=Storm(reason="ServiceUnavailable", fraction=1.0, duration_s=3600, retry_after_s=30)
@@ -256,12 +243,11 @@ class UploadsDuringSend(PushGateway):
 
 
 def test_a_credential_stored_while_a_refused_batch_was_in_flight_is_kept_and_nothing_is_held(
-    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
 ) -> None:
-    ids = _setup(engine, registry, signing_key)
-    registry.revoke_apns_key(KEY_ID)
-    renewed = ec.generate_private_key(ec.SECP256R1())
-    registry.add_apns_key(team_id=TEAM_ID, key_id="NEWKEY0002", public_key=renewed.public_key())
+    ids = _setup(engine, registry, certificate)
+    registry.revoke_apns_client_certificate(certificate.issued.certificate)
+    renewed = issue_mdm_push_certificate(registry, topic=certificate.topic, ca=certificate.ca, days=365)
 
     def upload() -> None:
         with Session(engine) as s, s.begin():
@@ -269,20 +255,14 @@ def test_a_credential_stored_while_a_refused_batch_was_in_flight_is_kept_and_not
                 s,
                 organization_id="acme",
                 provider=Provider.apns,
-                kind=CredentialKind.apns_token,
-                secret=private_pem(renewed),
-                key_id="NEWKEY0002",
-                team_id=TEAM_ID,
-                topic=TOPIC,
-                environment=PushEnvironment.sandbox,
+                kind=CredentialKind.apns_certificate,
+                secret=renewed.pem_bundle,
+                environment=PushEnvironment.production,
             )
 
     chunk = [ids["first_profile"], ids["second_lock"]]
-    with SandboxThread(registry) as sandbox:
-        endpoints = ProviderEndpoints.loopback(
-            apns_port=sandbox.ports["apns"], fcm_port=sandbox.ports["fcm"], aosp_port=sandbox.ports["aosp"]
-        )
-        racing = UploadsDuringSend(endpoints, upload)
+    with SandboxThread(registry, tls=True) as sandbox:
+        racing = UploadsDuringSend(sandbox_endpoints(sandbox), upload)
         try:
             summary = dispatch_chunk(sessions(engine), racing, chunk, policy=POLICY)
         finally:
@@ -290,7 +270,8 @@ def test_a_credential_stored_while_a_refused_batch_was_in_flight_is_kept_and_not
         with Session(engine) as s:
             credential = s.exec(select(PushCredential)).one()
             holds = [d.hold_reason for d in s.exec(select(Deployment))]
-        assert (credential.key_id, credential.status) == ("NEWKEY0002", CredentialStatus.valid), "kept"
+        assert credential.secret == renewed.pem_bundle, "kept"
+        assert credential.status is CredentialStatus.valid
         assert (summary.held, holds) == (0, [None] * 5), "a refusal of the old key holds nothing"
         assert summary.retry is not None
         assert sorted(summary.retry.deployment_ids) == sorted(chunk), "the batch goes again, with the new key"
@@ -301,11 +282,11 @@ def test_a_credential_stored_while_a_refused_batch_was_in_flight_is_kept_and_not
 
 
 def test_a_storm_longer_than_the_wake_ups_allowed_delays_and_only_the_deadline_fails(
-    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
 ) -> None:
     """A push the provider turns away was no wake-up: it gives its attempt back, so an outage of any length
     costs no device its pushes. The back-off grows with the failures in a row that the retry carries."""
-    ids = _setup(engine, registry, signing_key)
+    ids = _setup(engine, registry, certificate)
     chunk = [ids["first_profile"], ids["second_lock"]]
     storm = FaultConfig(storm=Storm(reason="ServiceUnavailable", fraction=1.0, duration_s=3600))
     tries = max(POLICY[Kind.profile].max_pushes, POLICY[Kind.security_action].max_pushes) + 2
@@ -348,9 +329,9 @@ def _pushes(outcome: str, reason: str) -> float:
 
 
 def test_every_answer_is_counted_by_outcome_and_reason_and_timed(
-    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
 ) -> None:
-    ids = _setup(engine, registry, signing_key)
+    ids = _setup(engine, registry, certificate)
     chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock", "dead_profile")]
     before = _pushes("accepted", "none"), _pushes("permanent", "Unregistered")
     timed = REGISTRY.get_sample_value("mdmq_push_duration_seconds_count", {"provider": "apns"}) or 0.0
@@ -363,13 +344,16 @@ def test_every_answer_is_counted_by_outcome_and_reason_and_timed(
     assert REGISTRY.get_sample_value("mdmq_push_duration_seconds_count", {"provider": "apns"}) == timed + 3
 
 
+@pytest.mark.parametrize(
+    ("away", "what"), [(2, "the credential's answer window"), (3, "the answers")], ids=["window", "answers"]
+)
 def test_answers_are_recorded_when_the_database_comes_back_not_pushed_again(
-    engine: Engine, registry: DeviceRegistry, signing_key: ec.EllipticCurvePrivateKey
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate, away: int, what: str
 ) -> None:
-    """The pushes went out, then the database was away when their answers were to be written (a restart):
-    the worker writes them once it is back, rather than failing the message, which would push every device
-    of the chunk a second time."""
-    ids = _setup(engine, registry, signing_key)
+    """The pushes went out, then the database was away when their answers were to be judged or written (a
+    restart): the worker writes them once it is back, rather than failing the message, which would push
+    every device of the chunk a second time."""
+    ids = _setup(engine, registry, certificate)
     chunk = [ids["first_profile"], ids["first_app"], ids["second_lock"]]
     deliveries: list[str] = []
     registry.subscribe(lambda delivery: deliveries.append(delivery.token))
@@ -378,10 +362,11 @@ def test_answers_are_recorded_when_the_database_comes_back_not_pushed_again(
 
     @contextmanager
     def away_once() -> Iterator[Session]:
-        """The second transaction (the answers) fails as a restarting server makes it fail."""
+        """The `away`-th transaction fails as a restarting server makes it fail: after the claim (1), the
+        credential's answer window (2), then the answers (3, and again 4 when 3 failed)."""
         nonlocal calls
         calls += 1
-        if calls == 2:
+        if calls == away:
             raise sa_exc.OperationalError(
                 "BEGIN", {}, ConnectionError("the database system is shutting down")
             )
@@ -391,7 +376,7 @@ def test_answers_are_recorded_when_the_database_comes_back_not_pushed_again(
     with _running(registry) as (_, gateway):
         summary = dispatch_chunk(away_once, gateway, chunk, policy=POLICY)
 
-    assert calls == 3, "claimed, then the answers twice"
+    assert calls == (4 if away == 3 else 3), f"{what} away once, then the rest"
     assert (summary.pushes, summary.accepted) == (2, 2), "counted once"
     assert len(deliveries) == 2, "each device pushed once"
     assert {_get(engine, i).receipt_id is not None for i in chunk} == {True}, "the answers are recorded"
@@ -405,7 +390,7 @@ def test_a_chunk_sends_to_each_provider_at_once_not_in_turn(engine: Engine) -> N
     registry = DeviceRegistry()
     keys = register_credentials(registry)
     iphone, aosp = secrets.token_hex(32), secrets.token_hex(16)
-    registry.add_apns_device(iphone, topic=APNS_TOPIC)
+    registry.add_apns_device(iphone, topic=APNS_TOPIC, environment="development")
     registry.add_aosp_device(aosp)
     delivered: dict[str, float] = {}
 
