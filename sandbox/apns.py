@@ -11,7 +11,7 @@ from typing import Any
 from sandbox.apns_auth import ApnsAuthenticator, ApnsRejected, Pusher
 from sandbox.faults import FaultRuntime
 from sandbox.http2 import Request, Response
-from sandbox.registry import DeviceRegistry, Provider, TokenState
+from sandbox.registry import Device, DeviceRegistry, Provider, TokenState
 
 # Apple's reference, "Handling notification responses from APNs": each reason with its :status.
 REASON_STATUS: Mapping[str, int] = {
@@ -88,8 +88,17 @@ SINGLE_HEADERS = (
 )
 DEFAULT_EXPIRATION_S = 30 * 86_400  # what APNs keeps an undelivered notification for, at most
 
+# Open registration (`mdmq sandbox`): an unknown well-formed token is a live device of the listener's
+# environment and the push's topic, except with one of these prefixes, so that a person can try mdmq's
+# dead-token and held paths by hand.
+UNREGISTERED_PREFIX = "deaddead"  # 410 Unregistered, with the first push's time as its timestamp
+OTHER_ENVIRONMENT_PREFIX = "eeeeeeee"  # 400 BadDeviceToken: a token of the other environment
+OTHER_TOPIC_PREFIX = "77777777"  # 400 DeviceTokenNotForTopic: a token of another topic
+OTHER_TOPIC = "com.apple.mgmt.External.other-topic"
+
 _PATH = re.compile(r"^/3/device/(?P<token>[^/?]*)$")
-_TOKEN = re.compile(r"^(?:[0-9a-fA-F]{2}){32,100}$")
+# Apple: a device token is hex, of no size to assume [A-SEND]. Any other token is BadDeviceToken [A-RESP].
+_TOKEN = re.compile(r"^[0-9a-fA-F]+$")
 _TOPIC = re.compile(r"^[A-Za-z0-9.\-_]+$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -125,6 +134,8 @@ class ApnsEmulator:
         pusher = self.auth.authenticate(fields.get("authorization"), request.connection)
         topic = _topic(fields, pusher)
         push_type = _check_headers(fields)
+        if push_type == "mdm":
+            _check_mdm_pusher(topic, pusher)
         payload = _payload(request.body, push_type)
         expires_at = self._expiration(fields)
         self._deliver(token, topic, payload, apns_id, expires_at)
@@ -140,17 +151,36 @@ class ApnsEmulator:
     def _deliver(
         self, token: str, topic: str, payload: dict[str, Any], apns_id: str, expires_at: float
     ) -> None:
-        device = self.registry.resolve(token.lower(), Provider.apns, topic=topic)
+        if not _TOKEN.match(token):
+            raise ApnsRejected("BadDeviceToken")  # [A-RESP] [A-SEND] not hex
+        token = token.lower()
+        device = self.registry.device(token)
+        if device is None and self.registry.open_registration:
+            device = self._adopt(token, topic)
         if device is None or device.provider is not Provider.apns:
-            raise ApnsRejected("BadDeviceToken")
+            raise ApnsRejected("BadDeviceToken")  # [A-RESP] no such token
+        if device.environment != self.environment:
+            raise ApnsRejected("BadDeviceToken")  # [A-RESP] [A-SEND] a token of the other environment
         if device.state is not TokenState.valid:
             reason = "Unregistered" if device.state is TokenState.unregistered else "ExpiredToken"
-            raise _Unregistered(reason, int((device.state_changed_at or 0) * 1000))
+            raise _Unregistered(reason, int((device.state_changed_at or 0) * 1000))  # [A-RESP] 410
         if device.topic != topic:
-            raise ApnsRejected("DeviceTokenNotForTopic")
+            raise ApnsRejected("DeviceTokenNotForTopic")  # [A-RESP]
         self.registry.accept_push(
             device.token, push_id=apns_id, payload=payload, expires_at=expires_at, keep_only_latest=True
         )
+
+    def _adopt(self, token: str, topic: str) -> Device | None:
+        """Open registration: register an unknown token, as the documented prefixes say."""
+        environment = self.environment
+        if token.startswith(OTHER_ENVIRONMENT_PREFIX):
+            environment = "development" if environment == "production" else "production"
+        if token.startswith(OTHER_TOPIC_PREFIX):
+            topic = OTHER_TOPIC if topic != OTHER_TOPIC else f"{OTHER_TOPIC}.2"
+        self.registry.add_apns_device(token, topic=topic, environment=environment)
+        if token.startswith(UNREGISTERED_PREFIX):
+            self.registry.unregister(token)
+        return self.registry.device(token)
 
     def _id_headers(self, apns_id: str) -> tuple[tuple[str, str], ...]:
         if self.environment == "development":
@@ -214,6 +244,17 @@ def _topic(fields: Mapping[str, str], pusher: Pusher) -> str:
     if pusher.topics is not None and topic not in pusher.topics:
         raise ApnsRejected("TopicDisallowed")
     return topic
+
+
+def _check_mdm_pusher(topic: str, pusher: Pusher) -> None:
+    """MDM pushes go only over the customer's push certificate, to its subject's UID [A-MDMPUSH].
+
+    Apple documents no answer for an MDM push over a provider token: TopicDisallowed (PROVIDERS.md §5) is
+    a configuration answer, alike for every device, that cannot pass for a device's. A certificate whose UID
+    is not the apns-topic is answered the same way: "pushing to this topic is not allowed" [A-RESP].
+    """
+    if pusher.certificate_uid is None or topic != pusher.certificate_uid:
+        raise ApnsRejected("TopicDisallowed")
 
 
 def _check_headers(fields: Mapping[str, str]) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jwt
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from sandbox.http2 import ConnectionInfo
-from sandbox.registry import ApnsKey, DeviceRegistry, certificate_fingerprint
+from sandbox.registry import ApnsCertificate, ApnsKey, DeviceRegistry, certificate_fingerprint
 
 PROVIDER_TOKEN_TTL_S = 3600  # APNs rejects tokens issued more than an hour ago
 TOKEN_UPDATE_INTERVAL_S = 20 * 60  # ...and connections that change their token more often than this
@@ -26,10 +28,12 @@ class ApnsRejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Pusher:
-    """Who is pushing: the topics they may use (None: any) and the topic when none was given."""
+    """Who is pushing: the topics they may use (None: any), the topic when none was given, and for a
+    client certificate its subject's UID (None for a provider token), the only topic of an MDM push."""
 
     topics: frozenset[str] | None
     default_topic: str | None = None
+    certificate_uid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +139,24 @@ class ApnsAuthenticator:
         fingerprint = certificate_fingerprint(der)
         credentials = self.registry.credentials
         registered = credentials.apns_certificates.get(fingerprint)
+        if registered is None and self.registry.open_registration:
+            registered = self._adopt(der, fingerprint)
         if registered is None or fingerprint in credentials.revoked_apns_certificates:
-            raise ApnsRejected("BadCertificate")
+            raise ApnsRejected("BadCertificate")  # [A-RESP] 403
         if self.environment not in registered.environments:
-            raise ApnsRejected("BadCertificateEnvironment")
+            raise ApnsRejected("BadCertificateEnvironment")  # [A-RESP] 403
         only = next(iter(registered.topics)) if len(registered.topics) == 1 else None
-        return Pusher(registered.topics, default_topic=only)
+        return Pusher(registered.topics, default_topic=only, certificate_uid=registered.uid)
+
+    def _adopt(self, der: bytes, fingerprint: str) -> ApnsCertificate | None:
+        """Open registration: a certificate the TLS handshake verified against a registered client CA is
+        known from now on, for both environments and its subject's UID as its one topic."""
+        certificate = x509.load_der_x509_certificate(der)
+        uids = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
+        if not uids:
+            return None
+        self.registry.add_apns_client_certificate(certificate, topics=[str(uids[0].value)])
+        return self.registry.credentials.apns_certificates.get(fingerprint)
 
 
 def _decode(token: str, key: ApnsKey | None) -> dict[str, object]:

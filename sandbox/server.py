@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import tempfile
 import threading
 from collections.abc import Coroutine
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -17,17 +19,22 @@ from sandbox.faults import FaultConfig, FaultRuntime
 from sandbox.fcm import FcmEmulator
 from sandbox.http2 import Handler
 from sandbox.http_server import HttpServer
-from sandbox.registry import DeviceRegistry
-from sandbox.tls import ServerTls
+from sandbox.registry import DeviceRegistry, apns_environment
+from sandbox.tls import MdmPushCertificate, ServerTls, issue_mdm_push_certificate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Google's endpoints and Pushy serve HTTP/1.1 beside HTTP/2; APNs is HTTP/2 only, and so is its emulator.
 HTTP1_SERVICES = frozenset({"fcm", "aosp"})
+APNS_LISTENERS = frozenset({"apns", "apns_sandbox"})
 
 
 class Sandbox:
     """APNs, FCM and AOSP emulators on loopback ports (0: any free port), sharing one `DeviceRegistry`.
+
+    APNs listens twice, as Apple serves two environments whose tokens and certificates work only in their
+    own [A-SEND]: `apns_url` (port `ports["apns"]`) is production (api.push.apple.com), `apns_sandbox_url`
+    (`ports["apns_sandbox"]`) is development (api.sandbox.push.apple.com). Both share `apns_faults`.
 
     `tls=True` serves all three over TLS with a generated certificate (`self.tls.ca_pem` to trust);
     pass a `ServerTls` to choose the certificate. APNs client CAs are read from the registry at start.
@@ -43,8 +50,8 @@ class Sandbox:
         apns_port: int = 0,
         fcm_port: int = 0,
         aosp_port: int = 0,
+        apns_sandbox_port: int = 0,
         tls: bool | ServerTls = False,
-        apns_environment: str = "development",
         apns_faults: FaultConfig | None = None,
         fcm_faults: FaultConfig | None = None,
         aosp_faults: FaultConfig | None = None,
@@ -52,11 +59,13 @@ class Sandbox:
         self.registry = registry or DeviceRegistry()
         self.host = host
         self._ports = {"apns": apns_port, "fcm": fcm_port, "aosp": aosp_port}
+        self._ports["apns_sandbox"] = apns_sandbox_port
         self.tls: ServerTls | None = ServerTls.generate() if tls is True else (tls or None)
         self.apns_faults = FaultRuntime(apns_faults)
         self.fcm_faults = FaultRuntime(fcm_faults)
         self.aosp_faults = FaultRuntime(aosp_faults)
-        self.apns = ApnsEmulator(self.registry, self.apns_faults, environment=apns_environment)
+        self.apns = ApnsEmulator(self.registry, self.apns_faults, environment="production")
+        self.apns_sandbox = ApnsEmulator(self.registry, self.apns_faults, environment="development")
         self.fcm = FcmEmulator(self.registry, self.fcm_faults)
         self.aosp = AospEmulator(self.registry, self.aosp_faults)
         self.servers: dict[str, HttpServer] = {}
@@ -64,7 +73,17 @@ class Sandbox:
 
     @property
     def apns_url(self) -> str:
+        """APNs production (api.push.apple.com): `MDMQ_APNS_URL`."""
         return self._url("apns")
+
+    @property
+    def apns_sandbox_url(self) -> str:
+        """APNs development (api.sandbox.push.apple.com): `MDMQ_APNS_SANDBOX_URL`."""
+        return self._url("apns_sandbox")
+
+    def apns_url_for(self, environment: str) -> str:
+        """The listener of an APNs environment: "production", or "development" / "sandbox"."""
+        return self.apns_url if apns_environment(environment) == "production" else self.apns_sandbox_url
 
     @property
     def fcm_url(self) -> str:
@@ -81,6 +100,7 @@ class Sandbox:
     async def start(self) -> None:
         handlers: dict[str, tuple[Handler, FaultRuntime]] = {
             "apns": (self.apns, self.apns_faults),
+            "apns_sandbox": (self.apns_sandbox, self.apns_faults),
             "fcm": (self.fcm, self.fcm_faults),
             "aosp": (self.aosp, self.aosp_faults),
         }
@@ -97,7 +117,7 @@ class Sandbox:
     def _ssl_context(self, name: str) -> Any:
         if self.tls is None:
             return None
-        if name == "apns":
+        if name in APNS_LISTENERS:
             return self.tls.with_client_cas(self.registry.credentials.apns_client_cas).server_context()
         return self.tls.server_context(alpn_protocols=("h2", "http/1.1"))
 
@@ -169,23 +189,33 @@ def serve_forever(
     aosp_port: int,
     tls: bool,
     *,
+    apns_sandbox_port: int = 0,
     registry: DeviceRegistry | None = None,
 ) -> None:
-    """Serve the three emulators until SIGINT/SIGTERM (the `mdmq sandbox` command).
+    """Serve the emulators until SIGINT/SIGTERM (the `mdmq sandbox` command).
 
-    Without a registry, an open one is used: devices and AOSP keys unknown to it are registered on first
-    use, and APNs/FCM credentials are accepted unverified, so any client configuration can try it out.
+    Without a registry, an open one is used: well-formed devices and AOSP keys unknown to it are registered
+    on first use (APNs tokens with the prefixes of `sandbox.apns` answer as dead, of the other environment
+    or of another topic), and APNs/FCM signing keys are accepted unverified. MDM pushes need a push
+    certificate over TLS [A-MDMPUSH]: with `tls`, one is issued and its PEM bundle written to a private
+    file whose path is printed; any certificate of its CA is accepted, its subject UID as its topic.
     """
+    open_mode = registry is None
     registry = registry or DeviceRegistry(open_registration=True)
-    ports = (apns_port, fcm_port, aosp_port)
-    asyncio.run(
-        _serve(
-            Sandbox(registry, host=host, apns_port=ports[0], fcm_port=ports[1], aosp_port=ports[2], tls=tls)
-        )
+    certificate = issue_mdm_push_certificate(registry) if open_mode and tls else None
+    sandbox = Sandbox(
+        registry,
+        host=host,
+        apns_port=apns_port,
+        apns_sandbox_port=apns_sandbox_port,
+        fcm_port=fcm_port,
+        aosp_port=aosp_port,
+        tls=tls,
     )
+    asyncio.run(_serve(sandbox, certificate))
 
 
-async def _serve(sandbox: Sandbox) -> None:
+async def _serve(sandbox: Sandbox, certificate: MdmPushCertificate | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -193,9 +223,18 @@ async def _serve(sandbox: Sandbox) -> None:
             loop.add_signal_handler(signum, stop.set)
     async with sandbox:
         log.info(
-            "sandbox serving apns=%s fcm=%s aosp=%s", sandbox.apns_url, sandbox.fcm_url, sandbox.aosp_url
+            "sandbox serving apns=%s apns_sandbox=%s fcm=%s aosp=%s",
+            *(sandbox.apns_url, sandbox.apns_sandbox_url, sandbox.fcm_url, sandbox.aosp_url),
         )
+        # The first three lines are read by scripts: keep their order; the development listener comes after.
         print(f"APNs {sandbox.apns_url}\nFCM  {sandbox.fcm_url}\nAOSP {sandbox.aosp_url}", flush=True)
-        if sandbox.tls is not None:
-            print(sandbox.tls.ca_pem.decode("ascii"), flush=True)
-        await stop.wait()
+        print(f"APNs-sandbox {sandbox.apns_sandbox_url}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="mdmq-sandbox-") as directory:
+            if certificate is not None:
+                path = Path(directory, "apns-push-certificate.pem")
+                path.touch(0o600)
+                path.write_text(certificate.pem_bundle)
+                print(f"APNs MDM push certificate (topic {certificate.topic}): {path}", flush=True)
+            if sandbox.tls is not None:
+                print(sandbox.tls.ca_pem.decode("ascii"), flush=True)
+            await stop.wait()

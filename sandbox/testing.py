@@ -1,7 +1,11 @@
 """Helpers for tests against the sandbox: fixed identities, a fake clock, credential minting, a live runner.
 
 Used by the sandbox's own tests; provider-client tests may use them too (`World.apns_jwt`,
-`World.google_assertion`, `FakeClock`, `in_sandbox`).
+`World.google_assertion`, `FakeClock`, `in_sandbox`, `connect_with_certificate`).
+
+MDM pushes go only over a push certificate (TLS) [A-MDMPUSH]: `mdm_headers()` without a provider token,
+on a connection from `connect_with_certificate`. A provider token (JWT) may send app notifications:
+`alert_headers(world.apns_jwt())`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sandbox import DeviceRegistry, Sandbox
 from sandbox.h2client import ClientResponse, H2Client
+from sandbox.tls import Issued, ServerTls
 
 TEAM_ID = "TEAM123456"
 KEY_ID = "KEY1234567"
@@ -30,7 +35,7 @@ APNS_TOKEN = "ab" * 32
 OFFLINE_TOKEN = "cd" * 32
 DEAD_TOKEN = "ef" * 32
 OTHER_TOPIC_TOKEN = "12" * 32
-FCM_TOKEN = "fcm-token-1"  # noqa: S105 (a made-up device token)
+FCM_TOKEN = "cHVzaC10b2tlbi0wMDAwMDE:APA91b" + "x" * 134  # a made-up token of the real shape
 AOSP_TOKEN = "aosp0000000000000000001"  # noqa: S105 (a made-up device token)
 AOSP_OFFLINE = "aosp0000000000000000002"
 
@@ -93,11 +98,28 @@ async def connect(url: str) -> H2Client:
     return await H2Client.connect(host, int(port))
 
 
-def mdm_headers(token: str, **extra: str) -> list[tuple[str, str]]:
+async def connect_with_certificate(url: str, tls: ServerTls, certificate: Issued | None) -> H2Client:
+    """A TLS connection to an emulator of `url`, presenting `certificate` (None: no client certificate)."""
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    context = tls.client_context(certificate)
+    return await H2Client.connect(host, int(port), ssl_context=context, server_hostname="localhost")
+
+
+def mdm_headers(token: str | None = None, **extra: str) -> list[tuple[str, str]]:
+    """An MDM wake-up's headers; with `token`, authorized by that provider token (which APNs refuses)."""
+    return _headers("mdm", token, extra)
+
+
+def alert_headers(token: str, **extra: str) -> list[tuple[str, str]]:
+    """An app notification's headers, authorized by a provider token: what a JWT may push [A-JWT]."""
+    return _headers("alert", token, extra)
+
+
+def _headers(push_type: str, token: str | None, extra: dict[str, str]) -> list[tuple[str, str]]:
     headers = {
-        "authorization": f"bearer {token}",
+        "authorization": f"bearer {token}" if token is not None else "",
         "apns-topic": TOPIC,
-        "apns-push-type": "mdm",
+        "apns-push-type": push_type,
         "apns-priority": "10",
         "apns-id": str(uuid.uuid4()),
     }
@@ -106,6 +128,7 @@ def mdm_headers(token: str, **extra: str) -> list[tuple[str, str]]:
 
 
 MDM_BODY = json.dumps({"mdm": "00000000-1111-2222-3333-444444444444"}).encode()
+ALERT_BODY = json.dumps({"aps": {"alert": "hello"}}).encode()
 
 
 def reason(response: ClientResponse) -> str | None:

@@ -11,7 +11,7 @@ import time
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sandbox.testing import connect, mdm_headers, run
+from sandbox.testing import ALERT_BODY, alert_headers, connect, run
 
 
 def _provider_token() -> str:
@@ -33,9 +33,9 @@ def test_mdmq_sandbox_serves_until_sigterm() -> None:
 
             async def push() -> None:
                 client = await connect(urls["APNs"])
-                body = b'{"mdm":"00000000-1111-2222-3333-444444444444"}'
+                # A provider token may send app notifications; MDM pushes need a certificate [A-MDMPUSH].
                 response = await client.request(
-                    "POST", f"/3/device/{'ab' * 32}", mdm_headers(_provider_token()), body
+                    "POST", f"/3/device/{'ab' * 32}", alert_headers(_provider_token()), ALERT_BODY
                 )
                 statuses.append(response.status)
                 await client.close()

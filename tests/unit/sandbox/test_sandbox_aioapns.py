@@ -59,9 +59,10 @@ def send_with_aioapns(world: World, token: str, *, advance_clock_s: float = 0) -
             )
             request = NotificationRequest(
                 device_token=token,
-                message={"mdm": "8c1a7c2e-0000-4000-8000-000000000001"},
+                # Token auth may send app notifications, never MDM pushes [A-MDMPUSH].
+                message={"aps": {"alert": "hello"}},
                 notification_id=str(uuid.uuid4()),
-                push_type=PushType.MDM,
+                push_type=PushType.ALERT,
                 priority=10,
             )
             try:

@@ -21,9 +21,9 @@ from sandbox.testing import (
     MDM_BODY,
     TOPIC,
     World,
+    alert_headers,
     connect,
     in_sandbox,
-    mdm_headers,
     reason,
 )
 from sandbox.tls import ServerTls, issue_client_certificate, make_ca
@@ -31,7 +31,7 @@ from sandbox.tls import ServerTls, issue_client_certificate, make_ca
 
 async def mdm_push(client: H2Client, world: World, **headers: str) -> ClientResponse:
     return await client.request(
-        "POST", f"/3/device/{APNS_TOKEN}", mdm_headers(world.apns_jwt(), **headers), MDM_BODY
+        "POST", f"/3/device/{APNS_TOKEN}", alert_headers(world.apns_jwt(), **headers), MDM_BODY
     )
 
 
@@ -64,9 +64,10 @@ def test_max_concurrent_streams_is_advertised_and_enforced(world: World) -> None
         conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100})
         conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100
         conn.remote_settings.acknowledge()
-        flood = [client._request("POST", f"/3/device/{APNS_TOKEN}", mdm_headers(world.apns_jwt()), MDM_BODY)]
-        flood += [client._request("POST", f"/3/device/{APNS_TOKEN}", mdm_headers(world.apns_jwt()), MDM_BODY)]
-        flood += [client._request("POST", f"/3/device/{APNS_TOKEN}", mdm_headers(world.apns_jwt()), MDM_BODY)]
+        headers = alert_headers(world.apns_jwt())
+        flood = [client._request("POST", f"/3/device/{APNS_TOKEN}", headers, MDM_BODY)]
+        flood += [client._request("POST", f"/3/device/{APNS_TOKEN}", headers, MDM_BODY)]
+        flood += [client._request("POST", f"/3/device/{APNS_TOKEN}", headers, MDM_BODY)]
         outcomes = await asyncio.gather(*flood, return_exceptions=True)
         assert any(isinstance(o, StreamRefused | ConnectionLost) for o in outcomes)
         await client.close()
