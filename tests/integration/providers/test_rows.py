@@ -9,16 +9,19 @@ import secrets
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from models.enums import CredentialKind, Provider, PushEnvironment
+from models.enums import CredentialKind, Provider, PushEnvironment, TokenState
 from models.ids import new_id
+from models.statuses import Kind, Status
 from models.store import ensure_organization
-from models.tables import PushCredential
+from models.tables import Deployment, Device, PushCredential
 from sandbox import DeviceRegistry, Sandbox
 from sandbox.tls import issue_client_certificate, issue_mdm_push_certificate, make_ca
+from tests.conftest import MakeDeployments
+from tests.helpers import sessions
 from tests.integration.providers.conftest import (
     CLIENT_EMAIL,
     KEY_ID,
@@ -28,11 +31,14 @@ from tests.integration.providers.conftest import (
     apns_token,
     private_pem,
 )
+from workers.policy import RetryPolicy
 from workers.providers.base import Outcome, Push, PushType
-from workers.providers.credentials import InvalidCredential
+from workers.providers.credentials import MDM_NEEDS_CERTIFICATE, InvalidCredential
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.factory import ProviderFactory
 from workers.providers.rows import credential_from_row
+from workers.push_gateway import PushGateway
+from workers.services.dispatch import dispatch_chunk
 
 
 def _store(
@@ -145,3 +151,26 @@ def test_unusable_material_is_a_clear_error_that_names_no_secret(
         credential_from_row(row)
 
     assert secret not in str(raised.value)
+
+
+def test_a_stored_token_key_holds_its_organizations_apple_deployments_with_the_reason(
+    pg: Engine, make_deployments: MakeDeployments
+) -> None:
+    """[A-MDMPUSH] a .p8 row stored before MDM became certificate-only: nothing is sent, the organization's
+    Apple deployments are held with the fix, and no token is touched."""
+    queued = make_deployments(pg, Kind.profile, count=3, organization_id="acme")
+    _store(pg, Provider.apns, CredentialKind.apns_token, private_pem(ec.generate_private_key(ec.SECP256R1())),
+           key_id=KEY_ID, team_id=TEAM_ID, topic=TOPIC)  # fmt: skip
+    gateway = PushGateway(ProviderEndpoints(apns_production="https://127.0.0.1:9"))  # never reached
+    try:
+        dispatch_chunk(sessions(pg), gateway, queued, policy=RetryPolicy.defaults())
+    finally:
+        gateway.close()
+
+    with Session(pg) as session:
+        deployments = list(session.exec(select(Deployment)))
+        devices = list(session.exec(select(Device)))
+    assert [(d.status, d.hold_reason) for d in deployments] == [
+        (Status.queued, f"APNs credential refused: {MDM_NEEDS_CERTIFICATE}")
+    ] * 3
+    assert {d.token_state for d in devices} == {TokenState.valid}
