@@ -1,4 +1,13 @@
-"""A Pushy-compatible push provider for AOSP devices: `POST /push` and `GET /pushes/{id}` with an api_key."""
+"""A Pushy-compatible push provider for AOSP devices: `POST /push` and `GET /pushes/{id}` with an api_key.
+
+A token the registry does not know is listed in the answer's `info.failed`; when none is known, the send is
+refused with NO_RECIPIENTS [P-SEND]. The status of a push never made, of another key, or no longer tracked
+(`forget`) is 404 INVALID_PUSH_ID [P-STAT] (the status is not in the pages read: PROVIDERS §5). Pushes are
+otherwise kept for the emulator's lifetime, so a push past its expiration still answers its status.
+
+Open registration (`mdmq sandbox`): any token is a live device, except tokens starting with `failed`, which
+are listed as failed, so that the dead-token path can be tried by hand.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +27,8 @@ DEFAULT_TTL_S = 30 * 86_400
 MAX_TTL_S = 365 * 86_400
 MAX_PAYLOAD = 4096
 MAX_RECIPIENTS = 100_000
-MAX_PENDING_LISTED = 1000  # Pushy lists at most this many pending devices
+MAX_PENDING_LISTED = 1000  # [P-STAT] at most this many pending devices listed
+FAILED_PREFIX = "failed"  # open registration: such a token is unknown to the service
 _PUSH_STATUS_PATH = re.compile(r"^/pushes/(?P<push_id>[^/]+)$")
 _JSON = (("content-type", "application/json; charset=utf-8"),)
 
@@ -29,7 +39,7 @@ ERROR_STATUS: Mapping[str, int] = {
     "INVALID_PARAM": 400,
     "NO_RECIPIENTS": 400,
     "PAYLOAD_LIMIT_EXCEEDED": 413,
-    "INVALID_PUSH_ID": 400,
+    "INVALID_PUSH_ID": 404,  # PROVIDERS §5: the status is undocumented
     "NOT_FOUND": 404,
     "RATE_LIMIT_EXCEEDED": 429,
     "INTERNAL_SERVER_ERROR": 500,
@@ -120,7 +130,14 @@ class AospEmulator:
             info["failed"] = failed
         return _ok({"success": True, "id": push.push_id, "info": info})
 
+    def forget(self, push_id: str) -> None:
+        """Stop tracking a push, as the service does once it expired or reached every device [P-STAT]."""
+        self._pushes.pop(push_id, None)
+
     def _is_registered(self, token: str) -> bool:
+        open_failed = self.registry.open_registration and token.startswith(FAILED_PREFIX)
+        if open_failed and self.registry.device(token) is None:
+            return False
         device = self.registry.resolve(token, Provider.aosp)
         return device is not None and device.provider is Provider.aosp and device.state is TokenState.valid
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sandbox import Delivery, Sandbox
+from sandbox import Delivery, DeviceRegistry, Sandbox
+from sandbox.aosp import FAILED_PREFIX
 from sandbox.h2client import ClientResponse, H2Client
 from sandbox.testing import AOSP_KEY, AOSP_OFFLINE, AOSP_TOKEN, World, connect, in_sandbox
 
@@ -103,9 +104,43 @@ def test_status_of_unknown_push_or_other_keys_push(world: World) -> None:
         unknown = await status(client, "0" * 24)
         await client.close()
         for response in (other, unknown):
-            assert json.loads(response.body)["code"] == "INVALID_PUSH_ID"
+            # [P-STAT] INVALID_PUSH_ID; its status is undocumented: 404 (PROVIDERS §5)
+            assert (response.status, json.loads(response.body)["code"]) == (404, "INVALID_PUSH_ID")
 
     in_sandbox(world)(body)
+
+
+def test_a_push_no_longer_tracked_answers_invalid_push_id(world: World) -> None:
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.aosp_url)
+        push_id = json.loads((await send_push(client, {"to": AOSP_OFFLINE, "data": {}})).body)["id"]
+        tracked = await status(client, push_id)
+        sandbox.aosp.forget(push_id)  # [P-STAT] dropped: expired, or delivered to all by older documents
+        gone = await status(client, push_id)
+        await client.close()
+        assert tracked.status == 200
+        assert (gone.status, json.loads(gone.body)["code"]) == (404, "INVALID_PUSH_ID")
+
+    in_sandbox(world)(body)
+
+
+def test_open_registration_lists_tokens_with_the_failed_prefix_as_failed(world: World) -> None:
+    registry = DeviceRegistry(clock=world.clock, open_registration=True)
+    open_world = World(registry, world.clock, world.apns_key, world.sa_key)
+    failed = f"{FAILED_PREFIX}0000000000000001"
+
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.aosp_url)
+        mixed = json.loads(
+            (await send_push(client, {"to": ["a0000000000000000001", failed], "data": {}})).body
+        )
+        none = await send_push(client, {"to": [failed], "data": {}})
+        await client.close()
+        # [P-SEND] info.failed; none known: NO_RECIPIENTS
+        assert mixed["info"] == {"devices": 1, "failed": [failed]}
+        assert (none.status, json.loads(none.body)["code"]) == (400, "NO_RECIPIENTS")
+
+    in_sandbox(open_world)(body)
 
 
 def test_invalid_params(world: World) -> None:

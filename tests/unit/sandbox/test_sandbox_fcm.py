@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import random
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sandbox import Delivery, FaultConfig, Sandbox
+from sandbox import Delivery, DeviceRegistry, FaultConfig, Sandbox
+from sandbox.fcm import INVALID_TOKEN_MESSAGE, MISMATCH_PREFIX, UNREGISTERED_PREFIX, well_formed
+from sandbox.fleet import _fcm_token
 from sandbox.h2client import ClientResponse, H2Client
 from sandbox.testing import FCM_TOKEN, PROJECT, SA_EMAIL, World, connect, in_sandbox
 
@@ -151,27 +155,218 @@ def test_wrong_project_and_scope_are_permission_denied(world: World) -> None:
     in_sandbox(world)(body)
 
 
+def well_formed_token(tag: str) -> str:
+    """A token of the real shape [F-TOK]: an instance id, a colon, APA91b and the token proper."""
+    return f"{tag:_<22}:APA91b" + "x" * 134
+
+
 def test_device_errors(world: World) -> None:
-    world.registry.add_fcm_device("gone", project_id=PROJECT)
-    world.registry.unregister("gone")
-    world.registry.add_fcm_device("foreign", project_id="another-project")
+    gone, foreign, never_seen = (well_formed_token(t) for t in ("gone", "foreign", "never-seen"))
+    world.registry.add_fcm_device(gone, project_id=PROJECT)
+    world.registry.unregister(gone)
+    world.registry.add_fcm_device(foreign, project_id="another-project")
 
     async def body(sandbox: Sandbox) -> None:
         client = await connect(sandbox.fcm_url)
         token = await access_token(client, world)
-        unregistered = await send(client, token, {"token": "gone"})
-        mismatch = await send(client, token, {"token": "foreign"})
-        unknown = await send(client, token, {"token": "never-seen"})
-        bad_data = await send(client, token, {"token": FCM_TOKEN, "data": {"n": 1}})
-        too_big = await send(client, token, {"token": FCM_TOKEN, "data": {"x": "y" * 4096}})
+        unregistered = await send(client, token, {"token": gone})
+        mismatch = await send(client, token, {"token": foreign})
+        unknown = await send(client, token, {"token": never_seen})
         no_target = await send(client, token, {"data": {}})
         await client.close()
+        # [F-ERR] UNREGISTERED 404 NOT_FOUND; SENDER_ID_MISMATCH 403 PERMISSION_DENIED
         assert fcm_error(unregistered) == (404, "NOT_FOUND", "UNREGISTERED")
         assert fcm_error(mismatch) == (403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH")
-        for response in (unknown, bad_data, too_big, no_target):
-            assert fcm_error(response) == (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        # [F-CODES] a token FCM never issued: INVALID_ARGUMENT, Google's words about the token
+        assert fcm_error(unknown) == (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        assert json.loads(unknown.body)["error"]["message"] == INVALID_TOKEN_MESSAGE
+        assert fcm_error(no_target) == (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
 
     in_sandbox(world)(body)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "fcm-token-1",  # too short to be one
+        "ab" * 32,  # an APNs token
+        well_formed_token("spaced") + " x",
+        "a:b:" + "c" * 120,  # two colons
+        "é" * 120,  # not base64url
+    ],
+)
+def test_a_malformed_token_is_invalid_argument_about_the_token(world: World, token: str) -> None:
+    world.registry.add_fcm_device(token, project_id=PROJECT)  # even one registered: the shape comes first
+
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.fcm_url)
+        response = await send(client, await access_token(client, world), {"token": token})
+        await client.close()
+        # [F-CODES] [F-TOK] INVALID_ARGUMENT with an FcmError detail and the message about the token
+        assert fcm_error(response) == (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        error = json.loads(response.body)["error"]
+        assert error["message"] == INVALID_TOKEN_MESSAGE
+        assert len(error["details"]) == 1, "no BadRequest violation: it is about the token"
+
+    in_sandbox(world)(body)
+
+
+def test_the_simulated_fleets_tokens_are_well_formed() -> None:
+    rng = random.Random(20)
+    tokens = [_fcm_token(rng) for _ in range(1000)]
+    assert all(well_formed(t) for t in tokens)
+    assert not well_formed("ab" * 32)
+
+
+def violations(response: ClientResponse) -> list[str]:
+    details = json.loads(response.body)["error"].get("details") or []
+    return [
+        v["field"]
+        for d in details
+        if d["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+        for v in d["fieldViolations"]
+    ]
+
+
+def test_data_is_counted_as_google_counts_it(world: World) -> None:
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.fcm_url)
+        token = await access_token(client, world)
+        at_limit = {"k": "v" * 4095}  # 1 + 4095 bytes
+        exactly = await send(client, token, {"token": FCM_TOKEN, "data": at_limit})
+        # Other fields of the message do not count towards the data limit.
+        big_message = await send(
+            client,
+            token,
+            {"token": FCM_TOKEN, "data": at_limit, "android": {"collapse_key": "c" * 100}},
+        )
+        over = await send(client, token, {"token": FCM_TOKEN, "data": {"kk": "v" * 4095}})
+        multibyte = await send(client, token, {"token": FCM_TOKEN, "data": {"k": "é" * 2048}})
+        await client.close()
+        # [F-MSG] at most 4096 bytes, keys and values counted
+        assert (exactly.status, big_message.status) == (200, 200)
+        for response in (over, multibyte):
+            assert fcm_error(response) == (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+            assert violations(response) == ["message.data"]
+
+    in_sandbox(world)(body)
+
+
+def test_data_values_are_strings_only(world: World) -> None:
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.fcm_url)
+        response = await send(
+            client, await access_token(client, world), {"token": FCM_TOKEN, "data": {"n": 1}}
+        )
+        await client.close()
+        # [F-MSG] map<string, string>: the parser refuses it, a BadRequest violation and no FcmError
+        assert fcm_error(response) == (400, "INVALID_ARGUMENT", None)
+        assert violations(response) == ["message.data"]
+
+    in_sandbox(world)(body)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["from", "notification", "message_type", "google.c.a", "googleFoo", "gcm.notification.title", "gcm"],
+)
+def test_reserved_data_keys_are_refused(world: World, key: str) -> None:
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.fcm_url)
+        token = await access_token(client, world)
+        response = await send(client, token, {"token": FCM_TOKEN, "data": {key: "1"}})
+        await client.close()
+        # [F-MSG] reserved words, and [F-ERR]'s "google"/"gcm" prefixes
+        assert fcm_error(response) == (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        assert violations(response) == ["message.data"]
+
+    in_sandbox(world)(body)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "status", "error_code"),
+    [
+        ("0s", 200, None),
+        ("3.5s", 200, None),
+        ("2419200s", 200, None),
+        ("2419201s", 400, "INVALID_ARGUMENT"),
+        ("-1s", 400, "INVALID_ARGUMENT"),
+        ("soon", 400, None),
+        ("60", 400, None),
+    ],
+)
+def test_android_ttl_is_a_duration_of_at_most_four_weeks(
+    world: World, ttl: str, status: int, error_code: str | None
+) -> None:
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.fcm_url)
+        token = await access_token(client, world)
+        response = await send(client, token, {"token": FCM_TOKEN, "android": {"ttl": ttl}})
+        await client.close()
+        # [F-TTL] [F-MSG] a Duration string, 0 to 2,419,200 s
+        assert response.status == status
+        if status == 400:
+            assert fcm_error(response) == (400, "INVALID_ARGUMENT", error_code)
+            assert violations(response) == ["message.android.ttl"]
+
+    in_sandbox(world)(body)
+
+
+def test_an_unknown_path_is_an_html_404(world: World) -> None:
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.fcm_url)
+        token = await access_token(client, world)
+        headers = [("authorization", f"Bearer {token}"), ("content-type", "application/json")]
+        response = await client.request("POST", f"/v1/projects/{PROJECT}/message:send", headers, b"{}")
+        await client.close()
+        # PROVIDERS §5: Google's front end answers an unknown path with an HTML page
+        assert response.status == 404
+        assert response.headers["content-type"].startswith("text/html")
+        assert not response.body.lstrip().startswith(b"{")
+
+    in_sandbox(world)(body)
+
+
+@pytest.mark.parametrize(
+    ("word", "http"), [("UNAUTHENTICATED", 401), ("PERMISSION_DENIED", 403), ("NOT_FOUND", 404)]
+)
+def test_front_end_errors_are_injectable_without_an_fcm_error(world: World, word: str, http: int) -> None:
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.fcm_url)
+        response = await send(client, await access_token(client, world), {"token": FCM_TOKEN})
+        await client.close()
+        # [G-CODE] the canonical status alone: no FcmError detail
+        assert fcm_error(response) == (http, word, None)
+
+    in_sandbox(world, fcm_faults=FaultConfig(error_rates={word: 1.0}))(body)
+
+
+def test_open_registration_tries_each_refusal_by_its_token_prefix(world: World) -> None:
+    registry = DeviceRegistry(clock=world.clock, open_registration=True)
+    registry.add_fcm_service_account(SA_EMAIL, world.sa_key.public_key(), project_id=PROJECT)
+    open_world = World(registry, world.clock, world.apns_key, world.sa_key)
+
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.fcm_url)
+        token = await access_token(client, open_world)
+        answers = [
+            await send(client, token, {"token": t})
+            for t in (
+                well_formed_token("any-device"),
+                well_formed_token(UNREGISTERED_PREFIX),
+                well_formed_token(MISMATCH_PREFIX),
+                "not-a-token",
+            )
+        ]
+        await client.close()
+        assert answers[0].status == 200
+        assert [fcm_error(a)[2] for a in answers[1:]] == [
+            "UNREGISTERED",
+            "SENDER_ID_MISMATCH",
+            "INVALID_ARGUMENT",
+        ]
+
+    in_sandbox(open_world)(body)
 
 
 def test_validate_only_does_not_deliver(world: World) -> None:
@@ -221,5 +416,25 @@ def test_service_account_key_is_what_signs(world: World) -> None:
         response = await exchange(client, world.google_assertion())
         await client.close()
         assert json.loads(response.body)["error_description"] == "Invalid grant: account not found"
+
+    in_sandbox(world)(body)
+
+
+@pytest.mark.parametrize("skew_s", [-7200, 3600])
+def test_an_assertion_from_a_skewed_clock_is_refused_in_googles_words(world: World, skew_s: int) -> None:
+    issued_at = int(world.clock()) + skew_s
+
+    async def body(sandbox: Sandbox) -> None:
+        client = await connect(sandbox.fcm_url)
+        response = await exchange(client, world.google_assertion(iat=issued_at, exp=issued_at + 3600))
+        await client.close()
+        assert response.status == 400
+        assert json.loads(response.body) == {
+            "error": "invalid_grant",
+            "error_description": "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+            "reasonable timeframe. Check your iat and exp values in the JWT claim.",
+        }
+        # Dated as Google dates its answers, by the emulator's clock: the client can measure its skew.
+        assert parsedate_to_datetime(response.headers["date"]).timestamp() == int(world.clock())
 
     in_sandbox(world)(body)

@@ -89,7 +89,7 @@ def test_pipelined_requests_are_answered_in_order(world: World) -> None:
         sock.sendall(http1_request("POST", f"/push?api_key={AOSP_KEY}", PUSH) + missing)
         assert read_answer(reader)[0] == 200
         status, _, body = read_answer(reader)
-        assert (status, json.loads(body)["code"]) == (400, "INVALID_PUSH_ID")
+        assert (status, json.loads(body)["code"]) == (404, "INVALID_PUSH_ID")
 
 
 def test_chunked_request_body(world: World) -> None:
@@ -148,7 +148,7 @@ def test_connection_close_and_http_1_0_are_honoured(world: World) -> None:
             assert reader.read() == b""
         with raw_connection(sandbox.ports["aosp"]) as (sock, reader):
             sock.sendall(f"GET {status_target} HTTP/1.0\r\n\r\n".encode())
-            assert reader.readline().startswith(b"HTTP/1.1 400 ")
+            assert reader.readline().startswith(b"HTTP/1.1 404 ")
             assert b'"code": "INVALID_PUSH_ID"' in reader.read()  # and then closed
 
 
@@ -194,8 +194,8 @@ def test_cleartext_port_serves_both_protocols(world: World) -> None:
         status_line = await reader.readline()
         writer.close()
         await writer.wait_closed()
-        assert over_h2.status == 400
-        assert status_line == b"HTTP/1.1 400 Bad Request\r\n"
+        assert over_h2.status == 404
+        assert status_line == b"HTTP/1.1 404 Not Found\r\n"
 
     in_sandbox(world)(body)
 

@@ -23,7 +23,7 @@ from sandbox import Delivery, Sandbox, SandboxThread, Storm
 from sandbox.testing import FCM_TOKEN, PROJECT, World
 
 CLIENT_EMAIL = "pyfcm@mdmq-test.iam.gserviceaccount.com"
-DEAD_FCM_TOKEN = "fcm-token-unregistered"
+DEAD_FCM_TOKEN = "unregistered-device-0001:APA91b" + "d" * 134  # the real shape [F-TOK]
 
 
 def service_account_file(directory: Path, key: rsa.RSAPrivateKey, client_email: str, token_uri: str) -> Path:
@@ -100,7 +100,8 @@ def test_pyfcm_gets_invalid_argument_with_googles_error_body(fcm: Any) -> None:
         fcm.notify(fcm_token=FCM_TOKEN, data_payload={"wake": "1"}, android_config={"ttl": "soon"}, timeout=5)
     error = json.loads(str(raised.value))["error"]  # pyfcm passes the body on as the message
     assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
-    assert error["details"][0]["errorCode"] == "INVALID_ARGUMENT"
+    # Not a Duration: Google's parser refuses the field, a BadRequest violation [F-MSG]
+    assert error["details"][0]["fieldViolations"][0]["field"] == "message.android.ttl"
 
 
 def test_pyfcm_waits_out_quota_exceeded_as_retry_after_says(fcm: Any, sandbox: Sandbox) -> None:
