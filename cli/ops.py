@@ -191,6 +191,13 @@ def held(as_json: Json = False) -> None:
     app = _app()
     try:
         with app.session() as s:
+            hold = col(Deployment.hold_reason)
+            statement = (
+                select(Deployment.organization_id, hold, func.count())
+                .where(hold.is_not(None))
+                .group_by(Deployment.organization_id, hold)
+            )
+            groups = [(org, str(reason), int(n)) for org, reason, n in s.exec(statement)]
             holds = [
                 {
                     "organization": h.organization_id,
@@ -206,13 +213,6 @@ def held(as_json: Json = False) -> None:
                 }
                 for h in held_providers(s)
             ]
-            hold = col(Deployment.hold_reason)
-            statement = (
-                select(Deployment.organization_id, hold, func.count())
-                .where(hold.is_not(None))
-                .group_by(Deployment.organization_id, hold)
-            )
-            groups = [(org, str(reason), int(n)) for org, reason, n in s.exec(statement)]
     finally:
         app.close()
     if as_json:

@@ -85,7 +85,7 @@ def test_held_and_stuck(pg: Engine, make_deployments: MakeDeployments, mdmq: Any
     code, out, _ = mdmq("held", "--json")
     assert (code, out) == (
         0,
-        {"held": [{"organization": "acme", "reason": "APNs credential expired", "count": 3}]},
+        {"holds": [], "held": [{"organization": "acme", "reason": "APNs credential expired", "count": 3}]},
     )
 
     with pg.begin() as connection:
