@@ -9,8 +9,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from sandbox import DeviceRegistry
-from workers.providers.credentials import AospApiKey, ApnsEnvironment, ApnsTokenKey, FcmServiceAccount
+from sandbox import DeviceRegistry, Sandbox
+from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate
+from workers.providers.credentials import (
+    AospApiKey,
+    ApnsCertificate,
+    ApnsEnvironment,
+    ApnsTokenKey,
+    FcmServiceAccount,
+)
+from workers.providers.endpoints import ProviderEndpoints
 
 TOPIC = "com.apple.mgmt.External.0f1e2d3c"
 TEAM_ID = "TEAM123456"
@@ -51,7 +59,38 @@ def fcm_signing_key() -> rsa.RSAPrivateKey:
 
 @pytest.fixture
 def apns_key(apns_signing_key: ec.EllipticCurvePrivateKey) -> ApnsTokenKey:
+    """An APNs auth key (.p8): mdmq refuses it for MDM, which is certificate-only [A-MDMPUSH]."""
     return ApnsTokenKey(private_pem(apns_signing_key), KEY_ID, TEAM_ID, TOPIC, ApnsEnvironment.sandbox)
+
+
+@pytest.fixture
+def push_certificate(registry: DeviceRegistry) -> MdmPushCertificate:
+    """The organization's MDM push certificate (subject UID = TOPIC), known to APNs in both environments.
+    Registered with `registry` before any sandbox starts, so its CA is trusted by the TLS listeners."""
+    return issue_mdm_push_certificate(registry, topic=TOPIC)
+
+
+@pytest.fixture
+def apns_cert(push_certificate: MdmPushCertificate) -> ApnsCertificate:
+    """`push_certificate` as mdmq stores it, for production (the devices' default environment)."""
+    return apns_credential(push_certificate)
+
+
+def apns_credential(
+    certificate: MdmPushCertificate, environment: ApnsEnvironment = ApnsEnvironment.production
+) -> ApnsCertificate:
+    cert_pem, key_pem = certificate.issued.cert_pem.decode(), certificate.issued.key_pem.decode()
+    return ApnsCertificate.from_pem(cert_pem, key_pem, environment=environment)
+
+
+def apns_endpoints(sandbox: Sandbox) -> ProviderEndpoints:
+    """Both APNs environments of a TLS sandbox, as MDMQ_APNS_URL and MDMQ_APNS_SANDBOX_URL name them."""
+    assert sandbox.tls is not None, "APNs certificates need TLS"
+    return ProviderEndpoints(
+        apns_production=sandbox.apns_url,
+        apns_sandbox=sandbox.apns_sandbox_url,
+        ca_pem=sandbox.tls.ca_pem.decode(),
+    )
 
 
 @pytest.fixture

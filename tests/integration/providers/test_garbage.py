@@ -12,7 +12,7 @@ import pytest
 
 from sandbox import DeviceRegistry, Garbage, GarbageBurst, Sandbox
 from sandbox.faults import FaultRuntime
-from tests.integration.providers.conftest import PROJECT, TOPIC, apns_token
+from tests.integration.providers.conftest import PROJECT, TOPIC, apns_endpoints, apns_token
 from workers.providers.aosp import AospProvider
 from workers.providers.apns import ApnsProvider
 from workers.providers.base import (
@@ -24,7 +24,7 @@ from workers.providers.base import (
     PushResult,
     PushType,
 )
-from workers.providers.credentials import AospApiKey, ApnsTokenKey, FcmServiceAccount
+from workers.providers.credentials import AospApiKey, ApnsCertificate, FcmServiceAccount
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.fcm import FcmProvider
 
@@ -48,13 +48,12 @@ def _ids(burst: GarbageBurst) -> str:
 Setup = Callable[[DeviceRegistry, Sandbox], tuple[PushProvider, FaultRuntime, Push]]
 
 
-def apns(key: ApnsTokenKey) -> Setup:
+def apns(certificate: ApnsCertificate) -> Setup:
     def setup(registry: DeviceRegistry, sandbox: Sandbox) -> tuple[PushProvider, FaultRuntime, Push]:
         token = apns_token()
         registry.add_apns_device(token, topic=TOPIC)
-        endpoints = ProviderEndpoints(apns_production=sandbox.apns_url, apns_sandbox=sandbox.apns_url)
         push = Push("d1", token=token, push_type=PushType.mdm, push_magic="magic-d1")
-        return ApnsProvider(key, endpoints), sandbox.apns_faults, push
+        return ApnsProvider(certificate, apns_endpoints(sandbox)), sandbox.apns_faults, push
 
     return setup
 
@@ -81,10 +80,10 @@ def aosp(key: AospApiKey) -> Setup:
 
 
 def run(
-    registry: DeviceRegistry, setup: Setup, burst: GarbageBurst
+    registry: DeviceRegistry, setup: Setup, burst: GarbageBurst, *, tls: bool = False
 ) -> tuple[list[PushResult], list[PushResult]]:
     async def scenario() -> tuple[list[PushResult], list[PushResult]]:
-        async with Sandbox(registry) as sandbox:
+        async with Sandbox(registry, tls=tls) as sandbox:
             provider, faults, push = setup(registry, sandbox)
             assert {r.outcome for r in await provider.send([push])} == {Outcome.accepted}, "before"
             faults.start_garbage(burst)
@@ -115,11 +114,12 @@ def test_each_provider_reads_garbage_as_transient(
     registry: DeviceRegistry, request: pytest.FixtureRequest, provider: str, burst: GarbageBurst
 ) -> None:
     setups = {
-        "apns": lambda: apns(request.getfixturevalue("apns_key")),
+        "apns": lambda: apns(request.getfixturevalue("apns_cert")),
         "fcm": lambda: fcm(request.getfixturevalue("fcm_account")),
         "aosp": lambda: aosp(request.getfixturevalue("aosp_key")),
     }
-    check(*run(registry, setups[provider](), burst), burst)
+    # APNs is TLS only, and MDM pushes need the push certificate [A-MDMPUSH].
+    check(*run(registry, setups[provider](), burst, tls=provider == "apns"), burst)
 
 
 @pytest.mark.parametrize("burst", BURSTS, ids=_ids)

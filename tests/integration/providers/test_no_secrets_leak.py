@@ -14,7 +14,7 @@ from tests.integration.providers.conftest import PROJECT, TOPIC, apns_token
 from workers.providers.aosp import AospProvider
 from workers.providers.apns import ApnsProvider
 from workers.providers.base import Push, PushType
-from workers.providers.credentials import AospApiKey, ApnsTokenKey, FcmServiceAccount
+from workers.providers.credentials import AospApiKey, ApnsCertificate, FcmServiceAccount
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.fcm import FcmProvider
 
@@ -29,7 +29,7 @@ def pem_body(pem: str) -> list[str]:
 def test_no_secret_in_logs_errors_or_reprs(
     caplog: pytest.LogCaptureFixture,
     registry: DeviceRegistry,
-    apns_key: ApnsTokenKey,
+    apns_cert: ApnsCertificate,
     fcm_account: FcmServiceAccount,
     aosp_key: AospApiKey,
 ) -> None:
@@ -44,14 +44,15 @@ def test_no_secret_in_logs_errors_or_reprs(
     magics = [f"PushMagic-{secrets.token_hex(8)}" for _ in apns_tokens]
     seen: list[str] = []
 
-    async def run(sandbox_urls: dict[str, str]) -> None:
+    async def run(sandbox_urls: dict[str, str], ca_pem: str) -> None:
         endpoints = ProviderEndpoints(
-            apns_sandbox=sandbox_urls["apns"],
+            apns_production=sandbox_urls["apns"],
             fcm=sandbox_urls["fcm"],
             oauth_token=sandbox_urls["fcm"] + "/token",
             aosp=sandbox_urls["aosp"],
+            ca_pem=ca_pem,
         )
-        apns = ApnsProvider(apns_key, endpoints)
+        apns = ApnsProvider(apns_cert, endpoints)
         pushes = [
             Push(f"{i:024x}", token=t, push_magic=m)
             for i, (t, m) in enumerate(zip(apns_tokens, magics, strict=True))
@@ -82,7 +83,7 @@ def test_no_secret_in_logs_errors_or_reprs(
         for failing in (
             FcmProvider(fcm_account, endpoints),
             AospProvider(AospApiKey("wrong-" + aosp_key.api_key), endpoints),
-            ApnsProvider(apns_key, ProviderEndpoints(apns_sandbox="http://127.0.0.1:9")),
+            ApnsProvider(apns_cert, ProviderEndpoints(apns_production="https://127.0.0.1:9")),
         ):
             try:
                 seen.extend(repr(r) for r in await failing.send(fcm_pushes[:1]))
@@ -91,12 +92,15 @@ def test_no_secret_in_logs_errors_or_reprs(
             await failing.close()
 
     faults = FaultConfig(goaway_every_n_streams=100, latency=Latency.fixed(2))
-    with SandboxThread(registry, apns_faults=faults) as sandbox:
-        asyncio.run(run({"apns": sandbox.apns_url, "fcm": sandbox.fcm_url, "aosp": sandbox.aosp_url}))
+    # APNs over TLS with the MDM push certificate [A-MDMPUSH]; the other emulators share the listener CA.
+    with SandboxThread(registry, tls=True, apns_faults=faults) as sandbox:
+        assert sandbox.tls is not None
+        urls = {"apns": sandbox.apns_url, "fcm": sandbox.fcm_url, "aosp": sandbox.aosp_url}
+        asyncio.run(run(urls, sandbox.tls.ca_pem.decode()))
 
     ours = [r for r in caplog.records if r.threadName != SANDBOX_THREAD]
     text = "\n".join([*(r.getMessage() for r in ours), *(str(r.exc_info) for r in ours), *seen])
-    text += "\n".join(repr(c) for c in (apns_key, fcm_account, aosp_key))
+    text += "\n".join(repr(c) for c in (apns_cert, fcm_account, aosp_key))
     assert ours, "the run should have logged something at DEBUG"
     forbidden = [
         *apns_tokens,
@@ -104,7 +108,7 @@ def test_no_secret_in_logs_errors_or_reprs(
         *fcm_tokens,
         *aosp_tokens,
         aosp_key.api_key,
-        *pem_body(apns_key.private_key_pem),
+        *pem_body(apns_cert.private_key_pem),
         *pem_body(fcm_account.private_key_pem),
     ]
     leaked = [secret[:6] + "…" for secret in forbidden if secret in text]
