@@ -57,6 +57,10 @@ SWEEP_INTERVAL_S = 0.2
 RELAY_GRACE_S = 5.0
 # The push certificate's life: long enough that the certificate watch never calls it expiring.
 PUSH_CERTIFICATE_DAYS = 365
+# The APNs environment the demo's credentials are stored for and its devices' tokens were issued in: Apple's
+# sandbox, which the emulators call development (`Sandbox.apns_sandbox_url`).
+APNS_ENVIRONMENT = PushEnvironment.sandbox
+EMULATED_APNS_ENVIRONMENT = "development"
 FCM_EMAIL = f"mdmq-demo@{FCM_PROJECT_ID}.iam.gserviceaccount.com"
 
 
@@ -183,7 +187,14 @@ class Rollout:
         self.keys = register_credentials(self.registry, push_ca=self.push_ca)
         run = secrets.token_hex(4)
         # Same seed, same mix and outcomes; ids of this run's own, so that runs can share a database.
-        self.fleet = Fleet(self.registry, seed=seed, size=devices, mix=mix, namespace=run)
+        self.fleet = Fleet(
+            self.registry,
+            seed=seed,
+            size=devices,
+            mix=mix,
+            namespace=run,
+            apns_environment=EMULATED_APNS_ENVIRONMENT,
+        )
         self.organization_id = f"demo-{seed}-{run}"
         self._settings = settings
         self._worker_processes = worker_processes
@@ -199,7 +210,7 @@ class Rollout:
                     update={
                         "push_ca_file": self._settings.push_ca_file or self._trust_file(),
                         "apns_url": self.sandbox.apns_url,
-                        "apns_sandbox_url": self.sandbox.apns_url,
+                        "apns_sandbox_url": self.sandbox.apns_sandbox_url,
                         "fcm_url": self.sandbox.fcm_url,
                         "fcm_token_url": f"{self.sandbox.fcm_url}/token",
                         "aosp_url": self.sandbox.aosp_url,
@@ -293,12 +304,12 @@ def register_credentials(
 def _new_credential(registry: DeviceRegistry, provider: Provider, push_ca: Issued | None) -> DemoCredential:
     """Fresh material for `provider`, known to the emulators from now on. For APNs an MDM push certificate
     for the fleet's topic: MDM pushes are certificate-only, to the topic in the subject's UID
-    [A-MDMPUSH]; the emulators play sandbox (development) APNs, the environment the demo stores."""
+    [A-MDMPUSH], registered for the environment the demo stores."""
     if provider is Provider.apns:
         issued = issue_mdm_push_certificate(
             registry,
             topic=APNS_TOPIC,
-            environments=(PushEnvironment.sandbox.value,),
+            environments=(EMULATED_APNS_ENVIRONMENT,),
             ca=push_ca,
             days=PUSH_CERTIFICATE_DAYS,
         )
@@ -334,7 +345,7 @@ def store_credentials(
             secret=credential.secret,
             # An APNs certificate's topic is read from the certificate: none is passed.
             project_id=FCM_PROJECT_ID,
-            environment=PushEnvironment.sandbox,
+            environment=APNS_ENVIRONMENT,
         ).released
     return released
 

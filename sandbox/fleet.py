@@ -400,10 +400,19 @@ def _push_magic(rng: random.Random) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _register(registry: DeviceRegistry, device: SimulatedDevice, *, topic: str, project_id: str) -> None:
+def _register(
+    registry: DeviceRegistry,
+    device: SimulatedDevice,
+    *,
+    topic: str,
+    project_id: str,
+    apns_environment: str | None = None,
+) -> None:
     online = device.behaviour is not Behaviour.offline
     if device.provider is Provider.apns:
-        registry.add_apns_device(device.token, topic=topic, online=online)
+        # A token works only in the APNs environment it was issued in [A-SEND].
+        where = {} if apns_environment is None else {"environment": apns_environment}
+        registry.add_apns_device(device.token, topic=topic, online=online, **where)
     elif device.provider is Provider.fcm:
         registry.add_fcm_device(device.token, project_id=project_id, online=online)
     else:
@@ -421,6 +430,8 @@ class Fleet:
     `mix` and `platforms` are weights (normalised; missing keys weigh 0). `not_now_times` is the k of
     `not_now_then_success`: the first k check-ins answer NotNow. Deterministic for a seed. `namespace`
     changes the device ids only, so that two fleets of one seed (two demo runs) can share a database.
+    `apns_topic` and `apns_environment` are those of the push certificate the devices enrolled under (the
+    environment the registry's default when None).
     """
 
     def __init__(
@@ -435,6 +446,7 @@ class Fleet:
         apns_topic: str = APNS_TOPIC,
         fcm_project_id: str = FCM_PROJECT_ID,
         namespace: str = "",
+        apns_environment: str | None = None,
     ) -> None:
         if size < 0:
             raise ValueError("size must be >= 0")
@@ -447,7 +459,13 @@ class Fleet:
         self._by_token = {device.token: device for device in self._devices}
         self._by_id: dict[str, SimulatedDevice] | None = None
         for device in self._devices:
-            _register(registry, device, topic=apns_topic, project_id=fcm_project_id)
+            _register(
+                registry,
+                device,
+                topic=apns_topic,
+                project_id=fcm_project_id,
+                apns_environment=apns_environment,
+            )
         self._runner: _CheckInRunner | None = None
         self._closed = False
 

@@ -33,8 +33,10 @@ from sandbox.fleet import (
     check_in_delay_s,
     expected_status,
 )
+from sandbox.h2client import H2Client
 from sandbox.registry import Provider, TokenState
-from sandbox.testing import AOSP_KEY, MDM_BODY, PROJECT, TOPIC, World, connect, in_sandbox, mdm_headers
+from sandbox.testing import AOSP_KEY, MDM_BODY, PROJECT, TOPIC, World, in_sandbox
+from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate
 
 WAIT_S = 10.0  # generous bound on waits for the fleet's thread; a pass never comes near it
 NO_DELAY = (0.0, 0.0)
@@ -522,19 +524,43 @@ GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 JSON = [("content-type", "application/json")]
 
 
-async def push_apns(sandbox: Sandbox, world: World, devices: Sequence[SimulatedDevice]) -> Outcome:
-    client, outcome = await connect(sandbox.apns_url), Outcome()
+@dataclass(frozen=True)
+class Pushing:
+    """What a pusher needs: the running sandbox (over TLS), the world's credentials, and the MDM push
+    certificate APNs knows."""
+
+    sandbox: Sandbox
+    world: World
+    certificate: MdmPushCertificate
+
+    async def connect(self, url: str, *, present_certificate: bool = False) -> H2Client:
+        tls = self.sandbox.tls
+        assert tls is not None, "the sandbox serves TLS"
+        host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+        context = tls.client_context(self.certificate.issued if present_certificate else None)
+        return await H2Client.connect(host, int(port), ssl_context=context, server_hostname=host)
+
+
+async def push_apns(pushing: Pushing, devices: Sequence[SimulatedDevice]) -> Outcome:
+    # MDM pushes are certificate-only, to the topic in the certificate's UID [A-MDMPUSH].
+    client = await pushing.connect(pushing.sandbox.apns_url, present_certificate=True)
+    outcome = Outcome()
     for device in devices:
-        response = await client.request(
-            "POST", f"/3/device/{device.token}", mdm_headers(world.apns_jwt()), MDM_BODY
-        )
+        headers = [
+            ("apns-topic", pushing.certificate.topic),
+            ("apns-push-type", "mdm"),
+            ("apns-priority", "10"),
+            ("apns-id", str(uuid.uuid4())),
+        ]
+        response = await client.request("POST", f"/3/device/{device.token}", headers, MDM_BODY)
         outcome.statuses[device.behaviour] = response.status
     await client.close()
     return outcome
 
 
-async def push_fcm(sandbox: Sandbox, world: World, devices: Sequence[SimulatedDevice]) -> Outcome:
-    client, outcome = await connect(sandbox.fcm_url), Outcome()
+async def push_fcm(pushing: Pushing, devices: Sequence[SimulatedDevice]) -> Outcome:
+    world = pushing.world
+    client, outcome = await pushing.connect(pushing.sandbox.fcm_url), Outcome()
     form = urlencode({"grant_type": GRANT, "assertion": world.google_assertion()}).encode()
     granted = await client.request(
         "POST", "/token", [("content-type", "application/x-www-form-urlencoded")], form
@@ -548,8 +574,8 @@ async def push_fcm(sandbox: Sandbox, world: World, devices: Sequence[SimulatedDe
     return outcome
 
 
-async def push_aosp(sandbox: Sandbox, world: World, devices: Sequence[SimulatedDevice]) -> Outcome:
-    client, outcome = await connect(sandbox.aosp_url), Outcome()
+async def push_aosp(pushing: Pushing, devices: Sequence[SimulatedDevice]) -> Outcome:
+    client, outcome = await pushing.connect(pushing.sandbox.aosp_url), Outcome()
     for device in devices:
         body = json.dumps({"to": [device.token], "data": {"mdm": "wake"}}).encode()
         response = await client.request("POST", f"/push?api_key={AOSP_KEY}", JSON, body)
@@ -589,14 +615,15 @@ def test_a_real_push_wakes_a_device_and_never_one_that_is_gone_or_offline(
     targets = [first(fleet, behaviour) for behaviour in TRIO]
     held = {device.behaviour: server.hold(device.id, Kind.profile) for device in targets}
     outcome = Outcome()
+    certificate = issue_mdm_push_certificate(world.registry, topic=TOPIC)  # before the sandbox starts
 
     async def body(sandbox: Sandbox) -> None:
         nonlocal outcome
-        outcome = await PUSHERS[platform](sandbox, world, targets)
+        outcome = await PUSHERS[platform](Pushing(sandbox, world, certificate), targets)
 
     with fleet:
         fleet.attach(server)
-        in_sandbox(world)(body)
+        in_sandbox(world, tls=True)(body)
         assert fleet.idle(WAIT_S)
         counters = fleet.counters
 
