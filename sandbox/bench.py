@@ -1,10 +1,11 @@
 """The APNs emulator's requests/s and CPU per request: `python -m sandbox.bench [--requests N] [...]`.
 
 The emulator runs in its own process, so that its CPU time is measured apart from the client's, and is asked
-for it at the start and end of the measured run. The client (`sandbox.bench_client`) sends `mdm` pushes with a
-provider token, `--concurrency` at a time over `--connections` connections, after a warm-up that opens the
-connections and has the token verified. The server counts as saturated when its CPU was busy for at least
-90% of the run: then requests/s is the emulator's limit, otherwise the client's or the latency's.
+for it at the start and end of the measured run. The client (`sandbox.bench_client`) sends `mdm` pushes over
+TLS with an MDM push certificate as its client certificate (MDM pushes are certificate-only [A-MDMPUSH]),
+`--concurrency` at a time over `--connections` connections, after a warm-up that opens the connections.
+The server counts as saturated when its CPU was busy for at least 90% of the run: then requests/s is the
+emulator's limit, otherwise the client's or the latency's.
 
 Prints the results and writes them as JSON to `<--output-dir>/sandbox-<timestamp>.json`
 (default benchmarks/results, relative to the working directory).
@@ -27,18 +28,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from sandbox.bench_client import BenchConnection
+from sandbox.bench_client import BenchConnection, tls_context
 from sandbox.faults import FaultConfig, Latency
 from sandbox.registry import DeviceRegistry
 from sandbox.server import Sandbox
+from sandbox.tls import issue_mdm_push_certificate
 
-TEAM_ID = "TEAMBENCH1"
-KEY_ID = "KEYBENCH01"
-TOPIC = "com.apple.mgmt.External.bench"
+TOPIC = "com.apple.mgmt.External.3e9b1f0c-5a7d-4c2e-8f6b-0d1a2b3c4d5e"
 TOKEN = "ab" * 32
 BODY = json.dumps({"mdm": "push-magic"}).encode()
 WARM_UP_REQUESTS = 200
@@ -51,7 +47,6 @@ class BenchResult:
     connections: int
     concurrency: int
     latency_ms: float
-    tls: bool
     accepted: int
     elapsed_s: float
     requests_per_s: float
@@ -64,16 +59,19 @@ class BenchResult:
 # -- the emulator's process ------------------------------------------------------------------------------
 
 
-def _serve(pipe: Connection, key_pem: bytes, latency_ms: float, tls: bool) -> None:
+def _serve(pipe: Connection, latency_ms: float) -> None:
     registry = DeviceRegistry()
-    registry.add_apns_key(team_id=TEAM_ID, key_id=KEY_ID, public_key=key_pem)
-    registry.add_apns_device(TOKEN, topic=TOPIC)
+    # Issued before the emulator starts, which reads the certificate's CA then; production, as `apns_url`.
+    certificate = issue_mdm_push_certificate(registry, topic=TOPIC, environments=["production"])
+    registry.add_apns_device(TOKEN, topic=TOPIC, environment="production")
     faults = FaultConfig(latency=Latency.fixed(latency_ms))
+    issued = certificate.issued
 
     async def main() -> None:
-        async with Sandbox(registry, tls=tls, apns_faults=faults) as sandbox:
-            ca_pem = sandbox.tls.ca_pem if sandbox.tls is not None else None
-            pipe.send((sandbox.ports["apns"], ca_pem))
+        async with Sandbox(registry, tls=True, apns_faults=faults) as sandbox:
+            assert sandbox.tls is not None
+            pems = (sandbox.tls.ca_pem, issued.cert_pem, issued.key_pem)
+            pipe.send((sandbox.ports["apns"], *(pem.decode("ascii") for pem in pems)))
             stopped = asyncio.Event()
             loop = asyncio.get_running_loop()
             threading.Thread(target=_answer_cpu_queries, args=(pipe, loop, stopped), daemon=True).start()
@@ -98,17 +96,12 @@ def _server_cpu_s(pipe: Connection) -> float:
 # -- the client ------------------------------------------------------------------------------------------
 
 
-async def _open(port: int, token: str, args: Any, ca_pem: bytes | None) -> list[BenchConnection]:
-    context = None
-    if ca_pem is not None:
-        context = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
-        context.set_alpn_protocols(["h2"])
+async def _open(port: int, context: ssl.SSLContext, args: Any) -> list[BenchConnection]:
     headers = [
         (":method", "POST"),
-        (":scheme", "https" if context is not None else "http"),
+        (":scheme", "https"),
         (":authority", f"127.0.0.1:{port}"),
         (":path", f"/3/device/{TOKEN}"),
-        ("authorization", f"bearer {token}"),
         ("apns-topic", TOPIC),
         ("apns-push-type", "mdm"),
     ]
@@ -132,8 +125,8 @@ async def _send(connections: list[BenchConnection], requests: int, concurrency: 
     return accepted
 
 
-async def _drive(pipe: Connection, port: int, token: str, args: Any, ca_pem: bytes | None) -> BenchResult:
-    connections = await _open(port, token, args, ca_pem)
+async def _drive(pipe: Connection, port: int, context: ssl.SSLContext, args: Any) -> BenchResult:
+    connections = await _open(port, context, args)
     await _send(connections, WARM_UP_REQUESTS, min(args.concurrency, WARM_UP_REQUESTS))
     started, client_started, server_started = time.perf_counter(), time.process_time(), _server_cpu_s(pipe)
     accepted = await _send(connections, args.requests, args.concurrency)
@@ -147,7 +140,6 @@ async def _drive(pipe: Connection, port: int, token: str, args: Any, ca_pem: byt
         connections=args.connections,
         concurrency=args.concurrency,
         latency_ms=args.latency_ms,
-        tls=args.tls,
         accepted=accepted,
         elapsed_s=round(elapsed_s, 3),
         requests_per_s=round(args.requests / elapsed_s),
@@ -162,19 +154,12 @@ async def _drive(pipe: Connection, port: int, token: str, args: Any, ca_pem: byt
 
 
 def run(args: Any) -> BenchResult:
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    token = jwt.encode({"iss": TEAM_ID, "iat": int(time.time())}, key, "ES256", {"kid": KEY_ID})
     ours, theirs = multiprocessing.Pipe()
-    server = multiprocessing.Process(
-        target=_serve, args=(theirs, key_pem, args.latency_ms, args.tls), daemon=True
-    )
+    server = multiprocessing.Process(target=_serve, args=(theirs, args.latency_ms), daemon=True)
     server.start()
     try:
-        port, ca_pem = ours.recv()
-        return asyncio.run(_drive(ours, port, token, args, ca_pem))
+        port, *pems = ours.recv()
+        return asyncio.run(_drive(ours, port, tls_context(*pems), args))
     finally:
         ours.send("stop")
         server.join(timeout=10)
@@ -213,7 +198,6 @@ def parse_args(argv: list[str] | None = None) -> Any:
         "--concurrency", type=int, default=200, help="requests in flight, over all connections"
     )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency the emulator injects")
-    parser.add_argument("--tls", action="store_true", help="TLS with ALPN h2 instead of cleartext h2c")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     if min(args.requests, args.connections, args.concurrency) < 1 or args.latency_ms < 0:

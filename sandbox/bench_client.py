@@ -10,9 +10,12 @@ Responses are decoded in full (HPACK, status, body); anything unexpected fails t
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import struct
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import hpack
@@ -36,6 +39,28 @@ class RequestFailed(Exception):
 class BenchResponse:
     status: int
     body: bytes
+
+
+def tls_context(ca_pem: str, certificate_pem: str, key_pem: str) -> ssl.SSLContext:
+    """A client context that trusts `ca_pem`, presents the certificate (an MDM push certificate: APNs takes
+    MDM pushes over client certificates only [A-MDMPUSH]) and offers h2."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.set_alpn_protocols(["h2"])
+    with private_pem_file(certificate_pem + key_pem) as path:
+        context.load_cert_chain(path)
+    return context
+
+
+@contextmanager
+def private_pem_file(text: str) -> Iterator[str]:
+    """The path of a file holding `text` that only this user may read, removed on exit: ssl (and aioapns,
+    through it) loads key material only from files."""
+    with tempfile.TemporaryDirectory(prefix="mdmq-bench-") as directory:
+        path = os.path.join(directory, "client.pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+        yield path
 
 
 def _frame(frame_type: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -69,6 +94,7 @@ class BenchConnection(asyncio.Protocol):
         self._window_open = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[int] = self._loop.create_future()  # the emulator's stream limit
+        self.closed: asyncio.Future[None] = self._loop.create_future()
         self.transport: asyncio.Transport | None = None
 
     @classmethod
@@ -191,8 +217,12 @@ class BenchConnection(asyncio.Protocol):
             self._fail(stream_id, RequestFailed("connection closed"))
         if not self.ready.done():
             self.ready.set_exception(RequestFailed("connection closed before SETTINGS"))
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     async def close(self) -> None:
+        """GOAWAY, then close, and wait until the socket is closed: over TLS the close notify goes first."""
         if self.transport is not None:
             self._write(_frame(_GOAWAY, 0, 0, struct.pack(">LL", 0, 0)))
             self.transport.close()
+            await self.closed
