@@ -1,8 +1,10 @@
 """APNs client throughput: mdmq's provider, `aioapns` and a plain httpx[http2] client, one emulator, one run.
 
-The APNs emulator runs in its own process (TLS, a registered ES256 key, N registered devices, fixed injected
-latency) so that its CPU does not share a GIL with the client under test. Every client gets the same work:
-N MDM wake-ups in batches of `--batch`, `--in-flight` batches at a time, as dispatch actors would send them.
+The APNs emulator runs in its own process (TLS, N registered devices, fixed injected latency) so that its CPU
+does not share a GIL with the client under test. MDM pushes are certificate-only [A-MDMPUSH]: the emulator
+issues one MDM push certificate (its subject UID the topic) from a throw-away CA it trusts, and every client
+presents it as its TLS client certificate. Every client gets the same work: N MDM wake-ups in batches of
+`--batch`, `--in-flight` batches at a time, as dispatch actors would send them.
 
     python benchmarks/apns_clients.py [--pushes 20000] [--latency-ms 40] [--clients mdmq,aioapns,httpx]
 
@@ -26,21 +28,35 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TEAM_ID = "TEAM123456"
-KEY_ID = "KEY1234567"
-TOPIC = "com.apple.mgmt.External.bench"
+TOPIC = "com.apple.mgmt.External.7d0e5b6a-3f1c-4e2a-9b8d-1c2f3a4b5c6d"
+# The environment the emulator plays, its devices' tokens belong to and the certificate is registered for.
+ENVIRONMENT = "production"
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Emulator:
+    """Where the emulator listens, the CA its TLS certificate is issued by, and the push certificate (and
+    key) it knows, PEM."""
+
+    port: int
+    ca_pem: str
+    certificate_pem: str = field(repr=False)
+    key_pem: str = field(repr=False)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Trusts the emulator and presents the push certificate; ALPN h2."""
+        from sandbox.bench_client import tls_context
+
+        return tls_context(self.ca_pem, self.certificate_pem, self.key_pem)
 
 
 @dataclass(frozen=True)
@@ -62,20 +78,29 @@ def device_tokens(count: int, seed: int) -> list[str]:
 # --- the emulator process ---------------------------------------------------------------------------------
 
 
-def serve_emulator(
-    pipe: Connection, public_pem: bytes, tokens: list[str], latency_ms: float, tls: bool
-) -> None:
+def serve_emulator(pipe: Connection, tokens: list[str], latency_ms: float) -> None:
     from sandbox import DeviceRegistry, FaultConfig, Latency, Sandbox
+    from sandbox.tls import issue_mdm_push_certificate
 
     registry = DeviceRegistry()
-    registry.add_apns_key(team_id=TEAM_ID, key_id=KEY_ID, public_key=public_pem)
+    # Before the emulator starts: it reads the certificate's CA then.
+    certificate = issue_mdm_push_certificate(registry, topic=TOPIC, environments=[ENVIRONMENT])
     for token in tokens:
-        registry.add_apns_device(token, topic=TOPIC)
+        registry.add_apns_device(token, topic=TOPIC, environment=ENVIRONMENT)
     faults = FaultConfig(latency=Latency.fixed(latency_ms))
 
     async def run() -> None:
-        async with Sandbox(registry, tls=tls, apns_faults=faults) as sandbox:
-            pipe.send((sandbox.ports["apns"], sandbox.tls.ca_pem.decode() if sandbox.tls else ""))
+        async with Sandbox(registry, tls=True, apns_faults=faults) as sandbox:  # apns_url: production
+            assert sandbox.tls is not None
+            issued = certificate.issued
+            pipe.send(
+                Emulator(
+                    sandbox.ports["apns"],
+                    sandbox.tls.ca_pem.decode(),
+                    issued.cert_pem.decode(),
+                    issued.key_pem.decode(),
+                )
+            )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             threading.Thread(target=answer_cpu_queries, args=(pipe, loop, stop), daemon=True).start()
@@ -97,17 +122,16 @@ def answer_cpu_queries(pipe: Connection, loop: asyncio.AbstractEventLoop, stop: 
 SendBatch = Callable[[Sequence[str]], Awaitable[int]]
 
 
-async def mdmq_client(
-    port: int, ca_pem: str, key_pem: str
-) -> tuple[SendBatch, Callable[[], Awaitable[None]]]:
+async def mdmq_client(emulator: Emulator) -> tuple[SendBatch, Callable[[], Awaitable[None]]]:
     from workers.providers.apns import ApnsProvider
     from workers.providers.base import Outcome, Push
-    from workers.providers.credentials import ApnsTokenKey
+    from workers.providers.credentials import ApnsCertificate
     from workers.providers.endpoints import ProviderEndpoints
 
-    url = f"https://127.0.0.1:{port}" if ca_pem else f"http://127.0.0.1:{port}"  # no CA: cleartext h2c
-    endpoints = ProviderEndpoints(apns_production=url, ca_pem=ca_pem or None)
-    provider = ApnsProvider(ApnsTokenKey(key_pem, KEY_ID, TEAM_ID, TOPIC), endpoints)
+    url = f"https://127.0.0.1:{emulator.port}"
+    endpoints = ProviderEndpoints(apns_production=url, ca_pem=emulator.ca_pem)
+    credential = ApnsCertificate.from_pem(emulator.certificate_pem, emulator.key_pem)  # topic: the UID
+    provider = ApnsProvider(credential, endpoints)
 
     async def send(tokens: Sequence[str]) -> int:
         pushes = [Push(f"{i:024x}", token=t, push_magic="bench-magic") for i, t in enumerate(tokens)]
@@ -117,19 +141,21 @@ async def mdmq_client(
     return send, provider.close
 
 
-async def aioapns_client(
-    port: int, ca_pem: str, key_pem: str
-) -> tuple[SendBatch, Callable[[], Awaitable[None]]]:
+async def aioapns_client(emulator: Emulator) -> tuple[SendBatch, Callable[[], Awaitable[None]]]:
     from aioapns import APNs, NotificationRequest, PushType
     from aioapns.connection import APNsProductionClientProtocol
+
+    from sandbox.bench_client import private_pem_file
 
     # aioapns has no host/port option: its protocol class names Apple's host and port 443.
     class EmulatorProtocol(APNsProductionClientProtocol):
         APNS_SERVER = "127.0.0.1"
-        APNS_PORT = port
+        APNS_PORT = emulator.port
 
-    context = ssl.create_default_context(cadata=ca_pem)
-    client = APNs(key=key_pem, key_id=KEY_ID, team_id=TEAM_ID, topic=TOPIC, ssl_context=context)
+    context = ssl.create_default_context(cadata=emulator.ca_pem)
+    # aioapns's certificate pool loads `client_cert` (certificate and key, one PEM file) into the context.
+    with private_pem_file(emulator.certificate_pem + emulator.key_pem) as path:
+        client = APNs(client_cert=path, topic=TOPIC, ssl_context=context)
     client.pool.protocol_class = EmulatorProtocol
 
     async def send_one(token: str) -> bool:
@@ -153,26 +179,17 @@ async def aioapns_client(
     return send, close
 
 
-async def httpx_client(
-    port: int, ca_pem: str, key_pem: str
-) -> tuple[SendBatch, Callable[[], Awaitable[None]]]:
+async def httpx_client(emulator: Emulator) -> tuple[SendBatch, Callable[[], Awaitable[None]]]:
     import httpx
-    import jwt
 
-    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else False
     client = httpx.AsyncClient(
-        http1=not ca_pem,  # cleartext: h2c with prior knowledge needs HTTP/1.1 switched off
         http2=True,
-        verify=context,
-        base_url=f"https://127.0.0.1:{port}" if ca_pem else f"http://127.0.0.1:{port}",
+        verify=emulator.tls_context(),
+        base_url=f"https://127.0.0.1:{emulator.port}",
         limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
         timeout=30.0,
     )
-    token = jwt.encode(
-        {"iss": TEAM_ID, "iat": int(time.time())}, key_pem, algorithm="ES256", headers={"kid": KEY_ID}
-    )
     headers = {
-        "authorization": f"bearer {token}",
         "apns-topic": TOPIC,
         "apns-push-type": "mdm",
         "apns-priority": "10",
@@ -192,31 +209,24 @@ async def httpx_client(
 
 
 async def raw_client(
-    port: int, ca_pem: str, key_pem: str, *, connections: int = 4, streams: int = 250
+    emulator: Emulator, *, connections: int = 4, streams: int = 250
 ) -> tuple[SendBatch, Callable[[], Awaitable[None]]]:
     """The emulator's ceiling: `sandbox.bench_client`, a minimal HTTP/2 client that sends pre-encoded
     requests (to one device, the first token, whatever tokens it is given) on `connections` connections,
     `streams` at a time on each."""
-    import jwt
-
     from sandbox.bench_client import BenchConnection
 
-    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else None
-    if context is not None:
-        context.set_alpn_protocols(["h2"])
-    token = jwt.encode(
-        {"iss": TEAM_ID, "iat": int(time.time())}, key_pem, algorithm="ES256", headers={"kid": KEY_ID}
-    )
+    context = emulator.tls_context()
+    port = emulator.port
     opened: list[BenchConnection] = []
 
     async def send(tokens: Sequence[str]) -> int:
         if not opened:
             headers = [
                 (":method", "POST"),
-                (":scheme", "https" if context is not None else "http"),
+                (":scheme", "https"),
                 (":authority", f"127.0.0.1:{port}"),
                 (":path", f"/3/device/{tokens[0]}"),
-                ("authorization", f"bearer {token}"),
                 ("apns-topic", TOPIC),
                 ("apns-push-type", "mdm"),
             ]
@@ -265,14 +275,11 @@ def emulator_cpu(pipe: Connection) -> float:
     return cpu
 
 
-async def measure(
-    name: str, pipe: Connection, emulator: tuple[int, str], key_pem: str, args: Any
-) -> ClientRun:
-    port, ca_pem = emulator
+async def measure(name: str, pipe: Connection, emulator: Emulator, args: Any) -> ClientRun:
     tokens = device_tokens(args.pushes, args.seed)
-    send, close = await CLIENTS[name](port, ca_pem, key_pem)
+    send, close = await CLIENTS[name](emulator)
     try:
-        await drive(send, tokens[: args.batch], args.batch, 1)  # warm-up: connections, JWT, TLS
+        await drive(send, tokens[: args.batch], args.batch, 1)  # warm-up: connections, TLS handshakes
         started, cpu_started, emulator_started = time.perf_counter(), time.process_time(), emulator_cpu(pipe)
         accepted = await drive(send, tokens, args.batch, args.in_flight)
         seconds = time.perf_counter() - started
@@ -306,7 +313,6 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
-    parser.add_argument("--cleartext", action="store_true", help="h2c instead of TLS (mdmq's sandbox mode)")
     parser.add_argument("--output", type=Path, default=None, help="default: results/apns_clients-<time>.json")
     return parser.parse_args(argv)
 
@@ -314,19 +320,11 @@ def parse_args(argv: Sequence[str] | None) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     names = [name.strip() for name in args.clients.split(",") if name.strip()]
-    if args.cleartext and "aioapns" in names:
-        names.remove("aioapns")
-        print("aioapns speaks TLS only: left out of a --cleartext run")
-    with emulator_process(args.pushes, args.seed, args.latency_ms, tls=not args.cleartext) as (
-        pipe,
-        emulator,
-    ):
+    with emulator_process(args.pushes, args.seed, args.latency_ms) as (pipe, emulator):
         # Clients alternate over the rounds, so a burst of load from elsewhere on the machine hits all alike;
         # each client's best round is reported.
         rounds = [
-            asyncio.run(measure(name, pipe, emulator, KEY_PEM, args))
-            for _ in range(args.rounds)
-            for name in names
+            asyncio.run(measure(name, pipe, emulator, args)) for _ in range(args.rounds) for name in names
         ]
         runs = [max((r for r in rounds if r.client == name), key=lambda r: r.pushes_per_s) for name in names]
     report(runs, args)
@@ -336,34 +334,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def bare_rates(
     pushes: int, latency_ms: float, clients: Sequence[str] = ("aioapns", "raw")
 ) -> dict[str, float]:
-    """Pushes per second of `clients` alone (no database, no queue), `pushes` each over TLS to an APNs
-    emulator with `latency_ms`: the baselines the fan-out benchmark sets its rate against."""
+    """Pushes per second of `clients` alone (no database, no queue), `pushes` each over TLS with a push
+    certificate to an APNs emulator with `latency_ms`: the baselines the fan-out benchmark sets its rate
+    against."""
     args = parse_args(["--pushes", str(pushes), "--latency-ms", str(latency_ms)])
-    with emulator_process(pushes, args.seed, latency_ms, tls=True) as (pipe, emulator):
-        return {
-            name: asyncio.run(measure(name, pipe, emulator, KEY_PEM, args)).pushes_per_s for name in clients
-        }
-
-
-_KEY = ec.generate_private_key(ec.SECP256R1())
-KEY_PEM = _KEY.private_bytes(
-    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-).decode()
+    with emulator_process(pushes, args.seed, latency_ms) as (pipe, emulator):
+        return {name: asyncio.run(measure(name, pipe, emulator, args)).pushes_per_s for name in clients}
 
 
 @contextmanager
-def emulator_process(
-    pushes: int, seed: int, latency_ms: float, *, tls: bool
-) -> Iterator[tuple[Connection, tuple[int, str]]]:
-    """The APNs emulator in a process of its own, knowing `KEY_PEM`'s key and the devices of `pushes`
-    tokens; yields the pipe that asks it for its CPU time, and its (port, CA PEM or "")."""
-    public_pem = _KEY.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def emulator_process(pushes: int, seed: int, latency_ms: float) -> Iterator[tuple[Connection, Emulator]]:
+    """The APNs emulator in a process of its own, knowing the devices of `pushes` tokens and the push
+    certificate it issued; yields the pipe that asks it for its CPU time, and where and how to reach it."""
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
     emulator = multiprocessing.get_context("spawn").Process(
         target=serve_emulator,
-        args=(theirs, public_pem, device_tokens(pushes, seed), latency_ms, tls),
+        args=(theirs, device_tokens(pushes, seed), latency_ms),
         daemon=True,
     )
     emulator.start()
@@ -401,8 +387,7 @@ def report(runs: list[ClientRun], args: Any) -> None:
             "batch": args.batch,
             "in_flight": args.in_flight,
             "rounds": args.rounds,
-            "transport": ("h2c" if args.cleartext else "TLS, HTTP/2 (ALPN h2)")
-            + ", emulator in its own process",
+            "transport": "TLS, client (push) certificate, HTTP/2 (ALPN h2), emulator in its own process",
         },
         "runs": [asdict(run) for run in runs],
         "mdmq_over_aioapns": ratio,

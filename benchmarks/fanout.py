@@ -1,14 +1,16 @@
 """Fan-out: N deployments of mixed kinds, from bulk creation to every push accepted and every deployment
 terminal, through real `dramatiq` worker processes on PostgreSQL and Redis.
 
-The outside world runs in a process of its own: the APNs, FCM and AOSP emulators with injected latency, and
-a simulated fleet that checks in (through the store, as the MDM check-in server would) when woken. mdmq runs
-as in production: `mdmq worker` processes taking dispatch messages from Redis.
+The outside world runs in a process of its own: the APNs, FCM and AOSP emulators over TLS with injected
+latency, and a simulated fleet that checks in (through the store, as the MDM check-in server would) when
+woken. mdmq runs as in production: `mdmq worker` processes taking dispatch messages from Redis, and sending
+MDM wake-ups with the organization's APNs push certificate as the TLS client certificate.
 
     python -m benchmarks.fanout [--deployments 10000] [--latency-ms 40] [--processes 2] [--threads 8]
 
 Then the same number of pushes goes from aioapns alone and from a minimal HTTP/2 client (the emulator's
-ceiling), over TLS with the same latency and no database or queue (`--no-baselines` skips them).
+ceiling), over TLS with a push certificate of their own, the same latency and no database or queue
+(`--no-baselines` skips them).
 
 Prints the times, pushes per second (and as ratios to both baselines), CPU seconds per 1,000 deployments
 for the workers, PostgreSQL and Redis, each worker process's peak memory and the rows written; writes
@@ -25,6 +27,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -44,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._postgres import scratch_database
 from benchmarks.apns_clients import bare_rates
 from cli.demo import (
+    EMULATED_APNS_ENVIRONMENT,
     DemoCredential,
     StoreCheckIn,
     register_credentials,
@@ -77,17 +81,26 @@ def outside_world(
     from sandbox.fleet import Behaviour, Fleet
 
     registry = DeviceRegistry()
-    keys = register_credentials(registry)
-    fleet = Fleet(registry, seed=seed, size=devices, mix={Behaviour.success: 1.0})
+    keys = register_credentials(registry)  # before the emulators start: they read the push CA then
+    environment = EMULATED_APNS_ENVIRONMENT
+    fleet = Fleet(
+        registry, seed=seed, size=devices, mix={Behaviour.success: 1.0}, apns_environment=environment
+    )
     faults = FaultConfig(latency=Latency.fixed(latency_ms))
     options = {"apns_faults": faults, "fcm_faults": faults, "aosp_faults": faults}
-    with SandboxThread(registry, **options) as sandbox:
+    with SandboxThread(registry, tls=True, **options) as sandbox:
+        assert sandbox.tls is not None
         app = App(Settings(database_url=database_url, broker_url="stub://", database_pool_size=20))
         if check_in:  # without, the devices take their pushes and stay silent: the push path alone
             fleet.attach(StoreCheckIn(app), delay_s=(0.001, 0.01), threads=16)
-        urls = {"apns": sandbox.apns_url, "fcm": sandbox.fcm_url, "aosp": sandbox.aosp_url}
+        urls = {
+            "apns": sandbox.apns_url,
+            "apns_sandbox": sandbox.apns_sandbox_url,
+            "fcm": sandbox.fcm_url,
+            "aosp": sandbox.aosp_url,
+        }
         listed = [(d.id, d.platform.value, d.token, d.push_magic) for d in fleet.devices]
-        pipe.send((urls, keys, listed))
+        pipe.send((urls, sandbox.tls.ca_pem, keys, listed))
         pipe.recv()  # "stop"
         fleet.close()
         app.close()
@@ -303,7 +316,7 @@ def run(
 ) -> dict[str, Any]:
     devices_needed = (deployments + 1) // 2
     redis.Redis.from_url(REDIS_URL).flushdb()
-    with scratch_database() as database_url:
+    with scratch_database() as database_url, tempfile.TemporaryDirectory(prefix="mdmq-fanout-") as trusted:
         parent, child = multiprocessing.Pipe()
         world = multiprocessing.get_context("spawn").Process(
             target=outside_world,
@@ -312,16 +325,19 @@ def run(
             daemon=True,
         )
         world.start()
-        urls, keys, devices = parent.recv()
+        urls, ca_pem, keys, devices = parent.recv()
         keys_: dict[Any, DemoCredential] = keys
+        ca_file = Path(trusted, "emulators-ca.pem")  # the emulators' CA, for the workers to trust
+        ca_file.write_bytes(ca_pem)
         settings = Settings(
             database_url=database_url,
             broker_url=REDIS_URL,
             apns_url=urls["apns"],
-            apns_sandbox_url=urls["apns"],
+            apns_sandbox_url=urls["apns_sandbox"],
             fcm_url=urls["fcm"],
             fcm_token_url=f"{urls['fcm']}/token",
             aosp_url=urls["aosp"],
+            push_ca_file=str(ca_file),
             metrics_host="127.0.0.1",
             log_level="WARNING",  # a line per group of pushes answered would be the run's own noise
             worker_metrics_port=19191,
