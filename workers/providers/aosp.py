@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from workers.providers.base import ConnectionFailed, Outcome, ProviderError, Push, PushResult
@@ -19,22 +20,37 @@ from workers.providers.timing import timed
 MAX_RECIPIENTS = 1000  # per request: Pushy takes 100,000, but a smaller request fails less at once
 MAX_TTL_S = 365 * 86_400
 
+# What an admin fixes if the answer turns out to be the organization's (names no secret).
+ADVICE_FAILED_TOKENS = (
+    "the AOSP push service does not know these devices' tokens under this API key: "
+    "check the key belongs to the devices' app"
+)
+
+# [P-API] [P-SEND] the global error codes, with whose problem each is (PROVIDERS §3).
 _OUTCOME_BY_CODE: Mapping[str, Outcome] = {
     "MISSING_API_KEY": Outcome.credential,
     "INVALID_API_KEY": Outcome.credential,
-    "NO_RECIPIENTS": Outcome.permanent,
+    # Ambiguous: none of the tokens is known under this key, which another app's key says for every one.
+    "NO_RECIPIENTS": Outcome.dead_token,
     "INVALID_PARAM": Outcome.payload_rejected,
     "PAYLOAD_LIMIT_EXCEEDED": Outcome.payload_rejected,
     "RATE_LIMIT_EXCEEDED": Outcome.transient,
     "INTERNAL_SERVER_ERROR": Outcome.transient,
     "SERVICE_UNAVAILABLE": Outcome.transient,
 }
-# The provider's documented words, for the metrics' reason label.
-KNOWN_CODES = frozenset(_OUTCOME_BY_CODE)
+# The provider's documented words, for the metrics' reason label ("failed": a token of `info.failed`).
+KNOWN_CODES = frozenset(_OUTCOME_BY_CODE) | {"failed", "INVALID_PUSH_ID"}
 
 
 class PushNotFound(ProviderError):
-    """The push service does not know this push id (or it belongs to another API key)."""
+    """The push service could not tell where this push stands (an answer other than a status or
+    INVALID_PUSH_ID); the receipt is polled again later."""
+
+
+class PushGone(PushNotFound):
+    """[P-STAT] INVALID_PUSH_ID: the service no longer tracks this push. Older documents say a push is
+    dropped once expired *or* delivered to every device, so this is no failure: the caller stops polling
+    and decides by the expiry it stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +96,8 @@ class AospProvider:
         return results
 
     async def poll(self, push_id: str) -> PushStatus:
-        """The delivery status of one push. Raises PushNotFound, ConnectionFailed."""
+        """The delivery status of one push. Raises PushGone (no longer tracked), PushNotFound or
+        ConnectionFailed."""
         path = b"/pushes/" + quote(push_id, safe="").encode() + self._key_query
         try:
             response = await self._pool.request(self._pool.request_headers(b"GET", path))
@@ -88,6 +105,8 @@ class AospProvider:
             raise ConnectionFailed(f"the AOSP push service did not answer: {e.reason}") from None
         answer = response.json_object() or {}
         push = answer.get("push")
+        if answer.get("code") == "INVALID_PUSH_ID":  # [P-STAT] invalid, expired, or delivered to all
+            raise PushGone(f"push {push_id}: INVALID_PUSH_ID")
         if response.status != 200 or not isinstance(push, dict):
             raise PushNotFound(f"push {push_id}: {answer.get('code') or response.status}")
         pending = [token for token in push.get("pending_devices") or () if isinstance(token, str)]
@@ -140,27 +159,47 @@ def _results(pushes: list[Push], response: Response, sent_at: datetime, ttl_s: i
         reason = response.unreadable()
         return [PushResult(p.device_id, Outcome.transient, None, response.status, reason) for p in pushes]
     if response.status == 200:
-        push_id = str(answer.get("id"))
-        info = answer.get("info") if isinstance(answer.get("info"), dict) else {}
-        failed = set(info.get("failed") or ()) if isinstance(info, dict) else set()
-        expires_at = datetime.fromtimestamp(sent_at.timestamp() + ttl_s, UTC)
-        return [
-            PushResult(p.device_id, Outcome.permanent, push_id, 200, "failed", sent_at=sent_at)
-            if p.token in failed
-            else PushResult(
-                p.device_id, Outcome.accepted, push_id, 200, sent_at=sent_at, expires_at=expires_at
-            )
-            for p in pushes
-        ]
+        return _sent(pushes, answer, sent_at, ttl_s)
     code = answer.get("code") if isinstance(answer.get("code"), str) else None
     outcome = _OUTCOME_BY_CODE.get(code or "") or _outcome_by_status(response.status)
     retry = response.retry_after_s() if outcome is Outcome.transient else None
+    advice = ADVICE_FAILED_TOKENS if outcome is Outcome.dead_token else None
     return [
-        PushResult(p.device_id, outcome, None, response.status, code, retry_after_s=retry) for p in pushes
+        PushResult(p.device_id, outcome, None, response.status, code, retry_after_s=retry, advice=advice)
+        for p in pushes
     ]
 
 
+def _sent(pushes: list[Push], answer: Mapping[str, Any], sent_at: datetime, ttl_s: int) -> list[PushResult]:
+    push_id = str(answer.get("id"))
+    info = answer.get("info")
+    listed = info.get("failed") if isinstance(info, dict) else None
+    failed = {t for t in listed if isinstance(t, str)} if isinstance(listed, list) else set()
+    expires_at = datetime.fromtimestamp(sent_at.timestamp() + ttl_s, UTC)
+    return [
+        _failed(p, push_id, sent_at)
+        if p.token in failed
+        else PushResult(p.device_id, Outcome.accepted, push_id, 200, sent_at=sent_at, expires_at=expires_at)
+        for p in pushes
+    ]
+
+
+def _failed(push: Push, push_id: str, sent_at: datetime) -> PushResult:
+    """[P-SEND] a token of `info.failed`: not pushed to under this key. Ambiguous: a key of another app
+    fails them all (PROVIDERS §3), so the dispatch judges whose it is."""
+    return PushResult(
+        push.device_id,
+        Outcome.dead_token,
+        push_id,
+        200,
+        "failed",
+        advice=ADVICE_FAILED_TOKENS,
+        sent_at=sent_at,
+    )
+
+
 def _outcome_by_status(status: int) -> Outcome:
+    """[P-API] a code mdmq does not know: 401/403 the key's, 429/5xx nobody's, any other the request's."""
     if status in (401, 403):
         return Outcome.credential
     if status == 429 or status >= 500:

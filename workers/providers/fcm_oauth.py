@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jwt
 
-from workers.providers.base import ConnectionFailed, CredentialRejected
+from workers.providers.base import ConnectionFailed, CredentialRejected, ProviderError
 from workers.providers.credentials import FCM_SCOPE, FcmServiceAccount
-from workers.providers.http2 import Http2Pool, StreamUnanswered
+from workers.providers.http2 import Http2Pool, Response, StreamUnanswered
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +24,13 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ASSERTION_LIFETIME_S = 3600  # Google's maximum
 # A token is replaced this long before Google says it expires, so no request carries one that dies in flight.
 REFRESH_MARGIN_S = 300
+# Google's words when it refuses an assertion for its iat/exp: this host's clock, not the account.
+_CLOCK_WORDS = ("reasonable timeframe", "iat and exp")
+
+
+class ClockSkewRefused(ProviderError):
+    """Google refused the OAuth assertion for its times: this host's clock is off. The service account is
+    fine; the batch is retried later, and the refusal is counted for the clock-skew alert."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,19 +96,44 @@ class AccessTokenSource:
         answer = response.json_object()
         if answer is None:  # not Google's answer: something in front of it spoke, or it was cut short
             raise ConnectionFailed(f"the OAuth token endpoint's {response.unreadable()}")
+        self._raise_refusal(response, answer, now)
         access_token, expires_in = answer.get("access_token"), answer.get("expires_in", 3600)
-        error = answer.get("error")
-        if 400 <= response.status < 500 and response.status != 429 and isinstance(error, str):
-            # Google's own refusal ({"error": "invalid_grant", ...}): the service account is no good.
-            raise CredentialRejected(
-                f"Google refused the service account {self._account.client_email}: {error[:100]}"
-            )
         if response.status != 200 or not isinstance(access_token, str):
             # A 429, a 5xx, or an answer without the token or a refusal: nothing said about the account.
             raise ConnectionFailed(f"the OAuth token endpoint answered {response.status} without a token")
         logger.debug("OAuth access token fetched for %s", self._account.client_email)
         lifetime_s = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
         return AccessToken(b"Bearer " + access_token.encode(), now + lifetime_s)
+
+    def _raise_refusal(self, response: Response, answer: dict[str, Any], now: float) -> None:
+        """Google's own refusal ({"error": "invalid_grant", ...}): a skewed clock, or the account."""
+        error = answer.get("error")
+        if not (400 <= response.status < 500 and response.status != 429 and isinstance(error, str)):
+            return
+        description = str(answer.get("error_description", ""))
+        if error == "invalid_grant" and any(words in description for words in _CLOCK_WORDS):
+            self._clock_skew_refused(response, now)
+        raise CredentialRejected(
+            f"Google refused the service account {self._account.client_email}: {error[:100]}"
+        )
+
+    def _clock_skew_refused(self, response: Response, now: float) -> None:
+        host = socket.gethostname()
+        # Imported here: workers.metrics imports the providers to know their reasons.
+        from workers.metrics import count_clock_skew_refusal
+
+        count_clock_skew_refusal("fcm", host)
+        skew_s = _skew_s(response, now)
+        measured = (
+            f"this host's clock is {skew_s:+.0f} s off Google's" if skew_s is not None else "unmeasured"
+        )
+        logger.warning(
+            "Google refused the OAuth assertion of %s for its iat/exp: clock skew on host %s (%s)",
+            self._account.client_email,
+            host,
+            measured,
+        )
+        raise ClockSkewRefused(f"Google refused the OAuth assertion for its times: check the clock of {host}")
 
     def _assertion(self, now: float) -> str:
         issued_at = int(now)
@@ -115,6 +150,17 @@ class AccessTokenSource:
             algorithm="RS256",
             headers=headers,
         )
+
+
+def _skew_s(response: Response, now: float) -> float | None:
+    """This host's clock minus the answer's `Date` (whole seconds: a skew under a second says nothing)."""
+    date = response.header(b"date")
+    if date is None:
+        return None
+    try:
+        return now - parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def token_path(url: str) -> str:
