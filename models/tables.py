@@ -170,6 +170,9 @@ class PushReceipt(SQLModel, table=True):
     delivered: bool | None = None
     pending_devices: int | None = None
     last_polled_at: datetime | None = _ts()
+    # The service answered INVALID_PUSH_ID before `expires_at`: it no longer tracks the push (expired early
+    # or delivered to every device, by its older documents); not polled again.
+    untracked_at: datetime | None = _ts()
 
 
 class Deployment(SQLModel, table=True):
