@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
 import jwt
@@ -117,7 +117,7 @@ class AccessTokenSource:
             f"Google refused the service account {self._account.client_email}: {error[:100]}"
         )
 
-    def _clock_skew_refused(self, response: Response, now: float) -> None:
+    def _clock_skew_refused(self, response: Response, now: float) -> NoReturn:
         host = socket.gethostname()
         # Imported here: workers.metrics imports the providers to know their reasons.
         from workers.metrics import count_clock_skew_refusal
@@ -153,7 +153,8 @@ class AccessTokenSource:
 
 
 def _skew_s(response: Response, now: float) -> float | None:
-    """This host's clock minus the answer's `Date` (whole seconds: a skew under a second says nothing)."""
+    """This host's clock minus the answer's `Date` (Google dates every answer, to the second); None
+    without a readable one."""
     date = response.header(b"date")
     if date is None:
         return None
