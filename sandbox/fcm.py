@@ -147,7 +147,7 @@ class FcmEmulator:
             body = {"error": rejected.error, "error_description": rejected.description}
             return Response(400, (*_JSON, self._date()), json.dumps(body).encode())
         body_ok = {"access_token": token, "expires_in": ACCESS_TOKEN_TTL_S, "token_type": "Bearer"}
-        return Response(200, _JSON, json.dumps(body_ok).encode())
+        return Response(200, (*_JSON, self._date()), json.dumps(body_ok).encode())
 
     def _date(self) -> tuple[str, str]:
         # Google dates every answer: a client may read its clock's skew from a refused assertion.
