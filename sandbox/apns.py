@@ -44,6 +44,7 @@ REASON_STATUS: Mapping[str, int] = {
             "MissingProviderToken",
             "UnrelatedKeyIdInToken",
             "BadEnvironmentKeyIdInToken",
+            "BadEnvironmentKeyInToken",  # 3p: the spelling APNs has been seen to send (PROVIDERS.md §5)
         ),
         403,
     ),
