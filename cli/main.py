@@ -166,16 +166,26 @@ def scheduler() -> None:
 @app.command()
 def sandbox(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    apns_port: int = typer.Option(2197, help="APNs emulator port (0: any free port)."),
+    apns_port: int = typer.Option(2197, help="APNs production emulator port (0: any free port)."),
     fcm_port: int = typer.Option(2198, help="FCM emulator port (0: any free port)."),
     aosp_port: int = typer.Option(2199, help="AOSP (Pushy-style) emulator port (0: any free port)."),
-    tls: bool = typer.Option(False, "--tls", help="HTTP/2 over TLS with a throw-away CA instead of h2c."),
+    tls: bool = typer.Option(
+        False, "--tls", help="HTTP/2 over TLS with a throw-away CA; issues an MDM push certificate."
+    ),
+    *,
+    apns_sandbox_port: int = typer.Option(2196, help="APNs development (sandbox) emulator port (0: any)."),
 ) -> None:
-    """Run the APNs, FCM and AOSP emulators until stopped. They accept any device and credential."""
+    """Run the APNs, FCM and AOSP emulators until stopped. They refuse what the real services refuse.
+
+    APNs: any hex token is a live device, except those starting with
+    deaddead (410 Unregistered), eeeeeeee (400 BadDeviceToken: other environment)
+    or 77777777 (400 DeviceTokenNotForTopic). MDM pushes need --tls and the
+    push certificate it prints. FCM and AOSP: see the README's "The sandbox".
+    """
     from sandbox import serve_forever
 
     configure_logging(level=load_settings().log_level)
-    serve_forever(host, apns_port, fcm_port, aosp_port, tls)
+    serve_forever(host, apns_port, fcm_port, aosp_port, tls, apns_sandbox_port=apns_sandbox_port)
 
 
 from cli import credentials, holds, ops  # noqa: E402  (after the app and its groups)

@@ -22,7 +22,8 @@ def _provider_token() -> str:
 
 def test_mdmq_sandbox_serves_until_sigterm() -> None:
     command = [sys.executable, "-c", "from cli.main import main; main()", "sandbox",
-               "--apns-port", "0", "--fcm-port", "0", "--aosp-port", "0"]  # fmt: skip
+               "--apns-port", "0", "--apns-sandbox-port", "0", "--fcm-port", "0",
+               "--aosp-port", "0"]  # fmt: skip
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None
