@@ -14,9 +14,9 @@ Quick start (async)::
     from sandbox import DeviceRegistry, FaultConfig, Sandbox, Storm
 
     registry = DeviceRegistry()
-    registry.add_apns_key(team_id="TEAM123456", key_id="KEY1234567", public_key=ec_public_key)
-    registry.add_apns_device(token_hex, topic="com.apple.mgmt.External.1234")
-    registry.add_apns_device(other_hex, topic="com.apple.mgmt.External.1234", online=False)
+    push_certificate = issue_mdm_push_certificate(registry)  # sandbox.tls: UID = topic, CA registered
+    registry.add_apns_device(token_hex, topic=push_certificate.topic)  # environment="production"
+    registry.add_apns_device(other_hex, topic=push_certificate.topic, environment="development", online=False)
     registry.unregister(dead_hex)                          # APNs 410 Unregistered / FCM 404 UNREGISTERED
     registry.add_fcm_service_account("sa@proj.iam.gserviceaccount.com", rsa_public_key, project_id="proj")
     registry.add_fcm_device(fcm_token, project_id="proj")
@@ -24,8 +24,9 @@ Quick start (async)::
     registry.add_aosp_device(aosp_token, online=False)     # stays in the push's pending_devices
     registry.subscribe(lambda delivery: ...)               # called when a push reaches an online device
 
-    async with Sandbox(registry, apns_faults=FaultConfig(goaway_every_n_streams=500)) as sb:
-        sb.apns_url      # "http://127.0.0.1:PORT" (h2c) or "https://..." with tls=True
+    async with Sandbox(registry, tls=True, apns_faults=FaultConfig(goaway_every_n_streams=500)) as sb:
+        sb.apns_url      # APNs production, "https://127.0.0.1:PORT" ("http://..." h2c without tls)
+        sb.apns_sandbox_url  # APNs development: tokens and certificates work only in their environment
         sb.fcm_url       # f"{sb.fcm_url}/token" and f"{sb.fcm_url}/v1/projects/proj/messages:send"
         sb.aosp_url      # f"{sb.aosp_url}/push?api_key=KEY", f"{sb.aosp_url}/pushes/ID?api_key=KEY"
         sb.apns_faults.start_storm(Storm(reason="ServiceUnavailable", fraction=0.5, duration_s=2.0))
@@ -40,8 +41,10 @@ TLS: ``Sandbox(registry, tls=True)`` makes a throw-away CA and a server certific
 ``127.0.0.1`` and the real service host names; clients trust ``sb.tls.ca_pem``. ALPN selects ``h2``
 (FCM and AOSP: ``http/1.1`` for clients that offer only that).
 APNs client-certificate auth: ``registry.add_apns_client_ca(ca_cert)`` (before start) and
-``registry.add_apns_client_certificate(cert, topics=[...])``; ``sandbox.tls`` has helpers to make keys and
-certificates for tests.
+``registry.add_apns_client_certificate(cert, topics=[...])``; ``sandbox.tls.issue_mdm_push_certificate``
+does both for an MDM push certificate. MDM pushes are accepted only over a client certificate, to its
+subject's UID (``400 TopicDisallowed`` otherwise, a provider token included); provider tokens may send the
+other push types.
 
 Faults (``sandbox.faults``): ``FaultConfig`` is fixed per run (latency ``Latency.fixed(ms)`` /
 ``Latency.uniform(lo, hi)`` / ``Latency.normal(mean, sd)`` with ``seed``; ``error_rates`` by the
