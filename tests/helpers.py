@@ -13,12 +13,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, func, select
 
+from config.settings import Settings
 from models.statuses import Status
 from models.store import deployment_history, get_deployment
 from models.tables import DeploymentEvent
@@ -124,6 +126,24 @@ def answers(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def sandbox_settings(sandbox: Sandbox, directory: Path, **settings: Any) -> Settings:
+    """Settings that point mdmq at a running sandbox (each APNs environment on its own listener), trusting
+    its CA through a file written in `directory`; `settings` adds to them (the database, the broker...)."""
+    ca_file = None
+    if sandbox.tls is not None:
+        ca_file = directory / "sandbox-ca.pem"
+        ca_file.write_bytes(sandbox.tls.ca_pem)
+    return Settings(
+        apns_url=sandbox.apns_url,
+        apns_sandbox_url=sandbox.apns_sandbox_url,
+        fcm_url=sandbox.fcm_url,
+        fcm_token_url=f"{sandbox.fcm_url}/token",
+        aosp_url=sandbox.aosp_url,
+        push_ca_file=str(ca_file) if ca_file else None,
+        **settings,
+    )
 
 
 def sandbox_endpoints(sandbox: Sandbox) -> ProviderEndpoints:

@@ -30,7 +30,6 @@ from sqlmodel import Session, col, func, select
 
 from cli.demo import StoreCheckIn
 from config.app import App
-from config.settings import Settings
 from models.enums import CredentialKind, Platform, Provider, PushEnvironment, TokenState
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
@@ -39,7 +38,7 @@ from models.tables import Deployment, Device, ProviderHold, PushCredential
 from sandbox import DeviceRegistry, Sandbox, SandboxThread
 from sandbox.fleet import Behaviour, Fleet
 from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, make_ca, mdm_topic
-from tests.helpers import wait_until
+from tests.helpers import sandbox_settings, wait_until
 from workers.actors import Actors, declare_actors
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.services.credentials import store_credential
@@ -71,19 +70,8 @@ def scene(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[Scene]:
     right = issue_mdm_push_certificate(registry, topic=topic, ca=authority, days=365)
     other = issue_mdm_push_certificate(registry, topic=mdm_topic(), ca=authority, days=365)
     with SandboxThread(registry, tls=True) as sandbox:
-        assert sandbox.tls is not None
-        ca = tmp_path / "sandbox-ca.pem"
-        ca.write_bytes(sandbox.tls.ca_pem)
-        settings = Settings(
-            database_url=postgres_url,
-            broker_url="stub://",
-            database_pool_size=16,
-            apns_url=sandbox.apns_url,
-            apns_sandbox_url=sandbox.apns_sandbox_url,
-            fcm_url=sandbox.fcm_url,
-            fcm_token_url=f"{sandbox.fcm_url}/token",
-            aosp_url=sandbox.aosp_url,
-            push_ca_file=str(ca),
+        settings = sandbox_settings(
+            sandbox, tmp_path, database_url=postgres_url, broker_url="stub://", database_pool_size=16
         )
         app = App(settings)
         actors = declare_actors(app)

@@ -13,7 +13,6 @@ import asyncio
 import json
 import secrets
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
@@ -21,8 +20,9 @@ import pytest
 from sandbox import DeviceRegistry, FaultConfig, Sandbox
 from sandbox.h2client import ClientResponse
 from sandbox.testing import connect
+from tests.integration.fidelity.expected import Expected, check
 from workers.providers.aosp import AospProvider, PushGone, PushStatus
-from workers.providers.base import HOLDING, Outcome, Push, PushResult, PushType
+from workers.providers.base import Outcome, Push, PushResult, PushType
 from workers.providers.credentials import AospApiKey
 from workers.providers.endpoints import ProviderEndpoints
 
@@ -90,26 +90,6 @@ def raw(registry: DeviceRegistry, target: str, body: dict[str, Any]) -> ClientRe
     return asyncio.run(scenario())
 
 
-@dataclass(frozen=True)
-class Expected:
-    status: int
-    reason: str
-    outcome: Outcome
-
-
-def check(result: PushResult, expected: Expected) -> None:
-    assert (result.status, result.reason, result.outcome) == (
-        expected.status,
-        expected.reason,
-        expected.outcome,
-    )
-    if result.outcome is Outcome.dead_token:
-        assert "API key" in (result.advice or ""), "an ambiguous answer names the admin's fix"
-        assert len(result.advice or "") < 190  # it becomes a hold reason (200-character column)
-    elif result.outcome not in HOLDING:
-        assert result.advice is None
-
-
 # -- send ----------------------------------------------------------------------------------------------------
 
 
@@ -127,7 +107,7 @@ def test_a_failed_token_is_ambiguous(registry: DeviceRegistry) -> None:
     live, unknown = device(registry), secrets.token_hex(11)
     accepted, failed = send(registry, [wake_up("d1", live), wake_up("d2", unknown)])
     assert accepted.outcome is Outcome.accepted
-    check(failed, Expected(200, "failed", Outcome.dead_token))
+    check(failed, Expected(200, "failed", Outcome.dead_token, "API key"))
 
 
 def test_no_recipients_is_ambiguous_for_each_token(registry: DeviceRegistry) -> None:
@@ -135,7 +115,7 @@ def test_no_recipients_is_ambiguous_for_each_token(registry: DeviceRegistry) -> 
     for all of them: dead_token for each."""
     results = send(registry, [wake_up("d1", secrets.token_hex(11)), wake_up("d2", secrets.token_hex(11))])
     for result in results:
-        check(result, Expected(400, "NO_RECIPIENTS", Outcome.dead_token))
+        check(result, Expected(400, "NO_RECIPIENTS", Outcome.dead_token, "API key"))
 
 
 def test_a_wrong_api_key_is_the_credential(registry: DeviceRegistry) -> None:

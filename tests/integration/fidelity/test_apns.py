@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 
 import jwt
 import pytest
@@ -23,10 +22,11 @@ from sandbox import DeviceRegistry, FaultConfig, Sandbox
 from sandbox.h2client import ClientResponse
 from sandbox.testing import MDM_BODY, connect_with_certificate, mdm_headers, reason
 from sandbox.tls import Issued, MdmPushCertificate, issue_mdm_push_certificate
+from tests.integration.fidelity.expected import Expected, check
 from tests.integration.providers.conftest import TOPIC, apns_credential, apns_endpoints, apns_token
 from workers.providers.apns import ApnsProvider
 from workers.providers.apns_reasons import answer_for
-from workers.providers.base import HOLDING, Outcome, Push, PushResult, PushType
+from workers.providers.base import Outcome, Push, PushResult, PushType
 from workers.providers.credentials import ApnsCertificate, ApnsEnvironment
 
 NOT_HEX = "zz" + "ab" * 31
@@ -94,27 +94,6 @@ def raw(
                 await client.close()
 
     return asyncio.run(scenario())
-
-
-@dataclass(frozen=True)
-class Expected:
-    status: int
-    reason: str
-    outcome: Outcome
-    advice: str | None = None  # words the advice must contain
-
-
-def check(result: PushResult, expected: Expected) -> None:
-    assert (result.status, result.reason, result.outcome) == (
-        expected.status,
-        expected.reason,
-        expected.outcome,
-    )
-    if expected.advice is not None:
-        assert expected.advice in (result.advice or ""), result.advice
-    if result.outcome in HOLDING or result.outcome is Outcome.dead_token:
-        assert result.advice, "a holding or ambiguous answer names the admin's fix"
-        assert len(result.advice) < 190  # it becomes a hold reason (200-character column)
 
 
 # -- tokens --------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -25,8 +24,9 @@ from sandbox import DeviceRegistry, FaultConfig, Garbage, GarbageBurst, Sandbox
 from sandbox.fcm import INVALID_TOKEN_MESSAGE
 from sandbox.h2client import ClientResponse
 from sandbox.testing import connect
+from tests.integration.fidelity.expected import Expected, check
 from tests.integration.providers.conftest import CLIENT_EMAIL, PROJECT, private_pem
-from workers.providers.base import HOLDING, CredentialRejected, Outcome, Push, PushResult, PushType
+from workers.providers.base import CredentialRejected, Outcome, Push, PushResult, PushType
 from workers.providers.credentials import FcmServiceAccount
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.fcm import QUOTA_MIN_RETRY_S, FcmProvider
@@ -117,27 +117,6 @@ def raw(
                 await client.close()
 
     return asyncio.run(scenario())
-
-
-@dataclass(frozen=True)
-class Expected:
-    status: int
-    reason: str
-    outcome: Outcome
-    advice: str | None = None  # words the advice must contain
-
-
-def check(result: PushResult, expected: Expected) -> None:
-    assert (result.status, result.reason, result.outcome) == (
-        expected.status,
-        expected.reason,
-        expected.outcome,
-    )
-    if expected.advice is not None:
-        assert expected.advice in (result.advice or ""), result.advice
-    if result.outcome in HOLDING or result.outcome is Outcome.dead_token:
-        assert result.advice, "a holding or ambiguous answer names the admin's fix"
-        assert len(result.advice) < 190  # it becomes a hold reason (200-character column)
 
 
 def google_error(response: ClientResponse) -> tuple[int, str, list[str]]:

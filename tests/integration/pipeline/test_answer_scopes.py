@@ -20,7 +20,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from config.app import App
-from config.settings import Settings
 from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
@@ -29,6 +28,7 @@ from models.tables import Deployment, Device, ProviderHold, PushCredential
 from sandbox import DeviceRegistry, Sandbox, SandboxThread, Storm
 from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topic
 from scheduler.holds import probe_holds_job
+from tests.helpers import sandbox_settings
 from workers.actors import Actors, declare_actors
 from workers.policy import RetryPolicy
 from workers.services.credentials import store_credential
@@ -59,19 +59,7 @@ def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
     right = issue_mdm_push_certificate(registry, topic=topic, days=365)
     other = issue_mdm_push_certificate(registry, topic=mdm_topic(), ca=right.ca, days=365)
     with SandboxThread(registry, tls=True) as sandbox:
-        assert sandbox.tls is not None
-        ca = tmp_path / "sandbox-ca.pem"
-        ca.write_bytes(sandbox.tls.ca_pem)
-        settings = Settings(
-            database_url=postgres_url,
-            broker_url="stub://",
-            apns_url=sandbox.apns_url,
-            apns_sandbox_url=sandbox.apns_sandbox_url,
-            fcm_url=sandbox.fcm_url,
-            fcm_token_url=f"{sandbox.fcm_url}/token",
-            aosp_url=sandbox.aosp_url,
-            push_ca_file=str(ca),
-        )
+        settings = sandbox_settings(sandbox, tmp_path, database_url=postgres_url, broker_url="stub://")
         app = App(settings)
         yield World(registry, declare_actors(app), topic, right, other, sandbox)
         app.close()
