@@ -2,7 +2,7 @@
 
 A token the registry does not know is listed in the answer's `info.failed`; when none is known, the send is
 refused with NO_RECIPIENTS [P-SEND]. The status of a push never made, of another key, or no longer tracked
-(`forget`) is 404 INVALID_PUSH_ID [P-STAT] (the status is not in the pages read: PROVIDERS §5). Pushes are
+(`forget`) is 404 INVALID_PUSH_ID [P-STAT] (the status is not in the pages read: providers.md §5). Pushes are
 otherwise kept for the emulator's lifetime, so a push past its expiration still answers its status.
 
 Open registration (`mdmq sandbox`): any token is a live device, except tokens starting with `failed`, which
@@ -39,7 +39,7 @@ ERROR_STATUS: Mapping[str, int] = {
     "INVALID_PARAM": 400,
     "NO_RECIPIENTS": 400,
     "PAYLOAD_LIMIT_EXCEEDED": 413,
-    "INVALID_PUSH_ID": 404,  # PROVIDERS §5: the status is undocumented
+    "INVALID_PUSH_ID": 404,  # docs/providers.md §5: the status is undocumented
     "NOT_FOUND": 404,
     "RATE_LIMIT_EXCEEDED": 429,
     "INTERNAL_SERVER_ERROR": 500,

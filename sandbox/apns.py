@@ -44,7 +44,7 @@ REASON_STATUS: Mapping[str, int] = {
             "MissingProviderToken",
             "UnrelatedKeyIdInToken",
             "BadEnvironmentKeyIdInToken",
-            "BadEnvironmentKeyInToken",  # 3p: the spelling APNs has been seen to send (PROVIDERS.md §5)
+            "BadEnvironmentKeyInToken",  # 3p: the spelling APNs has been seen to send (docs/providers.md §5)
         ),
         403,
     ),
@@ -250,7 +250,7 @@ def _topic(fields: Mapping[str, str], pusher: Pusher) -> str:
 def _check_mdm_pusher(topic: str, pusher: Pusher) -> None:
     """MDM pushes go only over the customer's push certificate, to its subject's UID [A-MDMPUSH].
 
-    Apple documents no answer for an MDM push over a provider token: TopicDisallowed (PROVIDERS.md §5) is
+    Apple documents no answer for an MDM push over a provider token: TopicDisallowed (docs/providers.md §5) is
     a configuration answer, alike for every device, that cannot pass for a device's. A certificate whose UID
     is not the apns-topic is answered the same way: "pushing to this topic is not allowed" [A-RESP].
     """

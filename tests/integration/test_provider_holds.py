@@ -94,7 +94,8 @@ def test_an_invalidation_is_recorded_and_restored_by_what_an_operator_selects(en
         states = {d.id: d.token_state for d in s.exec(select(Device))}
         assert set(states.values()) == {TokenState.valid}
         restored = s.get(Device, devices[0])
-        assert restored is not None and restored.token_invalid_reason is None
+        assert restored is not None
+        assert restored.token_invalid_reason is None
 
 
 def test_a_hold_is_recorded_probed_on_its_schedule_and_released(engine: Engine) -> None:

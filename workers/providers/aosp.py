@@ -26,7 +26,7 @@ ADVICE_FAILED_TOKENS = (
     "check the key belongs to the devices' app"
 )
 
-# [P-API] [P-SEND] the global error codes, with whose problem each is (PROVIDERS §3).
+# [P-API] [P-SEND] the global error codes, with whose problem each is (docs/providers.md §3).
 _OUTCOME_BY_CODE: Mapping[str, Outcome] = {
     "MISSING_API_KEY": Outcome.credential,
     "INVALID_API_KEY": Outcome.credential,
@@ -186,7 +186,7 @@ def _sent(pushes: list[Push], answer: Mapping[str, Any], sent_at: datetime, ttl_
 
 def _failed(push: Push, push_id: str, sent_at: datetime) -> PushResult:
     """[P-SEND] a token of `info.failed`: not pushed to under this key. Ambiguous: a key of another app
-    fails them all (PROVIDERS §3), so the dispatch judges whose it is."""
+    fails them all (docs/providers.md §3), so the dispatch judges whose it is."""
     return PushResult(
         push.device_id,
         Outcome.dead_token,

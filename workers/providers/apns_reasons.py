@@ -1,6 +1,6 @@
 """APNs answers mapped onto mdmq's outcomes, each with the admin's fix where the answer may be theirs.
 
-Every documented reason is listed with its source key (PROVIDERS.md's Sources): [A-RESP] Apple's "Handling
+Every documented reason is listed with its source key (providers.md's Sources): [A-RESP] Apple's "Handling
 notification responses from APNs", [A-JWT] "Establishing a token-based connection to APNs", [A-MDMPUSH]
 "Setting up push notifications for your device management customers". The raw status and reason always
 travel beside the outcome.

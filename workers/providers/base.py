@@ -13,7 +13,7 @@ class Outcome(StrEnum):
     """What a provider's answer means, by whose problem it is; the raw status and reason travel beside it.
 
     The scope decides what is touched. Getting it wrong either fails what an admin fixes in a minute or,
-    worse, invalidates a whole fleet's tokens (DESIGN §4.3; every answer and its source: PROVIDERS.md).
+    worse, invalidates a whole fleet's tokens (DESIGN §4.3; every answer and its source: docs/providers.md).
     """
 
     accepted = "accepted"

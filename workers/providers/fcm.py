@@ -52,7 +52,7 @@ ADVICE_REFUSED = (
     "may send with FCM (cloudmessaging.messages.create)"
 )
 
-# [F-ERR] [F-CODES] each errorCode of the FcmError detail, with whose problem it is (PROVIDERS §2).
+# [F-ERR] [F-CODES] each errorCode of the FcmError detail, with whose problem it is (docs/providers.md §2).
 _OUTCOME_BY_ERROR_CODE: Mapping[str, Outcome] = {
     "UNREGISTERED": Outcome.permanent,  # [F-ERR] [F-TOK] the app instance is gone
     "SENDER_ID_MISMATCH": Outcome.dead_token,  # [F-ERR] ambiguous: another project's account says it for all

@@ -1,7 +1,7 @@
 """AOSP (Pushy-style) fidelity: each rule of Pushy's API reference, the raw answer and mdmq's reading of it.
 
-Sources (PROVIDERS.md): [P-API] "API Reference (Pushy)", [P-SEND] "Send Notifications API", [P-STAT]
-"Notification Status API"; what those pages leave undocumented cites PROVIDERS.md §5. mdmq's `AospProvider`
+Sources (docs/providers.md): [P-API] "API Reference (Pushy)", [P-SEND] "Send Notifications API", [P-STAT]
+"Notification Status API"; what those pages leave undocumented cites providers.md §5. mdmq's `AospProvider`
 sends every push and polls every status; requests mdmq never makes (no api_key, a TTL over a year) go through
 the sandbox's raw HTTP/2 client. `PushResult.status` and `.reason` are the raw answer off the wire (the
 error `code`, or "failed" for a token of `info.failed`); `.outcome` and `.advice` are mdmq's reading.
@@ -103,7 +103,7 @@ def test_one_request_wakes_many_devices_under_one_push_id(registry: DeviceRegist
 
 def test_a_failed_token_is_ambiguous(registry: DeviceRegistry) -> None:
     """[P-SEND] info.failed lists the tokens not pushed to. A key of another app fails every token, so it is
-    a dead_token answer with the advice to check the key, never a dead device outright (PROVIDERS §3)."""
+    a dead_token answer with the advice to check the key, never a dead device outright (providers.md §3)."""
     live, unknown = device(registry), secrets.token_hex(11)
     accepted, failed = send(registry, [wake_up("d1", live), wake_up("d2", unknown)])
     assert accepted.outcome is Outcome.accepted
@@ -191,7 +191,7 @@ def test_the_status_lists_the_devices_not_reached_yet(registry: DeviceRegistry) 
 
 def test_a_push_no_longer_tracked_is_invalid_push_id_never_a_failure(registry: DeviceRegistry) -> None:
     """[P-STAT] INVALID_PUSH_ID: the id is invalid, of another app, or no longer tracked, which older
-    documents say may mean expired *or* delivered to every device. The emulator answers 404 (PROVIDERS §5);
+    documents say may mean expired *or* delivered to every device. The emulator answers 404 (providers.md §5);
     mdmq raises PushGone, on which the poller stops and decides by the stored expiry."""
     offline = device(registry, online=False)
 
@@ -210,7 +210,7 @@ def test_a_push_no_longer_tracked_is_invalid_push_id_never_a_failure(registry: D
 
 
 def test_the_raw_status_of_an_unknown_push(registry: DeviceRegistry) -> None:
-    """[P-STAT] the raw answer: `{"code": "INVALID_PUSH_ID", "error": ...}`, 404 (PROVIDERS §5)."""
+    """[P-STAT] the raw answer: `{"code": "INVALID_PUSH_ID", "error": ...}`, 404 (docs/providers.md §5)."""
 
     async def scenario() -> ClientResponse:
         async with Sandbox(registry) as sandbox:

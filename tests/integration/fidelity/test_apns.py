@@ -1,6 +1,6 @@
 """APNs fidelity: each rule of Apple's documents, the sandbox's raw answer to it and mdmq's reading of it.
 
-Sources (PROVIDERS.md): [A-RESP] "Handling notification responses from APNs", [A-SEND] "Sending notification
+Sources (providers.md): [A-RESP] "Handling notification responses from APNs", [A-SEND] "Sending notification
 requests to APNs", [A-JWT] "Establishing a token-based connection to APNs", [A-MDMPUSH] "Setting up push
 notifications for your device management customers". mdmq's `ApnsProvider` sends every push here, over TLS
 with the organization's MDM push certificate (subject UID = topic) as mdmq does in production; requests
@@ -224,7 +224,7 @@ def test_an_mdm_push_to_a_topic_other_than_the_certificates_uid(
 def test_an_mdm_push_authorized_by_a_provider_token_is_refused(registry: DeviceRegistry) -> None:
     """MDM has no token-based authentication: "the certificate-based process is the only way to send MDM
     push notifications" [A-MDMPUSH]. Apple documents no answer for the attempt; the emulator says 400
-    TopicDisallowed (PROVIDERS.md §5): a configuration reason, the same for every device, that cannot pass for
+    TopicDisallowed (providers.md §5): a configuration reason, the same for every device, that cannot pass for
     a device's (a BadDeviceToken would invalidate a fleet). mdmq reads it as config, holding the
     organization, and no longer sends it: a .p8 key is refused as an MDM credential."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -307,7 +307,7 @@ def test_each_reason_has_apples_status_and_its_scope(
     faults = FaultConfig(error_rates={expected.reason: 1.0})
     result = send(registry, apns_cert, wake_up(device(registry)), faults)
     check(result, expected)
-    assert result.retry_after_s is None  # [A-RESP] APNs sends no Retry-After (PROVIDERS.md §5)
+    assert result.retry_after_s is None  # [A-RESP] APNs sends no Retry-After (docs/providers.md §5)
 
 
 @pytest.mark.parametrize(
@@ -322,7 +322,7 @@ def test_each_reason_has_apples_status_and_its_scope(
     ],
 )
 def test_an_unknown_reason_never_touches_a_device(status: int, outcome: Outcome) -> None:
-    """PROVIDERS.md §5: reasons Apple may add get a non-device default, never permanent or dead_token.
+    """docs/providers.md §5: reasons Apple may add get a non-device default, never permanent or dead_token.
     (Non-JSON answers are transient: tests/integration/providers/test_garbage.py.)"""
     assert answer_for(status, "SomethingAppleAddsLater").outcome is outcome
     assert answer_for(status, None).outcome is outcome

@@ -1,6 +1,6 @@
 """FCM fidelity: each rule of Google's documents, the sandbox's raw answer to it and mdmq's reading of it.
 
-Sources (PROVIDERS.md): [F-ERR] "ErrorCode (FCM REST v1)", [F-CODES] "FCM Error Codes", [F-TOK] "Best
+Sources (docs/providers.md): [F-ERR] "ErrorCode (FCM REST v1)", [F-CODES] "FCM Error Codes", [F-TOK] "Best
 practices for FCM registration token management", [F-SEND] "Method: projects.messages.send", [F-MSG] "REST
 Resource: projects.messages", [F-TTL] "Set the lifespan of a message", [F-QUOTA] "FCM Throttling and
 Quotas", [G-CODE] "Google API design guide: Errors". mdmq's `FcmProvider` sends every push, with a service
@@ -258,7 +258,7 @@ def test_a_404_without_an_fcm_error_is_the_configuration(
 def test_an_unknown_path_is_an_html_404_the_client_survives(
     registry: DeviceRegistry, account: FcmServiceAccount
 ) -> None:
-    """PROVIDERS §5 (3p: Google's front end answers HTML): an unknown path is a 404 page, not JSON. mdmq's
+    """providers.md §5 (3p: Google's front end answers HTML): an unknown path is a 404 page, not JSON. mdmq's
     client reads it without crashing, as the configuration's."""
     response = raw(registry, account, {"token": device(registry)}, path=f"/v1/projects/{PROJECT}/send")
     assert response.status == 404

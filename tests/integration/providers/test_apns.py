@@ -1,7 +1,7 @@
 """mdmq's APNs client against the APNs emulator over TLS with the MDM push certificate: every outcome class
 and its advice, GOAWAY, limits, timeouts, expired certificates.
 
-Sources (PROVIDERS.md): [A-RESP] "Handling notification responses from APNs", [A-SEND] "Sending notification
+Sources (providers.md): [A-RESP] "Handling notification responses from APNs", [A-SEND] "Sending notification
 requests to APNs", [A-MDMPUSH] "Setting up push notifications for your device management customers". Each
 APNs rule on its own, with the raw answer beside mdmq's reading: tests/integration/fidelity/test_apns.py.
 """

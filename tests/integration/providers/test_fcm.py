@@ -260,7 +260,7 @@ def test_an_html_404_is_survived_as_the_configuration(
         async with Sandbox(registry) as sandbox:
             provider = FcmProvider(fcm_account, endpoints_for(sandbox))
             (before,) = await provider.send([data_push("d1", token)])  # the OAuth token is fetched
-            # Google's front end answers a path it does not serve with an HTML page (PROVIDERS 5).
+            # Google's front end answers a path it does not serve with an HTML page (docs/providers.md §5).
             sandbox.fcm_faults.start_garbage(GarbageBurst(Garbage.html, requests=1, status=404))
             (result,) = await provider.send([data_push("d1", token)])
             await provider.close()

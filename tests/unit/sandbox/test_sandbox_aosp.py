@@ -104,7 +104,7 @@ def test_status_of_unknown_push_or_other_keys_push(world: World) -> None:
         unknown = await status(client, "0" * 24)
         await client.close()
         for response in (other, unknown):
-            # [P-STAT] INVALID_PUSH_ID; its status is undocumented: 404 (PROVIDERS §5)
+            # [P-STAT] INVALID_PUSH_ID; its status is undocumented: 404 (docs/providers.md §5)
             assert (response.status, json.loads(response.body)["code"]) == (404, "INVALID_PUSH_ID")
 
     in_sandbox(world)(body)

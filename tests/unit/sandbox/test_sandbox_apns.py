@@ -1,6 +1,6 @@
 """The APNs emulator over real HTTP/2: each reason Apple documents that a request can trigger.
 
-Sources (PROVIDERS.md): [A-RESP] "Handling notification responses from APNs", [A-SEND] "Sending notification
+Sources (providers.md): [A-RESP] "Handling notification responses from APNs", [A-SEND] "Sending notification
 requests to APNs", [A-JWT] "Establishing a token-based connection to APNs", [A-MDMPUSH] "Setting up push
 notifications for your device management customers". MDM pushes go over TLS with the customer's push
 certificate [A-MDMPUSH]; provider-token (JWT) rules are tried with app notifications over h2c.
@@ -296,7 +296,7 @@ def test_an_mdm_push_to_a_topic_other_than_the_certificates_uid_is_disallowed(
 
 def test_an_mdm_push_authorized_by_a_provider_token_is_refused(world: World) -> None:
     """MDM has no token-based authentication: the certificate is the only way [A-MDMPUSH]. Apple documents
-    no answer for the attempt; the emulator says 400 TopicDisallowed (PROVIDERS.md §5): a configuration
+    no answer for the attempt; the emulator says 400 TopicDisallowed (docs/providers.md §5): a configuration
     reason, alike for every device, that cannot pass for a device's (BadDeviceToken would invalidate a fleet).
     The same key may still push an app notification to the topic."""
 
@@ -531,7 +531,7 @@ def test_connection_tracks_key_id_and_token_updates(world: World) -> None:
     ],
 )
 def test_injected_reasons_answer_with_apples_status(apns: Apns, injected: str, status: int) -> None:
-    # [A-RESP] each reason's :status; APNs sends no Retry-After [A-RESP] (PROVIDERS.md §5).
+    # [A-RESP] each reason's :status; APNs sends no Retry-After [A-RESP] (docs/providers.md §5).
     async def body(sandbox: Sandbox) -> None:
         response = await apns.push(sandbox)
         assert (response.status, reason(response)) == (status, injected)

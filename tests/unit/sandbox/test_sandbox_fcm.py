@@ -319,7 +319,7 @@ def test_an_unknown_path_is_an_html_404(world: World) -> None:
         headers = [("authorization", f"Bearer {token}"), ("content-type", "application/json")]
         response = await client.request("POST", f"/v1/projects/{PROJECT}/message:send", headers, b"{}")
         await client.close()
-        # PROVIDERS §5: Google's front end answers an unknown path with an HTML page
+        # docs/providers.md §5: Google's front end answers an unknown path with an HTML page
         assert response.status == 404
         assert response.headers["content-type"].startswith("text/html")
         assert not response.body.lstrip().startswith(b"{")
