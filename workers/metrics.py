@@ -8,6 +8,8 @@ document (or mdmq's own for a push that got no answer); anything else is its HTT
 
 from __future__ import annotations
 
+import socket
+
 from prometheus_client import Counter
 
 from models.enums import Provider
@@ -53,6 +55,9 @@ CLOCK_SKEW_REFUSALS = Counter(
 
 for _provider in Provider:  # a series at 0 for each, so that the first hold shows in rate()
     HOLDS.labels(_provider.value)
+# This host's series at 0 for the one provider that exchanges credentials (FCM's OAuth), so that its first
+# refusal shows in increase() and the dashboard's panel exists before anything goes wrong.
+CLOCK_SKEW_REFUSALS.labels(Provider.fcm.value, socket.gethostname())
 
 # mdmq's own words for a push that got no answer, beside the providers' documented reasons.
 _OWN_REASONS = frozenset(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from workers.providers.base import Outcome, PushResult
-from workers.services.valve import Valve, Verdict, answer_marks
+from workers.services.valve import SettledWindows, Valve, Verdict, answer_marks
 
 VALVE = Valve(window=200, min_answers=20, dead_share=0.2)
 
@@ -53,3 +53,33 @@ def test_only_answers_that_say_something_about_the_credential_enter_the_window(
     outcome: Outcome, mark: str
 ) -> None:
     assert answer_marks([PushResult("d1", outcome)]) == mark
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_live_answers_to_a_window_known_full_of_them_need_no_write_for_a_while() -> None:
+    clock = Clock()
+    valve = Valve(window=200, settled=SettledWindows(fresh_s=10.0, clock=clock))
+    assert valve.needs_writing("f", "a" * 250), "nothing known yet"
+    valve.settled.read("f", "a" * 200, full=200)
+    assert not valve.needs_writing("f", "a" * 250), "a full window of live answers stays as it is"
+    assert valve.needs_writing("f", "a" * 249 + "d"), "a dead-token answer is always written and judged"
+    assert valve.needs_writing("other", "a"), "per credential"
+    assert not valve.needs_writing("f", ""), "no answer that says anything: nothing to write"
+    clock.now = 10.0
+    assert valve.needs_writing("f", "a"), "trusted for fresh_s only"
+
+
+def test_a_window_not_full_of_live_answers_is_not_settled() -> None:
+    valve = Valve(window=200)
+    valve.settled.read("f", "a" * 199, full=200)
+    assert valve.needs_writing("f", "a"), "not full yet"
+    valve.settled.read("f", "a" * 200, full=200)
+    valve.settled.read("f", "a" * 199 + "d", full=200)
+    assert valve.needs_writing("f", "a"), "a dead-token answer in it: every answer counts again"

@@ -39,6 +39,7 @@ from models.store.dispatch import (
     record_receipts,
 )
 from models.store.holds import (
+    ANSWER_DEAD,
     Invalidation,
     NewHold,
     devices_served,
@@ -172,12 +173,19 @@ def dispatch_chunk(
 
 
 def _judge(session: SessionFactory, group: _Group, valve: Valve) -> None:
-    """The valve's verdict on the group's dead-token answers. With the database away for a moment the
-    pushes are out already: their dead-token answers go again later, undecided, rather than failing the
-    message (which would push every device of the chunk a second time)."""
+    """Add the group's answers to its credential's window and judge its dead-token answers on it. With the
+    database away for a moment the pushes are out already: their dead-token answers go again later,
+    undecided, rather than failing the message (which would push every device of the chunk a second time)."""
+    assert group.credential is not None
+    fingerprint = group.credential.fingerprint
+    marks = answer_marks([w.result for w in group.live if w.result is not None])
+    if not valve.needs_writing(fingerprint, marks):
+        return
     try:
         with session() as s:
-            group.judge_dead_tokens(s, valve)
+            window = record_answers(s, fingerprint=fingerprint, answers=marks, keep=valve.window)
+            valve.settled.read(fingerprint, window, full=valve.window)
+            group.judge_dead_tokens(s, valve, window=window if len(marks) <= valve.window else marks)
     except sa_exc.OperationalError as e:
         log.warning("could not judge dead-token answers (%s): sent again later", type(e).__name__)
         group.undecided()
@@ -311,19 +319,15 @@ class _Group:
         self.hold_reason = answer.advice or fallback
         self.hold_scope, self.hold_answer = answer.outcome, answer
 
-    def judge_dead_tokens(self, s: Session, valve: Valve) -> None:
-        """Add the batch's answers to the credential's window, and judge its dead-token answers on it: the
+    def judge_dead_tokens(self, s: Session, valve: Valve, *, window: str) -> None:
+        """Judge the batch's dead-token answers on the credential's `window` (the batch included): the
         devices' (their tokens are invalidated), the organization's (a hold; no token is touched), or too
         few answers to tell (sent again with the next batch)."""
-        assert self.credential is not None
-        marks = answer_marks([w.result for w in self.live if w.result is not None])
-        window = record_answers(s, fingerprint=self.credential.fingerprint, answers=marks, keep=valve.window)
         dead = [w for w in self.live if w.result is not None and w.result.outcome is Outcome.dead_token]
         if not dead:
             return
-        sample = window if len(marks) <= valve.window else marks
         verdict = valve.judge(
-            sample,
+            window,
             devices_served=lambda n: devices_served(
                 s, organization_id=self.organization_id, provider=self.provider, at_most=n
             ),
@@ -332,8 +336,8 @@ class _Group:
         assert first is not None
         log.warning(
             "%d of %d answers in the credential's window are dead-token answers (%s): %s",
-            sample.count("d"),
-            len(sample),
+            window.count(ANSWER_DEAD),
+            len(window),
             first.reason,
             verdict.value,
         )

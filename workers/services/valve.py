@@ -10,8 +10,10 @@ answers, kept in the database for every worker process and host (`models.store.h
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from models.store.holds import ANSWER_ALIVE, ANSWER_DEAD
@@ -24,11 +26,45 @@ class Verdict(StrEnum):
     undecided = "undecided"  # too few answers to tell: the pushes go again with the next batch
 
 
+class SettledWindows:
+    """Credentials whose window this process last read full of live answers, and when.
+
+    Live answers added to a window full of them leave it as it was, so a batch with no dead-token answer
+    need not be written while the window is known settled: the common case of a rollout, one statement a
+    chunk saved. Should another process have added dead-token answers meanwhile, the live ones left out
+    only make the valve lean to the organization's side, never to invalidating tokens; and the memory is
+    trusted for `fresh_s` only."""
+
+    def __init__(self, *, fresh_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._fresh_s = fresh_s
+        self._clock = clock
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def settled(self, fingerprint: str) -> bool:
+        with self._lock:
+            seen = self._seen.get(fingerprint)
+        return seen is not None and self._clock() - seen < self._fresh_s
+
+    def read(self, fingerprint: str, window: str, *, full: int) -> None:
+        with self._lock:
+            if len(window) >= full and ANSWER_DEAD not in window:
+                self._seen[fingerprint] = self._clock()
+            else:
+                self._seen.pop(fingerprint, None)
+
+
 @dataclass(frozen=True)
 class Valve:
     window: int = 200  # answers of the credential judged, the current batch included
     min_answers: int = 20  # fewer than min(this, devices the credential serves) is too few to judge
     dead_share: float = 0.2  # dead-token answers at this share of the window or more: the organization's
+    settled: SettledWindows = field(default_factory=SettledWindows, compare=False, repr=False)
+
+    def needs_writing(self, fingerprint: str, marks: str) -> bool:
+        """Whether a batch's answers must go to the credential's window: any dead-token answer must, live
+        ones only while the window is not known full of live answers already."""
+        return bool(marks) and (ANSWER_DEAD in marks or not self.settled.settled(fingerprint))
 
     def judge(self, sample: str, *, devices_served: Callable[[int], int]) -> Verdict:
         """`sample`: the window's answers, one character each. `devices_served(n)`: how many devices the
