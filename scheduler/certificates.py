@@ -19,7 +19,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import sentry_sdk
@@ -31,13 +31,14 @@ from sqlmodel import Session, col, select
 from config.app import App
 from models.enums import CertificateSource, CredentialKind, CredentialStatus, Provider
 from models.store.dispatch import hold_for_credential
+from models.store.holds import NewHold, hold_provider
 from models.tables import PushCredential, WatchedCertificate
 from scheduler.lease import still_leading
 from workers.providers.base import CredentialRejected, Outcome, Push, PushType
 from workers.providers.credentials import InvalidCredential
 from workers.providers.rows import credential_from_row
 from workers.push_gateway import PushGateway
-from workers.services.dispatch import PROVIDER_NAMES
+from workers.services.dispatch import HOLD_FIRST_PROBE_S, PROVIDER_NAMES
 
 log = logging.getLogger(__name__)
 # This module sends each alert to Sentry itself, once; its log lines must not become a second event.
@@ -169,9 +170,14 @@ def _apply_to_credential(
     else:
         return 0
     if crossed == 0:
+        reason = hold_reason or what
         held = hold_for_credential(
-            s, organization_id=row.organization_id, provider=row.provider, reason=hold_reason or what
+            s, organization_id=row.organization_id, provider=row.provider, reason=reason
         )
+        # Recorded as the dispatch records its holds, so that the scheduler's one-push probe releases it
+        # when the fix was made elsewhere (a service-account key restored, an API key re-enabled).
+        hold = NewHold(row.organization_id, row.provider, "credential", reason[:500], None, row.fingerprint)
+        hold_provider(s, hold=hold, probe_at=now + timedelta(seconds=HOLD_FIRST_PROBE_S), now=now)
         if held:
             log.error("deployments held: %s", what, extra={"organization": row.organization_id, "held": held})
     return _alert_once(row, crossed, what, source="push_credential", name=name)

@@ -10,7 +10,14 @@ from datetime import datetime, timedelta
 from config.settings import Settings
 from models.enums import Provider
 from models.store.audit import record_audit_event
-from models.store.holds import credential_row, due_probes, probe_device, probe_failed, release_provider
+from models.store.holds import (
+    credential_row,
+    due_probes,
+    probe_device,
+    probe_failed,
+    release_provider,
+    still_held,
+)
 from models.tables import ProviderHold
 from scheduler.lease import still_leading
 from workers.actors import Actors
@@ -100,7 +107,11 @@ def _push(provider: Provider, device: tuple[str, str, str | None]) -> Push:
 
 def _release(actors: Actors, hold: ProviderHold, probe: Probe, now: datetime) -> int:
     with actors.app.session() as s:
-        ids = release_provider(s, organization_id=hold.organization_id, provider=hold.provider, now=now)
+        if not still_held(s, hold=hold, organization_id=hold.organization_id, provider=hold.provider):
+            return 0  # released, or released and held again, while the probe was out
+        ids = release_provider(
+            s, organization_id=hold.organization_id, provider=hold.provider, now=now, held_at=hold.held_at
+        )
         record_audit_event(
             s,
             organization_id=hold.organization_id,

@@ -71,6 +71,8 @@ _OWN_REASONS = frozenset(
         "ProviderError",
         "ClockSkewRefused",
         "credential_replaced",
+        "hold_released",
+        "failed",  # a token the AOSP push service lists in its answer's info.failed
     }
 )
 KNOWN_REASONS = APNS_REASONS | FCM_CODES | AOSP_CODES | _OWN_REASONS

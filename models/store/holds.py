@@ -52,6 +52,12 @@ def record_answers(session: Session, *, fingerprint: str, answers: str, keep: in
     return str(run(session, statement).scalar_one())
 
 
+def answer_window(session: Session, *, fingerprint: str) -> str:
+    """The credential's window as it stands ("" when it has none)."""
+    statement = sa.select(WINDOW.c.answers).where(WINDOW.c.fingerprint == fingerprint)
+    return str(run(session, statement).scalar_one_or_none() or "")
+
+
 def _last(value: str | sa.ColumnElement[str], keep: int, dialect: str) -> sa.ColumnElement[str]:
     text = sa.cast(value, sa.String) if isinstance(value, str) else value
     if dialect == "postgresql":
@@ -114,13 +120,22 @@ def hold_provider(session: Session, *, hold: NewHold, probe_at: datetime, now: d
 
 
 def release_provider(
-    session: Session, *, organization_id: str, provider: Provider, now: datetime | None = None
+    session: Session,
+    *,
+    organization_id: str,
+    provider: Provider,
+    now: datetime | None = None,
+    held_at: datetime | None = None,
 ) -> list[str]:
-    """End the organization's hold for `provider`: its row goes, a credential marked invalid by the hold is
-    valid again, and the held deployments are released; returns their ids for the caller to enqueue."""
-    hold = session.get(ProviderHold, (organization_id, provider))
+    """End the organization's hold for `provider`: its row goes, the credential it was recorded with is valid
+    again if it was marked invalid or revoked (a push went through, or an operator says it will), and the
+    held deployments are released; returns their ids for the caller to enqueue. With `held_at`, only the
+    hold of that time is ended: one that was released and held again since is left standing."""
+    hold = session.get(ProviderHold, (organization_id, provider), with_for_update=True)
+    if held_at is not None and (hold is None or hold.held_at != held_at):
+        return []
     if hold is not None:
-        if hold.scope == "credential" and hold.fingerprint is not None:
+        if hold.fingerprint is not None:
             run(
                 session,
                 sa.update(CREDENTIAL)
@@ -128,13 +143,22 @@ def release_provider(
                     CREDENTIAL.c.organization_id == organization_id,
                     CREDENTIAL.c.provider == provider.value,
                     CREDENTIAL.c.fingerprint == hold.fingerprint,
-                    CREDENTIAL.c.status == CredentialStatus.invalid.value,
+                    CREDENTIAL.c.status.in_([CredentialStatus.invalid.value, CredentialStatus.revoked.value]),
                 )
                 .values(status=CredentialStatus.valid.value, status_reason=None),
             )
         session.delete(hold)
         session.flush()
     return release_holds(session, organization_id=organization_id, provider=provider, now=now)
+
+
+def still_held(session: Session, *, hold: ProviderHold, organization_id: str, provider: Provider) -> bool:
+    """Is the hold read earlier (`hold`) still standing, and the same one (not released and held again)?"""
+    statement = sa.select(HOLD.c.held_at).where(
+        HOLD.c.organization_id == organization_id, HOLD.c.provider == provider.value
+    )
+    held_at = run(session, statement).scalar_one_or_none()
+    return held_at is not None and held_at == hold.held_at
 
 
 def due_probes(session: Session, *, now: datetime, limit: int) -> list[ProviderHold]:

@@ -131,3 +131,23 @@ def test_a_hold_is_recorded_probed_on_its_schedule_and_released(engine: Engine) 
     with Session(engine) as s:
         assert s.exec(select(ProviderHold)).all() == []
         assert {d.hold_reason for d in s.exec(select(Deployment))} == {None}
+
+
+def test_a_release_for_an_earlier_hold_leaves_a_newer_one_standing(engine: Engine) -> None:
+    """The probe tried the hold of `held_at`; if that hold was released and the organization held again
+    while the probe was out, the probe's success says nothing about the new hold."""
+    devices = _devices(engine, 2)
+    now = utcnow()
+    with Session(engine) as s, s.begin():
+        create_deployments(
+            s, organization_id="acme", deployments=[NewDeployment(d, Kind.app) for d in devices]
+        )
+        hold = NewHold("acme", Provider.apns, "config", "held again", None, "f")
+        hold_provider(s, hold=hold, probe_at=now, now=now)
+        hold_for_credential(s, organization_id="acme", provider=Provider.apns, reason=hold.reason)
+    with Session(engine) as s, s.begin():
+        earlier = now - timedelta(minutes=5)
+        assert release_provider(s, organization_id="acme", provider=Provider.apns, held_at=earlier) == []
+    with Session(engine) as s, s.begin():
+        assert s.exec(select(ProviderHold)).one().reason == "held again"
+        assert len(release_provider(s, organization_id="acme", provider=Provider.apns, held_at=now)) == 2

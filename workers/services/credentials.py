@@ -190,9 +190,12 @@ def _guard_topic(
     actor: str,
     now: datetime,
 ) -> None:
-    """`TopicChange` when the stored APNs credential's topic differs from the candidate's, unless `force`;
-    a forced change is recorded."""
-    if existing is None or existing.topic is None or candidate.topic is None:
+    """`TopicChange` when the stored APNs push certificate's topic differs from the candidate's, unless
+    `force`; a forced change is recorded. A stored .p8 key's topic was typed, never one devices enrolled
+    with (MDM takes certificates only): replacing it changes no enrollment."""
+    if existing is None or existing.kind is not CredentialKind.apns_certificate:
+        return
+    if existing.topic is None or candidate.topic is None:
         return
     if existing.topic == candidate.topic:
         return

@@ -42,16 +42,18 @@ from models.store.holds import (
     ANSWER_DEAD,
     Invalidation,
     NewHold,
+    answer_window,
     devices_served,
     hold_provider,
     invalidate_tokens,
     provider_holds,
     record_answers,
+    still_held,
 )
 from models.store.organizations import retry_overrides
 from models.tables import ProviderHold, PushCredential
 from models.types import utcnow
-from workers.metrics import HOLDS, TOKENS_INVALIDATED, count_answers
+from workers.metrics import HOLDS, TOKENS_INVALIDATED, count_answers, reason_label
 from workers.policy import KindPolicy, Policies, RetryPolicy, backoff_s
 from workers.providers.base import CredentialRejected, Outcome, ProviderError, Push, PushResult, PushType
 from workers.providers.credentials import Credential, InvalidCredential
@@ -135,7 +137,7 @@ def dispatch_chunk(
     for group in groups:
         if group.sent:  # the credential's window, in a short transaction: every worker adds to it at once
             with group.logged():
-                _judge(session, group, valve)
+                _judge(session, group, valve, first_try=failures == 0)
     for group in groups:
         if group.hold_reason is not None:  # in a transaction of its own: the credential row, then the holds
             with group.logged(), session() as s:
@@ -172,20 +174,31 @@ def dispatch_chunk(
     return summary
 
 
-def _judge(session: SessionFactory, group: _Group, valve: Valve) -> None:
-    """Add the group's answers to its credential's window and judge its dead-token answers on it. With the
-    database away for a moment the pushes are out already: their dead-token answers go again later,
-    undecided, rather than failing the message (which would push every device of the chunk a second time)."""
+def _judge(session: SessionFactory, group: _Group, valve: Valve, *, first_try: bool) -> None:
+    """Add the group's answers to its credential's window and judge its dead-token answers on it.
+
+    A retry (`first_try` False) sends again what an earlier try could not settle, often to the same
+    devices: its dead-token answers are judged with the window but not written to it, or one device retried
+    twenty times would count as twenty devices and hold its organization. With the database away for a
+    moment the pushes are out already: the dead-token answers go again later, undecided, rather than
+    failing the message (which would push every device of the chunk a second time)."""
     assert group.credential is not None
     fingerprint = group.credential.fingerprint
     marks = answer_marks([w.result for w in group.live if w.result is not None])
+    written = marks if first_try else marks.replace(ANSWER_DEAD, "")
     if not valve.needs_writing(fingerprint, marks):
         return
     try:
         with session() as s:
-            window = record_answers(s, fingerprint=fingerprint, answers=marks, keep=valve.window)
+            window = (
+                record_answers(s, fingerprint=fingerprint, answers=written, keep=valve.window)
+                if written
+                else answer_window(s, fingerprint=fingerprint)
+            )
             valve.settled.read(fingerprint, window, full=valve.window)
-            group.judge_dead_tokens(s, valve, window=window if len(marks) <= valve.window else marks)
+            unwritten = ANSWER_DEAD * (marks.count(ANSWER_DEAD) - written.count(ANSWER_DEAD))
+            sample = window + unwritten if len(marks) <= valve.window else marks
+            group.judge_dead_tokens(s, valve, window=sample)
     except sa_exc.OperationalError as e:
         log.warning("could not judge dead-token answers (%s): sent again later", type(e).__name__)
         group.undecided()
@@ -221,7 +234,7 @@ def _record(
         record_receipts(s, receipts=receipts, repush_at=repush_at)
         summary.retry = _retry(
             s,
-            [w for g in groups for w in g.live],
+            [w for g in groups if g.hold_reason is None for w in g.live],
             policies=policies,
             failures=failures + 1,
             now=now,
@@ -360,13 +373,19 @@ class _Group:
         pushes come back as a transient failure, to go out with the new one."""
         assert self.hold_reason is not None
         fingerprint = self.credential.fingerprint if self.credential is not None else None
-        if not credential_unchanged(
+        replaced = not credential_unchanged(
             s, organization_id=self.organization_id, provider=self.provider, fingerprint=fingerprint
-        ):
+        )
+        released = self.standing is not None and not still_held(
+            s, hold=self.standing, organization_id=self.organization_id, provider=self.provider
+        )
+        if replaced or released:  # the batch goes again, with the new credential or unheld
             self.hold_reason = None
             for wake in self.live:
                 wake.result = PushResult(
-                    wake.target.device_id, Outcome.transient, reason="credential replaced"
+                    wake.target.device_id,
+                    Outcome.transient,
+                    reason="credential replaced" if replaced else "hold released",
                 )
             return
         _hold(s, self, summary=summary, probe_at=probe_at)
@@ -451,7 +470,7 @@ def _write_results(
     dead = by_outcome[Outcome.permanent] + by_outcome[Outcome.dead_token]
     fingerprint = group.credential.fingerprint if group.credential is not None else None
     invalidate_tokens(s, invalidations=[_token_invalid(w, fingerprint, now) for w in dead])
-    for reason, count in Counter(w.result.reason or "rejected" for w in dead if w.result).items():
+    for reason, count in Counter(reason_label(w.result) for w in dead if w.result).items():
         TOKENS_INVALIDATED.labels(group.organization_id, provider.value, reason).inc(count)
     _undeliverable(s, provider, dead, "push_token_rejected", "rejected the device token", summary=summary)
     rejected = by_outcome[Outcome.payload_rejected]
@@ -558,7 +577,7 @@ def _hold(s: Session, group: _Group, *, summary: DispatchSummary, probe_at: date
             provider,
             group.hold_scope.value,
             reason,
-            answer.reason if answer is not None else None,
+            answer.reason[:64] if answer is not None and answer.reason else None,
             credential.fingerprint,
         )
         hold_provider(s, hold=hold, probe_at=probe_at, now=utcnow())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,10 +22,14 @@ from sqlmodel import Session, select
 
 from config.app import App
 from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
+from models.ids import new_id
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
+from models.store.dispatch import hold_for_credential
+from models.store.holds import NewHold, hold_provider, release_provider
 from models.tables import Deployment, Device, ProviderHold, PushCredential
+from models.types import utcnow
 from sandbox import DeviceRegistry, Sandbox, SandboxThread, Storm
 from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topic
 from scheduler.holds import probe_holds_job
@@ -256,3 +261,113 @@ def test_a_refused_certificate_is_marked_invalid_and_released_when_it_works_agai
 
     assert _credential(world).status is CredentialStatus.valid
     assert _dispatch(world, ids).accepted == 10
+
+
+def test_one_device_retried_again_and_again_never_holds_its_organization(world: World) -> None:
+    """An undecided dead-token answer goes again with the retries, to the same device: each retry is
+    judged on the window but adds nothing to it, so twenty-five retries of one device are still one answer
+    of one device, not twenty-five. Once the credential's other devices have answered, the next retry
+    judges it the device's own."""
+    _upload(world, world.right, PushEnvironment.production)
+    others = _fleet(world, 55)
+    chunk = _fleet(world, 4)
+    [stray] = _fleet(world, 1, topic=mdm_topic())
+    first = _dispatch(world, [*chunk, stray])
+    assert first.retry is not None
+    assert first.retry.deployment_ids == [stray]
+
+    for failures in range(1, 26):  # as the delayed retries carry it
+        again = dispatch_chunk(
+            world.app.session, world.app.gateway, [stray], policy=POLICY, failures=failures
+        )
+        assert again.held == 0
+        assert again.retry is not None
+        assert again.retry.deployment_ids == [stray]
+    assert _hold(world) is None
+    assert _invalid_tokens(world) == []
+
+    assert _dispatch(world, others).accepted == 55
+    last = dispatch_chunk(world.app.session, world.app.gateway, [stray], policy=POLICY, failures=26)
+    assert last.retry is None
+    [dead] = _invalid_tokens(world)
+    assert dead.token_invalid_reason == "DeviceTokenNotForTopic"
+    assert _hold(world) is None
+
+
+def test_a_hold_released_while_a_chunk_was_in_flight_is_not_made_again(world: World) -> None:
+    """The chunk read a standing hold; before it held its deployments, the probe (or an operator) released
+    it. The chunk goes again, unheld, rather than holding them under no hold the probe knows of."""
+    _upload(world, world.right, PushEnvironment.production)
+    ids = _fleet(world, 5)
+    now = utcnow()
+    with world.app.session() as s:
+        hold = NewHold(ORG, Provider.apns, "config", "held for the test", "TopicDisallowed", "f")
+        hold_provider(s, hold=hold, probe_at=now, now=now)
+    calls = 0
+
+    @contextmanager
+    def releasing_before_the_hold() -> Iterator[Session]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # after the claim, before the hold's own transaction
+            with world.app.session() as s:
+                release_provider(s, organization_id=ORG, provider=Provider.apns)
+        with world.app.session() as s:
+            yield s
+
+    summary = dispatch_chunk(releasing_before_the_hold, world.app.gateway, ids, policy=POLICY)
+
+    assert summary.held == 0
+    assert summary.retry is not None
+    assert sorted(summary.retry.deployment_ids) == sorted(ids)
+    assert {d.hold_reason for d in _deployments(world)} == {None}
+    assert _hold(world) is None
+    assert _dispatch(world, ids).accepted == 5
+
+
+def test_a_revoked_credential_that_works_again_is_released_and_stays_released(world: World) -> None:
+    """The certificate watch marks a refused credential revoked and holds its organization; once the fix is
+    made elsewhere, the probe's push goes through and the credential is valid again, so the next dispatch
+    sends instead of holding anew."""
+    _upload(world, world.right, PushEnvironment.production)
+    ids = _fleet(world, 5)
+    now = utcnow()
+    with world.app.session() as s:
+        credential = s.exec(select(PushCredential)).one()
+        credential.status = CredentialStatus.revoked
+        s.add(credential)
+        hold = NewHold(ORG, Provider.apns, "credential", "refused at the check", None, credential.fingerprint)
+        hold_provider(s, hold=hold, probe_at=now, now=now)
+        hold_for_credential(s, organization_id=ORG, provider=Provider.apns, reason=hold.reason)
+
+    assert probe_holds_job(world.actors, now) == 1
+
+    assert _credential(world).status is CredentialStatus.valid
+    assert _dispatch(world, ids).accepted == 5
+
+
+def test_a_stored_token_key_is_replaced_by_a_certificate_without_a_topic_change(world: World) -> None:
+    """A stored .p8 key's topic was typed, never one devices enrolled with: uploading the organization's
+    MDM push certificate in its place is no topic change (no 409)."""
+    with world.app.session() as s:
+        ensure_organization(s, organization_id=ORG)
+        s.add(
+            PushCredential(
+                id=new_id(),
+                organization_id=ORG,
+                provider=Provider.apns,
+                kind=CredentialKind.apns_token,
+                secret="-",
+                fingerprint="-",
+                topic="com.example.agent",
+            )
+        )
+    with world.app.session() as s:
+        stored = store_credential(
+            s,
+            organization_id=ORG,
+            provider=Provider.apns,
+            kind=CredentialKind.apns_certificate,
+            secret=world.right.pem_bundle,
+        )
+    assert stored.credential.topic == world.topic
