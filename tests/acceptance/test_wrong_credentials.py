@@ -10,7 +10,8 @@ fails. The right credential releases them and every deployment completes. One ge
 999 good ones is invalidated alone, with its reason and the credential's fingerprint.
 
 Each scenario prints its figures (`-s` shows them): tokens invalidated, deployments held, and the time from
-the right credential's upload to every deployment Completed.
+the right credential's upload to every deployment Completed, beside the control's: the same rollout with the
+right credential from the start, from creation to every deployment Completed.
 """
 
 from __future__ import annotations
@@ -274,3 +275,24 @@ def test_one_dead_token_among_999_good_ones_is_invalidated_alone(scene: Scene) -
     assert (dead.token_invalid_reason, dead.token_invalid_status) == ("DeviceTokenNotForTopic", 400)
     assert dead.token_invalid_fingerprint == credential.fingerprint
     print(json.dumps({"scenario": "one dead token among 999", "tokens_invalidated": tally.invalid_tokens}))
+
+
+def test_with_the_right_certificate_from_the_start_nothing_is_held_and_all_complete(scene: Scene) -> None:
+    """The control beside the scenarios: the same rollout with the right credential from the start. Its
+    time is the baseline for the scenarios' time from the right credential to every deployment Completed."""
+    _upload(scene, _certificate(scene.right, PushEnvironment.production))
+    with _fleet(scene, Platform.ios, apns_environment="production") as fleet:
+        started = time.monotonic()
+        _roll_out(scene, fleet)
+        wait_until(lambda: _all_completed(scene), SETTLE_S, "every deployment Completed")
+        took_s = time.monotonic() - started
+    tally = Tally.of(scene.app.engine)
+    assert (tally.held, tally.invalid_tokens) == (0, 0)
+    print(
+        json.dumps(
+            {
+                "scenario": "the right certificate from the start",
+                "rollout_to_all_completed_s": round(took_s, 2),
+            }
+        )
+    )
