@@ -14,7 +14,7 @@ import typer
 from cli.ops import EXIT_NOTHING, EXIT_USAGE, Json, _app, _emit, console
 from models.enums import Provider
 from models.store.audit import record_audit_event
-from models.store.holds import held_providers, release_provider, restore_tokens
+from models.store.holds import provider_holds, release_provider, restore_tokens
 from workers.actors import declare_actors
 
 devices = typer.Typer(no_args_is_help=True, help="Devices and their push tokens.")
@@ -29,8 +29,8 @@ def release(org: OrgOption, provider: ProviderOption, as_json: Json = False) -> 
     app = _app()
     try:
         with app.session() as s:
-            holds = held_providers(s, organization_id=org)
-            reason = next((h.reason for h in holds if h.provider is provider), None)
+            hold = provider_holds(s, organization_ids={org}).get((org, provider))
+            reason = hold.reason if hold is not None else None
             ids = release_provider(s, organization_id=org, provider=provider)
             if reason is not None or ids:
                 record_audit_event(

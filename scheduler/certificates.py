@@ -30,15 +30,15 @@ from sqlmodel import Session, col, select
 
 from config.app import App
 from models.enums import CertificateSource, CredentialKind, CredentialStatus, Provider
-from models.store.dispatch import hold_for_credential
+from models.store.dispatch import PushTarget, hold_for_credential
 from models.store.holds import NewHold, hold_provider
 from models.tables import PushCredential, WatchedCertificate
 from scheduler.lease import still_leading
-from workers.providers.base import CredentialRejected, Outcome, Push, PushType
+from workers.providers.base import CredentialRejected, Outcome, Push
 from workers.providers.credentials import InvalidCredential
 from workers.providers.rows import credential_from_row
 from workers.push_gateway import PushGateway
-from workers.services.dispatch import HOLD_FIRST_PROBE_S, PROVIDER_NAMES
+from workers.services.dispatch import HOLD_FIRST_PROBE_S, PROVIDER_NAMES, wake_up
 
 log = logging.getLogger(__name__)
 # This module sends each alert to Sentry itself, once; its log lines must not become a second event.
@@ -125,10 +125,9 @@ def _check_credential(gateway: PushGateway, row: PushCredential) -> Verdict:
 
 
 def _probe(provider: Provider) -> Push:
-    token = _PROBE_TOKENS[provider]
-    if provider is Provider.apns:
-        return Push("credential-check", token=token, push_magic="credential-check")
-    return Push("credential-check", token=token, push_type=PushType.data, payload={"action": "checkin"})
+    return wake_up(
+        PushTarget("credential-check", provider, _PROBE_TOKENS[provider], "credential-check", True)
+    )
 
 
 def _apply_to_credential(

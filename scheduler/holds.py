@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from config.settings import Settings
-from models.enums import Provider
 from models.store.audit import record_audit_event
+from models.store.dispatch import push_credential
 from models.store.holds import (
-    credential_row,
     due_probes,
     probe_device,
     probe_failed,
@@ -21,9 +20,10 @@ from models.store.holds import (
 from models.tables import ProviderHold
 from scheduler.lease import still_leading
 from workers.actors import Actors
-from workers.providers.base import Outcome, ProviderError, Push, PushType
+from workers.providers.base import Outcome, ProviderError
 from workers.providers.credentials import InvalidCredential
 from workers.providers.rows import credential_from_row
+from workers.services.dispatch import wake_up
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def backoff_s(failures: int, settings: Settings) -> float:
 def _probe(actors: Actors, hold: ProviderHold) -> Probe:
     app = actors.app
     with app.session() as s:
-        row = credential_row(s, organization_id=hold.organization_id, provider=hold.provider)
+        row = push_credential(s, organization_id=hold.organization_id, provider=hold.provider)
         device = probe_device(s, organization_id=hold.organization_id, provider=hold.provider)
     if row is None:
         return Probe(False, "no credential stored")
@@ -90,7 +90,7 @@ def _probe(actors: Actors, hold: ProviderHold) -> Probe:
         return Probe(False, "no device with a valid token to try")
     try:
         credential = credential_from_row(row)
-        [result] = app.gateway.send(hold.organization_id, credential, [_push(hold.provider, device)])
+        [result] = app.gateway.send(hold.organization_id, credential, [wake_up(device)])
     except InvalidCredential as e:
         return Probe(False, f"credential unusable: {e}")
     except (ProviderError, TimeoutError) as e:
@@ -98,20 +98,12 @@ def _probe(actors: Actors, hold: ProviderHold) -> Probe:
     return Probe(result.outcome in _WORKING, result.reason or result.outcome.value)
 
 
-def _push(provider: Provider, device: tuple[str, str, str | None]) -> Push:
-    device_id, token, push_magic = device
-    if provider is Provider.apns:
-        return Push(device_id, token=token, push_magic=push_magic)
-    return Push(device_id, token=token, push_type=PushType.data, payload={"action": "checkin"})
-
-
 def _release(actors: Actors, hold: ProviderHold, probe: Probe, now: datetime) -> int:
     with actors.app.session() as s:
+        # Released, or released and held again, while the probe was out: this try says nothing of it.
         if not still_held(s, hold=hold, organization_id=hold.organization_id, provider=hold.provider):
-            return 0  # released, or released and held again, while the probe was out
-        ids = release_provider(
-            s, organization_id=hold.organization_id, provider=hold.provider, now=now, held_at=hold.held_at
-        )
+            return 0
+        ids = release_provider(s, organization_id=hold.organization_id, provider=hold.provider, now=now)
         record_audit_event(
             s,
             organization_id=hold.organization_id,

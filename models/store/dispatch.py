@@ -141,6 +141,17 @@ def push_credentials(
     return {(row.organization_id, row.provider): row for row in rows}
 
 
+def push_credential(
+    session: Session, *, organization_id: str, provider: Provider, lock: bool = False
+) -> PushCredential | None:
+    """The organization's credential for `provider`, or None; `lock` holds its row till the end of the
+    transaction (an upload against another at the same moment)."""
+    statement = select(PushCredential).where(
+        PushCredential.organization_id == organization_id, PushCredential.provider == provider
+    )
+    return session.exec(statement.with_for_update() if lock else statement).first()
+
+
 def record_receipts(
     session: Session, *, receipts: Sequence[NewReceipt], repush_at: Mapping[str, datetime]
 ) -> None:

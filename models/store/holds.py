@@ -16,8 +16,8 @@ from sqlmodel import Session, SQLModel, col, select
 
 from models.enums import CredentialStatus, Provider, TokenState
 from models.store._sql import DEVICE, dialect_of, run
-from models.store.dispatch import release_holds
-from models.tables import ProviderHold, PushCredential
+from models.store.dispatch import PushTarget, release_holds
+from models.tables import ProviderHold
 from models.types import utcnow
 
 WINDOW = SQLModel.metadata.tables["push_answer_window"]
@@ -120,20 +120,12 @@ def hold_provider(session: Session, *, hold: NewHold, probe_at: datetime, now: d
 
 
 def release_provider(
-    session: Session,
-    *,
-    organization_id: str,
-    provider: Provider,
-    now: datetime | None = None,
-    held_at: datetime | None = None,
+    session: Session, *, organization_id: str, provider: Provider, now: datetime | None = None
 ) -> list[str]:
     """End the organization's hold for `provider`: its row goes, the credential it was recorded with is valid
     again if it was marked invalid or revoked (a push went through, or an operator says it will), and the
-    held deployments are released; returns their ids for the caller to enqueue. With `held_at`, only the
-    hold of that time is ended: one that was released and held again since is left standing."""
+    held deployments are released; returns their ids for the caller to enqueue."""
     hold = session.get(ProviderHold, (organization_id, provider), with_for_update=True)
-    if held_at is not None and (hold is None or hold.held_at != held_at):
-        return []
     if hold is not None:
         if hold.fingerprint is not None:
             run(
@@ -153,9 +145,12 @@ def release_provider(
 
 
 def still_held(session: Session, *, hold: ProviderHold, organization_id: str, provider: Provider) -> bool:
-    """Is the hold read earlier (`hold`) still standing, and the same one (not released and held again)?"""
-    statement = sa.select(HOLD.c.held_at).where(
-        HOLD.c.organization_id == organization_id, HOLD.c.provider == provider.value
+    """Is the hold read earlier (`hold`) still standing, and the same one (not released and held again)?
+    Locks its row till the end of the transaction: a release waits for what the caller does on the answer."""
+    statement = (
+        sa.select(HOLD.c.held_at)
+        .where(HOLD.c.organization_id == organization_id, HOLD.c.provider == provider.value)
+        .with_for_update()
     )
     held_at = run(session, statement).scalar_one_or_none()
     return held_at is not None and held_at == hold.held_at
@@ -189,11 +184,8 @@ def probe_failed(
     session.flush()
 
 
-def probe_device(
-    session: Session, *, organization_id: str, provider: Provider
-) -> tuple[str, str, str | None] | None:
-    """A device to try one push to: (id, token, push magic) of the most recently seen device with a valid
-    token."""
+def probe_device(session: Session, *, organization_id: str, provider: Provider) -> PushTarget | None:
+    """A device to try one push to: the most recently seen of the organization's with a valid token."""
     c = DEVICE.c
     statement = (
         sa.select(c.id, c.push_token, c.push_magic)
@@ -206,14 +198,7 @@ def probe_device(
         .limit(1)
     )
     row = run(session, statement).first()
-    return None if row is None else (row.id, row.push_token, row.push_magic)
-
-
-def credential_row(session: Session, *, organization_id: str, provider: Provider) -> PushCredential | None:
-    statement = select(PushCredential).where(
-        PushCredential.organization_id == organization_id, PushCredential.provider == provider
-    )
-    return session.exec(statement).first()
+    return None if row is None else PushTarget(row.id, provider, row.push_token, row.push_magic, True)
 
 
 # -- invalidated tokens ----------------------------------------------------------------------------------
@@ -302,8 +287,7 @@ def restore_tokens(
 # -- what is held ---------------------------------------------------------------------------------------
 
 
-def held_providers(session: Session, *, organization_id: str | None = None) -> Sequence[ProviderHold]:
+def held_providers(session: Session) -> Sequence[ProviderHold]:
+    """Every hold, by organization and provider."""
     statement = select(ProviderHold).order_by(col(ProviderHold.organization_id), col(ProviderHold.provider))
-    if organization_id is not None:
-        statement = statement.where(ProviderHold.organization_id == organization_id)
     return list(session.exec(statement))

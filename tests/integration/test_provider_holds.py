@@ -24,6 +24,7 @@ from models.store.holds import (
     record_answers,
     release_provider,
     restore_tokens,
+    still_held,
 )
 from models.tables import Deployment, Device, ProviderHold
 from models.types import utcnow
@@ -133,9 +134,10 @@ def test_a_hold_is_recorded_probed_on_its_schedule_and_released(engine: Engine) 
         assert {d.hold_reason for d in s.exec(select(Deployment))} == {None}
 
 
-def test_a_release_for_an_earlier_hold_leaves_a_newer_one_standing(engine: Engine) -> None:
-    """The probe tried the hold of `held_at`; if that hold was released and the organization held again
-    while the probe was out, the probe's success says nothing about the new hold."""
+def test_an_earlier_hold_is_not_the_one_standing_after_a_release_and_a_new_hold(engine: Engine) -> None:
+    """The probe tried the hold of its `held_at`; if that hold was released and the organization held again
+    while the probe was out, the probe's success says nothing about the new hold: it is not still held,
+    and the new hold stands until its own try."""
     devices = _devices(engine, 2)
     now = utcnow()
     with Session(engine) as s, s.begin():
@@ -145,9 +147,14 @@ def test_a_release_for_an_earlier_hold_leaves_a_newer_one_standing(engine: Engin
         hold = NewHold("acme", Provider.apns, "config", "held again", None, "f")
         hold_provider(s, hold=hold, probe_at=now, now=now)
         hold_for_credential(s, organization_id="acme", provider=Provider.apns, reason=hold.reason)
+    tried = ProviderHold(
+        organization_id="acme", provider=Provider.apns, scope="config", reason="held first", held_at=now
+    )
     with Session(engine) as s, s.begin():
-        earlier = now - timedelta(minutes=5)
-        assert release_provider(s, organization_id="acme", provider=Provider.apns, held_at=earlier) == []
+        tried.held_at = now - timedelta(minutes=5)
+        assert not still_held(s, hold=tried, organization_id="acme", provider=Provider.apns)
     with Session(engine) as s, s.begin():
         assert s.exec(select(ProviderHold)).one().reason == "held again"
-        assert len(release_provider(s, organization_id="acme", provider=Provider.apns, held_at=now)) == 2
+        tried.held_at = now
+        assert still_held(s, hold=tried, organization_id="acme", provider=Provider.apns)
+        assert len(release_provider(s, organization_id="acme", provider=Provider.apns)) == 2

@@ -9,11 +9,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from models.enums import CredentialKind, CredentialStatus, Provider, PushEnvironment
 from models.ids import new_id
 from models.store.audit import record_audit_event
+from models.store.dispatch import push_credential
 from models.store.holds import release_provider, restore_tokens
 from models.tables import PushCredential
 from models.types import utcnow
@@ -143,11 +144,8 @@ def store_credential(
     )
     material = credential_from_row(candidate, stored=False)
     candidate.topic, candidate.project_id = _read_back(material, given_topic=topic)
-    existing = session.exec(
-        select(PushCredential)
-        .where(PushCredential.organization_id == organization_id, PushCredential.provider == provider)
-        .with_for_update()  # two uploads at once: the second judges the topic against the first's
-    ).first()
+    # Locked: of two uploads at once, the second judges the topic against the first's.
+    existing = push_credential(session, organization_id=organization_id, provider=provider, lock=True)
     _guard_topic(session, existing, candidate, force=force, actor=actor, now=now)
     not_after = material.not_after if isinstance(material, ApnsCertificate) else None
     status = _status(not_after, now)

@@ -438,7 +438,9 @@ def _send_all(gateway: PushGateway, groups: list[_Group]) -> None:
                 sending.append((group, credential))
     if not sending:
         return
-    batches = [(g.organization_id, credential, [_push(w) for w in g.live]) for g, credential in sending]
+    batches = [
+        (g.organization_id, credential, [wake_up(w.target) for w in g.live]) for g, credential in sending
+    ]
     try:
         answers = gateway.send_all(batches)
     except TimeoutError as e:
@@ -448,8 +450,9 @@ def _send_all(gateway: PushGateway, groups: list[_Group]) -> None:
             group.answered(answer)
 
 
-def _push(wake: Wake) -> Push:
-    target = wake.target
+def wake_up(target: PushTarget) -> Push:
+    """The push that wakes a device: an MDM wake-up with its PushMagic for Apple devices, a check-in data
+    message for the others. Dispatches, the hold probe and the credential check send the same one."""
     if target.provider is Provider.apns:
         return Push(target.device_id, token=target.token, push_magic=target.push_magic)
     return Push(target.device_id, token=target.token, push_type=PushType.data, payload={"action": "checkin"})
