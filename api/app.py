@@ -16,7 +16,7 @@ from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
 from api.limits import BodyLimit
 from api.metrics import RequestMetrics
-from config.app import App
+from workers.app import App
 from models.enums import Provider
 from models.tables import Deployment, Device, PushReceipt
 from workers.actors import declare_actors

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from api.errors import ENTITY_NOT_FOUND, INVALID_TOKEN, NO_AUTH_TOKEN, PERMISSION_DENIED, ApiError
-from config.app import App
+from workers.app import App
 from models.ids import ID_PATTERN, ORGANIZATION_ID_PATTERN
 from models.store.tokens import find_token
 

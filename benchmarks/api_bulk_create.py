@@ -25,7 +25,7 @@ import uvicorn
 
 from api.app import create_app
 from benchmarks._postgres import scratch_database
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.enums import Platform
 from models.store import ensure_organization

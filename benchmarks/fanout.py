@@ -54,7 +54,7 @@ from cli.demo import (
     settings_environment,
     store_credentials,
 )
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.enums import Platform
 from models.statuses import TERMINAL, Kind

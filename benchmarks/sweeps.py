@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from benchmarks._postgres import scratch_database
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.enums import Platform
 from models.statuses import Kind, Status

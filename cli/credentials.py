@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from config import load_settings
-from config.app import App
+from workers.app import App
 from models.enums import CredentialKind, Provider, PushEnvironment
 from models.ids import is_organization_id
 from models.store import ensure_organization

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlmodel import Session
 
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.enums import CredentialKind, Platform, Provider, PushEnvironment
 from models.migrations.runner import upgrade

@@ -99,7 +99,7 @@ def token_create(
     ],
 ) -> None:
     """Create an API token and print it, once, as the last line: only its hash is stored."""
-    from config.app import App
+    from workers.app import App
     from models.ids import is_organization_id
     from models.store import ensure_organization
     from models.store.tokens import create_token

@@ -19,7 +19,7 @@ from rich.table import Table
 from sqlmodel import Session, col, func, select
 
 from config import load_settings
-from config.app import App
+from workers.app import App
 from models.enums import Actor
 from models.ids import is_id
 from models.statuses import Kind, Status

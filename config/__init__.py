@@ -1,4 +1,4 @@
-"""Settings, logging and the composition root that builds mdmq's parts from them."""
+"""The bottom layer: settings, logging, Sentry and the base of mdmq's errors."""
 
 from config.settings import Settings, SettingsError, load_settings
 

@@ -8,6 +8,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlmodel import Session
+
+__all__ = ["Engine", "Session", "create_engine"]
 
 
 def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import start_http_server
 
-from config.app import App
+from workers.app import App
 from config.logging import configure_logging
 from config.sentry import init_sentry
 from scheduler.runner import Scheduler

@@ -28,7 +28,7 @@ from prometheus_client import Gauge
 from sentry_sdk.integrations.logging import ignore_logger
 from sqlmodel import Session, col, select
 
-from config.app import App
+from workers.app import App
 from models.enums import CertificateSource, CredentialKind, CredentialStatus, Provider
 from models.store.dispatch import PushTarget, hold_for_credential
 from models.store.holds import NewHold, hold_provider

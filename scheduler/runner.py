@@ -16,7 +16,7 @@ from prometheus_client import Counter, Gauge
 from sentry_sdk.crons import capture_checkin
 from sqlmodel import SQLModel
 
-from config.app import App
+from workers.app import App
 from config.logging import log_context
 from models.store._sql import run
 from models.types import utcnow

@@ -14,7 +14,7 @@ from typing import Any
 
 import dramatiq
 
-from config.app import App
+from workers.app import App
 from config.logging import ids_field, log_context
 from models.reports import UnknownReport, parse_report
 from models.store import NewDeployment, create_deployments

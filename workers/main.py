@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from config.app import App
+from workers.app import App
 from config.logging import configure_logging
 from config.sentry import init_sentry
 from workers.actors import declare_actors

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 import dramatiq
 from sqlalchemy import exc as sa_exc
 
-from config.app import App
+from workers.app import App
 from workers.services.dispatch import dispatch_chunk
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import pytest
 import redis
 import requests
 
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.migrations.runner import is_current
 from tests.helpers import answers, free_ports, scraped, wait_until

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from cli.demo import StoreCheckIn
-from config.app import App
+from workers.app import App
 from models.enums import CredentialKind, Platform, Provider, PushEnvironment, TokenState
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization

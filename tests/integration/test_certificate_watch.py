@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.enums import CredentialKind, CredentialStatus, Provider, PushEnvironment
 from models.statuses import Kind

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.enums import CertificateSource, CredentialKind, Provider
 from models.ids import new_id

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.enums import CredentialKind, Platform, Provider
 from models.statuses import Kind, Status

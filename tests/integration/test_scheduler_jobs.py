@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.migrations.runner import upgrade
 from models.statuses import Kind, Status

@@ -11,7 +11,7 @@ import pytest
 import sentry_sdk
 from sqlmodel import Session, select
 
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.migrations.runner import upgrade
 from models.tables import SchedulerRun

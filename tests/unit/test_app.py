@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from config.app import App
+from workers.app import App
 from config.settings import load_settings
 from models.migrations.runner import upgrade
 from models.store import ensure_organization

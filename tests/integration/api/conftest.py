@@ -12,7 +12,7 @@ import uvicorn
 from sqlalchemy.engine import Engine
 
 from api.app import create_app
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from tests.helpers import wait_until
 

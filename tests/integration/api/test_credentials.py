@@ -12,7 +12,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlmodel import select
 
-from config.app import App
+from workers.app import App
 from models.enums import Platform, Provider
 from models.statuses import Kind
 from models.store import NewDeployment, create_deployments, ensure_organization

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from config.app import App
+from workers.app import App
 from models.enums import Platform
 from models.ids import new_id
 from models.statuses import Status

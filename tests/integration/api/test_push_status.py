@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from config.app import App
+from workers.app import App
 from models.enums import Platform, Provider
 from models.ids import new_id
 from models.statuses import Kind

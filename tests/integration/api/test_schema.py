@@ -9,7 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from config.app import App
+from workers.app import App
 from models.store import ensure_organization
 from models.store.tokens import create_token
 from tests.integration.api.conftest import Client

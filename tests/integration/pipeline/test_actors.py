@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.statuses import Kind, Status
 from models.store import get_deployment

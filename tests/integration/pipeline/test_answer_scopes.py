@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from config.app import App
+from workers.app import App
 from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
 from models.ids import new_id
 from models.statuses import Kind, Status

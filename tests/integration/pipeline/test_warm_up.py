@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session, func, select
 
-from config.app import App
+from workers.app import App
 from config.settings import Settings
 from models.statuses import Kind, Status
 from models.tables import Deployment, DeploymentEvent, PushReceipt
