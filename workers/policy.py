@@ -12,12 +12,13 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from config.errors import MdmqError
 from models.statuses import Kind
 
 _DAY = 86_400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KindPolicy:
     max_postpones: int  # the NotNow / agent-not-started report that makes this many fails the deployment
     deadline_s: float  # from creation; past it an unfinished deployment fails
@@ -29,15 +30,47 @@ class KindPolicy:
 
 
 DEFAULTS: Mapping[Kind, KindPolicy] = {
-    Kind.profile: KindPolicy(12, 3 * _DAY, 300, 4 * 3600, 8, 600, 6 * 3600),
-    Kind.app: KindPolicy(12, 3 * _DAY, 300, 4 * 3600, 8, 600, 6 * 3600),
+    Kind.profile: KindPolicy(
+        max_postpones=12,
+        deadline_s=3 * _DAY,
+        postpone_first_s=300,
+        postpone_max_s=4 * 3600,
+        max_pushes=8,
+        push_first_s=600,
+        push_max_s=6 * 3600,
+    ),
+    Kind.app: KindPolicy(
+        max_postpones=12,
+        deadline_s=3 * _DAY,
+        postpone_first_s=300,
+        postpone_max_s=4 * 3600,
+        max_pushes=8,
+        push_first_s=600,
+        push_max_s=6 * 3600,
+    ),
     # A lock or wipe of a lost phone is retried fast and given up early: the admin must know soon.
-    Kind.security_action: KindPolicy(0, 1 * _DAY, 60, 600, 12, 60, 1800),
-    Kind.message: KindPolicy(0, 7 * _DAY, 300, 3600, 6, 900, 6 * 3600),
+    Kind.security_action: KindPolicy(
+        max_postpones=0,
+        deadline_s=1 * _DAY,
+        postpone_first_s=60,
+        postpone_max_s=600,
+        max_pushes=12,
+        push_first_s=60,
+        push_max_s=1800,
+    ),
+    Kind.message: KindPolicy(
+        max_postpones=0,
+        deadline_s=7 * _DAY,
+        postpone_first_s=300,
+        postpone_max_s=3600,
+        max_pushes=6,
+        push_first_s=900,
+        push_max_s=6 * 3600,
+    ),
 }
 
 
-class InvalidPolicy(ValueError):
+class InvalidPolicy(MdmqError, ValueError):
     """An organization's retry policy override is not valid."""
 
 

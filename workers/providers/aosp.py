@@ -42,12 +42,7 @@ _OUTCOME_BY_CODE: Mapping[str, Outcome] = {
 KNOWN_CODES = frozenset(_OUTCOME_BY_CODE) | {"failed", "INVALID_PUSH_ID"}
 
 
-class PushNotFound(ProviderError):
-    """The push service could not tell where this push stands (an answer other than a status or
-    INVALID_PUSH_ID); the receipt is polled again later."""
-
-
-class PushGone(PushNotFound):
+class PushGone(ProviderError):
     """[P-STAT] INVALID_PUSH_ID: the service no longer tracks this push. Older documents say a push is
     dropped once expired *or* delivered to every device, so this is no failure: the caller stops polling
     and decides by the expiry it stored."""
@@ -96,7 +91,7 @@ class AospProvider:
         return results
 
     async def poll(self, push_id: str) -> PushStatus:
-        """The delivery status of one push. Raises PushGone (no longer tracked), PushNotFound or
+        """The delivery status of one push. Raises PushGone (no longer tracked), ProviderError (no status) or
         ConnectionFailed."""
         path = b"/pushes/" + quote(push_id, safe="").encode() + self._key_query
         try:
@@ -108,7 +103,7 @@ class AospProvider:
         if answer.get("code") == "INVALID_PUSH_ID":  # [P-STAT] invalid, expired, or delivered to all
             raise PushGone(f"push {push_id}: INVALID_PUSH_ID")
         if response.status != 200 or not isinstance(push, dict):
-            raise PushNotFound(f"push {push_id}: {answer.get('code') or response.status}")
+            raise ProviderError(f"push {push_id}: {answer.get('code') or response.status}")
         pending = [token for token in push.get("pending_devices") or () if isinstance(token, str)]
         return PushStatus(
             push_id, len(pending), _time(push.get("date")), _time(push.get("expiration")), tuple(pending)

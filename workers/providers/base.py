@@ -8,6 +8,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from config.errors import MdmqError
+
 
 class Outcome(StrEnum):
     """What a provider's answer means, by whose problem it is; the raw status and reason travel beside it.
@@ -79,7 +81,7 @@ class PushResult:
     expires_at: datetime | None = None
 
 
-class ProviderError(Exception):
+class ProviderError(MdmqError):
     """The push provider could not be used."""
 
 

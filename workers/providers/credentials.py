@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from config.errors import MdmqError
+
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
 
@@ -35,7 +37,7 @@ MDM_NEEDS_CERTIFICATE = (
 _PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 
 
-class InvalidCredential(ValueError):
+class InvalidCredential(MdmqError, ValueError):
     """The credential material cannot be used; the message names the field, never its value."""
 
 

@@ -9,8 +9,8 @@ import secrets
 import pytest
 
 from sandbox import DeviceRegistry, FaultConfig, Sandbox, Storm
-from workers.providers.aosp import ADVICE_FAILED_TOKENS, AospProvider, PushGone, PushNotFound
-from workers.providers.base import Outcome, Push, PushType
+from workers.providers.aosp import ADVICE_FAILED_TOKENS, AospProvider, PushGone
+from workers.providers.base import Outcome, ProviderError, Push, PushType
 from workers.providers.credentials import AospApiKey
 from workers.providers.endpoints import ProviderEndpoints
 
@@ -182,7 +182,7 @@ def test_a_push_no_longer_tracked_raises_push_gone(registry: DeviceRegistry, aos
                 await provider.poll(result.push_id)
             await provider.close()
         assert tracked.pending_devices == 1
-        # [P-STAT] INVALID_PUSH_ID: expired, or (older documents) delivered to all: a PushNotFound of its own
-        assert isinstance(gone.value, PushNotFound)
+        # [P-STAT] INVALID_PUSH_ID: expired, or (older documents) delivered to all: a ProviderError of its own
+        assert isinstance(gone.value, ProviderError)
 
     asyncio.run(scenario())
