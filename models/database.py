@@ -6,11 +6,24 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
 
-__all__ = ["Engine", "Session", "create_engine"]
+__all__ = ["DATABASE_ERRORS", "Engine", "Session", "create_engine", "is_connection_error"]
+
+# What the database layer raises, for code outside models/ to catch without importing SQLAlchemy:
+# `except DATABASE_ERRORS as e:`.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.SQLAlchemyError,)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when the database could not be reached or the connection was lost: a later try may succeed.
+    False for an error a retry would repeat (a constraint, a bad statement)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError))
 
 
 def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:

@@ -7,10 +7,9 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
 
-from sqlmodel import Session
-
+from models.batches import IDS_PER_STATEMENT, chunked
+from models.database import Session
 from models.statuses import Kind
-from models.store._sql import IDS_PER_STATEMENT, chunked
 from models.store.sweeps import Due, mark_enqueued, unmark_enqueued
 from models.types import utcnow
 

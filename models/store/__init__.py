@@ -4,6 +4,7 @@ Functions take the session first and keyword-only arguments after it. They never
 transaction, so that a job writing several tables writes them all or none.
 """
 
+from models.store._sql import lock_deployments
 from models.store.deployments import (
     NewDeployment,
     UnknownDevices,
@@ -37,5 +38,6 @@ __all__ = [
     "deployment_history",
     "ensure_organization",
     "get_deployment",
+    "lock_deployments",
     "transition",
 ]

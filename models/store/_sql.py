@@ -1,21 +1,31 @@
-"""Small helpers shared by the store modules."""
+"""Small helpers shared by the store modules; private to models/store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import CursorResult, Row
 from sqlmodel import Session, SQLModel
 
 import models.tables  # noqa: F401  (registers the tables on the metadata)
+from models.batches import IDS_PER_STATEMENT, chunked
 
-T = TypeVar("T")
-
-# Ids per IN (...) list: far under SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
-IDS_PER_STATEMENT = 5_000
+__all__ = [
+    "DEPLOYMENT",
+    "DEVICE",
+    "EVENT",
+    "IDS_PER_STATEMENT",
+    "chunked",
+    "dialect_of",
+    "in_id_order",
+    "lock_deployments",
+    "one_of",
+    "run",
+    "update_deployments",
+]
 
 DEPLOYMENT = SQLModel.metadata.tables["deployment"]
 EVENT = SQLModel.metadata.tables["deployment_event"]
@@ -31,32 +41,51 @@ def run(
 
 
 def one_of(session: Session, column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
-    """`column IN values`. On PostgreSQL, `column = ANY(:values)`: one array parameter, where an IN list is a
-    parameter per value. psycopg parses a statement of more than 50 parameters anew each time, and in the
-    100,000-deployment fan-out those parses were a sixth of a worker's CPU; with one parameter it is parsed
-    once and reused."""
+    """`column IN values`. On PostgreSQL, `column = ANY(:values)`: one array parameter, so that the statement
+    is parsed once and reused whatever the number of values (psycopg parses anew a statement of more than
+    50 parameters)."""
     if dialect_of(session) == "postgresql":
         return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(values)
 
 
 def in_id_order(session: Session, where: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
-    """`where`, for an UPDATE of deployments that may touch many rows: the rows are locked first, in id order.
-
-    Two multi-row UPDATEs that lock the same rows in different orders (one walks the primary key, the other
-    the heap) deadlock on PostgreSQL; every such UPDATE here takes its locks in one order instead.
+    """`where`, for an UPDATE of deployments that may touch many rows: the rows are locked first, in id order,
+    so that two such UPDATEs never deadlock on PostgreSQL.
 
     The locking SELECT is an ARRAY(...) sub-select, which PostgreSQL runs once, before the UPDATE, whatever
-    plan it picks. As `id IN (SELECT … FOR UPDATE)` it was a join, and when the statistics said few rows
-    matched, the planner made it a nested loop that ran the SELECT again for every row: 5,000 ids cost
-    12.5 million row locks, 30 s and more, and the writers behind them timed out. The UPDATE needs no second
-    test of `where`: a row another writer changed before it was locked is tested again on its new version
-    by the lock, and kept only if it still matches. SQLite has one writer and no row locks: there it is
-    just `where`."""
+    plan it picks (`id IN (SELECT … FOR UPDATE)` may become a nested loop that locks again for every row).
+    The UPDATE needs no second test of `where`: a row changed by another writer before it was locked is
+    tested again on its new version by the lock. SQLite has one writer and no row locks: there it is just
+    `where`."""
     if dialect_of(session) == "sqlite":
         return where
     locked = sa.select(DEPLOYMENT.c.id).where(where).order_by(DEPLOYMENT.c.id).with_for_update()
     return DEPLOYMENT.c.id == sa.any_(sa.func.array(locked.scalar_subquery()))
+
+
+def update_deployments(
+    session: Session,
+    *,
+    ids: Sequence[str],
+    where: sa.ColumnElement[bool] | None = None,
+    values: Mapping[str, Any],
+    returning: Sequence[sa.ColumnElement[Any]] = (),
+) -> list[Row[Any]]:
+    """UPDATE the deployments `ids` that also match `where`, a batch of ids per statement, each batch's rows
+    locked in id order first (`in_id_order`); the `returning` columns of the updated rows."""
+    c = DEPLOYMENT.c
+    updated: list[Row[Any]] = []
+    for batch in chunked(list(dict.fromkeys(ids)), IDS_PER_STATEMENT):
+        matches = one_of(session, c.id, batch)
+        if where is not None:
+            matches = sa.and_(matches, where)
+        statement = sa.update(DEPLOYMENT).where(in_id_order(session, matches)).values(dict(values))
+        if returning:
+            updated += run(session, statement.returning(*returning)).all()
+        else:
+            run(session, statement)
+    return updated
 
 
 def lock_deployments(session: Session, *, ids: Sequence[str]) -> None:
@@ -71,11 +100,6 @@ def lock_deployments(session: Session, *, ids: Sequence[str]) -> None:
             .order_by(DEPLOYMENT.c.id)
         )
         run(session, locked.with_for_update())
-
-
-def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def dialect_of(session: Session) -> str:

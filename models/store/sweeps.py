@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from models.statuses import Kind, Status
-from models.store._sql import DEPLOYMENT, IDS_PER_STATEMENT, chunked, in_id_order, one_of, run
+from models.store._sql import DEPLOYMENT, IDS_PER_STATEMENT, chunked, one_of, run, update_deployments
 
 c = DEPLOYMENT.c
 
@@ -74,40 +74,28 @@ def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime, redeli
     """Handed to the broker: the relay leaves them alone from now on, and the re-push sweep takes them again
     at `redeliver_at` should the message never be answered (the broker lost it, the worker died). A re-push
     time already ahead (a push answered meanwhile) stands."""
-    for batch in chunked(list(ids), IDS_PER_STATEMENT):
-        pending = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
-        statement = (
-            sa.update(DEPLOYMENT)
-            .where(
-                in_id_order(
-                    session,
-                    sa.and_(
-                        one_of(session, c.id, batch),
-                        c.status == Status.queued.value,
-                        sa.or_(c.enqueued_at.is_(None), pending),
-                    ),
-                )
-            )
-            .values(
-                enqueued_at=sa.func.coalesce(c.enqueued_at, now),
-                next_attempt_at=sa.case((pending, redeliver_at), else_=c.next_attempt_at),
-            )
-        )
-        run(session, statement)
+    pending = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
+    update_deployments(
+        session,
+        ids=ids,
+        where=sa.and_(c.status == Status.queued.value, sa.or_(c.enqueued_at.is_(None), pending)),
+        values={
+            "enqueued_at": sa.func.coalesce(c.enqueued_at, now),
+            "next_attempt_at": sa.case((pending, redeliver_at), else_=c.next_attempt_at),
+        },
+    )
 
 
 def unmark_enqueued(session: Session, *, ids: Sequence[str]) -> None:
     """Created as enqueued (`create_deployments(redeliver_after_s=…)`), but their messages never reached the
     broker: the relay is to enqueue them once the broker is back. Only those not claimed since (a message
     that did reach a worker pushed them)."""
-    for batch in chunked(list(ids), IDS_PER_STATEMENT):
-        statement = sa.update(DEPLOYMENT).where(
-            in_id_order(
-                session,
-                sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value, c.pushed_at.is_(None)),
-            )
-        )
-        run(session, statement.values(enqueued_at=None, next_attempt_at=None))
+    update_deployments(
+        session,
+        ids=ids,
+        where=sa.and_(c.status == Status.queued.value, c.pushed_at.is_(None)),
+        values={"enqueued_at": None, "next_attempt_at": None},
+    )
 
 
 def clear_repush(session: Session, *, ids: Sequence[str], now: datetime, redeliver_at: datetime) -> None:
@@ -115,8 +103,9 @@ def clear_repush(session: Session, *, ids: Sequence[str], now: datetime, redeliv
     again only at `redeliver_at`, should the message it sends be lost (the dispatch that pushes them sets
     the real re-push time). Only while still Queued: a device that reported NotNow since the sweep read the
     row has a retry time of its own, which must stand."""
-    for batch in chunked(list(ids), IDS_PER_STATEMENT):
-        statement = sa.update(DEPLOYMENT).where(
-            in_id_order(session, sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value))
-        )
-        run(session, statement.values(enqueued_at=now, next_attempt_at=redeliver_at))
+    update_deployments(
+        session,
+        ids=ids,
+        where=c.status == Status.queued.value,
+        values={"enqueued_at": now, "next_attempt_at": redeliver_at},
+    )

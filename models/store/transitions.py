@@ -17,7 +17,7 @@ from models import metrics
 from models.enums import Actor
 from models.reports import Report, targets_for
 from models.statuses import OPS_RETRY_FROM, STATUSES, TERMINAL, Kind, Status, allowed_sources
-from models.store._sql import DEPLOYMENT, EVENT, IDS_PER_STATEMENT, chunked, in_id_order, one_of, run
+from models.store._sql import DEPLOYMENT, EVENT, IDS_PER_STATEMENT, chunked, one_of, run, update_deployments
 from models.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -168,14 +168,11 @@ def _apply(
         fits = sa.and_(
             fits, sa.or_(table.c.last_report_at.is_(None), table.c.last_report_at <= move.reported_at)
         )
-    statement = (
-        sa.update(table)
-        .where(in_id_order(session, sa.and_(one_of(session, table.c.id, batch), fits)))
-        .values(_new_values(move, kinds, effects, now))
-        # `previous_status` is SET from the old `status`, so RETURNING hands back both sides of the move.
-        .returning(table.c.id, table.c.kind, table.c.previous_status, table.c.status)
+    # `previous_status` is SET from the old `status`, so RETURNING hands back both sides of the move.
+    returning = (table.c.id, table.c.kind, table.c.previous_status, table.c.status)
+    rows = update_deployments(
+        session, ids=batch, where=fits, values=_new_values(move, kinds, effects, now), returning=returning
     )
-    rows = run(session, statement).all()
     return [Applied(row.id, Kind(row.kind), Status(row.previous_status), Status(row.status)) for row in rows]
 
 

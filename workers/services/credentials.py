@@ -9,8 +9,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlmodel import Session
-
+from models.database import Session
 from models.enums import CredentialKind, CredentialStatus, Provider, PushEnvironment
 from models.ids import new_id
 from models.store.audit import record_audit_event

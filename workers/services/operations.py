@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlmodel import Session
-
+from models.database import Session
 from models.enums import Actor
 from models.statuses import Status
 from models.store import Move, TransitionResult, transition

@@ -10,13 +10,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session
-
+from models.database import Session
 from models.enums import Actor
 from models.reports import Report
 from models.statuses import Status
-from models.store import Effects, ErrorInfo, Move, TransitionResult, get_deployment, transition
-from models.store._sql import lock_deployments
+from models.store import (
+    Effects,
+    ErrorInfo,
+    Move,
+    TransitionResult,
+    get_deployment,
+    lock_deployments,
+    transition,
+)
 from models.tables import Deployment, Organization
 from models.types import utcnow
 from workers.policy import KindPolicy, RetryPolicy, next_attempt_at

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlmodel import Session
-
+from models.database import Session
 from models.enums import Actor
 from models.statuses import Status
-from models.store import Effects, ErrorInfo, Move, transition
-from models.store._sql import lock_deployments
+from models.store import Effects, ErrorInfo, Move, lock_deployments, transition
 from models.store.organizations import retry_overrides
 from models.store.sweeps import Due, clear_repush, due_postponed, due_repush, never_enqueued
 from workers.policy import Policies, RetryPolicy
