@@ -4,7 +4,6 @@ device, receipts, dead tokens, held credentials, storms retried later, redeliver
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -385,17 +384,17 @@ def test_answers_are_recorded_when_the_database_comes_back_not_pushed_again(
 
 def test_a_chunk_sends_to_each_provider_at_once_not_in_turn(engine: Engine) -> None:
     """A chunk of iPhones and AOSP devices waits for its slowest provider, not for each in turn: both
-    emulators hold their answers 2 s, and the second device still gets its push while the first's answer
-    is held. Sent in turn, the second push would leave only after the first answer, 2 s or more later."""
+    emulators hold their answers 2 s after a push reaches its device, and the second push reaches its
+    device while the first's answer is still held. Sent in turn, it would leave only after that answer."""
     registry = DeviceRegistry()
     keys = register_credentials(registry)
     iphone, aosp = secrets.token_hex(32), secrets.token_hex(16)
     registry.add_apns_device(iphone, topic=APNS_TOPIC, environment="development")
     registry.add_aosp_device(aosp)
-    delivered: dict[str, float] = {}
+    delivered: dict[str, float] = {}  # token -> when the emulator delivered the push (its own record)
 
     def arrived(delivery: Delivery) -> None:
-        delivered.setdefault(delivery.token, time.monotonic())
+        delivered.setdefault(delivery.token, delivery.delivered_at)
 
     registry.subscribe(arrived)
     with Session(engine) as s, s.begin():
@@ -414,7 +413,6 @@ def test_a_chunk_sends_to_each_provider_at_once_not_in_turn(engine: Engine) -> N
     with _running(registry, apns_faults=held, aosp_faults=held) as (_, gateway):
         summary = dispatch_chunk(sessions(engine), gateway, ids, policy=POLICY)
     assert (summary.pushes, summary.accepted) == (2, 2)
-    apart_s = abs(delivered[iphone] - delivered[aosp])
-    assert apart_s < held_s / 2, (
-        f"the second push left {apart_s:.2f} s after the first: it waited for its answer"
-    )
+    first, second = sorted(delivered[token] for token in (iphone, aosp))
+    # The first answer left no sooner than `held_s` after the first delivery.
+    assert second < first + held_s, "the second push reached its device only after the first's answer"

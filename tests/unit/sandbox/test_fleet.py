@@ -827,12 +827,7 @@ def test_no_token_or_push_magic_in_a_repr_or_a_log_line(
     assert_no_secret(fleet, caplog.text)
 
 
-def test_100_000_devices_are_cheap() -> None:
-    started = time.perf_counter()
-    fleet = Fleet(DeviceRegistry(), seed=100, size=100_000)
-    elapsed_s = time.perf_counter() - started
-    del fleet
-
+def test_100_000_devices_fit_in_100_mb() -> None:
     tracemalloc.start()
     try:
         fleet = Fleet(DeviceRegistry(), seed=100, size=100_000)
@@ -840,10 +835,8 @@ def test_100_000_devices_are_cheap() -> None:
     finally:
         tracemalloc.stop()
 
-    print(f"100,000 devices: {elapsed_s:.2f} s, {kept_mb:.1f} MB with their registry")
     assert len(fleet.devices) == 100_000
-    assert elapsed_s < 5.0
-    assert kept_mb < 100
+    assert kept_mb < 100, f"100,000 devices keep {kept_mb:.1f} MB with their registry"
 
 
 @pytest.fixture(autouse=True)

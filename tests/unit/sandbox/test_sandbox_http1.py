@@ -252,7 +252,7 @@ def test_latency_delays_each_answer_and_holds_pipelined_ones(world: World) -> No
         started = time.monotonic()
         sock.sendall(http1_request("POST", f"/push?api_key={AOSP_KEY}", PUSH) * 2)
         assert [read_answer(reader)[0] for _ in range(2)] == [200, 200]
-        assert 0.3 <= time.monotonic() - started < 3.0  # one connection answers in order
+        assert time.monotonic() - started >= 0.3  # one connection answers in order: 150 ms, then 150 ms
 
 
 def test_close_answers_the_request_in_flight_with_connection_close(world: World) -> None:
