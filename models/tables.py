@@ -302,3 +302,10 @@ class ApiToken(SQLModel, table=True):
     permissions: list[str] = Field(default_factory=list, sa_type=JSON)
     created_at: datetime = _created()
     revoked_at: datetime | None = _ts()
+
+
+def table_of(model: type[SQLModel]) -> sa.Table:
+    """The model's Core table, for set-based statements: the store's, and tests that arrange rows."""
+    table = model.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table=True models, untyped
+    assert isinstance(table, sa.Table)
+    return table

@@ -24,16 +24,11 @@ from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, SQLModel
-
-from models.store._sql import dialect_of, run
+from models.database import DATABASE_ERRORS, Session
+from models.store.lease import holds_lease, release_lease, take_lease
 from models.types import utcnow
 
 log = logging.getLogger(__name__)
-
-LEASE = SQLModel.metadata.tables["scheduler_lease"]
 
 # Whether this process still leads: the runner sets it for each job run, and a job asks before every page
 # (or provider call), so that a leader that lost its lease mid-run stops there. Outside the runner (tests,
@@ -86,8 +81,10 @@ class Lease:
         was_leading = self.leading()
         try:
             with self.session() as s:
-                won = self._upsert(s, utcnow())
-        except sa.exc.SQLAlchemyError as e:
+                now = utcnow()
+                expires_at = now + timedelta(seconds=self.ttl_s)
+                won = take_lease(s, name=self.name, holder=self.holder, now=now, expires_at=expires_at)
+        except DATABASE_ERRORS as e:
             log.warning("scheduler lease %r not renewed: %s", self.name, type(e).__name__)
             return self.leading()
         if won:
@@ -111,38 +108,11 @@ class Lease:
         self._valid_until = 0.0
         try:
             with self.session() as s:
-                run(
-                    s,
-                    sa.update(LEASE)
-                    .where(LEASE.c.name == self.name, LEASE.c.holder == self.holder)
-                    .values(expires_at=utcnow()),
-                )
-        except sa.exc.SQLAlchemyError as e:
+                release_lease(s, name=self.name, holder=self.holder, now=utcnow())
+        except DATABASE_ERRORS as e:
             log.warning("scheduler lease %r not released: %s", self.name, type(e).__name__)
 
     def confirm(self, session: Session, now: datetime) -> bool:
         """In the caller's transaction: does the row still name this process, unexpired? A job checks this
         before it records its run, so that a leader that was paused past its lease never runs one."""
-        statement = sa.select(LEASE.c.holder, LEASE.c.expires_at).where(LEASE.c.name == self.name)
-        row = run(session, statement).first()
-        return row is not None and row.holder == self.holder and row.expires_at > now
-
-    def _upsert(self, session: Session, now: datetime) -> bool:
-        """Insert the row, or take it over where it is ours or expired; one statement, so two schedulers
-        asking at once cannot both win."""
-        insert = postgresql.insert if dialect_of(session) == "postgresql" else sqlite.insert
-        expires = now + timedelta(seconds=self.ttl_s)
-        statement = insert(LEASE).values(
-            name=self.name, holder=self.holder, acquired_at=now, expires_at=expires
-        )
-        ours = statement.excluded.holder == LEASE.c.holder
-        upsert = statement.on_conflict_do_update(
-            index_elements=[LEASE.c.name],
-            set_={
-                "holder": statement.excluded.holder,
-                "acquired_at": sa.case((ours, LEASE.c.acquired_at), else_=statement.excluded.acquired_at),
-                "expires_at": statement.excluded.expires_at,
-            },
-            where=sa.or_(ours, LEASE.c.expires_at <= now),
-        )
-        return run(session, upsert.returning(LEASE.c.holder)).first() is not None
+        return holds_lease(session, name=self.name, holder=self.holder, now=now)

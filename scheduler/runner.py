@@ -10,24 +10,20 @@ from datetime import UTC
 from types import FrameType
 
 import sentry_sdk
-import sqlalchemy as sa
 from apscheduler.schedulers.blocking import BlockingScheduler
 from prometheus_client import Counter, Gauge
 from sentry_sdk.crons import capture_checkin
-from sqlmodel import SQLModel
 
-from workers.app import App
 from config.logging import log_context
-from models.store._sql import run
+from models.store.runs import finish_run, start_run
 from models.types import utcnow
 from scheduler import gauges
 from scheduler.jobs import JOBS, Job
 from scheduler.lease import STILL_LEADING, Lease
 from workers.actors import declare_actors
+from workers.app import App
 
 log = logging.getLogger(__name__)
-
-RUNS = SQLModel.metadata.tables["scheduler_run"]
 
 LEADER = Gauge("mdmq_scheduler_leader", "1 while this scheduler process holds the leader lease, else 0.")
 # `scheduler_job`, not `job`: Prometheus gives every target a `job` label of its own.
@@ -112,12 +108,7 @@ class Scheduler:
                 LEADER.set(0)
                 gauges.clear()
                 return False
-            run_id = run(
-                s,
-                sa.insert(RUNS)
-                .values(job=job.name, holder=self.lease.holder, started_at=started)
-                .returning(RUNS.c.id),
-            ).scalar_one()
+            run_id = start_run(s, job=job.name, holder=self.lease.holder, started_at=started)
         check_in = _check_in(job.name, "in_progress")
         clock = time.monotonic()
         work, error = None, None
@@ -132,8 +123,7 @@ class Scheduler:
             STILL_LEADING.reset(leading)
         seconds = time.monotonic() - clock
         with self.app.session() as s:
-            values = {"finished_at": utcnow(), "ok": error is None, "work": work, "error": error}
-            run(s, sa.update(RUNS).where(RUNS.c.id == run_id).values(**values))
+            finish_run(s, run_id=run_id, finished_at=utcnow(), work=work, error=error)
         outcome = "ok" if error is None else "error"
         _check_in(job.name, outcome, check_in, seconds)
         JOB_RUNS.labels(scheduler_job=job.name, outcome=outcome).inc()

@@ -9,9 +9,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from models.tables import SchedulerLease, table_of
 from models.types import utcnow
-from scheduler.lease import LEASE, Lease
+from scheduler.lease import Lease
 from tests.helpers import sessions
+
+LEASE = table_of(SchedulerLease)
 
 
 def _expire(engine: Engine) -> None:
