@@ -3,6 +3,10 @@
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
+
+Expand only: the previous release's code runs against this schema during a rolling deploy. Add nullable
+columns (or NOT NULL with a server_default), tables, indexes; back-fill idempotently. A drop, a rename or a
+new NOT NULL waits for a later release and sets `CONTRACT = "why it is safe now"` (see README.md here).
 """
 
 from collections.abc import Sequence
