@@ -26,14 +26,17 @@ import sentry_sdk
 from cryptography import x509
 from prometheus_client import Gauge
 from sentry_sdk.integrations.logging import ignore_logger
-from sqlmodel import Session, col, select
 
-from workers.app import App
+from models.database import Session
 from models.enums import CertificateSource, CredentialKind, CredentialStatus, Provider
+from models.store.certificates import watch_certificates as watch_targets
+from models.store.certificates import watched_certificate, watched_certificates
+from models.store.credentials import credentials_to_check, lock_credential
 from models.store.dispatch import PushTarget, hold_for_credential
 from models.store.holds import NewHold, hold_provider
 from models.tables import PushCredential, WatchedCertificate
 from scheduler.lease import still_leading
+from workers.app import App
 from workers.providers.base import CredentialRejected, Outcome, Push
 from workers.providers.credentials import InvalidCredential
 from workers.providers.rows import credential_from_row
@@ -85,8 +88,7 @@ def watch_certificates(app: App, now: datetime) -> int:
     alerts = 0
     with app.session() as s:
         # The least recently checked first, at most CREDENTIALS_PER_PASS: each is a call to a provider.
-        oldest = col(PushCredential.last_checked_at).asc().nulls_first()
-        credentials = list(s.exec(select(PushCredential).order_by(oldest).limit(CREDENTIALS_PER_PASS)))
+        credentials = credentials_to_check(s, limit=CREDENTIALS_PER_PASS)
     for credential in credentials:
         if not still_leading():
             return alerts
@@ -95,7 +97,7 @@ def watch_certificates(app: App, now: datetime) -> int:
             alerts += _apply_to_credential(s, credential.id, verdict, app.settings.thresholds_days, now)
     _register_watched(app)
     with app.session() as s:
-        watched = list(s.exec(select(WatchedCertificate).order_by(WatchedCertificate.id)))  # type: ignore[arg-type]
+        watched = watched_certificates(s)
     for certificate in watched:
         found = _check_watched(certificate)
         with app.session() as s:
@@ -133,7 +135,7 @@ def _probe(provider: Provider) -> Push:
 def _apply_to_credential(
     s: Session, credential_id: str, verdict: Verdict, thresholds: tuple[int, ...], now: datetime
 ) -> int:
-    row = s.get(PushCredential, credential_id, with_for_update=True)
+    row = lock_credential(s, credential_id=credential_id)
     if row is None or row.fingerprint != verdict.fingerprint:  # replaced meanwhile: the verdict is stale
         return 0
     provider = PROVIDER_NAMES[row.provider]
@@ -189,10 +191,7 @@ def _register_watched(app: App) -> None:
     if not wanted:
         return
     with app.session() as s:
-        known = {(w.source, w.target) for w in s.exec(select(WatchedCertificate))}
-        for source, target in wanted:
-            if (source, target) not in known:
-                s.add(WatchedCertificate(source=source, target=target))
+        watch_targets(s, targets=wanted)
 
 
 def _check_watched(certificate: WatchedCertificate) -> Verdict | str:
@@ -229,7 +228,7 @@ def _endpoint_certificate(target: str) -> str:
 def _apply_to_watched(
     s: Session, certificate_id: int | None, verdict: Verdict | str, thresholds: tuple[int, ...], now: datetime
 ) -> int:
-    row = s.get(WatchedCertificate, certificate_id)
+    row = None if certificate_id is None else watched_certificate(s, certificate_id=certificate_id)
     if row is None:
         return 0
     row.last_checked_at = now

@@ -9,10 +9,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from config.errors import MdmqError
 from models.database import Session
 from models.enums import CredentialKind, CredentialStatus, Provider, PushEnvironment
 from models.ids import new_id
 from models.store.audit import record_audit_event
+from models.store.credentials import save_credential
 from models.store.dispatch import push_credential
 from models.store.holds import release_provider, restore_tokens
 from models.tables import PushCredential
@@ -34,7 +36,7 @@ CLI_ACTOR = "cli"  # the audit actor of an upload that no API token made
 log = logging.getLogger(__name__)
 
 
-class TopicChange(Exception):
+class TopicChange(MdmqError):
     """The APNs certificate's topic differs from the stored credential's: nothing was stored."""
 
     def __init__(self, old_topic: str, new_topic: str) -> None:
@@ -148,15 +150,9 @@ def store_credential(
     _guard_topic(session, existing, candidate, force=force, actor=actor, now=now)
     not_after = material.not_after if isinstance(material, ApnsCertificate) else None
     status = _status(not_after, now)
-    stored = _upsert(
-        session,
-        existing or candidate,
-        candidate,
-        fingerprint=material.fingerprint,
-        not_after=not_after,
-        status=status,
-        now=now,
-    )
+    candidate.fingerprint, candidate.not_after, candidate.status = material.fingerprint, not_after, status
+    candidate.updated_at = candidate.last_checked_at = now
+    stored = save_credential(session, existing=existing, uploaded=candidate)
     usable = status in (CredentialStatus.valid, CredentialStatus.expiring)
     released = _release_held(session, organization_id=organization_id, provider=provider) if usable else []
     return StoredCredential(stored, released)
@@ -228,23 +224,3 @@ def _release_held(session: Session, *, organization_id: str, provider: Provider)
     if restored:
         log.info("%d device tokens invalidated by a dead-token answer are tried again", restored)
     return release_provider(session, organization_id=organization_id, provider=provider)
-
-
-def _upsert(
-    session: Session,
-    row: PushCredential,
-    candidate: PushCredential,
-    *,
-    fingerprint: str,
-    not_after: datetime | None,
-    status: CredentialStatus,
-    now: datetime,
-) -> PushCredential:
-    for name in ("kind", "secret", "key_id", "team_id", "topic", "project_id", "environment"):
-        setattr(row, name, getattr(candidate, name))
-    row.fingerprint, row.not_after, row.status, row.status_reason = fingerprint, not_after, status, None
-    row.alerted_days = None  # new material: the certificate watch alerts afresh
-    row.updated_at = row.last_checked_at = now
-    session.add(row)
-    session.flush()
-    return row

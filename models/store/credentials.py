@@ -1,0 +1,42 @@
+"""Push credential rows: the certificate watch's reads and the upload's write. (The dispatch's reads are in
+`models.store.dispatch`.)"""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from models.tables import PushCredential
+
+# What a stored credential takes from the uploaded one; its id, organization, provider and creation stay.
+_REPLACED = (
+    *("kind", "secret", "key_id", "team_id", "topic", "project_id", "environment", "fingerprint"),
+    *("not_after", "status", "status_reason", "last_checked_at", "updated_at"),
+)
+
+
+def credentials_to_check(session: Session, *, limit: int) -> list[PushCredential]:
+    """Up to `limit` credentials, the least recently checked first (never checked before all)."""
+    oldest = col(PushCredential.last_checked_at).asc().nulls_first()
+    return list(session.exec(select(PushCredential).order_by(oldest).limit(limit)))
+
+
+def lock_credential(session: Session, *, credential_id: str) -> PushCredential | None:
+    """The credential `credential_id`, its row locked till the end of the transaction; None if it is gone.
+    Changes made to it are written when the transaction commits."""
+    return session.get(PushCredential, credential_id, with_for_update=True)
+
+
+def save_credential(
+    session: Session, *, existing: PushCredential | None, uploaded: PushCredential
+) -> PushCredential:
+    """Store `uploaded` (fingerprint, expiry, status and timestamps set by the caller) as the organization's
+    credential for its provider: into `existing`'s row when there is one, which keeps its id. The watch's
+    last alert is cleared: new material alerts afresh."""
+    row = existing or uploaded
+    if existing is not None:
+        for name in _REPLACED:
+            setattr(existing, name, getattr(uploaded, name))
+    row.alerted_days = None
+    session.add(row)
+    session.flush()
+    return row
