@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.errors import MdmqError
+
 ENV_PREFIX = "MDMQ_"
 
 _DATABASE_SCHEMES = {
@@ -43,8 +45,8 @@ class LogFormat(StrEnum):
 REDELIVER_AFTER_S = 600.0
 
 
-class SettingsError(Exception):
-    """The configuration is not valid."""
+class SettingsError(MdmqError):
+    """The configuration is not valid: `variable` names the environment variable to fix."""
 
     def __init__(self, variable: str, problem: str) -> None:
         self.variable = variable

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from config.errors import MdmqError
 from config.settings import Environment, SettingsError, load_settings, redact_url
 
 
@@ -54,6 +55,7 @@ def test_a_wrong_setting_names_the_variable_and_what_was_expected(
     with pytest.raises(SettingsError) as raised:
         load_settings()
 
+    assert isinstance(raised.value, MdmqError)
     assert raised.value.variable == variable
     assert str(raised.value).startswith(f"{variable}: ")
     assert expected in str(raised.value)
