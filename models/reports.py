@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 
+from config.errors import MdmqError
 from models.statuses import Kind, Status
 
 
@@ -60,7 +61,7 @@ TARGETS: Mapping[Kind, Mapping[Report, Status]] = {
 }
 
 
-class UnknownReport(ValueError):
+class UnknownReport(MdmqError, ValueError):
     """The device report is not one of mdmq's vocabulary nor an Apple alias."""
 
 

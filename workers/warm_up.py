@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import dramatiq
-from sqlalchemy import exc as sa_exc
 
+from models.database import DATABASE_ERRORS
 from workers.app import App
 from workers.services.dispatch import dispatch_chunk
 
@@ -56,7 +56,7 @@ def _warm_up(app: App, threads: int) -> int:
         with ThreadPoolExecutor(wanted, thread_name_prefix="warm-up") as pool:
             for _ in pool.map(_dispatch_nothing, [app] * wanted):
                 pass
-    except sa_exc.SQLAlchemyError as e:
+    except DATABASE_ERRORS as e:
         log.warning("worker warm-up: the database did not answer (%s); going on", type(e).__name__)
         return 0
     return wanted

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from config.errors import MdmqError
 from models.ids import is_id, new_ids
 from models.statuses import Kind, Status
 from models.store._sql import DEPLOYMENT, chunked, dialect_of, run
@@ -35,7 +36,7 @@ class NewDeployment:
     urgent: bool = False
 
 
-class UnknownDevices(LookupError):
+class UnknownDevices(MdmqError, LookupError):
     """Some device ids are not devices of this organization; nothing was created."""
 
     def __init__(self, device_ids: Sequence[str]) -> None:

@@ -7,11 +7,12 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from config.errors import MdmqError
 from models.ids import is_organization_id
 from models.tables import Organization
 
 
-class InvalidOrganizationId(ValueError):
+class InvalidOrganizationId(MdmqError, ValueError):
     """An organization id must be 24 hex characters or at least 3 letters, digits and dashes."""
 
 

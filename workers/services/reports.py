@@ -23,7 +23,8 @@ from models.store import (
     lock_deployments,
     transition,
 )
-from models.tables import Deployment, Organization
+from models.store.organizations import retry_overrides
+from models.tables import Deployment
 from models.types import utcnow
 from workers.policy import KindPolicy, RetryPolicy, next_attempt_at
 from workers.services import wording
@@ -58,8 +59,8 @@ def record_device_report(
     if deployment is None or deployment.kind not in move.targets:
         return transition(session, ids=[report.deployment_id], move=move, actor=Actor.device,
                           effects=_effects(report), now=now)  # fmt: skip
-    organization = session.get(Organization, deployment.organization_id)
-    limits = policy.overridden(organization.retry_policy if organization else None)[deployment.kind]
+    overrides = retry_overrides(session, organization_ids=[deployment.organization_id])
+    limits = policy.overridden(overrides.get(deployment.organization_id))[deployment.kind]
     return _postpone(session, deployment, report, limits, now)
 
 
