@@ -75,8 +75,7 @@ class Settings(BaseSettings):
     # Deployments per dispatch message.
     dispatch_chunk_size: int = Field(default=250, ge=1, le=5_000)
     # The longest an idle worker process sleeps between looks at a Redis queue (Dramatiq's worker timeout,
-    # 1,000 ms by default): what a message waits at worst before an idle worker takes it. 250 ms took a
-    # tenth off a 10,000-deployment rollout, for a few more cheap polls a second while idle.
+    # 1,000 ms by default): what a message waits at worst before an idle worker takes it.
     worker_poll_ms: int = Field(default=250, ge=10, le=10_000)
     # Queued, and still not on the broker this long after its commit: lost on the way; the relay sends it.
     relay_grace_s: float = Field(default=30.0, gt=0)
