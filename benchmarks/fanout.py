@@ -46,21 +46,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._postgres import scratch_database
 from benchmarks.apns_clients import bare_rates
-from cli.demo import (
-    EMULATED_APNS_ENVIRONMENT,
-    DemoCredential,
-    StoreCheckIn,
-    register_credentials,
-    settings_environment,
-    store_credentials,
-)
-from workers.app import App
 from config.settings import Settings
 from models.enums import Platform
 from models.statuses import TERMINAL, Kind
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
+from sandbox.credentials import (
+    EMULATED_APNS_ENVIRONMENT,
+    DemoCredential,
+    register_credentials,
+    store_credentials,
+)
+from sandbox.processes import settings_environment
+from sandbox.rollout import StoreCheckIn
 from workers.actors import declare_actors
+from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.launch import worker_command, worker_environment
 

@@ -4,9 +4,9 @@ injected while it runs, then an audit of what every deployment went through.
     python -m benchmarks.faults                          # every fault, 20,000 devices each
     python -m benchmarks.faults --devices 2000 sigkill redis-restart
 
-The rollouts are the demo's (`cli.demo.Rollout`: the sandbox's emulators and simulated fleet in this process,
-the workers in their own, the sweeps on a thread). The faults that restart a service run a PostgreSQL or
-Redis server of their own on a free port, so that nothing else on the machine loses its connections.
+The rollouts are the demo's (`sandbox.rollout.Rollout`: the sandbox's emulators and simulated fleet in this
+process, the workers in their own, the sweeps on a thread). The faults that restart a service run a PostgreSQL
+or Redis server of their own on a free port, so that nothing else on the machine loses its connections.
 
 After each fault the audit asks what the issue asks: does every deployment end in the status its simulated
 device dictates, does every recorded transition follow the transition tables, does every status have the
@@ -45,12 +45,13 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli.demo import Rollout, WorkerProcesses
 from config.settings import Settings
 from models.enums import Provider
 from models.statuses import OPS_RETRY_FROM, TERMINAL, Kind, Status, may_move
 from sandbox import Garbage, GarbageBurst, Storm
+from sandbox.processes import WorkerProcesses
 from sandbox.registry import Delivery
+from sandbox.rollout import Rollout
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Under this many devices (CI's fleets) a rollout is over in seconds: faults are scaled to fit it.

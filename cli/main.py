@@ -182,8 +182,12 @@ def sandbox(
     or 77777777 (400 DeviceTokenNotForTopic). MDM pushes need --tls and the
     push certificate it prints. FCM and AOSP: see the README's "The sandbox".
     """
-    from sandbox import serve_forever
+    from cli.demo import without_sandbox
 
+    try:
+        from sandbox import serve_forever
+    except ModuleNotFoundError as e:
+        without_sandbox("sandbox", e)
     configure_logging(level=load_settings().log_level)
     serve_forever(host, apns_port, fcm_port, aosp_port, tls, apns_sandbox_port=apns_sandbox_port)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.demo import DemoResult
 from models.statuses import STATUSES, Kind, Status
+
+if TYPE_CHECKING:
+    from cli.demo import DemoResult
 
 console = Console()
 

@@ -17,8 +17,8 @@ import redis
 import requests
 from sqlalchemy.engine import Engine
 
-from cli.demo import Rollout
 from config.settings import LogFormat, Settings
+from sandbox.rollout import Rollout
 from sandbox.tls import ServerTls, issue_server_certificate, make_ca
 from tests.deploy.names import dashboard_metric_names, rule_metric_names
 from tests.helpers import answers, free_ports, run_mdmq, scraped, wait_until

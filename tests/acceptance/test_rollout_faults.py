@@ -3,8 +3,8 @@ run ends with every deployment in the status its simulated device dictates. The 
 SIGKILLed, Redis or PostgreSQL restarted, 503 storms, 429 bursts, GOAWAY, garbage answers, a revoked push
 certificate) are the fault suite's, on Redis: `test_fault_suite.py`.
 
-The rollouts are the demo's (`cli.demo.Rollout`): the sandbox's emulators and fleet in this process, the
-workers in their own, the sweeps on a thread.
+The rollouts are the demo's (`sandbox.rollout.Rollout`): the sandbox's emulators and fleet in this process,
+the workers in their own, the sweeps on a thread.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from cli.demo import Rollout
 from config.settings import Settings
 from models.statuses import Kind, Status
+from sandbox.rollout import Rollout
 from tests.helpers import free_ports
 from tests.services import RABBITMQ_URL, require
 

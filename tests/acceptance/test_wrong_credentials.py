@@ -29,8 +29,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from cli.demo import StoreCheckIn
-from workers.app import App
 from models.enums import CredentialKind, Platform, Provider, PushEnvironment, TokenState
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
@@ -38,9 +36,11 @@ from models.store.devices import NewDevice, add_devices
 from models.tables import Deployment, Device, ProviderHold, PushCredential
 from sandbox import DeviceRegistry, Sandbox, SandboxThread
 from sandbox.fleet import Behaviour, Fleet
+from sandbox.rollout import StoreCheckIn
 from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, make_ca, mdm_topic
 from tests.helpers import sandbox_settings, wait_until
 from workers.actors import Actors, declare_actors
+from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.services.credentials import store_credential
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli.demo import demo_limits
 from models.statuses import Kind
+from sandbox.rollout import demo_limits
 from workers.policy import RetryPolicy
 
 

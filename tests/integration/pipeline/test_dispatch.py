@@ -14,7 +14,6 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from cli.demo import register_credentials, store_credentials
 from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
 from models.ids import new_id
 from models.statuses import Kind, Status
@@ -23,6 +22,7 @@ from models.store.devices import NewDevice, add_devices
 from models.store.holds import release_provider
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential, PushReceipt
 from sandbox import Delivery, DeviceRegistry, FaultConfig, Latency, Sandbox, SandboxThread, Storm
+from sandbox.credentials import register_credentials, store_credentials
 from sandbox.fleet import APNS_TOPIC
 from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topic
 from tests.helpers import sandbox_endpoints, sessions
