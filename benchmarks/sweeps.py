@@ -28,13 +28,14 @@ from config.settings import Settings
 from models.enums import Platform
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
-from models.store._sql import DEPLOYMENT
 from models.store.devices import NewDevice, add_devices
+from models.tables import Deployment, table_of
 from models.types import utcnow
 from scheduler import jobs
 from workers.actors import Actors, declare_actors
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 
+DEPLOYMENT = table_of(Deployment)
 RESULTS = Path(__file__).parent / "results"
 KINDS = (Kind.profile, Kind.app)  # the kinds that have every status the jobs act on (Postponed, Waiting)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,9 +16,13 @@ from models.enums import Actor
 from models.reports import Report
 from models.statuses import Kind, Status
 from models.store import Move, TransitionResult, transition
-from models.store._sql import DEPLOYMENT, in_id_order, one_of
+from models.store.sweeps import clear_repush
+from models.tables import Deployment, table_of
+from models.types import utcnow
 from tests.conftest import MakeDeployments
 from tests.helpers import events_of, status_of
+
+DEPLOYMENT = table_of(Deployment)
 
 
 def _wait_until_blocked_on_a_lock(engine: Engine, backend_pid: int, timeout_s: float = 10) -> None:
@@ -103,33 +108,44 @@ def _lock_passes(plan: dict[str, Any]) -> list[int]:
 def test_a_many_row_update_locks_its_rows_in_one_pass_whatever_plan_the_planner_picks(
     pg: Engine, make_deployments: MakeDeployments
 ) -> None:
-    """When its statistics said no row matched, PostgreSQL joined an `id IN (SELECT … FOR UPDATE)` in a
-    nested loop that ran the locking SELECT again for every row: n² row locks, 30 s for 5,000 ids, and the
-    writers behind it timed out. Statistics as stale here, the locks must still be taken in one pass."""
+    """A locking `id IN (SELECT … FOR UPDATE)` can be planned as a nested loop that locks again for every row
+    when the statistics say few rows match. Statistics as stale here, the store's UPDATE (the re-push
+    sweep's, as it runs) must still take its locks in one pass."""
     ids = make_deployments(pg, Kind.profile, count=300)
-    with pg.begin() as connection:  # ANALYZE sees every row pushed once; then none is
-        connection.execute(sa.update(DEPLOYMENT).values(attempt_count=1))
+    with pg.begin() as connection:  # ANALYZE sees no row Queued; then every one is
+        connection.execute(sa.update(DEPLOYMENT).values(status=Status.failed.value))
         connection.exec_driver_sql("ANALYZE deployment")
-        connection.execute(sa.update(DEPLOYMENT).values(attempt_count=0))
+        connection.execute(sa.update(DEPLOYMENT).values(status=Status.queued.value))
+    update = _statement_of(
+        pg, "UPDATE deployment", lambda s: clear_repush(s, ids=ids, now=utcnow(), redeliver_at=utcnow())
+    )
     with Session(pg) as session:  # rolled back as it closes
-        statement = (
-            sa.update(DEPLOYMENT)
-            .where(
-                in_id_order(
-                    session, sa.and_(one_of(session, DEPLOYMENT.c.id, ids), DEPLOYMENT.c.attempt_count == 0)
-                )
-            )
-            .values(attempt_count=DEPLOYMENT.c.attempt_count + 1)
-        )
-        compiled = statement.compile(dialect=session.get_bind().dialect)
         explained = session.connection().exec_driver_sql(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + str(compiled), compiled.params
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + update[0], update[1]
         )
         plan = explained.scalar_one()[0]["Plan"]
         updated = session.connection().execute(
-            sa.select(sa.func.count()).where(
-                one_of(session, DEPLOYMENT.c.id, ids), DEPLOYMENT.c.attempt_count == 1
-            )
+            sa.select(sa.func.count()).where(DEPLOYMENT.c.id.in_(ids), DEPLOYMENT.c.enqueued_at.is_not(None))
         )
         assert updated.scalar_one() == 300
     assert _lock_passes(plan) == [1]
+
+
+def _statement_of(engine: Engine, starts: str, call: Callable[[Session], object]) -> tuple[str, Any]:
+    """The SQL and parameters of the statement starting with `starts` that `call` runs (rolled back)."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(
+        _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool
+    ) -> None:
+        if statement.startswith(starts):
+            seen.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with Session(engine) as session:  # rolled back as it closes
+            call(session)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    [found] = seen
+    return found

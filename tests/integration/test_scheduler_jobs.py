@@ -12,17 +12,20 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from workers.app import App
 from config.settings import Settings
 from models.migrations.runner import upgrade
 from models.statuses import Kind, Status
-from models.store._sql import DEPLOYMENT, EVENT
 from models.store.maintenance import RECEIPT
+from models.tables import Deployment, DeploymentEvent, table_of
 from models.types import utcnow
 from scheduler import gauges, jobs
 from tests.conftest import MakeDeployments
 from workers.actors import Actors, declare_actors
+from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
+
+DEPLOYMENT = table_of(Deployment)
+EVENT = table_of(DeploymentEvent)
 
 COUNT = 2_500  # two and a half pages of PAGE = 1,000
 

@@ -26,7 +26,6 @@ from models.store import (
     ensure_organization,
     transition,
 )
-from models.store._sql import DEPLOYMENT
 from models.store.deployments import pending_commands
 from models.store.devices import NewDevice, add_devices
 from models.store.dispatch import (
@@ -36,7 +35,7 @@ from models.store.dispatch import (
     release_holds,
 )
 from models.store.sweeps import due_repush, mark_enqueued
-from models.tables import Deployment, PushCredential
+from models.tables import Deployment, PushCredential, table_of
 from models.types import utcnow
 from sandbox.tls import issue_client_certificate, make_ca
 from tests.conftest import MakeDeployments
@@ -48,6 +47,8 @@ from workers.providers.credentials import InvalidCredential
 from workers.services.credentials import store_credential
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
+
+DEPLOYMENT = table_of(Deployment)
 
 
 def _push_certificate(engine: Engine, bundle: str) -> list[str]:
