@@ -1,10 +1,10 @@
 """The SQLModel tables of DESIGN §2. All SQL that reads or writes them lives in `models.store`.
 
-`deployment` and `deployment_event` carry no foreign keys: on PostgreSQL each costs a row lock on the parent
-per inserted row, measured at 9 to 19 µs a row, which halved bulk creation (see benchmarks/bulk_create.py).
-The store keeps the same promises set-based instead: a deployment is created only for devices of its own
-organization (checked in one statement), devices are never deleted under their deployments, and the
-retention purge removes events together with their deployment.
+`deployment` and `deployment_event` carry no foreign keys: on PostgreSQL each would lock the parent row for
+every inserted row, the largest cost of bulk creation. The store keeps the same promises set-based instead:
+a deployment is created only for devices of its own organization (checked in one statement), devices are
+never deleted under their deployments, and the retention purge removes events together with their
+deployment.
 """
 
 from __future__ import annotations

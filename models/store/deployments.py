@@ -62,9 +62,9 @@ def create_deployments(
 
     With `redeliver_after_s`, for a caller that enqueues them as soon as they are committed (`Actors.create`),
     they are written as enqueued already: `enqueued_at` now, and a re-push time `redeliver_after_s` ahead, as
-    `mark_enqueued` would set once their messages were sent. That mark was a second write of every row, and
-    a lock on it that the first claims waited for. A crash between the commit and the enqueue is then
-    caught by the re-push sweep at the re-push time, not by the relay.
+    `mark_enqueued` would set once their messages were sent, without a second write of every row. A crash
+    between the commit and the enqueue is then caught by the re-push sweep at the re-push time, not by the
+    relay.
     """
     _check_devices(session, organization_id, deployments)
     now = now or utcnow()
@@ -92,11 +92,9 @@ def _check_devices(session: Session, organization_id: str, deployments: Sequence
 def _refresh_statistics_if_stale(session: Session, *, added: int) -> None:
     """ANALYZE the deployment table when its statistics count fewer rows than one creation just added.
 
-    Autovacuum analyzes a table a minute or more after it grew. Until then the planner takes a freshly filled
-    table for a near-empty one and answers each dispatch's claim of 250 ids with a sequential scan that tests
-    every row against all 250 ids: half a second a claim at 100,000 rows, and 100,000 deployments took 160 s
-    to push instead of 55. A table whose statistics are of its size is not touched (no cost in steady state).
-    """
+    Until autovacuum analyzes it (a minute or more later) the planner takes a freshly filled table for a
+    near-empty one and plans each dispatch's claim as a sequential scan. A table whose statistics are of its
+    size is not touched."""
     known = run(
         session, sa.text("SELECT reltuples FROM pg_class WHERE oid = 'deployment'::regclass")
     ).scalar()
@@ -111,8 +109,8 @@ def _copy_lines(
     now: datetime,
     enqueued: tuple[datetime, datetime] | None,
 ) -> Iterator[str]:
-    # Formatted here rather than by psycopg's write_row, which measured ~10 µs a row: every field but the
-    # payload is generated or pattern-checked, and each distinct payload object is encoded once.
+    # Formatted here, cheaper than psycopg's write_row: every field but the payload is generated or
+    # pattern-checked, and each distinct payload object is encoded once.
     organization = organization_id.translate(_COPY_ESCAPES)
     created = now.isoformat()
     enqueued_at, repush_at = (t.isoformat() for t in enqueued) if enqueued else ("\\N", "\\N")  # \N: NULL

@@ -53,8 +53,8 @@ def unknown_device_ids(session: Session, *, organization_id: str, ids: Collectio
     if not ids:
         return set()
     if dialect_of(session) == "postgresql":
-        # An anti-join against one array parameter: only the unknown ids travel back, usually none.
-        # Measured for 100,000 ids: 0.3 s, against 0.9 s for IN lists of bind parameters.
+        # An anti-join against one array parameter (cheaper than IN lists of bind parameters for many ids):
+        # only the unknown ids travel back, usually none.
         wanted = (
             sa.func.unnest(sa.literal(sorted(ids), _TEXT_ARRAY))
             .table_valued("id")
