@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from workers.app import App
 from config.settings import Settings
 from models.enums import CredentialKind, CredentialStatus, Provider, PushEnvironment
 from models.statuses import Kind
@@ -38,6 +37,7 @@ from scheduler.certificates import EXPIRY, crossed_threshold, watch_certificates
 from tests.conftest import MakeDeployments
 from tests.integration.providers.conftest import KEY_ID, TEAM_ID, TOPIC, private_pem
 from tests.sentry import Captured
+from workers.app import App
 from workers.providers.credentials import MDM_NEEDS_CERTIFICATE
 from workers.services.credentials import store_credential
 

@@ -11,7 +11,6 @@ import pytest
 import sentry_sdk
 from sqlmodel import Session, select
 
-from workers.app import App
 from config.settings import Settings
 from models.migrations.runner import upgrade
 from models.tables import SchedulerRun
@@ -20,6 +19,7 @@ from scheduler.lease import Lease
 from scheduler.runner import Scheduler
 from tests.sentry import Captured
 from workers.actors import Actors
+from workers.app import App
 
 
 @pytest.fixture
