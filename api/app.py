@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,10 +15,12 @@ from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
 from api.limits import BodyLimit
 from api.metrics import RequestMetrics
-from workers.app import App
 from models.enums import Provider
-from models.tables import Deployment, Device, PushReceipt
+from models.store import get_deployment
+from models.store.ops import get_device, get_receipt, ping
+from models.tables import PushReceipt
 from workers.actors import declare_actors
+from workers.app import App
 
 
 class PushStatus(BaseModel):
@@ -74,7 +75,7 @@ def create_app(app: App | None = None) -> FastAPI:
         """The database and the broker answer."""
         mdmq: App = request.app.state.mdmq
         with mdmq.session() as session:
-            session.connection().execute(sa.text("SELECT 1"))
+            ping(session)
         client = getattr(mdmq.broker, "client", None)  # Redis; RabbitMQ and the in-process broker have none
         if client is not None:
             client.ping()
@@ -99,8 +100,8 @@ def create_app(app: App | None = None) -> FastAPI:
         caller.require(organizationId, "mdm.aosp.command.get")
         mdmq: App = request.app.state.mdmq
         with mdmq.session() as session:
-            deployment = session.get(Deployment, aosCommandId)
-            device = session.get(Device, aosDeviceId)
+            deployment = get_deployment(session, deployment_id=aosCommandId)
+            device = get_device(session, device_id=aosDeviceId)
             if (
                 deployment is None
                 or device is None
@@ -109,7 +110,7 @@ def create_app(app: App | None = None) -> FastAPI:
                 or device.provider is not Provider.aosp
             ):
                 raise ApiError(ENTITY_NOT_FOUND)
-            receipt = session.get(PushReceipt, deployment.receipt_id) if deployment.receipt_id else None
+            receipt = get_receipt(session, receipt_id=deployment.receipt_id)
             return {"status": True, "data": _push_status(receipt)}
 
     return api

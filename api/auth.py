@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from api.errors import ENTITY_NOT_FOUND, INVALID_TOKEN, NO_AUTH_TOKEN, PERMISSION_DENIED, ApiError
-from workers.app import App
 from models.ids import ID_PATTERN, ORGANIZATION_ID_PATTERN
 from models.store.tokens import find_token
+from workers.app import App
 
 # What the routes take: path ids checked against the patterns of DESIGN §2, and the caller. Module level,
 # because FastAPI resolves the routes' (string) annotations in their modules' globals.

@@ -9,13 +9,13 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlmodel import select
 
 from api.auth import Caller, OrganizationId
 from api.errors import CONFLICT, INVALID_REQUEST, ApiError, ErrorEnvelope
+from api.representation import credential
 from api.text import StoredText
 from models.enums import CredentialKind, Provider, PushEnvironment
-from models.tables import PushCredential
+from models.store.ops import list_credentials
 from workers.actors import Actors
 from workers.providers.credentials import InvalidCredential
 from workers.services.credentials import CredentialUpload, TopicChange, upload_credential
@@ -48,6 +48,7 @@ class CredentialIn(StoredText):
 
 
 class CredentialOut(BaseModel):
+    organizationId: str
     provider: str
     kind: str
     status: str
@@ -115,32 +116,14 @@ def router(actors: Actors) -> APIRouter:
             raise ApiError(INVALID_REQUEST, str(e)) from None
         except TopicChange as e:
             raise ApiError(CONFLICT, str(e)) from None
-        return {"status": True, "data": _out(stored.credential) | {"released": len(stored.released)}}
+        return {"status": True, "data": credential(stored.credential) | {"released": len(stored.released)}}
 
     @routes.get("", response_model=CredentialsAnswer)
     def listing(organizationId: OrganizationId, caller: Caller) -> dict[str, Any]:
         """Required permission: `mdm.credential.manage`. Every credential with its status and expiry."""
         caller.require(organizationId, "mdm.credential.manage")
         with app.session() as session:
-            rows = session.exec(
-                select(PushCredential).where(PushCredential.organization_id == organizationId)
-            )
-            return {"status": True, "data": [_out(row) for row in rows]}
+            rows = list_credentials(session, organization_id=organizationId)
+            return {"status": True, "data": [credential(row) for row in rows]}
 
     return routes
-
-
-def _out(row: PushCredential) -> dict[str, Any]:
-    return {
-        "provider": row.provider.value,
-        "kind": row.kind.value,
-        "status": row.status.value,
-        "statusReason": row.status_reason,
-        "notAfter": row.not_after,
-        "keyId": row.key_id,
-        "teamId": row.team_id,
-        "topic": row.topic,
-        "projectId": row.project_id,
-        "environment": row.environment.value,
-        "updatedAt": row.updated_at,
-    }

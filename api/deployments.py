@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlmodel import Session, col, select
 
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, INVALID_REQUEST, ApiError
+from api.representation import deployment_detail, deployment_summary
 from api.text import StoredText
 from models.enums import Actor
 from models.ids import ID_PATTERN
@@ -19,7 +19,7 @@ from models.reports import UnknownReport, parse_report
 from models.statuses import Kind, Status
 from models.store import NewDeployment, deployment_history, get_deployment
 from models.store.deployments import DeploymentFilter, UnknownDevices, list_deployments
-from models.tables import Deployment, PushReceipt
+from models.store.ops import get_receipt, own_deployment_ids
 from models.types import utcnow
 from workers.actors import Actors
 from workers.services.operations import cancel_deployments, retry_deployments
@@ -81,6 +81,7 @@ class Receipt(BaseModel):
 
 class DeploymentOut(BaseModel):
     id: str
+    organizationId: str
     deviceId: str
     kind: str
     status: str
@@ -97,6 +98,7 @@ class DeploymentOut(BaseModel):
 
 class DeploymentSummary(BaseModel):
     id: str
+    organizationId: str
     deviceId: str
     kind: str
     status: str
@@ -160,8 +162,8 @@ def router(actors: Actors) -> APIRouter:
             if deployment is None or deployment.organization_id != organizationId:
                 raise ApiError(ENTITY_NOT_FOUND)
             history = deployment_history(session, deployment_id=deploymentId)
-            receipt = session.get(PushReceipt, deployment.receipt_id) if deployment.receipt_id else None
-            return {"status": True, "data": _deployment(deployment, history, receipt)}
+            receipt = get_receipt(session, receipt_id=deployment.receipt_id)
+            return {"status": True, "data": deployment_detail(deployment, history, receipt)}
 
     @routes.get("/deployments", response_model=PageAnswer)
     def listing(
@@ -192,7 +194,7 @@ def router(actors: Actors) -> APIRouter:
             page = list_deployments(
                 session, organization_id=organizationId, where=where, after=cursor, limit=limit + 1
             )
-        items = [_summary(d) for d in page[:limit]]
+        items = [deployment_summary(d) for d in page[:limit]]
         return {
             "status": True,
             "data": {"items": items, "next": page[limit - 1].id if len(page) > limit else None},
@@ -204,7 +206,7 @@ def router(actors: Actors) -> APIRouter:
         the rest."""
         caller.require(organizationId, "mdm.deployment.cancel")
         with app.session() as session:
-            ids = _own(session, organizationId, body.ids)
+            ids = own_deployment_ids(session, organization_id=organizationId, ids=body.ids)
             result = cancel_deployments(session, ids=ids, actor=Actor.api)
         return {"status": True, "data": _outcome(body.ids, ids, result)}
 
@@ -214,7 +216,7 @@ def router(actors: Actors) -> APIRouter:
         Queued, afresh, and enqueued; says why not for the rest."""
         caller.require(organizationId, "mdm.deployment.retry")
         with app.session() as session:
-            ids = _own(session, organizationId, body.ids)
+            ids = own_deployment_ids(session, organization_id=organizationId, ids=body.ids)
             result = retry_deployments(session, ids=ids, actor=Actor.api)
         actors.enqueue_ids([a.deployment_id for a in result.applied])
         return {"status": True, "data": _outcome(body.ids, ids, result)}
@@ -239,7 +241,7 @@ def reports_router(actors: Actors) -> APIRouter:
         received = utcnow()
         with app.session() as session:
             wanted = [r.deploymentId for r in body.reports]
-            ids = set(_own(session, organizationId, wanted))
+            ids = set(own_deployment_ids(session, organization_id=organizationId, ids=wanted))
             device_reports = [
                 DeviceReport(r.deploymentId, report, r.reason, r.errorChain, r.reportedAt or received)
                 for r, report in parsed
@@ -256,64 +258,8 @@ def reports_router(actors: Actors) -> APIRouter:
     return routes
 
 
-def _own(session: Session, organization_id: str, ids: list[str]) -> list[str]:
-    """Those of `ids` that are this organization's deployments (another's are as unknown as a missing one)."""
-    mine = Deployment.organization_id == organization_id
-    return list(session.exec(select(Deployment.id).where(col(Deployment.id).in_(ids), mine)))
-
-
 def _outcome(asked: list[str], own: list[str], result: Any) -> dict[str, Any]:
     mine = set(own)
     refused = [{"id": r.deployment_id, "reason": r.reason.value} for r in result.refused]
     refused += [{"id": i, "reason": "unknown_deployment"} for i in dict.fromkeys(asked) if i not in mine]
     return {"applied": [a.deployment_id for a in result.applied], "refused": refused}
-
-
-def _summary(d: Deployment) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "deviceId": d.device_id,
-        "kind": d.kind.value,
-        "status": d.status.value,
-        "held": d.hold_reason,
-        "error": d.error_message,
-        "updatedAt": d.updated_at,
-    }
-
-
-def _deployment(d: Deployment, history: list[Any], receipt: PushReceipt | None) -> dict[str, Any]:
-    error = None
-    if d.error_code is not None:
-        error = {"code": d.error_code, "message": d.error_message, "detail": d.error_detail}
-    return {
-        "id": d.id,
-        "deviceId": d.device_id,
-        "kind": d.kind.value,
-        "status": d.status.value,
-        "held": d.hold_reason,
-        "attempts": d.attempt_count,
-        "postpones": d.postpone_count,
-        "nextAttemptAt": d.next_attempt_at,
-        "error": error,
-        "createdAt": d.created_at,
-        "updatedAt": d.updated_at,
-        "history": [
-            {
-                "fromStatus": e.from_status.value if e.from_status else None,
-                "toStatus": e.to_status.value,
-                "at": e.at,
-                "actor": e.actor.value,
-                "detail": e.detail,
-            }
-            for e in history
-        ],
-        "receipt": None
-        if receipt is None
-        else {
-            "provider": receipt.provider.value,
-            "sentAt": receipt.sent_at,
-            "expiresAt": receipt.expires_at,
-            "delivered": receipt.delivered,
-            "pendingDevices": receipt.pending_devices,
-        },
-    }

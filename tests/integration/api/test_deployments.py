@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from workers.app import App
 from models.enums import Platform
 from models.ids import new_id
 from models.statuses import Status
@@ -20,6 +19,7 @@ from models.store.tokens import create_token
 from models.tables import Deployment
 from tests.helpers import force_status
 from tests.integration.api.conftest import Client
+from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 
 EVERYTHING = [
@@ -135,6 +135,7 @@ def test_get_shows_status_history_and_error_and_hides_another_organizations(
     assert status == 200
     data = answer["data"]
     assert (data["status"], data["postpones"], data["kind"]) == ("Postponed", 1, "profile")
+    assert data["organizationId"] == "acme"
     assert [(e["fromStatus"], e["toStatus"], e["actor"]) for e in data["history"]] == [
         ("Queued", "Postponed", "device")
     ]

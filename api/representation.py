@@ -1,0 +1,97 @@
+"""The one JSON shape of each thing mdmq shows: camelCase, as the API answers and every `--json` prints.
+
+Times stay `datetime`: the API's response models and the command line's `--json` write them as ISO 8601.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from models.tables import Deployment, DeploymentEvent, ProviderHold, PushCredential, PushReceipt
+
+
+def deployment_summary(d: Deployment) -> dict[str, Any]:
+    """A deployment in a list: where it stands and why, without its history."""
+    return {
+        "id": d.id,
+        "organizationId": d.organization_id,
+        "deviceId": d.device_id,
+        "kind": d.kind.value,
+        "status": d.status.value,
+        "held": d.hold_reason,
+        "error": d.error_message,
+        "updatedAt": d.updated_at,
+    }
+
+
+def deployment_detail(
+    d: Deployment, history: Sequence[DeploymentEvent], receipt: PushReceipt | None
+) -> dict[str, Any]:
+    """One deployment: its summary, with the error's code and detail, its history and its push receipt."""
+    error = None
+    if d.error_code is not None:
+        error = {"code": d.error_code, "message": d.error_message, "detail": d.error_detail}
+    return deployment_summary(d) | {
+        "attempts": d.attempt_count,
+        "postpones": d.postpone_count,
+        "nextAttemptAt": d.next_attempt_at,
+        "error": error,
+        "createdAt": d.created_at,
+        "history": [event(e) for e in history],
+        "receipt": None if receipt is None else push_receipt(receipt),
+    }
+
+
+def event(e: DeploymentEvent) -> dict[str, Any]:
+    return {
+        "fromStatus": e.from_status.value if e.from_status else None,
+        "toStatus": e.to_status.value,
+        "at": e.at,
+        "actor": e.actor.value,
+        "detail": e.detail,
+    }
+
+
+def push_receipt(receipt: PushReceipt) -> dict[str, Any]:
+    return {
+        "provider": receipt.provider.value,
+        "sentAt": receipt.sent_at,
+        "expiresAt": receipt.expires_at,
+        "delivered": receipt.delivered,
+        "pendingDevices": receipt.pending_devices,
+    }
+
+
+def credential(row: PushCredential) -> dict[str, Any]:
+    """A push credential without its secret: no answer and no output ever carries one."""
+    return {
+        "organizationId": row.organization_id,
+        "provider": row.provider.value,
+        "kind": row.kind.value,
+        "status": row.status.value,
+        "statusReason": row.status_reason,
+        "notAfter": row.not_after,
+        "keyId": row.key_id,
+        "teamId": row.team_id,
+        "topic": row.topic,
+        "projectId": row.project_id,
+        "environment": row.environment.value,
+        "updatedAt": row.updated_at,
+    }
+
+
+def provider_hold(h: ProviderHold) -> dict[str, Any]:
+    """An organization's pushes through a provider, held: why, and when one push is tried again."""
+    return {
+        "organizationId": h.organization_id,
+        "provider": h.provider.value,
+        "scope": h.scope,
+        "reason": h.reason,
+        "providerReason": h.provider_reason,
+        "credential": h.fingerprint,
+        "heldAt": h.held_at,
+        "nextTryAt": h.probe_at,
+        "tries": h.probe_failures,
+        "lastTry": h.last_probe_result,
+    }
