@@ -8,19 +8,20 @@ make it), 64 usage (a malformed organization id, an unreadable file).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
+from api.representation import credential
+from cli.output import emit_json
 from config import load_settings
-from workers.app import App
 from models.enums import CredentialKind, Provider, PushEnvironment
 from models.ids import is_organization_id
 from models.store import ensure_organization
 from models.tables import PushCredential
 from workers.actors import declare_actors
+from workers.app import App
 from workers.providers.credentials import InvalidCredential
 from workers.services.credentials import CLI_ACTOR, CredentialUpload, TopicChange, upload_credential
 
@@ -111,14 +112,8 @@ def _read_secret(file: Path) -> str:
 
 
 def _print(row: PushCredential, *, released: int, as_json: bool) -> None:
-    data: dict[str, Any] = {
-        "organization": row.organization_id, "provider": row.provider.value, "kind": row.kind.value,
-        "status": row.status.value, "not_after": row.not_after.isoformat() if row.not_after else None,
-        "topic": row.topic, "project_id": row.project_id, "environment": row.environment.value,
-        "released": released,
-    }  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(data))
+        emit_json(credential(row) | {"released": released})
         return
     what = row.topic or row.project_id or row.kind.value
     until = f", until {row.not_after:%Y-%m-%d}" if row.not_after else ""

@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from cli.ops import EXIT_NOTHING, EXIT_USAGE, Json, _app, _emit, console
+from cli.ops import EXIT_NOTHING, EXIT_USAGE, Json, _app, console
+from cli.output import emit_json
 from models.enums import Provider
 from models.store.audit import record_audit_event
 from models.store.holds import provider_holds, release_provider, restore_tokens
@@ -44,7 +45,7 @@ def release(org: OrgOption, provider: ProviderOption, as_json: Json = False) -> 
     finally:
         app.close()
     if as_json:
-        _emit({"organization": org, "provider": provider.value, "released": len(ids), "reason": reason})
+        emit_json({"organizationId": org, "provider": provider.value, "released": len(ids), "reason": reason})
     else:
         console.print(f"released {len(ids):,} deployment(s) of {org} for {provider.value}")
     if reason is None and not ids:
@@ -79,7 +80,7 @@ def restore_tokens_command(
     finally:
         app.close()
     if as_json:
-        _emit({"organization": org, "restored": restored})
+        emit_json({"organizationId": org, "restored": restored})
     else:
         console.print(f"restored {restored:,} token(s) of {org}")
     if not restored:

@@ -7,12 +7,12 @@ import signal
 import sys
 from typing import Annotated
 
-import sqlalchemy as sa
 import typer
 
 from config import SettingsError, load_settings
 from config.logging import configure_logging
 from config.settings import Settings
+from models.database import DATABASE_ERRORS
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -99,10 +99,10 @@ def token_create(
     ],
 ) -> None:
     """Create an API token and print it, once, as the last line: only its hash is stored."""
-    from workers.app import App
     from models.ids import is_organization_id
     from models.store import ensure_organization
     from models.store.tokens import create_token
+    from workers.app import App
 
     if not is_organization_id(org):
         typer.echo(
@@ -206,9 +206,10 @@ def main() -> None:
         # A wrong setting is an operator's typo, not a crash: one line that names the variable.
         print(f"mdmq: invalid configuration: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    except sa.exc.DBAPIError as e:
+    except DATABASE_ERRORS as e:
         # The database is down, or has no schema yet: one line, and what to do when it is the schema.
-        said = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
+        driver_error = getattr(e, "orig", None)  # the driver's own, where there is one
+        said = str(driver_error).strip().splitlines()[0] if driver_error is not None else type(e).__name__
         missing = "no such table" in said or ("relation" in said and "does not exist" in said)
         hint = "; run `mdmq db upgrade` first" if missing else ""
         print(f"mdmq: the database refused: {said}{hint}", file=sys.stderr)

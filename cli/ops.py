@@ -6,31 +6,32 @@ Exit codes scripts can use: 0 done, 1 nothing found (an unknown id, an empty sel
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
-from sqlmodel import Session, col, func, select
 
+from api.representation import deployment_detail, deployment_summary, provider_hold
+from cli.output import emit_json
 from config import load_settings
-from workers.app import App
+from models.database import Session
 from models.enums import Actor
 from models.ids import is_id
 from models.statuses import Kind, Status
 from models.store import deployment_history, get_deployment
-from models.store._sql import chunked
 from models.store.deployments import DeploymentFilter, list_deployments
 from models.store.holds import held_providers
 from models.store.maintenance import stuck_counts
-from models.tables import Deployment, PushCredential, WatchedCertificate
+from models.store.ops import get_receipt, held_deployment_counts, list_credentials, watched_certificates
+from models.tables import Deployment
 from models.types import utcnow
 from workers.actors import declare_actors
+from workers.app import App
 from workers.services.operations import cancel_deployments, retry_deployments
 
 EXIT_NOTHING = 1
@@ -45,14 +46,6 @@ Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, f
 
 def _app() -> App:
     return App(load_settings())
-
-
-def _emit(data: Any) -> None:
-    typer.echo(json.dumps(data, default=_plain))
-
-
-def _plain(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _status(value: str | None) -> Status | None:
@@ -80,20 +73,11 @@ def status(
                 typer.echo(f"mdmq: no deployment {deployment_id}", err=True)
                 raise typer.Exit(EXIT_NOTHING)
             history = deployment_history(s, deployment_id=deployment_id)
+            receipt = get_receipt(s, receipt_id=d.receipt_id)
     finally:
         app.close()
-    data = {
-        "id": d.id, "organization": d.organization_id, "device": d.device_id, "kind": d.kind.value,
-        "status": d.status.value, "held": d.hold_reason, "attempts": d.attempt_count,
-        "postpones": d.postpone_count, "next_attempt_at": d.next_attempt_at, "error": d.error_message,
-        "history": [
-            {"from": e.from_status.value if e.from_status else None, "to": e.to_status.value, "at": e.at,
-             "actor": e.actor.value}
-            for e in history
-        ],
-    }  # fmt: skip
     if as_json:
-        _emit(data)
+        emit_json(deployment_detail(d, history, receipt))
         return
     console.print(
         f"[bold]{d.kind.value} {d.id}[/] on device {d.device_id} ({d.organization_id}): [bold]{d.status}[/]"
@@ -126,7 +110,7 @@ def deployments(
     wanted = DeploymentFilter(kind=kind, status=_status(status_), held=held)
     rows = _select(wanted, org, limit)
     if as_json:
-        _emit({"deployments": [_row(d) for d in rows]})
+        emit_json({"deployments": [deployment_summary(d) for d in rows]})
     else:
         _table(rows, f"{len(rows)} deployment(s)")
     if not rows:
@@ -142,13 +126,6 @@ def _select(wanted: DeploymentFilter, org: str | None, limit: int) -> list[Deplo
             )
     finally:
         app.close()
-
-
-def _row(d: Deployment) -> dict[str, Any]:
-    return {
-        "id": d.id, "organization": d.organization_id, "device": d.device_id, "kind": d.kind.value,
-        "status": d.status.value, "held": d.hold_reason, "error": d.error_message, "updated_at": d.updated_at,
-    }  # fmt: skip
 
 
 def _table(rows: Sequence[Deployment], title: str) -> None:
@@ -173,7 +150,9 @@ def stuck(as_json: Json = False) -> None:
     finally:
         app.close()
     if as_json:
-        _emit({"stuck": [{"kind": k.value, "status": st.value, "count": n} for (k, st), n in counts.items()]})
+        emit_json(
+            {"stuck": [{"kind": k.value, "status": st.value, "count": n} for (k, st), n in counts.items()]}
+        )
     else:
         table = Table(
             "kind", "status", "stuck", title=f"unchanged for {app.settings.stuck_after_s:.0f} s or more"
@@ -191,32 +170,13 @@ def held(as_json: Json = False) -> None:
     app = _app()
     try:
         with app.session() as s:
-            hold = col(Deployment.hold_reason)
-            statement = (
-                select(Deployment.organization_id, hold, func.count())
-                .where(hold.is_not(None))
-                .group_by(Deployment.organization_id, hold)
-            )
-            groups = [(org, str(reason), int(n)) for org, reason, n in s.exec(statement)]
-            holds = [
-                {
-                    "organization": h.organization_id,
-                    "provider": h.provider.value,
-                    "scope": h.scope,
-                    "reason": h.reason,
-                    "provider_reason": h.provider_reason,
-                    "credential": h.fingerprint,
-                    "held_at": h.held_at,
-                    "next_try_at": h.probe_at,
-                    "tries": h.probe_failures,
-                    "last_try": h.last_probe_result,
-                }
-                for h in held_providers(s)
-            ]
+            groups = held_deployment_counts(s)
+            holds = [provider_hold(h) for h in held_providers(s)]
     finally:
         app.close()
     if as_json:
-        _emit({"holds": holds, "held": [{"organization": o, "reason": r, "count": n} for o, r, n in groups]})
+        held_json = [{"organizationId": o, "reason": r, "count": n} for o, r, n in groups]
+        emit_json({"holds": holds, "held": held_json})
     else:
         _print_holds(holds)
         table = Table("organization", "held", "reason", title="held deployments")
@@ -232,9 +192,9 @@ def _print_holds(holds: list[dict[str, Any]]) -> None:
         return
     table = Table("organization", "provider", "since", "next try", "reason", title="held providers")
     for h in holds:
-        since = f"{h['held_at']:%Y-%m-%d %H:%M}"
-        next_try = f"{h['next_try_at']:%Y-%m-%d %H:%M}" if h["next_try_at"] else ""
-        table.add_row(h["organization"], h["provider"], since, next_try, h["reason"])
+        since = f"{h['heldAt']:%Y-%m-%d %H:%M}"
+        next_try = f"{h['nextTryAt']:%Y-%m-%d %H:%M}" if h["nextTryAt"] else ""
+        table.add_row(h["organizationId"], h["provider"], since, next_try, h["reason"])
     console.print(table)
     console.print("release by hand once fixed: mdmq release --org ORG --provider PROVIDER")
 
@@ -253,18 +213,18 @@ def certs(as_json: Json = False) -> None:
                     c.not_after,
                     c.status_reason,
                 )
-                for c in s.exec(select(PushCredential))
+                for c in list_credentials(s)
             ] + [
                 (w.target, w.source.value, "error" if w.last_error else "watched", w.not_after, w.last_error)
-                for w in s.exec(select(WatchedCertificate))
+                for w in watched_certificates(s)
             ]
     finally:
         app.close()
     rows.sort(key=lambda r: (r[3] is None, r[3] or now))
     days = [None if r[3] is None else round((r[3] - now).total_seconds() / 86_400, 1) for r in rows]
     if as_json:
-        _emit({"certificates": [
-            {"name": r[0], "kind": r[1], "status": r[2], "not_after": r[3], "days_left": d, "note": r[4]}
+        emit_json({"certificates": [
+            {"name": r[0], "kind": r[1], "status": r[2], "notAfter": r[3], "daysLeft": d, "note": r[4]}
             for r, d in zip(rows, days, strict=True)
         ]})  # fmt: skip
         return
@@ -291,9 +251,10 @@ def _act(
         # A transaction a chunk, each committed (and, for a retry, enqueued) before the next: a long selection
         # shows its progress, and an interrupted one has done what it says.
         with _progress(what, len(ids), enabled=not as_json) as advance:
-            for chunk in chunked(ids, CHUNK):
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start : start + CHUNK]
                 with app.session() as s:
-                    result = _apply(s, what, list(chunk))
+                    result = _apply(s, what, chunk)
                 done = [a.deployment_id for a in result.applied]
                 if actors is not None:
                     actors.enqueue_ids(done)
@@ -303,7 +264,7 @@ def _act(
     finally:
         app.close()
     if as_json:
-        _emit({"applied": applied, "refused": refused})
+        emit_json({"applied": applied, "refused": refused})
     else:
         console.print(f"{what}: {len(applied):,} applied, {len(refused):,} refused")
         for deployment_id, reason in list(refused.items())[:20]:

@@ -1,11 +1,14 @@
-"""What the `mdmq` command shows a person: progress bars and tables (rich)."""
+"""What the `mdmq` command prints: progress bars and tables (rich) for a person, JSON for scripts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -16,6 +19,17 @@ if TYPE_CHECKING:
     from cli.demo import DemoResult
 
 console = Console()
+
+
+def emit_json(data: Any) -> None:
+    """`data` as one line of JSON on stdout; times as the API writes them (ISO 8601, `Z` for UTC)."""
+    typer.echo(json.dumps(data, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
 
 
 @contextmanager

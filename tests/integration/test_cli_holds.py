@@ -52,19 +52,19 @@ def test_held_names_the_hold_its_reason_and_the_next_try(
 
     assert code == 0
     [hold] = out["holds"]
-    assert (hold["organization"], hold["provider"], hold["scope"], hold["reason"]) == (
+    assert (hold["organizationId"], hold["provider"], hold["scope"], hold["reason"]) == (
         "acme",
         "apns",
         "config",
         REASON,
     )
-    assert (hold["provider_reason"], hold["credential"], hold["tries"]) == (
+    assert (hold["providerReason"], hold["credential"], hold["tries"]) == (
         "DeviceTokenNotForTopic",
         "f" * 64,
         0,
     )
-    assert hold["next_try_at"] is not None
-    assert out["held"] == [{"organization": "acme", "reason": REASON, "count": 3}]
+    assert hold["nextTryAt"] is not None
+    assert out["held"] == [{"organizationId": "acme", "reason": REASON, "count": 3}]
     code, text, _ = mdmq("held")
     assert code == 0
     assert "mdmq release --org ORG --provider PROVIDER" in text
@@ -111,7 +111,7 @@ def test_restore_tokens_restores_what_the_operator_selects(
     code, out, _ = mdmq(
         "devices", "restore-tokens", "--org", "acme", "--credential", "wrong-certificate", "--json"
     )
-    assert (code, out) == (0, {"organization": "acme", "restored": 2})
+    assert (code, out) == (0, {"organizationId": "acme", "restored": 2})
     since = (now - timedelta(hours=1)).isoformat()
     assert mdmq("devices", "restore-tokens", "--org", "acme", "--since", since)[0] == 1, "the 410 is older"
 

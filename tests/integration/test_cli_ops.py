@@ -20,19 +20,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from workers.app import App
+from api.deployments import DeploymentOut, DeploymentSummary
 from config.settings import Settings
 from models.enums import CertificateSource, CredentialKind, Provider
 from models.ids import new_id
 from models.statuses import Kind, Status
-from models.store._sql import DEPLOYMENT
 from models.store.dispatch import hold_for_credential
-from models.tables import PushCredential, WatchedCertificate
+from models.tables import Deployment, PushCredential, WatchedCertificate
 from models.types import utcnow
 from tests.conftest import MakeDeployments
 from tests.helpers import force_status, run_mdmq, status_of, wait_until
 from tests.services import REDIS_URL, require
 from workers.actors import declare_actors
+from workers.app import App
+
+DEPLOYMENT = Deployment.__table__  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -56,6 +58,8 @@ def test_status_of_a_deployment_and_the_exit_codes_of_a_missing_or_malformed_one
     code, out, _ = mdmq("status", deployment_id, "--json")
     assert code == 0
     assert (out["id"], out["status"], out["kind"], out["history"]) == (deployment_id, "Queued", "profile", [])
+    assert set(out) == set(DeploymentOut.model_fields), "the API's names"
+    assert (out["organizationId"], out["receipt"]) == ("acme", None)
     assert mdmq("status", new_id())[0] == 1
     code, _, err = mdmq("status", "not-an-id")
     assert code == 64
@@ -70,6 +74,7 @@ def test_deployments_filtered_by_status_and_kind(
 
     code, out, _ = mdmq("deployments", "--status", "Failed", "--kind", "profile", "--json")
     assert (code, [d["id"] for d in out["deployments"]]) == (0, [failed])
+    assert set(out["deployments"][0]) == set(DeploymentSummary.model_fields), "the API's names"
     assert mdmq("deployments", "--status", "Failed", "--kind", "app", "--json")[0] == 1, "nothing: exit 1"
     assert mdmq("deployments", "--status", "Exploded")[0] == 64
     assert queued in {d["id"] for d in mdmq("deployments", "--org", "acme", "--json")[1]["deployments"]}
@@ -85,7 +90,7 @@ def test_held_and_stuck(pg: Engine, make_deployments: MakeDeployments, mdmq: Any
     code, out, _ = mdmq("held", "--json")
     assert (code, out) == (
         0,
-        {"holds": [], "held": [{"organization": "acme", "reason": "APNs credential expired", "count": 3}]},
+        {"holds": [], "held": [{"organizationId": "acme", "reason": "APNs credential expired", "count": 3}]},
     )
 
     with pg.begin() as connection:
@@ -122,7 +127,7 @@ def test_certs_lists_every_certificate_soonest_first(
 
     code, out, _ = mdmq("certs", "--json")
     assert code == 0
-    assert [(c["name"], round(c["days_left"])) for c in out["certificates"]] == [
+    assert [(c["name"], round(c["daysLeft"])) for c in out["certificates"]] == [
         ("/etc/mdm/server.pem", 3),
         ("acme/apns", 20),
     ]
