@@ -25,6 +25,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from config.errors import MdmqError
+
 log = logging.getLogger(__name__)
 
 ENTITY_NOT_FOUND = (404, 3001, "Entity not found")
@@ -85,7 +87,9 @@ def without_422(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]
 
 
-class ApiError(Exception):
+class ApiError(MdmqError):
+    """An answer other than success: its HTTP status, the code of the table above and a message."""
+
     def __init__(self, error: tuple[int, int, str], detail: str | None = None) -> None:
         self.http_status, self.code, message = error
         self.message = f"{message}: {detail}" if detail else message
