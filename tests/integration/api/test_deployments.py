@@ -298,7 +298,7 @@ def test_an_oversize_body_is_a_413_in_the_envelope_and_creates_nothing(
 def test_text_with_a_nul_character_is_a_400_naming_the_field_and_changes_nothing(
     client: Client, mdmq: App, world: dict[str, Any]
 ) -> None:
-    """Found by schemathesis: PostgreSQL text cannot hold NUL, and the INSERT failed with a 500."""
+    """PostgreSQL text cannot hold NUL: a body with one is a 400 before any INSERT."""
     with mdmq.session() as s:
         manager = create_token(s, organization_id="acme", permissions=["mdm.credential.manage"])[1]
     body = {"kind": "aosp_api_key", "secret": "k" * 32, "keyId": "KEY\x00"}
