@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 
 from models.enums import CredentialStatus, Provider
 from models.store.dispatch import push_credentials
-from models.store.maintenance import purge_finished, purge_runs, stuck_counts
+from models.store.maintenance import purge_finished, stuck_counts
 from models.store.receipts import ToPoll, receipts_to_poll, record_poll, record_untracked
+from models.store.runs import purge_runs
 from models.store.sweeps import Due
 from scheduler.certificates import watch_certificates
 from scheduler.gauges import STUCK, gauges_job

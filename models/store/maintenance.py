@@ -12,7 +12,6 @@ from models.statuses import IN_FLIGHT, STATUSES, TERMINAL, Kind, Status
 from models.store._sql import DEPLOYMENT, DEVICE, EVENT, lock_deployments, run
 
 c = DEPLOYMENT.c
-RUNS = SQLModel.metadata.tables["scheduler_run"]
 RECEIPT = SQLModel.metadata.tables["push_receipt"]
 
 # Where a deployment can stand still without anyone acting: the queue (not held: held ones are counted as
@@ -66,11 +65,6 @@ def purge_finished(session: Session, *, finished_before: datetime, limit: int) -
         return 0
     run(session, sa.delete(EVENT).where(EVENT.c.deployment_id.in_(ids)))
     return int(run(session, sa.delete(DEPLOYMENT).where(c.id.in_(ids))).rowcount)
-
-
-def purge_runs(session: Session, *, started_before: datetime) -> int:
-    """Scheduler runs older than `started_before`."""
-    return int(run(session, sa.delete(RUNS).where(RUNS.c.started_at < started_before)).rowcount)
 
 
 def status_counts(session: Session) -> dict[tuple[Kind, Status], int]:

@@ -24,3 +24,8 @@ def finish_run(
     """Record how the run ended: ok when there is no `error`; `work` is the rows the job handled."""
     values = {"finished_at": finished_at, "ok": error is None, "work": work, "error": error}
     run(session, sa.update(RUNS).where(RUNS.c.id == run_id).values(**values))
+
+
+def purge_runs(session: Session, *, started_before: datetime) -> int:
+    """Scheduler runs older than `started_before`."""
+    return int(run(session, sa.delete(RUNS).where(RUNS.c.started_at < started_before)).rowcount)
