@@ -14,14 +14,16 @@ from typing import Any
 
 import dramatiq
 
-from workers.app import App
+from config.errors import MdmqError
 from config.logging import ids_field, log_context
 from models.reports import UnknownReport, parse_report
 from models.store import NewDeployment, create_deployments
 from models.store.sweeps import Due, due_for
+from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.enqueue import as_due, enqueue_dispatch
-from workers.services.dispatch import dispatch_chunk
+from workers.push_gateway import SEND_TIMEOUT_S
+from workers.services.dispatch import dispatch_chunk, record_later
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import DeviceReport, record_device_report
 from workers.services.valve import Valve
@@ -35,12 +37,58 @@ BULK_PRIORITY = 100
 # dispatch(deployment_ids, failures=0): `failures` is set only by the delayed retry of a turned-away push.
 DispatchActor = dramatiq.Actor[..., None]
 
+# What each actor declares, rather than Dramatiq's defaults (20 retries over up to a week, 10 minutes each).
+# `throws`: errors mdmq raises on purpose (a retry meets the same answer), failed without a retry and
+# logged as expected. Backoffs in milliseconds; Dramatiq doubles from min_backoff, with jitter.
+#
+# A dispatch fails as a message only before its pushes go out (the database away at the claim, a bug):
+# Dramatiq's retries cover a database restart, a few minutes; past them the re-push sweep takes the
+# deployments again at their redelivery time. Turned-away pushes are not Dramatiq retries: they come
+# back as delayed messages the dispatch sends itself. Its time: the send's own timeout (SEND_TIMEOUT_S)
+# and a minute for the claim, the valve, the holds and the record around it.
+DISPATCH_OPTIONS: dict[str, Any] = {
+    "max_retries": 8,  # 1, 2, 4 … 60 s: some three minutes
+    "min_backoff": 1_000,
+    "max_backoff": 60_000,
+    "throws": (MdmqError,),
+    "time_limit": int((SEND_TIMEOUT_S + 60) * 1000),
+}
+# A record-only message writes answers of pushes already sent, when the database refused them: tried for
+# about the redelivery period (REDELIVER_AFTER_S, 10 minutes), past which the re-push sweep sends those
+# deployments again anyway. One transaction of a chunk's rows: a minute is ample.
+RECORD_OPTIONS: dict[str, Any] = {
+    "max_retries": 20,  # 1, 2, 4 … 60 s: some fifteen minutes
+    "min_backoff": 1_000,
+    "max_backoff": 60_000,
+    "throws": (MdmqError,),
+    "time_limit": 60_000,
+}
+# A device report is not sent again by anyone: a lost one is lost. Retried for about an hour while the
+# database is away; bad input is refused inside (logged, not raised).
+REPORT_OPTIONS: dict[str, Any] = {
+    "max_retries": 20,  # 1, 2, 4 … 300 s: some hour and a quarter
+    "min_backoff": 1_000,
+    "max_backoff": 300_000,
+    "throws": (MdmqError, ValueError),
+    "time_limit": 60_000,
+}
+# An operator's cancel or retry of many deployments: a few minutes of retries, then the operator sees it
+# did not happen and asks again. A set-based write of up to some hundred thousand rows: two minutes.
+OPERATOR_OPTIONS: dict[str, Any] = {
+    "max_retries": 8,
+    "min_backoff": 1_000,
+    "max_backoff": 60_000,
+    "throws": (MdmqError,),
+    "time_limit": 120_000,
+}
+
 
 @dataclass(frozen=True)
 class Actors:
     dispatch_urgent: DispatchActor
     dispatch_bulk: DispatchActor
     record_report: dramatiq.Actor[..., None]
+    record_dispatch: dramatiq.Actor[[dict[str, Any]], None]
     cancel: dramatiq.Actor[[list[str]], None]
     retry: dramatiq.Actor[[list[str]], None]
     app: App
@@ -90,8 +138,18 @@ class Actors:
 
 
 def declare_actors(app: App) -> Actors:
-    urgent = _dispatch_actor(app, "dispatch_urgent", URGENT_QUEUE, URGENT_PRIORITY)
-    bulk = _dispatch_actor(app, "dispatch_bulk", BULK_QUEUE, BULK_PRIORITY)
+    def record_dispatch(record: dict[str, Any]) -> None:
+        """Write the answers of pushes a dispatch sent but could not record (the database refused them):
+        sends nothing. Delivered twice, it writes nothing twice."""
+        record_later(app.session, record)
+
+    # On the urgent queue: the rows of a chunk wait for it, and it takes one short transaction.
+    recorder: dramatiq.Actor[[dict[str, Any]], None] = dramatiq.Actor(
+        record_dispatch, actor_name="record_dispatch", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY,
+        options=RECORD_OPTIONS, broker=app.broker,
+    )  # fmt: skip
+    urgent = _dispatch_actor(app, "dispatch_urgent", URGENT_QUEUE, URGENT_PRIORITY, recorder)
+    bulk = _dispatch_actor(app, "dispatch_bulk", BULK_QUEUE, BULK_PRIORITY, recorder)
 
     def record_report(
         deployment_id: str,
@@ -116,7 +174,7 @@ def declare_actors(app: App) -> Actors:
 
     reports = dramatiq.Actor(
         record_report, actor_name="record_report", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY,
-        options={}, broker=app.broker,
+        options=REPORT_OPTIONS, broker=app.broker,
     )  # fmt: skip
 
     def cancel(deployment_ids: list[str]) -> None:
@@ -133,18 +191,20 @@ def declare_actors(app: App) -> Actors:
             actors.enqueue_ids(applied)
 
     cancels: dramatiq.Actor[[list[str]], None] = dramatiq.Actor(
-        cancel, actor_name="cancel", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY, options={},
-        broker=app.broker,
+        cancel, actor_name="cancel", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY,
+        options=OPERATOR_OPTIONS, broker=app.broker,
     )  # fmt: skip
     retries: dramatiq.Actor[[list[str]], None] = dramatiq.Actor(
-        retry, actor_name="retry", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY, options={},
-        broker=app.broker,
+        retry, actor_name="retry", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY,
+        options=OPERATOR_OPTIONS, broker=app.broker,
     )  # fmt: skip
-    actors = Actors(urgent, bulk, reports, cancels, retries, app)
+    actors = Actors(urgent, bulk, reports, recorder, cancels, retries, app)
     return actors
 
 
-def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> DispatchActor:
+def _dispatch_actor(
+    app: App, name: str, queue: str, priority: int, recorder: dramatiq.Actor[[dict[str, Any]], None]
+) -> DispatchActor:
     settings = app.settings
     valve = Valve(settings.valve_window, settings.valve_min_answers, settings.valve_dead_share)
 
@@ -160,6 +220,8 @@ def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> DispatchA
                 valve=valve,
                 first_probe_s=app.settings.hold_probe_first_s,
             )
+        if summary.unrecorded is not None:
+            recorder.send(summary.unrecorded.as_message())
         if summary.retry is not None:
             # Transient provider failures come back later as a delayed message on the same queue.
             retry = summary.retry
@@ -167,6 +229,11 @@ def _dispatch_actor(app: App, name: str, queue: str, priority: int) -> DispatchA
             actor.send_with_options(args=(retry.deployment_ids, retry.failures), delay=delay_ms)
 
     actor: DispatchActor = dramatiq.Actor(
-        dispatch, actor_name=name, queue_name=queue, priority=priority, options={}, broker=app.broker
+        dispatch,
+        actor_name=name,
+        queue_name=queue,
+        priority=priority,
+        options=DISPATCH_OPTIONS,
+        broker=app.broker,
     )
     return actor

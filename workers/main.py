@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 
-from workers.app import App
 from config.logging import configure_logging
 from config.sentry import init_sentry
 from workers.actors import declare_actors
+from workers.app import App
 from workers.warm_up import WarmUp
 
 app = App()

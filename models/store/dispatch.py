@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, SQLModel, col, select
 
-from models.enums import CredentialStatus, Provider, TokenState
-from models.statuses import Kind, Status
+from models.enums import Actor, CredentialStatus, Provider, TokenState
+from models.statuses import PUSH_UNDELIVERABLE, Kind, Status
 from models.store._sql import (
     DEPLOYMENT,
     DEVICE,
@@ -21,13 +21,16 @@ from models.store._sql import (
     chunked,
     dialect_of,
     in_id_order,
+    lock_deployments,
     one_of,
     run,
 )
+from models.store.transitions import Effects, ErrorInfo, Move, transition
 from models.tables import PushCredential
 from models.types import utcnow
 
 RECEIPT = SQLModel.metadata.tables["push_receipt"]
+UNDELIVERABLE = Move(PUSH_UNDELIVERABLE, "push undeliverable")
 
 
 @dataclass(frozen=True)
@@ -102,14 +105,18 @@ def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> li
     return claimed
 
 
-def give_back_attempts(session: Session, *, ids: Sequence[str], redeliver_at: datetime) -> None:
+def give_back_attempts(
+    session: Session, *, ids: Sequence[str], redeliver_at: datetime, claimed_at: datetime | None = None
+) -> None:
     """Undo the claim's count for pushes the provider turned away (a 5xx, a 429, a lost connection, a refused
     credential): the device was not woken, so the wake-ups it is allowed stay as they were, and the push
     that does reach it counts. The re-push sweep takes them again at `redeliver_at`, should the retry's
-    message be lost."""
+    message be lost. `claimed_at`: give back only the claim made then (its `pushed_at`), once."""
     c = DEPLOYMENT.c
     for batch in chunked(sorted(set(ids)), IDS_PER_STATEMENT):
         condition = sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value)
+        if claimed_at is not None:
+            condition = sa.and_(condition, c.pushed_at == claimed_at)
         given_back = sa.case((c.attempt_count > 0, c.attempt_count - 1), else_=0)
         run(
             session,
@@ -321,3 +328,197 @@ def release_holds(
         .returning(DEPLOYMENT.c.id)
     )
     return list(run(session, statement).scalars())
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """One device token found dead: the provider's reason and status, the credential it was sent with, and
+    whether the answer is one the providers also give for every device of a misconfigured credential."""
+
+    device_id: str
+    reason: str
+    since: datetime
+    status: int | None
+    fingerprint: str | None
+    ambiguous: bool
+
+
+def invalidate_tokens(session: Session, *, invalidations: Iterable[Invalidation]) -> int:
+    """Mark device tokens invalid with their record; returns how many were valid before."""
+    params = [
+        {
+            "device": i.device_id,
+            "reason": i.reason[:200],
+            "since": i.since,
+            "status": i.status,
+            "fingerprint": i.fingerprint,
+            "ambiguous": i.ambiguous,
+        }
+        for i in sorted(invalidations, key=lambda i: i.device_id)
+    ]
+    if not params:
+        return 0
+    statement = (
+        sa.update(DEVICE)
+        .where(DEVICE.c.id == sa.bindparam("device"), DEVICE.c.token_state == TokenState.valid.value)
+        .values(
+            token_state=TokenState.invalid.value,
+            token_invalid_reason=sa.bindparam("reason"),
+            token_invalid_at=sa.bindparam("since"),
+            token_invalid_status=sa.bindparam("status"),
+            token_invalid_fingerprint=sa.bindparam("fingerprint"),
+            token_invalid_ambiguous=sa.bindparam("ambiguous"),
+        )
+    )
+    return int(run(session, statement, params).rowcount)
+
+
+# -- a dispatch's record ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Undeliverable:
+    """Deployments whose push cannot be delivered, and the error an admin reads for them."""
+
+    deployment_ids: tuple[str, ...]
+    error: ErrorInfo
+
+
+@dataclass(frozen=True)
+class DispatchRecord:
+    """Everything one dispatch writes once its pushes are answered, as plain values: what `record_dispatch`
+    writes in one transaction, and what a record-only message carries when that transaction failed.
+
+    `claimed_at`: when the claim was made (the deployments' `pushed_at`); `lock`: lock every claimed row
+    first, in id order, for the several statements that follow (not needed when every push was accepted)."""
+
+    claimed_at: datetime
+    claimed_ids: tuple[str, ...]
+    lock: bool
+    invalidations: tuple[Invalidation, ...] = ()
+    undeliverable: tuple[Undeliverable, ...] = ()
+    receipts: tuple[NewReceipt, ...] = ()
+    repush_at: Mapping[str, datetime] = field(default_factory=dict)
+    give_back: tuple[str, ...] = ()  # turned away: their claim's count is given back, to go again later
+    redeliver_at: datetime | None = None  # when the re-push sweep takes `give_back` again, should all be lost
+
+    @property
+    def pushes_answered(self) -> int:
+        return sum(r.device_count for r in self.receipts) + len(self.invalidations)
+
+    def as_message(self) -> dict[str, Any]:
+        """This record as JSON-ready data (a message's argument); `from_message` reads it back."""
+        return {
+            "claimed_at": self.claimed_at.isoformat(),
+            "claimed_ids": list(self.claimed_ids),
+            "lock": self.lock,
+            "invalidations": [
+                [i.device_id, i.reason, i.since.isoformat(), i.status, i.fingerprint, i.ambiguous]
+                for i in self.invalidations
+            ],
+            "undeliverable": [
+                [list(u.deployment_ids), u.error.code, u.error.message, _plain(u.error.detail)]
+                for u in self.undeliverable
+            ],
+            "receipts": [
+                [
+                    r.organization_id,
+                    r.provider.value,
+                    r.provider_push_id,
+                    list(r.deployment_ids),
+                    r.device_count,
+                    r.sent_at.isoformat(),
+                    r.expires_at.isoformat() if r.expires_at is not None else None,
+                ]
+                for r in self.receipts
+            ],
+            "repush_at": {i: at.isoformat() for i, at in self.repush_at.items()},
+            "give_back": list(self.give_back),
+            "redeliver_at": self.redeliver_at.isoformat() if self.redeliver_at is not None else None,
+        }
+
+    @classmethod
+    def from_message(cls, data: Mapping[str, Any]) -> DispatchRecord:
+        at = datetime.fromisoformat
+        return cls(
+            claimed_at=at(data["claimed_at"]),
+            claimed_ids=tuple(data["claimed_ids"]),
+            lock=bool(data["lock"]),
+            invalidations=tuple(
+                Invalidation(device, reason, at(since), status, fingerprint, ambiguous=ambiguous)
+                for device, reason, since, status, fingerprint, ambiguous in data["invalidations"]
+            ),
+            undeliverable=tuple(
+                Undeliverable(tuple(ids), ErrorInfo(code, message, detail))
+                for ids, code, message, detail in data["undeliverable"]
+            ),
+            receipts=tuple(
+                NewReceipt(
+                    organization, Provider(provider), push_id, tuple(ids), count, at(sent), _at(expires)
+                )
+                for organization, provider, push_id, ids, count, sent, expires in data["receipts"]
+            ),
+            repush_at={i: at(value) for i, value in data["repush_at"].items()},
+            give_back=tuple(data["give_back"]),
+            redeliver_at=_at(data["redeliver_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    undeliverable: int  # deployments this record moved to Error distributing or Failed
+    already: bool = False  # written before (a redelivered record-only message): nothing written again
+
+
+def record_dispatch(session: Session, *, record: DispatchRecord, again: bool = False) -> Recorded:
+    """Write a dispatch's answers in the session's transaction: invalidated tokens, undeliverable
+    deployments, receipts and the links to them, and the claims given back.
+
+    `again`: the record may have been written already (a record-only message delivered twice); then nothing
+    is written twice. Transitions, invalidations and claims given back are written once by their own
+    conditions; receipts are known written when a deployment already points at one of them."""
+    if again and _receipts_recorded(session, record.receipts):
+        return Recorded(0, already=True)
+    if record.lock:
+        lock_deployments(session, ids=record.claimed_ids)  # its writes take no row lock after this
+    invalidate_tokens(session, invalidations=record.invalidations)
+    moved = 0
+    for undeliverable in record.undeliverable:
+        effects = Effects(error=undeliverable.error)
+        applied = transition(
+            session, ids=undeliverable.deployment_ids, move=UNDELIVERABLE, actor=Actor.worker, effects=effects
+        )
+        moved += len(applied.applied)
+    record_receipts(session, receipts=record.receipts, repush_at=record.repush_at)
+    if record.give_back:
+        assert record.redeliver_at is not None
+        give_back_attempts(
+            session, ids=record.give_back, redeliver_at=record.redeliver_at, claimed_at=record.claimed_at
+        )
+    return Recorded(moved)
+
+
+def _receipts_recorded(session: Session, receipts: Sequence[NewReceipt]) -> bool:
+    """Does the first deployment of the first receipt point at a receipt of the same push already?"""
+    if not receipts:
+        return False
+    first = receipts[0]
+    push_id = RECEIPT.c.provider_push_id
+    statement = (
+        sa.select(RECEIPT.c.id)
+        .select_from(DEPLOYMENT.join(RECEIPT, RECEIPT.c.id == DEPLOYMENT.c.receipt_id))
+        .where(
+            DEPLOYMENT.c.id == first.deployment_ids[0],
+            RECEIPT.c.sent_at == first.sent_at,
+            push_id.is_(None) if first.provider_push_id is None else push_id == first.provider_push_id,
+        )
+    )
+    return run(session, statement).first() is not None
+
+
+def _at(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _plain(detail: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return dict(detail) if detail is not None else None

@@ -6,7 +6,7 @@ credential or configuration), not a device's. Its row says why, and when the sch
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,7 +16,9 @@ from sqlmodel import Session, SQLModel, col, select
 
 from models.enums import CredentialStatus, Provider, TokenState
 from models.store._sql import DEVICE, dialect_of, run
-from models.store.dispatch import PushTarget, release_holds
+
+# Invalidation and invalidate_tokens moved to models.store.dispatch; still importable from here.
+from models.store.dispatch import Invalidation, PushTarget, invalidate_tokens, release_holds  # noqa: F401
 from models.tables import ProviderHold
 from models.types import utcnow
 
@@ -202,49 +204,6 @@ def probe_device(session: Session, *, organization_id: str, provider: Provider) 
 
 
 # -- invalidated tokens ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Invalidation:
-    """One device token found dead: the provider's reason and status, the credential it was sent with, and
-    whether the answer is one the providers also give for every device of a misconfigured credential."""
-
-    device_id: str
-    reason: str
-    since: datetime
-    status: int | None
-    fingerprint: str | None
-    ambiguous: bool
-
-
-def invalidate_tokens(session: Session, *, invalidations: Iterable[Invalidation]) -> int:
-    """Mark device tokens invalid with their record; returns how many were valid before."""
-    params = [
-        {
-            "device": i.device_id,
-            "reason": i.reason[:200],
-            "since": i.since,
-            "status": i.status,
-            "fingerprint": i.fingerprint,
-            "ambiguous": i.ambiguous,
-        }
-        for i in sorted(invalidations, key=lambda i: i.device_id)
-    ]
-    if not params:
-        return 0
-    statement = (
-        sa.update(DEVICE)
-        .where(DEVICE.c.id == sa.bindparam("device"), DEVICE.c.token_state == TokenState.valid.value)
-        .values(
-            token_state=TokenState.invalid.value,
-            token_invalid_reason=sa.bindparam("reason"),
-            token_invalid_at=sa.bindparam("since"),
-            token_invalid_status=sa.bindparam("status"),
-            token_invalid_fingerprint=sa.bindparam("fingerprint"),
-            token_invalid_ambiguous=sa.bindparam("ambiguous"),
-        )
-    )
-    return int(run(session, statement, params).rowcount)
 
 
 def restore_tokens(

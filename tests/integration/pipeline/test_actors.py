@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from workers.app import App
 from config.settings import Settings
 from models.statuses import Kind, Status
 from models.store import get_deployment
@@ -19,7 +18,9 @@ from models.types import utcnow
 from tests.conftest import MakeDeployments
 from tests.helpers import events_of, force_status, status_of
 from workers.actors import Actors, declare_actors
+from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.push_gateway import SEND_TIMEOUT_S
 
 
 @pytest.fixture
@@ -145,3 +146,35 @@ def test_retry_through_the_actor_requeues_afresh_and_enqueues(
     assert all(d is not None and d.enqueued_at is not None for d in rows), "sent to dispatch after the commit"
     assert all(d is not None and d.hold_reason == "no APNs credential" for d in rows), "and dispatched"
     assert [e.to_status for e in events_of(pg, failed[0])] == [Status.queued]
+
+
+def test_every_actor_declares_its_retries_expected_errors_and_time_limit() -> None:
+    """Dramatiq's defaults (20 retries over up to a week, 10 minutes a message) fit no actor of mdmq: each
+    says how often it is tried again, which errors it expects, and how long it may take."""
+    app = App(Settings(database_url="sqlite://", broker_url="stub://"))
+    try:
+        actors = declare_actors(app)
+        declared = {name: app.broker.get_actor(name).options for name in app.broker.get_declared_actors()}
+    finally:
+        app.close()
+
+    assert set(declared) == {
+        "dispatch_urgent",
+        "dispatch_bulk",
+        "record_dispatch",
+        "record_report",
+        "cancel",
+        "retry",
+    }
+    assert actors.record_dispatch.actor_name == "record_dispatch"
+    for name, options in declared.items():
+        assert isinstance(options.get("max_retries"), int), name
+        assert 0 < options.get("min_backoff", 0) <= options.get("max_backoff", 0), name
+        throws = options.get("throws")
+        assert isinstance(throws, tuple), name
+        assert throws, name
+        assert all(issubclass(t, Exception) for t in throws), name
+        assert isinstance(options.get("time_limit"), int), name
+        assert options["time_limit"] > 0, name
+    for name in ("dispatch_urgent", "dispatch_bulk"):
+        assert declared[name]["time_limit"] > SEND_TIMEOUT_S * 1000, "a send may take its whole timeout"

@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from workers.app import App
 from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
 from models.ids import new_id
 from models.statuses import Kind, Status
@@ -35,6 +34,7 @@ from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topi
 from scheduler.holds import probe_holds_job
 from tests.helpers import sandbox_settings
 from workers.actors import Actors, declare_actors
+from workers.app import App
 from workers.policy import RetryPolicy
 from workers.services.credentials import store_credential
 from workers.services.dispatch import DispatchSummary, dispatch_chunk

@@ -3,9 +3,10 @@ device, receipts, dead tokens, held credentials, storms retried later, redeliver
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 
 import pytest
@@ -31,7 +32,7 @@ from workers.providers.base import PushResult
 from workers.providers.endpoints import ProviderEndpoints
 from workers.push_gateway import Batch, PushGateway
 from workers.services.credentials import store_credential
-from workers.services.dispatch import dispatch_chunk
+from workers.services.dispatch import dispatch_chunk, record_later
 
 POLICY = RetryPolicy.defaults()
 
@@ -343,43 +344,112 @@ def test_every_answer_is_counted_by_outcome_and_reason_and_timed(
     assert REGISTRY.get_sample_value("mdmq_push_duration_seconds_count", {"provider": "apns"}) == timed + 3
 
 
-@pytest.mark.parametrize(
-    ("away", "what"), [(2, "the credential's answer window"), (3, "the answers")], ids=["window", "answers"]
-)
-def test_answers_are_recorded_when_the_database_comes_back_not_pushed_again(
-    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate, away: int, what: str
-) -> None:
-    """The pushes went out, then the database was away when their answers were to be judged or written (a
-    restart): the worker writes them once it is back, rather than failing the message, which would push
-    every device of the chunk a second time."""
-    ids = _setup(engine, registry, certificate)
-    chunk = [ids["first_profile"], ids["first_app"], ids["second_lock"]]
-    deliveries: list[str] = []
-    registry.subscribe(lambda delivery: deliveries.append(delivery.token))
+def _away_at(engine: Engine, *away: int) -> tuple[Callable[[], AbstractContextManager[Session]], list[int]]:
+    """A session factory whose transactions numbered in `away` fail as a restarting server makes them fail;
+    the list counts the transactions begun."""
     opened = sessions(engine)
-    calls = 0
+    calls = [0]
 
     @contextmanager
-    def away_once() -> Iterator[Session]:
-        """The `away`-th transaction fails as a restarting server makes it fail: after the claim (1), the
-        credential's answer window (2), then the answers (3, and again 4 when 3 failed)."""
-        nonlocal calls
-        calls += 1
-        if calls == away:
+    def session() -> Iterator[Session]:
+        calls[0] += 1
+        if calls[0] in away:
             raise sa_exc.OperationalError(
                 "BEGIN", {}, ConnectionError("the database system is shutting down")
             )
         with opened() as s:
             yield s
 
-    with _running(registry) as (_, gateway):
-        summary = dispatch_chunk(away_once, gateway, chunk, policy=POLICY)
+    return session, calls
 
-    assert calls == (4 if away == 3 else 3), f"{what} away once, then the rest"
+
+def test_answers_are_judged_later_when_the_window_is_away_not_pushed_again(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    """The pushes went out, then the database was away when the credential's window was to be read (a
+    restart): the answers are recorded all the same, rather than failing the message, which would push
+    every device of the chunk a second time."""
+    ids = _setup(engine, registry, certificate)
+    chunk = [ids["first_profile"], ids["first_app"], ids["second_lock"]]
+    deliveries: list[str] = []
+    registry.subscribe(lambda delivery: deliveries.append(delivery.token))
+    away, calls = _away_at(engine, 2)  # after the claim (1): the window (2), then the answers (3)
+
+    with _running(registry) as (_, gateway):
+        summary = dispatch_chunk(away, gateway, chunk, policy=POLICY)
+
+    assert calls == [3]
+    assert summary.unrecorded is None
     assert (summary.pushes, summary.accepted) == (2, 2), "counted once"
     assert len(deliveries) == 2, "each device pushed once"
     assert {_get(engine, i).receipt_id is not None for i in chunk} == {True}, "the answers are recorded"
     assert {_get(engine, i).attempt_count for i in chunk} == {1}
+
+
+def test_answers_the_database_refused_are_recorded_later_without_a_second_push(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    """The pushes went out, then the database refused their answers (a restart): the dispatch hands them
+    back as a record (plain data, for a record-only message) instead of failing, which would push every
+    device of the chunk again. Written once the database is back, and once only, however often it comes."""
+    ids = _setup(engine, registry, certificate)
+    chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock", "dead_profile")]
+    deliveries: list[str] = []
+    registry.subscribe(lambda delivery: deliveries.append(delivery.token))
+    away, calls = _away_at(engine, 3)  # the claim (1), the window (2), the answers (3)
+
+    with _running(registry) as (_, gateway):
+        summary = dispatch_chunk(away, gateway, chunk, policy=POLICY)
+
+    assert calls == [3]
+    assert (summary.pushes, summary.accepted) == (3, 2)
+    assert summary.unrecorded is not None
+    assert {_get(engine, i).receipt_id for i in chunk} == {None}, "nothing written yet"
+    message = json.loads(json.dumps(summary.unrecorded.as_message()))
+
+    recorded = record_later(sessions(engine), message)
+    events = _count(engine, DeploymentEvent)
+    again = record_later(sessions(engine), message)  # the record-only message delivered twice
+
+    assert recorded.undeliverable == 1
+    assert (again.already, again.undeliverable) == (True, 0)
+    assert _count(engine, PushReceipt) == 2, "one receipt a push, written once"
+    assert _count(engine, DeploymentEvent) == events
+    first_profile, first_app = _get(engine, ids["first_profile"]), _get(engine, ids["first_app"])
+    assert first_profile.receipt_id is not None
+    assert first_profile.receipt_id == first_app.receipt_id
+    assert first_profile.next_attempt_at is not None, "re-pushed if the device does not check in"
+    dead = _get(engine, ids["dead_profile"])
+    assert dead.status is Status.error_distributing
+    assert dead.error_message == "APNs rejected the device token: Unregistered since 2023-11-14 22:13 UTC"
+    assert len(deliveries) == 2, "each device pushed once (the third, unregistered, got a 410)"
+    assert {_get(engine, i).attempt_count for i in chunk} == {1}
+
+
+def test_a_turned_away_push_recorded_twice_gives_its_attempt_back_once(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    """A record of pushes the provider turned away gives back the claim's count: once, not at every
+    delivery of its message."""
+    ids = _setup(engine, registry, certificate)
+    chunk = [ids["first_profile"], ids["second_lock"]]
+    storm = FaultConfig(storm=Storm(reason="ServiceUnavailable", fraction=1.0, duration_s=3600))
+    away, _ = _away_at(engine, 2)  # the claim (1), the answers (2): turned-away answers need no window
+    with Session(engine) as s, s.begin():  # pushed once before, and counted
+        for deployment in s.exec(select(Deployment).where(col(Deployment.id).in_(chunk))):
+            deployment.attempt_count = 1
+            s.add(deployment)
+
+    with _running(registry, apns_faults=storm) as (_, gateway):
+        summary = dispatch_chunk(away, gateway, chunk, policy=POLICY)
+    assert summary.unrecorded is not None
+    assert summary.retry is not None
+    message = summary.unrecorded.as_message()
+    record_later(sessions(engine), message)
+    record_later(sessions(engine), message)
+
+    assert {_get(engine, i).attempt_count for i in chunk} == {1}, "the claim's count, given back once"
+    assert {_get(engine, i).status for i in chunk} == {Status.queued}
 
 
 def test_a_chunk_sends_to_each_provider_at_once_not_in_turn(engine: Engine) -> None:

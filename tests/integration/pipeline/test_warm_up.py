@@ -10,11 +10,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session, func, select
 
-from workers.app import App
 from config.settings import Settings
 from models.statuses import Kind, Status
 from models.tables import Deployment, DeploymentEvent, PushReceipt
 from tests.conftest import MakeDeployments
+from workers.app import App
 from workers.warm_up import warm_up
 
 
