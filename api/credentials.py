@@ -15,7 +15,7 @@ from api.errors import CONFLICT, INVALID_REQUEST, ApiError, ErrorEnvelope
 from api.representation import credential
 from api.text import StoredText
 from models.enums import CredentialKind, Provider, PushEnvironment
-from models.store.ops import list_credentials
+from models.store.credentials import list_credentials
 from workers.actors import Actors
 from workers.providers.credentials import InvalidCredential
 from workers.services.credentials import CredentialUpload, TopicChange, upload_credential

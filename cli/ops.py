@@ -24,10 +24,12 @@ from models.enums import Actor
 from models.ids import is_id
 from models.statuses import Kind, Status
 from models.store import deployment_history, get_deployment
+from models.store.certificates import watched_certificates
+from models.store.credentials import list_credentials
 from models.store.deployments import DeploymentFilter, list_deployments
 from models.store.holds import held_providers
 from models.store.maintenance import stuck_counts
-from models.store.ops import get_receipt, held_deployment_counts, list_credentials, watched_certificates
+from models.store.ops import get_receipt, held_deployment_counts
 from models.tables import Deployment
 from models.types import utcnow
 from workers.actors import declare_actors
@@ -108,7 +110,7 @@ def deployments(
 ) -> None:
     """Deployments by organization, status, kind and hold, newest first."""
     wanted = DeploymentFilter(kind=kind, status=_status(status_), held=held)
-    rows = _select(wanted, org, limit)
+    rows = _matching(wanted, org, limit)
     if as_json:
         emit_json({"deployments": [deployment_summary(d) for d in rows]})
     else:
@@ -117,7 +119,7 @@ def deployments(
         raise typer.Exit(EXIT_NOTHING)
 
 
-def _select(wanted: DeploymentFilter, org: str | None, limit: int) -> list[Deployment]:
+def _matching(wanted: DeploymentFilter, org: str | None, limit: int) -> list[Deployment]:
     app = _app()
     try:
         with app.session() as s:
@@ -281,7 +283,7 @@ def _selected(ids: list[str], status_: str | None, org: str | None) -> list[str]
         if status_ is None:
             typer.echo("mdmq: give ids, or --status (and --org) to select", err=True)
             raise typer.Exit(EXIT_USAGE)
-        ids = [d.id for d in _select(DeploymentFilter(status=_status(status_)), org, 10_000)]
+        ids = [d.id for d in _matching(DeploymentFilter(status=_status(status_)), org, 10_000)]
     bad = [i for i in ids if not is_id(i)]
     if bad:
         typer.echo(f"mdmq: not deployment ids: {', '.join(bad[:5])}", err=True)

@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from models.tables import PushCredential
+from models.enums import CredentialStatus
+from models.store._sql import run
+from models.tables import PushCredential, table_of
+
+CREDENTIAL = table_of(PushCredential)
 
 # What a stored credential takes from the uploaded one; its id, organization, provider and creation stay.
 _REPLACED = (
@@ -21,9 +28,27 @@ def credentials_to_check(session: Session, *, limit: int) -> list[PushCredential
 
 
 def lock_credential(session: Session, *, credential_id: str) -> PushCredential | None:
-    """The credential `credential_id`, its row locked till the end of the transaction; None if it is gone.
-    Changes made to it are written when the transaction commits."""
+    """The credential `credential_id`, its row locked till the end of the transaction; None if it is gone."""
     return session.get(PushCredential, credential_id, with_for_update=True)
+
+
+def record_credential_check(
+    session: Session,
+    *,
+    credential_id: str,
+    checked_at: datetime,
+    status: CredentialStatus,
+    status_reason: str | None,
+    alerted_days: int | None,
+) -> None:
+    """What the certificate watch found for the credential: its status, and the last threshold alerted."""
+    values = {
+        "last_checked_at": checked_at,
+        "status": status,
+        "status_reason": status_reason,
+        "alerted_days": alerted_days,
+    }
+    run(session, sa.update(CREDENTIAL).where(CREDENTIAL.c.id == credential_id).values(values))
 
 
 def save_credential(
@@ -40,3 +65,12 @@ def save_credential(
     session.add(row)
     session.flush()
     return row
+
+
+def list_credentials(session: Session, *, organization_id: str | None = None) -> list[PushCredential]:
+    """The organization's push credentials, or every organization's (None), by organization and provider."""
+    statement = select(PushCredential)
+    if organization_id is not None:
+        statement = statement.where(PushCredential.organization_id == organization_id)
+    order = (col(PushCredential.organization_id), col(PushCredential.provider))
+    return list(session.exec(statement.order_by(*order)))

@@ -1,14 +1,15 @@
-"""The reads only the API and the ops commands make: readiness, ownership, and what an operator lists."""
+"""The reads only the API and the ops commands make: readiness, ownership, held counts, single rows."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from models.store._sql import DEPLOYMENT, IDS_PER_STATEMENT, chunked, one_of, run
-from models.tables import Device, PushCredential, PushReceipt, WatchedCertificate
+from models.batches import IDS_PER_STATEMENT, chunked
+from models.store._sql import DEPLOYMENT, one_of, run
+from models.tables import Device, PushReceipt
 
 
 def ping(session: Session) -> None:
@@ -35,20 +36,6 @@ def held_deployment_counts(session: Session) -> list[tuple[str, str, int]]:
         .group_by(c.organization_id, c.hold_reason)
     )
     return [(r.organization_id, r.hold_reason, int(r.n)) for r in run(session, statement)]
-
-
-def list_credentials(session: Session, *, organization_id: str | None = None) -> list[PushCredential]:
-    """The organization's push credentials, or every organization's (None), by organization and provider."""
-    statement = select(PushCredential)
-    if organization_id is not None:
-        statement = statement.where(PushCredential.organization_id == organization_id)
-    order = (col(PushCredential.organization_id), col(PushCredential.provider))
-    return list(session.exec(statement.order_by(*order)))
-
-
-def watched_certificates(session: Session) -> list[WatchedCertificate]:
-    """Every certificate the scheduler watches besides the push credentials (the MDM server's own)."""
-    return list(session.exec(select(WatchedCertificate).order_by(col(WatchedCertificate.id))))
 
 
 def get_device(session: Session, *, device_id: str) -> Device | None:
