@@ -8,9 +8,12 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name
 
+from workers.policy import Lane
+
 # Queues, most urgent first: a lock or wipe of a lost phone never waits behind a million profile pushes.
-URGENT_QUEUE = "urgent"
-BULK_QUEUE = "bulk"
+# One per lane (`workers.policy.lanes` chooses it).
+URGENT_QUEUE = Lane.urgent.value
+BULK_QUEUE = Lane.bulk.value
 
 
 def build_broker(url: str, *, namespace: str = "mdmq") -> dramatiq.Broker:

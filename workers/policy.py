@@ -1,4 +1,5 @@
-"""The retry policy: when a postponed deployment is tried again, and when it has had enough chances.
+"""The retry policy: when a postponed deployment is tried again, and when it has had enough chances; and
+the lane a dispatch message travels on.
 
 Limits are per kind (a wipe cannot wait three days; a profile can) and an organization may override any of
 them in `Organization.retry_policy`, e.g. `{"profile": {"max_postpones": 20, "deadline_s": 604800}}`.
@@ -7,9 +8,11 @@ them in `Organization.retry_policy`, e.g. `{"profile": {"max_postpones": 20, "de
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from config.errors import MdmqError
@@ -68,6 +71,28 @@ DEFAULTS: Mapping[Kind, KindPolicy] = {
         push_max_s=6 * 3600,
     ),
 }
+
+
+class Lane(StrEnum):
+    """The two queues of dispatch messages (DESIGN §4.7): workers serve `urgent` before `bulk`."""
+
+    urgent = "urgent"
+    bulk = "bulk"
+
+
+def lanes(deployments: Iterable[tuple[str, str, Kind]]) -> list[tuple[str, Lane, list[str]]]:
+    """Deployments `(id, organization, kind)` grouped by organization, each group with its lane: the one
+    place a dispatch message's lane is chosen. An organization's security actions go on the urgent lane,
+    and so does its lone other deployment (a single-device request); a rollout goes on the bulk lane.
+
+    The deployment's own `urgent` flag (stored from the API) is not read here yet: it routes nothing."""
+    groups: dict[tuple[str, bool], list[str]] = defaultdict(list)
+    for deployment_id, organization_id, kind in deployments:
+        groups[(organization_id, kind is Kind.security_action)].append(deployment_id)
+    return [
+        (organization_id, Lane.urgent if security or len(ids) == 1 else Lane.bulk, ids)
+        for (organization_id, security), ids in groups.items()
+    ]
 
 
 class InvalidPolicy(MdmqError, ValueError):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from models.statuses import Kind
-from workers.policy import InvalidPolicy, RetryPolicy, backoff_s, next_attempt_at
+from workers.policy import InvalidPolicy, KindPolicy, Lane, RetryPolicy, backoff_s, lanes, next_attempt_at
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -63,3 +63,26 @@ def test_an_organization_overrides_only_what_it_names() -> None:
 def test_a_bad_override_is_a_clear_error(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidPolicy, match=message):
         RetryPolicy.defaults().overridden(overrides)
+
+
+def test_limits_are_named_not_placed() -> None:
+    with pytest.raises(TypeError):
+        KindPolicy(12, 3 * 86_400, 300, 4 * 3600, 8, 600, 6 * 3600)  # type: ignore[call-arg]
+    assert RetryPolicy.defaults()[Kind.security_action].deadline_s == 86_400
+
+
+def test_security_actions_and_lone_deployments_take_the_urgent_lane_rollouts_the_bulk_one() -> None:
+    chosen = lanes(
+        [
+            ("p1", "acme", Kind.profile),
+            ("w1", "acme", Kind.security_action),
+            ("p2", "acme", Kind.profile),
+            ("a1", "globex", Kind.app),
+        ]
+    )
+
+    assert chosen == [
+        ("acme", Lane.bulk, ["p1", "p2"]),
+        ("acme", Lane.urgent, ["w1"]),
+        ("globex", Lane.urgent, ["a1"]),
+    ]
