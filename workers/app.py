@@ -10,11 +10,9 @@ from contextlib import contextmanager
 from functools import cached_property
 
 import dramatiq
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from config.settings import Settings, load_settings
-from models.database import create_engine
+from models.database import Engine, Session, create_engine
 from workers.broker import build_broker
 from workers.policy import RetryPolicy
 from workers.providers.endpoints import ProviderEndpoints
