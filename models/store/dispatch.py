@@ -189,10 +189,8 @@ def record_receipts(
     ]
     links.sort(key=lambda link: link["b_deployment"])  # row locks in id order, as every write takes them
     if dialect_of(session) == "postgresql":
-        # Straight to psycopg, a row a deployment, prepared once and pipelined. SQLAlchemy's executemany
-        # turned each row's parameters into a compiled statement's, a tenth of a worker's CPU in a 10,000
-        # fan-out; one `UPDATE … FROM unnest(…)` would spare that too, but cost the server more than the
-        # rows it replaces.
+        # Straight to psycopg, a row a deployment, prepared once and pipelined: SQLAlchemy's executemany
+        # compiles each row's parameters anew; one `UPDATE … FROM unnest(…)` costs the server more.
         connection = session.connection()
         connection.exec_driver_sql(_sql_of(_LINK, connection.dialect), links)
     else:

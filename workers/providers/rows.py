@@ -36,14 +36,11 @@ def credential_from_row(row: PushCredential, *, stored: bool = True) -> Credenti
     of another provider, an APNs token key (`MDM_NEEDS_CERTIFICATE`), unreadable material.
 
     `stored` False for material on its way in (`store_credential`): it gets every check. A stored row passed
-    them when it was stored, so its RSA key is loaded without the consistency check again (56 ms of CPU,
-    in the first chunk of every worker process's first rollout).
+    them when it was stored, so its RSA key is loaded without the costly consistency check.
 
-    Every dispatch chunk asks, and loading a private key is costly (an RSA service account's, some 35 ms of
-    CPU: a third of a worker's time before this cache), so each distinct stored credential is loaded once.
-    The key is the row's whole content, so a renewed or edited credential is loaded afresh. The worker
-    threads ask at once when a rollout starts; the lock makes the first load it and the others wait for it,
-    where each would otherwise load it too."""
+    Each distinct stored credential is loaded once (loading a private key is costly, and every dispatch
+    chunk asks); the cache key is the row's whole content, so a renewed or edited credential is loaded
+    afresh. The lock makes the first of the worker threads that ask at once load it, and the others wait."""
     require_kind_of(row.provider, row.kind)
     material = _Stored(row.kind, row.environment.value, row.secret, row.project_id)
     with _loading:
