@@ -29,9 +29,9 @@ from sentry_sdk.integrations.logging import ignore_logger
 
 from models.database import Session
 from models.enums import CertificateSource, CredentialKind, CredentialStatus, Provider
+from models.store.certificates import record_watched_check, watched_certificate, watched_certificates
 from models.store.certificates import watch_certificates as watch_targets
-from models.store.certificates import watched_certificate, watched_certificates
-from models.store.credentials import credentials_to_check, lock_credential
+from models.store.credentials import credentials_to_check, lock_credential, record_credential_check
 from models.store.dispatch import PushTarget, hold_for_credential
 from models.store.holds import NewHold, hold_provider
 from models.tables import PushCredential, WatchedCertificate
@@ -138,50 +138,86 @@ def _apply_to_credential(
     row = lock_credential(s, credential_id=credential_id)
     if row is None or row.fingerprint != verdict.fingerprint:  # replaced meanwhile: the verdict is stale
         return 0
-    provider = PROVIDER_NAMES[row.provider]
     name = f"{row.organization_id}/{row.provider.value}"
-    row.last_checked_at = now
     CREDENTIAL_ACCEPTED.labels(organization=row.organization_id, provider=row.provider.value).set(
         0 if verdict.refused else 1
     )
     if verdict.not_after is not None:
         EXPIRY.labels(source="push_credential", name=name).set(verdict.not_after.timestamp())
-    hold_reason: str | None = None
+    finding = _judge(row, verdict, thresholds, now)
+    if finding is None:
+        record_credential_check(
+            s,
+            credential_id=row.id,
+            checked_at=now,
+            status=row.status,
+            status_reason=row.status_reason,
+            alerted_days=row.alerted_days,
+        )
+        return 0
+    if finding.crossed == 0:
+        _hold(s, row, finding.hold_reason or finding.what, finding.what, now)
+    alerted_days, alerted = _alert_once(
+        row.alerted_days, finding.crossed, finding.what, source="push_credential", name=name
+    )
+    record_credential_check(
+        s,
+        credential_id=row.id,
+        checked_at=now,
+        status=finding.status,
+        status_reason=finding.status_reason,
+        alerted_days=alerted_days,
+    )
+    return alerted
+
+
+@dataclass(frozen=True)
+class _Finding:
+    """What a verdict means for a credential: its new status, the threshold crossed, the alert's text."""
+
+    status: CredentialStatus
+    status_reason: str | None
+    crossed: int | None
+    what: str
+    hold_reason: str | None = None  # when it differs from `what`
+
+
+def _judge(
+    row: PushCredential, verdict: Verdict, thresholds: tuple[int, ...], now: datetime
+) -> _Finding | None:
+    provider = PROVIDER_NAMES[row.provider]
     if verdict.refused is not None:
-        crossed: int | None = 0
         kind = row.kind.value.replace("_", " ")
+        reason = verdict.refused[:500]
         if verdict.unusable:
             what = f"{provider} cannot use the {kind} of {row.organization_id}: {verdict.refused}"
             # The hold's reason as the dispatch words it, with room in its 200 characters for the fix.
             hold_reason = f"{provider} credential refused: {verdict.refused}"
-            row.status, row.status_reason = CredentialStatus.invalid, verdict.refused[:500]
-        else:
-            what = f"{provider} refused the {kind} of {row.organization_id}: {verdict.refused}"
-            row.status, row.status_reason = CredentialStatus.revoked, verdict.refused[:500]
-    elif verdict.not_after is not None:
-        days_left = (verdict.not_after - now).total_seconds() / 86_400
-        crossed = crossed_threshold(days_left, thresholds)
-        what = _expiry_text(
-            f"the {provider} certificate of {row.organization_id}", verdict.not_after, days_left
-        )
-        if crossed == 0:
-            row.status, row.status_reason = CredentialStatus.expired, what
-        elif crossed is not None and row.status is CredentialStatus.valid:
-            row.status = CredentialStatus.expiring
-    else:
-        return 0
+            return _Finding(CredentialStatus.invalid, reason, 0, what, hold_reason)
+        what = f"{provider} refused the {kind} of {row.organization_id}: {verdict.refused}"
+        return _Finding(CredentialStatus.revoked, reason, 0, what)
+    if verdict.not_after is None:
+        return None
+    days_left = (verdict.not_after - now).total_seconds() / 86_400
+    crossed = crossed_threshold(days_left, thresholds)
+    what = _expiry_text(f"the {provider} certificate of {row.organization_id}", verdict.not_after, days_left)
     if crossed == 0:
-        reason = hold_reason or what
-        held = hold_for_credential(
-            s, organization_id=row.organization_id, provider=row.provider, reason=reason
-        )
-        # Recorded as the dispatch records its holds, so that the scheduler's one-push probe releases it
-        # when the fix was made elsewhere (a service-account key restored, an API key re-enabled).
-        hold = NewHold(row.organization_id, row.provider, "credential", reason[:500], None, row.fingerprint)
-        hold_provider(s, hold=hold, probe_at=now + timedelta(seconds=HOLD_FIRST_PROBE_S), now=now)
-        if held:
-            log.error("deployments held: %s", what, extra={"organization": row.organization_id, "held": held})
-    return _alert_once(row, crossed, what, source="push_credential", name=name)
+        return _Finding(CredentialStatus.expired, what, crossed, what)
+    if crossed is not None and row.status is CredentialStatus.valid:
+        return _Finding(CredentialStatus.expiring, row.status_reason, crossed, what)
+    return _Finding(row.status, row.status_reason, crossed, what)
+
+
+def _hold(s: Session, row: PushCredential, reason: str, what: str, now: datetime) -> None:
+    """Hold the organization's deployments this credential wakes, as the dispatch holds them when a push is
+    refused."""
+    held = hold_for_credential(s, organization_id=row.organization_id, provider=row.provider, reason=reason)
+    # Recorded as the dispatch records its holds, so that the scheduler's one-push probe releases it
+    # when the fix was made elsewhere (a service-account key restored, an API key re-enabled).
+    hold = NewHold(row.organization_id, row.provider, "credential", reason[:500], None, row.fingerprint)
+    hold_provider(s, hold=hold, probe_at=now + timedelta(seconds=HOLD_FIRST_PROBE_S), now=now)
+    if held:
+        log.error("deployments held: %s", what, extra={"organization": row.organization_id, "held": held})
 
 
 def _register_watched(app: App) -> None:
@@ -229,22 +265,37 @@ def _apply_to_watched(
     s: Session, certificate_id: int | None, verdict: Verdict | str, thresholds: tuple[int, ...], now: datetime
 ) -> int:
     row = None if certificate_id is None else watched_certificate(s, certificate_id=certificate_id)
-    if row is None:
+    if row is None or row.id is None:
         return 0
-    row.last_checked_at = now
     if isinstance(verdict, str):
         if row.last_error != verdict:
             log.warning("watched certificate %s could not be read: %s", row.target, verdict)
-        row.last_error = verdict
+        record_watched_check(
+            s,
+            certificate_id=row.id,
+            checked_at=now,
+            not_after=row.not_after,
+            last_error=verdict,
+            alerted_days=row.alerted_days,
+        )
         return 0
     assert verdict.not_after is not None
-    row.not_after, row.last_error = verdict.not_after, None
     EXPIRY.labels(source=row.source.value, name=row.target).set(verdict.not_after.timestamp())
     days_left = (verdict.not_after - now).total_seconds() / 86_400
     what = _expiry_text(f"the certificate of {row.target}", verdict.not_after, days_left)
-    return _alert_once(
-        row, crossed_threshold(days_left, thresholds), what, source=row.source.value, name=row.target
+    crossed = crossed_threshold(days_left, thresholds)
+    alerted_days, alerted = _alert_once(
+        row.alerted_days, crossed, what, source=row.source.value, name=row.target
     )
+    record_watched_check(
+        s,
+        certificate_id=row.id,
+        checked_at=now,
+        not_after=verdict.not_after,
+        last_error=None,
+        alerted_days=alerted_days,
+    )
+    return alerted
 
 
 def _expiry_text(subject: str, not_after: datetime, days_left: float) -> str:
@@ -255,15 +306,14 @@ def _expiry_text(subject: str, not_after: datetime, days_left: float) -> str:
 
 
 def _alert_once(
-    row: PushCredential | WatchedCertificate, crossed: int | None, what: str, *, source: str, name: str
-) -> int:
-    """Log and send `what` when `crossed` is a threshold not alerted yet, and remember it; 1 if alerted."""
+    alerted_days: int | None, crossed: int | None, what: str, *, source: str, name: str
+) -> tuple[int | None, int]:
+    """Log and send `what` when `crossed` is a threshold not alerted yet (`alerted_days` is the last one
+    alerted); the threshold to remember, and 1 if alerted."""
     if crossed is None:
-        row.alerted_days = None  # renewed, or never near: the next approach alerts afresh
-        return 0
-    if row.alerted_days is not None and crossed >= row.alerted_days:
-        return 0
-    row.alerted_days = crossed
+        return None, 0  # renewed, or never near: the next approach alerts afresh
+    if alerted_days is not None and crossed >= alerted_days:
+        return alerted_days, 0
     level = logging.ERROR if crossed == 0 else logging.WARNING
     threshold = "expired" if crossed == 0 else f"{crossed}-day threshold"
     log.log(
@@ -271,4 +321,4 @@ def _alert_once(
     )
     if sentry_sdk.get_client().is_active():
         sentry_sdk.capture_message(f"certificate watch: {what}", level="error" if crossed == 0 else "warning")
-    return 1
+    return crossed, 1
