@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
@@ -12,6 +11,7 @@ from models.database import Session
 from models.statuses import Kind
 from models.store.sweeps import Due, mark_enqueued, unmark_enqueued
 from models.types import utcnow
+from workers.policy import Lane, lanes
 
 Send = Callable[[list[str]], object]
 
@@ -32,12 +32,9 @@ def enqueue_dispatch(
     The rows are marked enqueued as their messages go out, unless they were created `marked` already. When
     a send fails (the broker is down), the rows are left saying which messages went: those sent are marked,
     those not are unmarked, for the relay to enqueue once the broker is back; then the error is raised."""
-    groups: dict[tuple[str, bool], list[str]] = defaultdict(list)
-    for d in deployments:
-        groups[(d.organization_id, d.kind is Kind.security_action)].append(d.id)
     chunks = [
-        (urgent if is_urgent or len(ids) == 1 else bulk, list(chunk))
-        for (_, is_urgent), ids in groups.items()
+        (urgent if lane is Lane.urgent else bulk, list(chunk))
+        for _, lane, ids in lanes((d.id, d.organization_id, d.kind) for d in deployments)
         for chunk in chunked(ids, chunk_size)
     ]
     sent: list[str] = []
