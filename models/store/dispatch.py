@@ -24,6 +24,7 @@ from models.store._sql import (
     lock_deployments,
     one_of,
     run,
+    update_deployments,
 )
 from models.store.transitions import Effects, ErrorInfo, Move, transition
 from models.tables import PushCredential
@@ -72,37 +73,25 @@ def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> li
     the re-push sweep): a second message for it (a redelivery after a crash, or a rollout's message still
     on the queue when a hold was released and the release sent its own) claims it again and costs at worst
     a second wake-up push, but it is one chance to check in, not two."""
-    claimed: list[Claimed] = []
     c = DEPLOYMENT.c
     not_pushed_since_enqueued = sa.or_(
         c.pushed_at.is_(None), c.enqueued_at.is_(None), c.pushed_at < c.enqueued_at
     )
-    for batch in chunked(list(dict.fromkeys(ids)), IDS_PER_STATEMENT):
-        statement = (
-            sa.update(DEPLOYMENT)
-            .where(
-                in_id_order(
-                    session,
-                    sa.and_(
-                        one_of(session, c.id, batch),
-                        c.status == Status.queued.value,
-                        c.hold_reason.is_(None),
-                    ),
-                )
-            )
-            .values(
-                attempt_count=c.attempt_count + sa.case((not_pushed_since_enqueued, 1), else_=0),
-                pushed_at=now,
-                enqueued_at=sa.func.coalesce(c.enqueued_at, now),
-            )
-            .returning(c.id, c.organization_id, c.device_id, c.kind, c.attempt_count, c.created_at)
-        )
-        rows = run(session, statement)
-        claimed += [
-            Claimed(r.id, r.organization_id, r.device_id, Kind(r.kind), r.attempt_count, r.created_at)
-            for r in rows
-        ]
-    return claimed
+    rows = update_deployments(
+        session,
+        ids=ids,
+        where=sa.and_(c.status == Status.queued.value, c.hold_reason.is_(None)),
+        values={
+            "attempt_count": c.attempt_count + sa.case((not_pushed_since_enqueued, 1), else_=0),
+            "pushed_at": now,
+            "enqueued_at": sa.func.coalesce(c.enqueued_at, now),
+        },
+        returning=(c.id, c.organization_id, c.device_id, c.kind, c.attempt_count, c.created_at),
+    )
+    return [
+        Claimed(r.id, r.organization_id, r.device_id, Kind(r.kind), r.attempt_count, r.created_at)
+        for r in rows
+    ]
 
 
 def give_back_attempts(
@@ -113,17 +102,16 @@ def give_back_attempts(
     that does reach it counts. The re-push sweep takes them again at `redeliver_at`, should the retry's
     message be lost. `claimed_at`: give back only the claim made then (its `pushed_at`), once."""
     c = DEPLOYMENT.c
-    for batch in chunked(sorted(set(ids)), IDS_PER_STATEMENT):
-        condition = sa.and_(one_of(session, c.id, batch), c.status == Status.queued.value)
-        if claimed_at is not None:
-            condition = sa.and_(condition, c.pushed_at == claimed_at)
-        given_back = sa.case((c.attempt_count > 0, c.attempt_count - 1), else_=0)
-        run(
-            session,
-            sa.update(DEPLOYMENT)
-            .where(in_id_order(session, condition))
-            .values(attempt_count=given_back, pushed_at=None, next_attempt_at=redeliver_at),
-        )
+    condition = c.status == Status.queued.value
+    if claimed_at is not None:
+        condition = sa.and_(condition, c.pushed_at == claimed_at)
+    given_back = sa.case((c.attempt_count > 0, c.attempt_count - 1), else_=0)
+    update_deployments(
+        session,
+        ids=sorted(set(ids)),
+        where=condition,
+        values={"attempt_count": given_back, "pushed_at": None, "next_attempt_at": redeliver_at},
+    )
 
 
 def push_targets(session: Session, *, device_ids: Collection[str]) -> dict[str, PushTarget]:
