@@ -3,6 +3,7 @@ retry, and the device reports of the MDM check-in server."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, INVALID_REQUEST, ApiError
-from api.representation import deployment_detail, deployment_summary
+from api.representation import deployment_detail, deployment_summary, outcome
 from api.text import StoredText
 from models.enums import Actor
 from models.ids import ID_PATTERN
@@ -208,7 +209,7 @@ def router(actors: Actors) -> APIRouter:
         with app.session() as session:
             ids = own_deployment_ids(session, organization_id=organizationId, ids=body.ids)
             result = cancel_deployments(session, ids=ids, actor=Actor.api)
-        return {"status": True, "data": _outcome(body.ids, ids, result)}
+        return {"status": True, "data": outcome([result], unknown=_unknown(body.ids, ids))}
 
     @routes.post("/deployments/retry", response_model=OutcomeAnswer)
     def retry(organizationId: OrganizationId, body: IdList, caller: Caller) -> dict[str, Any]:
@@ -219,7 +220,7 @@ def router(actors: Actors) -> APIRouter:
             ids = own_deployment_ids(session, organization_id=organizationId, ids=body.ids)
             result = retry_deployments(session, ids=ids, actor=Actor.api)
         actors.enqueue_ids([a.deployment_id for a in result.applied])
-        return {"status": True, "data": _outcome(body.ids, ids, result)}
+        return {"status": True, "data": outcome([result], unknown=_unknown(body.ids, ids))}
 
     return routes
 
@@ -248,18 +249,12 @@ def reports_router(actors: Actors) -> APIRouter:
                 if r.deploymentId in ids
             ]
             results = record_device_reports(session, device_reports, policy=app.policy)
-        applied = [a.deployment_id for result in results for a in result.applied]
-        refused = [
-            {"id": f.deployment_id, "reason": f.reason.value} for result in results for f in result.refused
-        ]
-        refused += [{"id": i, "reason": "unknown_deployment"} for i in dict.fromkeys(wanted) if i not in ids]
-        return {"status": True, "data": {"applied": applied, "refused": refused}}
+        return {"status": True, "data": outcome(results, unknown=_unknown(wanted, ids))}
 
     return routes
 
 
-def _outcome(asked: list[str], own: list[str], result: Any) -> dict[str, Any]:
+def _unknown(asked: list[str], own: Collection[str]) -> list[str]:
+    """Those of `asked` that are not the organization's, once each, in the order asked."""
     mine = set(own)
-    refused = [{"id": r.deployment_id, "reason": r.reason.value} for r in result.refused]
-    refused += [{"id": i, "reason": "unknown_deployment"} for i in dict.fromkeys(asked) if i not in mine]
-    return {"applied": [a.deployment_id for a in result.applied], "refused": refused}
+    return [i for i in dict.fromkeys(asked) if i not in mine]

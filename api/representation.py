@@ -5,9 +5,10 @@ Times stay `datetime`: the API's response models and the command line's `--json`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from models.store import TransitionResult
 from models.tables import Deployment, DeploymentEvent, ProviderHold, PushCredential, PushReceipt
 
 
@@ -95,3 +96,11 @@ def provider_hold(h: ProviderHold) -> dict[str, Any]:
         "tries": h.probe_failures,
         "lastTry": h.last_probe_result,
     }
+
+
+def outcome(results: Sequence[TransitionResult], *, unknown: Iterable[str] = ()) -> dict[str, Any]:
+    """What a cancel, a retry or device reports did: the ids applied, and each refused one with its reason;
+    `unknown` ids (none of the organization's deployments) are refused as `unknown_deployment`."""
+    refused = [{"id": f.deployment_id, "reason": f.reason.value} for r in results for f in r.refused]
+    refused += [{"id": i, "reason": "unknown_deployment"} for i in unknown]
+    return {"applied": [a.deployment_id for r in results for a in r.applied], "refused": refused}

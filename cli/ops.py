@@ -16,14 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from api.representation import deployment_detail, deployment_summary, provider_hold
+from api.representation import deployment_detail, deployment_summary, outcome, provider_hold
 from cli.output import emit_json
 from config import load_settings
 from models.database import Session
 from models.enums import Actor
 from models.ids import is_id
 from models.statuses import Kind, Status
-from models.store import deployment_history, get_deployment
+from models.store import TransitionResult, deployment_history, get_deployment
 from models.store.certificates import watched_certificates
 from models.store.credentials import list_credentials
 from models.store.deployments import DeploymentFilter, list_deployments
@@ -245,8 +245,7 @@ def _act(
     ids = _selected(ids, status_, org)
     if not yes and not typer.confirm(f"{what} {len(ids):,} deployment(s)?", err=True):
         raise typer.Exit(EXIT_DECLINED)
-    applied: list[str] = []
-    refused: dict[str, str] = {}
+    results: list[TransitionResult] = []
     app = _app()
     actors = declare_actors(app) if what == "retry" else None
     try:
@@ -257,21 +256,20 @@ def _act(
                 chunk = ids[start : start + CHUNK]
                 with app.session() as s:
                     result = _apply(s, what, chunk)
-                done = [a.deployment_id for a in result.applied]
                 if actors is not None:
-                    actors.enqueue_ids(done)
-                applied += done
-                refused |= {r.deployment_id: r.reason.value for r in result.refused}
+                    actors.enqueue_ids([a.deployment_id for a in result.applied])
+                results.append(result)
                 advance(len(chunk))
     finally:
         app.close()
+    done = outcome(results)
     if as_json:
-        emit_json({"applied": applied, "refused": refused})
+        emit_json(done)
     else:
-        console.print(f"{what}: {len(applied):,} applied, {len(refused):,} refused")
-        for deployment_id, reason in list(refused.items())[:20]:
-            console.print(f"  {deployment_id}: {reason}")
-    if not applied:
+        console.print(f"{what}: {len(done['applied']):,} applied, {len(done['refused']):,} refused")
+        for refusal in done["refused"][:20]:
+            console.print(f"  {refusal['id']}: {refusal['reason']}")
+    if not done["applied"]:
         raise typer.Exit(EXIT_NOTHING)
 
 
@@ -306,7 +304,7 @@ def _progress(what: str, total: int, *, enabled: bool) -> Iterator[Callable[[int
         yield lambda n: bar.advance(task, n)
 
 
-def _apply(s: Session, what: str, ids: list[str]) -> Any:
+def _apply(s: Session, what: str, ids: list[str]) -> TransitionResult:
     if what == "cancel":
         return cancel_deployments(s, ids=ids, actor=Actor.ops)
     return retry_deployments(s, ids=ids, actor=Actor.ops)

@@ -142,7 +142,7 @@ def test_cancel_and_retry_by_ids_or_by_filter_with_a_confirmation(
     force_status(pg, other_failed, Status.failed)
 
     code, out, _ = mdmq("cancel", queued, failed, "--yes", "--json")
-    assert (code, out["applied"], out["refused"]) == (0, [queued], {failed: "not_allowed"})
+    assert (code, out["applied"], out["refused"]) == (0, [queued], [{"id": failed, "reason": "not_allowed"}])
 
     code, _, _ = mdmq("retry", "--status", "Failed", "--org", "acme", answer="n\n")
     assert code == 65, "declined at the prompt: nothing done"
