@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import start_http_server
 
-from workers.app import App
 from config.logging import configure_logging
 from config.sentry import init_sentry
 from scheduler.runner import Scheduler
+from workers.app import App
 
 
 def main() -> None:
