@@ -8,8 +8,6 @@ document (or mdmq's own for a push that got no answer); anything else is its HTT
 
 from __future__ import annotations
 
-import socket
-
 from prometheus_client import Counter
 
 from models.enums import Provider
@@ -17,7 +15,7 @@ from workers.providers.aosp import KNOWN_CODES as AOSP_CODES
 from workers.providers.apns_reasons import KNOWN_REASONS as APNS_REASONS
 from workers.providers.base import Outcome, PushResult
 from workers.providers.fcm import KNOWN_ERROR_CODES as FCM_CODES
-from workers.providers.timing import PUSH_DURATION
+from workers.providers.timing import CLOCK_SKEW_REFUSALS, PUSH_DURATION, count_clock_skew_refusal
 
 __all__ = [
     "CLOCK_SKEW_REFUSALS",
@@ -46,18 +44,9 @@ TOKENS_INVALIDATED = Counter(
     "Device tokens marked invalid on a provider's answer, by organization, provider and provider's reason.",
     ["organization", "provider", "reason"],
 )
-CLOCK_SKEW_REFUSALS = Counter(
-    "mdmq_clock_skew_refusals",
-    "Credential exchanges a provider refused for this host's clock (an OAuth assertion's iat/exp), by "
-    "provider and host: the host's clock is to be fixed, the credential is fine.",
-    ["provider", "host"],
-)
 
 for _provider in Provider:  # a series at 0 for each, so that the first hold shows in rate()
     HOLDS.labels(_provider.value)
-# This host's series at 0 for the one provider that exchanges credentials (FCM's OAuth), so that its first
-# refusal shows in increase() and the dashboard's panel exists before anything goes wrong.
-CLOCK_SKEW_REFUSALS.labels(Provider.fcm.value, socket.gethostname())
 
 # mdmq's own words for a push that got no answer, beside the providers' documented reasons.
 _OWN_REASONS = frozenset(
@@ -91,7 +80,3 @@ def reason_label(result: PushResult) -> str:
 def count_answers(provider: str, results: list[PushResult]) -> None:
     for result in results:
         PUSHES.labels(provider, result.outcome.value, reason_label(result)).inc()
-
-
-def count_clock_skew_refusal(provider: str, host: str) -> None:
-    CLOCK_SKEW_REFUSALS.labels(provider, host).inc()

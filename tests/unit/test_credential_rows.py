@@ -27,7 +27,7 @@ from workers.providers.credentials import (
     require_printable,
     require_project_id,
 )
-from workers.providers.rows import credential_from_row
+from workers.services.credential_rows import credential_from_row
 
 MDM_TOPIC = "com.apple.mgmt.External.2b6f0cc9-04a1-4f0e-9d3e-6c1f6b1c1a11"
 

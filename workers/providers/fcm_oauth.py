@@ -17,6 +17,7 @@ import jwt
 from workers.providers.base import ConnectionFailed, CredentialRejected, ProviderError
 from workers.providers.credentials import FCM_SCOPE, FcmServiceAccount
 from workers.providers.http2 import Http2Pool, Response, StreamUnanswered
+from workers.providers.timing import count_clock_skew_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +120,6 @@ class AccessTokenSource:
 
     def _clock_skew_refused(self, response: Response, now: float) -> NoReturn:
         host = socket.gethostname()
-        # Imported here: workers.metrics imports the providers to know their reasons.
-        from workers.metrics import count_clock_skew_refusal
-
         count_clock_skew_refusal("fcm", host)
         skew_s = _skew_s(response, now)
         measured = (

@@ -1,13 +1,15 @@
-"""How long a provider takes to answer one push request: observed around the request itself, in each
-provider, so that the figure is the provider's and not the batch's."""
+"""The metrics the providers observe themselves: how long a provider takes to answer one push request
+(observed around the request itself, so that the figure is the provider's and not the batch's), and the
+credential exchanges refused for this host's clock. `workers.metrics` serves them with the others."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 T = TypeVar("T")
 
@@ -17,6 +19,15 @@ PUSH_DURATION = Histogram(
     ["provider"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+CLOCK_SKEW_REFUSALS = Counter(
+    "mdmq_clock_skew_refusals",
+    "Credential exchanges a provider refused for this host's clock (an OAuth assertion's iat/exp), by "
+    "provider and host: the host's clock is to be fixed, the credential is fine.",
+    ["provider", "host"],
+)
+# This host's series at 0 for the one provider that exchanges credentials (FCM's OAuth), so that its first
+# refusal shows in increase() and the dashboard's panel exists before anything goes wrong.
+CLOCK_SKEW_REFUSALS.labels("fcm", socket.gethostname())
 
 
 async def timed(provider: str, request: Awaitable[T]) -> T:
@@ -26,3 +37,7 @@ async def timed(provider: str, request: Awaitable[T]) -> T:
         return await request
     finally:
         PUSH_DURATION.labels(provider).observe(time.perf_counter() - started)
+
+
+def count_clock_skew_refusal(provider: str, host: str) -> None:
+    CLOCK_SKEW_REFUSALS.labels(provider, host).inc()

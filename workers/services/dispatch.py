@@ -65,9 +65,9 @@ from workers.metrics import HOLDS, TOKENS_INVALIDATED, count_answers, reason_lab
 from workers.policy import KindPolicy, Policies, RetryPolicy, backoff_s
 from workers.providers.base import CredentialRejected, Outcome, ProviderError, Push, PushResult, PushType
 from workers.providers.credentials import Credential, InvalidCredential
-from workers.providers.rows import credential_from_row
 from workers.push_gateway import PushGateway
 from workers.services import wording
+from workers.services.credential_rows import credential_from_row
 from workers.services.valve import Valve, Verdict, answer_marks
 
 log = logging.getLogger(__name__)

@@ -36,8 +36,8 @@ from workers.providers.base import Outcome, Push, PushType
 from workers.providers.credentials import MDM_NEEDS_CERTIFICATE, InvalidCredential
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.factory import ProviderFactory
-from workers.providers.rows import credential_from_row
 from workers.push_gateway import PushGateway
+from workers.services.credential_rows import credential_from_row
 from workers.services.dispatch import dispatch_chunk
 
 
