@@ -1,5 +1,5 @@
 """Request bodies whose text reaches a text column: PostgreSQL's text cannot hold a NUL character, so a
-string with one is refused as invalid input (400, naming the field) rather than failing the INSERT (500)."""
+string with one is refused as invalid input (400, naming the field) before the database fails on it (500)."""
 
 from __future__ import annotations
 
