@@ -173,9 +173,9 @@ class FcmServiceAccount:
     project_id: str
     private_key_id: str | None = None
     token_uri: str = GOOGLE_TOKEN_URI
-    # The key, loaded once: loading an RSA key costs some 35 ms of CPU, and the OAuth assertions need it.
+    # The key, loaded once: loading an RSA key is costly, and the OAuth assertions need it.
     signing_key: rsa.RSAPrivateKey = field(init=False, repr=False, compare=False)
-    # False for a key checked already (when it was stored): the RSA consistency check is 56 ms of the load.
+    # False for a key checked already (when it was stored): the RSA consistency check is most of the load.
     check_key: InitVar[bool] = True
 
     def __post_init__(self, check_key: bool) -> None:
@@ -244,7 +244,7 @@ Credential = ApnsTokenKey | ApnsCertificate | FcmServiceAccount | AospApiKey
 
 def _load_private_key(pem: str, name: str, *, check: bool = True) -> Any:
     """`check` False skips an RSA key's consistency check (its primes against its modulus and exponents):
-    some 56 ms of CPU of a 2048-bit key's load, and only for a key that passed it once already."""
+    most of a 2048-bit key's load, and only for a key that passed it once already."""
     try:
         return serialization.load_pem_private_key(
             pem.encode(), password=None, unsafe_skip_rsa_key_validation=not check

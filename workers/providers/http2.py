@@ -1,9 +1,9 @@
 """A small HTTP/2 client on asyncio and `h2`: persistent, multiplexed connections to one origin.
 
-Written on `h2` directly rather than on httpx because the push fan-out spends its CPU here: a request costs
-about a tenth of httpx's HTTP/2 path (see `benchmarks/apns_clients.py`). Everything h2, ssl and socket code
-raises is translated where it enters, into `ConnectionFailed` (could not connect at all) or `StreamUnanswered`
-(the connection ended before this request was answered, so it may be sent again).
+Written on `h2` directly rather than on httpx because the push fan-out spends its CPU here, and this path
+costs far less per request than httpx's HTTP/2 (`benchmarks/apns_clients.py` compares them). Everything
+h2, ssl and socket code raises is translated where it enters, into `ConnectionFailed` (could not connect at
+all) or `StreamUnanswered` (the connection ended before this request was answered, so it may be sent again).
 """
 
 from __future__ import annotations
