@@ -39,8 +39,8 @@ from scheduler.lease import still_leading
 from workers.app import App
 from workers.providers.base import CredentialRejected, Outcome, Push
 from workers.providers.credentials import InvalidCredential
-from workers.providers.rows import credential_from_row
 from workers.push_gateway import PushGateway
+from workers.services.credential_rows import credential_from_row
 from workers.services.dispatch import HOLD_FIRST_PROBE_S, PROVIDER_NAMES, wake_up
 
 log = logging.getLogger(__name__)

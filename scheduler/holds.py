@@ -22,7 +22,7 @@ from scheduler.lease import still_leading
 from workers.actors import Actors
 from workers.providers.base import Outcome, ProviderError
 from workers.providers.credentials import InvalidCredential
-from workers.providers.rows import credential_from_row
+from workers.services.credential_rows import credential_from_row
 from workers.services.dispatch import wake_up
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from workers.actors import Actors
 from workers.providers.aosp import PushGone, PushStatus
 from workers.providers.base import ProviderError
 from workers.providers.credentials import InvalidCredential
-from workers.providers.rows import credential_from_row
+from workers.services.credential_rows import credential_from_row
 from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from workers.providers.credentials import (
     InvalidCredential,
     require_printable,
 )
-from workers.providers.rows import credential_from_row, require_kind_of
+from workers.services.credential_rows import credential_from_row, require_kind_of
 
 # Within this of its expiry a credential is `expiring`: the certificate watch alerts from 30 days out.
 EXPIRING_WITHIN = timedelta(days=30)
