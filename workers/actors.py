@@ -39,34 +39,36 @@ DispatchActor = dramatiq.Actor[..., None]
 
 # What each actor declares, rather than Dramatiq's defaults (20 retries over up to a week, 10 minutes each).
 # `throws`: errors mdmq raises on purpose (a retry meets the same answer), failed without a retry and
-# logged as expected. Backoffs in milliseconds; Dramatiq doubles from min_backoff, with jitter.
+# logged as expected. Backoffs in milliseconds: Dramatiq doubles from min_backoff, times 1 to 2 for jitter,
+# up to max_backoff. Each statement may wait for a row lock up to the database's lock_timeout (30 s).
 #
 # A dispatch fails as a message only before its pushes go out (the database away at the claim, a bug):
 # Dramatiq's retries cover a database restart, a few minutes; past them the re-push sweep takes the
 # deployments again at their redelivery time. Turned-away pushes are not Dramatiq retries: they come
-# back as delayed messages the dispatch sends itself. Its time: the send's own timeout (SEND_TIMEOUT_S)
-# and a minute for the claim, the valve, the holds and the record around it.
+# back as delayed messages the dispatch sends itself. Its time: the send's own timeout (SEND_TIMEOUT_S,
+# 120 s) and two minutes for the claim, the valve, the holds and the record around it: one cut short
+# after its pushes went out would push again when retried.
 DISPATCH_OPTIONS: dict[str, Any] = {
-    "max_retries": 8,  # 1, 2, 4 … 60 s: some three minutes
+    "max_retries": 8,  # 1, 2, 4 … 60 s: two to four minutes
     "min_backoff": 1_000,
     "max_backoff": 60_000,
     "throws": (MdmqError,),
-    "time_limit": int((SEND_TIMEOUT_S + 60) * 1000),
+    "time_limit": int((SEND_TIMEOUT_S + 120) * 1000),
 }
 # A record-only message writes answers of pushes already sent, when the database refused them: tried for
 # about the redelivery period (REDELIVER_AFTER_S, 10 minutes), past which the re-push sweep sends those
-# deployments again anyway. One transaction of a chunk's rows: a minute is ample.
+# deployments again anyway. One transaction of a chunk's rows, a few lock waits at worst: two minutes.
 RECORD_OPTIONS: dict[str, Any] = {
-    "max_retries": 20,  # 1, 2, 4 … 60 s: some fifteen minutes
+    "max_retries": 20,  # 1, 2, 4 … 60 s: ten to fifteen minutes
     "min_backoff": 1_000,
     "max_backoff": 60_000,
     "throws": (MdmqError,),
-    "time_limit": 60_000,
+    "time_limit": 120_000,
 }
 # A device report is not sent again by anyone: a lost one is lost. Retried for about an hour while the
-# database is away; bad input is refused inside (logged, not raised).
+# database is away; bad input is refused inside (logged, not raised). One short transaction: a minute.
 REPORT_OPTIONS: dict[str, Any] = {
-    "max_retries": 20,  # 1, 2, 4 … 300 s: some hour and a quarter
+    "max_retries": 20,  # 1, 2, 4 … 300 s: some forty minutes to an hour
     "min_backoff": 1_000,
     "max_backoff": 300_000,
     "throws": (MdmqError, ValueError),
