@@ -16,6 +16,7 @@ import dramatiq
 
 from config.errors import MdmqError
 from config.logging import ids_field, log_context
+from models.database import DATABASE_ERRORS, is_connection_error
 from models.reports import UnknownReport, parse_report
 from models.store import NewDeployment, create_deployments
 from models.store.sweeps import Due, due_for
@@ -142,8 +143,15 @@ class Actors:
 def declare_actors(app: App) -> Actors:
     def record_dispatch(record: dict[str, Any]) -> None:
         """Write the answers of pushes a dispatch sent but could not record (the database refused them):
-        sends nothing. Delivered twice, it writes nothing twice."""
-        record_later(app.session, record)
+        sends nothing. Delivered twice, it writes nothing twice. While the database is still away, it is
+        retried (RECORD_OPTIONS) with one line logged, not the record and a traceback each time."""
+        try:
+            record_later(app.session, record)
+        except DATABASE_ERRORS as e:
+            if not is_connection_error(e):
+                raise
+            log.warning("the database is still away (%s): the answers are recorded later", type(e).__name__)
+            raise dramatiq.Retry(type(e).__name__) from e
 
     # On the urgent queue: the rows of a chunk wait for it, and it takes one short transaction.
     recorder: dramatiq.Actor[[dict[str, Any]], None] = dramatiq.Actor(
