@@ -22,8 +22,8 @@ from h2.errors import ErrorCodes
 from sandbox.faults import FaultRuntime, Garbage, GarbageBurst
 from sandbox.h2_connection import ProtocolViolation, ServerConnection, StreamClosed
 from sandbox.hpack_decoder import Header
-from sandbox.hpack_encoder import ResponseEncoder
 from sandbox.request_headers import MalformedRequest, RequestHead, parse_request_head
+from workers.providers.hpack_static import StaticTableEncoder
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class H2Protocol(asyncio.Protocol):
         self.conn = ServerConnection(
             self, max_concurrent_streams=faults.max_concurrent_streams, initial_window=_INITIAL_WINDOW
         )
-        self.encoder = ResponseEncoder(_PER_RESPONSE)
+        self.encoder = StaticTableEncoder(never_indexed=_PER_RESPONSE)
         self.handler = handler
         self.faults = faults
         self.on_open = on_open

@@ -1,15 +1,16 @@
-"""An HPACK encoder that never uses the dynamic table, so that each header's encoding can be computed once.
+"""An HPACK encoder that never uses the dynamic table, so that each header's encoding is computed once.
 
-hpack's own encoder searches its tables and Huffman-codes every value on every request: half of what a push
-costs in CPU (benchmarks/apns_clients.py). Push requests repeat the same few headers (topic, push type, JWT)
-and add two that are unique (the device path and apns-id), so a header block is a join of cached encodings
-plus two raw literals. The price is a few hundred bytes per request on the wire, which compression of the
-JWT would have saved; HPACK (RFC 7541) allows an encoder to index nothing.
+hpack's own encoder searches its tables and Huffman-codes every value of every header block: half of what a
+push costs in CPU (benchmarks/apns_clients.py). Push requests (and the emulators' responses) repeat the same
+few headers and add one or two that are unique, so a header block here is a join of cached encodings plus
+raw literals for the unique ones. The price is a few hundred bytes per request on the wire, which compression
+would have saved; RFC 7541 allows an encoder to index nothing. mdmq's HTTP/2 connections use it for
+requests, the sandbox's emulators for responses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import hpack
@@ -37,8 +38,18 @@ def _string(value: bytes) -> bytes:
     return _integer(len(value), 7, 0x00) + value  # H bit clear: raw octets, no Huffman coding
 
 
-def _literal(name: bytes, value: bytes, *, never_indexed: bool) -> bytes:
-    flags = 0x10 if never_indexed else 0x00  # 6.2.3 never indexed, or 6.2.2 without indexing
+def _octets(text: str | bytes) -> bytes:
+    return text.encode() if isinstance(text, str) else text
+
+
+def _text(octets: str | bytes) -> str:
+    return octets.decode() if isinstance(octets, bytes) else octets
+
+
+def encode_literal(name: bytes, value: bytes, *, never_indexed: bool) -> bytes:
+    """A literal field, its name indexed when the static table has it: RFC 7541 6.2.3 when `never_indexed`
+    (intermediaries must not index it either), else 6.2.2 (without indexing)."""
+    flags = 0x10 if never_indexed else 0x00
     name_index = _STATIC_NAME.get(name)
     if name_index is not None:
         return _integer(name_index, 4, flags) + _string(value)
@@ -46,18 +57,25 @@ def _literal(name: bytes, value: bytes, *, never_indexed: bool) -> bytes:
 
 
 def encode_header(name: bytes, value: bytes) -> bytes:
+    """A static-table index when the table has the whole field (6.1), else a literal without indexing."""
     index = _STATIC_FULL.get((name, value))
     if index is not None:
         return _integer(index, 7, 0x80)
-    return _literal(name, value, never_indexed=False)
+    return encode_literal(name, value, never_indexed=False)
 
 
 class StaticTableEncoder(hpack.Encoder):
-    """Drop-in for `h2.connection.H2Connection.encoder`: static table and literals only, cached per header."""
+    """Drop-in for `h2.connection.H2Connection.encoder`: static table and literals only, cached per header.
 
-    def __init__(self) -> None:
+    Headers are (name, value) pairs of `str` or `bytes`. An `hpack.NeverIndexedHeaderTuple`, or a header
+    whose name is in `never_indexed`, is a never-indexed literal and is not cached: secrets, and values that
+    change on every block (a device path, an apns-id, a content-length)."""
+
+    def __init__(self, never_indexed: Collection[str | bytes] = ()) -> None:
         super().__init__()
-        self._cache: dict[tuple[bytes, bytes], bytes] = {}
+        # Both spellings, so that a header matches whether it gives its name as str or as bytes.
+        self.never_indexed = frozenset(n for name in never_indexed for n in (_octets(name), _text(name)))
+        self._cache: dict[tuple[str | bytes, str | bytes], bytes] = {}
         self._announced = False
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
@@ -69,13 +87,15 @@ class StaticTableEncoder(hpack.Encoder):
         for header in headers:
             name, value = header[0], header[1]
             if isinstance(header, hpack.NeverIndexedHeaderTuple):
-                # Secrets and one-off values (device path, apns-id): never cached, never indexed.
-                parts.append(_literal(name, value, never_indexed=True))
+                parts.append(encode_literal(_octets(name), _octets(value), never_indexed=True))
                 continue
             encoded = cache.get((name, value))
             if encoded is None:
+                if name in self.never_indexed:
+                    parts.append(encode_literal(_octets(name), _octets(value), never_indexed=True))
+                    continue
                 if len(cache) >= _MAX_CACHED:
                     cache.clear()
-                encoded = cache[(name, value)] = encode_header(name, value)
+                encoded = cache[(name, value)] = encode_header(_octets(name), _octets(value))
             parts.append(encoded)
         return b"".join(parts)
