@@ -83,9 +83,11 @@ def outside_world(
     registry = DeviceRegistry()
     keys = register_credentials(registry)  # before the emulators start: they read the push CA then
     environment = EMULATED_APNS_ENVIRONMENT
+    started = time.perf_counter()
     fleet = Fleet(
         registry, seed=seed, size=devices, mix={Behaviour.success: 1.0}, apns_environment=environment
     )
+    fleet_build_s = time.perf_counter() - started  # the simulated fleet's own cost, for the record
     faults = FaultConfig(latency=Latency.fixed(latency_ms))
     options = {"apns_faults": faults, "fcm_faults": faults, "aosp_faults": faults}
     with SandboxThread(registry, tls=True, **options) as sandbox:
@@ -100,7 +102,7 @@ def outside_world(
             "aosp": sandbox.aosp_url,
         }
         listed = [(d.id, d.platform.value, d.token, d.push_magic) for d in fleet.devices]
-        pipe.send((urls, sandbox.tls.ca_pem, keys, listed))
+        pipe.send((urls, sandbox.tls.ca_pem, keys, listed, fleet_build_s))
         pipe.recv()  # "stop"
         fleet.close()
         app.close()
@@ -325,7 +327,7 @@ def run(
             daemon=True,
         )
         world.start()
-        urls, ca_pem, keys, devices = parent.recv()
+        urls, ca_pem, keys, devices, fleet_build_s = parent.recv()
         keys_: dict[Any, DemoCredential] = keys
         ca_file = Path(trusted, "emulators-ca.pem")  # the emulators' CA, for the workers to trust
         ca_file.write_bytes(ca_pem)
@@ -405,6 +407,7 @@ def run(
         },
         "peak_rss_mib_per_worker_process": sorted(round(v, 1) for v in peak.values()),
         "rows_written": after[3] - before[3],
+        "fleet_build_s": round(fleet_build_s, 2),
     }
 
 
