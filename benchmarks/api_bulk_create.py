@@ -25,12 +25,12 @@ import uvicorn
 
 from api.app import create_app
 from benchmarks._postgres import scratch_database
-from workers.app import App
 from config.settings import Settings
 from models.enums import Platform
 from models.store import ensure_organization
 from models.store.devices import NewDevice, add_devices
 from models.store.tokens import create_token
+from workers.app import App
 
 RESULTS = Path(__file__).parent / "results"
 REDIS_URL = os.environ.get("MDMQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")

@@ -23,7 +23,6 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from benchmarks._postgres import scratch_database
-from workers.app import App
 from config.settings import Settings
 from models.enums import Platform
 from models.statuses import Kind, Status
@@ -33,6 +32,7 @@ from models.tables import Deployment, table_of
 from models.types import utcnow
 from scheduler import jobs
 from workers.actors import Actors, declare_actors
+from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 
 DEPLOYMENT = table_of(Deployment)

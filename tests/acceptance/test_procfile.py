@@ -14,12 +14,12 @@ import pytest
 import redis
 import requests
 
-from workers.app import App
 from config.settings import Settings
 from models.migrations.runner import is_current
 from tests.helpers import answers, free_ports, scraped, wait_until
 from tests.services import REDIS_URL, new_postgres_database, require
 from workers.actors import declare_actors
+from workers.app import App
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
