@@ -9,6 +9,11 @@ emulators also serve HTTP/1.1 on the same ports (``sandbox.http1``, on h11), so 
 ``http/1.1``; over cleartext the first bytes decide (the HTTP/2 preface, or HTTP/1.1). APNs, like Apple's,
 is HTTP/2 only.
 
+A distribution of its own (``mdmq-sandbox``, ``pip install ./sandbox``; a production install has no
+``sandbox``). Beside the emulators: the simulated fleet (``sandbox.fleet``) and the rollout harness that
+``mdmq demo``, the acceptance tests and the benchmarks share (``sandbox.rollout``, with the worker-process
+supervisor ``sandbox.processes`` and the emulators' credentials ``sandbox.credentials``).
+
 Quick start (async)::
 
     from sandbox import DeviceRegistry, FaultConfig, Sandbox, Storm
