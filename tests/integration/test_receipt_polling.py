@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from workers.app import App
 from config.settings import Settings
 from models.enums import CredentialKind, Platform, Provider
 from models.statuses import Kind, Status
@@ -24,6 +23,7 @@ from models.types import utcnow
 from sandbox import DeviceRegistry, Sandbox, SandboxThread
 from scheduler import jobs
 from workers.actors import Actors, declare_actors
+from workers.app import App
 from workers.services.credentials import store_credential
 from workers.services.dispatch import dispatch_chunk
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from workers.app import App
 from config.settings import load_settings
 from models.migrations.runner import upgrade
 from models.store import ensure_organization
 from models.tables import Organization
+from workers.app import App
 
 
 @pytest.fixture

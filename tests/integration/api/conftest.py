@@ -12,9 +12,9 @@ import uvicorn
 from sqlalchemy.engine import Engine
 
 from api.app import create_app
-from workers.app import App
 from config.settings import Settings
 from tests.helpers import wait_until
+from workers.app import App
 
 
 class Client:

@@ -12,7 +12,6 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlmodel import select
 
-from workers.app import App
 from models.enums import Platform, Provider
 from models.statuses import Kind
 from models.store import NewDeployment, create_deployments, ensure_organization
@@ -25,6 +24,7 @@ from sandbox.fleet import FCM_PROJECT_ID
 from sandbox.tls import issue_client_certificate, make_ca, mdm_topic
 from tests.integration.api.conftest import Client
 from tests.integration.providers.conftest import private_pem
+from workers.app import App
 from workers.providers.credentials import MDM_NEEDS_CERTIFICATE
 from workers.services.credentials import TOPIC_CHANGED
 

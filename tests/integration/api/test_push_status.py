@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from workers.app import App
 from models.enums import Platform, Provider
 from models.ids import new_id
 from models.statuses import Kind
@@ -19,6 +18,7 @@ from models.store.tokens import create_token
 from models.tables import ApiToken, Deployment, PushReceipt
 from tests.helpers import run_mdmq, scraped
 from tests.integration.api.conftest import Client
+from workers.app import App
 
 PERMISSION = "mdm.aosp.command.get"
 SENT = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)

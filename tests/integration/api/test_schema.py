@@ -9,10 +9,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from workers.app import App
 from models.store import ensure_organization
 from models.store.tokens import create_token
 from tests.integration.api.conftest import Client
+from workers.app import App
 
 EVERY_PERMISSION = [
     "mdm.aosp.command.get", "mdm.deployment.create", "mdm.deployment.get", "mdm.deployment.cancel",
