@@ -462,7 +462,8 @@ def record_dispatch(session: Session, *, record: DispatchRecord, again: bool = F
 
     `again`: the record may have been written already (a record-only message delivered twice); then nothing
     is written twice. Transitions, invalidations and claims given back are written once by their own
-    conditions; receipts are known written when a deployment already points at one of them."""
+    conditions; receipts are known written when a deployment already points at one of them, or at the
+    receipt of a later push."""
     if again and _receipts_recorded(session, record.receipts):
         return Recorded(0, already=True)
     if record.lock:
@@ -485,19 +486,16 @@ def record_dispatch(session: Session, *, record: DispatchRecord, again: bool = F
 
 
 def _receipts_recorded(session: Session, receipts: Sequence[NewReceipt]) -> bool:
-    """Does the first deployment of the first receipt point at a receipt of the same push already?"""
+    """Does the first deployment of the first receipt point at a receipt of this push, or of a later one
+    (the re-push sweep woke the device again since)? Either way the record is not to be written again: it
+    would add its receipts a second time and point the deployments back at this push."""
     if not receipts:
         return False
     first = receipts[0]
-    push_id = RECEIPT.c.provider_push_id
     statement = (
         sa.select(RECEIPT.c.id)
         .select_from(DEPLOYMENT.join(RECEIPT, RECEIPT.c.id == DEPLOYMENT.c.receipt_id))
-        .where(
-            DEPLOYMENT.c.id == first.deployment_ids[0],
-            RECEIPT.c.sent_at == first.sent_at,
-            push_id.is_(None) if first.provider_push_id is None else push_id == first.provider_push_id,
-        )
+        .where(DEPLOYMENT.c.id == first.deployment_ids[0], RECEIPT.c.sent_at >= first.sent_at)
     )
     return run(session, statement).first() is not None
 

@@ -426,6 +426,32 @@ def test_answers_the_database_refused_are_recorded_later_without_a_second_push(
     assert {_get(engine, i).attempt_count for i in chunk} == {1}
 
 
+def test_a_record_delivered_again_after_a_later_push_leaves_that_push_recorded(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    """A record-only message delivered again (its worker died before the acknowledgement) after the re-push
+    sweep woke the devices again: the later push's receipts and re-push times stay; nothing is written
+    twice and no deployment points back at the older push."""
+    ids = _setup(engine, registry, certificate)
+    chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock")]
+    away, _ = _away_at(engine, 3)  # the claim (1), the window (2), the answers (3)
+
+    with _running(registry) as (_, gateway):
+        summary = dispatch_chunk(away, gateway, chunk, policy=POLICY)
+        assert summary.unrecorded is not None
+        message = json.loads(json.dumps(summary.unrecorded.as_message()))
+        record_later(sessions(engine), message)
+        dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)  # the re-push sweep's message
+    later = {i: (_get(engine, i).receipt_id, _get(engine, i).next_attempt_at) for i in chunk}
+    receipts = _count(engine, PushReceipt)
+
+    again = record_later(sessions(engine), message)
+
+    assert again.already
+    assert _count(engine, PushReceipt) == receipts == 4, "two pushes of two devices, each written once"
+    assert {i: (_get(engine, i).receipt_id, _get(engine, i).next_attempt_at) for i in chunk} == later
+
+
 def test_a_turned_away_push_recorded_twice_gives_its_attempt_back_once(
     engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
 ) -> None:
