@@ -64,7 +64,7 @@ Time: ``DeviceRegistry(clock=...)`` takes a ``() -> float`` (unix seconds) so ex
 sleeping; the emulators read the time through the registry's clock.
 
 HTTP/2 (``sandbox.h2_connection``): the server side of RFC 9113 written for the emulators, so that they cost
-about 100 µs of CPU per request (``python -m sandbox.bench`` measures it). A request whose header block breaks
+little CPU per request (``python -m sandbox.bench`` measures it). A request whose header block breaks
 RFC 9113 8.2-8.3 (uppercase names, connection-specific fields, missing pseudo-header fields, ...) is reset
 with ``PROTOCOL_ERROR`` and the connection's other streams go on; a protocol error (bad frame, HPACK,
 flow control) closes the connection with GOAWAY and its error code. Injected latency is kept to the

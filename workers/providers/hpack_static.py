@@ -1,11 +1,11 @@
 """An HPACK encoder that never uses the dynamic table, so that each header's encoding is computed once.
 
-hpack's own encoder searches its tables and Huffman-codes every value of every header block: half of what a
-push costs in CPU (benchmarks/apns_clients.py). Push requests (and the emulators' responses) repeat the same
-few headers and add one or two that are unique, so a header block here is a join of cached encodings plus
+hpack's own encoder searches its tables and Huffman-codes every value of every header block: a large share of
+a push's CPU (benchmarks/apns_clients.py measures it). Push requests (and the emulators' responses) repeat the
+same few headers and add one or two that are unique, so a header block here is a join of cached encodings plus
 raw literals for the unique ones. The price is a few hundred bytes per request on the wire, which compression
-would have saved; RFC 7541 allows an encoder to index nothing. mdmq's HTTP/2 connections use it for
-requests, the sandbox's emulators for responses.
+would have saved; RFC 7541 allows an encoder to index nothing. mdmq's HTTP/2 connections use it for requests,
+the sandbox's emulators for responses.
 """
 
 from __future__ import annotations
