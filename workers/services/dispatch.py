@@ -368,8 +368,8 @@ def judge(session: SessionFactory, answered: Answered, valve: Valve, *, first_tr
         first = dead[0]
         log.warning(
             "%d of %d answers in the credential's window are dead-token answers (%s): %s",
-            window.count(ANSWER_DEAD),
-            len(window),
+            sample.count(ANSWER_DEAD),
+            len(sample),
             first.reason,
             verdict.value,
         )

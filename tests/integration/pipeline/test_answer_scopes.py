@@ -9,6 +9,7 @@ goes through once the cause was fixed elsewhere.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -261,6 +262,27 @@ def test_a_refused_certificate_is_marked_invalid_and_released_when_it_works_agai
 
     assert _credential(world).status is CredentialStatus.valid
     assert _dispatch(world, ids).accepted == 10
+
+
+def test_a_retrys_dead_token_answer_is_logged_with_the_window_it_was_judged_on(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retry's dead-token answer is judged on the window and itself (it is not written to the window):
+    the warning counts what the verdict was taken on."""
+    _upload(world, world.right, PushEnvironment.production)
+    _fleet(world, 55)  # devices the credential serves: too many for one answer to judge
+    chunk = _fleet(world, 4)
+    [stray] = _fleet(world, 1, topic=mdm_topic())
+    first = _dispatch(world, [*chunk, stray])  # the window: 4 accepted, 1 dead
+    assert first.retry is not None
+    caplog.clear()
+
+    with caplog.at_level(logging.WARNING, logger="workers.services.dispatch"):
+        dispatch_chunk(world.app.session, world.app.gateway, [stray], policy=POLICY, failures=1)
+
+    judged = [m for r in caplog.records if "answers in the credential's window" in (m := r.getMessage())]
+    assert len(judged) == 1
+    assert judged[0].startswith("2 of 6 answers"), judged[0]
 
 
 def test_one_device_retried_again_and_again_never_holds_its_organization(world: World) -> None:
