@@ -16,9 +16,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from models.enums import CredentialStatus, Provider, TokenState
 from models.store._sql import DEVICE, dialect_of, run
-
-# Invalidation and invalidate_tokens moved to models.store.dispatch; still importable from here.
-from models.store.dispatch import Invalidation, PushTarget, invalidate_tokens, release_holds  # noqa: F401
+from models.store.dispatch import PushTarget, release_holds
 from models.tables import ProviderHold
 from models.types import utcnow
 

@@ -13,8 +13,8 @@ from sqlmodel import Session, col, select
 
 from models.enums import Provider, TokenState
 from models.statuses import Kind
-from models.store.dispatch import hold_for_credential
-from models.store.holds import Invalidation, NewHold, hold_provider, invalidate_tokens
+from models.store.dispatch import Invalidation, hold_for_credential, invalidate_tokens
+from models.store.holds import NewHold, hold_provider
 from models.tables import AuditEvent, Deployment, Device, ProviderHold
 from models.types import utcnow
 from tests.conftest import MakeDeployments

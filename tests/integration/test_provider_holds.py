@@ -11,14 +11,12 @@ from models.enums import Platform, Provider, TokenState
 from models.statuses import Kind
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
-from models.store.dispatch import hold_for_credential
+from models.store.dispatch import Invalidation, hold_for_credential, invalidate_tokens
 from models.store.holds import (
-    Invalidation,
     NewHold,
     devices_served,
     due_probes,
     hold_provider,
-    invalidate_tokens,
     probe_failed,
     provider_holds,
     record_answers,
