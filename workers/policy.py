@@ -32,25 +32,19 @@ class KindPolicy:
     push_max_s: float
 
 
+# Profiles and apps: a rollout that may wait for a device for days.
+_ROLLOUT = KindPolicy(
+    max_postpones=12,
+    deadline_s=3 * _DAY,
+    postpone_first_s=300,
+    postpone_max_s=4 * 3600,
+    max_pushes=8,
+    push_first_s=600,
+    push_max_s=6 * 3600,
+)
 DEFAULTS: Mapping[Kind, KindPolicy] = {
-    Kind.profile: KindPolicy(
-        max_postpones=12,
-        deadline_s=3 * _DAY,
-        postpone_first_s=300,
-        postpone_max_s=4 * 3600,
-        max_pushes=8,
-        push_first_s=600,
-        push_max_s=6 * 3600,
-    ),
-    Kind.app: KindPolicy(
-        max_postpones=12,
-        deadline_s=3 * _DAY,
-        postpone_first_s=300,
-        postpone_max_s=4 * 3600,
-        max_pushes=8,
-        push_first_s=600,
-        push_max_s=6 * 3600,
-    ),
+    Kind.profile: _ROLLOUT,
+    Kind.app: _ROLLOUT,
     # A lock or wipe of a lost phone is retried fast and given up early: the admin must know soon.
     Kind.security_action: KindPolicy(
         max_postpones=0,
