@@ -12,7 +12,7 @@ import typer
 from config import SettingsError, load_settings
 from config.logging import configure_logging
 from config.settings import Settings
-from models.database import DATABASE_ERRORS
+from models.database import DRIVER_ERRORS
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -206,7 +206,7 @@ def main() -> None:
         # A wrong setting is an operator's typo, not a crash: one line that names the variable.
         print(f"mdmq: invalid configuration: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    except DATABASE_ERRORS as e:
+    except DRIVER_ERRORS as e:
         # The database is down, or has no schema yet: one line, and what to do when it is the schema.
         driver_error = getattr(e, "orig", None)  # the driver's own, where there is one
         said = str(driver_error).strip().splitlines()[0] if driver_error is not None else type(e).__name__

@@ -11,11 +11,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
 
-__all__ = ["DATABASE_ERRORS", "Engine", "Session", "create_engine", "is_connection_error"]
+__all__ = ["DATABASE_ERRORS", "DRIVER_ERRORS", "Engine", "Session", "create_engine", "is_connection_error"]
 
 # What the database layer raises, for code outside models/ to catch without importing SQLAlchemy:
 # `except DATABASE_ERRORS as e:`.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.SQLAlchemyError,)
+# What the database itself (through its driver) refused: down, unreachable, no schema. Narrower than
+# DATABASE_ERRORS, which also holds a statement mdmq built wrong: that is a bug, and keeps its traceback.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (sa_exc.DBAPIError,)
 
 
 def is_connection_error(exc: BaseException) -> bool:

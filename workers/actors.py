@@ -23,7 +23,6 @@ from models.store.sweeps import Due, due_for
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.enqueue import as_due, enqueue_dispatch
-from workers.push_gateway import SEND_TIMEOUT_S
 from workers.services.dispatch import dispatch_chunk, record_later
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import DeviceReport, record_device_report
@@ -46,15 +45,16 @@ DispatchActor = dramatiq.Actor[..., None]
 # A dispatch fails as a message only before its pushes go out (the database away at the claim, a bug):
 # Dramatiq's retries cover a database restart, a few minutes; past them the re-push sweep takes the
 # deployments again at their redelivery time. Turned-away pushes are not Dramatiq retries: they come
-# back as delayed messages the dispatch sends itself. Its time: the send's own timeout (SEND_TIMEOUT_S,
-# 120 s) and two minutes for the claim, the valve, the holds and the record around it: one cut short
-# after its pushes went out would push again when retried.
+# back as delayed messages the dispatch sends itself. Its time: ten minutes, the limit it ran under
+# before it declared one. The send alone may take its own timeout (SEND_TIMEOUT_S, 120 s), and the claim,
+# the valve, the holds and the record around it each wait up to 30 s per statement for a lock; a dispatch
+# cut short after its pushes went out would push every device again when retried, so the margin is wide.
 DISPATCH_OPTIONS: dict[str, Any] = {
     "max_retries": 8,  # 1, 2, 4 … 60 s: two to four minutes
     "min_backoff": 1_000,
     "max_backoff": 60_000,
     "throws": (MdmqError,),
-    "time_limit": int((SEND_TIMEOUT_S + 120) * 1000),
+    "time_limit": 600_000,
 }
 # A record-only message writes answers of pushes already sent, when the database refused them: tried for
 # about the redelivery period (REDELIVER_AFTER_S, 10 minutes), past which the re-push sweep sends those
