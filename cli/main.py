@@ -180,7 +180,7 @@ def sandbox(
     APNs: any hex token is a live device, except those starting with
     deaddead (410 Unregistered), eeeeeeee (400 BadDeviceToken: other environment)
     or 77777777 (400 DeviceTokenNotForTopic). MDM pushes need --tls and the
-    push certificate it prints. FCM and AOSP: see the README's "The sandbox".
+    push certificate it prints. FCM and AOSP: see docs/sandbox.md.
     """
     from cli.demo import without_sandbox
 
