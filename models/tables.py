@@ -139,6 +139,19 @@ class PushAnswerWindow(SQLModel, table=True):
     updated_at: datetime = _created()
 
 
+class PushDeadAnswer(SQLModel, table=True):
+    """The devices whose dead-token answer a credential's window counts already: each device once, however
+    often it is pushed (a chunk taken again after a worker died before recording it, two chunks in flight
+    for the same device), so that one device's answers never weigh as several devices'. A row goes when the
+    hold it led to is released, when the device's token is restored, or with the retention purge."""
+
+    __tablename__ = "push_dead_answer"
+
+    fingerprint: str = Field(sa_type=sa.String(64), primary_key=True)
+    device_id: str = Field(sa_type=ID, primary_key=True)
+    at: datetime = _created()
+
+
 class AuditEvent(SQLModel, table=True):
     """Who changed what an organization's pushes depend on, and when: forced topic changes, releases of
     holds, restored tokens. `detail` names no secret."""

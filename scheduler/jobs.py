@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from models.enums import CredentialStatus, Provider
 from models.store.dispatch import push_credentials
+from models.store.holds import purge_dead_answers
 from models.store.maintenance import purge_finished, stuck_counts
 from models.store.receipts import ToPoll, receipts_to_poll, record_poll, record_untracked
 from models.store.runs import purge_runs
@@ -110,6 +111,7 @@ def retention_job(actors: Actors, now: datetime) -> int:
             break
     with actors.app.session() as s:
         purged += purge_runs(s, started_before=now - RUNS_KEPT)
+        purged += purge_dead_answers(s, before=before)
     return purged
 
 

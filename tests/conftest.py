@@ -23,6 +23,7 @@ from tests.services import CI, new_postgres_database
 TABLES = (
     "provider_hold",
     "push_answer_window",
+    "push_dead_answer",
     "audit_event",
     "deployment_event",
     "deployment",

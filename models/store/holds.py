@@ -21,6 +21,7 @@ from models.tables import ProviderHold
 from models.types import utcnow
 
 WINDOW = SQLModel.metadata.tables["push_answer_window"]
+DEAD = SQLModel.metadata.tables["push_dead_answer"]
 HOLD = SQLModel.metadata.tables["provider_hold"]
 CREDENTIAL = SQLModel.metadata.tables["push_credential"]
 
@@ -56,6 +57,29 @@ def answer_window(session: Session, *, fingerprint: str) -> str:
     """The credential's window as it stands ("" when it has none)."""
     statement = sa.select(WINDOW.c.answers).where(WINDOW.c.fingerprint == fingerprint)
     return str(run(session, statement).scalar_one_or_none() or "")
+
+
+def first_dead_answers(
+    session: Session, *, fingerprint: str, device_ids: Collection[str], now: datetime
+) -> set[str]:
+    """Of the devices that just got a dead-token answer through this credential, those the window does not
+    count yet, now remembered as counted. One statement: of two workers that push the same device at once,
+    one counts it."""
+    if not device_ids:
+        return set()
+    insert = postgresql.insert if dialect_of(session) == "postgresql" else sqlite.insert
+    statement = (
+        insert(DEAD)
+        .values([{"fingerprint": fingerprint, "device_id": d, "at": now} for d in sorted(set(device_ids))])
+        .on_conflict_do_nothing(index_elements=[DEAD.c.fingerprint, DEAD.c.device_id])
+        .returning(DEAD.c.device_id)
+    )
+    return set(run(session, statement).scalars())
+
+
+def purge_dead_answers(session: Session, *, before: datetime) -> int:
+    """Forget the dead-token answers counted before `before` (the retention purge); returns how many."""
+    return int(run(session, sa.delete(DEAD).where(DEAD.c.at < before)).rowcount)
 
 
 def _last(value: str | sa.ColumnElement[str], keep: int, dialect: str) -> sa.ColumnElement[str]:
@@ -226,6 +250,8 @@ def restore_tokens(
         where.append(c.token_invalid_fingerprint == fingerprint)
     if ambiguous_only:
         where.append(c.token_invalid_ambiguous.is_(True))
+    # A restored token's next dead-token answer counts again.
+    run(session, sa.delete(DEAD).where(DEAD.c.device_id.in_(sa.select(c.id).where(*where))))
     statement = (
         sa.update(DEVICE)
         .where(*where)

@@ -16,9 +16,11 @@ from models.store.holds import (
     NewHold,
     devices_served,
     due_probes,
+    first_dead_answers,
     hold_provider,
     probe_failed,
     provider_holds,
+    purge_dead_answers,
     record_answers,
     release_provider,
     restore_tokens,
@@ -45,6 +47,32 @@ def test_the_window_keeps_the_last_answers_of_each_credential(engine: Engine) ->
         assert record_answers(s, fingerprint="f2", answers="d", keep=200) == "d", "a window per credential"
         assert record_answers(s, fingerprint="f1", answers="", keep=200) == "", "nothing to add, nothing read"
         assert record_answers(s, fingerprint="f1", answers="a" * 300, keep=200) == "a" * 200
+
+
+def test_a_devices_dead_token_answer_counts_once_per_credential_until_its_token_is_restored(
+    engine: Engine,
+) -> None:
+    devices = _devices(engine, 3)
+    now = utcnow()
+    with Session(engine) as s, s.begin():
+        assert first_dead_answers(s, fingerprint="f1", device_ids=devices[:2], now=now) == set(devices[:2])
+        assert first_dead_answers(s, fingerprint="f1", device_ids=devices, now=now) == {devices[2]}
+        assert first_dead_answers(s, fingerprint="f1", device_ids=devices, now=now) == set()
+        assert first_dead_answers(s, fingerprint="f2", device_ids=devices[:1], now=now) == {devices[0]}, (
+            "per credential"
+        )
+        assert first_dead_answers(s, fingerprint="f1", device_ids=[], now=now) == set()
+        invalidate_tokens(s, invalidations=[Invalidation(devices[0], "BadDeviceToken", now, 400, "f1", True)])
+    with Session(engine) as s, s.begin():
+        assert restore_tokens(s, organization_id="acme") == 1
+        assert first_dead_answers(s, fingerprint="f1", device_ids=devices, now=now) == {devices[0]}, (
+            "a restored token's next answer counts again, through every credential"
+        )
+        assert first_dead_answers(s, fingerprint="f2", device_ids=devices[:1], now=now) == {devices[0]}
+    with Session(engine) as s, s.begin():
+        assert purge_dead_answers(s, before=now) == 0
+        assert purge_dead_answers(s, before=now + timedelta(seconds=1)) == 4
+        assert first_dead_answers(s, fingerprint="f1", device_ids=devices[1:2], now=now) == {devices[1]}
 
 
 def test_devices_served_counts_up_to_what_is_asked(engine: Engine) -> None:

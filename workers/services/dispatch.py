@@ -53,6 +53,7 @@ from models.store.holds import (
     NewHold,
     answer_window,
     devices_served,
+    first_dead_answers,
     hold_provider,
     provider_holds,
     record_answers,
@@ -237,7 +238,7 @@ def dispatch_chunk(
     already turned this message's pushes away (a delayed retry carries it), for the back-off."""
     loaded = pace(load(session, deployment_ids, policy=policy, now=now or utcnow()))
     answered = send(gateway, loaded)
-    answered = [judge(session, a, valve, first_try=failures == 0) if a.sent else a for a in answered]
+    answered = [judge(session, a, valve) if a.sent else a for a in answered]
     probe_at = loaded.now + timedelta(seconds=first_probe_s)
     answered = [hold(session, a, probe_at=probe_at) if a.hold is not None else a for a in answered]
     planned = plan(loaded, answered, failures=failures + 1, redeliver_after_s=redeliver_after_s)
@@ -323,27 +324,32 @@ def send(gateway: PushGateway, loaded: Loaded) -> list[Answered]:
     return [answered[i] for i in range(len(loaded.groups))]
 
 
-def judge(session: SessionFactory, answered: Answered, valve: Valve, *, first_try: bool) -> Answered:
+def judge(session: SessionFactory, answered: Answered, valve: Valve) -> Answered:
     """Add the group's answers to its credential's window and judge its dead-token answers on it: the
     devices' (kept, for their tokens to be invalidated), the organization's (a hold; no token is touched), or
     too few answers to tell (sent again with the next batch).
 
-    A retry (`first_try` False) sends again what an earlier try could not settle, often to the same
-    devices: its dead-token answers are judged with the window but not written to it, or one device retried
-    twenty times would count as twenty devices and hold its organization. With the database away for a
-    moment the pushes are out already: the dead-token answers go again later, undecided, rather than
-    failing the message (which would push every device of the chunk a second time)."""
+    A device's dead-token answer counts once per credential (`first_dead_answers`): a retry sends again what
+    an earlier try could not settle, and a chunk taken again after its worker died before recording it
+    pushes the same devices a second time; counted each time, one device pushed twenty times would weigh as
+    twenty devices and hold its organization. With the database away for a moment the pushes are out
+    already: the dead-token answers go again later, undecided, rather than failing the message (which would
+    push every device of the chunk a second time)."""
     group = answered.group
     fingerprint = group.fingerprint
     assert fingerprint is not None
-    marks = answer_marks(list(answered.results))
-    written = marks if first_try else marks.replace(ANSWER_DEAD, "")
+    results = list(answered.results)
+    marks = answer_marks(results)
     if not valve.needs_writing(fingerprint, marks):
         return answered
-    dead = [r for r in answered.results if r.outcome is Outcome.dead_token]
+    dead = [r for r in results if r.outcome is Outcome.dead_token]
     with group.logged():
         try:
             with session() as s:
+                counted = first_dead_answers(
+                    s, fingerprint=fingerprint, device_ids=[r.device_id for r in dead], now=utcnow()
+                )
+                written = answer_marks(results, counted=counted)
                 window = (
                     record_answers(s, fingerprint=fingerprint, answers=written, keep=valve.window)
                     if written
@@ -352,8 +358,7 @@ def judge(session: SessionFactory, answered: Answered, valve: Valve, *, first_tr
                 valve.settled.read(fingerprint, window, full=valve.window)
                 if not dead:
                     return answered
-                unwritten = ANSWER_DEAD * (marks.count(ANSWER_DEAD) - written.count(ANSWER_DEAD))
-                sample = window + unwritten if len(marks) <= valve.window else marks
+                sample = window if len(marks) <= valve.window else marks
                 verdict = valve.judge(
                     sample,
                     devices_served=lambda n: devices_served(

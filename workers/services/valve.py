@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -75,8 +75,13 @@ class Valve:
         return Verdict.organization if dead >= self.dead_share * answers else Verdict.device
 
 
-def answer_marks(results: list[PushResult]) -> str:
+def answer_marks(results: list[PushResult], *, counted: Collection[str] | None = None) -> str:
     """The window's characters for a batch's answers: dead-token answers, and answers that only a working
-    credential gets (accepted, 410 Unregistered). Transient, payload and holding answers say nothing."""
+    credential gets (accepted, 410 Unregistered). Transient, payload and holding answers say nothing.
+    `counted`: keep only the dead-token answers of these devices (those the window does not count yet)."""
     marks = {Outcome.accepted: ANSWER_ALIVE, Outcome.permanent: ANSWER_ALIVE, Outcome.dead_token: ANSWER_DEAD}
-    return "".join(marks.get(result.outcome, "") for result in results)
+    return "".join(
+        marks.get(r.outcome, "")
+        for r in results
+        if counted is None or r.outcome is not Outcome.dead_token or r.device_id in counted
+    )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
 from models.ids import new_id
@@ -38,7 +38,7 @@ from workers.actors import Actors, declare_actors
 from workers.app import App
 from workers.policy import RetryPolicy
 from workers.services.credentials import store_credential
-from workers.services.dispatch import DispatchSummary, dispatch_chunk
+from workers.services.dispatch import DEFAULT_VALVE, DispatchSummary, dispatch_chunk, judge, load, send
 
 POLICY = RetryPolicy.defaults()
 ORG = "acme"
@@ -267,8 +267,8 @@ def test_a_refused_certificate_is_marked_invalid_and_released_when_it_works_agai
 def test_a_retrys_dead_token_answer_is_logged_with_the_window_it_was_judged_on(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A retry's dead-token answer is judged on the window and itself (it is not written to the window):
-    the warning counts what the verdict was taken on."""
+    """A retry's dead-token answer is judged on the window, which counts the device's first answer already
+    (it is not written again): the warning counts what the verdict was taken on."""
     _upload(world, world.right, PushEnvironment.production)
     _fleet(world, 55)  # devices the credential serves: too many for one answer to judge
     chunk = _fleet(world, 4)
@@ -282,7 +282,7 @@ def test_a_retrys_dead_token_answer_is_logged_with_the_window_it_was_judged_on(
 
     judged = [m for r in caplog.records if "answers in the credential's window" in (m := r.getMessage())]
     assert len(judged) == 1
-    assert judged[0].startswith("2 of 6 answers"), judged[0]
+    assert judged[0].startswith("1 of 5 answers"), judged[0]
 
 
 def test_one_device_retried_again_and_again_never_holds_its_organization(world: World) -> None:
@@ -314,6 +314,33 @@ def test_one_device_retried_again_and_again_never_holds_its_organization(world: 
     [dead] = _invalid_tokens(world)
     assert dead.token_invalid_reason == "DeviceTokenNotForTopic"
     assert _hold(world) is None
+
+
+def test_a_chunk_taken_again_after_its_worker_died_counts_each_dead_token_once(world: World) -> None:
+    """A worker judged a chunk's answers and died before recording them; its message is delivered again.
+    By then the devices that took their push have checked in, so only the dead tokens' deployments are
+    still Queued and pushed again: counted a second time, 8 dead of 40 working (17%) would become 16 of 56
+    (29%) and hold the organization. Counted once, they are the devices' own."""
+    _upload(world, world.right, PushEnvironment.production)
+    good = _fleet(world, 40)
+    strays = _fleet(world, 8, topic=mdm_topic())
+    loaded = load(world.app.session, [*good, *strays], policy=POLICY, now=utcnow())
+    for answered in send(world.app.gateway, loaded):
+        judge(world.app.session, answered, DEFAULT_VALVE)  # then SIGKILL: nothing recorded
+
+    again = _dispatch(world, strays)
+
+    assert again.held == 0
+    assert _hold(world) is None
+    assert sorted(d.id for d in _invalid_tokens(world)) == sorted(_device_ids(world, strays))
+    assert {d.id: d.status for d in _deployments(world) if d.id in strays} == dict.fromkeys(
+        strays, Status.error_distributing
+    )
+
+
+def _device_ids(world: World, deployment_ids: list[str]) -> list[str]:
+    with Session(world.app.engine) as s:
+        return [d.device_id for d in s.exec(select(Deployment).where(col(Deployment.id).in_(deployment_ids)))]
 
 
 def test_a_hold_released_while_a_chunk_was_in_flight_is_not_made_again(world: World) -> None:
