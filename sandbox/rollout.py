@@ -223,11 +223,7 @@ class Rollout:
         return self._settings.model_copy(
             update={
                 "push_ca_file": self._settings.push_ca_file or self._trust_file(),
-                "apns_url": self.sandbox.apns_url,
-                "apns_sandbox_url": self.sandbox.apns_sandbox_url,
-                "fcm_url": self.sandbox.fcm_url,
-                "fcm_token_url": f"{self.sandbox.fcm_url}/token",
-                "aosp_url": self.sandbox.aosp_url,
+                **self.sandbox.settings(),
                 # A message lost with the broker's data, or with a worker killed mid-push, is sent again
                 # after this; it must outlast the queue's wait at the rollout's busiest.
                 "redeliver_after_s": demo_redeliver_after_s(len(self.fleet.devices)),

@@ -93,6 +93,16 @@ class Sandbox:
     def aosp_url(self) -> str:
         return self._url("aosp")
 
+    def settings(self) -> dict[str, Any]:
+        """mdmq's settings that point it at these emulators (`MDMQ_APNS_URL` and the others), by name."""
+        return {
+            "apns_url": self.apns_url,
+            "apns_sandbox_url": self.apns_sandbox_url,
+            "fcm_url": self.fcm_url,
+            "fcm_token_url": f"{self.fcm_url}/token",
+            "aosp_url": self.aosp_url,
+        }
+
     def _url(self, name: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.ports[name]}"

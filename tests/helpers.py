@@ -135,15 +135,7 @@ def sandbox_settings(sandbox: Sandbox, directory: Path, **settings: Any) -> Sett
     if sandbox.tls is not None:
         ca_file = directory / "sandbox-ca.pem"
         ca_file.write_bytes(sandbox.tls.ca_pem)
-    return Settings(
-        apns_url=sandbox.apns_url,
-        apns_sandbox_url=sandbox.apns_sandbox_url,
-        fcm_url=sandbox.fcm_url,
-        fcm_token_url=f"{sandbox.fcm_url}/token",
-        aosp_url=sandbox.aosp_url,
-        push_ca_file=str(ca_file) if ca_file else None,
-        **settings,
-    )
+    return Settings(**sandbox.settings(), push_ca_file=str(ca_file) if ca_file else None, **settings)
 
 
 def sandbox_endpoints(sandbox: Sandbox) -> ProviderEndpoints:

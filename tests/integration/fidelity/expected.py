@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers.providers.base import HOLDING, Outcome, PushResult
+from workers.providers.base import HOLDING, Outcome, Push, PushProvider, PushResult
 
 # An advice becomes a hold reason, in a 200-character column.
 MAX_ADVICE = 190
@@ -33,3 +33,12 @@ def check(result: PushResult, expected: Expected) -> None:
     if result.outcome not in HOLDING and result.outcome is not Outcome.dead_token:
         assert result.advice is None, "only an answer that may be the organization's carries advice"
     assert len(result.advice or "") < MAX_ADVICE
+
+
+async def send_once(provider: PushProvider, push: Push) -> PushResult:
+    """One push through `provider`, which is closed after it."""
+    try:
+        (result,) = await provider.send([push])
+    finally:
+        await provider.close()
+    return result

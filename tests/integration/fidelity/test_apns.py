@@ -22,7 +22,7 @@ from sandbox import DeviceRegistry, FaultConfig, Sandbox
 from sandbox.h2client import ClientResponse
 from sandbox.testing import MDM_BODY, connect_with_certificate, mdm_headers, reason
 from sandbox.tls import Issued, MdmPushCertificate, issue_mdm_push_certificate
-from tests.integration.fidelity.expected import Expected, check
+from tests.integration.fidelity.expected import Expected, check, send_once
 from tests.integration.providers.conftest import TOPIC, apns_credential, apns_endpoints, apns_token
 from workers.providers.apns import ApnsProvider
 from workers.providers.apns_reasons import answer_for
@@ -65,12 +65,7 @@ def send(
 
     async def scenario() -> PushResult:
         async with Sandbox(registry, tls=True, apns_faults=faults) as sandbox:
-            provider = ApnsProvider(credential, apns_endpoints(sandbox))
-            try:
-                (result,) = await provider.send([push])
-            finally:
-                await provider.close()
-            return result
+            return await send_once(ApnsProvider(credential, apns_endpoints(sandbox)), push)
 
     return asyncio.run(scenario())
 

@@ -24,7 +24,7 @@ from sandbox import DeviceRegistry, FaultConfig, Garbage, GarbageBurst, Sandbox
 from sandbox.fcm import INVALID_TOKEN_MESSAGE
 from sandbox.h2client import ClientResponse
 from sandbox.testing import connect
-from tests.integration.fidelity.expected import Expected, check
+from tests.integration.fidelity.expected import Expected, check, send_once
 from tests.integration.providers.conftest import CLIENT_EMAIL, PROJECT, private_pem
 from workers.providers.base import CredentialRejected, Outcome, Push, PushResult, PushType
 from workers.providers.credentials import FcmServiceAccount
@@ -84,11 +84,7 @@ def send(
     async def scenario() -> PushResult:
         async with Sandbox(registry, fcm_faults=faults) as sandbox:
             provider = FcmProvider(account, endpoints_for(sandbox), clock=lambda: GOOGLE_NOW + clock_skew_s)
-            try:
-                (result,) = await provider.send([push])
-            finally:
-                await provider.close()
-            return result
+            return await send_once(provider, push)
 
     return asyncio.run(scenario())
 
