@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, INVALID_REQUEST, ApiError
@@ -24,7 +24,7 @@ from models.store.ops import get_receipt, own_deployment_ids
 from models.types import utcnow
 from workers.actors import Actors
 from workers.services.operations import cancel_deployments, retry_deployments
-from workers.services.reports import DeviceReport, record_device_reports
+from workers.services.reports import CheckInReport, DeviceReport, record_check_in
 
 MAX_PER_REQUEST = 10_000
 DeviceId = Annotated[str, Field(pattern=ID_PATTERN.pattern)]  # a 24-hex id in a body
@@ -56,7 +56,10 @@ class IdList(BaseModel):
 
 class Outcome(BaseModel):
     applied: list[str]
-    refused: list[dict[str, str]]
+    refused: list[dict[str, str]] = Field(
+        description="`{id, reason}` for each refused one; reason: `unknown_deployment`, `not_allowed`, "
+        "`not_applicable`, `out_of_order`, and for device reports `not_this_device` and `reported_in_future`."
+    )
 
 
 class OutcomeAnswer(BaseModel):
@@ -124,11 +127,17 @@ class DeploymentAnswer(BaseModel):
 
 
 class ReportIn(StoredText):
+    deviceId: DeviceId = Field(description="The device that reports: it must own the deployment.")
     deploymentId: Annotated[str, Field(pattern=ID_PATTERN.pattern)]
     report: str = Field(max_length=64)
     reason: str | None = Field(default=None, max_length=1_000)
     errorChain: list[dict[str, Any]] | None = Field(default=None, max_length=50)
-    reportedAt: datetime | None = None
+    reportedAt: AwareDatetime | None = Field(
+        default=None,
+        description="When the check-in server received the report, with its time zone; the time of the "
+        "request when absent. More than MDMQ_REPORT_MAX_LEAD_S ahead of the server's clock: refused "
+        "(`reported_in_future`); a smaller lead counts as the server's now.",
+    )
 
 
 class Reports(BaseModel):
@@ -231,27 +240,35 @@ def reports_router(actors: Actors) -> APIRouter:
 
     @routes.post("/device-reports", response_model=OutcomeAnswer)
     def reports(organizationId: OrganizationId, body: Reports, caller: Caller) -> dict[str, Any]:
-        """Required permission: `mdm.device.report`. The MDM check-in server relays one check-in's reports.
-        A report that does not fit (late, duplicated, for a cancelled deployment) changes nothing and is
-        listed as refused with the reason."""
+        """Required permission: `mdm.device.report`. The MDM check-in server relays one check-in's reports,
+        each naming the device that sends it. A report that does not fit (for a deployment of another device
+        or none of the organization's, sent too far ahead of the server's clock, late, duplicated, for a
+        cancelled deployment) changes nothing and is listed as refused with the reason; the others apply."""
         caller.require(organizationId, "mdm.device.report")
+        received = utcnow()
         try:
-            parsed = [(r, parse_report(r.report)) for r in body.reports]
+            items = [_check_in_report(r, received) for r in body.reports]
         except UnknownReport as e:
             raise ApiError(INVALID_REQUEST, str(e)) from None
-        received = utcnow()
         with app.session() as session:
-            wanted = [r.deploymentId for r in body.reports]
-            ids = set(own_deployment_ids(session, organization_id=organizationId, ids=wanted))
-            device_reports = [
-                DeviceReport(r.deploymentId, report, r.reason, r.errorChain, r.reportedAt or received)
-                for r, report in parsed
-                if r.deploymentId in ids
-            ]
-            results = record_device_reports(session, device_reports, policy=app.policy)
-        return {"status": True, "data": outcome(results, unknown=_unknown(wanted, ids))}
+            results = record_check_in(
+                session,
+                organization_id=organizationId,
+                reports=items,
+                policy=app.policy,
+                max_lead_s=app.settings.report_max_lead_s,
+                now=received,
+            )
+        return {"status": True, "data": outcome(results)}
 
     return routes
+
+
+def _check_in_report(item: ReportIn, received: datetime) -> CheckInReport:
+    report = parse_report(item.report)
+    at = item.reportedAt or received
+    device_report = DeviceReport(item.deploymentId, report, item.reason, item.errorChain, at)
+    return CheckInReport(item.deviceId, device_report)
 
 
 def _unknown(asked: list[str], own: Collection[str]) -> list[str]:

@@ -94,7 +94,7 @@ def outside_world(
         assert sandbox.tls is not None
         app = App(Settings(database_url=database_url, broker_url="stub://", database_pool_size=20))
         if check_in:  # without, the devices take their pushes and stay silent: the push path alone
-            fleet.attach(StoreCheckIn(app), delay_s=(0.001, 0.01), threads=16)
+            fleet.attach(StoreCheckIn(app, ORGANIZATION), delay_s=(0.001, 0.01), threads=16)
         urls = {
             "apns": sandbox.apns_url,
             "apns_sandbox": sandbox.apns_sandbox_url,

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # restarted without its data, a worker killed mid-push); the re-push sweep takes the deployment again.
     # Longer than a message waits in the queue at the busiest, or a slow message is sent twice.
     redeliver_after_s: float = Field(default=REDELIVER_AFTER_S, gt=0)
+    # A device report sent (`reportedAt`) more than this ahead of the server's clock is refused; a smaller
+    # lead is taken as sent now, so that a fast clock cannot make later reports look older.
+    report_max_lead_s: float = Field(default=300.0, ge=0)
     # The scheduler: its leader lease, how often the sweeps run, when a deployment counts as stuck, and how
     # long terminal deployments (and their events) are kept.
     scheduler_lease_s: float = Field(default=15.0, ge=1)

@@ -49,7 +49,7 @@ from sandbox.server import SandboxThread
 from sandbox.tls import ServerTls, make_ca
 from workers.actors import Actors, declare_actors
 from workers.app import App
-from workers.services.reports import DeviceReport, record_device_reports
+from workers.services.reports import CheckInReport, DeviceReport, record_check_in
 from workers.services.sweeps import relay_unenqueued, repush_unanswered, requeue_postponed
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,12 @@ class DemoResult:
 
 class StoreCheckIn:
     """The MDM check-in server as the fleet sees it: pending commands from the store, and each check-in's
-    reports recorded at once and in order, in one transaction."""
+    reports bound to the device that sends them and recorded at once and in order, in one transaction, as
+    the API records them."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, organization_id: str) -> None:
         self.app = app
+        self.organization_id = organization_id
 
     def pending(self, device_id: str) -> Sequence[PendingCommand]:
         with self.app.session() as session:
@@ -135,11 +137,23 @@ class StoreCheckIn:
     def report(self, device_id: str, answers: Sequence[Answer]) -> None:
         now = utcnow()
         reports = [
-            DeviceReport(a.deployment_id, parse_report(a.report), a.reason, a.error_chain, reported_at=now)
+            CheckInReport(
+                device_id,
+                DeviceReport(
+                    a.deployment_id, parse_report(a.report), a.reason, a.error_chain, reported_at=now
+                ),
+            )
             for a in answers
         ]
         with self.app.session() as session:
-            record_device_reports(session, reports, policy=self.app.policy)
+            record_check_in(
+                session,
+                organization_id=self.organization_id,
+                reports=reports,
+                policy=self.app.policy,
+                max_lead_s=self.app.settings.report_max_lead_s,
+                now=now,
+            )
 
 
 def run_rollout(
@@ -209,7 +223,9 @@ class Rollout:
             self._stack.enter_context(_sweeping(self.app, self.actors))
             self._stack.callback(self.fleet.close)
             threads = _check_in_threads(self._settings)
-            self.fleet.attach(StoreCheckIn(self.app), delay_s=(0.001, 0.01), threads=threads)
+            self.fleet.attach(
+                StoreCheckIn(self.app, self.organization_id), delay_s=(0.001, 0.01), threads=threads
+            )
         except BaseException:
             self._stack.close()
             raise

@@ -42,6 +42,14 @@ def status_of(engine: Engine, deployment_id: str) -> Status:
         return deployment.status
 
 
+def device_of(engine: Engine, deployment_id: str) -> str:
+    """The device the deployment is for: the one whose reports it takes."""
+    with Session(engine) as session:
+        deployment = get_deployment(session, deployment_id=deployment_id)
+        assert deployment is not None
+        return deployment.device_id
+
+
 def events_of(engine: Engine, deployment_id: str) -> list[DeploymentEvent]:
     with Session(engine) as session:
         return deployment_history(session, deployment_id=deployment_id)

@@ -25,7 +25,7 @@ from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.enqueue import as_due, enqueue_dispatch
 from workers.services.dispatch import dispatch_chunk, record_later
 from workers.services.operations import cancel_deployments, retry_deployments
-from workers.services.reports import DeviceReport, record_device_report
+from workers.services.reports import CheckInReport, DeviceReport, record_check_in
 from workers.services.valve import Valve
 
 log = logging.getLogger(__name__)
@@ -167,20 +167,33 @@ def declare_actors(app: App) -> Actors:
         reason: str | None = None,
         error_chain: Sequence[Mapping[str, Any]] | None = None,
         reported_at: str | None = None,
+        *,
+        device_id: str | None = None,
+        organization_id: str | None = None,
     ) -> None:
         """`reported_at`: when the check-in server received the report (ISO 8601 with an offset). Messages
-        can overtake each other between worker threads; a report older than one applied changes nothing."""
+        can overtake each other between worker threads; a report older than one applied changes nothing.
+        `device_id` and `organization_id`: the device that sends it and its organization; the report is
+        bound to them as the API binds its reports (`record_check_in`), and a message without them is
+        refused."""
         try:
-            parsed = parse_report(report)
-            at = datetime.fromisoformat(reported_at) if reported_at is not None else None
-            if at is not None and at.tzinfo is None:
-                raise ValueError(f"reported_at {reported_at!r} has no UTC offset")
+            if device_id is None or organization_id is None:
+                raise ValueError("the message does not name its device_id and organization_id")
+            parsed = DeviceReport(
+                deployment_id, parse_report(report), reason, error_chain, _reported_at(reported_at)
+            )
+            item = CheckInReport(device_id, parsed)
         except (UnknownReport, ValueError) as e:  # bad input is logged, not retried: it would be as bad again
             log.warning("device report refused: %s", e, extra={"deployment_id": deployment_id})
             return
         with log_context(action="report", deployment_id=deployment_id), app.session() as session:
-            device_report = DeviceReport(deployment_id, parsed, reason, error_chain, reported_at=at)
-            record_device_report(session, device_report, policy=app.policy)
+            record_check_in(
+                session,
+                organization_id=organization_id,
+                reports=[item],
+                policy=app.policy,
+                max_lead_s=app.settings.report_max_lead_s,
+            )
 
     reports = dramatiq.Actor(
         record_report, actor_name="record_report", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY,
@@ -210,6 +223,14 @@ def declare_actors(app: App) -> Actors:
     )  # fmt: skip
     actors = Actors(urgent, bulk, reports, recorder, cancels, retries, app)
     return actors
+
+
+def _reported_at(raw: str | None) -> datetime | None:
+    """A message's `reported_at`; ValueError when it is not a time, or has no UTC offset (ambiguous)."""
+    at = datetime.fromisoformat(raw) if raw is not None else None
+    if at is not None and at.tzinfo is None:
+        raise ValueError(f"reported_at {raw!r} has no UTC offset")
+    return at
 
 
 def _dispatch_actor(

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from config.errors import MdmqError
 from models.ids import is_id, new_ids
 from models.statuses import Kind, Status
-from models.store._sql import DEPLOYMENT, chunked, dialect_of, run
+from models.store._sql import DEPLOYMENT, IDS_PER_STATEMENT, chunked, dialect_of, one_of, run
 from models.store.devices import unknown_device_ids
 from models.store.maintenance import STUCK_IN
 from models.tables import Deployment, DeploymentEvent
@@ -188,6 +188,19 @@ def deployment_history(session: Session, *, deployment_id: str) -> list[Deployme
         .order_by(col(DeploymentEvent.id))
     )
     return list(session.exec(statement))
+
+
+def deployment_devices(session: Session, *, organization_id: str, ids: Sequence[str]) -> dict[str, str]:
+    """The device of each of `ids` that is this organization's deployment; another organization's deployment
+    is left out, as a missing one is."""
+    c = DEPLOYMENT.c
+    devices: dict[str, str] = {}
+    for batch in chunked(sorted(set(ids)), IDS_PER_STATEMENT):
+        statement = sa.select(c.id, c.device_id).where(
+            one_of(session, c.id, batch), c.organization_id == organization_id
+        )
+        devices |= {row.id: row.device_id for row in run(session, statement)}
+    return devices
 
 
 def pending_commands(session: Session, *, device_id: str) -> list[tuple[str, Kind]]:

@@ -97,7 +97,9 @@ class Effects:
 
 
 class RefusalReason(StrEnum):
-    unknown_deployment = "unknown_deployment"
+    unknown_deployment = "unknown_deployment"  # none of the organization's deployments
+    not_this_device = "not_this_device"  # a device report for a deployment of another device
+    reported_in_future = "reported_in_future"  # a device report sent later than the server's clock allows
     not_applicable = "not_applicable"  # e.g. `not_now` for a security action
     not_allowed = "not_allowed"  # the kind's table has no such move from the current status
     out_of_order = "out_of_order"  # a report the device sent after this one was applied already

@@ -96,7 +96,7 @@ def _fleet(scene: Scene, platform: Platform, **where: str) -> Fleet:
         fcm_project_id=APP_PROJECT,
         **where,  # type: ignore[arg-type]
     )
-    fleet.attach(StoreCheckIn(scene.app), delay_s=(0.001, 0.01), threads=4)
+    fleet.attach(StoreCheckIn(scene.app, ORG), delay_s=(0.001, 0.01), threads=4)
     return fleet
 
 

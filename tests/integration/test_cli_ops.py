@@ -29,7 +29,7 @@ from models.store.dispatch import hold_for_credential
 from models.tables import Deployment, PushCredential, WatchedCertificate
 from models.types import utcnow
 from tests.conftest import MakeDeployments
-from tests.helpers import force_status, run_mdmq, status_of, wait_until
+from tests.helpers import device_of, force_status, run_mdmq, status_of, wait_until
 from tests.services import REDIS_URL, require
 from workers.actors import declare_actors
 from workers.app import App
@@ -219,7 +219,9 @@ def test_mdmq_worker_consumes_what_is_sent_and_stops_on_sigterm(
     sender = App(Settings(database_url=postgres_url, broker_url=REDIS_URL))
     with subprocess.Popen(command, env=environment, stderr=subprocess.DEVNULL) as worker:
         try:
-            declare_actors(sender).record_report.send(deployment_id, "fetched")
+            declare_actors(sender).record_report.send(
+                deployment_id, "fetched", device_id=device_of(pg, deployment_id), organization_id="acme"
+            )
             wait_until(lambda: status_of(pg, deployment_id) is Status.waiting, 60, "the worker to apply it")
         finally:
             worker.send_signal(signal.SIGTERM)

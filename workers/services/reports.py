@@ -1,4 +1,5 @@
-"""Device reports from the MDM check-in server: what each means, and the retry policy for postponements."""
+"""Device reports from the MDM check-in server: each bound to the device that sends it, what each means, and
+the retry policy for postponements."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
+from models import metrics
 from models.database import Session
 from models.enums import Actor
 from models.reports import Report
@@ -18,11 +20,14 @@ from models.store import (
     Effects,
     ErrorInfo,
     Move,
+    Refusal,
+    RefusalReason,
     TransitionResult,
     get_deployment,
     lock_deployments,
     transition,
 )
+from models.store.deployments import deployment_devices
 from models.store.organizations import retry_overrides
 from models.tables import Deployment
 from models.types import utcnow
@@ -36,14 +41,117 @@ _POSTPONING = frozenset({Report.not_now, Report.agent_not_started})
 
 @dataclass(frozen=True)
 class DeviceReport:
-    """What the check-in server relays: the report, the device's reason (NotNow) or its ErrorChain, and when
-    the server received it (`reported_at`): a report older than one applied already changes nothing."""
+    """A report for one deployment: the report, the device's reason (NotNow) or its ErrorChain, and when the
+    server received it (`reported_at`): a report older than one applied already changes nothing. Applied as
+    it is by `record_device_report(s)`: what comes from outside is bound to its device first
+    (`record_check_in`)."""
 
     deployment_id: str
     report: Report
     reason: str | None = None
     error_chain: Sequence[Mapping[str, Any]] | None = None
     reported_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CheckInReport:
+    """One report of a check-in as the check-in server relays it: the device that sends it, and the report.
+    It applies only once bound to that device (`record_check_in`)."""
+
+    device_id: str
+    report: DeviceReport
+
+    def __post_init__(self) -> None:
+        at = self.report.reported_at
+        if at is not None and at.utcoffset() is None:
+            raise ValueError(f"reported_at {at.isoformat()} has no time zone")
+
+
+@dataclass(frozen=True)
+class Binding:
+    """The reports of a check-in that may apply (a small lead on the server's clock taken as now), and the
+    refusals of the others."""
+
+    reports: list[DeviceReport]
+    refused: list[Refusal]
+
+
+def record_check_in(
+    session: Session,
+    *,
+    organization_id: str,
+    reports: Sequence[CheckInReport],
+    policy: RetryPolicy,
+    max_lead_s: float,
+    now: datetime | None = None,
+) -> list[TransitionResult]:
+    """Bind each report to its device (`bind_reports`) and apply those that hold, in the order given; the
+    refusals of the binding come last."""
+    now = now or utcnow()
+    binding = bind_reports(
+        session, organization_id=organization_id, reports=reports, max_lead_s=max_lead_s, now=now
+    )
+    applied = (
+        record_device_reports(session, binding.reports, policy=policy, now=now) if binding.reports else []
+    )
+    return [*applied, TransitionResult((), tuple(binding.refused))]
+
+
+def bind_reports(
+    session: Session,
+    *,
+    organization_id: str,
+    reports: Sequence[CheckInReport],
+    max_lead_s: float,
+    now: datetime,
+) -> Binding:
+    """Each report on its own: refused unless its deployment is the organization's (`unknown_deployment`)
+    and its device's (`not_this_device`), and sent no more than `max_lead_s` after `now`
+    (`reported_in_future`). A report sent after `now` but within the lead counts as sent `now`: a later
+    report stamped by the server then still applies."""
+    ids = [r.report.deployment_id for r in reports]
+    devices = deployment_devices(session, organization_id=organization_id, ids=ids)
+    bound: list[DeviceReport] = []
+    refused: list[Refusal] = []
+    for item in reports:
+        refusal = _binding_refusal(item, devices.get(item.report.deployment_id), now, max_lead_s)
+        if refusal is not None:
+            refused.append(refusal)
+        elif item.report.reported_at is not None and item.report.reported_at > now:
+            bound.append(replace(item.report, reported_at=now))
+        else:
+            bound.append(item.report)
+    _observe(refused)
+    return Binding(bound, refused)
+
+
+def _binding_refusal(
+    item: CheckInReport, owner: str | None, now: datetime, max_lead_s: float
+) -> Refusal | None:
+    deployment_id, at = item.report.deployment_id, item.report.reported_at
+    if owner is None:
+        return Refusal(deployment_id, RefusalReason.unknown_deployment, "no such deployment")
+    if owner != item.device_id:
+        message = f"deployment {deployment_id} is another device's, not {item.device_id}'s"
+        return Refusal(deployment_id, RefusalReason.not_this_device, message)
+    if at is not None and at > now + timedelta(seconds=max_lead_s):
+        lead_s = (at - now).total_seconds()
+        message = (
+            f"report {item.report.report.value!r} was sent at {at.isoformat()}, {lead_s:.0f} s ahead of the "
+            f"server's clock; at most {max_lead_s:.0f} s is taken"
+        )
+        return Refusal(deployment_id, RefusalReason.reported_in_future, message)
+    return None
+
+
+def _observe(refused: Sequence[Refusal]) -> None:
+    for r in refused:
+        metrics.TRANSITION_REFUSALS.labels(reason=r.reason.value, actor=Actor.device.value).inc()
+        log.info(
+            "device report refused: %s",
+            r.message,
+            extra={"deployment_id": r.deployment_id, "reason": r.reason.value},
+        )
 
 
 def record_device_report(

@@ -125,7 +125,12 @@ def test_get_shows_status_history_and_error_and_hides_another_organizations(
         world["token"],
         {
             "reports": [
-                {"deploymentId": deployment_id, "report": "NotNow", "reason": "device locked with passcode"}
+                {
+                    "deviceId": world["devices"][0],
+                    "deploymentId": deployment_id,
+                    "report": "NotNow",
+                    "reason": "device locked with passcode",
+                }
             ]
         },
     )
@@ -180,13 +185,14 @@ def test_device_reports_of_a_check_in_apply_in_order_and_refuse_what_does_not_fi
     client: Client, world: dict[str, Any]
 ) -> None:
     profile, lock = _create(client, world, ["profile", "security_action"])
+    first, second = world["devices"][:2]
     unknown = new_id()
     body = {
         "reports": [
-            {"deploymentId": profile, "report": "fetched"},
-            {"deploymentId": profile, "report": "Acknowledged"},
-            {"deploymentId": lock, "report": "not_now"},  # a lock cannot be postponed
-            {"deploymentId": unknown, "report": "fetched"},
+            {"deviceId": first, "deploymentId": profile, "report": "fetched"},
+            {"deviceId": first, "deploymentId": profile, "report": "Acknowledged"},
+            {"deviceId": second, "deploymentId": lock, "report": "not_now"},  # a lock cannot be postponed
+            {"deviceId": first, "deploymentId": unknown, "report": "fetched"},
         ]
     }
     status, answer = post(client, "/v1/organizations/acme/device-reports", world["token"], body)
@@ -206,7 +212,7 @@ def test_device_reports_of_a_check_in_apply_in_order_and_refuse_what_does_not_fi
         client,
         "/v1/organizations/acme/device-reports",
         world["token"],
-        {"reports": [{"deploymentId": profile, "report": "exploded"}]},
+        {"reports": [{"deviceId": first, "deploymentId": profile, "report": "exploded"}]},
     )
     assert (status, answer["error"]["code"]) == (400, 4000)
 
@@ -314,7 +320,8 @@ def test_text_with_a_nul_character_is_a_400_naming_the_field_and_changes_nothing
     assert listed.json()["data"] == []
 
     (profile,) = _create(client, world, ["profile"])
-    report = {"reports": [{"deploymentId": profile, "report": "not_now", "reason": "locked\x00"}]}
+    item = {"deviceId": world["devices"][0], "deploymentId": profile, "report": "not_now"}
+    report = {"reports": [item | {"reason": "locked\x00"}]}
     status, answer = post(client, "/v1/organizations/acme/device-reports", world["token"], report)
     assert (status, answer["error"]["code"]) == (400, 4000)
     assert (

@@ -16,7 +16,7 @@ from models.statuses import Kind, Status
 from models.store import get_deployment
 from models.types import utcnow
 from tests.conftest import MakeDeployments
-from tests.helpers import events_of, force_status, status_of
+from tests.helpers import device_of, events_of, force_status, status_of
 from workers.actors import Actors, declare_actors
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
@@ -40,9 +40,11 @@ def actors(app: App) -> Iterator[Actors]:
 
 
 def _deliver(app: App, actors: Actors, *messages: tuple[object, ...]) -> None:
-    """Send the report messages in this order and wait until the worker has handled them all."""
+    """Send the report messages in this order, each from the device of its deployment, and wait until the
+    worker has handled them all."""
     for args in messages:
-        actors.record_report.send(*args)
+        device_id = device_of(app.engine, str(args[0]))
+        actors.record_report.send(*args, device_id=device_id, organization_id="acme")
     _settle(app)
 
 
