@@ -3,7 +3,7 @@ say what happened in an admin's words."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -19,7 +19,14 @@ from models.tables import Deployment, Organization
 from models.types import utcnow
 from tests.conftest import MakeDeployments
 from workers.policy import RetryPolicy
-from workers.services.reports import DeviceReport, record_device_report
+from workers.services.reports import (
+    Binding,
+    CheckInReport,
+    DeviceReport,
+    bind_reports,
+    record_device_report,
+    record_device_reports,
+)
 
 POLICY = RetryPolicy.defaults()
 
@@ -194,3 +201,50 @@ def test_a_held_deployment_whose_device_checks_in_is_held_no_more(
     assert (still.status, still.hold_reason) == (Status.queued, "APNs credential revoked")
     with Session(sqlite) as session:
         assert held_counts(session) == {(Provider.apns, "APNs credential revoked"): 1}
+
+
+def test_a_check_in_is_bound_to_its_device_and_the_servers_clock_report_by_report(
+    sqlite: Engine, make_deployments: MakeDeployments
+) -> None:
+    """The binding the API and the report actor share, on SQLite: each report is judged on its own."""
+    mine, theirs = make_deployments(sqlite, Kind.profile, count=2)
+    device, other_device = _deployment(sqlite, mine).device_id, _deployment(sqlite, theirs).device_id
+    now = utcnow()
+
+    def sent(device_id: str, deployment_id: str, report: Report, ahead_s: float = 0) -> CheckInReport:
+        return CheckInReport(
+            device_id, DeviceReport(deployment_id, report, reported_at=now + timedelta(seconds=ahead_s))
+        )
+
+    with Session(sqlite) as session, session.begin():
+
+        def bind(organization_id: str, *reports: CheckInReport) -> Binding:
+            return bind_reports(
+                session, organization_id=organization_id, reports=reports, max_lead_s=300, now=now
+            )
+
+        binding = bind(
+            "acme",
+            sent(device, theirs, Report.fetched),
+            sent(other_device, mine, Report.fetched),
+            sent(device, mine, Report.fetched, ahead_s=60),
+            sent(device, mine, Report.acknowledged),
+        )
+        refused = [(r.deployment_id, r.reason) for r in binding.refused]
+        assert refused == [(theirs, RefusalReason.not_this_device), (mine, RefusalReason.not_this_device)]
+        assert [r.reported_at for r in binding.reports] == [now, now], "a minute ahead is taken as now"
+        for organization_id, report, reason in [
+            ("other-org", sent(device, mine, Report.fetched), RefusalReason.unknown_deployment),
+            ("acme", sent(device, mine, Report.fetched, ahead_s=301), RefusalReason.reported_in_future),
+        ]:
+            assert [r.reason for r in bind(organization_id, report).refused] == [reason]
+        record_device_reports(session, binding.reports, policy=POLICY, now=now)
+
+    assert _deployment(sqlite, mine).status is Status.completed
+    assert _deployment(sqlite, theirs).status is Status.queued
+
+
+def test_a_report_time_without_a_time_zone_is_not_a_check_in_report() -> None:
+    naive = DeviceReport("a" * 24, Report.fetched, reported_at=datetime(2026, 11, 23, 10, 0))
+    with pytest.raises(ValueError, match="has no time zone"):
+        CheckInReport("b" * 24, naive)
