@@ -24,6 +24,11 @@ class Principal:
     permissions: frozenset[str]
     token_id: str | None = None  # the API token's id: the actor of what the audit record keeps
 
+    @property
+    def actor(self) -> str:
+        """Who the audit record names: the API token's id, never the token."""
+        return self.token_id or "api"
+
     def require(self, organization_id: str, permission: str) -> None:
         """An entity of another organization is not found, exactly as a missing one; then the permission."""
         if organization_id != self.organization_id:

@@ -110,7 +110,7 @@ def router(actors: Actors) -> APIRouter:
                 provider=provider,
                 upload=body.upload(),
                 force=body.force,
-                actor=caller.token_id or "api",
+                actor=caller.actor,
             )
         except InvalidCredential as e:  # names the field, never the value
             raise ApiError(INVALID_REQUEST, str(e)) from None

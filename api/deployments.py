@@ -217,7 +217,7 @@ def router(actors: Actors) -> APIRouter:
         caller.require(organizationId, "mdm.deployment.cancel")
         with app.session() as session:
             ids = own_deployment_ids(session, organization_id=organizationId, ids=body.ids)
-            result = cancel_deployments(session, ids=ids, actor=Actor.api)
+            result = cancel_deployments(session, ids=ids, actor=Actor.api, by=caller.actor)
         return {"status": True, "data": outcome([result], unknown=_unknown(body.ids, ids))}
 
     @routes.post("/deployments/retry", response_model=OutcomeAnswer)
@@ -227,7 +227,7 @@ def router(actors: Actors) -> APIRouter:
         caller.require(organizationId, "mdm.deployment.retry")
         with app.session() as session:
             ids = own_deployment_ids(session, organization_id=organizationId, ids=body.ids)
-            result = retry_deployments(session, ids=ids, actor=Actor.api)
+            result = retry_deployments(session, ids=ids, actor=Actor.api, by=caller.actor)
         actors.enqueue_ids([a.deployment_id for a in result.applied])
         return {"status": True, "data": outcome([result], unknown=_unknown(body.ids, ids))}
 

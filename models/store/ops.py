@@ -45,3 +45,14 @@ def get_device(session: Session, *, device_id: str) -> Device | None:
 def get_receipt(session: Session, *, receipt_id: int | None) -> PushReceipt | None:
     """The push receipt, or None: also for a deployment not pushed yet (`receipt_id` None)."""
     return None if receipt_id is None else session.get(PushReceipt, receipt_id)
+
+
+def deployment_organizations(session: Session, *, ids: Collection[str]) -> dict[str, list[str]]:
+    """Those of `ids` that are deployments, by organization, in id order; the others are left out."""
+    c = DEPLOYMENT.c
+    found: dict[str, list[str]] = {}
+    for batch in chunked(sorted(set(ids)), IDS_PER_STATEMENT):
+        statement = sa.select(c.organization_id, c.id).where(one_of(session, c.id, batch)).order_by(c.id)
+        for row in run(session, statement):
+            found.setdefault(row.organization_id, []).append(row.id)
+    return found

@@ -86,7 +86,7 @@ def test_a_change_of_topic_exits_5_unless_forced_and_the_forced_one_is_audited(
     )
     assert (code, out["topic"] if code == 0 else err) == (0, new)
     with Session(pg) as s:
-        events = audit_events(s, organization_id="acme")
+        events = audit_events(s, organization_id="acme", action=TOPIC_CHANGED)
     assert [(e.action, e.actor, e.detail) for e in events] == [
         (TOPIC_CHANGED, "cli", {"provider": "apns", "old_topic": old, "new_topic": new})
     ]

@@ -13,7 +13,7 @@ from config.errors import MdmqError
 from models.database import Session
 from models.enums import CredentialKind, CredentialStatus, Provider, PushEnvironment
 from models.ids import new_id
-from models.store.audit import record_audit_event
+from models.store.audit import CREDENTIAL_UPLOADED, record_audit_event
 from models.store.credentials import save_credential
 from models.store.dispatch import push_credential
 from models.store.holds import release_provider, restore_tokens
@@ -123,9 +123,9 @@ def store_credential(
     another provider, an APNs token key (MDM is certificate-only), a control character in a field, a
     certificate that is not an MDM push certificate or a `topic` other than its own. Raises `TopicChange`
     when an APNs certificate's topic differs from the stored credential's, unless `force`; a forced change
-    is recorded as an audit event of `actor` (an API token's id, or `cli`) in this transaction. Either
-    error changes nothing. Fields the kind does not use are not stored. Running workers pick the new
-    material up by its fingerprint on their next dispatch.
+    is recorded as an audit event of `actor` (an API token's id, or `cli`) in this transaction, as is every
+    stored upload. Either error changes nothing. Fields the kind does not use are not stored. Running
+    workers pick the new material up by its fingerprint on their next dispatch.
     """
     now = now or utcnow()
     for name, value in (
@@ -155,7 +155,30 @@ def store_credential(
     stored = save_credential(session, existing=existing, uploaded=candidate)
     usable = status in (CredentialStatus.valid, CredentialStatus.expiring)
     released = _release_held(session, organization_id=organization_id, provider=provider) if usable else []
+    _audit_upload(session, stored, released=len(released), actor=actor, now=now)
     return StoredCredential(stored, released)
+
+
+def _audit_upload(session: Session, row: PushCredential, *, released: int, actor: str, now: datetime) -> None:
+    """The upload in the audit record: what was stored, by its fingerprint (a hash), never the material."""
+    detail = {
+        "provider": row.provider.value,
+        "kind": row.kind.value,
+        "fingerprint": row.fingerprint,
+        "topic": row.topic,
+        "projectId": row.project_id,
+        "environment": row.environment.value,
+        "status": row.status.value,
+        "released": released,
+    }
+    record_audit_event(
+        session,
+        organization_id=row.organization_id,
+        actor=actor,
+        action=CREDENTIAL_UPLOADED,
+        detail=detail,
+        now=now,
+    )
 
 
 def _read_back(material: Credential, *, given_topic: str | None) -> tuple[str | None, str | None]:
