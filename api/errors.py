@@ -9,6 +9,7 @@
 | 4002 | 401 | No auth token |
 | 4003 | 403 | Permission denied: which permission is missing |
 | 4004 | 401 | Invalid Token |
+| 4005 | 401 | Token expired |
 | 4009 | 409 | Conflict: what the request would undo, and how to go ahead |
 | 4013 | 413 | Request body too large: its size, and the most taken |
 | 5000 | 500 | Internal error |
@@ -36,13 +37,14 @@ INVALID_REQUEST = (400, 4000, "Invalid request")
 NO_AUTH_TOKEN = (401, 4002, "No auth token")
 PERMISSION_DENIED = (403, 4003, "Permission denied")
 INVALID_TOKEN = (401, 4004, "Invalid Token")
+EXPIRED_TOKEN = (401, 4005, "Token expired")
 CONFLICT = (409, 4009, "Conflict")
 BODY_TOO_LARGE = (413, 4013, "Request body too large")
 INTERNAL_ERROR = (500, 5000, "Internal error")
 
 CODES = (
     ENTITY_NOT_FOUND, ROUTE_NOT_FOUND, METHOD_NOT_ALLOWED, INVALID_REQUEST, NO_AUTH_TOKEN, PERMISSION_DENIED,
-    INVALID_TOKEN, CONFLICT, BODY_TOO_LARGE, INTERNAL_ERROR,
+    INVALID_TOKEN, EXPIRED_TOKEN, CONFLICT, BODY_TOO_LARGE, INTERNAL_ERROR,
 )  # fmt: skip
 
 
@@ -59,7 +61,10 @@ class ErrorEnvelope(BaseModel):
 # Documented on every route: what any of them may answer besides its own success.
 RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorEnvelope, "description": "Invalid request (4000)"},
-    401: {"model": ErrorEnvelope, "description": "No auth token (4002), Invalid Token (4004)"},
+    401: {
+        "model": ErrorEnvelope,
+        "description": "No auth token (4002), Invalid Token (4004), Token expired (4005)",
+    },
     403: {"model": ErrorEnvelope, "description": "Permission denied (4003)"},
     404: {"model": ErrorEnvelope, "description": "Entity not found (3001)"},
     413: {"model": ErrorEnvelope, "description": "Request body too large (4013)"},

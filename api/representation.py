@@ -9,7 +9,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from models.store import TransitionResult
-from models.tables import Deployment, DeploymentEvent, ProviderHold, PushCredential, PushReceipt
+from models.store.tokens import expiry_of, is_legacy
+from models.tables import (
+    ApiToken,
+    Deployment,
+    DeploymentEvent,
+    ProviderHold,
+    PushCredential,
+    PushReceipt,
+)
 
 
 def deployment_summary(d: Deployment) -> dict[str, Any]:
@@ -104,3 +112,17 @@ def outcome(results: Sequence[TransitionResult], *, unknown: Iterable[str] = ())
     refused = [{"id": f.deployment_id, "reason": f.reason.value} for r in results for f in r.refused]
     refused += [{"id": i, "reason": "unknown_deployment"} for i in unknown]
     return {"applied": [a.deployment_id for r in results for a in r.applied], "refused": refused}
+
+
+def api_token(row: ApiToken) -> dict[str, Any]:
+    """An API token without its secret (only its hash is stored): what it may do, and for how long."""
+    return {
+        "id": row.id,
+        "organizationId": row.organization_id,
+        "permissions": list(row.permissions),
+        "createdAt": row.created_at,
+        "expiresAt": expiry_of(row),
+        "lastUsedAt": row.last_used_at,
+        "revokedAt": row.revoked_at,
+        "legacy": is_legacy(row),
+    }

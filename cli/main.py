@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Annotated
 
 import typer
 
@@ -22,8 +21,6 @@ app = typer.Typer(
 )
 db = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db, name="db")
-token = typer.Typer(no_args_is_help=True, help="API tokens.")
-app.add_typer(token, name="token")
 
 EXIT_CONFIG = 2
 EXIT_DATABASE = 3
@@ -89,35 +86,6 @@ def demo(
     else:
         print_demo(result)
     raise typer.Exit(0 if result.ok else 1)
-
-
-@token.command("create")
-def token_create(
-    org: Annotated[str, typer.Option("--org", help="The organization the token acts for (created if new).")],
-    permission: Annotated[
-        list[str], typer.Option("--permission", help="e.g. mdm.aosp.command.get; repeatable.")
-    ],
-) -> None:
-    """Create an API token and print it, once, as the last line: only its hash is stored."""
-    from models.ids import is_organization_id
-    from models.store import ensure_organization
-    from models.store.tokens import create_token
-    from workers.app import App
-
-    if not is_organization_id(org):
-        typer.echo(
-            f"mdmq: --org {org!r} is not an organization id (24 hex, or 3+ letters, digits, -)", err=True
-        )
-        raise typer.Exit(EXIT_USAGE)
-    mdmq = App(load_settings())
-    try:
-        with mdmq.session() as session:
-            ensure_organization(session, organization_id=org)
-            row, secret = create_token(session, organization_id=org, permissions=permission)
-    finally:
-        mdmq.close()
-    typer.echo(f"token {row.id} for {org}: {', '.join(row.permissions)}", err=True)
-    typer.echo(secret)
 
 
 @app.command()
@@ -192,11 +160,12 @@ def sandbox(
     serve_forever(host, apns_port, fcm_port, aosp_port, tls, apns_sandbox_port=apns_sandbox_port)
 
 
-from cli import credentials, holds, ops  # noqa: E402  (after the app and its groups)
+from cli import credentials, holds, ops, tokens  # noqa: E402  (after the app and its groups)
 
 ops.register(app)
 holds.register(app)
 credentials.register(app)
+tokens.register(app)
 
 
 def main() -> None:

@@ -304,8 +304,8 @@ class SchedulerRun(SQLModel, table=True):
 
 
 class ApiToken(SQLModel, table=True):
-    """A bearer token of the HTTP API: an organization and permissions. Only the token's SHA-256 is stored;
-    the token itself is shown once, when it is created."""
+    """A bearer token of the HTTP API: an organization, permissions and an expiry. Only the token's SHA-256
+    is stored; the token itself is shown once, when it is created."""
 
     __tablename__ = "api_token"
 
@@ -315,6 +315,10 @@ class ApiToken(SQLModel, table=True):
     permissions: list[str] = Field(default_factory=list, sa_type=JSON)
     created_at: datetime = _created()
     revoked_at: datetime | None = _ts()
+    # None only on a row the release before expiries wrote: models/store/tokens.py gives it one.
+    expires_at: datetime | None = _ts()
+    last_used_at: datetime | None = _ts()  # to the minute: not a write on every request
+    legacy: bool | None = None  # created before tokens expired: its expiry was given by the upgrade
 
 
 def table_of(model: type[SQLModel]) -> sa.Table:

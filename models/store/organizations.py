@@ -36,3 +36,7 @@ def retry_overrides(
         col(Organization.id).in_(organization_ids)
     )
     return {organization_id: overrides for organization_id, overrides in session.exec(statement)}
+
+
+def organization_exists(session: Session, *, organization_id: str) -> bool:
+    return session.get(Organization, organization_id) is not None

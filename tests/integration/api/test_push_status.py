@@ -66,7 +66,9 @@ def world(mdmq: App) -> dict[str, str]:
         names |= {"aosp": aosp, "iphone": iphone, "pending": pending, "delivered": delivered}
         names |= {"unsent": unsent, "apple": apple}
         names["token"] = create_token(s, organization_id="acme", permissions=[PERMISSION])[1]
-        names["no_permission"] = create_token(s, organization_id="acme", permissions=["mdm.device.get"])[1]
+        names["no_permission"] = create_token(s, organization_id="acme", permissions=["mdm.deployment.get"])[
+            1
+        ]
         names["other_org"] = create_token(s, organization_id="other-org", permissions=[PERMISSION])[1]
     return names
 
