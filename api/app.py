@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from api import credentials, deployments
+from api import audit, credentials, deployments
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
 from api.limits import BodyLimit
@@ -59,6 +59,7 @@ def create_app(app: App | None = None) -> FastAPI:
     api.include_router(deployments.router(actors))
     api.include_router(deployments.reports_router(actors))
     api.include_router(credentials.router(actors))
+    api.include_router(audit.router(mdmq))
 
     @api.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from models.store import TransitionResult
 from models.store.tokens import expiry_of, is_legacy
 from models.tables import (
     ApiToken,
+    AuditEvent,
     Deployment,
     DeploymentEvent,
     ProviderHold,
@@ -125,4 +126,16 @@ def api_token(row: ApiToken) -> dict[str, Any]:
         "lastUsedAt": row.last_used_at,
         "revokedAt": row.revoked_at,
         "legacy": is_legacy(row),
+    }
+
+
+def audit_event(e: AuditEvent) -> dict[str, Any]:
+    """Who (an API token's id, `cli`, `scheduler`) did what to an organization, and when."""
+    return {
+        "id": e.id,
+        "organizationId": e.organization_id,
+        "at": e.at,
+        "actor": e.actor,
+        "action": e.action,
+        "detail": e.detail,
     }

@@ -160,12 +160,13 @@ def sandbox(
     serve_forever(host, apns_port, fcm_port, aosp_port, tls, apns_sandbox_port=apns_sandbox_port)
 
 
-from cli import credentials, holds, ops, tokens  # noqa: E402  (after the app and its groups)
+from cli import audit, credentials, holds, ops, tokens  # noqa: E402  (after the app and its groups)
 
 ops.register(app)
 holds.register(app)
 credentials.register(app)
 tokens.register(app)
+audit.register(app)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 PERMISSIONS = frozenset(
     {
         "mdm.aosp.command.get",  # a command's push status
+        "mdm.audit.get",  # the organization's audit trail
         "mdm.credential.manage",  # upload and list push credentials
         "mdm.deployment.cancel",
         "mdm.deployment.create",
