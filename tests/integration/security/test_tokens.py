@@ -321,3 +321,21 @@ def test_a_token_from_before_expiries_gets_90_days_from_the_upgrade_and_a_warnin
     assert all("a" * 24 in w and "created before tokens expired" in w for w in warnings)
     assert all(f"{row.expires_at:%Y-%m-%d}" in w for w in warnings)
     assert not any(LEGACY_SECRET in w or token_hash(LEGACY_SECRET) in w for w in caplog.text.splitlines())
+
+
+def test_a_token_the_previous_release_writes_during_the_rollout_expires_from_its_creation(
+    client: Client, mdmq: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh_id, fresh = new_token(mdmq)
+    old_id, old = new_token(mdmq, now=utcnow() - DEFAULT_LIFETIME - timedelta(seconds=1))
+    with mdmq.session() as s:
+        for token_id in (fresh_id, old_id):  # as the release before expiries inserts it: no expiry
+            row = s.get(ApiToken, token_id)
+            assert row is not None
+            row.expires_at = None
+
+    with caplog.at_level(logging.WARNING, logger="api.auth"):
+        assert get(client, fresh)[0] == 200
+    assert get(client, old)[1]["error"]["code"] == 4005
+
+    assert [r.name for r in caplog.records] == ["api.auth"], "a legacy token: warned"
