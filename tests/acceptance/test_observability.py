@@ -73,8 +73,8 @@ def test_every_series_the_dashboard_and_alerts_use_is_served_and_no_secret_is_lo
                 "MDMQ_WATCH_ENDPOINTS": f"127.0.0.1:{rollout.sandbox.ports['apns']}"
             }
             token = run_mdmq(
-                "token", "create", "--org", rollout.organization_id, "--permission", "mdm.deployment.get",
-                env={"MDMQ_DATABASE_URL": postgres_url}, timeout_s=60,
+                "token", "create", "--org", rollout.organization_id, "--create-org",
+                "--permission", "mdm.deployment.get", env={"MDMQ_DATABASE_URL": postgres_url}, timeout_s=60,
             ).stdout.strip()  # fmt: skip
             processes = [
                 subprocess.Popen(command, env=environment, stderr=stack.enter_context(logs[name].open("wb")))
