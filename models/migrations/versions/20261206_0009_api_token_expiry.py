@@ -27,12 +27,16 @@ def upgrade() -> None:
         batch.add_column(sa.Column("expires_at", TS, nullable=True))
         batch.add_column(sa.Column("last_used_at", TS, nullable=True))
         batch.add_column(sa.Column("legacy", sa.Boolean(), nullable=True))
-    # Idempotent: only rows without an expiry get one, and a second run finds none.
+    op.execute(back_fill(datetime.now(UTC)))
+
+
+def back_fill(now: datetime) -> sa.Update:
+    """Idempotent: only rows without an expiry get one, and a second run finds none."""
     token = sa.table("api_token", sa.column("expires_at", TS), sa.column("legacy", sa.Boolean()))
-    op.execute(
+    return (
         token.update()
         .where(token.c.expires_at.is_(None))
-        .values(expires_at=datetime.now(UTC) + LEGACY_LIFETIME, legacy=True)
+        .values(expires_at=now + LEGACY_LIFETIME, legacy=True)
     )
 
 

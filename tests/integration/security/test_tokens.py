@@ -6,6 +6,7 @@ use."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -300,12 +301,30 @@ def legacy_database() -> Iterator[str]:
         yield url
 
 
+def _back_fill_again(url: str) -> None:
+    path = next((Path(upgrade.__code__.co_filename).parent / "versions").glob("*_0009_*.py"))
+    spec = importlib.util.spec_from_file_location("migration_0009", path)
+    assert spec is not None
+    assert spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(migration.back_fill(utcnow() + timedelta(days=30)))
+    engine.dispose()
+
+
 def test_a_token_from_before_expiries_gets_90_days_from_the_upgrade_and_a_warning_on_each_use(
     legacy_database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = App(Settings(database_url=legacy_database, broker_url="stub://"))
     try:
         row = token_row(app, "a" * 24)
+        _back_fill_again(legacy_database)
+        again = token_row(app, "a" * 24)
+        assert (again.expires_at, again.legacy) == (row.expires_at, True), (
+            "a second back-fill changes nothing"
+        )
         assert row.legacy is True
         assert row.expires_at is not None
         assert DEFAULT_LIFETIME - timedelta(minutes=5) <= row.expires_at - utcnow() <= DEFAULT_LIFETIME
