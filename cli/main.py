@@ -52,7 +52,8 @@ def db_upgrade(
 
 def _wait_for_schema(settings: Settings) -> None:
     """The long-running processes start once the release step has brought the database to the newest
-    schema: honcho and Kubernetes start them beside it."""
+    schema: honcho and Kubernetes start them beside it. Then each tries its secret key on a stored secret."""
+    from cli.secrets import check_key_at_start
     from models.migrations.runner import wait_until_current
 
     if not wait_until_current(settings.database_url, settings.schema_wait_s):
@@ -62,6 +63,7 @@ def _wait_for_schema(settings: Settings) -> None:
             err=True,
         )
         raise typer.Exit(EXIT_DATABASE)
+    check_key_at_start(settings)
 
 
 @app.command()
@@ -160,13 +162,14 @@ def sandbox(
     serve_forever(host, apns_port, fcm_port, aosp_port, tls, apns_sandbox_port=apns_sandbox_port)
 
 
-from cli import audit, credentials, holds, ops, tokens  # noqa: E402  (after the app and its groups)
+from cli import audit, credentials, holds, ops, secrets, tokens  # noqa: E402  (after the app and its groups)
 
 ops.register(app)
 holds.register(app)
 credentials.register(app)
 tokens.register(app)
 audit.register(app)
+secrets.register(app)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.errors import MdmqError
@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     scheduler_metrics_port: int = Field(default=9192, ge=0, le=65_535)
     metrics_dir: str = ""  # empty: a directory under the system's temporary directory
 
+    # Secrets at rest (push credential material, push magic): Fernet keys, newest first, comma-separated, or
+    # a file of them one a line. Production refuses to start without one; development without one uses a
+    # key generated beside its SQLite file. `secret_plaintext_writes` keeps writing plaintext (reading both)
+    # while a release that cannot decrypt still runs: docs/operations.md, "Secrets at rest".
+    secret_key_file: str | None = None
+    secret_key: SecretStr | None = Field(default=None, validate_default=True)
+    secret_plaintext_writes: bool = False
+
     # Push services: the real hosts unless set (the embedded mode and the tests point them at the sandbox).
     apns_url: str = "https://api.push.apple.com"
     apns_sandbox_url: str = "https://api.sandbox.push.apple.com"
@@ -136,6 +144,17 @@ class Settings(BaseSettings):
         if not url.startswith(("https://", "http://")):
             raise ValueError(f"expected https://HOST[:PORT] (or http:// for cleartext HTTP/2), got {url!r}")
         return url.rstrip("/")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _key_in_production(cls, key: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        missing = key is None and not info.data.get("secret_key_file")
+        if missing and info.data.get("environment") is Environment.production:
+            raise ValueError(
+                "production needs a key to encrypt push credentials and push magic at rest: set "
+                "MDMQ_SECRET_KEY (or MDMQ_SECRET_KEY_FILE); `mdmq secrets generate-key` makes one"
+            )
+        return key
 
     @field_validator("database_url")
     @classmethod

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,6 +13,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
+
+from models.secrets import KeyRing, attach_key_ring, make_private_directory, sqlite_path
 
 __all__ = ["DATABASE_ERRORS", "DRIVER_ERRORS", "Engine", "Session", "create_engine", "is_connection_error"]
 
@@ -29,10 +34,19 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError))
 
 
-def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
-    """An engine for `url`. Call it in the process that uses it: a pool must never cross a fork."""
-    if url.startswith("sqlite"):
-        return _sqlite_engine(url, echo=echo)
+def create_engine(
+    url: str, *, pool_size: int = 5, echo: bool = False, key_ring: KeyRing | None = None
+) -> Engine:
+    """An engine for `url`, encrypting and decrypting secrets with `key_ring` (None: written in plaintext).
+    Call it in the process that uses it: a pool must never cross a fork."""
+    engine = (
+        _sqlite_engine(url, echo=echo) if url.startswith("sqlite") else _postgres_engine(url, pool_size, echo)
+    )
+    attach_key_ring(engine, key_ring)
+    return engine
+
+
+def _postgres_engine(url: str, pool_size: int, echo: bool) -> Engine:
     return sa.create_engine(
         url,
         echo=echo,
@@ -56,9 +70,21 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
     if in_memory:
         # One shared connection, or every new connection would see a new empty database.
         kwargs["poolclass"] = sa.pool.StaticPool
+    else:
+        _create_private_file(sqlite_path(url))
     engine = sa.create_engine(url, **kwargs)
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _create_private_file(path: Path | None) -> None:
+    """Create the SQLite file mode 0600 in a directory created 0700, before SQLite creates it readable by
+    all: it holds the push credentials. (Its -wal and -shm files take its mode.) An existing file is kept."""
+    if path is None:
+        return
+    make_private_directory(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

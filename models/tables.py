@@ -25,6 +25,7 @@ from models.enums import (
     PushEnvironment,
     TokenState,
 )
+from models.secrets import SecretText
 from models.statuses import Kind, Status
 from models.types import JSON, UTCDateTime, str_enum, utcnow
 
@@ -62,8 +63,8 @@ class PushCredential(SQLModel, table=True):
     organization_id: str = Field(sa_type=ORG_ID, foreign_key="organization.id")
     provider: Provider = Field(sa_type=str_enum(Provider))
     kind: CredentialKind = Field(sa_type=str_enum(CredentialKind))
-    # PEM, service-account JSON or API key. Write-only: never logged, never returned.
-    secret: str = Field(sa_type=sa.Text, repr=False)
+    # PEM, service-account JSON or API key. Write-only: never logged, never returned; encrypted at rest.
+    secret: str = Field(sa_type=SecretText(), repr=False)
     fingerprint: str = Field(sa_type=sa.String(64))
     key_id: str | None = Field(default=None, sa_type=sa.String(64))
     team_id: str | None = Field(default=None, sa_type=sa.String(64))
@@ -91,7 +92,9 @@ class Device(SQLModel, table=True):
     platform: Platform = Field(sa_type=str_enum(Platform))
     provider: Provider = Field(sa_type=str_enum(Provider))
     push_token: str = Field(sa_type=sa.String(512), repr=False)
-    push_magic: str | None = Field(default=None, sa_type=sa.String(128), repr=False)
+    # Encrypted at rest. The token stays in clear: restores and imports look devices up by it, and without
+    # the credential it wakes nothing.
+    push_magic: str | None = Field(default=None, sa_type=SecretText(512), repr=False)
     token_state: TokenState = Field(default=TokenState.valid, sa_type=str_enum(TokenState))
     token_invalid_reason: str | None = Field(default=None, sa_type=sa.String(200))
     token_invalid_at: datetime | None = _ts()

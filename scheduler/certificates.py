@@ -29,6 +29,7 @@ from sentry_sdk.integrations.logging import ignore_logger
 
 from models.database import Session
 from models.enums import CertificateSource, CredentialKind, CredentialStatus, Provider
+from models.secrets import CannotDecrypt
 from models.store.certificates import record_watched_check, watched_certificate, watched_certificates
 from models.store.certificates import watch_certificates as watch_targets
 from models.store.credentials import credentials_to_check, lock_credential, record_credential_check
@@ -111,6 +112,9 @@ def _check_credential(gateway: PushGateway, row: PushCredential) -> Verdict:
         material = credential_from_row(row)
     except InvalidCredential as e:  # e.g. an APNs token key: [A-MDMPUSH] MDM pushes are certificate-only
         return replace(checked, refused=str(e), unusable=True)
+    except CannotDecrypt as e:  # the key is wrong, not the credential: no verdict, nothing changes
+        log.error("credential check of %s %s: %s", row.organization_id, row.provider, e)
+        return checked
     if row.kind is CredentialKind.apns_certificate:
         return checked
     try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from config.settings import Settings
+from models.secrets import CANNOT_DECRYPT, CannotDecrypt, Undecryptable
 from models.store.audit import record_audit_event
 from models.store.dispatch import push_credential
 from models.store.holds import (
@@ -89,10 +90,14 @@ def _probe(actors: Actors, hold: ProviderHold) -> Probe:
     if device is None:
         return Probe(False, "no device with a valid token to try")
     try:
+        if isinstance(device.push_magic, Undecryptable):
+            raise CannotDecrypt()
         credential = credential_from_row(row)
         [result] = app.gateway.send(hold.organization_id, credential, [wake_up(device)])
     except InvalidCredential as e:
         return Probe(False, f"credential unusable: {e}")
+    except CannotDecrypt:
+        return Probe(False, CANNOT_DECRYPT)
     except (ProviderError, TimeoutError) as e:
         return Probe(False, type(e).__name__)
     return Probe(result.outcome in _WORKING, result.reason or result.outcome.value)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from models.enums import CredentialStatus, Provider
+from models.secrets import CannotDecrypt
 from models.store.dispatch import push_credentials
 from models.store.holds import purge_dead_answers
 from models.store.maintenance import purge_finished, stuck_counts
@@ -141,7 +142,7 @@ def poll_receipts_job(actors: Actors, now: datetime) -> int:
                 answers = app.gateway.poll(
                     organization_id, credential_from_row(row), [r.provider_push_id for r in receipts]
                 )
-        except (ProviderError, InvalidCredential, TimeoutError) as e:
+        except (ProviderError, InvalidCredential, CannotDecrypt, TimeoutError) as e:
             log.warning("push status poll failed for %s: %s", organization_id, type(e).__name__)
         # Every receipt taken is stamped polled, answered or not: one organization's receipts that cannot be
         # polled must not head every page and starve the others.

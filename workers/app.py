@@ -13,6 +13,7 @@ import dramatiq
 
 from config.settings import Settings, load_settings
 from models.database import Engine, Session, create_engine
+from models.secrets import KeyRing, key_ring_from_settings
 from workers.broker import build_broker
 from workers.policy import RetryPolicy
 from workers.providers.endpoints import ProviderEndpoints
@@ -35,10 +36,17 @@ class App:
         with self._lock:
             if self._engine is None or self._engine_pid != os.getpid():
                 self._engine = create_engine(
-                    self.settings.database_url, pool_size=self.settings.database_pool_size
+                    self.settings.database_url,
+                    pool_size=self.settings.database_pool_size,
+                    key_ring=self.key_ring,
                 )
                 self._engine_pid = os.getpid()
             return self._engine
+
+    @cached_property
+    def key_ring(self) -> KeyRing | None:
+        """The keys secrets at rest are encrypted with; `SettingsError` without one in production."""
+        return key_ring_from_settings(self.settings)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -16,6 +16,7 @@ import requests
 
 from config.settings import Settings
 from models.migrations.runner import is_current
+from models.secrets import KeyRing
 from tests.helpers import answers, free_ports, scraped, wait_until
 from tests.services import REDIS_URL, new_postgres_database, require
 from workers.actors import declare_actors
@@ -52,6 +53,7 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
         "MDMQ_DATABASE_URL": empty_database,
         "MDMQ_BROKER_URL": REDIS_URL,
         "MDMQ_ENVIRONMENT": "production",
+        "MDMQ_SECRET_KEY": KeyRing.generate_key(),
         "MDMQ_METRICS_HOST": "127.0.0.1",
         "MDMQ_WORKER_METRICS_PORT": str(worker_port),
         "MDMQ_SCHEDULER_METRICS_PORT": str(scheduler_port),

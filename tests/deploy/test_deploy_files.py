@@ -110,7 +110,9 @@ def compose_config(
 ) -> subprocess.CompletedProcess[str]:
     """`docker-compose config` with only the variables given here: no deploy/.env or shell variable in."""
     env_file = home / "compose.env"
-    env_file.write_text(f"POSTGRES_PASSWORD={password}\n" if password is not None else "")
+    env_file.write_text(
+        f"POSTGRES_PASSWORD={password}\nMDMQ_SECRET_KEY={password}\n" if password is not None else ""
+    )
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home)}
     command = [tool("docker-compose"), "--file", str(compose_file), "--env-file", str(env_file)]
     return run([*command, "config", "--format", "json"], env=env)
@@ -470,7 +472,7 @@ def test_compose_environment_names_settings_and_takes_secrets_from_outside(compo
         settings_from(environment)
     # In the file itself, every secret is a ${VARIABLE} for Compose to fill in.
     written = dict(secret_settings(yaml.safe_load(COMPOSE.read_text())))
-    assert set(written) == {"PGPASSWORD", "POSTGRES_PASSWORD"}
+    assert set(written) == {"PGPASSWORD", "POSTGRES_PASSWORD", "MDMQ_SECRET_KEY"}
     assert all(re.fullmatch(r"\$\{\w+(:\?[^}]*)?\}", value) for value in written.values()), written
 
 
@@ -633,7 +635,8 @@ def test_the_config_map_holds_valid_settings_and_no_secret() -> None:
     assert set(data) <= setting_names(), "not settings of mdmq (config/settings.py)"
     assert not [name for name in data if SECRET_NAME.search(name)], "secrets belong in the Secret"
     assert not [value for value in data.values() if URL_WITH_PASSWORD.search(value)]
-    settings = settings_from(data)
+    # The secret key comes from the Secret, as every container's environment does.
+    settings = settings_from(data | {"MDMQ_SECRET_KEY": "from-the-secret"})
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert not settings.is_embedded
 

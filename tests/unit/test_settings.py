@@ -28,6 +28,7 @@ def test_environment_variables_are_read_with_the_prefix(monkeypatch: pytest.Monk
     monkeypatch.setenv("MDMQ_DATABASE_URL", "postgresql://mdmq@db:5432/mdmq")
     monkeypatch.setenv("MDMQ_BROKER_URL", "redis://cache:6379/0")
     monkeypatch.setenv("MDMQ_ENVIRONMENT", "production")
+    monkeypatch.setenv("MDMQ_SECRET_KEY", "a-key")  # production refuses to start without one
 
     settings = load_settings()
 

@@ -8,6 +8,7 @@ import threading
 from typing import NamedTuple
 
 from models.enums import CredentialKind, Provider
+from models.secrets import reveal
 from models.tables import PushCredential
 from workers.providers.credentials import (
     MDM_NEEDS_CERTIFICATE,
@@ -33,7 +34,8 @@ KINDS = {
 
 def credential_from_row(row: PushCredential, *, stored: bool = True) -> Credential:
     """The provider credential for `row`; `InvalidCredential`, naming no secret, if it is unusable: a kind
-    of another provider, an APNs token key (`MDM_NEEDS_CERTIFICATE`), unreadable material.
+    of another provider, an APNs token key (`MDM_NEEDS_CERTIFICATE`), unreadable material. `CannotDecrypt`
+    when no key of the ring decrypts the stored material: the key is wrong, not the credential.
 
     `stored` False for material on its way in (`store_credential`): it gets every check. A stored row passed
     them when it was stored, so its RSA key is loaded without the costly consistency check.
@@ -42,7 +44,7 @@ def credential_from_row(row: PushCredential, *, stored: bool = True) -> Credenti
     chunk asks); the cache key is the row's whole content, so a renewed or edited credential is loaded
     afresh. The lock makes the first of the worker threads that ask at once load it, and the others wait."""
     require_kind_of(row.provider, row.kind)
-    material = _Stored(row.kind, row.environment.value, row.secret, row.project_id)
+    material = _Stored(row.kind, row.environment.value, reveal(row.secret), row.project_id)
     with _loading:
         return _credential(material, check_key=not stored)
 

@@ -30,6 +30,7 @@ from config.logging import ids_field, log_context
 from config.settings import REDELIVER_AFTER_S
 from models.database import DATABASE_ERRORS, Session, is_connection_error
 from models.enums import CredentialStatus, Provider
+from models.secrets import CANNOT_DECRYPT, CannotDecrypt, Undecryptable
 from models.store import ErrorInfo
 from models.store.dispatch import (
     Claimed,
@@ -522,10 +523,20 @@ def _usable(group: Group) -> Credential | Hold | None:
         return Hold(f"no {name} credential")
     if credential.status in (CredentialStatus.expired, CredentialStatus.revoked, CredentialStatus.invalid):
         return Hold(f"{name} credential {credential.status.value}")
+    return _loaded(group, credential)
+
+
+def _loaded(group: Group, credential: PushCredential) -> Credential | Hold:
+    """The provider credential of the stored row; a hold when it, or a device's push magic, is unusable."""
+    name = PROVIDER_NAMES[group.provider]
+    if any(isinstance(w.target.push_magic, Undecryptable) for w in group.live):
+        return Hold(CANNOT_DECRYPT, Outcome.config)  # the key is wrong, not the devices: no token touched
     try:
         return credential_from_row(credential)
     except InvalidCredential as e:
         return Hold(f"{name} credential refused: {e}")
+    except CannotDecrypt:
+        return Hold(CANNOT_DECRYPT, Outcome.config)  # the key is wrong, not the credential: stays valid
 
 
 def _answered(group: Group, answer: list[PushResult] | Exception) -> Answered:
