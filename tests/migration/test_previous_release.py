@@ -12,21 +12,36 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
+from typer.testing import CliRunner
 
+from cli.main import app as cli
+from config.settings import Settings
 from models.database import create_engine
+from models.enums import Platform
 from models.migrations.runner import upgrade
+from models.secrets import SEALED_PREFIX, KeyRing
 from models.statuses import Status
+from models.store import ensure_organization
+from models.store.credentials import list_credentials
+from models.store.devices import NewDevice, add_devices
 from models.tables import Deployment, DeploymentEvent, PushReceipt
+from sandbox import DeviceRegistry
+from sandbox.credentials import register_credentials, store_credentials
 from tests.services import new_postgres_database
+from workers.app import App
+from workers.services.credential_rows import credential_from_row
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 WORKER = HERE / "previous_release_worker.py"
+READER = HERE / "previous_release_reader.py"
 # The packages the previous release's worker imports; taking these alone keeps the extraction small.
 PACKAGES = ("api", "cli", "config", "models", "sandbox", "scheduler", "workers")
 
@@ -63,15 +78,17 @@ def migrated() -> Iterator[str]:
         yield url
 
 
-def run_previous_release(tree: Path, database_url: str, workdir: Path) -> dict[str, object]:
+def run_previous_release(
+    tree: Path, database_url: str, workdir: Path, *, script: Path = WORKER, arguments: Sequence[str] = ()
+) -> dict[str, object]:
     # The script runs from a directory of its own so that nothing but the previous tree provides mdmq's
     # packages: the script's directory comes first on sys.path, then PYTHONPATH, then the venv.
-    script = workdir / WORKER.name
-    shutil.copyfile(WORKER, script)
+    copied = workdir / script.name
+    shutil.copyfile(script, copied)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
     environment["PYTHONPATH"] = str(tree)
     done = subprocess.run(
-        [sys.executable, str(script), database_url],
+        [sys.executable, str(copied), database_url, *arguments],
         cwd=workdir,
         env=environment,
         capture_output=True,
@@ -79,7 +96,7 @@ def run_previous_release(tree: Path, database_url: str, workdir: Path) -> dict[s
         timeout=120,
         check=False,
     )
-    assert done.returncode == 0, f"the previous release's worker failed:\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, f"the previous release's {script.stem} failed:\n{done.stderr[-4000:]}"
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -117,3 +134,58 @@ def test_the_previous_releases_worker_works_against_the_migrated_database(
         (deployment_ids[0], Status.completed),
         (deployment_ids[2], Status.cancelled),
     }
+
+
+def test_during_the_rolling_deploy_the_previous_release_and_this_one_read_each_others_secrets(
+    previous_tree: Path, migrated: str, tmp_path: Path
+) -> None:
+    """Expand: this release runs with a key and MDMQ_SECRET_PLAINTEXT_WRITES beside the previous release's
+    worker; each reads what the other writes. Contract: once no old process is left, `mdmq secrets rotate`
+    encrypts every row, and this release reads them all."""
+    key = KeyRing.generate_key()
+    rollout = App(Settings(database_url=migrated, secret_key=key, secret_plaintext_writes=True))
+    registry = DeviceRegistry()
+    material = register_credentials(registry)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            workdir = tmp_path / "worker"
+            workdir.mkdir()
+            previous = pool.submit(run_previous_release, previous_tree, migrated, workdir)
+            with rollout.session() as s:
+                ensure_organization(s, organization_id="this-release")
+                store_credentials(s, "this-release", material)
+                add_devices(
+                    s, organization_id="this-release", devices=[NewDevice(Platform.ios, "ab" * 32, "m-1")]
+                )
+            previous.result()
+        with rollout.session() as s:
+            ours = {c.provider.value: credential_from_row(c).fingerprint for c in list_credentials(s)}
+    finally:
+        rollout.close()
+    workdir = tmp_path / "reader"
+    workdir.mkdir()
+    read = run_previous_release(previous_tree, migrated, workdir, script=READER, arguments=["this-release"])
+    assert read == {"fingerprints": ours, "magics": ["m-1"]}, "the previous release reads this one's writes"
+    assert set(ours) == {"apns", "fcm", "aosp"}
+
+    environment = {"MDMQ_DATABASE_URL": migrated, "MDMQ_SECRET_KEY": key}
+    rotated = CliRunner().invoke(cli, ["secrets", "rotate", "--json"], env=environment)
+
+    assert rotated.exit_code == 0, rotated.output
+    assert json.loads(rotated.output) == {
+        "reencrypted": 8, "push_credential": 6, "device": 2, "undecryptable": 0
+    }  # fmt: skip
+    engine = create_engine(migrated, key_ring=KeyRing([key]))
+    try:
+        with engine.connect() as connection:
+            stored = connection.execute(
+                sa.text("SELECT secret FROM push_credential UNION ALL SELECT push_magic FROM device")
+            ).scalars()
+            assert all(value is None or value.startswith(SEALED_PREFIX) for value in stored)
+        with Session(engine) as s:
+            after = {
+                (c.organization_id, c.provider.value): credential_from_row(c) for c in list_credentials(s)
+            }
+    finally:
+        engine.dispose()
+    assert len(after) == 6, "both releases' credentials, encrypted, read by this release"
