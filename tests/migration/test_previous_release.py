@@ -38,6 +38,8 @@ from tests.services import new_postgres_database
 from workers.app import App
 from workers.services.credential_rows import credential_from_row
 
+ORGANIZATION = "previous-release"  # the previous release's worker's
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 WORKER = HERE / "previous_release_worker.py"
@@ -159,7 +161,9 @@ def test_during_the_rolling_deploy_the_previous_release_and_this_one_read_each_o
                 )
             previous.result()
         with rollout.session() as s:
-            ours = {c.provider.value: credential_from_row(c).fingerprint for c in list_credentials(s)}
+            written = list_credentials(s, organization_id="this-release")
+            ours = {c.provider.value: credential_from_row(c).fingerprint for c in written}
+            theirs = [credential_from_row(c) for c in list_credentials(s, organization_id=ORGANIZATION)]
     finally:
         rollout.close()
     workdir = tmp_path / "reader"
@@ -167,6 +171,7 @@ def test_during_the_rolling_deploy_the_previous_release_and_this_one_read_each_o
     read = run_previous_release(previous_tree, migrated, workdir, script=READER, arguments=["this-release"])
     assert read == {"fingerprints": ours, "magics": ["m-1"]}, "the previous release reads this one's writes"
     assert set(ours) == {"apns", "fcm", "aosp"}
+    assert len(theirs) == 3, "this release reads what the previous release wrote"
 
     environment = {"MDMQ_DATABASE_URL": migrated, "MDMQ_SECRET_KEY": key}
     rotated = CliRunner().invoke(cli, ["secrets", "rotate", "--json"], env=environment)
