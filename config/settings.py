@@ -121,10 +121,10 @@ class Settings(BaseSettings):
     scheduler_metrics_port: int = Field(default=9192, ge=0, le=65_535)
     metrics_dir: str = ""  # empty: a directory under the system's temporary directory
 
-    # Secrets at rest (push credential material, push magic): Fernet keys, newest first, comma-separated, or
-    # a file of them one a line. Production refuses to start without one; development without one uses a
-    # key generated beside its SQLite file. `secret_plaintext_writes` keeps writing plaintext (reading both)
-    # while a release that cannot decrypt still runs: docs/operations.md, "Secrets at rest".
+    # Secrets at rest (push credential material, push magic): AES-256 keys (32 bytes, url-safe base64), newest
+    # first, comma-separated, or a file of them one a line. Production refuses to start without one;
+    # development without one uses a key generated beside its SQLite file. `secret_plaintext_writes` keeps
+    # writing plaintext (reading both) while a release that cannot decrypt still runs: docs/operations.md.
     secret_key_file: str | None = None
     secret_key: SecretStr | None = Field(default=None, validate_default=True)
     secret_plaintext_writes: bool = False

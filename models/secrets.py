@@ -1,4 +1,4 @@
-"""Secrets at rest: push credential material and device push magic, encrypted with a ring of Fernet keys.
+"""Secrets at rest: push credential material and device push magic, encrypted with a ring of AES-GCM keys.
 
 The newest key encrypts; every key of the ring decrypts, so a new key is rolled out before the rows move to it
 (`mdmq secrets rotate`). A stored value that starts with `SEALED_PREFIX` is encrypted; any other value is a
@@ -8,20 +8,27 @@ plaintext row written before encryption, read as it is. A value no key of the ri
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Dialect, Engine
 
 from config.errors import MdmqError
 from config.settings import Environment, Settings, SettingsError
 
-# Versioned: a later scheme (another cipher, another key format) gets a prefix of its own.
-SEALED_PREFIX = "mdmq:f1:"
+# Versioned: a later scheme (another cipher, another key format) gets a prefix of its own. After it: the
+# key's id, a colon, and url-safe base64 of the nonce, the ciphertext and the tag.
+SEALED_PREFIX = "mdmq:g1:"
+KEY_BYTES = 32  # AES-256
+NONCE_BYTES = 12  # random per value: 2^32 values per key keep the collision risk negligible
 CANNOT_DECRYPT = "cannot decrypt credential: check MDMQ_SECRET_KEY"
 # The key the embedded mode generates beside its SQLite file when no key is configured.
 GENERATED_KEY_NAME = "mdmq-secret.key"
@@ -48,42 +55,57 @@ class Undecryptable(str):
 
 
 class KeyRing:
-    """Fernet keys, newest first: the newest encrypts, each decrypts. `plaintext_writes` keeps writing new
-    values in plaintext (still reading encrypted ones), for a rolling deploy beside a release that cannot
-    decrypt."""
+    """AES-256-GCM keys, newest first: the newest encrypts, each decrypts the values it encrypted (a value
+    names its key by id, so reading tries no other). `plaintext_writes` keeps writing new values in plaintext
+    (still reading encrypted ones), for a rolling deploy beside a release that cannot decrypt."""
 
     def __init__(self, keys: Sequence[str], *, plaintext_writes: bool = False) -> None:
         if not keys:
             raise ValueError("a key ring needs at least one key")
-        self._newest = Fernet(keys[0])
-        self._ring = MultiFernet([Fernet(key) for key in keys])
+        ciphers = [_cipher(key) for key in keys]
+        self._newest = ciphers[0]
+        self._by_id = dict(reversed(ciphers))  # a key given twice: its first place counts
         self.plaintext_writes = plaintext_writes
 
     @staticmethod
     def generate_key() -> str:
-        return Fernet.generate_key().decode()
+        return base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode()
 
     def seal(self, plaintext: str) -> str:
-        return SEALED_PREFIX + self._ring.encrypt(plaintext.encode()).decode()
+        key_id, cipher = self._newest
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = base64.urlsafe_b64encode(nonce + cipher.encrypt(nonce, plaintext.encode(), None))
+        return f"{SEALED_PREFIX}{key_id}:{sealed.decode()}"
 
     def open(self, stored: str) -> str:
         """The plaintext of `stored`; a plaintext row as it is. `CannotDecrypt` when no key decrypts it."""
         if not is_sealed(stored):
             return stored
+        key_id, _, sealed = stored.removeprefix(SEALED_PREFIX).partition(":")
+        cipher = self._by_id.get(key_id)
+        if cipher is None:
+            raise CannotDecrypt()
         try:
-            return self._ring.decrypt(stored.removeprefix(SEALED_PREFIX).encode()).decode()
-        except InvalidToken:
+            raw = base64.urlsafe_b64decode(sealed)
+            return cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], None).decode()
+        except (InvalidTag, ValueError):
             raise CannotDecrypt() from None
 
     def is_newest(self, stored: str) -> bool:
         """Whether `stored` is encrypted under the newest key already."""
-        if not is_sealed(stored):
-            return False
-        try:
-            self._newest.decrypt(stored.removeprefix(SEALED_PREFIX).encode())
-        except InvalidToken:
-            return False
-        return True
+        return is_sealed(stored) and stored.removeprefix(SEALED_PREFIX).startswith(self._newest[0] + ":")
+
+
+def _cipher(key: str) -> tuple[str, AESGCM]:
+    """The key's id (the first 8 hex digits of its SHA-256: names it in each value, reveals nothing) and its
+    cipher. `ValueError` unless it is 32 bytes in url-safe base64."""
+    try:
+        raw = base64.urlsafe_b64decode(key.encode("ascii"))
+    except (UnicodeEncodeError, binascii.Error):
+        raise ValueError("not url-safe base64") from None
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"{len(raw)} bytes, not {KEY_BYTES}")
+    return hashlib.sha256(raw).hexdigest()[:8], AESGCM(raw)
 
 
 def is_sealed(stored: str) -> bool:
@@ -106,6 +128,7 @@ class SecretText(sa.TypeDecorator[str]):
 
     def __init__(self, length: int | None = None) -> None:
         super().__init__()
+        self.length = length  # part of the statement cache key, with the class
         self.impl = sa.String(length) if length else sa.Text()  # type: ignore[assignment]
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:

@@ -24,7 +24,14 @@ from cli.secrets import ROTATED, check_key_at_start
 from config.settings import Settings, SettingsError, load_settings
 from models.database import create_engine
 from models.enums import CredentialStatus, Platform, Provider, TokenState
-from models.secrets import CANNOT_DECRYPT, GENERATED_KEY_NAME, SEALED_PREFIX, KeyRing, Undecryptable
+from models.secrets import (
+    CANNOT_DECRYPT,
+    GENERATED_KEY_NAME,
+    SEALED_PREFIX,
+    CannotDecrypt,
+    KeyRing,
+    Undecryptable,
+)
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
 from models.store.audit import audit_events
@@ -313,3 +320,18 @@ def test_the_embedded_mode_generates_its_key_and_keeps_its_files_private(tmp_pat
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stored.startswith(SEALED_PREFIX)
     assert KeyRing([key.read_text().strip()]).open(stored) == MAGIC
+
+
+def test_a_value_names_its_key_and_a_tampered_one_is_not_decrypted() -> None:
+    ring = KeyRing([NEW_KEY, OLD_KEY])
+    sealed = KeyRing([OLD_KEY]).seal(MAGIC)
+    tampered = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
+
+    assert ring.open(sealed) == MAGIC, "an older key of the ring decrypts what it encrypted"
+    assert not ring.is_newest(sealed)
+    assert ring.is_newest(ring.seal(MAGIC))
+    assert MAGIC not in sealed
+    with pytest.raises(CannotDecrypt):
+        ring.open(tampered)
+    with pytest.raises(CannotDecrypt):
+        KeyRing([NEW_KEY]).open(sealed)
