@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
 
 from models.secrets import KeyRing, attach_key_ring, make_private_directory, sqlite_path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DATABASE_ERRORS", "DRIVER_ERRORS", "Engine", "Session", "create_engine", "is_connection_error"]
 
@@ -79,12 +81,17 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
 
 def _create_private_file(path: Path | None) -> None:
     """Create the SQLite file mode 0600 in a directory created 0700, before SQLite creates it readable by
-    all: it holds the push credentials. (Its -wal and -shm files take its mode.) An existing file is kept."""
+    all: it holds the push credentials. (Its -wal and -shm files take its mode.) An existing file is kept;
+    a path that cannot be made is left for SQLite to refuse, as a connection error."""
     if path is None:
         return
-    make_private_directory(path.parent)
-    with contextlib.suppress(FileExistsError):
+    try:
+        make_private_directory(path.parent)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        log.debug("cannot create %s: %s", path, e.strerror)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

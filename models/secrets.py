@@ -173,7 +173,11 @@ def key_ring_from_settings(settings: Settings) -> KeyRing | None:
         key_file = generated_key_path(settings.database_url)
         if key_file is None:
             return None
-        keys, variable = [_generated_key(key_file)], "MDMQ_SECRET_KEY_FILE"
+        try:
+            keys, variable = [_generated_key(key_file)], "MDMQ_SECRET_KEY_FILE"
+        except OSError as e:
+            problem = f"cannot keep the generated secret key in {key_file.parent}: {e.strerror}"
+            raise SettingsError("MDMQ_DATABASE_URL", problem) from None
     try:
         return KeyRing(keys, plaintext_writes=settings.secret_plaintext_writes)
     except ValueError:

@@ -11,7 +11,8 @@ from models.database import DATABASE_ERRORS, create_engine, is_connection_error
 
 
 def test_a_database_that_cannot_be_opened_is_a_connection_error(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'no-such-directory' / 'mdmq.db'}")
+    (tmp_path / "a-file").touch()  # a missing directory would be created: a file cannot hold one
+    engine = create_engine(f"sqlite:///{tmp_path / 'a-file' / 'mdmq.db'}")
     with pytest.raises(DATABASE_ERRORS) as caught:
         engine.connect()
     assert is_connection_error(caught.value)
