@@ -236,7 +236,7 @@ def _generated_key(path: Path) -> str:
     key = KeyRing.generate_key()
     with os.fdopen(descriptor, "w") as out:
         out.write(key + "\n")
-    log.warning("generated a secret key in %s: back it up, the database's secrets need it", path)
+    log.info("generated a secret key in %s: back it up, the database's secrets need it", path)
     return key
 
 
