@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, SQLModel, select
 from typer.testing import CliRunner
 
 from cli.main import app as cli
@@ -173,13 +173,29 @@ def test_plaintext_rows_of_the_previous_release_are_read_and_pushed(
         assert get_deployment(s, deployment_id=deployment).status is Status.queued  # type: ignore[union-attr]
 
 
-def test_encrypted_rows_are_pushed_through_the_emulators(
-    engines: dict[str, Engine], registry: DeviceRegistry, material: dict[Provider, DemoCredential]
-) -> None:
-    store(engines["new"], material)
-    _, deployment = iphone(engines["new"], registry)
+@pytest.fixture
+def sqlite_with_key() -> Iterator[Engine]:
+    engine = create_engine("sqlite://", key_ring=KeyRing([NEW_KEY]))
+    SQLModel.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
 
-    held, delivered = dispatch(engines["new"], registry, deployment)
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_encrypted_rows_are_pushed_through_the_emulators(
+    backend: str, request: pytest.FixtureRequest, registry: DeviceRegistry,
+    material: dict[Provider, DemoCredential],
+) -> None:  # fmt: skip
+    engine: Engine = (
+        request.getfixturevalue("engines")["new"]
+        if backend == "postgresql"
+        else request.getfixturevalue("sqlite_with_key")
+    )
+    store(engine, material)
+    _, deployment = iphone(engine, registry)
+    assert all(v.startswith(SEALED_PREFIX) for v in raw(engine, "SELECT push_magic FROM device"))
+
+    held, delivered = dispatch(engine, registry, deployment)
 
     assert held == 0
     assert [d.payload for d in delivered] == [{"mdm": MAGIC}]
@@ -335,3 +351,33 @@ def test_a_value_names_its_key_and_a_tampered_one_is_not_decrypted() -> None:
         ring.open(tampered)
     with pytest.raises(CannotDecrypt):
         KeyRing([NEW_KEY]).open(sealed)
+
+
+def test_the_scheduler_neither_crashes_nor_invalidates_on_a_wrong_key(
+    engines: dict[str, Engine], registry: DeviceRegistry, material: dict[Provider, DemoCredential],
+    postgres_url: str,
+) -> None:  # fmt: skip
+    from scheduler.certificates import watch_certificates
+    from scheduler.holds import probe_holds_job
+    from workers.actors import declare_actors
+
+    store(engines["old"], material)
+    _, deployment = iphone(engines["plaintext"], registry)
+    assert dispatch(engines["new"], registry, deployment)[0] == 1
+    app = App(Settings(database_url=postgres_url, broker_url="stub://", secret_key=NEW_KEY))
+    try:
+        with app.session() as s:
+            hold = s.exec(select(ProviderHold)).one()
+        assert hold.probe_at is not None
+
+        watch_certificates(app, hold.probe_at)
+        released = probe_holds_job(declare_actors(app), hold.probe_at)
+
+        with app.session() as s:
+            credential = s.exec(select(PushCredential)).one()
+            tried = s.exec(select(ProviderHold)).one()
+    finally:
+        app.close()
+    assert released == 0
+    assert (credential.status, credential.status_reason) == (CredentialStatus.valid, None)
+    assert tried.last_probe_result == CANNOT_DECRYPT
