@@ -133,7 +133,7 @@ class SecretText(sa.TypeDecorator[str]):
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
         if value is None or isinstance(value, Undecryptable):
-            return None if value is None else str.__str__(value)
+            return None if value is None else str(value)  # as it was stored
         ring = key_ring_of(dialect)
         # A plaintext value that looks encrypted is encrypted all the same, or it would be read back as
         # Undecryptable.
@@ -167,6 +167,9 @@ def key_ring_from_settings(settings: Settings) -> KeyRing | None:
     the SQLite file (generated, mode 0600, when it is not there yet). None in development on PostgreSQL or an
     in-memory SQLite without a key: values are written in plaintext. `SettingsError` for a malformed key."""
     keys, variable = _configured_keys(settings)
+    configured = settings.secret_key is not None or bool(settings.secret_key_file)
+    if not keys and configured:
+        raise SettingsError(variable, f"holds no key; {BAD_KEY}")
     if not keys and settings.environment is Environment.production:
         raise SettingsError("MDMQ_SECRET_KEY", MISSING_KEY)
     if not keys:

@@ -381,3 +381,12 @@ def test_the_scheduler_neither_crashes_nor_invalidates_on_a_wrong_key(
     assert released == 0
     assert (credential.status, credential.status_reason) == (CredentialStatus.valid, None)
     assert tried.last_probe_result == CANNOT_DECRYPT
+
+
+def test_an_empty_key_file_is_refused_naming_the_variable(tmp_path: Path, postgres_url: str) -> None:
+    empty = tmp_path / "secret.key"
+    empty.write_text("# no key yet\n")
+    app = App(Settings(database_url=postgres_url, secret_key_file=str(empty)))
+    with pytest.raises(SettingsError) as refused:
+        _ = app.key_ring
+    assert refused.value.variable == "MDMQ_SECRET_KEY_FILE"
