@@ -16,13 +16,12 @@ from cli.output import emit_json
 from config import load_settings
 from config.settings import Settings
 from models.secrets import CANNOT_DECRYPT, KeyRing
-from models.store.audit import record_audit_event
+from models.store.audit import record_secret_rotation
 from models.store.secrets import SECRET_COLUMNS, KeyCheck, check_key, reseal_page
 from workers.app import App
 
 EXIT_UNDECRYPTABLE = 1
 EXIT_USAGE = 64
-ROTATED = "secrets.rotated"  # the audit action, one event per organization whose rows moved
 PAGE = 1_000  # rows per transaction: a large fleet's devices are not locked at once
 
 secrets = typer.Typer(no_args_is_help=True, help="The key that encrypts secrets at rest.")
@@ -49,7 +48,7 @@ def rotate(
         for table in SECRET_COLUMNS:
             touched[table], left = _reseal_table(app, ring, table)
             undecryptable += left
-        _audit(app, touched)
+        _audit(app, ring, touched)
     finally:
         app.close()
     _report(touched, undecryptable, as_json=as_json)
@@ -82,14 +81,13 @@ def _reseal_table(app: App, ring: KeyRing, table: str) -> tuple[Counter[str], in
     return touched, undecryptable
 
 
-def _audit(app: App, touched: dict[str, Counter[str]]) -> None:
-    organizations = set().union(*touched.values())
+def _audit(app: App, ring: KeyRing, touched: dict[str, Counter[str]]) -> None:
+    """One `secrets.rotated` event per organization whose rows moved, naming the key's id."""
+    rows: Counter[str] = Counter()
+    for by_organization in touched.values():
+        rows.update(by_organization)
     with app.session() as session:
-        for organization_id in sorted(organizations):
-            detail = {table: counts[organization_id] for table, counts in touched.items()}
-            record_audit_event(
-                session, organization_id=organization_id, actor="cli", action=ROTATED, detail=detail
-            )
+        record_secret_rotation(session, rows_by_organization=rows, key_id=ring.newest_key_id)
 
 
 def _report(touched: dict[str, Counter[str]], undecryptable: int, *, as_json: bool) -> None:

@@ -67,6 +67,11 @@ class KeyRing:
         self._by_id = dict(reversed(ciphers))  # a key given twice: its first place counts
         self.plaintext_writes = plaintext_writes
 
+    @property
+    def newest_key_id(self) -> str:
+        """The id of the key that encrypts (a digest's first digits: it says which key, never the key)."""
+        return self._newest[0]
+
     @staticmethod
     def generate_key() -> str:
         return base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode()

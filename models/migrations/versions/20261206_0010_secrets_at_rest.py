@@ -9,7 +9,7 @@ of the previous release is gone (docs/operations.md, "Secrets at rest"). Running
 under the newest key are left as they are.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-06
 """
 
@@ -24,7 +24,7 @@ from models.secrets import key_ring_from_settings
 from models.store.secrets import reseal_all
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

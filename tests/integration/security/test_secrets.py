@@ -20,7 +20,7 @@ from sqlmodel import Session, SQLModel, select
 from typer.testing import CliRunner
 
 from cli.main import app as cli
-from cli.secrets import ROTATED, check_key_at_start
+from cli.secrets import check_key_at_start
 from config.settings import Settings, SettingsError, load_settings
 from models.database import create_engine
 from models.enums import CredentialStatus, Platform, Provider, TokenState
@@ -34,7 +34,7 @@ from models.secrets import (
 )
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
-from models.store.audit import audit_events
+from models.store.audit import SECRETS_ROTATED, audit_events
 from models.store.devices import NewDevice, add_devices
 from models.store.secrets import KeyCheck, check_key
 from models.tables import Device, ProviderHold, PushCredential
@@ -224,8 +224,8 @@ def test_rotation_reencrypts_every_row_under_the_newest_key_and_says_how_many(
     assert all(newest_only.is_newest(value) for value in stored)
     with Session(engines["new"]) as s:
         assert [d.push_magic for d in s.exec(select(Device))] == [MAGIC] * 3
-        [event] = audit_events(s, organization_id=ORG, action=ROTATED)
-    assert (event.actor, event.detail) == ("cli", {"push_credential": 1, "device": 2})
+        [event] = audit_events(s, organization_id=ORG, action=SECRETS_ROTATED)
+    assert (event.actor, event.detail) == ("cli", {"rows": 3, "keyId": newest_only.newest_key_id})
 
 
 def test_a_credential_the_key_cannot_decrypt_holds_the_organization_and_stays_valid(
