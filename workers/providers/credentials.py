@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from config.errors import MdmqError
+from workers.providers.keys import bound_problem, key_der, read_private_key, rsa_key_consistent
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
@@ -120,13 +121,15 @@ class ApnsCertificate:
         private_key_pem: str,
         *,
         environment: ApnsEnvironment = ApnsEnvironment.production,
+        check_key: bool = True,
     ) -> ApnsCertificate:
-        """Reads `not_after` and the topic: the subject's UID, which must be an MDM topic [A-SEND]."""
+        """Reads `not_after` and the topic: the subject's UID, which must be an MDM topic [A-SEND].
+        `check_key` False skips an RSA key's consistency check, as `FcmServiceAccount.from_json`."""
         try:
             certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
         except ValueError:
             raise InvalidCredential("certificate_pem is not a PEM certificate") from None
-        key = _load_private_key(private_key_pem, "private_key_pem")
+        key = _load_private_key(private_key_pem, "private_key_pem", check=check_key)
         if _public_der(key.public_key()) != _public_der(certificate.public_key()):
             raise InvalidCredential("the private key is not the certificate's key")
         topic = mdm_topic_of(certificate)
@@ -243,14 +246,24 @@ Credential = ApnsTokenKey | ApnsCertificate | FcmServiceAccount | AospApiKey
 
 
 def _load_private_key(pem: str, name: str, *, check: bool = True) -> Any:
-    """`check` False skips an RSA key's consistency check (its primes against its modulus and exponents):
-    most of a 2048-bit key's load, and only for a key that passed it once already."""
+    """The key, refused before any costly check when mdmq takes no such key (`bound_problem`: an RSA key
+    over 4096 bits, an EC key on another curve than P-256). `check` False skips an RSA key's consistency
+    check (its primes against its modulus and exponents), most of a load: for a key that passed it once
+    already, or whose check the caller runs elsewhere (`KeyChecks`, a process pool in the API)."""
     try:
-        return serialization.load_pem_private_key(
-            pem.encode(), password=None, unsafe_skip_rsa_key_validation=not check
-        )
-    except (ValueError, TypeError):
+        key = read_private_key(pem)
+    except ValueError:
         raise InvalidCredential(f"{name} is not an unencrypted PEM private key") from None
+    problem = bound_problem(key)
+    if problem is not None:
+        raise InvalidCredential(f"{name} {problem}")
+    if check and isinstance(key, rsa.RSAPrivateKey) and not rsa_key_consistent(key_der(key)):
+        raise InvalidCredential(inconsistent_key(name))
+    return key
+
+
+def inconsistent_key(name: str) -> str:
+    return f"{name} is not a consistent RSA key (its primes and exponents do not match its modulus)"
 
 
 def mdm_topic_of(certificate: x509.Certificate) -> str:
