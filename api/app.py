@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -43,14 +45,22 @@ class Health(BaseModel):
 
 
 def create_app(app: App | None = None) -> FastAPI:
+    mdmq = app or App()
+    checks = mdmq.key_checks  # built here, once: its pool of processes starts at the first upload
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        checks.close()
+
     api = FastAPI(
         title="mdmq",
         version="1",
         summary="Deployments to managed devices, and their push status.",
         responses=RESPONSES,
+        lifespan=lifespan,
     )
     without_422(api)
-    mdmq = app or App()
     api.add_middleware(BodyLimit, max_bytes=mdmq.settings.api_max_body_bytes)
     api.add_middleware(RequestMetrics)  # added last, so outermost: it counts the 413s too
     api.state.mdmq = mdmq
@@ -62,8 +72,8 @@ def create_app(app: App | None = None) -> FastAPI:
     api.include_router(audit.router(mdmq))
 
     @api.get("/healthz", response_model=Health, tags=["health"])
-    def healthz() -> dict[str, Any]:
-        """The process is up."""
+    async def healthz() -> dict[str, Any]:
+        """The process is up. On the event loop: it needs no thread of the pool that blocking routes use."""
         return {"status": True, "data": {"process": "up"}}
 
     @api.get("/metrics", tags=["health"], response_class=PlainTextResponse, include_in_schema=False)

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.auth import Caller, OrganizationId
-from api.errors import CONFLICT, INVALID_REQUEST, ApiError, ErrorEnvelope
+from api.errors import CONFLICT, INVALID_REQUEST, SERVICE_BUSY, ApiError, ErrorEnvelope
 from api.representation import credential
 from api.text import StoredText
 from models.enums import CredentialKind, Provider, PushEnvironment
@@ -19,6 +19,11 @@ from models.store.credentials import list_credentials
 from workers.actors import Actors
 from workers.providers.credentials import InvalidCredential
 from workers.services.credentials import CredentialUpload, TopicChange, upload_credential
+from workers.services.key_checks import ChecksBusy
+
+# When a refused upload may come back: a slot of the key checks frees within a second or so (one check
+# of a 4096-bit RSA key is ~0.5 s of CPU), a queue of them within a few.
+RETRY_AFTER_S = 5
 
 
 class CredentialIn(StoredText):
@@ -81,7 +86,10 @@ def router(actors: Actors) -> APIRouter:
         "/{provider}",
         response_model=CredentialAnswer,
         response_model_exclude_none=False,
-        responses={409: {"model": ErrorEnvelope, "description": "Conflict (4009): a change of APNs topic"}},
+        responses={
+            409: {"model": ErrorEnvelope, "description": "Conflict (4009): a change of APNs topic"},
+            503: {"model": ErrorEnvelope, "description": "Service busy (5003): every key check is taken"},
+        },
     )
     def upload(
         organizationId: OrganizationId,
@@ -100,7 +108,12 @@ def router(actors: Actors) -> APIRouter:
         stop answering until they re-enroll: renew with the same Apple ID instead) unless the body says
         `"force": true`; a forced change is kept in the audit record. A kind of another provider, a
         control character in a field, or an FCM project id that is not a Google Cloud project id is a 400.
-        Fields the kind does not use are ignored."""
+        Fields the kind does not use are ignored.
+
+        Keys are bounded before any costly check: an RSA key outside 2048-4096 bits, an EC key on another
+        curve than P-256 or a key of another type is a 400 saying which. An RSA key's consistency check
+        runs in a small pool of processes, once per key whatever its PEM layout; when every slot of the
+        pool and its queue is taken the answer is a 503 (5003) with `Retry-After`, and nothing is stored."""
         caller.require(organizationId, "mdm.credential.manage")
         try:
             stored = upload_credential(
@@ -111,11 +124,14 @@ def router(actors: Actors) -> APIRouter:
                 upload=body.upload(),
                 force=body.force,
                 actor=caller.actor,
+                checks=app.key_checks,
             )
         except InvalidCredential as e:  # names the field, never the value
             raise ApiError(INVALID_REQUEST, str(e)) from None
         except TopicChange as e:
             raise ApiError(CONFLICT, str(e)) from None
+        except ChecksBusy as e:
+            raise ApiError(SERVICE_BUSY, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         return {"status": True, "data": credential(stored.credential) | {"released": len(stored.released)}}
 
     @routes.get("", response_model=CredentialsAnswer)

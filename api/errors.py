@@ -13,6 +13,7 @@
 | 4009 | 409 | Conflict: what the request would undo, and how to go ahead |
 | 4013 | 413 | Request body too large: its size, and the most taken |
 | 5000 | 500 | Internal error |
+| 5003 | 503 | Service busy: what is busy; `Retry-After` says when to try again |
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ EXPIRED_TOKEN = (401, 4005, "Token expired")
 CONFLICT = (409, 4009, "Conflict")
 BODY_TOO_LARGE = (413, 4013, "Request body too large")
 INTERNAL_ERROR = (500, 5000, "Internal error")
+SERVICE_BUSY = (503, 5003, "Service busy")
 
 CODES = (
     ENTITY_NOT_FOUND, ROUTE_NOT_FOUND, METHOD_NOT_ALLOWED, INVALID_REQUEST, NO_AUTH_TOKEN, PERMISSION_DENIED,
-    INVALID_TOKEN, EXPIRED_TOKEN, CONFLICT, BODY_TOO_LARGE, INTERNAL_ERROR,
+    INVALID_TOKEN, EXPIRED_TOKEN, CONFLICT, BODY_TOO_LARGE, INTERNAL_ERROR, SERVICE_BUSY,
 )  # fmt: skip
 
 
@@ -95,9 +97,12 @@ def without_422(api: FastAPI) -> None:
 class ApiError(MdmqError):
     """An answer other than success: its HTTP status, the code of the table above and a message."""
 
-    def __init__(self, error: tuple[int, int, str], detail: str | None = None) -> None:
+    def __init__(
+        self, error: tuple[int, int, str], detail: str | None = None, *, headers: dict[str, str] | None = None
+    ) -> None:
         self.http_status, self.code, message = error
         self.message = f"{message}: {detail}" if detail else message
+        self.headers = headers or {}
         super().__init__(self.message)
 
 
@@ -114,8 +119,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None
-        return _response(error, headers)
+        headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else {}
+        return _response(error, headers | error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -18,6 +18,7 @@ from workers.broker import build_broker
 from workers.policy import RetryPolicy
 from workers.providers.endpoints import ProviderEndpoints
 from workers.push_gateway import PushGateway
+from workers.services.key_checks import KeyChecks
 
 
 class App:
@@ -74,7 +75,15 @@ class App:
     def gateway(self) -> PushGateway:
         return PushGateway(self.endpoints)
 
+    @cached_property
+    def key_checks(self) -> KeyChecks:
+        """The API's checks of uploaded keys: a pool of processes, started at the first upload."""
+        s = self.settings
+        return KeyChecks(processes=s.api_key_check_processes, queue=s.api_key_check_queue)
+
     def close(self) -> None:
+        if "key_checks" in self.__dict__:
+            self.key_checks.close()
         if "gateway" in self.__dict__:
             self.gateway.close()
         if "broker" in self.__dict__:

@@ -32,21 +32,22 @@ KINDS = {
 }
 
 
-def credential_from_row(row: PushCredential, *, stored: bool = True) -> Credential:
+def credential_from_row(row: PushCredential) -> Credential:
     """The provider credential for `row`; `InvalidCredential`, naming no secret, if it is unusable: a kind
-    of another provider, an APNs token key (`MDM_NEEDS_CERTIFICATE`), unreadable material. `CannotDecrypt`
-    when no key of the ring decrypts the stored material: the key is wrong, not the credential.
+    of another provider, an APNs token key (`MDM_NEEDS_CERTIFICATE`), unreadable material, a key mdmq does
+    not take (an RSA key over 4096 bits, an EC key on another curve than P-256). `CannotDecrypt` when no key
+    of the ring decrypts the stored material: the key is wrong, not the credential.
 
-    `stored` False for material on its way in (`store_credential`): it gets every check. A stored row passed
-    them when it was stored, so its RSA key is loaded without the costly consistency check.
+    An RSA key is loaded without its costly consistency check: a stored row passed it when it was stored,
+    and material on its way in gets it from `KeyChecks`, which remembers each key's answer by the key.
 
-    Each distinct stored credential is loaded once (loading a private key is costly, and every dispatch
-    chunk asks); the cache key is the row's whole content, so a renewed or edited credential is loaded
-    afresh. The lock makes the first of the worker threads that ask at once load it, and the others wait."""
+    Each distinct stored credential is loaded once (every dispatch chunk asks); the cache key is the row's
+    whole content, so a renewed or edited credential is loaded afresh. The lock makes the first of the
+    worker threads that ask at once load it, and the others wait."""
     require_kind_of(row.provider, row.kind)
     material = _Stored(row.kind, row.environment.value, reveal(row.secret), row.project_id)
     with _loading:
-        return _credential(material, check_key=not stored)
+        return _credential(material)
 
 
 _loading = threading.Lock()
@@ -72,14 +73,14 @@ class _Stored(NamedTuple):
 
 
 @functools.lru_cache(maxsize=256)
-def _credential(row: _Stored, *, check_key: bool) -> Credential:
+def _credential(row: _Stored) -> Credential:
     environment = ApnsEnvironment(row.environment)
     if row.kind is CredentialKind.apns_certificate:
         certificate, key = _certificate_and_key(row.secret)
         # The topic is the certificate's own [A-SEND]: what the row says is a copy, for listing.
-        return ApnsCertificate.from_pem(certificate, key, environment=environment)
+        return ApnsCertificate.from_pem(certificate, key, environment=environment, check_key=False)
     if row.kind is CredentialKind.fcm_service_account:
-        return FcmServiceAccount.from_json(row.secret, project_id=row.project_id, check_key=check_key)
+        return FcmServiceAccount.from_json(row.secret, project_id=row.project_id, check_key=False)
     return AospApiKey(row.secret)
 
 

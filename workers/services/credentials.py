@@ -27,11 +27,13 @@ from workers.providers.credentials import (
     require_printable,
 )
 from workers.services.credential_rows import credential_from_row, require_kind_of
+from workers.services.key_checks import KeyChecks
 
 # Within this of its expiry a credential is `expiring`: the certificate watch alerts from 30 days out.
 EXPIRING_WITHIN = timedelta(days=30)
 TOPIC_CHANGED = "credential.topic_changed"  # the audit action of a forced change of APNs topic
 CLI_ACTOR = "cli"  # the audit actor of an upload that no API token made
+IN_PROCESS = KeyChecks()  # the key checks of a caller that passes none: in its own thread
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ def upload_credential(
     upload: CredentialUpload,
     force: bool = False,
     actor: str = CLI_ACTOR,
+    checks: KeyChecks = IN_PROCESS,
 ) -> StoredCredential:
     """`store_credential` in a transaction of its own, then what it released enqueued once committed: the
     API's upload and `mdmq credentials put` alike. Raises as `store_credential` does, having changed
@@ -96,6 +99,7 @@ def upload_credential(
             environment=upload.environment,
             force=force,
             actor=actor,
+            checks=checks,
         )
     enqueue(stored.released)
     return stored
@@ -115,17 +119,21 @@ def store_credential(
     environment: PushEnvironment = PushEnvironment.production,
     force: bool = False,
     actor: str = CLI_ACTOR,
+    checks: KeyChecks = IN_PROCESS,
     now: datetime | None = None,
 ) -> StoredCredential:
     """Validate and store the organization's credential for `provider`, replacing the previous one.
 
     Raises `InvalidCredential` (naming the field, never its value) when the material is unusable: a kind of
     another provider, an APNs token key (MDM is certificate-only), a control character in a field, a
-    certificate that is not an MDM push certificate or a `topic` other than its own. Raises `TopicChange`
-    when an APNs certificate's topic differs from the stored credential's, unless `force`; a forced change
-    is recorded as an audit event of `actor` (an API token's id, or `cli`) in this transaction, as is every
-    stored upload. Either error changes nothing. Fields the kind does not use are not stored. Running
-    workers pick the new material up by its fingerprint on their next dispatch.
+    certificate that is not an MDM push certificate or a `topic` other than its own, a key mdmq does not
+    take (an RSA key over 4096 bits, refused before its costly check runs; an EC key on another curve
+    than P-256) or an inconsistent RSA key (`checks` runs that check, and raises `ChecksBusy` when it has
+    no room for it). Raises `TopicChange` when an APNs certificate's topic differs from the stored
+    credential's, unless `force`; a forced change is recorded as an audit event of `actor` (an API
+    token's id, or `cli`) in this transaction, as is every stored upload. Each error changes nothing.
+    Fields the kind does not use are not stored. Running workers pick the new material up by its
+    fingerprint on their next dispatch.
     """
     now = now or utcnow()
     for name, value in (
@@ -143,8 +151,10 @@ def store_credential(
         project_id=project_id if kind is CredentialKind.fcm_service_account else None,
         environment=environment,
     )
-    material = credential_from_row(candidate, stored=False)
+    material = credential_from_row(candidate)  # bounded: the costly check comes last, from `checks`
     candidate.topic, candidate.project_id = _read_back(material, given_topic=topic)
+    # Before the lock and the first statement: the session holds no connection while it waits.
+    checks.require_consistent(material)
     # Locked: of two uploads at once, the second judges the topic against the first's.
     existing = push_credential(session, organization_id=organization_id, provider=provider, lock=True)
     _guard_topic(session, existing, candidate, force=force, actor=actor, now=now)
