@@ -28,6 +28,14 @@ def ensure_organization(session: Session, *, organization_id: str, name: str = "
     return organization
 
 
+def lock_organization(session: Session, *, organization_id: str) -> None:
+    """Holds the organization's row till the end of the transaction (FOR NO KEY UPDATE: rows that refer
+    to it can still be written), so that writers of one of its rows that may not exist yet, such as its
+    credential for a provider, take turns."""
+    statement = select(Organization.id).where(Organization.id == organization_id)
+    session.exec(statement.with_for_update(key_share=True)).first()
+
+
 def retry_overrides(
     session: Session, *, organization_ids: Collection[str]
 ) -> dict[str, Mapping[str, Any] | None]:

@@ -17,6 +17,7 @@ from models.store.audit import CREDENTIAL_UPLOADED, record_audit_event
 from models.store.credentials import save_credential
 from models.store.dispatch import push_credential
 from models.store.holds import release_provider, restore_tokens
+from models.store.organizations import lock_organization
 from models.tables import PushCredential
 from models.types import utcnow
 from workers.providers.credentials import (
@@ -155,7 +156,9 @@ def store_credential(
     candidate.topic, candidate.project_id = _read_back(material, given_topic=topic)
     # Before the lock and the first statement: the session holds no connection while it waits.
     checks.require_consistent(material)
-    # Locked: of two uploads at once, the second judges the topic against the first's.
+    # Locked: of two uploads at once, the second judges the topic against the first's, and updates the row
+    # the first inserted (when there was none, the organization's row is what the second waits on).
+    lock_organization(session, organization_id=organization_id)
     existing = push_credential(session, organization_id=organization_id, provider=provider, lock=True)
     _guard_topic(session, existing, candidate, force=force, actor=actor, now=now)
     not_after = material.not_after if isinstance(material, ApnsCertificate) else None
