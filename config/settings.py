@@ -118,8 +118,9 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # An uploaded RSA key's costly check runs in this many processes of the API (started at the first
     # upload); this many more uploads wait for one, and one beyond them is answered 503 with Retry-After.
-    api_key_check_processes: int = Field(default=1, ge=1, le=16)
-    api_key_check_queue: int = Field(default=8, ge=0, le=32)
+    # Each waiting upload holds one of the 40 threads the blocking routes share: together at most 32.
+    api_key_check_processes: int = Field(default=1, ge=1, le=8)
+    api_key_check_queue: int = Field(default=8, ge=0, le=24)
     metrics_host: str = "0.0.0.0"  # noqa: S104 (a scrape target, as the API's port is)
     worker_metrics_port: int = Field(default=9191, ge=0, le=65_535)
     scheduler_metrics_port: int = Field(default=9192, ge=0, le=65_535)
