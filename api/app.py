@@ -8,8 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from api import audit, credentials, deployments
@@ -53,15 +51,22 @@ def create_app(app: App | None = None) -> FastAPI:
         yield
         checks.close()
 
+    settings = mdmq.settings
+    docs = settings.serves_api_docs  # off in production unless MDMQ_API_DOCS turns them on
     api = FastAPI(
         title="mdmq",
         version="1",
         summary="Deployments to managed devices, and their push status.",
         responses=RESPONSES,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         lifespan=lifespan,
     )
     without_422(api)
-    api.add_middleware(BodyLimit, max_bytes=mdmq.settings.api_max_body_bytes)
+    api.add_middleware(
+        BodyLimit, max_bytes=settings.api_max_body_bytes, timeout_s=settings.api_body_timeout_s
+    )
     api.add_middleware(RequestMetrics)  # added last, so outermost: it counts the 413s too
     api.state.mdmq = mdmq
     install(api)
@@ -75,11 +80,6 @@ def create_app(app: App | None = None) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         """The process is up. On the event loop: it needs no thread of the pool that blocking routes use."""
         return {"status": True, "data": {"process": "up"}}
-
-    @api.get("/metrics", tags=["health"], response_class=PlainTextResponse, include_in_schema=False)
-    def metrics() -> PlainTextResponse:
-        """Prometheus exposition of this process's metrics."""
-        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/readyz", response_model=Health, tags=["health"])
     def readyz(request: Request) -> dict[str, Any]:

@@ -10,6 +10,7 @@
 | 4003 | 403 | Permission denied: which permission is missing |
 | 4004 | 401 | Invalid Token |
 | 4005 | 401 | Token expired |
+| 4008 | 408 | Request body too slow: the seconds it had |
 | 4009 | 409 | Conflict: what the request would undo, and how to go ahead |
 | 4013 | 413 | Request body too large: its size, and the most taken |
 | 5000 | 500 | Internal error |
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,6 +41,7 @@ NO_AUTH_TOKEN = (401, 4002, "No auth token")
 PERMISSION_DENIED = (403, 4003, "Permission denied")
 INVALID_TOKEN = (401, 4004, "Invalid Token")
 EXPIRED_TOKEN = (401, 4005, "Token expired")
+BODY_TOO_SLOW = (408, 4008, "Request body too slow")
 CONFLICT = (409, 4009, "Conflict")
 BODY_TOO_LARGE = (413, 4013, "Request body too large")
 INTERNAL_ERROR = (500, 5000, "Internal error")
@@ -46,7 +49,7 @@ SERVICE_BUSY = (503, 5003, "Service busy")
 
 CODES = (
     ENTITY_NOT_FOUND, ROUTE_NOT_FOUND, METHOD_NOT_ALLOWED, INVALID_REQUEST, NO_AUTH_TOKEN, PERMISSION_DENIED,
-    INVALID_TOKEN, EXPIRED_TOKEN, CONFLICT, BODY_TOO_LARGE, INTERNAL_ERROR, SERVICE_BUSY,
+    INVALID_TOKEN, EXPIRED_TOKEN, BODY_TOO_SLOW, CONFLICT, BODY_TOO_LARGE, INTERNAL_ERROR, SERVICE_BUSY,
 )  # fmt: skip
 
 
@@ -110,7 +113,7 @@ def envelope(code: int, message: str) -> dict[str, Any]:
     return {"status": False, "error": {"code": code, "message": message}}
 
 
-def _response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+def _response(error: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(envelope(error.code, error.message), status_code=error.http_status, headers=headers)
 
 
@@ -130,8 +133,8 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         if error.status_code == 404:
             return _response(ApiError(ROUTE_NOT_FOUND, request.url.path))
-        if error.status_code == 405:
-            return _response(ApiError(METHOD_NOT_ALLOWED, request.method))
+        if error.status_code == 405:  # with Starlette's Allow header: the methods the route has
+            return _response(ApiError(METHOD_NOT_ALLOWED, request.method), error.headers)
         code = INVALID_REQUEST[1] if error.status_code < 500 else INTERNAL_ERROR[1]
         return JSONResponse(envelope(code, str(error.detail)), status_code=error.status_code)
 

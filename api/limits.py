@@ -1,20 +1,23 @@
-"""The largest request body the API reads (`MDMQ_API_MAX_BODY_BYTES`): a pure ASGI middleware, so that an
-oversize body is refused with the error envelope before any of it reaches a route, whether its size was
-announced (`content-length`) or not (chunked)."""
+"""The request body the API reads: at most `MDMQ_API_MAX_BODY_BYTES`, all of it within
+`MDMQ_API_BODY_TIMEOUT_S` of the request's head. A pure ASGI middleware, so that an oversize body
+(announced by `content-length` or not: chunked) is refused 413, and a body that trickles in is refused 408,
+with the error envelope and the connection closed, before any of it reaches a route."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import BODY_TOO_LARGE, envelope
+from api.errors import BODY_TOO_LARGE, BODY_TOO_SLOW, envelope
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -22,43 +25,51 @@ class BodyLimit:
             return
         announced = _content_length(scope)
         if announced is not None and announced > self.max_bytes:
-            await self._refuse(send, f"{announced} bytes")
+            await _refuse(send, BODY_TOO_LARGE, f"{announced} bytes, at most {self.max_bytes}")
             return
-        if announced is not None:
-            await self.app(scope, receive, send)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                messages = await self._read_body(receive)
+        except TimeoutError:
+            await _refuse(send, BODY_TOO_SLOW, f"not complete within {self.timeout_s:g} s")
             return
-        # No size announced: read the body here, up to the limit, and hand the route what was read.
-        messages: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(send, f"more than {self.max_bytes} bytes")
-                return
-            if not message.get("more_body", False):
-                break
+        if messages is None:
+            await _refuse(send, BODY_TOO_LARGE, f"more than {self.max_bytes} bytes, at most {self.max_bytes}")
+            return
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send, size: str) -> None:
-        status, code, message = BODY_TOO_LARGE
-        body = json.dumps(envelope(code, f"{message}: {size}, at most {self.max_bytes}")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*headers, (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _read_body(self, receive: Receive) -> list[Message] | None:
+        """The body's messages, up to the end (or a disconnect); None past the limit."""
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
+
+
+async def _refuse(send: Send, error: tuple[int, int, str], detail: str) -> None:
+    status, code, message = error
+    body = json.dumps(envelope(code, f"{message}: {detail}")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter(
@@ -54,3 +55,10 @@ def _route(scope: Scope) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
+
+
+def serve_metrics(*, host: str, port: int) -> WSGIServer:
+    """The API process's /metrics, on its own port (`MDMQ_API_METRICS_PORT`), as the worker and the scheduler
+    serve theirs: never on the API's port, where any client could read them."""
+    server, _ = start_http_server(port, addr=host)  # on a thread of its own
+    return server

@@ -95,17 +95,25 @@ def api(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
 ) -> None:
-    """The HTTP API (the Procfile's `web`)."""
+    """The HTTP API (the Procfile's `web`); its /metrics on MDMQ_METRICS_HOST:MDMQ_API_METRICS_PORT."""
     import uvicorn
 
     from api.app import create_app
+    from api.metrics import serve_metrics
+    from api.server import server_config
     from config.sentry import init_sentry
 
     settings = load_settings()
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
     init_sentry(settings, process="api")
     _wait_for_schema(settings)
-    uvicorn.run(create_app(), host=host, port=port, log_config=None)
+    try:
+        serve_metrics(host=settings.metrics_host, port=settings.api_metrics_port)
+    except OSError as e:
+        address = f"{settings.metrics_host}:{settings.api_metrics_port}"
+        typer.echo(f"mdmq: cannot serve metrics on {address}: {e.strerror} (MDMQ_API_METRICS_PORT)", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    uvicorn.Server(server_config(create_app(), settings, host=host, port=port)).run()
 
 
 @app.command()

@@ -111,9 +111,10 @@ class Settings(BaseSettings):
     watch_files: str = ""
     watch_endpoints: str = ""
 
-    # Where Prometheus scrapes the processes that have no HTTP API of their own: the worker's exposition
-    # server (all its processes, through prometheus_client's multiprocess directory, which `mdmq worker`
-    # empties at start) and the scheduler's. The API serves /metrics on its own port.
+    # Where Prometheus scrapes each process, never on the API's port: the API's exposition server, the
+    # worker's (all its processes, through prometheus_client's multiprocess directory, which `mdmq worker`
+    # empties at start) and the scheduler's. Loopback unless set: the deploy files bind them inside their
+    # private network.
     # The largest request body the API reads; a larger one is answered 413 before it is read.
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # An uploaded RSA key's costly check runs in this many processes of the API (started at the first
@@ -121,10 +122,21 @@ class Settings(BaseSettings):
     # Each waiting upload holds one of the 40 threads the blocking routes share: together at most 32.
     api_key_check_processes: int = Field(default=1, ge=1, le=8)
     api_key_check_queue: int = Field(default=8, ge=0, le=24)
-    metrics_host: str = "0.0.0.0"  # noqa: S104 (a scrape target, as the API's port is)
+    metrics_host: str = "127.0.0.1"
+    api_metrics_port: int = Field(default=9190, ge=0, le=65_535)
     worker_metrics_port: int = Field(default=9191, ge=0, le=65_535)
     scheduler_metrics_port: int = Field(default=9192, ge=0, le=65_535)
     metrics_dir: str = ""  # empty: a directory under the system's temporary directory
+    # Slow and abusive clients: a request's head must arrive within `api_header_timeout_s` of the connection
+    # (or of the previous answer on it), its body within `api_body_timeout_s` of its head; an idle
+    # keep-alive connection is closed after `api_keep_alive_s`; beyond `api_max_connections` connections
+    # in one process, requests are answered 503.
+    api_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    api_body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    api_keep_alive_s: int = Field(default=5, ge=1, le=300)
+    api_max_connections: int = Field(default=1_000, ge=1)
+    # /docs and /openapi.json: on in development, off in production unless this turns them on.
+    api_docs: bool | None = None
 
     # Secrets at rest (push credential material, push magic): AES-256 keys (32 bytes, url-safe base64), newest
     # first, comma-separated, or a file of them one a line. Production refuses to start without one;
@@ -218,6 +230,12 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         """True when everything runs in one process: the demo and a first look."""
         return self.broker_url.startswith("stub://")
+
+    @property
+    def serves_api_docs(self) -> bool:
+        if self.api_docs is not None:
+            return self.api_docs
+        return self.environment is not Environment.production
 
     @property
     def json_logs(self) -> bool:

@@ -51,7 +51,7 @@ def test_every_series_the_dashboard_and_alerts_use_is_served_and_no_secret_is_lo
     ca = make_ca(days=400)
     tls = ServerTls(ca, issue_server_certificate(ca, days=5))  # the emulators' certificate: 5 days left
     (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
-    worker_port, scheduler_port, api_port = free_ports(3)
+    worker_port, scheduler_port, api_port, api_metrics_port = free_ports(4)
     logs = {name: tmp_path / f"{name}.log" for name in ("workers", "scheduler", "api")}
     bin_dir = Path(sys.executable).parent
 
@@ -63,6 +63,7 @@ def test_every_series_the_dashboard_and_alerts_use_is_served_and_no_secret_is_lo
             sentry_dsn=sentry.dsn,
             push_ca_file=str(tmp_path / "ca.pem"),
             metrics_host="127.0.0.1",
+            api_metrics_port=api_metrics_port,
             worker_metrics_port=worker_port,
             scheduler_metrics_port=scheduler_port,
             metrics_dir=str(tmp_path / "worker-metrics"),
@@ -110,7 +111,7 @@ def test_every_series_the_dashboard_and_alerts_use_is_served_and_no_secret_is_lo
                 served = (
                     series_names(f"http://127.0.0.1:{worker_port}/metrics")
                     | series_names(scheduler)
-                    | series_names(api + "/metrics")
+                    | series_names(f"http://127.0.0.1:{api_metrics_port}/metrics")
                 )
             finally:
                 for process in processes:

@@ -45,7 +45,7 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
     redis.Redis.from_url(REDIS_URL).flushdb()
     names = procfile_names()
     assert set(names) == {"release", "web", "worker", "scheduler"}
-    web_port, worker_port, scheduler_port = free_ports(3)
+    web_port, worker_port, scheduler_port, web_metrics_port = free_ports(4)
     base_port = web_port - 100 * names.index("web")  # honcho gives the i-th process base + 100 * i
     bin_dir = str(Path(sys.executable).parent)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")} | {
@@ -55,6 +55,7 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
         "MDMQ_ENVIRONMENT": "production",
         "MDMQ_SECRET_KEY": KeyRing.generate_key(),
         "MDMQ_METRICS_HOST": "127.0.0.1",
+        "MDMQ_API_METRICS_PORT": str(web_metrics_port),
         "MDMQ_WORKER_METRICS_PORT": str(worker_port),
         "MDMQ_SCHEDULER_METRICS_PORT": str(scheduler_port),
         "MDMQ_METRICS_DIR": str(tmp_path / "worker-metrics"),
@@ -89,7 +90,7 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
         handled = 'dramatiq_messages_total{actor_name="dispatch_bulk",queue_name="bulk"}'
         wait_until(lambda: scraped(worker).get(handled) == 1, 60, "the worker to handle the message")
         assert 'mdmq_http_requests_total{method="GET",route="/healthz",status="200"}' in scraped(
-            web + "/metrics"
+            f"http://127.0.0.1:{web_metrics_port}/metrics"
         )
     finally:
         honcho.send_signal(signal.SIGTERM)

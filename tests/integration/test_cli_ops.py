@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -29,7 +28,7 @@ from models.store.dispatch import hold_for_credential
 from models.tables import Deployment, PushCredential, WatchedCertificate
 from models.types import utcnow
 from tests.conftest import MakeDeployments
-from tests.helpers import device_of, force_status, run_mdmq, status_of, wait_until
+from tests.helpers import device_of, force_status, free_ports, run_mdmq, status_of, wait_until
 from tests.services import REDIS_URL, require
 from workers.actors import declare_actors
 from workers.app import App
@@ -182,11 +181,10 @@ def test_a_retry_of_more_than_a_chunk_applies_them_all(
 
 def test_mdmq_api_serves_as_the_procfile_runs_it(pg: Engine, postgres_url: str) -> None:
     """`mdmq api` in a process of its own, as the Procfile's `web` starts it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, metrics_port = free_ports(2)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
     environment["MDMQ_DATABASE_URL"] = postgres_url
+    environment["MDMQ_API_METRICS_PORT"] = str(metrics_port)
     command = [sys.executable, "-c", "from cli.main import main; main()", "api", "--port", str(port)]
     with subprocess.Popen(command, env=environment, stderr=subprocess.DEVNULL) as server:
         try:

@@ -201,7 +201,7 @@ def test_an_unknown_route_and_method_answer_in_the_envelope(client: Client, worl
 def test_health_readiness_and_metrics(client: Client) -> None:
     assert client.get("/healthz").json() == {"status": True, "data": {"process": "up"}}
     assert client.get("/readyz").json() == {"status": True, "data": {"database": "up", "broker": "up"}}
-    metrics = client.get("/metrics")
+    metrics = client.http.get(client.metrics_url, timeout=30)
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "# TYPE mdmq_transitions_total counter" in metrics.text
 
@@ -243,7 +243,7 @@ def test_requests_are_counted_by_route_template_never_by_raw_path(
 
     def count(path: str, status: str) -> float:
         labels = f'method="GET",route="{path}",status="{status}"'
-        return scraped(client.base_url + "/metrics").get(f"mdmq_http_requests_total{{{labels}}}", 0.0)
+        return scraped(client.metrics_url).get(f"mdmq_http_requests_total{{{labels}}}", 0.0)
 
     before = count(route, "401"), count("unmatched", "404")
     client.get(url(world["aosp"], world["pending"]))  # no token
@@ -251,10 +251,10 @@ def test_requests_are_counted_by_route_template_never_by_raw_path(
     client.get("/no/such/thing/456")
 
     assert (count(route, "401"), count("unmatched", "404")) == (before[0] + 1, before[1] + 2)
-    text = client.get("/metrics").text
+    text = client.http.get(client.metrics_url, timeout=30).text
     assert world["pending"] not in text, "no id in any label"
     assert "/no/such/thing" not in text
-    timed = scraped(client.base_url + "/metrics").get(
+    timed = scraped(client.metrics_url).get(
         f'mdmq_http_request_duration_seconds_count{{method="GET",route="{route}"}}', 0.0
     )
     assert timed >= 1, "and timed"
