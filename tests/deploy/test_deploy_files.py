@@ -51,6 +51,7 @@ SERVICE_PROCESS = {"migrate": "release", "web": "web", "worker": "worker", "sche
 COMPONENT_PROCESS = SERVICE_PROCESS  # Kubernetes' app.kubernetes.io/component labels
 
 API_PORT = 8000
+API_METRICS_PORT = 9190
 WORKER_METRICS_PORT = 9191
 SCHEDULER_METRICS_PORT = 9192
 VENV_MDMQ = "/opt/mdmq/venv/bin/mdmq"
@@ -179,6 +180,7 @@ def test_the_procfile_has_the_four_processes_and_all_run_mdmq() -> None:
 
 def test_the_metrics_ports_are_the_settings_defaults() -> None:
     # The manifests below hard-code them (container ports, scrape annotations): they must be the defaults.
+    assert Settings.model_fields["api_metrics_port"].default == API_METRICS_PORT
     assert Settings.model_fields["worker_metrics_port"].default == WORKER_METRICS_PORT
     assert Settings.model_fields["scheduler_metrics_port"].default == SCHEDULER_METRICS_PORT
     assert procfile_commands()["web"][-2:] == ["--port", str(API_PORT)]
@@ -365,7 +367,7 @@ def test_the_image_is_multi_stage_on_a_pinned_python_311_and_runs_unprivileged()
     (user,) = [arguments for keyword, arguments in stage if keyword == "USER"]
     assert int(user.split(":")[0]) > 0, "a numeric non-root uid, for Kubernetes' runAsNonRoot"
     exposed = {int(port) for keyword, arguments in stage if keyword == "EXPOSE" for port in arguments.split()}
-    assert exposed == {API_PORT, WORKER_METRICS_PORT, SCHEDULER_METRICS_PORT}
+    assert exposed == {API_PORT, API_METRICS_PORT, WORKER_METRICS_PORT, SCHEDULER_METRICS_PORT}
     environment = " ".join(arguments for keyword, arguments in stage if keyword == "ENV")
     assert "PYTHONUNBUFFERED=1" in environment.split()
     assert image_entrypoint() == ["mdmq"]
@@ -446,11 +448,15 @@ def test_compose_starts_the_release_first_and_the_stores_healthy(compose: dict[s
 
 def test_compose_exposes_the_api_and_the_metrics_ports(compose: dict[str, Any]) -> None:
     services = compose["services"]
+    # Only the API is published on the host; the metrics ports stay on Compose's private network.
     assert [port["target"] for port in services["web"]["ports"]] == [API_PORT]
+    assert all("ports" not in services[name] for name in ("worker", "scheduler"))
+    assert services["web"]["expose"] == [str(API_METRICS_PORT)]
     assert services["worker"]["expose"] == [str(WORKER_METRICS_PORT)]
     assert services["scheduler"]["expose"] == [str(SCHEDULER_METRICS_PORT)]
     for name in SERVICE_PROCESS:
         environment = services[name]["environment"]
+        assert environment["MDMQ_API_METRICS_PORT"] == str(API_METRICS_PORT)
         assert environment["MDMQ_WORKER_METRICS_PORT"] == str(WORKER_METRICS_PORT)
         assert environment["MDMQ_SCHEDULER_METRICS_PORT"] == str(SCHEDULER_METRICS_PORT)
 
@@ -585,7 +591,7 @@ def test_the_api_probes_health_and_readiness_on_its_port() -> None:
 @pytest.mark.parametrize(
     ("component", "port", "setting"),
     [
-        ("web", API_PORT, None),
+        ("web", API_METRICS_PORT, "MDMQ_API_METRICS_PORT"),
         ("worker", WORKER_METRICS_PORT, "MDMQ_WORKER_METRICS_PORT"),
         ("scheduler", SCHEDULER_METRICS_PORT, "MDMQ_SCHEDULER_METRICS_PORT"),
     ],
@@ -600,6 +606,28 @@ def test_long_running_processes_expose_their_metrics_port_to_prometheus(
     assert annotations["prometheus.io/port"] == str(port)
     if setting is not None:
         assert config_map()[setting] == str(port)
+
+
+def test_no_service_publishes_a_metrics_port() -> None:
+    web = only_container(workloads()["web"])
+    (service,) = [item for item in k8s_objects() if item["kind"] == "Service"]
+    targets = {container_port(web, port["targetPort"]) for port in service["spec"]["ports"]}
+    assert targets == {API_PORT}
+
+
+def test_prometheus_scrapes_each_process_on_its_metrics_port() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    ports = {
+        job["job_name"]: {
+            int(target.rpartition(":")[2]) for c in job["static_configs"] for target in c["targets"]
+        }
+        for job in config["scrape_configs"]
+    }
+    assert ports == {
+        "mdmq-web": {API_METRICS_PORT},
+        "mdmq-worker": {WORKER_METRICS_PORT},
+        "mdmq-scheduler": {SCHEDULER_METRICS_PORT},
+    }
 
 
 def test_the_worker_keeps_its_metrics_in_an_empty_dir_and_has_time_to_finish() -> None:
