@@ -14,7 +14,7 @@
 | 4009 | 409 | Conflict: what the request would undo, and how to go ahead |
 | 4013 | 413 | Request body too large: its size, and the most taken |
 | 5000 | 500 | Internal error |
-| 5003 | 503 | Service busy: what is busy; `Retry-After` says when to try again |
+| 5003 | 503 | Service busy: the key checks (with `Retry-After`), or one API process's connections |
 """
 
 from __future__ import annotations

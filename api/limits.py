@@ -25,16 +25,16 @@ class BodyLimit:
             return
         announced = _content_length(scope)
         if announced is not None and announced > self.max_bytes:
-            await _refuse(send, BODY_TOO_LARGE, f"{announced} bytes, at most {self.max_bytes}")
+            await refuse(send, BODY_TOO_LARGE, f"{announced} bytes, at most {self.max_bytes}")
             return
         try:
             async with asyncio.timeout(self.timeout_s):
                 messages = await self._read_body(receive)
         except TimeoutError:
-            await _refuse(send, BODY_TOO_SLOW, f"not complete within {self.timeout_s:g} s")
+            await refuse(send, BODY_TOO_SLOW, f"not complete within {self.timeout_s:g} s")
             return
         if messages is None:
-            await _refuse(send, BODY_TOO_LARGE, f"more than {self.max_bytes} bytes, at most {self.max_bytes}")
+            await refuse(send, BODY_TOO_LARGE, f"more than {self.max_bytes} bytes, at most {self.max_bytes}")
             return
 
         async def replay() -> Message:
@@ -58,7 +58,8 @@ class BodyLimit:
                 return messages
 
 
-async def _refuse(send: Send, error: tuple[int, int, str], detail: str) -> None:
+async def refuse(send: Send, error: tuple[int, int, str], detail: str) -> None:
+    """Answer `error` in the envelope, before the app has read the request, and close the connection."""
     status, code, message = error
     body = json.dumps(envelope(code, f"{message}: {detail}")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

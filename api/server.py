@@ -1,31 +1,42 @@
 """The HTTP server that runs the API: uvicorn, with the limits a client on the open network meets.
 
-uvicorn bounds idle keep-alive connections (`timeout_keep_alive`) and the connections of a process
-(`limit_concurrency`: a request beyond it is answered 503), but it waits for ever on a request head that
-arrives a byte at a time: `HeadTimeoutProtocol` closes a connection whose head is not complete within
-`api_header_timeout_s` of its opening or of its previous answer. The body's deadline is the app's
-(`api.limits.BodyTimeout`), so that its answer is the API's error envelope."""
+uvicorn bounds idle keep-alive connections (`timeout_keep_alive`) but waits for ever on a request head that
+arrives a byte at a time, and answers its own errors (a malformed request, its connection limit) in plain
+text. `ApiProtocol` is its HTTP/1.1 protocol with a deadline on each request head (`api_header_timeout_s`,
+from the connection's opening or its previous answer), a limit on the connections of the process that
+answers 503, and both of those answers in the API's error envelope. The body's deadline is the app's
+(`api.limits.BodyLimit`)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from typing import Any
 
 import h11
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from api.errors import INVALID_REQUEST, SERVICE_BUSY, envelope
+from api.limits import refuse
 from config.settings import Settings
 
+log = logging.getLogger(__name__)
 
-class HeadTimeoutProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, with a deadline on each request head."""
+
+class ApiProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with a deadline on each request head and a connection limit."""
 
     header_timeout_s = 10.0
+    max_connections = 1_000
 
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
         self.head_deadline: asyncio.TimerHandle | None = None
+        self.limit_concurrency = None  # checked by `_within_limit` instead, to answer in the envelope
+        self.app = self._within_limit(self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -45,6 +56,31 @@ class HeadTimeoutProtocol(H11Protocol):
         self._cancel_head_deadline()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        status, code, message = INVALID_REQUEST
+        body = json.dumps(envelope(code, f"{message}: malformed HTTP")).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        response = h11.Response(status_code=status, headers=headers, reason=b"Bad Request")
+        for event in (response, h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+    def _within_limit(self, app: ASGIApp) -> ASGIApp:
+        async def within_limit(scope: Scope, receive: Receive, send: Send) -> None:
+            # This connection and this request's task are counted already.
+            busy = len(self.connections) > self.max_connections or len(self.tasks) > self.max_connections
+            if not busy:
+                await app(scope, receive, send)
+                return
+            log.warning("API connection limit reached (%d): answered 503", self.max_connections)
+            await refuse(send, SERVICE_BUSY, f"more than {self.max_connections} connections in this process")
+
+        return within_limit
+
     def _await_head(self) -> None:
         self._cancel_head_deadline()
         self.head_deadline = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
@@ -60,8 +96,12 @@ class HeadTimeoutProtocol(H11Protocol):
             self.transport.close()
 
 
-def head_timeout_protocol(header_timeout_s: float) -> type[HeadTimeoutProtocol]:
-    return type("HeadTimeoutProtocol", (HeadTimeoutProtocol,), {"header_timeout_s": header_timeout_s})
+def api_protocol(settings: Settings) -> type[ApiProtocol]:
+    limits = {
+        "header_timeout_s": settings.api_header_timeout_s,
+        "max_connections": settings.api_max_connections,
+    }
+    return type("ApiProtocol", (ApiProtocol,), limits)
 
 
 def server_config(app: Any, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
@@ -70,8 +110,7 @@ def server_config(app: Any, settings: Settings, *, host: str, port: int) -> uvic
         app,
         host=host,
         port=port,
-        http=head_timeout_protocol(settings.api_header_timeout_s),
+        http=api_protocol(settings),
         timeout_keep_alive=settings.api_keep_alive_s,
-        limit_concurrency=settings.api_max_connections,
         log_config=None,
     )

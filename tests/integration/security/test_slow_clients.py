@@ -148,7 +148,9 @@ def test_an_idle_keep_alive_connection_is_closed(slow_limits: str) -> None:
     assert hangup.after_s <= 2 * KEEP_ALIVE_S
 
 
-def test_requests_beyond_the_connection_limit_are_answered_503(pg: Engine, postgres_url: str) -> None:
+def test_requests_beyond_the_connection_limit_are_answered_503_in_the_envelope(
+    pg: Engine, postgres_url: str
+) -> None:
     settings = Settings(database_url=postgres_url, broker_url="stub://", api_max_connections=MAX_CONNECTIONS)
     app = App(settings)
     try:
@@ -162,7 +164,16 @@ def test_requests_beyond_the_connection_limit_are_answered_503(pg: Engine, postg
                     "a request beyond the limit to be answered 503",
                 )
                 refused = requests.get(base_url + "/healthz", timeout=30)
-                assert refused.status_code == 503
+                assert (refused.status_code, refused.json()) == (
+                    503,
+                    {
+                        "status": False,
+                        "error": {
+                            "code": 5003,
+                            "message": f"Service busy: more than {MAX_CONNECTIONS} connections in this process",  # noqa: E501
+                        },
+                    },
+                )
                 assert refused.headers["connection"] == "close"
             finally:
                 for sock in held:

@@ -3,6 +3,7 @@ production unless enabled, `Allow` on a 405, and every error body in the API's e
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -183,6 +185,18 @@ def test_a_bad_path_parameter_is_a_400_in_the_envelope(client: Client, token: st
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == 4000
+
+
+def test_malformed_http_is_a_400_in_the_envelope(client: Client) -> None:
+    host, port = urlsplit(client.base_url).hostname, urlsplit(client.base_url).port
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body) == error(4000, "Invalid request: malformed HTTP")
 
 
 def test_a_crash_is_a_500_in_the_envelope(pg: Engine) -> None:
