@@ -164,15 +164,10 @@ def test_requests_beyond_the_connection_limit_are_answered_503_in_the_envelope(
                     "a request beyond the limit to be answered 503",
                 )
                 refused = requests.get(base_url + "/healthz", timeout=30)
+                message = f"Service busy: more than {MAX_CONNECTIONS} connections in this process"
                 assert (refused.status_code, refused.json()) == (
                     503,
-                    {
-                        "status": False,
-                        "error": {
-                            "code": 5003,
-                            "message": f"Service busy: more than {MAX_CONNECTIONS} connections in this process",  # noqa: E501
-                        },
-                    },
+                    {"status": False, "error": {"code": 5003, "message": message}},
                 )
                 assert refused.headers["connection"] == "close"
             finally:
