@@ -18,6 +18,7 @@ import requests
 from sqlalchemy.engine import Engine
 
 from config.settings import Environment, Settings
+from models.secrets import KeyRing
 from models.store import ensure_organization
 from models.store.tokens import create_token
 from tests.helpers import answers, free_ports, run_mdmq, scraped, wait_until
@@ -45,7 +46,8 @@ def token(mdmq: App) -> str:
 
 
 def served_with(postgres_url: str, **settings: Any) -> Iterator[str]:
-    app = App(Settings(database_url=postgres_url, broker_url="stub://", **settings))
+    key = KeyRing.generate_key()  # production takes none without it
+    app = App(Settings(database_url=postgres_url, broker_url="stub://", secret_key=key, **settings))
     try:
         with serving(app) as base_url:
             yield base_url
@@ -77,6 +79,7 @@ def test_mdmq_api_serves_metrics_on_their_own_port_only(pg: Engine, postgres_url
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")} | {
         "MDMQ_DATABASE_URL": postgres_url,
         "MDMQ_ENVIRONMENT": "production",
+        "MDMQ_SECRET_KEY": KeyRing.generate_key(),
         "MDMQ_API_METRICS_PORT": str(metrics_port),
     }
     command = [sys.executable, "-c", "from cli.main import main; main()", "api", "--port", str(api_port)]

@@ -10,7 +10,6 @@ import importlib.util
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -19,11 +18,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner, Result
 
-from api.app import create_app
 from cli.main import app as mdmq_command
 from config.settings import Settings
 from models.migrations.runner import upgrade
@@ -39,8 +36,7 @@ from models.store.tokens import (
 )
 from models.tables import ApiToken, Organization
 from models.types import utcnow
-from tests.helpers import wait_until
-from tests.integration.api.conftest import Client
+from tests.integration.api.conftest import Client, serving
 from tests.services import new_postgres_database
 from workers.app import App
 
@@ -81,17 +77,12 @@ def token_row(mdmq: App, token_id: str) -> ApiToken:
 @contextmanager
 def served(app: App) -> Iterator[Client]:
     """Another API process on the same database: its own engine, its own pool."""
-    server = uvicorn.Server(uvicorn.Config(create_app(app), host="127.0.0.1", port=0, log_config=None))
-    thread = threading.Thread(target=server.run, name="mdmq-api-second", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 20, "the second API to listen")
-    client = Client(f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}")
-    try:
-        yield client
-    finally:
-        client.http.close()
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serving(app) as base_url:
+        client = Client(base_url, metrics_url="")  # its metrics are not read here
+        try:
+            yield client
+        finally:
+            client.http.close()
 
 
 def test_the_closed_set_is_exactly_what_the_routes_require() -> None:
