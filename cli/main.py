@@ -137,7 +137,9 @@ def scheduler() -> None:
     or more for failover. Stops on SIGTERM or SIGINT and hands the lease over."""
     from scheduler.__main__ import main as run_scheduler
 
-    _wait_for_schema(load_settings())
+    settings = load_settings()
+    configure_logging(level=settings.log_level, json_lines=settings.json_logs)  # the start-up lines too
+    _wait_for_schema(settings)
     run_scheduler()
 
 

@@ -7,6 +7,7 @@ refused, 64 usage (no key configured, or plaintext writes still on).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Annotated, NoReturn
 
@@ -23,6 +24,8 @@ from workers.app import App
 EXIT_UNDECRYPTABLE = 1
 EXIT_USAGE = 64
 PAGE = 1_000  # rows per transaction: a large fleet's devices are not locked at once
+
+log = logging.getLogger(__name__)
 
 secrets = typer.Typer(no_args_is_help=True, help="The key that encrypts secrets at rest.")
 
@@ -117,13 +120,13 @@ def check_key_at_start(settings: Settings) -> KeyCheck:
     finally:
         app.close()
     if found is KeyCheck.cannot_decrypt:
-        typer.echo(
-            "mdmq: the secret key cannot decrypt the stored secrets: pushes that need them are held "
-            f"({CANNOT_DECRYPT!r}) until the key they were encrypted with is in MDMQ_SECRET_KEY",
-            err=True,
+        log.error(
+            "the secret key cannot decrypt the stored secrets: pushes that need them are held (%r) until the "
+            "key they were encrypted with is in MDMQ_SECRET_KEY",
+            CANNOT_DECRYPT,
         )
     elif app.key_ring is None:
-        typer.echo("mdmq: no MDMQ_SECRET_KEY: secrets are written in plaintext (development only)", err=True)
+        log.warning("no MDMQ_SECRET_KEY: secrets are written in plaintext (development only)")
     return found
 
 

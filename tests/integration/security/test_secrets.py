@@ -5,6 +5,7 @@ production refuses to start without a key; the embedded mode's files are private
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import stat
@@ -273,15 +274,16 @@ def test_a_push_magic_the_key_cannot_decrypt_holds_and_touches_no_token(
 
 def test_the_start_up_check_says_when_the_key_cannot_decrypt(
     engines: dict[str, Engine], material: dict[Provider, DemoCredential], postgres_url: str,
-    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     store(engines["old"], material)
+    caplog.set_level(logging.WARNING, logger="cli.secrets")
 
     wrong = check_key_at_start(Settings(database_url=postgres_url, secret_key=NEW_KEY))
     right = check_key_at_start(Settings(database_url=postgres_url, secret_key=f"{NEW_KEY},{OLD_KEY}"))
 
     assert (wrong, right) == (KeyCheck.cannot_decrypt, KeyCheck.decrypts)
-    said = capsys.readouterr().err
+    said = caplog.text
     assert "the secret key cannot decrypt the stored secrets" in said
     assert OLD_KEY not in said
     assert NEW_KEY not in said
