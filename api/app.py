@@ -15,6 +15,7 @@ from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
 from api.limits import BodyLimit
 from api.metrics import RequestMetrics
+from api.strict_json import StrictJson
 from models.enums import Provider
 from models.store import get_deployment
 from models.store.ops import get_device, get_receipt, ping
@@ -64,6 +65,7 @@ def create_app(app: App | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     without_422(api)
+    api.add_middleware(StrictJson)  # inside BodyLimit: reads only bodies it let through
     api.add_middleware(
         BodyLimit, max_bytes=settings.api_max_body_bytes, timeout_s=settings.api_body_timeout_s
     )

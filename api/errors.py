@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.errors import MdmqError
@@ -56,6 +56,9 @@ CODES = (
 class ErrorDetail(BaseModel):
     code: int
     message: str
+    pointer: str | None = Field(
+        default=None, description="A 400 for a value in the body: where it sits (RFC 6901 JSON pointer)."
+    )
 
 
 class ErrorEnvelope(BaseModel):
@@ -109,8 +112,11 @@ class ApiError(MdmqError):
         super().__init__(self.message)
 
 
-def envelope(code: int, message: str) -> dict[str, Any]:
-    return {"status": False, "error": {"code": code, "message": message}}
+def envelope(code: int, message: str, *, pointer: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if pointer is not None:
+        error["pointer"] = pointer
+    return {"status": False, "error": error}
 
 
 def _response(error: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:

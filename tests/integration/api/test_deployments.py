@@ -304,7 +304,7 @@ def test_an_oversize_body_is_a_413_in_the_envelope_and_creates_nothing(
 def test_text_with_a_nul_character_is_a_400_naming_the_field_and_changes_nothing(
     client: Client, mdmq: App, world: dict[str, Any]
 ) -> None:
-    """PostgreSQL text cannot hold NUL: a body with one is a 400 before any INSERT."""
+    """PostgreSQL text cannot hold NUL: a body with one is a 400 naming where it sits, before any INSERT."""
     with mdmq.session() as s:
         manager = create_token(s, organization_id="acme", permissions=["mdm.credential.manage"])[1]
     body = {"kind": "aosp_api_key", "secret": "k" * 32, "keyId": "KEY\x00"}
@@ -315,7 +315,8 @@ def test_text_with_a_nul_character_is_a_400_naming_the_field_and_changes_nothing
         timeout=30,
     )
     assert (response.status_code, response.json()["error"]["code"]) == (400, 4000)
-    assert "keyId may not contain a NUL character" in response.json()["error"]["message"]
+    assert response.json()["error"]["pointer"] == "/keyId"
+    assert "/keyId: a NUL character" in response.json()["error"]["message"]
     listed = client.get("/v1/organizations/acme/credentials", headers={"Authorization": f"Bearer {manager}"})
     assert listed.json()["data"] == []
 
@@ -323,7 +324,7 @@ def test_text_with_a_nul_character_is_a_400_naming_the_field_and_changes_nothing
     item = {"deviceId": world["devices"][0], "deploymentId": profile, "report": "not_now"}
     report = {"reports": [item | {"reason": "locked\x00"}]}
     status, answer = post(client, "/v1/organizations/acme/device-reports", world["token"], report)
-    assert (status, answer["error"]["code"]) == (400, 4000)
+    assert (status, answer["error"]["code"], answer["error"]["pointer"]) == (400, 4000, "/reports/0/reason")
     assert (
         get(client, f"/v1/organizations/acme/deployments/{profile}", world["token"])[1]["data"]["status"]
         == "Queued"
