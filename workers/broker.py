@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name
+from dramatiq.middleware import SkipMessage
 
+from models.json_values import first_unstorable
 from workers.policy import Lane
+
+log = logging.getLogger(__name__)
 
 # Queues, most urgent first: a lock or wipe of a lost phone never waits behind a million profile pushes.
 # One per lane (`workers.policy.lanes` chooses it).
@@ -18,6 +25,12 @@ BULK_QUEUE = Lane.bulk.value
 
 def build_broker(url: str, *, namespace: str = "mdmq") -> dramatiq.Broker:
     """A broker for `url` (`stub://`, `redis://…`, `rediss://…`, `amqp://…`, `amqps://…`)."""
+    broker = _broker(url, namespace)
+    broker.add_middleware(RefuseUnstorable())
+    return broker
+
+
+def _broker(url: str, namespace: str) -> dramatiq.Broker:
     scheme = url.partition("://")[0]
     if scheme == "stub":
         return StubBroker()
@@ -26,6 +39,26 @@ def build_broker(url: str, *, namespace: str = "mdmq") -> dramatiq.Broker:
     if scheme in ("amqp", "amqps"):
         return RabbitmqBroker(url=url)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}")
+
+
+class RefuseUnstorable(dramatiq.Middleware):
+    """A message carrying a value the database cannot store (NUL, a lone surrogate, NaN, ±Infinity, an integer
+    beyond 64 bits, nesting deeper than 32: `models.json_values`) is refused before its actor runs: logged
+    with where the value sits (never the value), acknowledged, and not retried, since every try would fail
+    alike. Messages come from other processes too: the MDM check-in server sends device reports."""
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        problem = first_unstorable({"args": message.args, "kwargs": message.kwargs})
+        if problem is None:
+            return
+        log.warning(
+            "%s message refused: %s: %s",
+            message.actor_name,
+            problem.pointer,
+            problem.reason,
+            extra={"message_id": message.message_id},
+        )
+        raise SkipMessage(f"{problem.pointer}: {problem.reason}")
 
 
 def queue_backlog(

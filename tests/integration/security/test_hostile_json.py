@@ -4,12 +4,16 @@ PostgreSQL, whose JSONB refuses these values, and on SQLite, which would keep th
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dramatiq
 import pytest
 import requests
 import sqlalchemy as sa
@@ -29,6 +33,7 @@ from tests.conftest import TABLES
 from tests.helpers import wait_until
 from tests.integration.api.conftest import Client
 from workers.app import App
+from workers.broker import URGENT_QUEUE
 
 PERMISSIONS = ["mdm.deployment.create", "mdm.deployment.cancel", "mdm.device.report", "mdm.credential.manage"]
 WRITTEN = ("deployment", "deployment_event", "push_credential", "audit_event", "push_receipt")
@@ -211,3 +216,52 @@ def test_the_same_bodies_without_the_hostile_value_are_taken(on_postgres: Served
         assert answer.status_code < 500, (name, answer.text[:300])
         assert "pointer" not in answer.json().get("error", {}), (name, answer.text[:300])
     assert _rows(on_postgres.app)["deployment"] == before + 2, "the create took its two deployments"
+
+
+# The same values in a device report sent straight to the report actor (as the check-in server may), as
+# Python reads them off the broker: each is refused before the actor runs, and the worker goes on.
+IN_A_MESSAGE = {
+    "nul": "wifi\x00",
+    "lone_surrogate": "\ud800",
+    "nan": math.nan,
+    "infinity": math.inf,
+    "beyond_64_bits": 2**63,
+    "nested_40": json.loads("[" * 40 + "]" * 40),
+}
+
+
+@pytest.fixture(scope="module")
+def record_report(on_postgres: Served) -> Iterator[dramatiq.Actor[..., None]]:
+    """The report actor the served API declared, on a worker of its own."""
+    worker = dramatiq.Worker(on_postgres.app.broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    yield on_postgres.app.broker.get_actor("record_report")
+    worker.stop()
+
+
+@pytest.mark.parametrize("value_name", sorted(IN_A_MESSAGE))
+def test_report_message_with_a_hostile_error_chain_is_refused_and_the_worker_goes_on(
+    on_postgres: Served,
+    record_report: dramatiq.Actor[..., None],
+    caplog: pytest.LogCaptureFixture,
+    value_name: str,
+) -> None:
+    with on_postgres.app.session() as s:
+        [deployment] = create_deployments(
+            s, organization_id="acme", deployments=[NewDeployment(on_postgres.device, Kind.profile, {})]
+        )
+    chain = [{"ErrorCode": 12021, "USEnglishDescription": IN_A_MESSAGE[value_name]}]
+    before = _rows(on_postgres.app)
+
+    with caplog.at_level(logging.WARNING, logger="workers.broker"):
+        record_report.send(deployment, "error", None, chain, None)
+        on_postgres.app.broker.join(URGENT_QUEUE, timeout=20_000)
+
+    assert _rows(on_postgres.app) == before, "nothing written"
+    refusal = [r.getMessage() for r in caplog.records if "message refused" in r.getMessage()]
+    assert refusal, "the refusal is logged"
+    assert refusal[0].startswith("record_report message refused: /args/3/0/USEnglishDescription"), refusal
+    # The worker is still there and takes the next message: the same report, its chain plain.
+    record_report.send(deployment, "error", None, [{"ErrorCode": 12021}], None)
+    on_postgres.app.broker.join(URGENT_QUEUE, timeout=20_000)
+    assert _rows(on_postgres.app)["deployment_event"] == before["deployment_event"] + 1
