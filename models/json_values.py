@@ -71,15 +71,23 @@ def _walk(value: Any, depth: int, max_depth: int) -> Found | None:
     return _scalar_problem(value)
 
 
+def _key_problem(key: Any) -> str | None:
+    if not isinstance(key, str):
+        return f"a key that is not a string ({type(key).__name__})"
+    reason = text_problem(key)
+    return None if reason is None else f"{reason} in a key"
+
+
 def _walk_object(value: dict[Any, Any], depth: int, max_depth: int) -> Found | None:
     if depth > max_depth:
         return [], f"nested deeper than {max_depth} arrays and objects"
     for key, item in value.items():
-        if not isinstance(key, str):
-            return [], f"a key that is not a string ({type(key).__name__})"
-        reason = text_problem(key)
-        if reason is not None:
-            return [], f"{reason} in a key"  # the pointer stops at the object: the key is no path to echo
+        if not (type(key) is str and key.isascii() and "\x00" not in key):  # the common case, inline
+            problem = _key_problem(key)
+            if problem is not None:  # the pointer stops at the object: the key is no path to echo
+                return [], problem
+        if type(item) is str and item.isascii() and "\x00" not in item:
+            continue
         found = _walk(item, depth + 1, max_depth)
         if found is not None:
             found[0].append(key)
@@ -91,6 +99,8 @@ def _walk_array(value: list[Any] | tuple[Any, ...], depth: int, max_depth: int) 
     if depth > max_depth:
         return [], f"nested deeper than {max_depth} arrays and objects"
     for index, item in enumerate(value):
+        if type(item) is str and item.isascii() and "\x00" not in item:
+            continue
         found = _walk(item, depth + 1, max_depth)
         if found is not None:
             found[0].append(index)
