@@ -25,12 +25,12 @@ from config.settings import Settings
 from models.enums import Platform
 from models.json_values import MAX_DEPTH
 from models.migrations.runner import upgrade
-from models.statuses import Kind
+from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
 from models.store.tokens import create_token
 from tests.conftest import TABLES
-from tests.helpers import wait_until
+from tests.helpers import status_of, wait_until
 from tests.integration.api.conftest import Client
 from workers.app import App
 from workers.broker import URGENT_QUEUE
@@ -231,20 +231,17 @@ IN_A_MESSAGE = {
 
 
 @pytest.fixture(scope="module")
-def record_report(on_postgres: Served) -> Iterator[dramatiq.Actor[..., None]]:
-    """The report actor the served API declared, on a worker of its own."""
+def worker(on_postgres: Served) -> Iterator[dramatiq.Broker]:
+    """The actors the served API declared, on a worker of their own."""
     worker = dramatiq.Worker(on_postgres.app.broker, worker_threads=1, worker_timeout=100)
     worker.start()
-    yield on_postgres.app.broker.get_actor("record_report")
+    yield on_postgres.app.broker
     worker.stop()
 
 
 @pytest.mark.parametrize("value_name", sorted(IN_A_MESSAGE))
 def test_report_message_with_a_hostile_error_chain_is_refused_and_the_worker_goes_on(
-    on_postgres: Served,
-    record_report: dramatiq.Actor[..., None],
-    caplog: pytest.LogCaptureFixture,
-    value_name: str,
+    on_postgres: Served, worker: dramatiq.Broker, caplog: pytest.LogCaptureFixture, value_name: str
 ) -> None:
     with on_postgres.app.session() as s:
         [deployment] = create_deployments(
@@ -254,14 +251,26 @@ def test_report_message_with_a_hostile_error_chain_is_refused_and_the_worker_goe
     before = _rows(on_postgres.app)
 
     with caplog.at_level(logging.WARNING, logger="workers.broker"):
-        record_report.send(deployment, "error", None, chain, None)
-        on_postgres.app.broker.join(URGENT_QUEUE, timeout=20_000)
+        # By keyword, so that the message holds whatever else a report item comes to carry.
+        worker.get_actor("record_report").send(deployment_id=deployment, report="error", error_chain=chain)
+        worker.join(URGENT_QUEUE, timeout=20_000)
 
     assert _rows(on_postgres.app) == before, "nothing written"
     refusal = [r.getMessage() for r in caplog.records if "message refused" in r.getMessage()]
     assert refusal, "the refusal is logged"
-    assert refusal[0].startswith("record_report message refused: /args/3/0/USEnglishDescription"), refusal
-    # The worker is still there and takes the next message: the same report, its chain plain.
-    record_report.send(deployment, "error", None, [{"ErrorCode": 12021}], None)
-    on_postgres.app.broker.join(URGENT_QUEUE, timeout=20_000)
-    assert _rows(on_postgres.app)["deployment_event"] == before["deployment_event"] + 1
+    assert refusal[0].startswith("record_report message refused: /kwargs/error_chain/0/USEnglishDescription")
+    assert refusal[0].endswith(f": {_REASONS[value_name]}"), refusal
+    # The worker is still there and takes the next message.
+    worker.get_actor("cancel").send([deployment])
+    worker.join(URGENT_QUEUE, timeout=20_000)
+    assert status_of(on_postgres.app.engine, deployment) is Status.cancelled
+
+
+_REASONS = {
+    "nul": "a NUL character (\\u0000) in a string",
+    "lone_surrogate": "a lone surrogate (not Unicode text) in a string",
+    "nan": "NaN is not a JSON number",
+    "infinity": "Infinity is not a JSON number",
+    "beyond_64_bits": "an integer beyond 64 bits (signed)",
+    "nested_40": "nested deeper than 32 arrays and objects",
+}
