@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +16,8 @@ import dramatiq
 import pytest
 import requests
 import sqlalchemy as sa
-import uvicorn
 from sqlalchemy.engine import Engine
 
-from api.app import create_app
 from config.settings import Settings
 from models.enums import Platform
 from models.json_values import MAX_DEPTH
@@ -30,8 +27,8 @@ from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
 from models.store.tokens import create_token
 from tests.conftest import TABLES
-from tests.helpers import status_of, wait_until
-from tests.integration.api.conftest import Client
+from tests.helpers import status_of
+from tests.integration.api.conftest import Client, serving
 from workers.app import App
 from workers.broker import URGENT_QUEUE
 
@@ -129,15 +126,10 @@ def _serve(app: App) -> Iterator[Served]:
             s, organization_id="acme", deployments=[NewDeployment(device, Kind.profile, {"profile": "wifi"})]
         )
         token = create_token(s, organization_id="acme", permissions=PERMISSIONS)[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(app), host="127.0.0.1", port=0, log_config=None))
-    thread = threading.Thread(target=server.run, name="mdmq-api-test", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 20, "the API to listen")
-    client = Client(f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}")
-    yield Served(client, app, token, device, deployment)
-    client.http.close()
-    server.should_exit = True
-    thread.join(timeout=20)
+    with serving(app) as base_url:
+        client = Client(base_url, metrics_url="")  # its metrics are not read here
+        yield Served(client, app, token, device, deployment)
+        client.http.close()
 
 
 @pytest.fixture(scope="module")
