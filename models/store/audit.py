@@ -93,12 +93,18 @@ def audit_events(
     if since is not None:
         statement = statement.where(col(AuditEvent.at) >= since)
     if before is not None:
-        statement = statement.where(_older_than(before))
+        statement = statement.where(_older_than(before, organization_id=organization_id))
     newest_first = (col(AuditEvent.at).desc(), col(AuditEvent.id).desc())
     return list(session.exec(statement.order_by(*newest_first).limit(limit)))
 
 
-def _older_than(event_id: int) -> sa.ColumnElement[bool]:
-    """After the event `event_id` in newest-first order: keyset on (at, id), which the index serves."""
-    at = select(AuditEvent.at).where(AuditEvent.id == event_id).scalar_subquery()
+def _older_than(event_id: int, *, organization_id: str) -> sa.ColumnElement[bool]:
+    """After the event `event_id` in newest-first order: keyset on (at, id), which the index serves. Another
+    organization's event is as unknown as a missing one (nothing after it), so a cursor tells nothing of
+    another organization's record."""
+    at = (
+        select(AuditEvent.at)
+        .where(AuditEvent.id == event_id, AuditEvent.organization_id == organization_id)
+        .scalar_subquery()
+    )
     return sa.tuple_(col(AuditEvent.at), col(AuditEvent.id)) < sa.tuple_(at, sa.literal(event_id))

@@ -193,9 +193,11 @@ def test_another_organizations_events_are_out_of_reach(client: Client, mdmq: App
     _, other_reader = token(mdmq, org="other-org", permissions=["mdm.audit.get"])
     with mdmq.session() as s:
         record_audit_event(s, organization_id="acme", actor="cli", action="token.created")
-        record_audit_event(s, organization_id="other-org", actor="cli", action="hold.released")
+        newer = record_audit_event(s, organization_id="other-org", actor="cli", action="hold.released").id
 
     foreign = call(client, "GET", f"{ORG}/audit-events", other_reader)
+    probed = call(client, "GET", f"{ORG}/audit-events?cursor={newer}", acme_reader)
+    assert probed.json()["data"]["items"] == [], "another organization's event is no cursor: nothing after it"
     without = call(client, "GET", f"{ORG}/audit-events", acme_other_rights)
     own = call(client, "GET", "/v1/organizations/other-org/audit-events", other_reader)
 
