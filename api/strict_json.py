@@ -103,14 +103,17 @@ def _cut_too_deep(body: bytes) -> bytes:
 
 
 def _is_json(scope: Scope) -> bool:
-    """As FastAPI decides to read a body as JSON: `application/json` or `application/…+json`."""
+    """As FastAPI may read a body as JSON: `application/json`, `application/…+json`, or no (or an empty)
+    content type, which FastAPI versions before 0.132 read as JSON."""
     for name, value in scope.get("headers", ()):
         if name == b"content-type":
             media_type: bytes = value.split(b";")[0].strip().lower()
-            return media_type == b"application/json" or (
-                media_type.startswith(b"application/") and media_type.endswith(b"+json")
+            return (
+                not media_type
+                or media_type == b"application/json"
+                or (media_type.startswith(b"application/") and media_type.endswith(b"+json"))
             )
-    return False
+    return True
 
 
 async def _read(receive: Receive) -> tuple[list[Message], bytes]:
@@ -131,7 +134,7 @@ async def _refuse(send: Send, problem: Unstorable) -> None:
     status, code, message = INVALID_REQUEST
     where = problem.pointer if len(problem.pointer) <= 200 else problem.pointer[:200] + "…"
     text = f"{message}: {where or 'the body'}: {problem.reason}"
-    body = json.dumps(envelope(code, text, pointer=problem.pointer)).encode()
+    body = json.dumps(envelope(code, text, pointer=where)).encode()  # a key of megabytes is not echoed
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -199,6 +199,21 @@ def test_sqlite_gives_the_same_answer(on_sqlite: Served, place_name: str, value_
     _assert_refused(on_sqlite, place_name, value_name)
 
 
+def test_a_body_without_a_content_type_is_read_as_strictly(on_postgres: Served) -> None:
+    """FastAPI before 0.132 reads a body without a content type as JSON: such a body is checked too."""
+    place = _places(on_postgres.device, on_postgres.deployment)["payload"]
+    before = _rows(on_postgres.app)
+    answer = on_postgres.client.http.request(
+        place.method,
+        on_postgres.client.base_url + place.path,
+        data=_body(place, HOSTILE["nan"]),
+        headers={"Authorization": f"Bearer {on_postgres.token}", "Content-Type": ""},
+        timeout=30,
+    )
+    assert (answer.status_code, answer.json()["error"]["pointer"]) == (400, _expected_pointer(place, "nan"))
+    assert _rows(on_postgres.app) == before
+
+
 def test_the_same_bodies_without_the_hostile_value_are_taken(on_postgres: Served) -> None:
     """The places are real: with a plain string where the hostile value was, each request is answered as usual
     (a credential that does not validate is a 400 of its own, naming no pointer)."""
