@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -235,17 +236,26 @@ def sqlite_path(database_url: str) -> Path | None:
 
 def _generated_key(path: Path) -> str:
     """The key in `path`, written first (mode 0600, its directory 0700 if new) when there is none: the
-    first process to get there writes it, the others read it."""
+    first process to get there writes it, the others read it. Written whole to a file of its own, then
+    linked into place, so that no process ever reads a key file half written."""
     make_private_directory(path.parent)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _key_lines(path.read_text())[0]
-    key = KeyRing.generate_key()
-    with os.fdopen(descriptor, "w") as out:
-        out.write(key + "\n")
-    log.info("generated a secret key in %s: back it up, the database's secrets need it", path)
-    return key
+    if not path.exists():
+        key = KeyRing.generate_key()
+        descriptor, draft = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(descriptor, "w") as out:
+                out.write(key + "\n")
+            os.link(draft, path)  # fails if another process linked its key first: then that key is read
+            log.info("generated a secret key in %s: back it up, the database's secrets need it", path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    keys = _key_lines(path.read_text())
+    if not keys:
+        problem = f"{path}, the key generated for this database, holds none: restore it from backup"
+        raise SettingsError("MDMQ_SECRET_KEY", problem)
+    return keys[0]
 
 
 def make_private_directory(directory: Path) -> None:

@@ -32,6 +32,7 @@ from models.secrets import (
     CannotDecrypt,
     KeyRing,
     Undecryptable,
+    key_ring_from_settings,
 )
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
@@ -338,6 +339,13 @@ def test_the_embedded_mode_generates_its_key_and_keeps_its_files_private(tmp_pat
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stored.startswith(SEALED_PREFIX)
     assert KeyRing([key.read_text().strip()]).open(stored) == MAGIC
+    assert list(key.parent.glob(f".{GENERATED_KEY_NAME}.*")) == [], "no draft left beside it"
+
+    key.write_text("")  # emptied by a crash or a bad restore: one clear line, not a traceback
+    with pytest.raises(SettingsError) as refused:
+        key_ring_from_settings(Settings(database_url=url))
+    assert refused.value.variable == "MDMQ_SECRET_KEY"
+    assert "holds none" in str(refused.value)
 
 
 def test_a_value_names_its_key_and_a_tampered_one_is_not_decrypted() -> None:
