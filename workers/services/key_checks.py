@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -92,11 +92,14 @@ class KeyChecks:
             return rsa_key_consistent(der)
         if not self._slots.acquire(blocking=False):
             raise ChecksBusy()
+        pool = self._started()
         try:
-            return self._started().submit(rsa_key_consistent, der).result()
+            return pool.submit(rsa_key_consistent, der).result()
         except BrokenProcessPool:  # a process died (killed, out of memory): the next check starts anew
             log.warning("a key-check process died; the pool starts again at the next upload")
-            self._forget_pool()
+            self._forget_pool(pool)
+            raise ChecksBusy() from None
+        except CancelledError:  # the app is stopping: the upload is tried again elsewhere
             raise ChecksBusy() from None
         finally:
             self._slots.release()
@@ -114,11 +117,13 @@ class KeyChecks:
                 )
             return self._pool
 
-    def _forget_pool(self) -> None:
+    def _forget_pool(self, broken: ProcessPoolExecutor) -> None:
+        """Drop the broken pool, unless another thread has put a new one in its place already."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            if self._pool is not broken:
+                return
+            self._pool = None
+        broken.shutdown(wait=False, cancel_futures=True)
 
 
 def _rsa_key_of(material: Credential) -> tuple[str, rsa.RSAPrivateKey] | None:
