@@ -7,7 +7,6 @@ Exit codes: 0 events shown, 1 none, 2 configuration, 3 the database refused, 64 
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -15,13 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from api.representation import audit_event
+from cli.options import parse_since
 from cli.output import emit_json
-from cli.tokens import EXIT_NOTHING, EXIT_USAGE, Json, parse_duration
+from cli.tokens import EXIT_NOTHING, EXIT_USAGE, Json
 from config import load_settings
 from models.ids import is_organization_id
 from models.store.audit import audit_events
 from models.tables import AuditEvent
-from models.types import utcnow
 from workers.app import App
 
 console = Console()
@@ -50,7 +49,7 @@ def audit(
             f"mdmq: --org {org!r} is not an organization id (24 hex, or 3+ letters, digits, -)", err=True
         )
         raise typer.Exit(EXIT_USAGE)
-    after = _since(since)
+    after = parse_since(since)
     app = App(load_settings())
     try:
         with app.session() as session:
@@ -63,19 +62,6 @@ def audit(
         _table(events, org)
     if not events:
         raise typer.Exit(EXIT_NOTHING)
-
-
-def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        return utcnow() - parse_duration(value, "--since")
-    if at.tzinfo is None:
-        typer.echo(f"mdmq: --since {value!r} has no UTC offset (e.g. +00:00)", err=True)
-        raise typer.Exit(EXIT_USAGE)
-    return at
 
 
 def _table(events: list[AuditEvent], org: str) -> None:

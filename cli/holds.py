@@ -6,12 +6,12 @@ Exit codes as the other ops commands: 0 done, 1 nothing to do, 64 usage.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import typer
 
-from cli.ops import EXIT_NOTHING, EXIT_USAGE, Json, _app, console
+from cli.ops import EXIT_NOTHING, Json, _app, console
+from cli.options import parse_since
 from cli.output import emit_json
 from models.enums import Provider
 from models.store.audit import record_audit_event
@@ -65,7 +65,7 @@ def restore_tokens_command(
     as_json: Json = False,
 ) -> None:
     """Make invalidated push tokens valid again, e.g. those a wrong credential's answers invalidated."""
-    after = _since(since)
+    after = parse_since(since)
     app = _app()
     try:
         with app.session() as s:
@@ -85,19 +85,6 @@ def restore_tokens_command(
         console.print(f"restored {restored:,} token(s) of {org}")
     if not restored:
         raise typer.Exit(EXIT_NOTHING)
-
-
-def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        at = None
-    if at is None or at.tzinfo is None:
-        typer.echo(f"mdmq: --since {value!r} is not an ISO 8601 time with a UTC offset", err=True)
-        raise typer.Exit(EXIT_USAGE)
-    return at
 
 
 def register(app: typer.Typer) -> None:

@@ -8,8 +8,6 @@ closed set, a malformed id or duration).
 
 from __future__ import annotations
 
-import re
-from datetime import timedelta
 from typing import Annotated, NoReturn
 
 import typer
@@ -17,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.representation import api_token
+from cli.options import parse_duration
 from cli.output import emit_json
 from config import load_settings
 from models.ids import is_id, is_organization_id
@@ -44,16 +43,6 @@ ACTOR = "cli"  # the audit actor of what the command line does
 tokens = typer.Typer(no_args_is_help=True, help="API tokens: create, list, revoke.")
 console = Console()
 Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]
-DURATION = re.compile(r"^([1-9][0-9]{0,5})([dhm])$")
-UNITS = {"d": "days", "h": "hours", "m": "minutes"}
-
-
-def parse_duration(value: str, option: str) -> timedelta:
-    """`30d`, `12h` or `90m` as a timedelta; anything else is a usage error naming `option`."""
-    match = DURATION.match(value.strip())
-    if match is None:
-        _fail(f"{option} {value!r} is not a duration such as 30d, 12h or 90m", EXIT_USAGE)
-    return timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
 
 
 @tokens.command("create")
