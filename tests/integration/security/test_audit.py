@@ -6,7 +6,6 @@ events are out of reach (404 3001), as its deployments are."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,8 @@ from typing import Any
 import pytest
 import requests
 from sqlalchemy.engine import Engine
-from typer.testing import CliRunner, Result
 
 from api.audit import AuditEventOut
-from cli.main import app as mdmq_command
 from models.permissions import PERMISSIONS
 from models.statuses import Kind, Status
 from models.store import ensure_organization
@@ -28,19 +25,11 @@ from sandbox.tls import issue_client_certificate, make_ca, mdm_topic
 from tests.conftest import MakeDeployments
 from tests.helpers import force_status
 from tests.integration.api.conftest import Client
+from tests.integration.security.conftest import Cli
 from workers.app import App
 
 ORG = "/v1/organizations/acme"
 AOSP_KEY = "aosp-key-" + "k" * 32
-Cli = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(pg: Engine, postgres_url: str) -> Cli:
-    """`mdmq` in this process, on the test database."""
-    runner = CliRunner()
-    env = {"MDMQ_DATABASE_URL": postgres_url, "MDMQ_BROKER_URL": "stub://", "COLUMNS": "200"}
-    return lambda *args: runner.invoke(mdmq_command, list(args), env=env)
 
 
 def token(mdmq: App, org: str = "acme", permissions: list[str] | None = None) -> tuple[str, str]:

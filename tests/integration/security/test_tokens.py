@@ -10,7 +10,7 @@ import importlib.util
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -18,10 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-from typer.testing import CliRunner, Result
 
-from cli.main import app as mdmq_command
 from config.settings import Settings
 from models.migrations.runner import upgrade
 from models.permissions import PERMISSIONS
@@ -37,20 +34,12 @@ from models.store.tokens import (
 from models.tables import ApiToken, Organization
 from models.types import utcnow
 from tests.integration.api.conftest import Client, serving
+from tests.integration.security.conftest import Cli
 from tests.services import new_postgres_database
 from workers.app import App
 
 API = Path(__file__).resolve().parents[3] / "api"
 DEPLOYMENTS = "/v1/organizations/acme/deployments"
-Cli = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(pg: Engine, postgres_url: str) -> Cli:
-    """`mdmq` in this process, on the test database."""
-    runner = CliRunner()
-    env = {"MDMQ_DATABASE_URL": postgres_url, "MDMQ_BROKER_URL": "stub://", "COLUMNS": "200"}
-    return lambda *args: runner.invoke(mdmq_command, list(args), env=env)
 
 
 def new_token(
