@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api import audit, credentials, deployments
@@ -16,12 +18,16 @@ from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_4
 from api.limits import BodyLimit
 from api.metrics import RequestMetrics
 from api.strict_json import StrictJson
+from models.database import DRIVER_ERRORS, database_cause
 from models.enums import Provider
 from models.store import get_deployment
 from models.store.ops import get_device, get_receipt, ping
 from models.tables import PushReceipt
 from workers.actors import declare_actors
 from workers.app import App
+from workers.broker import broker_cause
+
+log = logging.getLogger(__name__)
 
 
 class PushStatus(BaseModel):
@@ -83,16 +89,22 @@ def create_app(app: App | None = None) -> FastAPI:
         """The process is up. On the event loop: it needs no thread of the pool that blocking routes use."""
         return {"status": True, "data": {"process": "up"}}
 
-    @api.get("/readyz", response_model=Health, tags=["health"])
-    def readyz(request: Request) -> dict[str, Any]:
-        """The database and the broker answer."""
+    @api.get(
+        "/readyz",
+        response_model=Health,
+        tags=["health"],
+        responses={503: {"model": Health, "description": "A dependency is down: `data` says which, and why"}},
+    )
+    def readyz(request: Request) -> Any:
+        """The database and the broker answer; else 503, each dependency `up` or `down: <cause>`."""
         mdmq: App = request.app.state.mdmq
-        with mdmq.session() as session:
-            ping(session)
-        client = getattr(mdmq.broker, "client", None)  # Redis; RabbitMQ and the in-process broker have none
-        if client is not None:
-            client.ping()
-        return {"status": True, "data": {"database": "up", "broker": "up"}}
+        causes = {"database": _database_cause(mdmq), "broker": broker_cause(mdmq.broker)}
+        data = {name: "up" if cause is None else f"down: {cause}" for name, cause in causes.items()}
+        down = {name: cause for name, cause in causes.items() if cause is not None}
+        if not down:
+            return {"status": True, "data": data}
+        log.warning("not ready: %s", "; ".join(f"{name} {cause}" for name, cause in down.items()))
+        return JSONResponse({"status": False, "data": data}, status_code=503)
 
     @api.get(
         "/v1/organizations/{organizationId}/mdm/aosp/enterprise/devices/{aosDeviceId}/commands/{aosCommandId}/push-status",
@@ -142,3 +154,13 @@ def _push_status(receipt: PushReceipt | None) -> dict[str, Any]:
 
 def _time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _database_cause(mdmq: App) -> str | None:
+    """Why the database does not answer, in one line; None when it does."""
+    try:
+        with mdmq.session() as session:
+            ping(session)
+    except DRIVER_ERRORS as e:
+        return database_cause(e)
+    return None

@@ -18,7 +18,15 @@ from models.secrets import KeyRing, attach_key_ring, make_private_directory, sql
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATABASE_ERRORS", "DRIVER_ERRORS", "Engine", "Session", "create_engine", "is_connection_error"]
+__all__ = [
+    "DATABASE_ERRORS",
+    "DRIVER_ERRORS",
+    "Engine",
+    "Session",
+    "create_engine",
+    "database_cause",
+    "is_connection_error",
+]
 
 # What the database layer raises, for code outside models/ to catch without importing SQLAlchemy:
 # `except DATABASE_ERRORS as e:`.
@@ -34,6 +42,32 @@ def is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError))
+
+
+# What the driver says, by what an operator does about it. psycopg gives a connection refused at log-in
+# no SQLSTATE, so its message decides there; a refusal after log-in has one.
+_CAUSES = (
+    ("authentication failed", ("28P01", "28000"), ("authentication failed", "pg_hba.conf", 'role "')),
+    ("database missing", ("3D000",), ('database "',)),
+)
+
+
+def database_cause(exc: BaseException) -> str:
+    """What the database refused, in one line an operator can act on: `unreachable: …`, `database missing:
+    …`, `authentication failed: …` or `refused: …`, then the driver's first line (no password: the driver
+    never repeats one)."""
+    driver_error = getattr(exc, "orig", None) or exc
+    said = _first_line(str(driver_error)) or type(driver_error).__name__
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    for kind, sqlstates, phrases in _CAUSES:
+        if sqlstate in sqlstates or (sqlstate is None and any(p in said for p in phrases)):
+            return f"{kind}: {said}"
+    return f"{'unreachable' if is_connection_error(exc) else 'refused'}: {said}"
+
+
+def _first_line(message: str) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line.removeprefix("connection failed: ").replace("FATAL:  ", "")
 
 
 def create_engine(

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -28,6 +29,19 @@ def build_broker(url: str, *, namespace: str = "mdmq") -> dramatiq.Broker:
     broker = _broker(url, namespace)
     broker.add_middleware(RefuseUnstorable())
     return broker
+
+
+def broker_cause(broker: dramatiq.Broker) -> str | None:
+    """Why the broker does not answer, in one line (no password: redis never repeats one); None when it
+    does. Only Redis is asked: RabbitMQ's connections are per thread, the in-process broker is always up."""
+    client = getattr(broker, "client", None)
+    if client is None:
+        return None
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        return f"unreachable: {e}"
+    return None
 
 
 def _broker(url: str, namespace: str) -> dramatiq.Broker:

@@ -203,7 +203,11 @@ def test_malformed_http_is_a_400_in_the_envelope(client: Client) -> None:
 
 
 def test_a_crash_is_a_500_in_the_envelope(pg: Engine) -> None:
-    # Nothing listens on port 1: the database is down, and /readyz fails inside the app.
+    # Nothing listens on port 1: the database is down, and reading the token's row fails inside the app.
     for base_url in served_with("postgresql+psycopg://postgres@127.0.0.1:1/none"):
-        response = requests.get(base_url + "/readyz", timeout=60)
+        response = requests.get(
+            base_url + "/v1/organizations/org/audit-events",
+            headers={"Authorization": "Bearer mdmq_not_a_real_token"},
+            timeout=60,
+        )
         assert (response.status_code, response.json()) == (500, error(5000, "Internal error"))
