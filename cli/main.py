@@ -54,14 +54,11 @@ def _wait_for_schema(settings: Settings) -> None:
     """The long-running processes start once the release step has brought the database to the newest
     schema: honcho and Kubernetes start them beside it. Then each tries its secret key on a stored secret."""
     from cli.secrets import check_key_at_start
-    from models.migrations.runner import wait_until_current
+    from models.migrations.runner import wait_for_schema
 
-    if not wait_until_current(settings.database_url, settings.schema_wait_s):
-        typer.echo(
-            f"mdmq: the database schema is not the newest after {settings.schema_wait_s:g} s: "
-            "run `mdmq db upgrade` (the Procfile's release)",
-            err=True,
-        )
+    cause = wait_for_schema(settings.database_url, settings.schema_wait_s)
+    if cause is not None:
+        typer.echo(f"mdmq: the database is not ready after {settings.schema_wait_s:g} s: {cause}", err=True)
         raise typer.Exit(EXIT_DATABASE)
     check_key_at_start(settings)
 

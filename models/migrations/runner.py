@@ -12,6 +12,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from models.database import DRIVER_ERRORS, database_cause
+
 log = logging.getLogger(__name__)
 
 SCRIPT_LOCATION = Path(__file__).parent
@@ -31,24 +33,46 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def is_current(database_url: str) -> bool:
     """Whether the database is at the newest schema (False too when it cannot be reached yet)."""
+    return schema_cause(database_url) is None
+
+
+def schema_cause(database_url: str) -> str | None:
+    """Why the database is not at the newest schema, in one line (`unreachable: …`, `database missing: …`,
+    `authentication failed: …`, `schema behind: …`); None when it is."""
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_heads()
-    except sa.exc.OperationalError:
-        return False
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    except DRIVER_ERRORS as e:
+        return database_cause(e)
     finally:
         engine.dispose()
-    return set(current) == set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    newest = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    if current == newest:
+        return None
+    at = ", ".join(sorted(current)) or "no revision"
+    return f"schema behind: at {at}, the newest is {', '.join(sorted(newest))}; run `mdmq db upgrade`"
 
 
-def wait_until_current(database_url: str, timeout_s: float, *, every_s: float = 1.0) -> bool:
-    """Wait for the release step (`mdmq db upgrade`) to bring the database to the newest schema, when it
-    runs beside this process (honcho, a Kubernetes Job); False if `timeout_s` passed first."""
+def wait_for_schema(
+    database_url: str, timeout_s: float, *, first_wait_s: float = 1.0, most_wait_s: float = 15.0
+) -> str | None:
+    """Wait for the database to be at the newest schema: the release step (`mdmq db upgrade`) may run beside
+    this process (honcho, a Kubernetes Job), the database may still be starting. Tries again with a wait
+    that doubles up to `most_wait_s`, logging the cause each time; None once current, else the last cause
+    when `timeout_s` passed."""
     deadline = time.monotonic() + timeout_s
-    while not is_current(database_url):
-        if time.monotonic() >= deadline:
-            return False
-        log.info("waiting for the database schema: the release step (mdmq db upgrade) has not run yet")
-        time.sleep(every_s)  # a process's start-up wait, not an actor's
-    return True
+    wait_s = first_wait_s
+    while (cause := schema_cause(database_url)) is not None:
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            return cause
+        log.log(
+            logging.INFO if cause.startswith("schema behind") else logging.WARNING,
+            "waiting for the database (%.0f s left): %s",
+            left_s,
+            cause,
+        )
+        time.sleep(min(wait_s, left_s))  # a process's start-up wait, not an actor's
+        wait_s = min(wait_s * 2, most_wait_s)
+    return None
