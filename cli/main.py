@@ -50,6 +50,35 @@ def db_upgrade(
         signal.sigwait(stopping)
 
 
+@db.command("current")
+def db_current() -> None:
+    """The revision of the database of MDMQ_DATABASE_URL, and whether it is the newest (else exit 3)."""
+    from models.database import database_cause
+    from models.migrations.runner import schema
+
+    settings = load_settings()
+    try:
+        state = schema(settings.database_url)
+    except DRIVER_ERRORS as e:
+        typer.echo(f"mdmq: the database refused: {database_cause(e)}", err=True)
+        raise typer.Exit(EXIT_DATABASE) from None
+    at = ", ".join(sorted(state.current)) or "no revision (an empty database)"
+    if state.is_newest:
+        typer.echo(f"{at} (newest)")
+        return
+    typer.echo(f"{at}; the newest is {', '.join(sorted(state.newest))}: run `mdmq db upgrade`")
+    raise typer.Exit(EXIT_DATABASE)
+
+
+@db.command("history")
+def db_history() -> None:
+    """Every revision of the schema, newest first, from the migrations this mdmq holds."""
+    from models.migrations.runner import history
+
+    for revision in history(load_settings().database_url):
+        typer.echo(f"{revision.id} {'(newest)' if revision.is_newest else '        '} {revision.title}")
+
+
 def _wait_for_schema(settings: Settings) -> None:
     """The long-running processes start once the release step has brought the database to the newest
     schema: honcho and Kubernetes start them beside it. Then each tries its secret key on a stored secret."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -31,6 +32,54 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+@dataclass(frozen=True)
+class Schema:
+    """Where a database stands: its revisions (none before the first upgrade) and the newest ones."""
+
+    current: frozenset[str]
+    newest: frozenset[str]
+
+    @property
+    def is_newest(self) -> bool:
+        return self.current == self.newest
+
+
+@dataclass(frozen=True)
+class Revision:
+    id: str
+    title: str  # the first line of the migration's docstring
+    is_newest: bool
+
+
+def schema(database_url: str) -> Schema:
+    """The database's revisions beside the newest; raises the driver's error when it cannot be reached."""
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            current = frozenset(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        engine.dispose()
+    return Schema(current=current, newest=frozenset(_scripts(database_url).get_heads()))
+
+
+def history(database_url: str) -> list[Revision]:
+    """Every revision, newest first, from the migration scripts alone (the database is not asked)."""
+    scripts = _scripts(database_url)
+    newest = set(scripts.get_heads())
+    return [
+        Revision(
+            id=script.revision,
+            title=script.doc.strip().splitlines()[0] if script.doc.strip() else "",
+            is_newest=script.revision in newest,
+        )
+        for script in scripts.walk_revisions()
+    ]
+
+
+def _scripts(database_url: str) -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(database_url))
+
+
 def is_current(database_url: str) -> bool:
     """Whether the database is at the newest schema (False too when it cannot be reached yet)."""
     return schema_cause(database_url) is None
@@ -39,17 +88,13 @@ def is_current(database_url: str) -> bool:
 def schema_cause(database_url: str) -> str | None:
     """Why the database is not at the newest schema, in one line (`unreachable: …`, `database missing: …`,
     `authentication failed: …`, `schema behind: …`); None when it is."""
-    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     try:
-        with engine.connect() as connection:
-            current = set(MigrationContext.configure(connection).get_current_heads())
+        state = schema(database_url)
     except DRIVER_ERRORS as e:
         return database_cause(e)
-    finally:
-        engine.dispose()
-    newest = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
-    if current == newest:
+    if state.is_newest:
         return None
+    current, newest = state.current, state.newest
     at = ", ".join(sorted(current)) or "no revision"
     return f"schema behind: at {at}, the newest is {', '.join(sorted(newest))}; run `mdmq db upgrade`"
 

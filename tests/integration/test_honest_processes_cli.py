@@ -8,8 +8,10 @@ import socket
 
 import pytest
 from sqlalchemy.engine import make_url
+from typer.testing import CliRunner, Result
 
-from models.migrations.runner import wait_for_schema
+from cli.main import app as mdmq_command
+from models.migrations.runner import SCRIPT_LOCATION, history, wait_for_schema
 from tests.helpers import run_mdmq
 from tests.services import new_postgres_database
 
@@ -61,3 +63,47 @@ def test_an_empty_database_is_a_schema_behind(caplog: pytest.LogCaptureFixture) 
 
 def test_a_current_database_is_ready_at_once(postgres_url: str) -> None:
     assert wait_for_schema(postgres_url, 0) is None
+
+
+def db(*args: str, database_url: str) -> Result:
+    """`mdmq db …` in this process, on `database_url`."""
+    env = {"MDMQ_DATABASE_URL": database_url, "MDMQ_BROKER_URL": "stub://"}
+    return CliRunner().invoke(mdmq_command, ["db", *args], env=env)
+
+
+def test_db_current_follows_the_upgrades(postgres_url: str) -> None:
+    newest = history(postgres_url)[0].id
+    with new_postgres_database("mdmq_current") as url:
+        empty = db("current", database_url=url)
+        assert (empty.exit_code, empty.stdout.strip()) == (
+            3,
+            f"no revision (an empty database); the newest is {newest}: run `mdmq db upgrade`",
+        )
+        assert db("upgrade", "0005", database_url=url).exit_code == 0
+        behind = db("current", database_url=url)
+        assert (behind.exit_code, behind.stdout.strip()) == (
+            3,
+            f"0005; the newest is {newest}: run `mdmq db upgrade`",
+        )
+        assert db("upgrade", database_url=url).exit_code == 0
+        current = db("current", database_url=url)
+        assert (current.exit_code, current.stdout.strip()) == (0, f"{newest} (newest)")
+
+
+def test_db_current_names_a_missing_database(postgres_url: str) -> None:
+    result = db("current", database_url=with_database(postgres_url, "mdmq_no_such_database"))
+    assert result.exit_code == 3
+    assert result.stderr.startswith("mdmq: the database refused: database missing: ")
+    assert "mdmq_no_such_database" in result.stderr
+
+
+def test_db_history_lists_every_revision_newest_first(postgres_url: str) -> None:
+    result = db("history", database_url=postgres_url)
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    ids = [line.split()[0] for line in lines]
+    assert ids == sorted(ids, reverse=True)
+    assert ids[-1] == "0001"
+    assert len(ids) == len(list(SCRIPT_LOCATION.glob("versions/*.py")))
+    assert [line for line in lines if "(newest)" in line] == [lines[0]]
+    assert "initial schema" in lines[-1]
