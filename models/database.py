@@ -19,6 +19,7 @@ from models.secrets import KeyRing, attach_key_ring, make_private_directory, sql
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
     "DATABASE_ERRORS",
     "DRIVER_ERRORS",
     "Engine",
@@ -43,6 +44,9 @@ def is_connection_error(exc: BaseException) -> bool:
         return True
     return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError))
 
+
+# Seconds a new PostgreSQL connection may take before the database counts as unreachable.
+CONNECT_TIMEOUT_S = 10
 
 # What the driver says, by what an operator does about it. psycopg gives a connection refused at log-in
 # no SQLSTATE, so its message decides there; a refusal after log-in has one.
@@ -92,7 +96,12 @@ def _postgres_engine(url: str, pool_size: int, echo: bool) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         # A statement stuck behind a lock must not hold a worker thread for ever.
-        connect_args={"options": "-c lock_timeout=30s", "application_name": "mdmq"},
+        # A host that drops packets must not hold a request or a start-up for ever: it is `unreachable`.
+        connect_args={
+            "options": "-c lock_timeout=30s",
+            "application_name": "mdmq",
+            "connect_timeout": CONNECT_TIMEOUT_S,
+        },
     )
 
 

@@ -13,7 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from models.database import DRIVER_ERRORS, database_cause
+from models.database import CONNECT_TIMEOUT_S, DRIVER_ERRORS, database_cause
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,10 @@ class Revision:
     is_newest: bool
 
 
-def schema(database_url: str) -> Schema:
+def schema(database_url: str, *, connect_timeout_s: int = CONNECT_TIMEOUT_S) -> Schema:
     """The database's revisions beside the newest; raises the driver's error when it cannot be reached."""
-    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    timeout = {} if database_url.startswith("sqlite") else {"connect_timeout": connect_timeout_s}
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool, connect_args=timeout)
     try:
         with engine.connect() as connection:
             current = frozenset(MigrationContext.configure(connection).get_current_heads())

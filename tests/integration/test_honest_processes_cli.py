@@ -11,7 +11,8 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
 from cli.main import app as mdmq_command
-from models.migrations.runner import SCRIPT_LOCATION, history, wait_for_schema
+from models.database import DRIVER_ERRORS, database_cause
+from models.migrations.runner import SCRIPT_LOCATION, history, schema, wait_for_schema
 from tests.helpers import run_mdmq
 from tests.services import new_postgres_database
 
@@ -107,3 +108,14 @@ def test_db_history_lists_every_revision_newest_first(postgres_url: str) -> None
     assert len(ids) == len(list(SCRIPT_LOCATION.glob("versions/*.py")))
     assert [line for line in lines if "(newest)" in line] == [lines[0]]
     assert "initial schema" in lines[-1]
+
+
+def test_a_database_that_never_answers_is_unreachable_after_the_connect_timeout() -> None:
+    with socket.socket() as silent:  # takes the connection (the backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}/mdmq"
+        with pytest.raises(DRIVER_ERRORS) as refused:
+            schema(url, connect_timeout_s=2)
+    assert database_cause(refused.value).startswith("unreachable: ")
+    assert "timeout" in database_cause(refused.value)

@@ -79,3 +79,12 @@ def test_readyz_answers_200_when_both_answer(postgres_url: str) -> None:
     app.close()
     assert answer.status_code == 200
     assert answer.json() == {"status": True, "data": {"database": "up", "broker": "up"}}
+
+
+def test_readyz_names_a_refused_login(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    url = database_url(postgres_url, username="mdmq_no_such_role")
+    app = App(Settings(database_url=url, broker_url="stub://"))
+    with caplog.at_level(logging.INFO), serving(app) as base_url:
+        answer = requests.get(base_url + "/readyz", timeout=30)
+    app.close()
+    assert_down(answer, caplog, "database", "authentication failed", up="broker")
