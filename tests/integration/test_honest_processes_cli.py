@@ -28,7 +28,7 @@ def with_database(postgres_url: str, name: str) -> str:
     return make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
 
 
-@pytest.mark.parametrize("command", ["worker", "scheduler"])
+@pytest.mark.parametrize("command", ["api", "worker", "scheduler"])
 def test_a_missing_database_is_named_not_an_unmigrated_schema(postgres_url: str, command: str) -> None:
     url = with_database(postgres_url, "mdmq_no_such_database")
     env = {"MDMQ_DATABASE_URL": url, "MDMQ_BROKER_URL": "stub://", "MDMQ_SCHEMA_WAIT_S": "2"}
