@@ -546,8 +546,17 @@ def test_kubernetes_manifests_match_the_api_schemas(version: str) -> None:
     assert kubernetes_validate(sorted(K8S.glob("*.yaml")), version) == []
 
 
+def deploy_yaml_files() -> list[Path]:
+    """Every YAML file under deploy/: Compose, Kubernetes, Prometheus's rules and their tests, Grafana's
+    provisioning, and whatever is added later."""
+    return sorted(path for path in DEPLOY.rglob("*") if path.suffix in (".yaml", ".yml"))
+
+
 def test_yaml_files_pass_yamllint() -> None:
-    assert yamllint(COMPOSE, *sorted(K8S.glob("*.yaml"))) == []
+    files = deploy_yaml_files()
+    assert {COMPOSE, *K8S.glob("*.yaml"), *(DEPLOY / "prometheus").glob("*.yml")} <= set(files)
+    assert any("grafana" in path.parts for path in files)
+    assert yamllint(*files) == []
 
 
 def test_kubernetes_containers_run_the_procfile_commands() -> None:
