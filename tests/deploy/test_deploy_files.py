@@ -186,6 +186,57 @@ def test_the_metrics_ports_are_the_settings_defaults() -> None:
     assert procfile_commands()["web"][-2:] == ["--port", str(API_PORT)]
 
 
+# --- stopping a worker ------------------------------------------------------------------------------------
+
+# What a worker needs after its last message ends: requeue the prefetched messages, close, exit.
+WORKER_EXIT_S = 60
+
+
+def actor_time_limits_s() -> dict[str, float]:
+    """Each kind of actor's time limit (workers/actors.py's *_OPTIONS), in seconds."""
+    from workers import actors
+
+    return {
+        name: options["time_limit"] / 1000
+        for name, options in vars(actors).items()
+        if name.endswith("_OPTIONS") and isinstance(options, dict)
+    }
+
+
+def dramatiq_shutdown_timeout_s() -> float:
+    """How long each Dramatiq worker process waits for its messages in flight after SIGTERM, as
+    `mdmq worker` starts it (Dramatiq's --worker-shutdown-timeout, its default unless the command sets it)."""
+    from dramatiq.cli import make_argument_parser
+
+    from workers.launch import worker_command
+
+    command = worker_command(processes=2, threads=8)
+    parser = make_argument_parser()  # type: ignore[no-untyped-call]  # Dramatiq declares no types for it
+    arguments = parser.parse_args(command[command.index("dramatiq") + 1 :])
+    timeout_ms: int = arguments.worker_shutdown_timeout
+    return timeout_ms / 1000
+
+
+def worker_stop_grace_needed_s() -> float:
+    """The stop grace a worker needs so that no message in flight is killed: the longest an actor may run
+    (a dispatch: its send, the locks, the record or the hand-off to a record-only message, all under its
+    time limit), Dramatiq waiting at least as long, and the time to exit."""
+    return max(*actor_time_limits_s().values(), dramatiq_shutdown_timeout_s()) + WORKER_EXIT_S
+
+
+def test_dramatiq_waits_for_the_longest_message_and_a_dispatch_outlasts_its_send() -> None:
+    from workers.push_gateway import SEND_TIMEOUT_S
+
+    limits = actor_time_limits_s()
+    assert {"DISPATCH_OPTIONS", "RECORD_OPTIONS"} <= set(limits)
+    assert max(limits.values()) == limits["DISPATCH_OPTIONS"]
+    # A dispatch's send may take its whole timeout, then the record-only path: the limit holds both.
+    assert limits["DISPATCH_OPTIONS"] > SEND_TIMEOUT_S + limits["RECORD_OPTIONS"]
+    # Dramatiq gives up on a message in flight after its shutdown timeout: it must not be the shorter.
+    assert dramatiq_shutdown_timeout_s() >= limits["DISPATCH_OPTIONS"]
+    assert worker_stop_grace_needed_s() == limits["DISPATCH_OPTIONS"] + WORKER_EXIT_S
+
+
 # --- systemd -----------------------------------------------------------------------------------------------
 
 Unit = dict[str, dict[str, list[str]]]
@@ -282,7 +333,7 @@ def test_the_worker_unit_keeps_its_metrics_in_its_runtime_directory_and_stops_gr
     unit = parse_unit(SYSTEMD / "mdmq-worker.service")
     (runtime_directory,) = unit["Service"]["RuntimeDirectory"]
     assert unit_environment(unit)["MDMQ_METRICS_DIR"] == f"%t/{runtime_directory}"
-    assert int(unit["Service"]["TimeoutStopSec"][0]) >= 60
+    assert int(unit["Service"]["TimeoutStopSec"][0]) >= worker_stop_grace_needed_s()
     # SIGTERM to the main Dramatiq process alone, which stops its worker processes; SIGKILL to every process
     # only once TimeoutStopSec has passed.
     assert unit["Service"]["KillMode"] == ["mixed"]
@@ -465,7 +516,7 @@ def test_compose_gives_the_worker_a_fresh_metrics_directory_and_time_to_stop(com
     worker = compose["services"]["worker"]
     metrics_dir = Path(worker["environment"]["MDMQ_METRICS_DIR"])
     assert any(metrics_dir.is_relative_to(mount) for mount in worker["tmpfs"])
-    assert duration_s(worker["stop_grace_period"]) >= 60
+    assert duration_s(worker["stop_grace_period"]) >= worker_stop_grace_needed_s()
 
 
 def test_compose_environment_names_settings_and_takes_secrets_from_outside(compose: dict[str, Any]) -> None:
@@ -646,7 +697,7 @@ def test_the_worker_keeps_its_metrics_in_an_empty_dir_and_has_time_to_finish() -
     mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
     empty_dirs = {volume["name"] for volume in pod_spec(worker)["volumes"] if "emptyDir" in volume}
     assert environment["MDMQ_METRICS_DIR"] in {mounts[name] for name in empty_dirs & set(mounts)}
-    assert pod_spec(worker)["terminationGracePeriodSeconds"] >= 60
+    assert pod_spec(worker)["terminationGracePeriodSeconds"] >= worker_stop_grace_needed_s()
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENT_PROCESS))
@@ -739,7 +790,7 @@ def test_yamllint_rejects_trailing_spaces(tmp_path: Path) -> None:
 
 
 def test_docker_compose_config_rejects_an_unknown_key(tmp_path: Path) -> None:
-    copy = broken(tmp_path, COMPOSE, "stop_grace_period: 60s", "stop_grace_perod: 60s")
+    copy = broken(tmp_path, COMPOSE, "stop_grace_period: 660s", "stop_grace_perod: 660s")
     result = compose_config(copy, tmp_path, password="only-for-this-test")
     assert result.returncode != 0
     assert "stop_grace_perod" in result.stderr
