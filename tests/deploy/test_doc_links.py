@@ -1,5 +1,5 @@
-"""The README and docs/ link to files of the repository, figures to the result files that produced them:
-every relative link must resolve, or a reader lands on nothing."""
+"""The README, docs/ and deploy/ (the runbook among them) link to files of the repository, figures to the
+result files that produced them: every relative link must resolve, or a reader lands on nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "deploy").rglob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
