@@ -648,6 +648,19 @@ def test_the_api_probes_health_and_readiness_on_its_port() -> None:
     assert service["spec"]["selector"].items() <= web["spec"]["template"]["metadata"]["labels"].items()
 
 
+@pytest.mark.parametrize("component", ["worker", "scheduler"])
+def test_workers_and_schedulers_are_probed_on_their_metrics_port_past_the_schema_wait(component: str) -> None:
+    container = only_container(workloads()[component])
+    port = {"worker": WORKER_METRICS_PORT, "scheduler": SCHEDULER_METRICS_PORT}[component]
+    probes = {name: container[name] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    for name, probe in probes.items():
+        assert container_port(container, probe["httpGet"]["port"]) == port, name
+    # The port opens only after the process has waited for the schema: liveness must not kill it meanwhile.
+    startup = probes["startupProbe"]
+    schema_wait_s = Settings.model_fields["schema_wait_s"].default
+    assert startup["periodSeconds"] * startup["failureThreshold"] > schema_wait_s
+
+
 @pytest.mark.parametrize(
     ("component", "port", "setting"),
     [
