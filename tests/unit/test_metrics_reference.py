@@ -18,6 +18,7 @@ MODULES = (
     "scheduler.gauges",
     "scheduler.runner",
     "workers.metrics",
+    "workers.prometheus",
     "workers.providers.timing",
 )
 ROW = re.compile(r"^\| `(mdmq_[a-z0-9_]+)` \| (counter|gauge|histogram) \| ([^|]*) \|", re.MULTILINE)
