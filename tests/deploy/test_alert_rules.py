@@ -163,3 +163,24 @@ def test_github_anchor() -> None:
         github_anchor("Why deployments stay Pending, or end Failed?")
         == "why-deployments-stay-pending-or-end-failed"
     )
+
+
+# A threshold an alert's name states, and how its expression writes it (FIGURE: the name's number).
+_NAMED_THRESHOLDS = (
+    (re.compile(r"Above(\d+)Percent"), r"> 0?\.FIGURE\b"),
+    (re.compile(r"Above(\d+)MiB"), r"> FIGURE \* 1024 \* 1024\b"),
+    (re.compile(r"In(\d+)Days"), r"< FIGURE \* 86400\b"),
+)
+
+
+@pytest.mark.parametrize("alert", sorted(ALERTS))
+def test_a_threshold_in_an_alerts_name_is_the_one_its_expression_uses(alert: str) -> None:
+    for name_pattern, expression_pattern in _NAMED_THRESHOLDS:
+        for figure in name_pattern.findall(alert):
+            written = f"{int(figure):02d}" if "Percent" in name_pattern.pattern else figure
+            assert re.search(expression_pattern.replace("FIGURE", written), ALERTS[alert]["expr"]), alert
+
+
+def test_alerts_name_their_thresholds() -> None:
+    named = [a for a in ALERTS if any(pattern.search(a) for pattern, _ in _NAMED_THRESHOLDS)]
+    assert {"MdmqApi5xxRatioAbove5Percent", "MdmqWorkerMemoryAbove768MiB"} <= set(named)
