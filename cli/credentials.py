@@ -9,12 +9,12 @@ make it), 64 usage (a malformed organization id, an unreadable file).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from api.representation import credential
-from cli.output import emit_json
+from cli.output import emit_json, fail
 from config import load_settings
 from models.enums import CredentialKind, Provider, PushEnvironment
 from models.ids import is_organization_id
@@ -75,7 +75,7 @@ def put(
     was held for it. A change of APNs topic needs --force: devices enrolled under the old topic stop
     answering until they re-enroll (renew the certificate with the same Apple ID instead)."""
     if not is_organization_id(org):
-        _fail(f"--org {org!r} is not an organization id (24 hex, or 3+ letters, digits, -)", EXIT_USAGE)
+        fail(f"--org {org!r} is not an organization id (24 hex, or 3+ letters, digits, -)", EXIT_USAGE)
     upload = CredentialUpload(
         kind=kind or DEFAULT_KINDS[provider],
         secret=_read_secret(file),
@@ -96,9 +96,9 @@ def put(
             actor=CLI_ACTOR,
         )
     except InvalidCredential as e:  # names the field, never the value
-        _fail(f"the {provider.value} credential was refused: {e}", EXIT_REFUSED)
+        fail(f"the {provider.value} credential was refused: {e}", EXIT_REFUSED)
     except TopicChange as e:
-        _fail(f"{e} (--force)", EXIT_TOPIC_CHANGE)
+        fail(f"{e} (--force)", EXIT_TOPIC_CHANGE)
     finally:
         app.close()
     _print(stored.credential, released=len(stored.released), as_json=as_json)
@@ -108,7 +108,7 @@ def _read_secret(file: Path) -> str:
     try:
         return file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
-        _fail(f"--file {file}: cannot be read ({type(e).__name__})", EXIT_USAGE)
+        fail(f"--file {file}: cannot be read ({type(e).__name__})", EXIT_USAGE)
 
 
 def _print(row: PushCredential, *, released: int, as_json: bool) -> None:
@@ -119,11 +119,6 @@ def _print(row: PushCredential, *, released: int, as_json: bool) -> None:
     until = f", until {row.not_after:%Y-%m-%d}" if row.not_after else ""
     typer.echo(f"{row.organization_id}/{row.provider.value}: {what} ({row.status.value}{until})")
     typer.echo(f"released {released} deployment(s)")
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"mdmq: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import NoReturn
 
-import typer
-
+from cli.output import fail
 from models.types import utcnow
 
 EXIT_USAGE = 64
@@ -19,7 +17,7 @@ def parse_duration(value: str, option: str) -> timedelta:
     """`30d`, `12h` or `90m` as a timedelta; anything else is a usage error naming `option`."""
     match = DURATION.match(value.strip())
     if match is None:
-        _usage(f"{option} {value!r} is not a duration such as 30d, 12h or 90m")
+        fail(f"{option} {value!r} is not a duration such as 30d, 12h or 90m", EXIT_USAGE)
     return timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
 
 
@@ -32,10 +30,5 @@ def parse_since(value: str | None, option: str = "--since") -> datetime | None:
     except ValueError:
         return utcnow() - parse_duration(value, option)
     if at.tzinfo is None:
-        _usage(f"{option} {value!r} has no UTC offset (e.g. +00:00)")
+        fail(f"{option} {value!r} has no UTC offset (e.g. +00:00)", EXIT_USAGE)
     return at
-
-
-def _usage(message: str) -> NoReturn:
-    typer.echo(f"mdmq: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from cli.demo import DemoResult
 
 console = Console()
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Say why on stderr, as `mdmq: <message>`, and exit with `code`."""
+    typer.echo(f"mdmq: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def emit_json(data: Any) -> None:

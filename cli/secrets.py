@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-from cli.output import emit_json
+from cli.output import emit_json, fail
 from config import load_settings
 from config.settings import Settings
 from models.secrets import CANNOT_DECRYPT, KeyRing
@@ -62,11 +62,14 @@ def rotate(
 def _writing_ring(app: App) -> KeyRing:
     ring = app.key_ring
     if ring is None:
-        _fail("no key to encrypt with: set MDMQ_SECRET_KEY (`mdmq secrets generate-key` makes one)")
+        fail(
+            "no key to encrypt with: set MDMQ_SECRET_KEY (`mdmq secrets generate-key` makes one)", EXIT_USAGE
+        )
     if ring.plaintext_writes:
-        _fail(
+        fail(
             "MDMQ_SECRET_PLAINTEXT_WRITES is on: a process that cannot decrypt may still run. Turn it off "
-            "once none is left, then rotate"
+            "once none is left, then rotate",
+            EXIT_USAGE,
         )
     return ring
 
@@ -128,11 +131,6 @@ def check_key_at_start(settings: Settings) -> KeyCheck:
     elif app.key_ring is None:
         log.warning("no MDMQ_SECRET_KEY: secrets are written in plaintext (development only)")
     return found
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    typer.echo(f"mdmq: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

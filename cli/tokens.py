@@ -8,7 +8,7 @@ closed set, a malformed id or duration).
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,7 +16,7 @@ from rich.table import Table
 
 from api.representation import api_token
 from cli.options import parse_duration
-from cli.output import emit_json
+from cli.output import emit_json, fail
 from config import load_settings
 from models.ids import is_id, is_organization_id
 from models.permissions import PERMISSIONS, unknown_permissions
@@ -67,19 +67,19 @@ def create(
 ) -> None:
     """Create an API token and print it, once, as the last line: only its hash is stored."""
     if not is_organization_id(org):
-        _fail(f"--org {org!r} is not an organization id (24 hex, or 3+ letters, digits, -)", EXIT_USAGE)
+        fail(f"--org {org!r} is not an organization id (24 hex, or 3+ letters, digits, -)", EXIT_USAGE)
     unknown = unknown_permissions(permission)
     if unknown:
-        _fail(str(UnknownPermission(unknown)), EXIT_USAGE)
+        fail(str(UnknownPermission(unknown)), EXIT_USAGE)
     lifetime = parse_duration(expires_in, "--expires-in")
     if lifetime > MAX_LIFETIME:
-        _fail(f"--expires-in {expires_in}: at most {MAX_LIFETIME.days}d", EXIT_USAGE)
+        fail(f"--expires-in {expires_in}: at most {MAX_LIFETIME.days}d", EXIT_USAGE)
     app = App(load_settings())
     try:
         with app.session() as session:
             if not organization_exists(session, organization_id=org):
                 if not create_org:
-                    _fail(f"no organization {org}: check the id, or --create-org to create it", EXIT_NOTHING)
+                    fail(f"no organization {org}: check the id, or --create-org to create it", EXIT_NOTHING)
                 ensure_organization(session, organization_id=org)
             row, secret = create_token(
                 session, organization_id=org, permissions=permission, lifetime=lifetime
@@ -150,14 +150,14 @@ def revoke(
 ) -> None:
     """Revoke a token: every API process refuses it from its next request on."""
     if not is_id(token_id):
-        _fail(f"{token_id!r} is not a token id (24 hex)", EXIT_USAGE)
+        fail(f"{token_id!r} is not a token id (24 hex)", EXIT_USAGE)
     app = App(load_settings())
     try:
         with app.session() as session:
             if not revoke_token(session, token_id=token_id):
                 row = get_token(session, token_id=token_id)
                 said = "no token" if row is None else "already revoked:"
-                _fail(f"{said} {token_id}", EXIT_NOTHING)
+                fail(f"{said} {token_id}", EXIT_NOTHING)
             row = get_token(session, token_id=token_id)
             assert row is not None
             detail = {"tokenId": token_id}
@@ -170,11 +170,6 @@ def revoke(
         emit_json(api_token(row))
     else:
         typer.echo(f"revoked token {token_id} of {row.organization_id}")
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"mdmq: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
