@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,9 +66,9 @@ def _walk(value: Any, depth: int, max_depth: int) -> Found | None:
         reason = text_problem(value)
         return None if reason is None else ([], f"{reason} in a string")
     if isinstance(value, dict):
-        return _walk_object(value, depth, max_depth)
+        return _walk_children(value.items(), depth, max_depth, keyed=True)
     if isinstance(value, list | tuple):
-        return _walk_array(value, depth, max_depth)
+        return _walk_children(enumerate(value), depth, max_depth, keyed=False)
     return _scalar_problem(value)
 
 
@@ -78,32 +79,22 @@ def _key_problem(key: Any) -> str | None:
     return None if reason is None else f"{reason} in a key"
 
 
-def _walk_object(value: dict[Any, Any], depth: int, max_depth: int) -> Found | None:
+def _walk_children(
+    children: Iterable[tuple[Any, Any]], depth: int, max_depth: int, *, keyed: bool
+) -> Found | None:
+    """An object's (key, value) or an array's (index, item) pairs, in order; `keyed`: the keys are checked."""
     if depth > max_depth:
         return [], f"nested deeper than {max_depth} arrays and objects"
-    for key, item in value.items():
-        if not (type(key) is str and key.isascii() and "\x00" not in key):  # the common case, inline
-            problem = _key_problem(key)
+    for part, item in children:
+        if keyed and not (type(part) is str and part.isascii() and "\x00" not in part):  # inline: common
+            problem = _key_problem(part)
             if problem is not None:  # the pointer stops at the object: the key is no path to echo
                 return [], problem
         if type(item) is str and item.isascii() and "\x00" not in item:
             continue
         found = _walk(item, depth + 1, max_depth)
         if found is not None:
-            found[0].append(key)
-            return found
-    return None
-
-
-def _walk_array(value: list[Any] | tuple[Any, ...], depth: int, max_depth: int) -> Found | None:
-    if depth > max_depth:
-        return [], f"nested deeper than {max_depth} arrays and objects"
-    for index, item in enumerate(value):
-        if type(item) is str and item.isascii() and "\x00" not in item:
-            continue
-        found = _walk(item, depth + 1, max_depth)
-        if found is not None:
-            found[0].append(index)
+            found[0].append(part)
             return found
     return None
 
