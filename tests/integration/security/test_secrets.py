@@ -6,11 +6,8 @@ production refuses to start without a key; the embedded mode's files are private
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +40,7 @@ from models.tables import Device, ProviderHold, PushCredential
 from sandbox import Delivery, DeviceRegistry, SandboxThread
 from sandbox.credentials import DemoCredential, register_credentials, store_credentials
 from sandbox.fleet import APNS_TOPIC
-from tests.helpers import sandbox_endpoints, sessions
+from tests.helpers import run_mdmq, sandbox_endpoints, sessions
 from tests.integration.api.conftest import Client
 from workers.app import App
 from workers.policy import RetryPolicy
@@ -295,17 +292,7 @@ def test_production_refuses_to_start_without_a_key(tmp_path: Path) -> None:
         load_settings(environment="production", database_url="postgresql://db/mdmq")
     assert refused.value.variable == "MDMQ_SECRET_KEY"
 
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
-    environment["MDMQ_ENVIRONMENT"] = "production"
-    started = subprocess.run(
-        [sys.executable, "-c", "from cli.main import main; main()", "scheduler"],
-        env=environment,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    started = run_mdmq("scheduler", env={"MDMQ_ENVIRONMENT": "production"}, timeout_s=60, cwd=tmp_path)
     assert started.returncode == 2
     assert "MDMQ_SECRET_KEY: production needs a key" in started.stderr
 
