@@ -46,7 +46,11 @@ def upgrade() -> None:
         log.warning("secrets left as they are: run `mdmq secrets rotate` once every process reads them")
         return
     done = reseal_all(op.get_bind(), ring=ring)
-    log.warning("encrypted %d secret rows", sum(done.touched.values()))
+    encrypted = sum(done.touched.values())
+    if encrypted:  # an operator should see that rows changed; a new database has none to change
+        log.warning("encrypted %d secret rows", encrypted)
+    else:
+        log.info("no secret rows to encrypt")
 
 
 def downgrade() -> None:
