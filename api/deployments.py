@@ -41,13 +41,14 @@ class BulkCreate(BaseModel):
     deployments: list[NewDeploymentIn] = Field(min_length=1, max_length=MAX_PER_REQUEST)
 
 
-class Ids(BaseModel):
+class Created(BaseModel):
+    rolloutId: str = Field(description="The rollout these deployments make: follow it at `/rollouts/{id}`.")
     ids: list[str]
 
 
-class IdsAnswer(BaseModel):
+class CreatedAnswer(BaseModel):
     status: bool = True
-    data: Ids
+    data: Created
 
 
 class IdList(BaseModel):
@@ -150,18 +151,18 @@ def router(actors: Actors) -> APIRouter:
     routes = APIRouter(prefix="/v1/organizations/{organizationId}", tags=["deployments"])
     app = actors.app
 
-    @routes.post("/deployments", status_code=202, response_model=IdsAnswer)
+    @routes.post("/deployments", status_code=202, response_model=CreatedAnswer)
     def create(organizationId: OrganizationId, body: BulkCreate, caller: Caller) -> dict[str, Any]:
         """Required permission: `mdm.deployment.create`. Up to 10,000 deployments, all or nothing: one device
         id that is not this organization's creates nothing, and the answer names it. Queued, and enqueued
-        once committed; the ids come back in the order given."""
+        once committed, as one rollout; its id, and the ids in the order given."""
         caller.require(organizationId, "mdm.deployment.create")
         wanted = [NewDeployment(d.deviceId, d.kind, d.payload, d.urgent) for d in body.deployments]
         try:
-            ids = actors.create(organizationId, wanted)
+            created = actors.create(organizationId, wanted, created_by=caller.actor)
         except UnknownDevices as e:
             raise ApiError(INVALID_REQUEST, f"unknown device id(s): {', '.join(e.device_ids[:20])}") from None
-        return {"status": True, "data": {"ids": ids}}
+        return {"status": True, "data": {"rolloutId": created.rollout_id, "ids": created.ids}}
 
     @routes.get("/deployments/{deploymentId}", response_model=DeploymentAnswer)
     def get(organizationId: OrganizationId, deploymentId: EntityId, caller: Caller) -> dict[str, Any]:

@@ -191,6 +191,19 @@ class PushReceipt(SQLModel, table=True):
     untracked_at: datetime | None = _ts()
 
 
+class Rollout(SQLModel, table=True):
+    """One create request's deployments, followed together: its counts are its deployments' statuses."""
+
+    __table_args__ = (sa.Index("ix_rollout_org_created", "organization_id", "created_at"),)
+
+    id: str = Field(sa_type=ID, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID)  # no foreign key, as on its deployments
+    created_by: str | None = Field(default=None, sa_type=sa.String(64))  # an API token id, "cli"
+    total: int
+    kind: str = Field(sa_type=sa.String(32))  # the deployments' kind, or "mixed"
+    created_at: datetime = _created()
+
+
 class Deployment(SQLModel, table=True):
     """One profile, app, security action or message for one device, and where it stands."""
 
@@ -206,6 +219,14 @@ class Deployment(SQLModel, table=True):
             "finished_at",
             postgresql_where=sa.text("finished_at IS NOT NULL"),
             sqlite_where=sa.text("finished_at IS NOT NULL"),
+        ),
+        # A rollout's counts per status; partial, as deployments created before rollouts have none.
+        sa.Index(
+            "ix_deployment_rollout_status",
+            "rollout_id",
+            "status",
+            postgresql_where=sa.text("rollout_id IS NOT NULL"),
+            sqlite_where=sa.text("rollout_id IS NOT NULL"),
         ),
         # Partial: a deployment has no receipt until its push is sent, and bulk creation skips the index.
         sa.Index(
@@ -236,6 +257,7 @@ class Deployment(SQLModel, table=True):
     # refused, so that reports reordered on their way never move a deployment back.
     last_report_at: datetime | None = _ts()
     receipt_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    rollout_id: str | None = Field(default=None, sa_type=ID)
     created_at: datetime = _created()
     updated_at: datetime = _created()
     enqueued_at: datetime | None = _ts()

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 
@@ -19,6 +19,7 @@ from config.logging import ids_field, log_context
 from models.database import DATABASE_ERRORS, is_connection_error
 from models.reports import UnknownReport, parse_report
 from models.store import NewDeployment, create_deployments
+from models.store.rollouts import create_rollout
 from models.store.sweeps import Due, due_for
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
@@ -86,6 +87,13 @@ OPERATOR_OPTIONS: dict[str, Any] = {
 }
 
 
+class Created(NamedTuple):
+    """What `Actors.create` made: one rollout, and its deployments' ids in the order asked."""
+
+    rollout_id: str
+    ids: list[str]
+
+
 @dataclass(frozen=True)
 class Actors:
     dispatch_urgent: DispatchActor
@@ -96,19 +104,25 @@ class Actors:
     retry: dramatiq.Actor[[list[str]], None]
     app: App
 
-    def create(self, organization_id: str, deployments: Sequence[NewDeployment]) -> list[str]:
-        """Create `deployments` (all or nothing: `UnknownDevices`) and enqueue them once committed; their
-        ids, in order. They are written as enqueued already, so that sending their messages writes nothing
-        more (`create_deployments`' `redeliver_after_s`)."""
+    def create(
+        self, organization_id: str, deployments: Sequence[NewDeployment], *, created_by: str | None = None
+    ) -> Created:
+        """Create `deployments` as one rollout (all or nothing: `UnknownDevices`) and enqueue them once
+        committed; the rollout's id and the deployments' ids, in order. They are written as enqueued already,
+        so that sending their messages writes nothing more (`create_deployments`' `redeliver_after_s`)."""
         with self.app.session() as session:
+            rollout_id = create_rollout(
+                session, organization_id=organization_id, deployments=deployments, created_by=created_by
+            )
             ids = create_deployments(
                 session,
                 organization_id=organization_id,
                 deployments=deployments,
                 redeliver_after_s=self.app.settings.redeliver_after_s,
+                rollout_id=rollout_id,
             )
         self.enqueue_created(organization_id, ids, deployments)
-        return ids
+        return Created(rollout_id, ids)
 
     def enqueue_created(
         self, organization_id: str, ids: Sequence[str], deployments: Sequence[NewDeployment]
