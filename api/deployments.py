@@ -19,7 +19,12 @@ from models.ids import ID_PATTERN
 from models.reports import UnknownReport, parse_report
 from models.statuses import Kind, Status
 from models.store import NewDeployment, deployment_history, get_deployment
-from models.store.deployments import DeploymentFilter, UnknownDevices, list_deployments
+from models.store.deployments import (
+    DeploymentFilter,
+    UnknownDevices,
+    count_deployments,
+    list_deployments,
+)
 from models.store.ops import get_receipt, own_deployment_ids
 from models.types import utcnow
 from workers.actors import Actors
@@ -115,6 +120,7 @@ class DeploymentSummary(BaseModel):
 class Page(BaseModel):
     items: list[DeploymentSummary]
     next: str | None = Field(description="The cursor of the next page; null on the last one.")
+    total: int = Field(description="The deployments that match the filter, every page together.")
 
 
 class PageAnswer(BaseModel):
@@ -191,7 +197,7 @@ def router(actors: Actors) -> APIRouter:
     ) -> dict[str, Any]:
         """Required permission: `mdm.deployment.get`. Filtered by kind, status (as the console writes it),
         device, held, stuck (unchanged for MDMQ_STUCK_AFTER_S); in creation order, `limit` a page, the next
-        page from `cursor`."""
+        page from `cursor`; `total` counts every match."""
         caller.require(organizationId, "mdm.deployment.get")
         wanted_status = None
         if status is not None:
@@ -205,11 +211,10 @@ def router(actors: Actors) -> APIRouter:
             page = list_deployments(
                 session, organization_id=organizationId, where=where, after=cursor, limit=limit + 1
             )
+            total = count_deployments(session, organization_id=organizationId, where=where)
         items = [deployment_summary(d) for d in page[:limit]]
-        return {
-            "status": True,
-            "data": {"items": items, "next": page[limit - 1].id if len(page) > limit else None},
-        }
+        next_page = page[limit - 1].id if len(page) > limit else None
+        return {"status": True, "data": {"items": items, "next": next_page, "total": total}}
 
     @routes.post("/deployments/cancel", response_model=OutcomeAnswer)
     def cancel(organizationId: OrganizationId, body: IdList, caller: Caller) -> dict[str, Any]:

@@ -6,10 +6,11 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from config.errors import MdmqError
 from models.ids import is_id, new_ids
@@ -26,6 +27,7 @@ _COLUMNS = ("id", "organization_id", "device_id", "kind", "payload", "urgent", "
 _COPY = f"COPY deployment ({', '.join(_COLUMNS)}) FROM STDIN"
 # COPY's text format: these four characters are the only ones a field must escape.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+SelectT = TypeVar("SelectT", bound=SelectOfScalar[Any])  # a SELECT of deployments, or of their count
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,20 @@ def list_deployments(
 ) -> list[Deployment]:
     """One page in id order (ids sort by creation time), or newest first: those past the cursor `after`.
     `organization_id` None: every organization's (the ops command line)."""
-    statement = select(Deployment)
+    statement = _matching(select(Deployment), organization_id, where)
+    ids = col(Deployment.id)
+    if after is not None:
+        statement = statement.where(ids < after if newest_first else ids > after)
+    return list(session.exec(statement.order_by(ids.desc() if newest_first else ids).limit(limit)))
+
+
+def count_deployments(session: Session, *, organization_id: str | None, where: DeploymentFilter) -> int:
+    """How many deployments `list_deployments` pages through with the same filter: the listing's total."""
+    statement = _matching(select(sa.func.count()).select_from(Deployment), organization_id, where)
+    return int(session.exec(statement).one())
+
+
+def _matching(statement: SelectT, organization_id: str | None, where: DeploymentFilter) -> SelectT:
     if organization_id is not None:
         statement = statement.where(Deployment.organization_id == organization_id)
     if where.kind is not None:
@@ -286,7 +301,4 @@ def list_deployments(
             )
         )
         statement = statement.where(stuck, col(Deployment.updated_at) < where.stuck_since)
-    ids = col(Deployment.id)
-    if after is not None:
-        statement = statement.where(ids < after if newest_first else ids > after)
-    return list(session.exec(statement.order_by(ids.desc() if newest_first else ids).limit(limit)))
+    return statement
