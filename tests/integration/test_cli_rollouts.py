@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -130,6 +131,18 @@ def test_watch_with_json_prints_a_count_per_refresh_and_ends_when_the_rollout_is
 
     assert code == 0
     assert (last["done"], last["finished"], last["etaSeconds"]) == (True, 3, 0)
+
+
+def test_ctrl_c_stops_watching_with_130(pg: Engine, postgres_url: str, make_rollout: MakeRollout) -> None:
+    rollout_id, _ = make_rollout(pg, Kind.profile)
+
+    with _mdmq_watching(postgres_url, rollout_id, "--json") as watch:
+        assert watch.stdout is not None
+        assert json.loads(watch.stdout.readline())["done"] is False
+        watch.send_signal(signal.SIGINT)
+        code = watch.wait(timeout=WATCH_TIMEOUT_S)
+
+    assert code == 130
 
 
 def test_watch_is_a_live_view_in_a_terminal_that_ends_when_the_rollout_is_done(
