@@ -100,25 +100,26 @@ def _list_table(progress: list[RolloutProgress], title: str) -> Table:
 
 def _percent(p: RolloutProgress) -> int:
     """Finished, in whole percent: 100 only when every deployment has."""
-    total = p.rollout.total
-    return 100 if p.done else min(99, p.finished * 100 // total) if total else 100
+    return 100 if p.done else min(99, p.finished * 100 // p.rollout.total)
 
 
 def _eta(p: RolloutProgress) -> str:
+    """When the pushes end, as a person reads it: `done`; `pushed` (the devices are left to finish) or `held`
+    (only held ones are left to push); `unknown` (no push in the last minute); `1h 05m`, `3m 20s`, `45s`."""
     if p.done:
         return "done"
+    if p.to_push <= 0:
+        return "held" if p.held else "pushed"
     eta = p.eta_s
-    if eta is None:
-        return "held" if p.held and not p.to_push else "unknown"
-    seconds = round(eta)
+    return "unknown" if eta is None else _duration(round(eta))
+
+
+def _duration(seconds: int) -> str:
     hours, rest = divmod(seconds, 3_600)
-    return (
-        f"{hours}h {rest // 60:02d}m"
-        if hours
-        else f"{rest // 60}m {rest % 60:02d}s"
-        if rest >= 60
-        else f"{rest}s"
-    )
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
 
 
 @rollouts.command("show")
