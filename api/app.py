@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api import audit, credentials, deployments, rollouts
+from api import audit, credentials, deployments, idempotency, rollouts
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
 from api.limits import BodyLimit
@@ -78,6 +78,7 @@ def create_app(app: App | None = None) -> FastAPI:
     api.add_middleware(RequestMetrics)  # added last, so outermost: it counts the 413s too
     api.state.mdmq = mdmq
     install(api)
+    idempotency.install(api)
     actors = declare_actors(mdmq)  # to send: dispatch after a create or a retry
     api.include_router(deployments.router(actors))
     api.include_router(deployments.reports_router(actors))

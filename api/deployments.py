@@ -10,8 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
+from api import idempotency
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, INVALID_REQUEST, ApiError
+from api.idempotency import Once, idempotent
 from api.representation import deployment_detail, deployment_summary, outcome
 from api.text import StoredText
 from models.enums import Actor
@@ -27,11 +29,12 @@ from models.store.deployments import (
 )
 from models.store.ops import get_receipt, own_deployment_ids
 from models.types import utcnow
-from workers.actors import Actors
+from workers.actors import Actors, Created
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import CheckInReport, DeviceReport, record_check_in
 
 MAX_PER_REQUEST = 10_000
+CreateOnce = Annotated[Once, idempotent("mdm.deployment.create")]
 DeviceId = Annotated[str, Field(pattern=ID_PATTERN.pattern)]  # a 24-hex id in a body
 
 
@@ -46,14 +49,14 @@ class BulkCreate(BaseModel):
     deployments: list[NewDeploymentIn] = Field(min_length=1, max_length=MAX_PER_REQUEST)
 
 
-class Created(BaseModel):
+class CreatedData(BaseModel):
     rolloutId: str = Field(description="The rollout these deployments make: follow it at `/rollouts/{id}`.")
     ids: list[str]
 
 
 class CreatedAnswer(BaseModel):
     status: bool = True
-    data: Created
+    data: CreatedData
 
 
 class IdList(BaseModel):
@@ -157,18 +160,28 @@ def router(actors: Actors) -> APIRouter:
     routes = APIRouter(prefix="/v1/organizations/{organizationId}", tags=["deployments"])
     app = actors.app
 
-    @routes.post("/deployments", status_code=202, response_model=CreatedAnswer)
-    def create(organizationId: OrganizationId, body: BulkCreate, caller: Caller) -> dict[str, Any]:
+    @routes.post(
+        "/deployments", status_code=202, response_model=CreatedAnswer, responses=idempotency.RESPONSES
+    )
+    def create(
+        organizationId: OrganizationId, body: BulkCreate, caller: Caller, once: CreateOnce
+    ) -> dict[str, Any]:
         """Required permission: `mdm.deployment.create`. Up to 10,000 deployments, all or nothing: one device
         id that is not this organization's creates nothing, and the answer names it. Queued, and enqueued
-        once committed, as one rollout; its id, and the ids in the order given."""
+        once committed (202 even when the broker is away: the relay sends them when it is back), as one
+        rollout; its id, and the ids in the order given. Safe to retry with an `Idempotency-Key`."""
         caller.require(organizationId, "mdm.deployment.create")
         wanted = [NewDeployment(d.deviceId, d.kind, d.payload, d.urgent) for d in body.deployments]
         try:
-            created = actors.create(organizationId, wanted, created_by=caller.actor)
+            created = actors.create(
+                organizationId,
+                wanted,
+                created_by=caller.actor,
+                before_commit=lambda s, created: once.keep(s, _created(created)),
+            )
         except UnknownDevices as e:
             raise ApiError(INVALID_REQUEST, f"unknown device id(s): {', '.join(e.device_ids[:20])}") from None
-        return {"status": True, "data": {"rolloutId": created.rollout_id, "ids": created.ids}}
+        return _created(created)
 
     @routes.get("/deployments/{deploymentId}", response_model=DeploymentAnswer)
     def get(organizationId: OrganizationId, deploymentId: EntityId, caller: Caller) -> dict[str, Any]:
@@ -268,6 +281,10 @@ def reports_router(actors: Actors) -> APIRouter:
         return {"status": True, "data": outcome(results)}
 
     return routes
+
+
+def _created(created: Created) -> dict[str, Any]:
+    return {"status": True, "data": {"rolloutId": created.rollout_id, "ids": created.ids}}
 
 
 def _check_in_report(item: ReportIn, received: datetime) -> CheckInReport:

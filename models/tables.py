@@ -346,6 +346,42 @@ class ApiToken(SQLModel, table=True):
     legacy: bool | None = None  # created before tokens expired: its expiry was given by the upgrade
 
 
+class IdempotencyKey(SQLModel, table=True):
+    """A create request's `Idempotency-Key`, per organization: the request it was first sent with (a hash)
+    and, once that request succeeded, its answer, which a retry with the same key and body gets again.
+    `claim` names the request that holds the key until `locked_until`; the answer is written in the
+    transaction of the work it answers, so a key without one stands for work that did not commit."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (sa.Index("ix_idempotency_key_expires", "expires_at"),)
+
+    organization_id: str = Field(sa_type=ORG_ID, primary_key=True)
+    key: str = Field(sa_type=sa.String(255), primary_key=True)
+    request_hash: str = Field(sa_type=sa.String(64))
+    claim: str = Field(sa_type=sa.String(32))
+    locked_until: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    answer_status: int | None = None
+    answer: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class UnsentCreate(SQLModel, table=True):
+    """A create whose dispatch messages may not have reached the broker yet: written in the transaction that
+    creates the deployments (written as enqueued already), deleted once their messages went out. One left
+    behind past the relay's grace (the process died between commit and send) hands its deployments to the
+    relay. Its deployments are the id run `first_id` … of `count` ids (`models.ids.id_run`)."""
+
+    __tablename__ = "unsent_create"
+    __table_args__ = (sa.Index("ix_unsent_create_created", "created_at"),)
+
+    id: int | None = Field(default=None, sa_type=BIGINT_PK, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID)
+    first_id: str = Field(sa_type=ID)
+    count: int
+    created_at: datetime = _created()
+
+
 def table_of(model: type[SQLModel]) -> sa.Table:
     """The model's Core table, for set-based statements: the store's, and tests that arrange rows."""
     table = model.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table=True models, untyped

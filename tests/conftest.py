@@ -22,6 +22,8 @@ from tests.sentry import sentry  # noqa: F401  (a fixture for every test)
 from tests.services import CI, new_postgres_database
 
 TABLES = (
+    "idempotency_key",
+    "unsent_create",
     "provider_hold",
     "push_answer_window",
     "push_dead_answer",

@@ -7,7 +7,7 @@ for `dramatiq`, the demo, the tests) builds the `App` and passes it in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -16,14 +16,16 @@ import dramatiq
 
 from config.errors import MdmqError
 from config.logging import ids_field, log_context
-from models.database import DATABASE_ERRORS, is_connection_error
+from models.database import DATABASE_ERRORS, Session, is_connection_error
 from models.reports import UnknownReport, parse_report
 from models.store import NewDeployment, create_deployments
 from models.store.rollouts import create_rollout
 from models.store.sweeps import Due, due_for
+from models.store.unsent import forget_unsent, record_unsent
+from models.types import utcnow
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
-from workers.enqueue import as_due, enqueue_dispatch
+from workers.enqueue import BrokerAway, as_due, enqueue_dispatch
 from workers.services.dispatch import dispatch_chunk, record_later
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import CheckInReport, DeviceReport, record_check_in
@@ -105,24 +107,65 @@ class Actors:
     app: App
 
     def create(
-        self, organization_id: str, deployments: Sequence[NewDeployment], *, created_by: str | None = None
+        self,
+        organization_id: str,
+        deployments: Sequence[NewDeployment],
+        *,
+        created_by: str | None = None,
+        before_commit: Callable[[Session, Created], object] | None = None,
     ) -> Created:
         """Create `deployments` as one rollout (all or nothing: `UnknownDevices`) and enqueue them once
-        committed; the rollout's id and the deployments' ids, in order. They are written as enqueued already,
-        so that sending their messages writes nothing more (`create_deployments`' `redeliver_after_s`)."""
+        committed; the rollout's id and the deployments' ids, in order. `before_commit` writes more in the
+        same transaction (the answer of an idempotent request). Committed work is never lost to a broker
+        away: the rows not sent are left to the relay, logged in one line, and the ids returned all the same.
+
+        They are written as enqueued already, so that sending their messages writes nothing more per row
+        (`create_deployments`' `redeliver_after_s`), with one `unsent_create` record beside them, deleted
+        once sent: a process that dies in between leaves that record, and the relay takes them."""
         with self.app.session() as session:
+            now = utcnow()
             rollout_id = create_rollout(
-                session, organization_id=organization_id, deployments=deployments, created_by=created_by
+                session,
+                organization_id=organization_id,
+                deployments=deployments,
+                created_by=created_by,
+                now=now,
             )
             ids = create_deployments(
                 session,
                 organization_id=organization_id,
                 deployments=deployments,
+                now=now,
                 redeliver_after_s=self.app.settings.redeliver_after_s,
                 rollout_id=rollout_id,
             )
-        self.enqueue_created(organization_id, ids, deployments)
-        return Created(rollout_id, ids)
+            unsent = record_unsent(session, organization_id=organization_id, ids=ids, now=now)
+            created = Created(rollout_id, ids)
+            if before_commit is not None:
+                before_commit(session, created)
+        self._send_created(organization_id, ids, deployments, unsent)
+        return created
+
+    def _send_created(
+        self, organization_id: str, ids: list[str], deployments: Sequence[NewDeployment], unsent: int
+    ) -> None:
+        try:
+            self.enqueue_created(organization_id, ids, deployments)
+        except BrokerAway as e:
+            log.warning(
+                "the broker is away (%s): %d new deployments of %s are left to the relay",
+                e,
+                len(ids),
+                organization_id,
+            )
+        except DATABASE_ERRORS as e:  # the unmark after a failed send: the record stays, the relay reads it
+            log.warning("new deployments of %s left to the relay: %s", organization_id, type(e).__name__)
+            return
+        try:
+            with self.app.session() as session:
+                forget_unsent(session, record_id=unsent)
+        except DATABASE_ERRORS as e:  # the relay will read the record: at worst a second message
+            log.warning("unsent record %d of %s kept: %s", unsent, organization_id, type(e).__name__)
 
     def enqueue_created(
         self, organization_id: str, ids: Sequence[str], deployments: Sequence[NewDeployment]
