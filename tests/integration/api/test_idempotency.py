@@ -15,7 +15,7 @@ from sqlmodel import func, select
 from models.enums import Platform
 from models.store import ensure_organization
 from models.store.devices import NewDevice, add_devices
-from models.store.idempotency import purge_expired_keys
+from models.store.idempotency import ClaimLost, NewClaim, claim_key, keep_answer, purge_expired_keys
 from models.store.tokens import create_token
 from models.tables import Deployment, IdempotencyKey, table_of
 from models.types import utcnow
@@ -169,6 +169,29 @@ def test_concurrent_requests_with_one_key_create_once(
         assert busy.json()["error"]["code"] == 4009
         assert busy.headers["Retry-After"] == "1"
     assert deployments(mdmq) == 3
+
+
+def test_a_request_whose_lock_ran_out_cannot_keep_its_answer_once_a_retry_took_the_key(mdmq: App) -> None:
+    """The holder's process stalled past its lock: a retry with the same body takes the key over, and the
+    holder's work, kept in one transaction with its answer, rolls back instead of creating twice."""
+    first = NewClaim("acme", "order-1", "h" * 64, "first")
+    retry = NewClaim("acme", "order-1", "h" * 64, "retry")
+    now = utcnow()
+    with mdmq.session() as s:
+        assert claim_key(s, claim=first, now=now, lock_s=60, keep_s=86_400).claimed
+    with mdmq.session() as s:
+        busy = claim_key(s, claim=retry, now=now, lock_s=60, keep_s=86_400)
+        taken = claim_key(s, claim=retry, now=now + timedelta(seconds=61), lock_s=60, keep_s=86_400)
+
+    assert not busy.claimed
+    assert busy.answer is None
+    assert not busy.reused
+    assert taken.claimed
+    with pytest.raises(ClaimLost), mdmq.session() as s:
+        keep_answer(s, claim=first, status=202, answer={"status": True})
+    with mdmq.session() as s:
+        keep_answer(s, claim=retry, status=202, answer={"status": True})
+        assert claim_key(s, claim=first, now=now, lock_s=60, keep_s=86_400).answer == {"status": True}
 
 
 def _expire_keys(mdmq: App) -> None:
