@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel
 
 from config.errors import MdmqError
-from models.store._sql import dialect_of, run
+from models.store._sql import commit_without_flush, dialect_of, run
 
 KEYS = SQLModel.metadata.tables["idempotency_key"]
 c = KEYS.c
@@ -49,7 +49,11 @@ def claim_key(session: Session, *, claim: NewClaim, now: datetime, lock_s: float
     """Take the key for this request, unless another holds it. A key is free when it is new, when it expired,
     or when the request that held it gave up without an answer (its lock ran out: its process died before its
     work committed) and this one has the same body. Concurrent claims of one key: one wins (the primary key
-    decides), the others find it in progress."""
+    decides), the others find it in progress.
+
+    Committed without waiting for the disk: the work's own commit, later, flushes the claim with it; a claim
+    lost in a database crash lost its work too, and the retry claims the key anew."""
+    commit_without_flush(session)
     values = {
         "organization_id": claim.organization_id,
         "key": claim.key,

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, SQLModel
 
 from models.ids import id_run
-from models.store._sql import run
+from models.store._sql import commit_without_flush, run
 from models.store.sweeps import unmark_enqueued
 
 UNSENT = SQLModel.metadata.tables["unsent_create"]
@@ -26,7 +26,10 @@ def record_unsent(session: Session, *, organization_id: str, ids: list[str], now
 
 
 def forget_unsent(session: Session, *, record_id: int) -> None:
-    """Their messages went out (or the deployments were unmarked for the relay already)."""
+    """Their messages went out (or the deployments were unmarked for the relay already). Committed without
+    waiting for the disk: lost in a database crash, the record makes the relay send again what was not
+    pushed yet, which at worst wakes a device twice."""
+    commit_without_flush(session)
     run(session, sa.delete(UNSENT).where(c.id == record_id))
 
 
