@@ -12,6 +12,7 @@ import requests
 import sqlalchemy as sa
 from sqlmodel import func, select
 
+from api.app import create_app
 from models.enums import Platform
 from models.store import ensure_organization
 from models.store.devices import NewDevice, add_devices
@@ -192,6 +193,14 @@ def test_a_request_whose_lock_ran_out_cannot_keep_its_answer_once_a_retry_took_t
     with mdmq.session() as s:
         keep_answer(s, claim=retry, status=202, answer={"status": True})
         assert claim_key(s, claim=first, now=now, lock_s=60, keep_s=86_400).answer == {"status": True}
+
+
+def test_the_document_shows_the_header_and_the_answers_it_adds(mdmq: App) -> None:
+    operation = create_app(mdmq).openapi()["paths"]["/v1/organizations/{organizationId}/deployments"]["post"]
+
+    assert "Idempotency-Key" in {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+    assert {"202", "409", "422"} <= set(operation["responses"])
+    assert "4022" in operation["responses"]["422"]["description"]
 
 
 def _expire_keys(mdmq: App) -> None:
