@@ -107,7 +107,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     result = run(args.deployments, args.repeat)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "create-safety.json"
+    path = RESULTS / f"create_safety-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 
