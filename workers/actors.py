@@ -189,12 +189,18 @@ class Actors:
         )
 
     def enqueue_ids(self, deployment_ids: Sequence[str]) -> int:
-        """`enqueue` for deployments known by id only (released, retried), committed already."""
+        """`enqueue` for deployments known by id only (released, retried), committed already. With the
+        broker away, those not sent are the relay's (they are not marked enqueued): logged in one line, and
+        0 messages returned, so that committed work never fails its caller."""
         if not deployment_ids:
             return 0
         with self.app.session() as session:
             due = due_for(session, ids=deployment_ids)
-        return self.enqueue(due)
+        try:
+            return self.enqueue(due)
+        except BrokerAway as e:
+            log.warning("the broker is away (%s): %d deployments are left to the relay", e, len(due))
+            return 0
 
 
 def declare_actors(app: App) -> Actors:

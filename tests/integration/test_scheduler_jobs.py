@@ -133,7 +133,9 @@ def test_a_create_with_the_broker_away_returns_its_ids_and_leaves_them_to_the_re
     [port] = free_ports(1)  # nobody listens there: every send fails as with a broker down
     away = App(actors.app.settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"}))
     try:
-        ids = declare_actors(away).create("acme", [NewDeployment(d, Kind.profile) for d in devices])
+        unreachable = declare_actors(away)
+        ids = unreachable.create("acme", [NewDeployment(d, Kind.profile) for d in devices])
+        assert unreachable.enqueue_ids(ids) == 0, "a retry's or a release's enqueue neither raises"
     finally:
         away.close()
 
