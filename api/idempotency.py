@@ -107,13 +107,16 @@ def idempotent(permission: str) -> Any:
         state = await run_in_threadpool(_claim, app, claim)
         if not state.claimed:
             raise _not_claimed(state)
-        hold = Once(app, claim, status)
+        hold, failed = Once(app, claim, status), True
         try:
             yield hold
+            failed = False
         except ClaimLost:
             raise _in_progress() from None
         finally:
-            if not hold.kept:
+            # A failure after `keep` may have rolled the answer back (a failed commit): the release deletes
+            # only a key still without an answer, so it is asked for whenever the route failed.
+            if failed or not hold.kept:
                 await run_in_threadpool(_release, app, claim)
 
     return Depends(once, scope="function")
