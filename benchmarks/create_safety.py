@@ -32,7 +32,7 @@ from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
 from models.store.idempotency import NewClaim, claim_key, keep_answer
 from models.types import utcnow
-from workers.actors import Actors, declare_actors
+from workers.actors import Actors, Created, declare_actors
 from workers.app import App
 
 RESULTS = Path(__file__).parent / "results"
@@ -91,8 +91,9 @@ def _with_key(actors: Actors, wanted: list[NewDeployment]) -> None:
     with actors.app.session() as s:
         claim_key(s, claim=claim, now=utcnow(), lock_s=60, keep_s=86_400)
 
-    def keep(session: Session, ids: list[str]) -> None:
-        keep_answer(session, claim=claim, status=202, answer={"status": True, "data": {"ids": ids}})
+    def keep(session: Session, created: Created) -> None:
+        answer = {"status": True, "data": {"rolloutId": created.rollout_id, "ids": created.ids}}
+        keep_answer(session, claim=claim, status=202, answer=answer)
 
     actors.create(ORG, wanted, before_commit=keep)
 

@@ -134,7 +134,7 @@ def test_a_create_with_the_broker_away_returns_its_ids_and_leaves_them_to_the_re
     away = App(actors.app.settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"}))
     try:
         unreachable = declare_actors(away)
-        ids = unreachable.create("acme", [NewDeployment(d, Kind.profile) for d in devices])
+        ids = unreachable.create("acme", [NewDeployment(d, Kind.profile) for d in devices]).ids
         assert unreachable.enqueue_ids(ids) == 0, "a retry's or a release's enqueue neither raises"
     finally:
         away.close()
