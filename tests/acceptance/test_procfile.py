@@ -1,9 +1,11 @@
-"""`honcho start` runs the Procfile as it is, on an empty PostgreSQL database and Redis: the release step
-migrates while the other three wait for it, and then each serves its /metrics and does its work."""
+"""`honcho start` runs the Procfile as it is, in a checkout set up by `./dev setup` with nothing activated,
+on an empty PostgreSQL database and Redis: the release step migrates while the other three wait for it, and
+then each serves its /metrics and does its work."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,8 +50,13 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
     web_port, worker_port, scheduler_port, web_metrics_port = free_ports(4)
     base_port = web_port - 100 * names.index("web")  # honcho gives the i-th process base + 100 * i
     bin_dir = str(Path(sys.executable).parent)
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")} | {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    # As after `./dev setup` in a fresh clone: the virtual environment is not activated, nor on PATH.
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != Path(bin_dir)
+    )
+    assert shutil.which("mdmq", path=path) is None, "no mdmq on PATH but the virtual environment's"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MDMQ_", "VIRTUAL_ENV"))} | {
+        "PATH": path,
         "MDMQ_DATABASE_URL": empty_database,
         "MDMQ_BROKER_URL": REDIS_URL,
         "MDMQ_ENVIRONMENT": "production",
@@ -73,7 +80,8 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
     worker = f"http://127.0.0.1:{worker_port}/metrics"
     scheduler = f"http://127.0.0.1:{scheduler_port}/metrics"
     try:
-        wait_until(lambda: answers(web + "/healthz"), 120, f"the API on {web}")
+        wait_until(lambda: honcho.poll() is not None or answers(web + "/healthz"), 120, f"the API on {web}")
+        assert honcho.poll() is None, (tmp_path / "honcho.log").read_text()
         assert is_current(empty_database), "the release step migrated the database"
         assert requests.get(web + "/readyz", timeout=10).json()["data"] == {"database": "up", "broker": "up"}
         wait_until(lambda: scraped(scheduler).get("mdmq_scheduler_leader") == 1, 60, "the scheduler to lead")

@@ -142,15 +142,25 @@ def copy_units(directory: Path) -> Path:
 # --- the Procfile and the settings ------------------------------------------------------------------------
 
 _DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
+VENV_RUNNER = ["./dev", "run"]  # the checkout's .venv/bin first on PATH: `honcho start` needs no activation
 
 
-def procfile_commands() -> dict[str, list[str]]:
-    """Each Procfile process's argv, `${VAR:-default}` taken at its default."""
-    commands: dict[str, list[str]] = {}
+def procfile_lines() -> dict[str, list[str]]:
+    """Each Procfile line's words, `${VAR:-default}` taken at its default."""
+    lines: dict[str, list[str]] = {}
     for line in (ROOT / "Procfile").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, command = line.partition(":")
-            commands[name.strip()] = shlex.split(_DEFAULTED.sub(r"\2", command))
+            lines[name.strip()] = shlex.split(_DEFAULTED.sub(r"\2", command))
+    return lines
+
+
+def procfile_commands() -> dict[str, list[str]]:
+    """Each Procfile process's mdmq argv, as the other deployment files must run it."""
+    commands: dict[str, list[str]] = {}
+    for name, words in procfile_lines().items():
+        assert words[: len(VENV_RUNNER)] == VENV_RUNNER, f"{name} runs through {' '.join(VENV_RUNNER)}"
+        commands[name] = words[len(VENV_RUNNER) :]
     # The Procfile's release stays up afterwards (--stay) only because honcho stops everything when one
     # process ends; a Job, a oneshot unit and a Compose one-shot service must run to completion.
     commands["release"] = [word for word in commands["release"] if word != "--stay"]
