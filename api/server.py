@@ -112,5 +112,6 @@ def server_config(app: Any, settings: Settings, *, host: str, port: int) -> uvic
         port=port,
         http=api_protocol(settings),
         timeout_keep_alive=settings.api_keep_alive_s,
-        log_config=None,
+        log_config=None,  # uvicorn's lines go to the process's handler, JSON in production
+        access_log=False,  # `api.access_log` writes it, with latency and request id
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -43,7 +44,10 @@ def db_upgrade(
     settings = load_settings()
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
     upgrade(settings.database_url, revision)
-    typer.echo(f"database at {revision}")
+    if settings.json_logs:  # the release step of a deployment: its log, one format
+        logging.getLogger(__name__).info("database at %s", revision, extra={"revision": revision})
+    else:
+        typer.echo(f"database at {revision}")
     if stay:
         stopping = {signal.SIGTERM, signal.SIGINT}
         signal.pthread_sigmask(signal.SIG_BLOCK, stopping)

@@ -4,7 +4,9 @@ then each serves its /metrics and does its work."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -100,6 +102,10 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
         assert 'mdmq_http_requests_total{method="GET",route="/healthz",status="200"}' in scraped(
             f"http://127.0.0.1:{web_metrics_port}/metrics"
         )
+        given = requests.get(web + "/healthz", headers={"X-Request-ID": "lb-7f3a.2"}, timeout=10)
+        assert given.headers["X-Request-ID"] == "lb-7f3a.2", "a sane request id is kept"
+        forged = requests.get(web + "/healthz", headers={"X-Request-ID": 'x", "level": "x'}, timeout=10)
+        assert re.fullmatch(r"[0-9a-f]{32}", forged.headers["X-Request-ID"]), "another is replaced"
     finally:
         honcho.send_signal(signal.SIGTERM)
         honcho.wait(timeout=90)
@@ -107,3 +113,41 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
     for name in ("release", "web", "worker", "scheduler"):
         assert f"{name}.1" in output, f"honcho ran {name}"
     assert not any(answers(url) for url in (web + "/healthz", worker, scheduler)), "all stopped"
+
+    # In production every line of every process is one JSON object: Dramatiq's and uvicorn's included.
+    lines = process_lines(output)
+    assert {name for name, _ in lines} == {"release", "web", "worker", "scheduler"}
+    not_json = [(name, line) for name, line in lines if not is_json_object(line)]
+    assert not not_json, f"lines that are not JSON: {not_json[:5]}"
+    logged = [(name, json.loads(line)) for name, line in lines]
+    assert any(n == "worker" and line["logger"].startswith("dramatiq.WorkerProcess") for n, line in logged)
+    assert any(n == "worker" and line["logger"].startswith("dramatiq.MainProcess") for n, line in logged)
+    assert any(n == "web" and line["logger"].startswith("uvicorn.") for n, line in logged)
+    accesses = [line for n, line in logged if n == "web" and line["logger"] == "api.access_log"]
+    kept = [line for line in accesses if line["request_id"] == "lb-7f3a.2"]
+    assert [(line["path"], line["status"]) for line in kept] == [("/healthz", 200)]
+    assert all(isinstance(line["latency_ms"], float) for line in accesses)
+    assert all(line["request_id"] for line in accesses)
+
+
+# honcho's prefix: a time, the process and its number, padding, a bar; `system` is honcho's own.
+_HONCHO_LINE = re.compile(r"\d\d:\d\d:\d\d (\w+)\.\d+ +\| (.*)")
+
+
+def process_lines(output: str) -> list[tuple[str, str]]:
+    """What each process wrote, stdout and stderr, by process name; honcho's own lines left out."""
+    lines = []
+    for raw in output.splitlines():
+        matched = _HONCHO_LINE.fullmatch(raw)
+        if matched is None:
+            assert re.match(r"\d\d:\d\d:\d\d system +\| ", raw), f"not a process line: {raw!r}"
+            continue
+        lines.append((matched[1], matched[2]))
+    return lines
+
+
+def is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False

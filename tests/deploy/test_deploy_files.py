@@ -218,11 +218,11 @@ def dramatiq_shutdown_timeout_s() -> float:
     `mdmq worker` starts it (Dramatiq's --worker-shutdown-timeout, its default unless the command sets it)."""
     from dramatiq.cli import make_argument_parser
 
-    from workers.launch import worker_command
+    from workers.launch import LAUNCHER, worker_command
 
     command = worker_command(processes=2, threads=8)
     parser = make_argument_parser()  # type: ignore[no-untyped-call]  # Dramatiq declares no types for it
-    arguments = parser.parse_args(command[command.index("dramatiq") + 1 :])
+    arguments = parser.parse_args(command[command.index(LAUNCHER) + 1 :])
     timeout_ms: int = arguments.worker_shutdown_timeout
     return timeout_ms / 1000
 
