@@ -151,7 +151,7 @@ def worker(
     processes: int = typer.Option(2, min=1, help="Worker processes."),
     threads: int = typer.Option(8, min=1, help="Threads per worker process."),
 ) -> None:
-    """The Dramatiq workers: `dramatiq workers.main:broker` with these processes and threads."""
+    """The Dramatiq workers: Dramatiq's command on `workers.main:broker` with these processes and threads."""
     from workers.launch import worker_command, worker_environment
 
     settings = load_settings()  # a wrong setting is one line here, not a traceback in every worker process
