@@ -12,12 +12,11 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from api.representation import deployment_detail, deployment_summary, outcome, provider_hold
-from cli.output import emit_json
+from cli.output import emit_json, make_console
 from config import load_settings
 from models.database import Session
 from models.enums import Actor
@@ -40,8 +39,8 @@ EXIT_NOTHING = 1
 EXIT_USAGE = 64
 EXIT_DECLINED = 65
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 CHUNK = 1_000  # deployments per transaction of a cancel or retry
 Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]
 
