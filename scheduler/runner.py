@@ -64,6 +64,9 @@ class Scheduler:
         self._leading = False
         self._clock = clock
         self._standby_said_at: float | None = None  # monotonic; None: say it at the next refresh
+        for job in jobs:  # at 0 from the first scrape, so that the first error shows in rate()
+            for outcome in ("ok", "error"):
+                JOB_RUNS.labels(scheduler_job=job.name, outcome=outcome)
         self._aps = BlockingScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},

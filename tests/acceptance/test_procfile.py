@@ -86,6 +86,16 @@ def test_honcho_start_brings_up_the_procfile_and_every_process_serves_metrics(
         assert honcho.poll() is None, (tmp_path / "honcho.log").read_text()
         assert is_current(empty_database), "the release step migrated the database"
         assert requests.get(web + "/readyz", timeout=10).json()["data"] == {"database": "up", "broker": "up"}
+        wait_until(lambda: answers(scheduler) and answers(worker), 60, "the scheduler's and workers' metrics")
+        # Counters with known labels are at 0 from the first scrape, so that rate() sees their first count.
+        first = scraped(scheduler) | scraped(worker)
+        assert first['mdmq_scheduler_job_runs_total{outcome="error",scheduler_job="relay"}'] == 0
+        assert first['mdmq_transitions_total{kind="security_action",status="Failed"}'] == 0
+        assert (
+            first['mdmq_push_requests_total{outcome="dead_token",provider="apns",reason="BadDeviceToken"}']
+            == 0
+        )
+        assert first['mdmq_push_requests_total{outcome="accepted",provider="fcm",reason="none"}'] == 0
         wait_until(lambda: scraped(scheduler).get("mdmq_scheduler_leader") == 1, 60, "the scheduler to lead")
         wait_until(
             lambda: 'mdmq_deployments{kind="profile",status="Queued"}' in scraped(scheduler), 30, "gauges"
