@@ -120,6 +120,8 @@ def watch_certificates(app: App, now: datetime) -> int:
     with app.session() as s:
         watched = watched_certificates(s)
     for certificate in watched:
+        if not still_leading():  # each check may take TLS_TIMEOUT_S: a stopping scheduler stops here
+            return alerts
         found = _check_watched(certificate)
         with app.session() as s:
             alerts += _apply_to_watched(s, certificate.id, found, app.settings.thresholds_days, now)
