@@ -16,8 +16,7 @@ from config.settings import Settings
 from models.enums import CredentialKind, CredentialStatus, Provider, PushEnvironment
 from models.migrations.runner import upgrade
 from models.statuses import Kind, Status
-from models.store import NewDeployment, create_deployments
-from models.store import ensure_organization
+from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.credentials import record_credential_check
 from models.store.maintenance import RECEIPT
 from models.store.unsent import UNSENT, record_unsent
