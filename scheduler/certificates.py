@@ -28,7 +28,7 @@ from prometheus_client import Gauge
 from sentry_sdk.integrations.logging import ignore_logger
 
 from models.database import Session
-from models.enums import CertificateSource, CredentialKind, CredentialStatus, Provider
+from models.enums import PROVIDER_NAMES, CertificateSource, CredentialKind, CredentialStatus, Provider
 from models.secrets import CannotDecrypt
 from models.store.certificates import record_watched_check, watched_certificate, watched_certificates
 from models.store.certificates import watch_certificates as watch_targets
@@ -47,7 +47,7 @@ from workers.providers.base import CredentialRejected, Outcome, Push
 from workers.providers.credentials import InvalidCredential
 from workers.push_gateway import PushGateway
 from workers.services.credential_rows import credential_from_row
-from workers.services.dispatch import HOLD_FIRST_PROBE_S, PROVIDER_NAMES, wake_up
+from workers.services.dispatch import HOLD_FIRST_PROBE_S, wake_up
 
 log = logging.getLogger(__name__)
 # This module sends each alert to Sentry itself, once; its log lines must not become a second event.
