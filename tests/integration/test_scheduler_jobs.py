@@ -20,7 +20,7 @@ from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.credentials import record_credential_check
 from models.store.maintenance import RECEIPT
 from models.store.unsent import UNSENT, record_unsent
-from models.tables import Deployment, DeploymentEvent, table_of
+from models.tables import Deployment, DeploymentEvent, PushAttempt, table_of
 from models.types import utcnow
 from sandbox.tls import issue_client_certificate, make_ca
 from scheduler import certificates, gauges, jobs
@@ -34,6 +34,7 @@ from workers.services.credentials import store_credential
 
 DEPLOYMENT = table_of(Deployment)
 EVENT = table_of(DeploymentEvent)
+ATTEMPT = table_of(PushAttempt)
 
 COUNT = 2_500  # two and a half pages of PAGE = 1,000
 
@@ -176,7 +177,7 @@ def test_stuck_deployments_are_counted_per_kind_and_status(
     assert gauges.STUCK.labels(kind="security_action", status="Queued")._value.get() == 0
 
 
-def test_retention_deletes_what_ended_long_ago_with_its_events_and_nothing_else(
+def test_retention_deletes_what_ended_long_ago_with_its_events_and_failed_pushes_and_nothing_else(
     actors: Actors, make_deployments: MakeDeployments
 ) -> None:
     engine = actors.app.engine
@@ -205,14 +206,29 @@ def test_retention_deletes_what_ended_long_ago_with_its_events_and_nothing_else(
                 for d in old + recent
             ],
         )
+        connection.execute(
+            sa.insert(ATTEMPT),
+            [
+                {
+                    "deployment_id": d,
+                    "at": long_ago,
+                    "provider": "apns",
+                    "outcome": "transient",
+                    "status": 503,
+                }
+                for d in old + recent
+            ],
+        )
 
     assert jobs.retention_job(actors, utcnow()) == 3
     assert jobs.retention_job(actors, utcnow()) == 0
     with engine.connect() as connection:
         left = set(connection.execute(sa.select(DEPLOYMENT.c.id)).scalars())
         with_events = set(connection.execute(sa.select(EVENT.c.deployment_id)).scalars())
+        with_attempts = set(connection.execute(sa.select(ATTEMPT.c.deployment_id)).scalars())
     assert left == set(recent + reopened)
     assert with_events == set(recent)
+    assert with_attempts == set(recent)
 
 
 def test_the_gauges_job_counts_statuses_holds_pending_devices_and_the_backlog(
