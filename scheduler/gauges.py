@@ -35,7 +35,9 @@ PENDING_DEVICES = Gauge(
 )
 QUEUE_MESSAGES = Gauge(
     "mdmq_queue_messages",
-    "Messages waiting on the broker, by queue and state (ready; delayed: a retry or a message not yet due).",
+    "Messages on the broker, by queue and state: ready; delayed (a retry or a message not yet due); "
+    "in_flight (taken by a live worker process, not yet acknowledged; Redis only); orphaned (taken by a "
+    "worker process that died, back on the queue within MDMQ_BROKER_HEARTBEAT_TIMEOUT_S).",
     ["queue", "state"],
 )
 LEADER_ONLY = (DEPLOYMENTS, STUCK, HELD, PENDING_DEVICES, QUEUE_MESSAGES)
