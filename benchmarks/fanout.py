@@ -243,6 +243,14 @@ def heaviest(profile: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def own_backends(engine: sa.Engine) -> list[int]:
+    """The PostgreSQL backends serving the run's database: its share of the server's CPU, apart from the
+    other databases of a shared machine (the server's background writers are left out)."""
+    with engine.connect() as connection:
+        statement = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        return [int(pid) for pid in connection.execute(sa.text(statement)).scalars()]
+
+
 def rows_written(engine: sa.Engine) -> int:
     with engine.connect() as connection:
         connection.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
@@ -393,6 +401,7 @@ def run(
                 cpu_by_pid(pids_named("postgres")),
                 cpu_by_pid(pids_named("redis-server")),
                 rows_written(engine),
+                cpu_by_pid(own_backends(engine)),
             )
             with profiled(children(dramatiq.pid), profile and profile / str(deployments)):
                 created_s, enqueued_s, first_s, pushed_s, done_s = _roll_out(
@@ -404,6 +413,7 @@ def run(
                 cpu_since(before[1], pids_named("postgres")),
                 cpu_since(before[2], pids_named("redis-server")),
                 rows_written(engine),
+                cpu_since(before[4], own_backends(engine)),
             )
             pushes = _pushes(engine)
         parent.send("stop")
@@ -429,6 +439,7 @@ def run(
         "cpu_s_per_1000": {
             "workers": round((after[0] - before[0]) * per_1000, 3),
             "postgresql": round(after[1] * per_1000, 3),
+            "postgresql_run_database": round(after[4] * per_1000, 3),
             "redis": round(after[2] * per_1000, 3),
         },
         "peak_rss_mib_per_worker_process": sorted(round(v, 1) for v in peak.values()),
