@@ -1,7 +1,7 @@
 """push_attempt: each push a provider did not accept, with its answer and the deployment's next try
 
 Revision ID: 0014
-Revises: 0010
+Revises: 0013
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import models.types
 
 revision: str = "0014"
-down_revision: str | None = "0010"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
