@@ -202,7 +202,7 @@ def sandbox(
     serve_forever(host, apns_port, fcm_port, aosp_port, tls, apns_sandbox_port=apns_sandbox_port)
 
 
-from cli import audit, credentials, holds, ops, rollouts, secrets, tokens  # noqa: E402  (after the app and its groups)
+from cli import audit, credentials, holds, ops, queues, rollouts, secrets, tokens  # noqa: E402  (after the app and its groups)
 
 ops.register(app)
 rollouts.register(app)
@@ -211,6 +211,7 @@ credentials.register(app)
 tokens.register(app)
 audit.register(app)
 secrets.register(app)
+queues.register(app)
 
 
 def main() -> None:

@@ -18,13 +18,14 @@ from cli.options import parse_duration
 from cli.output import emit_json, fail, make_console
 from config import load_settings
 from models.ids import is_id, is_organization_id
-from models.permissions import PERMISSIONS, unknown_permissions
+from models.permissions import PERMISSIONS, mixes_ops, unknown_permissions
 from models.store import ensure_organization
 from models.store.audit import TOKEN_CREATED, TOKEN_REVOKED, record_audit_event
 from models.store.organizations import organization_exists
 from models.store.tokens import (
     DEFAULT_LIFETIME,
     MAX_LIFETIME,
+    MixedPermissions,
     UnknownPermission,
     create_token,
     get_token,
@@ -64,12 +65,15 @@ def create(
     ] = False,
     as_json: Json = False,
 ) -> None:
-    """Create an API token and print it, once, as the last line: only its hash is stored."""
+    """Create an API token and print it, once, as the last line: only its hash is stored. An operator's
+    token (`--permission mdm.ops.view`, for the page at /ops) carries that permission alone."""
     if not is_organization_id(org):
         fail(f"--org {org!r} is not an organization id (24 hex, or 3+ letters, digits, -)", EXIT_USAGE)
     unknown = unknown_permissions(permission)
     if unknown:
         fail(str(UnknownPermission(unknown)), EXIT_USAGE)
+    if mixes_ops(permission):
+        fail(str(MixedPermissions()), EXIT_USAGE)
     lifetime = parse_duration(expires_in, "--expires-in")
     if lifetime > MAX_LIFETIME:
         fail(f"--expires-in {expires_in}: at most {MAX_LIFETIME.days}d", EXIT_USAGE)

@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     api_max_connections: int = Field(default=1_000, ge=1)
     # /docs and /openapi.json: on in development, off in production unless this turns them on.
     api_docs: bool | None = None
+    # The operator's page (/ops): how long its sign-in lasts, and how often it refreshes itself. The token
+    # behind a sign-in is checked on every request: revoking it signs the page out at once.
+    ops_session_s: float = Field(default=8 * 3_600.0, ge=60, le=7 * 86_400)
+    ops_refresh_s: float = Field(default=5.0, ge=1, le=300)
 
     # Secrets at rest (push credential material, push magic): AES-256 keys (32 bytes, url-safe base64), newest
     # first, comma-separated, or a file of them one a line. Production refuses to start without one;

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# The operator's page (`/ops`): every organization's queues, rollouts, holds and credentials. A token carrying
+# it carries nothing else, so that no organization's token opens the page and an operator's token acts for no
+# organization; only `mdmq token create` makes one (no API route creates tokens).
+OPS_VIEW = "mdm.ops.view"
+
 PERMISSIONS = frozenset(
     {
         "mdm.aosp.command.get",  # a command's push status
@@ -14,6 +19,7 @@ PERMISSIONS = frozenset(
         "mdm.deployment.get",  # one deployment, and the list; rollouts
         "mdm.deployment.retry",  # deployments, or a rollout's
         "mdm.device.report",  # the MDM check-in server's device reports
+        OPS_VIEW,
     }
 )
 
@@ -21,3 +27,9 @@ PERMISSIONS = frozenset(
 def unknown_permissions(names: Iterable[str]) -> list[str]:
     """Those of `names` outside the closed set, once each, in the order given."""
     return [name for name in dict.fromkeys(names) if name not in PERMISSIONS]
+
+
+def mixes_ops(names: Iterable[str]) -> bool:
+    """Whether `names` put the operator's permission beside an organization's: refused at creation."""
+    wanted = set(names)
+    return OPS_VIEW in wanted and len(wanted) > 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import logging
 import os
 import tempfile
@@ -64,6 +65,7 @@ class KeyRing:
         if not keys:
             raise ValueError("a key ring needs at least one key")
         ciphers = [_cipher(key) for key in keys]
+        self._raw = [base64.urlsafe_b64decode(key.encode("ascii")) for key in keys]
         self._newest = ciphers[0]
         self._by_id = dict(reversed(ciphers))  # a key given twice: its first place counts
         self.plaintext_writes = plaintext_writes
@@ -72,6 +74,11 @@ class KeyRing:
     def newest_key_id(self) -> str:
         """The id of the key that encrypts (a digest's first digits: it says which key, never the key)."""
         return self._newest[0]
+
+    def derived_keys(self, purpose: str) -> list[bytes]:
+        """A key for `purpose` from each key of the ring, newest first (HMAC-SHA256 of the purpose): signing
+        keys that rotate with the ring and reveal nothing of the keys that encrypt."""
+        return [hmac.new(raw, purpose.encode(), hashlib.sha256).digest() for raw in self._raw]
 
     @staticmethod
     def generate_key() -> str:

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from config.errors import MdmqError
 from models.ids import new_id
-from models.permissions import PERMISSIONS, unknown_permissions
+from models.permissions import OPS_VIEW, PERMISSIONS, mixes_ops, unknown_permissions
 from models.store._sql import run
 from models.tables import ApiToken, table_of
 from models.types import utcnow
@@ -34,6 +34,13 @@ class UnknownPermission(MdmqError, ValueError):
         self.names = list(names)
         said = f"unknown permission(s): {', '.join(self.names)}" if names else "no permission given"
         super().__init__(f"{said}; the permissions are: {', '.join(sorted(PERMISSIONS))}")
+
+
+class MixedPermissions(MdmqError, ValueError):
+    """An operator's token (mdm.ops.view) carries no other permission: create one token for each."""
+
+    def __init__(self) -> None:
+        super().__init__(f"{OPS_VIEW} is an operator's permission and goes alone: create one token for each")
 
 
 class InvalidLifetime(MdmqError, ValueError):
@@ -61,10 +68,12 @@ def create_token(
     now: datetime | None = None,
 ) -> tuple[ApiToken, str]:
     """A new token; returns its row and the token itself, which is stored nowhere and shown this once.
-    Raises `UnknownPermission` or `InvalidLifetime`, having created nothing."""
+    Raises `UnknownPermission`, `MixedPermissions` or `InvalidLifetime`, having created nothing."""
     unknown = unknown_permissions(permissions)
     if unknown or not permissions:
         raise UnknownPermission(unknown)
+    if mixes_ops(permissions):
+        raise MixedPermissions()
     if not timedelta(0) < lifetime <= MAX_LIFETIME:
         raise InvalidLifetime(f"a token lives more than 0 and at most {MAX_LIFETIME.days} days")
     now = now or utcnow()
@@ -88,6 +97,20 @@ def use_token(session: Session, token: str, *, now: datetime | None = None) -> A
     every time: a revocation holds from the next request on, in every process."""
     now = now or utcnow()
     row = session.exec(select(ApiToken).where(ApiToken.token_hash == token_hash(token))).first()
+    if row is None or row.revoked_at is not None:
+        raise TokenRefused()
+    if expiry_of(row) <= now:
+        raise TokenExpired()
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        _note_use(session, row, now)
+    return row
+
+
+def use_token_id(session: Session, token_id: str, *, now: datetime | None = None) -> ApiToken:
+    """As `use_token`, for a token named by its id: the operator's page keeps the id in its signed cookie,
+    never the token, and checks the row on every request."""
+    now = now or utcnow()
+    row = session.get(ApiToken, token_id)
     if row is None or row.revoked_at is not None:
         raise TokenRefused()
     if expiry_of(row) <= now:

@@ -1,0 +1,122 @@
+"""What the broker holds, read for the operator's page, `mdmq queues` and the scheduler's gauges: each
+queue's messages by state, and the worker processes the broker knows of. Redis, RabbitMQ and the
+in-process broker; a figure a broker cannot tell is None, never a made-up 0."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import dq_name, xq_name
+
+from workers.broker import BULK_QUEUE, URGENT_QUEUE, queue_backlog
+
+QUEUES = (URGENT_QUEUE, BULK_QUEUE)
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    """One queue: messages ready, delayed (a retry, or not yet due), held by a worker and not yet acknowledged
+    (`in_flight`: a dead worker's stay there until the broker gives them back), and dead-lettered."""
+
+    queue: str
+    ready: int
+    delayed: int
+    in_flight: int | None
+    dead: int
+    consumers: int | None = None  # RabbitMQ's count of consumers on the queue; None on other brokers
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """A process the broker has seen lately, and how long ago (Redis keeps one heartbeat per broker
+    instance: a worker beats whenever it fetches, a process that only sends beats when it sends)."""
+
+    worker_id: str
+    age_s: float
+
+
+def queue_figures(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> list[QueueFigures]:
+    backlog = queue_backlog(broker, queues)
+    claimed, dead, consumers = (
+        in_flight(broker, queues),
+        dead_letters(broker, queues),
+        _consumers(broker, queues),
+    )
+    return [
+        QueueFigures(
+            queue,
+            backlog.get((queue, "ready"), 0),
+            backlog.get((queue, "delayed"), 0),
+            claimed.get(queue),
+            dead.get(queue, 0),
+            consumers.get(queue),
+        )
+        for queue in queues
+    ]
+
+
+def in_flight(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
+    """Messages a worker took and has not acknowledged yet, by queue (their delayed messages included). Redis
+    keeps them per worker (`<ns>:__acks__.<worker>.<queue>`); RabbitMQ does not tell a client (only its
+    management plugin does): no entry. The in-process broker's are the ones its workers hold."""
+    if isinstance(broker, RedisBroker):
+        client, ns = broker.client, broker.namespace
+        workers = [_text(w) for w in client.zrange(f"{ns}:__heartbeats__", 0, -1)]
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            for worker in workers:
+                pipe.scard(f"{ns}:__acks__.{worker}.{queue}")
+                pipe.scard(f"{ns}:__acks__.{worker}.{dq_name(queue)}")
+        counts = [int(n) for n in pipe.execute()]
+        per_queue = 2 * len(workers)
+        return {queue: sum(counts[i * per_queue : (i + 1) * per_queue]) for i, queue in enumerate(queues)}
+    if isinstance(broker, StubBroker):
+        return {
+            queue: sum(broker.queues[name].unfinished_tasks - broker.queues[name].qsize()
+                       for name in (queue, dq_name(queue)) if name in broker.queues)
+            for queue in queues
+        }  # fmt: skip
+    return {}
+
+
+def dead_letters(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
+    """Messages that ran out of retries, kept on the queue's dead-letter queue (Redis: 7 days)."""
+    if isinstance(broker, RedisBroker):
+        client, ns = broker.client, broker.namespace
+        return {queue: int(client.zcard(f"{ns}:{xq_name(queue)}")) for queue in queues}
+    if isinstance(broker, RabbitmqBroker):
+        return {queue: broker.get_queue_message_counts(queue)[2] for queue in queues}
+    if isinstance(broker, StubBroker):
+        return {queue: len(broker.dead_letters_by_queue.get(queue, ())) for queue in queues}
+    return {}
+
+
+def _consumers(broker: dramatiq.Broker, queues: tuple[str, ...]) -> dict[str, int]:
+    if not isinstance(broker, RabbitmqBroker):
+        return {}
+    # The same passive look as Dramatiq's own message counts (`get_queue_message_counts`).
+    declare: Any = broker._declare_queue
+    return {queue: int(declare(queue).method.consumer_count) for queue in queues}
+
+
+def worker_beats(broker: dramatiq.Broker, *, now_ms: int, within_ms: int | None = None) -> list[WorkerBeat]:
+    """The processes whose heartbeat is younger than `within_ms` (the broker's own timeout, after which it
+    gives a silent worker's messages back), freshest first. Redis only: RabbitMQ keeps no heartbeats, its
+    consumer counts (`QueueFigures.consumers`) stand for the workers."""
+    if not isinstance(broker, RedisBroker):
+        return []
+    within = broker.heartbeat_timeout if within_ms is None else within_ms
+    beats: Any = broker.client.zrangebyscore(
+        f"{broker.namespace}:__heartbeats__", now_ms - within, "+inf", withscores=True
+    )
+    found = [WorkerBeat(_text(worker), max(0.0, (now_ms - score) / 1000)) for worker, score in beats]
+    return sorted(found, key=lambda beat: beat.age_s)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
