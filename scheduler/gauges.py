@@ -11,9 +11,10 @@ from prometheus_client import Gauge
 from models.enums import Provider
 from models.store.credentials import credential_states
 from models.store.maintenance import held_counts, pending_devices, status_counts
-from scheduler import certificates
+from scheduler import certificates, overview_gauges
 from workers.actors import Actors
 from workers.broker import queue_backlog
+from workers.overview import gather_overview
 
 DEPLOYMENTS = Gauge("mdmq_deployments", "Deployments in each status, by kind.", ["kind", "status"])
 STUCK = Gauge(
@@ -64,6 +65,8 @@ def gauges_job(actors: Actors, now: datetime) -> int:
         PENDING_DEVICES.labels(provider=provider.value).set(n)
     for (queue, state), n in queue_backlog(actors.app.broker).items():
         QUEUE_MESSAGES.labels(queue=queue, state=state).set(n)
+    with actors.app.session() as s:
+        overview_gauges.export_overview(gather_overview(s, actors.app.broker, now=now))
     return sum(held.values())
 
 
@@ -71,3 +74,4 @@ def clear() -> None:
     """Drop every leader-only series, the certificate watch's too: a standby exports none of them."""
     for gauge in (*LEADER_ONLY, certificates.EXPIRY, certificates.CREDENTIAL_ACCEPTED):
         gauge.clear()
+    overview_gauges.clear()

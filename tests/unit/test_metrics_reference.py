@@ -16,6 +16,7 @@ MODULES = (
     "models.metrics",
     "scheduler.certificates",
     "scheduler.gauges",
+    "scheduler.overview_gauges",
     "scheduler.runner",
     "workers.metrics",
     "workers.prometheus",
