@@ -50,9 +50,9 @@ def _queues(o: Overview) -> Table:
 
 
 def _workers(o: Overview) -> Table:
-    table = Table("worker", "heartbeat age", title=f"live workers: {_figure(o.live_workers)}")
+    table = Table("worker", "host:pid", "heartbeat age", title=f"live workers: {_figure(o.live_workers)}")
     for w in o.workers:
-        table.add_row(w.worker_id, f"{w.age_s:.1f} s")
+        table.add_row(w.worker_id, w.name, f"{w.age_s:.1f} s")
     return table
 
 

@@ -16,6 +16,7 @@ from config.logging import configure_logging
 from config.sentry import init_sentry
 from workers.actors import declare_actors
 from workers.app import App
+from workers.queues import WorkerPresence
 from workers.warm_up import WarmUp
 
 app = App()
@@ -28,5 +29,6 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 else:
     logging.getLogger(__name__).warning("no metrics directory: start the workers with `mdmq worker`")
 app.broker.add_middleware(WarmUp(app))  # each process connects and compiles before its threads start
+app.broker.add_middleware(WorkerPresence())  # names the process for the operator's page
 actors = declare_actors(app)
 broker = app.broker

@@ -104,7 +104,9 @@ class Overview:
             "broker": self.broker,
             "queues": [_queue(q) for q in self.queues],
             "liveWorkers": self.live_workers,
-            "workers": [{"id": w.worker_id, "heartbeatAgeS": round(w.age_s, 1)} for w in self.workers],
+            "workers": [
+                {"id": w.worker_id, "name": w.name, "heartbeatAgeS": round(w.age_s, 1)} for w in self.workers
+            ],
             "rollouts": [_rollout(r) for r in self.rollouts],
             "holds": [_hold(h) for h in self.holds],
             "credentials": [_credential(c) for c in self.credentials],

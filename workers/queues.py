@@ -4,18 +4,26 @@ in-process broker; a figure a broker cannot tell is None, never a made-up 0."""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.common import dq_name, xq_name
+from dramatiq.common import current_millis, dq_name, xq_name
 
 from workers.broker import BULK_QUEUE, URGENT_QUEUE, queue_backlog
 
 QUEUES = (URGENT_QUEUE, BULK_QUEUE)
+# Beside Dramatiq's keys: broker id -> "host:pid" of each worker process (`WorkerPresence`).
+PRESENCE_KEY = "mdmq.workers"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,11 +41,55 @@ class QueueFigures:
 
 @dataclass(frozen=True)
 class WorkerBeat:
-    """A process the broker has seen lately, and how long ago (Redis keeps one heartbeat per broker
-    instance: a worker beats whenever it fetches, a process that only sends beats when it sends)."""
+    """A worker process the broker has seen lately: the broker's id of it, its host and pid, and how long ago
+    its last heartbeat was (a worker beats each time it fetches, every `MDMQ_WORKER_POLL_MS` when idle)."""
 
     worker_id: str
+    name: str  # host:pid
     age_s: float
+
+
+class WorkerPresence(dramatiq.Middleware):
+    """Names each worker process on Redis (its host and pid) from its boot to its shutdown. Dramatiq's
+    heartbeats are written by every process that uses the broker, the API's and the scheduler's sends
+    included: the overview counts as workers only the heartbeats of processes named here. A booting worker
+    forgets the names of processes that stopped beating (killed, never shut down)."""
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if not isinstance(broker, RedisBroker):
+            return
+        name = f"{socket.gethostname()}:{os.getpid()}"
+        try:
+            broker.client.hset(_presence(broker), broker.broker_id, name)
+            _forget_silent(broker)
+        except redis.RedisError as e:  # a name for the page only: the worker works without it
+            log.warning("could not name this worker on the broker: %s", e)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if not isinstance(broker, RedisBroker):
+            return
+        try:
+            broker.client.hdel(_presence(broker), broker.broker_id)
+        except redis.RedisError as e:
+            log.warning("could not remove this worker's name from the broker: %s", e)
+
+
+def _presence(broker: RedisBroker) -> str:
+    return f"{broker.namespace}:{PRESENCE_KEY}"
+
+
+def _forget_silent(broker: RedisBroker) -> None:
+    """Forget the other processes whose heartbeat stopped (this one has not beaten yet at its boot)."""
+    client = broker.client
+    ids = [i for i in (_text(i) for i in client.hkeys(_presence(broker))) if i != broker.broker_id]
+    beats: Any = client.pipeline(transaction=False)
+    for worker_id in ids:
+        beats.zscore(f"{broker.namespace}:__heartbeats__", worker_id)
+    scores = beats.execute() if ids else []
+    oldest = current_millis() - broker.heartbeat_timeout
+    silent = [i for i, score in zip(ids, scores, strict=True) if score is None or score < oldest]
+    if silent:
+        client.hdel(_presence(broker), *silent)
 
 
 def queue_figures(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> list[QueueFigures]:
@@ -105,16 +157,22 @@ def _consumers(broker: dramatiq.Broker, queues: tuple[str, ...]) -> dict[str, in
 
 
 def worker_beats(broker: dramatiq.Broker, *, now_ms: int, within_ms: int | None = None) -> list[WorkerBeat]:
-    """The processes whose heartbeat is younger than `within_ms` (the broker's own timeout, after which it
-    gives a silent worker's messages back), freshest first. Redis only: RabbitMQ keeps no heartbeats, its
-    consumer counts (`QueueFigures.consumers`) stand for the workers."""
+    """The worker processes (named by `WorkerPresence`) whose heartbeat is younger than `within_ms` (the
+    broker's own timeout, after which it gives a silent worker's messages back), freshest first. Redis only:
+    RabbitMQ keeps no heartbeats, its consumer counts (`QueueFigures.consumers`) stand for the workers."""
     if not isinstance(broker, RedisBroker):
         return []
     within = broker.heartbeat_timeout if within_ms is None else within_ms
     beats: Any = broker.client.zrangebyscore(
         f"{broker.namespace}:__heartbeats__", now_ms - within, "+inf", withscores=True
     )
-    found = [WorkerBeat(_text(worker), max(0.0, (now_ms - score) / 1000)) for worker, score in beats]
+    ids = [_text(worker) for worker, _ in beats]
+    names: Any = broker.client.hmget(_presence(broker), ids) if ids else []
+    found = [
+        WorkerBeat(worker_id, _text(name), max(0.0, (now_ms - score) / 1000))
+        for worker_id, name, (_, score) in zip(ids, names, beats, strict=True)
+        if name is not None
+    ]
     return sorted(found, key=lambda beat: beat.age_s)
 
 

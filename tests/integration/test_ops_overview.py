@@ -4,6 +4,7 @@ Each test declares a queue of its own, so that other tests' messages on the same
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from tests.helpers import wait_until
 from tests.services import RABBITMQ_URL, REDIS_URL, require
 from workers.broker import build_broker
 from workers.overview import gather_overview
-from workers.queues import QueueFigures, queue_figures, worker_beats
+from workers.queues import QueueFigures, WorkerPresence, queue_figures, worker_beats
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -51,6 +52,7 @@ def test_each_state_of_a_queue_is_counted_and_the_worker_holding_a_message_is_se
     holding = dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_hold", max_retries=0)(hold)
     failing = dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_fail", max_retries=0)(fail)
     later = dramatiq.actor(broker=broker, queue_name=idle, actor_name=f"{idle}_later")(hold)
+    broker.add_middleware(WorkerPresence())
     worker = dramatiq.Worker(broker, queues={queue}, worker_threads=1, worker_timeout=100)
     worker.queue_prefetch = 1
     worker.start()
@@ -73,7 +75,8 @@ def test_each_state_of_a_queue_is_counted_and_the_worker_holding_a_message_is_se
             assert figures.in_flight == 1, "the message the worker holds"
             beats = worker_beats(broker, now_ms=int(utcnow().timestamp() * 1000))
             assert isinstance(broker, RedisBroker)
-            assert broker.broker_id in {beat.worker_id for beat in beats}
+            [beat] = [b for b in beats if b.worker_id == broker.broker_id]
+            assert beat.name.endswith(f":{os.getpid()}"), "named by its host and pid"
         else:
             assert figures.in_flight is None, "RabbitMQ tells no client its unacknowledged messages"
             assert figures.consumers == 1
@@ -81,6 +84,11 @@ def test_each_state_of_a_queue_is_counted_and_the_worker_holding_a_message_is_se
         release.set()
         worker.stop()
         _drop(broker, queue, idle)
+    if isinstance(broker, RedisBroker):
+        now_ms = int(utcnow().timestamp() * 1000)
+        assert broker.broker_id not in {b.worker_id for b in worker_beats(broker, now_ms=now_ms)}, (
+            "a worker shut down is no longer listed, though its last heartbeat is fresh"
+        )
 
 
 def test_the_overview_gathers_both_queues_and_its_gauges_show_them(
