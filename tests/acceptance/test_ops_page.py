@@ -1,12 +1,12 @@
 """The operator's page in a real browser (Debian's chromium, driven by Playwright) during a running rollout:
-PostgreSQL, a Redis of the test's own, a real `dramatiq` worker process, the emulators and `mdmq api` in a
-process of its own. The organization's AOSP key is revoked at the push service, so its AOSP deployments are
-held and the rollout stays in progress. An operator signs in with an operator's token (an organization's
-token and a wrong one are refused), sees the queues, the live worker, the rollout's progress bar, the held
-organization with its reason and the credentials, watches the page refresh itself, signs out; a revoked
-token sends the open page back to the sign-in.
+PostgreSQL, a Redis of the test's own or a RabbitMQ virtual host of its own, a real `dramatiq` worker
+process, the emulators and `mdmq api` in a process of its own. The organization's AOSP key is revoked at
+the push service, so its AOSP deployments are held and the rollout stays in progress. An operator signs in
+with an operator's token (an organization's token and a wrong one are refused), sees the queues, the live
+worker, the rollout's progress bar, the held organization with its reason and the credentials, watches the
+page refresh itself, signs out; a revoked token sends the open page back to the sign-in.
 
-`MDMQ_OPS_SCREENSHOT=docs/img/ops.png` keeps the page's screenshot there (the README's picture)."""
+`MDMQ_OPS_SCREENSHOT=docs/img/ops.png` keeps the page's screenshot on Redis there (the README's picture)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ from models.enums import Provider
 from models.types import utcnow
 from sandbox.rollout import Rollout
 from tests.helpers import answers, free_ports, run_mdmq, wait_until
-from tests.services import CI, require
+from tests.services import CI, RABBITMQ_URL, require
 from workers.overview import Overview, gather_overview
 
 pytestmark = pytest.mark.timeout(600)
@@ -72,13 +73,36 @@ def own_redis() -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def test_an_operator_follows_a_running_rollout_on_the_page(postgres_url: str, tmp_path: Path) -> None:
+@contextmanager
+def own_vhost() -> Iterator[str]:
+    """A virtual host of the test's own on the machine's RabbitMQ: no other test's worker takes its
+    messages, and its queues' consumers are this test's worker alone."""
+    require(RABBITMQ_URL, "RabbitMQ")
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        if CI:
+            raise RuntimeError("rabbitmqctl is not installed beside RabbitMQ")
+        pytest.skip("rabbitmqctl is not installed")
+    vhost = f"mdmq-ops-{uuid.uuid4().hex[:8]}"
+    subprocess.run([ctl, "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+    try:
+        permissions = [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
+        subprocess.run(permissions, check=True, capture_output=True, timeout=60)
+        yield f"{RABBITMQ_URL.rstrip('/')}/{vhost}"
+    finally:
+        subprocess.run([ctl, "delete_vhost", vhost], check=False, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_an_operator_follows_a_running_rollout_on_the_page(
+    broker: str, postgres_url: str, tmp_path: Path
+) -> None:
     browser_path = chromium()
     api_port, api_metrics, worker_metrics, scheduler_metrics = free_ports(4)
-    with own_redis() as redis_url:
+    with own_redis() if broker == "redis" else own_vhost() as broker_url:
         settings = Settings(
             database_url=postgres_url,
-            broker_url=redis_url,
+            broker_url=broker_url,
             metrics_host="127.0.0.1",
             api_metrics_port=api_metrics,
             worker_metrics_port=worker_metrics,
@@ -186,11 +210,18 @@ def _sign_in(page: Page, token: str) -> None:
 
 
 def _sees_every_figure(page: Page, r: Rollout, rollout_id: str, total: int, reason: str) -> None:
+    redis = r.app.settings.broker_url.startswith("redis")
     for queue in ("urgent", "bulk"):
-        expect(page.locator(f"#queues tr[data-queue='{queue}'] td")).to_have_count(5)
+        cells = page.locator(f"#queues tr[data-queue='{queue}'] td")
+        expect(cells).to_have_count(5 if redis else 6)  # RabbitMQ: its consumers too
+        if not redis:
+            expect(cells.nth(3)).to_have_text("n/a")  # RabbitMQ tells no client its unacked messages
     # One `dramatiq` process; the test's own process and the API's send too, and are no workers.
     expect(page.locator("#live-workers")).to_have_text("1")
-    expect(page.locator("#workers tbody tr")).to_contain_text("s ago")
+    if redis:
+        expect(page.locator("#workers tbody tr")).to_contain_text("s ago")
+    else:
+        expect(page.locator("#workers")).to_contain_text("RabbitMQ keeps no heartbeats")
     bar = page.locator(f"#rollouts tr[data-rollout='{rollout_id}'] progress")
     expect(bar).to_have_attribute("max", str(total))
     assert 0 < int(bar.get_attribute("value") or "0") < total, "in progress: some finished, the held ones not"
@@ -207,7 +238,7 @@ def _screenshot(page: Page, tmp_path: Path) -> None:
     path = tmp_path / "ops.png"
     page.screenshot(path=str(path), full_page=True)
     keep = os.environ.get("MDMQ_OPS_SCREENSHOT")
-    if keep:
+    if keep and "broker redis" in page.locator("#updated").inner_text():  # the README's: with heartbeats
         shutil.copyfile(path, keep)
 
 
