@@ -1,7 +1,8 @@
 """`mdmq queues`: the operator's page in a terminal — queues, workers, running rollouts, holds and
 credentials, from the same overview the page shows (`workers.overview`).
 
-Exit codes: 0 done, 2 configuration, 3 the database refused.
+Exit codes: 0 done (with the broker down too: its figures are left out, and the output says why),
+2 configuration, 3 the database refused.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def queues(as_json: Json = False) -> None:
     if as_json:
         emit_json(overview.as_json())
         return
+    if overview.broker_problem:
+        console.print(f"[bold red]the broker ({overview.broker}) is {overview.broker_problem}[/]")
     console.print(Group(*tables(overview)))
 
 

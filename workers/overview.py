@@ -16,7 +16,7 @@ from models.store.credentials import list_credentials
 from models.store.holds import held_providers
 from models.store.ops import held_deployment_counts
 from models.store.rollouts import RolloutProgress, running_rollouts
-from workers.queues import QueueFigures, WorkerBeat, queue_figures, worker_beats
+from workers.queues import BrokerUnreachable, QueueFigures, WorkerBeat, broker_figures
 
 # Rollouts created this long ago or less count as running while deployments of theirs have still to end; the
 # page lists the newest of them.
@@ -87,11 +87,14 @@ class Overview:
     rollouts: list[RolloutLine]
     holds: list[HoldLine]
     credentials: list[CredentialLine]
+    broker_problem: str | None = None  # why the broker's figures (queues, workers) are missing
 
     @property
     def live_workers(self) -> int | None:
         """Worker processes: heartbeats on Redis; on RabbitMQ the consumers of the urgent queue (each worker
-        process consumes every queue once); None on the in-process broker."""
+        process consumes every queue once); None on the in-process broker, or when the broker is down."""
+        if self.broker_problem is not None:
+            return None
         if self.broker == "redis":
             return len(self.workers)
         counts = [q.consumers for q in self.queues if q.consumers is not None]
@@ -102,6 +105,7 @@ class Overview:
         return {
             "at": self.at,
             "broker": self.broker,
+            "brokerProblem": self.broker_problem,
             "queues": [_queue(q) for q in self.queues],
             "liveWorkers": self.live_workers,
             "workers": [
@@ -114,9 +118,13 @@ class Overview:
 
 
 def gather_overview(session: Session, broker: dramatiq.Broker, *, now: datetime) -> Overview:
-    """Every figure of the overview, read now: the broker's, then the database's in `session`."""
-    queues = queue_figures(broker)
-    workers = worker_beats(broker, now_ms=int(now.timestamp() * 1000))
+    """Every figure of the overview, read now: the broker's, then the database's in `session`. A broker that
+    does not answer leaves its figures out and says why: the database's are still worth seeing then."""
+    problem = None
+    try:
+        queues, workers = broker_figures(broker, now_ms=int(now.timestamp() * 1000))
+    except BrokerUnreachable as e:
+        queues, workers, problem = [], [], str(e)
     progress = running_rollouts(session, since=now - ROLLOUT_WINDOW, limit=ROLLOUTS_SHOWN)
     return Overview(
         now,
@@ -126,6 +134,7 @@ def gather_overview(session: Session, broker: dramatiq.Broker, *, now: datetime)
         [RolloutLine.from_progress(p) for p in progress],
         _holds(session),
         _credentials(session, now),
+        problem,
     )
 
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import pika.exceptions
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis, dq_name, xq_name
 
+from config.errors import MdmqError
 from workers.broker import BULK_QUEUE, URGENT_QUEUE, queue_backlog
 
 QUEUES = (URGENT_QUEUE, BULK_QUEUE)
@@ -24,6 +26,12 @@ QUEUES = (URGENT_QUEUE, BULK_QUEUE)
 PRESENCE_KEY = "mdmq.workers"
 
 log = logging.getLogger(__name__)
+# What the clients raise when the broker does not answer (Dramatiq's own, where it translates pika's).
+BROKER_ERRORS = (redis.RedisError, pika.exceptions.AMQPError, dramatiq.errors.BrokerConnectionError)
+
+
+class BrokerUnreachable(MdmqError):
+    """The broker did not answer: its figures are unknown."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,15 @@ def _forget_silent(broker: RedisBroker) -> None:
     silent = [i for i, score in zip(ids, scores, strict=True) if score is None or score < oldest]
     if silent:
         client.hdel(_presence(broker), *silent)
+
+
+def broker_figures(broker: dramatiq.Broker, *, now_ms: int) -> tuple[list[QueueFigures], list[WorkerBeat]]:
+    """Both queues' figures and the live workers; `BrokerUnreachable` (naming the client's error, which
+    repeats no password) when the broker does not answer."""
+    try:
+        return queue_figures(broker), worker_beats(broker, now_ms=now_ms)
+    except BROKER_ERRORS as e:
+        raise BrokerUnreachable(f"unreachable: {type(e).__name__}: {e}") from None
 
 
 def queue_figures(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> list[QueueFigures]:

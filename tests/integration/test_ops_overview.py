@@ -20,7 +20,7 @@ from sqlmodel import Session
 
 from models.types import utcnow
 from scheduler import overview_gauges
-from tests.helpers import wait_until
+from tests.helpers import free_ports, wait_until
 from tests.services import RABBITMQ_URL, REDIS_URL, require
 from workers.broker import build_broker
 from workers.overview import gather_overview
@@ -122,3 +122,19 @@ def _figures(broker: dramatiq.Broker, queue: str) -> QueueFigures:
 
 def scraped_names() -> set[str]:
     return {sample.name for family in REGISTRY.collect() for sample in family.samples}
+
+
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_a_broker_that_does_not_answer_leaves_its_figures_out_and_says_why(scheme: str, pg: Engine) -> None:
+    [port] = free_ports(1)  # nothing listens there
+    broker = build_broker(f"{scheme}://127.0.0.1:{port}/")
+    try:
+        with Session(pg) as session:
+            overview = gather_overview(session, broker, now=utcnow())
+    finally:
+        broker.close()
+
+    assert overview.broker_problem is not None
+    assert overview.broker_problem.startswith("unreachable: ")
+    assert (overview.queues, overview.workers, overview.live_workers) == ([], [], None)
+    assert overview.as_json()["brokerProblem"] == overview.broker_problem
