@@ -3,13 +3,17 @@ expiring cookie that names the token's id; every request checks the token again;
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import requests
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from models.store import ensure_organization
-from models.store.tokens import MixedPermissions, create_token, revoke_token
+from models.store.tokens import TOKEN, MixedPermissions, create_token, revoke_token
+from models.types import utcnow
 from tests.integration.api.conftest import Client
 
 
@@ -87,6 +91,21 @@ def test_a_revoked_token_signs_the_page_out_at_its_next_request(client: Client, 
 
     assert client.get("/ops/panels").status_code == 401
     assert client.get("/ops", allow_redirects=False).headers["location"] == "/ops/sign-in"
+
+
+def test_a_token_that_expires_signs_the_page_out_at_its_next_request(client: Client, pg: Engine) -> None:
+    token_id, token = _token(pg, "operators", "mdm.ops.view")
+    assert _sign_in(client, token).status_code == 303
+    assert client.get("/ops/panels").status_code == 200
+
+    with pg.begin() as connection:  # its expiry passes
+        expired = (
+            sa.update(TOKEN).where(TOKEN.c.id == token_id).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        connection.execute(expired)
+
+    assert client.get("/ops/panels").status_code == 401
+    assert "expired" in _sign_in(client, token).text
 
 
 def test_a_forged_or_foreign_cookie_opens_nothing(client: Client, pg: Engine) -> None:
