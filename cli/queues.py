@@ -46,9 +46,16 @@ def _figure(n: int | None) -> str:
 
 
 def _queues(o: Overview) -> Table:
-    table = Table("queue", "ready", "delayed", "in flight", "dead", title=f"queues ({o.broker})")
+    table = Table("queue", "ready", "delayed", "in flight", "orphaned", "dead", title=f"queues ({o.broker})")
     for q in o.queues:
-        table.add_row(q.queue, _figure(q.ready), _figure(q.delayed), _figure(q.in_flight), _figure(q.dead))
+        table.add_row(
+            q.queue,
+            _figure(q.ready),
+            _figure(q.delayed),
+            _figure(q.in_flight),
+            _figure(q.orphaned),
+            _figure(q.dead),
+        )
     return table
 
 

@@ -184,6 +184,7 @@ def _queue(q: QueueFigures) -> dict[str, Any]:
         "ready": q.ready,
         "delayed": q.delayed,
         "inFlight": q.in_flight,
+        "orphaned": q.orphaned,
         "dead": q.dead,
         "consumers": q.consumers,
     }

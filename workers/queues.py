@@ -16,7 +16,7 @@ import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.common import current_millis, dq_name, xq_name
+from dramatiq.common import current_millis, xq_name
 
 from config.errors import MdmqError
 from workers.broker import BULK_QUEUE, URGENT_QUEUE, queue_backlog
@@ -36,14 +36,16 @@ class BrokerUnreachable(MdmqError):
 
 @dataclass(frozen=True)
 class QueueFigures:
-    """One queue: messages ready, delayed (a retry, or not yet due), held by a worker and not yet acknowledged
-    (`in_flight`: a dead worker's stay there until the broker gives them back), and dead-lettered."""
+    """One queue: messages ready, delayed (a retry, or not yet due), held by a live worker and not yet
+    acknowledged (`in_flight`), held by a dead one until the broker gives them back (`orphaned`), and
+    dead-lettered. RabbitMQ tells a client neither of the held counts: None."""
 
     queue: str
     ready: int
     delayed: int
     in_flight: int | None
     dead: int
+    orphaned: int | None = None  # taken by a worker process that died; back on the queue after its timeout
     consumers: int | None = None  # RabbitMQ's count of consumers on the queue; None on other brokers
 
 
@@ -111,46 +113,20 @@ def broker_figures(broker: dramatiq.Broker, *, now_ms: int) -> tuple[list[QueueF
 
 def queue_figures(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> list[QueueFigures]:
     backlog = queue_backlog(broker, queues)
-    claimed, dead, consumers = (
-        in_flight(broker, queues),
-        dead_letters(broker, queues),
-        _consumers(broker, queues),
-    )
+    dead, consumers = dead_letters(broker, queues), _consumers(broker, queues)
+    held = isinstance(broker, RedisBroker)  # the held counts are known on Redis only
     return [
         QueueFigures(
             queue,
             backlog.get((queue, "ready"), 0),
             backlog.get((queue, "delayed"), 0),
-            claimed.get(queue),
+            backlog.get((queue, "in_flight"), 0) if held else None,
             dead.get(queue, 0),
             consumers.get(queue),
+            backlog.get((queue, "orphaned"), 0) if held else None,
         )
         for queue in queues
     ]
-
-
-def in_flight(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
-    """Messages a worker took and has not acknowledged yet, by queue (their delayed messages included). Redis
-    keeps them per worker (`<ns>:__acks__.<worker>.<queue>`); RabbitMQ does not tell a client (only its
-    management plugin does): no entry. The in-process broker's are the ones its workers hold."""
-    if isinstance(broker, RedisBroker):
-        client, ns = broker.client, broker.namespace
-        workers = [_text(w) for w in client.zrange(f"{ns}:__heartbeats__", 0, -1)]
-        pipe = client.pipeline(transaction=False)
-        for queue in queues:
-            for worker in workers:
-                pipe.scard(f"{ns}:__acks__.{worker}.{queue}")
-                pipe.scard(f"{ns}:__acks__.{worker}.{dq_name(queue)}")
-        counts = [int(n) for n in pipe.execute()]
-        per_queue = 2 * len(workers)
-        return {queue: sum(counts[i * per_queue : (i + 1) * per_queue]) for i, queue in enumerate(queues)}
-    if isinstance(broker, StubBroker):
-        return {
-            queue: sum(broker.queues[name].unfinished_tasks - broker.queues[name].qsize()
-                       for name in (queue, dq_name(queue)) if name in broker.queues)
-            for queue in queues
-        }  # fmt: skip
-    return {}
 
 
 def dead_letters(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:

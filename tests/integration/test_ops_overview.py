@@ -72,13 +72,13 @@ def test_each_state_of_a_queue_is_counted_and_the_worker_holding_a_message_is_se
         figures = _figures(broker, queue)
         assert (figures.ready, figures.delayed, figures.dead) == (3, 0, 1)
         if not isinstance(broker, RabbitmqBroker):
-            assert figures.in_flight == 1, "the message the worker holds"
+            assert (figures.in_flight, figures.orphaned) == (1, 0), "the message the live worker holds"
             beats = worker_beats(broker, now_ms=int(utcnow().timestamp() * 1000))
             assert isinstance(broker, RedisBroker)
             [beat] = [b for b in beats if b.worker_id == broker.broker_id]
             assert beat.name.endswith(f":{os.getpid()}"), "named by its host and pid"
         else:
-            assert figures.in_flight is None, "RabbitMQ tells no client its unacknowledged messages"
+            assert (figures.in_flight, figures.orphaned) == (None, None), "RabbitMQ tells no client these"
             assert figures.consumers == 1
     finally:
         release.set()
