@@ -118,12 +118,12 @@ def queue_figures(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> 
     return [
         QueueFigures(
             queue,
-            backlog.get((queue, "ready"), 0),
-            backlog.get((queue, "delayed"), 0),
-            backlog.get((queue, "in_flight"), 0) if held else None,
-            dead.get(queue, 0),
-            consumers.get(queue),
-            backlog.get((queue, "orphaned"), 0) if held else None,
+            ready=backlog.get((queue, "ready"), 0),
+            delayed=backlog.get((queue, "delayed"), 0),
+            in_flight=backlog.get((queue, "in_flight"), 0) if held else None,
+            dead=dead.get(queue, 0),
+            orphaned=backlog.get((queue, "orphaned"), 0) if held else None,
+            consumers=consumers.get(queue),
         )
         for queue in queues
     ]
