@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api import audit, credentials, deployments
+from api import audit, credentials, deployments, devices
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
 from api.limits import BodyLimit
@@ -81,6 +81,7 @@ def create_app(app: App | None = None) -> FastAPI:
     actors = declare_actors(mdmq)  # to send: dispatch after a create or a retry
     api.include_router(deployments.router(actors))
     api.include_router(deployments.reports_router(actors))
+    api.include_router(devices.router(actors))
     api.include_router(credentials.router(actors))
     api.include_router(audit.router(mdmq))
 

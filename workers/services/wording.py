@@ -32,3 +32,11 @@ def device_error(chain: Sequence[Mapping[str, Any]] | None, reason: str | None) 
         code = " ".join(str(first[k]) for k in ("ErrorDomain", "ErrorCode") if k in first)
         return f"The device reported an error: {description}" + (f" ({code})" if code else "")
     return f"The device reported an error: {reason}" if reason else "The device reported an error"
+
+
+def other_topic(device_topic: str, certificate_topic: str) -> str:
+    """Why an Apple device's deployments are held: it enrolled under a topic the certificate doesn't serve."""
+    return (
+        f"device enrolled with topic {device_topic}, not the APNs certificate's {certificate_topic}: "
+        "upload its topic's certificate, or enroll the device again"
+    )
