@@ -73,7 +73,7 @@ class DevicePageAnswer(BaseModel):
 
 
 class Batch(BaseModel):
-    devices: list[dict[str, Any]] = Field(
+    devices: list[Any] = Field(
         min_length=1,
         max_length=MAX_PER_BATCH,
         description="Rows of `id` and the fields of PUT; each is checked on its own.",

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col, select
 
 from models.enums import Actor, Platform, Provider, TokenState
@@ -392,7 +393,7 @@ def list_devices(
 def _has_label(session: Session, label: str) -> sa.ColumnElement[bool]:
     labels = DEVICE.c.labels
     if dialect_of(session) == "postgresql":
-        return labels.op("@>")(sa.cast(json.dumps([label]), labels.type))
+        return labels.op("@>")(sa.bindparam(None, [label], type_=postgresql.JSONB))
     each = sa.func.json_each(labels).table_valued("value")
     return sa.exists(sa.select(each.c.value).where(each.c.value == label))
 
