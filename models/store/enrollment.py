@@ -9,6 +9,7 @@ or refused for the old token are released for the caller to enqueue.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,7 @@ _COPY_COLUMNS = ("id", "organization_id", "platform", "provider", "push_token", 
                  "topic", "labels", "created_at", "updated_at")  # fmt: skip
 # COPY's text format: these four characters are the only ones a field must escape.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_ESCAPED = re.compile(r"[\\\t\n\r]")  # searched first: most fields have none of them
 
 
 @dataclass(frozen=True)
@@ -205,11 +207,11 @@ def _copy_lines(
     for d in devices:
         magic = seal(d.push_magic, dialect)
         fields = (
-            d.id,
+            _text(d.id),
             organization,
             d.platform.value,
             d.provider.value,
-            d.push_token,
+            _text(d.push_token),
             _text(magic),
             TokenState.valid.value,
             _text(d.topic),
@@ -221,7 +223,9 @@ def _copy_lines(
 
 
 def _text(value: str | None) -> str:
-    return "\\N" if value is None else value.translate(_COPY_ESCAPES)
+    if value is None:
+        return "\\N"
+    return value.translate(_COPY_ESCAPES) if _ESCAPED.search(value) else value
 
 
 def _copy(session: Session, lines: Iterator[str]) -> None:
