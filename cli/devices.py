@@ -36,7 +36,7 @@ EXIT_REFUSED_ROWS = 1
 EXIT_USAGE = 64
 REFUSALS_SHOWN = 50
 
-devices = typer.Typer(no_args_is_help=True, help="Devices: enroll a fleet.")
+devices = typer.Typer(no_args_is_help=True, help="Devices: enroll a fleet, restore push tokens.")
 
 
 @dataclass
