@@ -36,6 +36,7 @@ _TOKEN_UPDATE = Move.ops_retry_to_queued()
 _CANCEL = Move.to(Status.cancelled)
 _COPY_COLUMNS = ("id", "organization_id", "platform", "provider", "push_token", "push_magic", "token_state",
                  "topic", "labels", "created_at", "updated_at")  # fmt: skip
+_COLUMN_LIST = ", ".join(_COPY_COLUMNS)
 # COPY's text format: these four characters are the only ones a field must escape.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _ESCAPED = re.compile(r"[\\\t\n\r]")  # searched first: most fields have none of them
@@ -228,13 +229,10 @@ def _text(value: str | None) -> str:
     return value.translate(_COPY_ESCAPES) if _ESCAPED.search(value) else value
 
 
-def _copy(session: Session, lines: Iterator[str]) -> None:
+def _copy(session: Session, lines: Iterator[str], *, table: str = "device") -> None:
     driver = session.connection().connection.driver_connection
     assert driver is not None
-    with (
-        driver.cursor() as cursor,
-        cursor.copy(f"COPY device ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy,
-    ):
+    with driver.cursor() as cursor, cursor.copy(f"COPY {table} ({_COLUMN_LIST}) FROM STDIN") as copy:
         block: list[str] = []
         for line in lines:
             block.append(line)
@@ -267,6 +265,17 @@ _UPDATE = (
 
 
 def _update(session: Session, devices: Sequence[Enrollment], now: datetime) -> None:
+    """Write the updates: on PostgreSQL one COPY into a scratch table and one UPDATE from it; elsewhere an
+    executemany. A field the enrollment leaves out (None) keeps its stored value."""
+    if not devices:
+        return
+    ordered = sorted(devices, key=lambda d: d.id)  # row locks in id order
+    if dialect_of(session) == "postgresql":
+        run(session, sa.text(_SCRATCH))
+        _copy(session, _copy_lines(session, "", ordered, now), table="device_update")
+        run(session, sa.text(_UPDATE_FROM_SCRATCH))
+        run(session, sa.text("DROP TABLE device_update"))
+        return
     params = [
         {
             "b_id": d.id,
@@ -279,10 +288,21 @@ def _update(session: Session, devices: Sequence[Enrollment], now: datetime) -> N
             "b_labels": list(d.labels) if d.labels is not None else None,
             "b_now": now,
         }
-        for d in sorted(devices, key=lambda d: d.id)
+        for d in ordered
     ]
-    if params:
-        run(session, _UPDATE, params)
+    run(session, _UPDATE, params)
+
+
+_SCRATCH = (
+    f"CREATE TEMPORARY TABLE device_update ON COMMIT DROP AS SELECT {_COLUMN_LIST} FROM device WITH NO DATA"  # noqa: S608  (column names of this module)
+)
+# `push_magic` comes sealed (or NULL: keep it), `labels` NULL when not given: the stored ones stay.
+_UPDATE_FROM_SCRATCH = """
+UPDATE device SET platform = u.platform, provider = u.provider, push_token = u.push_token,
+    push_magic = coalesce(u.push_magic, device.push_magic), topic = coalesce(u.topic, device.topic),
+    labels = coalesce(u.labels, device.labels), updated_at = u.updated_at, unenrolled_at = NULL
+FROM device_update AS u WHERE device.id = u.id
+"""
 
 
 def release_for_token_update(session: Session, *, device_ids: Sequence[str], now: datetime) -> list[str]:
