@@ -389,3 +389,30 @@ def test_permissions_and_another_organizations_device(client: Client, tokens: di
         assert (status, answer["error"]["code"]) == (404, 3001)
     status, answer = call(client, "GET", f"/v1/organizations/acme/devices/{device_id}", tokens["theirs"])
     assert (status, answer["error"]["code"]) == (404, 3001)
+
+
+def test_the_last_report_is_when_the_device_last_reported(
+    client: Client, mdmq: App, tokens: dict[str, str]
+) -> None:
+    device_id = new_id()
+    assert put(client, tokens["manage"], device_id, iphone())[0] == 201
+    with mdmq.session() as s:
+        (deployment_id,) = create_deployments(
+            s, organization_id="acme", deployments=[NewDeployment(device_id, Kind.profile)]
+        )
+        reporter = create_token(s, organization_id="acme", permissions=["mdm.device.report"])[1]
+    reported = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+    report = {"deviceId": device_id, "deploymentId": deployment_id, "report": "fetched"}
+    body = {"reports": [report | {"reportedAt": reported.isoformat()}]}
+    assert call(client, "POST", "/v1/organizations/acme/device-reports", reporter, body)[0] == 200
+    older = {
+        "reports": [
+            report | {"report": "processing", "reportedAt": (reported - timedelta(hours=1)).isoformat()}
+        ]
+    }
+    assert call(client, "POST", "/v1/organizations/acme/device-reports", reporter, older)[0] == 200
+
+    status, answer = call(client, "GET", f"/v1/organizations/acme/devices/{device_id}", tokens["read"])
+
+    assert status == 200
+    assert answer["data"]["lastReportAt"].replace("Z", "+00:00") == reported.isoformat(), "never moved back"
