@@ -12,10 +12,14 @@ from pydantic import BaseModel, Field
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import CONFLICT, ENTITY_NOT_FOUND, INVALID_REQUEST, TOPIC_CHANGE_REFUSED, ApiError
 from api.representation import device as device_out
+from models.database import Session
 from models.enums import Platform, Provider, TokenState
 from models.ids import ID_PATTERN
+from models.store.audit import DEVICE_UNENROLLED, IDS_KEPT, record_audit_event
 from models.store.enrollment import (
     DeviceFilter,
+    Enrolled,
+    Enrollment,
     EnrollRefusal,
     enroll_devices,
     get_device,
@@ -24,9 +28,9 @@ from models.store.enrollment import (
     unenroll_device,
 )
 from workers.actors import Actors
-from workers.services.devices import MAX_PER_BATCH, DeviceFields, enrollment, import_devices
+from workers.services.devices import MAX_PER_BATCH, DeviceFields, Imported, enrollment, import_devices
 
-Enrolled = Literal["enrolled", "unenrolled", "all"]
+EnrolledFilter = Literal["enrolled", "unenrolled", "all"]
 
 
 class TokenOut(BaseModel):
@@ -133,9 +137,7 @@ def router(actors: Actors) -> APIRouter:
         if isinstance(wanted, tuple):
             raise ApiError(INVALID_REQUEST, f"{wanted[0]}: {wanted[1]}")
         with app.session() as session:
-            enrolled = enroll_devices(session, organization_id=organizationId, devices=[wanted])
-            if enrolled.refused:
-                raise _refusal(enrolled.refused[0].reason, enrolled.refused[0].message)
+            enrolled = _enroll_one(session, organizationId, wanted)
             stored = get_device(session, organization_id=organizationId, device_id=deviceId)
             assert stored is not None
             data = device_out(stored, last_push=last_pushes(session, device_ids=[deviceId]).get(deviceId))
@@ -151,17 +153,7 @@ def router(actors: Actors) -> APIRouter:
         with app.session() as session:
             imported = import_devices(session, organization_id=organizationId, rows=body.devices)
         actors.enqueue_ids(list(imported.enrolled.release))
-        refused = [
-            {"index": p.index, "id": p.device_id, "field": p.field, "reason": p.reason}
-            for p in imported.problems
-        ]
-        data = {
-            "stored": imported.stored,
-            "created": len(imported.enrolled.created),
-            "updated": len(imported.enrolled.updated),
-            "refused": refused,
-        }
-        return {"status": True, "data": data}
+        return {"status": True, "data": _batch_answer(imported)}
 
     @routes.get("/devices/{deviceId}", response_model=DeviceAnswer)
     def get(organizationId: OrganizationId, deviceId: EntityId, caller: Caller) -> dict[str, Any]:
@@ -184,7 +176,7 @@ def router(actors: Actors) -> APIRouter:
         provider: Provider | None = None,
         tokenState: TokenState | None = None,
         label: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-        enrolled: Enrolled = "enrolled",
+        enrolled: EnrolledFilter = "enrolled",
         cursor: Annotated[str | None, Query(pattern=ID_PATTERN.pattern)] = None,
         limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
     ) -> dict[str, Any]:
@@ -215,17 +207,49 @@ def router(actors: Actors) -> APIRouter:
         caller.require(organizationId, "mdm.device.manage")
         with app.session() as session:
             result = unenroll_device(session, organization_id=organizationId, device_id=deviceId)
-        if result is None:
-            raise ApiError(ENTITY_NOT_FOUND)
-        return {
-            "status": True,
-            "data": {"id": deviceId, "cancelled": [a.deployment_id for a in result.applied]},
-        }
+            if result is None:
+                raise ApiError(ENTITY_NOT_FOUND)
+            cancelled = [a.deployment_id for a in result.applied]
+            detail = {"device": deviceId, "cancelled": len(cancelled), "ids": cancelled[:IDS_KEPT]}
+            record_audit_event(
+                session,
+                organization_id=organizationId,
+                actor=caller.actor,
+                action=DEVICE_UNENROLLED,
+                detail=detail,
+            )
+        return {"status": True, "data": {"id": deviceId, "cancelled": cancelled}}
 
     return routes
 
 
-def _refusal(reason: EnrollRefusal, message: str) -> ApiError:
-    if reason is EnrollRefusal.topic_change:
-        return ApiError(TOPIC_CHANGE_REFUSED, message)
-    return ApiError(CONFLICT, f"deviceId: {message}")
+def _enroll_one(session: Session, organization_id: str, wanted: Enrollment) -> Enrolled:
+    """The device enrolled or updated; its refusal as the API's error."""
+    enrolled = enroll_devices(session, organization_id=organization_id, devices=[wanted])
+    if enrolled.refused:
+        refused = enrolled.refused[0]
+        if refused.reason is EnrollRefusal.topic_change:
+            raise ApiError(TOPIC_CHANGE_REFUSED, refused.message)
+        raise ApiError(CONFLICT, f"deviceId: {refused.message}")
+    return enrolled
+
+
+def _batch_answer(imported: Imported) -> dict[str, Any]:
+    refused = [
+        {"index": p.index, "id": p.device_id, "field": p.field, "reason": p.reason} for p in imported.problems
+    ]
+    return {
+        "stored": imported.stored,
+        "created": len(imported.enrolled.created),
+        "updated": len(imported.enrolled.updated),
+        "refused": refused,
+    }
+
+
+def _audit_unenrolled(
+    session: Session, organization_id: str, device_id: str, cancelled: list[str], *, by: str
+) -> None:
+    detail = {"device": device_id, "cancelled": len(cancelled), "ids": cancelled[:IDS_KEPT]}
+    record_audit_event(
+        session, organization_id=organization_id, actor=by, action=DEVICE_UNENROLLED, detail=detail
+    )

@@ -16,6 +16,7 @@ from models.enums import TokenState
 from models.ids import new_id
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
+from models.store.audit import audit_events
 from models.store.tokens import create_token
 from models.tables import Deployment, DeploymentEvent, Device, PushDeadAnswer, table_of
 from models.types import utcnow
@@ -344,6 +345,11 @@ def test_unenroll_cancels_what_the_device_has_not_started_and_keeps_the_row(
     assert len(cancelled_events) == 4
     assert device is not None, "the row stays, for history"
     assert device.unenrolled_at is not None
+    with mdmq.session() as s:
+        (event,) = audit_events(
+            s, organization_id="acme", action="device.unenrolled", since=None, before=None, limit=5
+        )
+    assert event.detail == {"device": device_id, "cancelled": 4, "ids": answer["data"]["cancelled"]}
     status, read = call(client, "GET", f"/v1/organizations/acme/devices/{device_id}", tokens["read"])
     assert (status, read["data"]["enrolled"]) == (200, False)
 
