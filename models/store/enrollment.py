@@ -134,7 +134,9 @@ def _refusal(
 
 def topic_changes(stored: str | None, given: str | None) -> bool:
     """Would `given` change an enrolled device's topic? An Apple device keeps the topic it enrolled with:
-    its MDM enrollment names it, and a push under another topic only gets `DeviceTokenNotForTopic`."""
+    its MDM enrollment names it (Apple, "Token Update": the check-in carries the enrollment's Topic), and a
+    push under another topic only gets `DeviceTokenNotForTopic` (Apple, "Handling notification responses
+    from APNs")."""
     return stored is not None and given is not None and given != stored
 
 

@@ -36,7 +36,8 @@ def device_error(chain: Sequence[Mapping[str, Any]] | None, reason: str | None) 
 
 def other_topic(device_topic: str, certificate_topic: str) -> str:
     """Why an Apple device's deployments are held: it enrolled under a topic the certificate doesn't serve."""
+    # Under the 200 characters a hold reason keeps, with two topics of 60.
     return (
-        f"device enrolled with topic {device_topic}, not the APNs certificate's {certificate_topic}: "
-        "upload its topic's certificate, or enroll the device again"
+        f"device topic {device_topic} is not the certificate's {certificate_topic}: "
+        "upload that certificate or re-enroll"
     )

@@ -148,6 +148,7 @@ def test_a_device_of_another_topic_is_held_before_any_push_and_goes_with_its_cer
             assert held.hold_reason is not None
             assert elsewhere_topic in held.hold_reason
             assert certificate.topic in held.hold_reason
+            assert held.hold_reason.endswith("upload that certificate or re-enroll"), "not cut short"
         with Session(engine) as s:
             device = s.get_one(Device, elsewhere)
             assert device.token_state.value == "valid", "no token is touched"
