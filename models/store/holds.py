@@ -212,9 +212,13 @@ def probe_failed(
     session.flush()
 
 
-def probe_device(session: Session, *, organization_id: str, provider: Provider) -> PushTarget | None:
-    """A device to try one push to: the most recently seen of the organization's with a valid token."""
+def probe_device(
+    session: Session, *, organization_id: str, provider: Provider, topic: str | None = None
+) -> PushTarget | None:
+    """A device to try one push to: the most recently seen of the organization's enrolled ones with a valid
+    token, and of `topic` when given (a device of another topic would answer `DeviceTokenNotForTopic`)."""
     c = DEVICE.c
+    of_topic = sa.true() if topic is None else sa.or_(c.topic.is_(None), c.topic == topic)
     statement = (
         sa.select(c.id, c.push_token, c.push_magic, c.topic)
         .where(
@@ -222,6 +226,7 @@ def probe_device(session: Session, *, organization_id: str, provider: Provider) 
             c.provider == provider.value,
             c.token_state == TokenState.valid.value,
             c.unenrolled_at.is_(None),
+            of_topic,
         )
         .order_by(c.last_seen_at.desc().nulls_last(), c.id)
         .limit(1)

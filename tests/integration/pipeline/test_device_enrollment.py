@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -17,8 +18,9 @@ from models.ids import new_id
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
 from models.store.enrollment import Enrollment, enroll_devices, unenroll_device
-from models.store.holds import release_provider
+from models.store.holds import probe_device, release_provider
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential
+from models.types import utcnow
 from sandbox import Delivery, DeviceRegistry, SandboxThread
 from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topic
 from tests.helpers import sandbox_endpoints, sessions
@@ -166,3 +168,22 @@ def test_a_device_of_another_topic_is_held_before_any_push_and_goes_with_its_cer
 
     assert again.pushes == 1
     assert reached[-1].token == elsewhere_token
+
+
+def test_a_hold_is_probed_on_an_enrolled_device_of_the_certificates_topic(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    store_certificate(engine, certificate)
+    elsewhere, _ = enroll(engine, registry, topic=mdm_topic())
+    gone, _ = enroll(engine, registry, topic=certificate.topic)
+    right, _ = enroll(engine, registry, topic=certificate.topic)
+    with Session(engine) as s, s.begin():
+        unenroll_device(s, organization_id="acme", device_id=gone)
+        for device_id, minutes in ((elsewhere, 1), (gone, 2), (right, 3)):  # seen last: the first tried
+            s.get_one(Device, device_id).last_seen_at = utcnow() - timedelta(minutes=minutes)
+
+    with Session(engine) as s:
+        probed = probe_device(s, organization_id="acme", provider=Provider.apns, topic=certificate.topic)
+
+    assert probed is not None
+    assert probed.device_id == right
