@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cli.output import console, emit_json, fail
 from config import load_settings
+from models.enums import Actor
 from models.ids import is_organization_id
 from models.store import ensure_organization
 from workers.actors import declare_actors
@@ -73,7 +74,7 @@ def import_file(
         with _progress(enabled=not as_json, total=total) as advance:
             for lines, chunk in _batches(rows, batch):
                 with app.session() as session:
-                    imported = import_devices(session, organization_id=org, rows=chunk)
+                    imported = import_devices(session, organization_id=org, rows=chunk, actor=Actor.ops)
                 enqueue(list(imported.enrolled.release))  # once committed
                 _add(tally, imported, lines)
                 advance(len(chunk))

@@ -87,7 +87,12 @@ class _Stored:
 
 
 def enroll_devices(
-    session: Session, *, organization_id: str, devices: Sequence[Enrollment], now: datetime | None = None
+    session: Session,
+    *,
+    organization_id: str,
+    devices: Sequence[Enrollment],
+    actor: Actor = Actor.api,
+    now: datetime | None = None,
 ) -> Enrolled:
     """Enroll `devices` (new ones) or update them (TokenUpdate), set-based: one read of the ids, one COPY of
     the new rows on PostgreSQL, one executemany of the updates. A row that cannot be taken is refused with
@@ -112,7 +117,7 @@ def enroll_devices(
     if revived:
         restore_tokens(session, organization_id=organization_id, device_ids=revived)
     _update(session, [d for d, _ in changed], now)
-    release = release_for_token_update(session, device_ids=revived, now=now) if revived else []
+    release = release_for_token_update(session, device_ids=revived, actor=actor, now=now) if revived else []
     return Enrolled(
         tuple(d.id for d in fresh), tuple(d.id for d, _ in changed), tuple(refused), tuple(release)
     )
@@ -307,7 +312,9 @@ FROM device_update AS u WHERE device.id = u.id
 """
 
 
-def release_for_token_update(session: Session, *, device_ids: Sequence[str], now: datetime) -> list[str]:
+def release_for_token_update(
+    session: Session, *, device_ids: Sequence[str], actor: Actor, now: datetime
+) -> list[str]:
     """The deployments of these devices that waited on their old token, sent again: the Queued ones
     (held ones released), and those that ended `Error distributing` because the token was dead, back to
     Queued with an event. Returns every Queued one's id for the caller to enqueue once committed."""
@@ -321,7 +328,7 @@ def release_for_token_update(session: Session, *, device_ids: Sequence[str], now
         )
         refused += run(session, statement).scalars()
     effects = Effects(detail={"why": "token update"})
-    transition(session, ids=refused, move=_TOKEN_UPDATE, actor=Actor.api, effects=effects, now=now)
+    transition(session, ids=refused, move=_TOKEN_UPDATE, actor=actor, effects=effects, now=now)
     queued: list[str] = []
     for batch in chunked(sorted(device_ids), IDS_PER_STATEMENT):
         release = (

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.database import Session
-from models.enums import PLATFORM_PROVIDER, Platform, Provider
+from models.enums import PLATFORM_PROVIDER, Actor, Platform, Provider
 from models.ids import ID_PATTERN
 from models.push_tokens import MAX_TOKEN_CHARS, token_problem
 from models.store.enrollment import Enrolled, Enrollment, EnrollRefusal, enroll_devices
@@ -102,13 +102,16 @@ def parse_row(index: int, raw: Any) -> Enrollment | RowProblem:
     return RowProblem(index, row.id, *result)
 
 
-def import_devices(session: Session, *, organization_id: str, rows: Sequence[Any]) -> Imported:
+def import_devices(
+    session: Session, *, organization_id: str, rows: Sequence[Any], actor: Actor = Actor.api
+) -> Imported:
     """Check every row, and enroll the good ones in one set-based store call. The caller commits, then
     enqueues `enrolled.release`."""
     parsed = [parse_row(index, raw) for index, raw in enumerate(rows)]
     good = [(i, p) for i, p in enumerate(parsed) if isinstance(p, Enrollment)]
     problems = [p for p in parsed if isinstance(p, RowProblem)]
-    enrolled = enroll_devices(session, organization_id=organization_id, devices=[p for _, p in good])
+    good_rows = [p for _, p in good]
+    enrolled = enroll_devices(session, organization_id=organization_id, devices=good_rows, actor=actor)
     for refused in enrolled.refused:  # indices of the good rows' list: back to the batch's
         field = "topic" if refused.reason is EnrollRefusal.topic_change else "id"
         reason = f"{refused.reason.value}: {refused.message}"
