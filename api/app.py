@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api import audit, credentials, deployments, devices
+from api import audit, credentials, deployments, devices, idempotency, rollouts
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
 from api.limits import BodyLimit
@@ -78,9 +78,11 @@ def create_app(app: App | None = None) -> FastAPI:
     api.add_middleware(RequestMetrics)  # added last, so outermost: it counts the 413s too
     api.state.mdmq = mdmq
     install(api)
+    idempotency.install(api)
     actors = declare_actors(mdmq)  # to send: dispatch after a create or a retry
     api.include_router(deployments.router(actors))
     api.include_router(deployments.reports_router(actors))
+    api.include_router(rollouts.router(actors))
     api.include_router(devices.router(actors))
     api.include_router(credentials.router(actors))
     api.include_router(audit.router(mdmq))

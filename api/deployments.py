@@ -10,8 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
+from api import idempotency
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, INVALID_REQUEST, ApiError
+from api.idempotency import Once, idempotent
 from api.representation import deployment_detail, deployment_summary, outcome
 from api.text import StoredText
 from models.enums import Actor
@@ -19,14 +21,20 @@ from models.ids import ID_PATTERN
 from models.reports import UnknownReport, parse_report
 from models.statuses import Kind, Status
 from models.store import NewDeployment, deployment_history, get_deployment
-from models.store.deployments import DeploymentFilter, UnknownDevices, list_deployments
+from models.store.deployments import (
+    DeploymentFilter,
+    UnknownDevices,
+    count_deployments,
+    list_deployments,
+)
 from models.store.ops import get_receipt, own_deployment_ids
 from models.types import utcnow
-from workers.actors import Actors
+from workers.actors import Actors, Created
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import CheckInReport, DeviceReport, record_check_in
 
 MAX_PER_REQUEST = 10_000
+CreateOnce = Annotated[Once, idempotent("mdm.deployment.create")]
 DeviceId = Annotated[str, Field(pattern=ID_PATTERN.pattern)]  # a 24-hex id in a body
 
 
@@ -41,13 +49,14 @@ class BulkCreate(BaseModel):
     deployments: list[NewDeploymentIn] = Field(min_length=1, max_length=MAX_PER_REQUEST)
 
 
-class Ids(BaseModel):
+class CreatedData(BaseModel):
+    rolloutId: str = Field(description="The rollout these deployments make: follow it at `/rollouts/{id}`.")
     ids: list[str]
 
 
-class IdsAnswer(BaseModel):
+class CreatedAnswer(BaseModel):
     status: bool = True
-    data: Ids
+    data: CreatedData
 
 
 class IdList(BaseModel):
@@ -114,6 +123,7 @@ class DeploymentSummary(BaseModel):
 class Page(BaseModel):
     items: list[DeploymentSummary]
     next: str | None = Field(description="The cursor of the next page; null on the last one.")
+    total: int = Field(description="The deployments that match the filter, every page together.")
 
 
 class PageAnswer(BaseModel):
@@ -150,18 +160,28 @@ def router(actors: Actors) -> APIRouter:
     routes = APIRouter(prefix="/v1/organizations/{organizationId}", tags=["deployments"])
     app = actors.app
 
-    @routes.post("/deployments", status_code=202, response_model=IdsAnswer)
-    def create(organizationId: OrganizationId, body: BulkCreate, caller: Caller) -> dict[str, Any]:
+    @routes.post(
+        "/deployments", status_code=202, response_model=CreatedAnswer, responses=idempotency.RESPONSES
+    )
+    def create(
+        organizationId: OrganizationId, body: BulkCreate, caller: Caller, once: CreateOnce
+    ) -> dict[str, Any]:
         """Required permission: `mdm.deployment.create`. Up to 10,000 deployments, all or nothing: one device
         id that is not this organization's creates nothing, and the answer names it. Queued, and enqueued
-        once committed; the ids come back in the order given."""
+        once committed (202 even when the broker is away: the relay sends them when it is back), as one
+        rollout; its id, and the ids in the order given. Safe to retry with an `Idempotency-Key`."""
         caller.require(organizationId, "mdm.deployment.create")
         wanted = [NewDeployment(d.deviceId, d.kind, d.payload, d.urgent) for d in body.deployments]
         try:
-            ids = actors.create(organizationId, wanted)
+            created = actors.create(
+                organizationId,
+                wanted,
+                created_by=caller.actor,
+                before_commit=lambda s, created: once.keep(s, _created(created)),
+            )
         except UnknownDevices as e:
             raise ApiError(INVALID_REQUEST, f"unknown device id(s): {', '.join(e.device_ids[:20])}") from None
-        return {"status": True, "data": {"ids": ids}}
+        return _created(created)
 
     @routes.get("/deployments/{deploymentId}", response_model=DeploymentAnswer)
     def get(organizationId: OrganizationId, deploymentId: EntityId, caller: Caller) -> dict[str, Any]:
@@ -190,7 +210,7 @@ def router(actors: Actors) -> APIRouter:
     ) -> dict[str, Any]:
         """Required permission: `mdm.deployment.get`. Filtered by kind, status (as the console writes it),
         device, held, stuck (unchanged for MDMQ_STUCK_AFTER_S); in creation order, `limit` a page, the next
-        page from `cursor`."""
+        page from `cursor`; `total` counts every match."""
         caller.require(organizationId, "mdm.deployment.get")
         wanted_status = None
         if status is not None:
@@ -204,11 +224,10 @@ def router(actors: Actors) -> APIRouter:
             page = list_deployments(
                 session, organization_id=organizationId, where=where, after=cursor, limit=limit + 1
             )
+            total = count_deployments(session, organization_id=organizationId, where=where)
         items = [deployment_summary(d) for d in page[:limit]]
-        return {
-            "status": True,
-            "data": {"items": items, "next": page[limit - 1].id if len(page) > limit else None},
-        }
+        next_page = page[limit - 1].id if len(page) > limit else None
+        return {"status": True, "data": {"items": items, "next": next_page, "total": total}}
 
     @routes.post("/deployments/cancel", response_model=OutcomeAnswer)
     def cancel(organizationId: OrganizationId, body: IdList, caller: Caller) -> dict[str, Any]:
@@ -262,6 +281,10 @@ def reports_router(actors: Actors) -> APIRouter:
         return {"status": True, "data": outcome(results)}
 
     return routes
+
+
+def _created(created: Created) -> dict[str, Any]:
+    return {"status": True, "data": {"rolloutId": created.rollout_id, "ids": created.ids}}
 
 
 def _check_in_report(item: ReportIn, received: datetime) -> CheckInReport:

@@ -9,7 +9,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from models.statuses import Status
 from models.store import TransitionResult
+from models.store.rollouts import RolloutProgress
 from models.store.tokens import expiry_of, is_legacy
 from models.tables import (
     ApiToken,
@@ -140,6 +142,36 @@ def audit_event(e: AuditEvent) -> dict[str, Any]:
         "actor": e.actor,
         "action": e.action,
         "detail": e.detail,
+    }
+
+
+def rollout(p: RolloutProgress) -> dict[str, Any]:
+    """A rollout and where it stands: counts per status, push state, and its push rate and ETA."""
+    r = p.rollout
+    rate, eta = p.rate_per_s, p.eta_s
+    reasons = sorted(p.held_reasons.items(), key=lambda item: (-item[1], item[0]))
+    return {
+        "id": r.id,
+        "organizationId": r.organization_id,
+        "kind": r.kind,
+        "total": r.total,
+        "createdAt": r.created_at,
+        "createdBy": r.created_by,
+        "counts": {s.value: p.counts[s] for s in Status if s in p.counts},
+        "finished": p.finished,
+        "done": p.done,
+        "push": {
+            "neverPushed": p.never_pushed,
+            "pushed": p.pushed,
+            "retrying": p.retrying,
+            "held": p.held,
+            "heldReasons": [{"reason": reason, "count": n} for reason, n in reasons],
+        },
+        "firstPushAt": p.first_push_at,
+        "lastPushAt": p.last_push_at,
+        "ratePerSecond": None if rate is None else round(rate, 2),
+        "etaSeconds": None if eta is None else round(eta),
+        "measuredAt": p.measured_at,
     }
 
 

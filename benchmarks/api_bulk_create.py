@@ -1,11 +1,13 @@
 """Bulk creation over HTTP: one POST of N deployments (default 10,000), from the request to the 202.
 
     python -m benchmarks.api_bulk_create [--deployments 10000] [--repeat 5] [--without-strict-json]
+                                         [--idempotency-key]
 
 A scratch PostgreSQL database, the API served by uvicorn on loopback in this process, Redis as the broker
 (MDMQ_BENCH_REDIS_URL; the 202 comes after the dispatch messages are sent). Target: under 2 s per request.
 `--without-strict-json` serves a second API without the strict read of JSON bodies (`api/strict_json.py`)
 and alternates the requests between the two, to show what that read costs in the same run.
+`--idempotency-key` sends each request with a key of its own (`Idempotency-Key`), as a careful client does.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import statistics
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -41,7 +44,9 @@ REDIS_URL = os.environ.get("MDMQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 TARGET_S = 2.0
 
 
-def run(deployments: int, repeat: int, *, without_strict_json: bool = False) -> dict[str, object]:
+def run(
+    deployments: int, repeat: int, *, without_strict_json: bool = False, idempotency_key: bool = False
+) -> dict[str, object]:
     redis.Redis.from_url(REDIS_URL).flushdb()
     with scratch_database() as url:
         apps = [App(Settings(database_url=url, broker_url=REDIS_URL)) for _ in range(1 + without_strict_json)]
@@ -61,13 +66,20 @@ def run(deployments: int, repeat: int, *, without_strict_json: bool = False) -> 
         with requests.Session() as http:
             for n in range(repeat):
                 for i in range(len(served)) if n % 2 == 0 else reversed(range(len(served))):  # alternate
-                    seconds[i].append(_create(http, served[i][1], token, body, deployments))
+                    headers = {"Authorization": f"Bearer {token}"}
+                    if idempotency_key:
+                        headers["Idempotency-Key"] = str(uuid.uuid4())
+                    seconds[i].append(_create(http, served[i][1], headers, body, deployments))
         for server, _ in served:
             server.should_exit = True
         for app in apps:
             app.close()
     redis.Redis.from_url(REDIS_URL).flushdb()
-    result: dict[str, object] = {"benchmark": "api_bulk_create", "deployments": deployments}
+    result: dict[str, object] = {
+        "benchmark": "api_bulk_create",
+        "deployments": deployments,
+        "idempotency_key": idempotency_key,
+    }
     result |= _figures(seconds[0], f"{deployments} deployments in one request")
     if without_strict_json:
         result["without_strict_json"] = _figures(seconds[1], "the same, without the strict JSON read")
@@ -84,12 +96,14 @@ def _serve(api: FastAPI, *, strict: bool) -> tuple[uvicorn.Server, int]:
     return server, server.servers[0].sockets[0].getsockname()[1]
 
 
-def _create(http: requests.Session, port: int, token: str, body: dict[str, Any], deployments: int) -> float:
+def _create(
+    http: requests.Session, port: int, headers: dict[str, str], body: dict[str, Any], deployments: int
+) -> float:
     started = time.perf_counter()
     response = http.post(
         f"http://127.0.0.1:{port}/v1/organizations/bench/deployments",
         json=body,
-        headers={"Authorization": f"Bearer {token}"},
+        headers=headers,
         timeout=120,
     )
     seconds = time.perf_counter() - started
@@ -114,9 +128,15 @@ def main() -> None:
     parser.add_argument("--deployments", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--without-strict-json", action="store_true")
+    parser.add_argument("--idempotency-key", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    result = run(args.deployments, args.repeat, without_strict_json=args.without_strict_json)
+    result = run(
+        args.deployments,
+        args.repeat,
+        without_strict_json=args.without_strict_json,
+        idempotency_key=args.idempotency_key,
+    )
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"api_bulk_create-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2))

@@ -26,7 +26,7 @@ from models.statuses import Kind, Status
 from models.store import TransitionResult, deployment_history, get_deployment
 from models.store.certificates import watched_certificates
 from models.store.credentials import list_credentials
-from models.store.deployments import DeploymentFilter, list_deployments
+from models.store.deployments import DeploymentFilter, count_deployments, list_deployments
 from models.store.holds import held_providers
 from models.store.maintenance import stuck_counts
 from models.store.ops import get_receipt, held_deployment_counts
@@ -108,13 +108,21 @@ def deployments(
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     as_json: Json = False,
 ) -> None:
-    """Deployments by organization, status, kind and hold, newest first."""
+    """Deployments by organization, status, kind and hold, newest first; how many match in all."""
     wanted = DeploymentFilter(kind=kind, status=_status(status_), held=held)
-    rows = _matching(wanted, org, limit)
+    app = _app()
+    try:
+        with app.session() as s:
+            rows = list_deployments(
+                s, organization_id=org, where=wanted, after=None, limit=limit, newest_first=True
+            )
+            total = count_deployments(s, organization_id=org, where=wanted)
+    finally:
+        app.close()
     if as_json:
-        emit_json({"deployments": [deployment_summary(d) for d in rows]})
+        emit_json({"deployments": [deployment_summary(d) for d in rows], "total": total})
     else:
-        _table(rows, f"{len(rows)} deployment(s)")
+        _table(rows, f"{len(rows):,} of {total:,} deployment(s), newest first")
     if not rows:
         raise typer.Exit(EXIT_NOTHING)
 

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # restarted without its data, a worker killed mid-push); the re-push sweep takes the deployment again.
     # Longer than a message waits in the queue at the busiest, or a slow message is sent twice.
     redeliver_after_s: float = Field(default=REDELIVER_AFTER_S, gt=0)
+    # An `Idempotency-Key` of a create is kept this long (Stripe keeps them 24 hours); the request that holds
+    # one gives it up after `idempotency_lock_s` without an answer (its process died: a retry may take it).
+    idempotency_key_ttl_s: float = Field(default=86_400.0, gt=0)
+    idempotency_lock_s: float = Field(default=60.0, gt=0)
     # A device report sent (`reportedAt`) more than this ahead of the server's clock is refused; a smaller
     # lead is taken as sent now, so that a fast clock cannot make later reports look older.
     report_max_lead_s: float = Field(default=300.0, ge=0)

@@ -50,3 +50,10 @@ def is_id(value: str) -> bool:
 
 def is_organization_id(value: str) -> bool:
     return ORGANIZATION_ID_PATTERN.fullmatch(value) is not None
+
+
+def id_run(first_id: str, count: int) -> list[str]:
+    """The `count` ids of the `new_ids` call whose first id is `first_id`: one prefix, a counter that runs on
+    (and wraps) from the first's. A record of a whole create keeps two values, not every id."""
+    prefix, start = first_id[:18], int(first_id[18:], 16)
+    return [f"{prefix}{(start + i) & 0xFFFFFF:06x}" for i in range(count)]

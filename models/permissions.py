@@ -9,10 +9,10 @@ PERMISSIONS = frozenset(
         "mdm.aosp.command.get",  # a command's push status
         "mdm.audit.get",  # the organization's audit trail
         "mdm.credential.manage",  # upload and list push credentials
-        "mdm.deployment.cancel",
+        "mdm.deployment.cancel",  # deployments, or a rollout's
         "mdm.deployment.create",
-        "mdm.deployment.get",  # one deployment, and the list
-        "mdm.deployment.retry",
+        "mdm.deployment.get",  # one deployment, and the list; rollouts
+        "mdm.deployment.retry",  # deployments, or a rollout's
         "mdm.device.get",  # one device (never its token or push magic), and the list
         "mdm.device.manage",  # enroll, update (TokenUpdate), import and unenroll devices
         "mdm.device.report",  # the MDM check-in server's device reports

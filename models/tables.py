@@ -201,6 +201,19 @@ class PushReceipt(SQLModel, table=True):
     untracked_at: datetime | None = _ts()
 
 
+class Rollout(SQLModel, table=True):
+    """One create request's deployments, followed together: its counts are its deployments' statuses."""
+
+    __table_args__ = (sa.Index("ix_rollout_org_created", "organization_id", "created_at"),)
+
+    id: str = Field(sa_type=ID, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID)  # no foreign key, as on its deployments
+    created_by: str | None = Field(default=None, sa_type=sa.String(64))  # an API token id, "cli"
+    total: int
+    kind: str = Field(sa_type=sa.String(32))  # the deployments' kind, or "mixed"
+    created_at: datetime = _created()
+
+
 class Deployment(SQLModel, table=True):
     """One profile, app, security action or message for one device, and where it stands."""
 
@@ -216,6 +229,14 @@ class Deployment(SQLModel, table=True):
             "finished_at",
             postgresql_where=sa.text("finished_at IS NOT NULL"),
             sqlite_where=sa.text("finished_at IS NOT NULL"),
+        ),
+        # A rollout's counts per status; partial, as deployments created before rollouts have none.
+        sa.Index(
+            "ix_deployment_rollout_status",
+            "rollout_id",
+            "status",
+            postgresql_where=sa.text("rollout_id IS NOT NULL"),
+            sqlite_where=sa.text("rollout_id IS NOT NULL"),
         ),
         # Partial: a deployment has no receipt until its push is sent, and bulk creation skips the index.
         sa.Index(
@@ -246,6 +267,7 @@ class Deployment(SQLModel, table=True):
     # refused, so that reports reordered on their way never move a deployment back.
     last_report_at: datetime | None = _ts()
     receipt_id: int | None = Field(default=None, sa_type=sa.BigInteger)
+    rollout_id: str | None = Field(default=None, sa_type=ID)
     created_at: datetime = _created()
     updated_at: datetime = _created()
     enqueued_at: datetime | None = _ts()
@@ -332,6 +354,42 @@ class ApiToken(SQLModel, table=True):
     expires_at: datetime | None = _ts()
     last_used_at: datetime | None = _ts()  # to the minute: not a write on every request
     legacy: bool | None = None  # created before tokens expired: its expiry was given by the upgrade
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A create request's `Idempotency-Key`, per organization: the request it was first sent with (a hash)
+    and, once that request succeeded, its answer, which a retry with the same key and body gets again.
+    `claim` names the request that holds the key until `locked_until`; the answer is written in the
+    transaction of the work it answers, so a key without one stands for work that did not commit."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (sa.Index("ix_idempotency_key_expires", "expires_at"),)
+
+    organization_id: str = Field(sa_type=ORG_ID, primary_key=True)
+    key: str = Field(sa_type=sa.String(255), primary_key=True)
+    request_hash: str = Field(sa_type=sa.String(64))
+    claim: str = Field(sa_type=sa.String(32))
+    locked_until: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    answer_status: int | None = None
+    answer: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class UnsentCreate(SQLModel, table=True):
+    """A create whose dispatch messages may not have reached the broker yet: written in the transaction that
+    creates the deployments (written as enqueued already), deleted once their messages went out. One left
+    behind past the relay's grace (the process died between commit and send) hands its deployments to the
+    relay. Its deployments are the id run `first_id` … of `count` ids (`models.ids.id_run`)."""
+
+    __tablename__ = "unsent_create"
+    __table_args__ = (sa.Index("ix_unsent_create_created", "created_at"),)
+
+    id: int | None = Field(default=None, sa_type=BIGINT_PK, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID)
+    first_id: str = Field(sa_type=ID)
+    count: int
+    created_at: datetime = _created()
 
 
 def table_of(model: type[SQLModel]) -> sa.Table:

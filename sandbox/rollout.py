@@ -34,6 +34,7 @@ from models.statuses import TERMINAL, Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.deployments import error_examples, pending_commands, rollout_state
 from models.store.devices import NewDevice, add_devices
+from models.store.rollouts import create_rollout
 from models.types import utcnow
 from sandbox.credentials import (
     EMULATED_APNS_ENVIRONMENT,
@@ -372,8 +373,13 @@ def _roll_out(
         )
         # Written as enqueued, as `Actors.create` writes them: one session with the set-up above.
         redeliver = app.settings.redeliver_after_s
+        rollout_id = create_rollout(s, organization_id=organization_id, deployments=wanted, created_by="demo")
         ids = create_deployments(
-            s, organization_id=organization_id, deployments=wanted, redeliver_after_s=redeliver
+            s,
+            organization_id=organization_id,
+            deployments=wanted,
+            redeliver_after_s=redeliver,
+            rollout_id=rollout_id,
         )
     if actors is not None:
         actors.enqueue_created(organization_id, ids, wanted)

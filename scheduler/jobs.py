@@ -14,6 +14,7 @@ from models.enums import CredentialStatus, Provider
 from models.secrets import CannotDecrypt
 from models.store.dispatch import push_credentials
 from models.store.holds import purge_dead_answers
+from models.store.idempotency import purge_expired_keys
 from models.store.maintenance import purge_finished, stuck_counts
 from models.store.receipts import ToPoll, receipts_to_poll, record_poll, record_untracked
 from models.store.runs import purge_runs
@@ -113,6 +114,7 @@ def retention_job(actors: Actors, now: datetime) -> int:
     with actors.app.session() as s:
         purged += purge_runs(s, started_before=now - RUNS_KEPT)
         purged += purge_dead_answers(s, before=before)
+        purged += purge_expired_keys(s, before=now)
     return purged
 
 

@@ -17,16 +17,20 @@ from models.migrations.runner import upgrade
 from models.statuses import Kind
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
+from models.store.rollouts import create_rollout
 from tests.sentry import sentry  # noqa: F401  (a fixture for every test)
 from tests.services import CI, new_postgres_database
 
 TABLES = (
+    "idempotency_key",
+    "unsent_create",
     "provider_hold",
     "push_answer_window",
     "push_dead_answer",
     "audit_event",
     "deployment_event",
     "deployment",
+    "rollout",
     "push_receipt",
     "push_credential",
     "device",
@@ -94,6 +98,17 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 
 MakeDeployments = Callable[..., list[str]]
+MakeRollout = Callable[..., tuple[str, list[str]]]
+
+
+def _new_deployments(session: Session, kind: Kind, count: int, organization_id: str) -> list[NewDeployment]:
+    ensure_organization(session, organization_id=organization_id)
+    devices = add_devices(
+        session,
+        organization_id=organization_id,
+        devices=[NewDevice(Platform.ios, f"token-{uuid.uuid4().hex}") for _ in range(count)],
+    )
+    return [NewDeployment(device_id, kind, {"profile": "wifi"}) for device_id in devices]
 
 
 @pytest.fixture
@@ -102,16 +117,25 @@ def make_deployments() -> MakeDeployments:
 
     def make(engine: Engine, kind: Kind, count: int = 1, organization_id: str = "acme") -> list[str]:
         with Session(engine) as session, session.begin():
-            ensure_organization(session, organization_id=organization_id)
-            devices = add_devices(
-                session,
-                organization_id=organization_id,
-                devices=[NewDevice(Platform.ios, f"token-{uuid.uuid4().hex}") for _ in range(count)],
+            wanted = _new_deployments(session, kind, count, organization_id)
+            return create_deployments(session, organization_id=organization_id, deployments=wanted)
+
+    return make
+
+
+@pytest.fixture
+def make_rollout() -> MakeRollout:
+    """`make_deployments` as one rollout, as a create request makes them: its id and the deployments'."""
+
+    def make(
+        engine: Engine, kind: Kind, count: int = 1, organization_id: str = "acme"
+    ) -> tuple[str, list[str]]:
+        with Session(engine) as session, session.begin():
+            wanted = _new_deployments(session, kind, count, organization_id)
+            rollout_id = create_rollout(session, organization_id=organization_id, deployments=wanted)
+            ids = create_deployments(
+                session, organization_id=organization_id, deployments=wanted, rollout_id=rollout_id
             )
-            return create_deployments(
-                session,
-                organization_id=organization_id,
-                deployments=[NewDeployment(device_id, kind, {"profile": "wifi"}) for device_id in devices],
-            )
+        return rollout_id, ids
 
     return make

@@ -7,13 +7,18 @@ would hide a missing install step.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -53,3 +58,49 @@ def new_postgres_database(prefix: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+class OwnRedis:
+    """A Redis server of the test's own on a free port, as the machine's is configured (nothing kept on disk:
+    a restart loses what it held), that the test may stop and start again on the same port without touching
+    the machine's shared Redis."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if shutil.which("redis-server") is None:
+            if CI:
+                raise RuntimeError("redis-server is not installed in CI")
+            pytest.skip("redis-server is not installed")
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        self._process = subprocess.Popen([*command, "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while not _pings(client):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the test's Redis on port {self.port} did not answer in 10 s")
+            threading.Event().wait(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=30)
+            self._process = None
+
+    def __enter__(self) -> OwnRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False

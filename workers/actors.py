@@ -7,22 +7,25 @@ for `dramatiq`, the demo, the tests) builds the `App` and passes it in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 
 from config.errors import MdmqError
 from config.logging import ids_field, log_context
-from models.database import DATABASE_ERRORS, is_connection_error
+from models.database import DATABASE_ERRORS, Session, is_connection_error
 from models.reports import UnknownReport, parse_report
 from models.store import NewDeployment, create_deployments
+from models.store.rollouts import create_rollout
 from models.store.sweeps import Due, due_for
+from models.store.unsent import forget_unsent, record_unsent
+from models.types import utcnow
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
-from workers.enqueue import as_due, enqueue_dispatch
+from workers.enqueue import BrokerAway, as_due, enqueue_dispatch
 from workers.services.dispatch import dispatch_chunk, record_later
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import CheckInReport, DeviceReport, record_check_in
@@ -86,6 +89,13 @@ OPERATOR_OPTIONS: dict[str, Any] = {
 }
 
 
+class Created(NamedTuple):
+    """What `Actors.create` made: one rollout, and its deployments' ids in the order asked."""
+
+    rollout_id: str
+    ids: list[str]
+
+
 @dataclass(frozen=True)
 class Actors:
     dispatch_urgent: DispatchActor
@@ -96,19 +106,66 @@ class Actors:
     retry: dramatiq.Actor[[list[str]], None]
     app: App
 
-    def create(self, organization_id: str, deployments: Sequence[NewDeployment]) -> list[str]:
-        """Create `deployments` (all or nothing: `UnknownDevices`) and enqueue them once committed; their
-        ids, in order. They are written as enqueued already, so that sending their messages writes nothing
-        more (`create_deployments`' `redeliver_after_s`)."""
+    def create(
+        self,
+        organization_id: str,
+        deployments: Sequence[NewDeployment],
+        *,
+        created_by: str | None = None,
+        before_commit: Callable[[Session, Created], object] | None = None,
+    ) -> Created:
+        """Create `deployments` as one rollout (all or nothing: `UnknownDevices`) and enqueue them once
+        committed; the rollout's id and the deployments' ids, in order. `before_commit` writes more in the
+        same transaction (the answer of an idempotent request). Committed work is never lost to a broker
+        away: the rows not sent are left to the relay, logged in one line, and the ids returned all the same.
+
+        They are written as enqueued already, so that sending their messages writes nothing more per row
+        (`create_deployments`' `redeliver_after_s`), with one `unsent_create` record beside them, deleted
+        once sent: a process that dies in between leaves that record, and the relay takes them."""
         with self.app.session() as session:
+            now = utcnow()
+            rollout_id = create_rollout(
+                session,
+                organization_id=organization_id,
+                deployments=deployments,
+                created_by=created_by,
+                now=now,
+            )
             ids = create_deployments(
                 session,
                 organization_id=organization_id,
                 deployments=deployments,
+                now=now,
                 redeliver_after_s=self.app.settings.redeliver_after_s,
+                rollout_id=rollout_id,
             )
-        self.enqueue_created(organization_id, ids, deployments)
-        return ids
+            unsent = record_unsent(session, organization_id=organization_id, ids=ids, now=now)
+            created = Created(rollout_id, ids)
+            if before_commit is not None:
+                before_commit(session, created)
+        self._send_created(organization_id, ids, deployments, unsent)
+        return created
+
+    def _send_created(
+        self, organization_id: str, ids: list[str], deployments: Sequence[NewDeployment], unsent: int
+    ) -> None:
+        try:
+            self.enqueue_created(organization_id, ids, deployments)
+        except BrokerAway as e:
+            log.warning(
+                "the broker is away (%s): %d new deployments of %s are left to the relay",
+                e,
+                len(ids),
+                organization_id,
+            )
+        except DATABASE_ERRORS as e:  # the unmark after a failed send: the record stays, the relay reads it
+            log.warning("new deployments of %s left to the relay: %s", organization_id, type(e).__name__)
+            return
+        try:
+            with self.app.session() as session:
+                forget_unsent(session, record_id=unsent)
+        except DATABASE_ERRORS as e:  # the relay will read the record: at worst a second message
+            log.warning("unsent record %d of %s kept: %s", unsent, organization_id, type(e).__name__)
 
     def enqueue_created(
         self, organization_id: str, ids: Sequence[str], deployments: Sequence[NewDeployment]
@@ -132,12 +189,18 @@ class Actors:
         )
 
     def enqueue_ids(self, deployment_ids: Sequence[str]) -> int:
-        """`enqueue` for deployments known by id only (released, retried), committed already."""
+        """`enqueue` for deployments known by id only (released, retried), committed already. With the
+        broker away, those not sent are the relay's (they are not marked enqueued): logged in one line, and
+        0 messages returned, so that committed work never fails its caller."""
         if not deployment_ids:
             return 0
         with self.app.session() as session:
             due = due_for(session, ids=deployment_ids)
-        return self.enqueue(due)
+        try:
+            return self.enqueue(due)
+        except BrokerAway as e:
+            log.warning("the broker is away (%s): %d deployments are left to the relay", e, len(due))
+            return 0
 
 
 def declare_actors(app: App) -> Actors:

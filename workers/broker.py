@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import dramatiq
+import dramatiq.errors
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
@@ -22,6 +23,11 @@ log = logging.getLogger(__name__)
 # One per lane (`workers.policy.lanes` chooses it).
 URGENT_QUEUE = Lane.urgent.value
 BULK_QUEUE = Lane.bulk.value
+
+
+# What a send raises when the broker is away: Dramatiq's own connection errors (RabbitMQ), and redis-py's,
+# which Dramatiq's Redis broker lets through untranslated.
+BROKER_ERRORS: tuple[type[Exception], ...] = (dramatiq.errors.BrokerConnectionError, redis.RedisError)
 
 
 def build_broker(url: str, *, namespace: str = "mdmq") -> dramatiq.Broker:

@@ -6,14 +6,20 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
 
+from config.errors import MdmqError
 from models.batches import IDS_PER_STATEMENT, chunked
 from models.database import Session
 from models.statuses import Kind
 from models.store.sweeps import Due, mark_enqueued, unmark_enqueued
 from models.types import utcnow
+from workers.broker import BROKER_ERRORS
 from workers.policy import Lane, lanes
 
 Send = Callable[[list[str]], object]
+
+
+class BrokerAway(MdmqError):
+    """The broker did not take a dispatch message; the rows not sent are left for the relay."""
 
 
 def enqueue_dispatch(
@@ -31,7 +37,8 @@ def enqueue_dispatch(
 
     The rows are marked enqueued as their messages go out, unless they were created `marked` already. When
     a send fails (the broker is down), the rows are left saying which messages went: those sent are marked,
-    those not are unmarked, for the relay to enqueue once the broker is back; then the error is raised."""
+    those not are unmarked, for the relay to enqueue once the broker is back; then `BrokerAway` is raised
+    (any other error as it is)."""
     chunks = [
         (urgent if lane is Lane.urgent else bulk, list(chunk))
         for _, lane, ids in lanes((d.id, d.organization_id, d.kind) for d in deployments)
@@ -41,11 +48,13 @@ def enqueue_dispatch(
     for done, (send, chunk) in enumerate(chunks):
         try:
             send(chunk)
-        except Exception:
+        except Exception as e:
             if marked:
                 _unmark(session, [i for _, unsent in chunks[done:] for i in unsent])
             elif sent:
                 _mark(session, sent, redeliver_after_s)
+            if isinstance(e, BROKER_ERRORS):
+                raise BrokerAway(f"{type(e).__name__}: {e}") from None
             raise
         if not marked:
             sent += chunk

@@ -6,10 +6,11 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from config.errors import MdmqError
 from models.ids import is_id, new_ids
@@ -22,10 +23,11 @@ from models.types import utcnow
 
 _COLUMNS = ("id", "organization_id", "device_id", "kind", "payload", "urgent", "status",
             "attempt_count", "postpone_count", "created_at", "updated_at", "enqueued_at",
-            "next_attempt_at")  # fmt: skip
+            "next_attempt_at", "rollout_id")  # fmt: skip
 _COPY = f"COPY deployment ({', '.join(_COLUMNS)}) FROM STDIN"
 # COPY's text format: these four characters are the only ones a field must escape.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+SelectT = TypeVar("SelectT", bound=SelectOfScalar[Any])  # a SELECT of deployments, or of their count
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,10 @@ def create_deployments(
     batch_size: int = 5_000,
     now: datetime | None = None,
     redeliver_after_s: float | None = None,
+    rollout_id: str | None = None,
 ) -> list[str]:
-    """Insert `deployments` as Queued and return their ids, in order.
+    """Insert `deployments` as Queued and return their ids, in order; with `rollout_id`, as that rollout's
+    (`create_rollout`, in the same transaction).
 
     All or nothing: if a device id is not a device of this organization, nothing is written and
     `UnknownDevices` names them all. PostgreSQL gets one COPY; SQLite multi-row INSERTs of `batch_size`
@@ -71,10 +75,10 @@ def create_deployments(
     enqueued = None if redeliver_after_s is None else (now, now + timedelta(seconds=redeliver_after_s))
     ids = new_ids(len(deployments))
     if dialect_of(session) == "postgresql":
-        _copy(session, _copy_lines(organization_id, ids, deployments, now, enqueued))
+        _copy(session, _copy_lines(organization_id, ids, deployments, now, enqueued, rollout_id=rollout_id))
         _refresh_statistics_if_stale(session, added=len(ids))
     else:
-        rows = _rows(organization_id, ids, deployments, now, enqueued)
+        rows = _rows(organization_id, ids, deployments, now, enqueued, rollout_id=rollout_id)
         for part in chunked(rows, batch_size):
             run(session, sa.insert(DEPLOYMENT), list(part))
     return ids
@@ -108,13 +112,17 @@ def _copy_lines(
     deployments: Sequence[NewDeployment],
     now: datetime,
     enqueued: tuple[datetime, datetime] | None,
+    *,
+    rollout_id: str | None,
 ) -> Iterator[str]:
     # Formatted here, cheaper than psycopg's write_row: every field but the payload is generated or
     # pattern-checked, and each distinct payload object is encoded once.
     organization = organization_id.translate(_COPY_ESCAPES)
     created = now.isoformat()
     enqueued_at, repush_at = (t.isoformat() for t in enqueued) if enqueued else ("\\N", "\\N")  # \N: NULL
-    tail = "\t".join(("", Status.queued.value, "0", "0", created, created, enqueued_at, repush_at)) + "\n"
+    rollout = rollout_id or "\\N"  # an id: pattern-checked, nothing to escape
+    fields = ("", Status.queued.value, "0", "0", created, created, enqueued_at, repush_at, rollout)
+    tail = "\t".join(fields) + "\n"
     kinds = {kind: kind.value for kind in Kind}
     encoded: dict[int, str] = {}
     for deployment_id, d in zip(ids, deployments, strict=True):
@@ -150,6 +158,8 @@ def _rows(
     deployments: Sequence[NewDeployment],
     now: datetime,
     enqueued: tuple[datetime, datetime] | None,
+    *,
+    rollout_id: str | None,
 ) -> list[dict[str, Any]]:
     enqueued_at, repush_at = enqueued or (None, None)
     return [
@@ -167,6 +177,7 @@ def _rows(
             "updated_at": now,
             "enqueued_at": enqueued_at,
             "next_attempt_at": repush_at,
+            "rollout_id": rollout_id,
         }
         for deployment_id, d in zip(ids, deployments, strict=True)
     ]
@@ -257,7 +268,20 @@ def list_deployments(
 ) -> list[Deployment]:
     """One page in id order (ids sort by creation time), or newest first: those past the cursor `after`.
     `organization_id` None: every organization's (the ops command line)."""
-    statement = select(Deployment)
+    statement = _matching(select(Deployment), organization_id, where)
+    ids = col(Deployment.id)
+    if after is not None:
+        statement = statement.where(ids < after if newest_first else ids > after)
+    return list(session.exec(statement.order_by(ids.desc() if newest_first else ids).limit(limit)))
+
+
+def count_deployments(session: Session, *, organization_id: str | None, where: DeploymentFilter) -> int:
+    """How many deployments `list_deployments` pages through with the same filter: the listing's total."""
+    statement = _matching(select(sa.func.count()).select_from(Deployment), organization_id, where)
+    return int(session.exec(statement).one())
+
+
+def _matching(statement: SelectT, organization_id: str | None, where: DeploymentFilter) -> SelectT:
     if organization_id is not None:
         statement = statement.where(Deployment.organization_id == organization_id)
     if where.kind is not None:
@@ -277,7 +301,4 @@ def list_deployments(
             )
         )
         statement = statement.where(stuck, col(Deployment.updated_at) < where.stuck_since)
-    ids = col(Deployment.id)
-    if after is not None:
-        statement = statement.where(ids < after if newest_first else ids > after)
-    return list(session.exec(statement.order_by(ids.desc() if newest_first else ids).limit(limit)))
+    return statement

@@ -15,11 +15,14 @@ from sqlalchemy.engine import Engine
 from config.settings import Settings
 from models.migrations.runner import upgrade
 from models.statuses import Kind, Status
+from models.store import NewDeployment, create_deployments
 from models.store.maintenance import RECEIPT
+from models.store.unsent import UNSENT, record_unsent
 from models.tables import Deployment, DeploymentEvent, table_of
 from models.types import utcnow
 from scheduler import gauges, jobs
 from tests.conftest import MakeDeployments
+from tests.helpers import free_ports
 from workers.actors import Actors, declare_actors
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
@@ -46,6 +49,17 @@ def actors(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Actors]:
 def _messages(actors: Actors) -> int:
     broker = actors.app.broker
     return sum(len(broker.queues[q].queue) for q in (URGENT_QUEUE, BULK_QUEUE))
+
+
+def _set_where(engine: Engine, where: sa.ColumnElement[bool], **values: object) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.update(DEPLOYMENT).where(where).values(**values))
+
+
+def _devices_of(engine: Engine, ids: list[str]) -> list[str]:
+    with engine.connect() as connection:
+        statement = sa.select(DEPLOYMENT.c.device_id).where(DEPLOYMENT.c.id.in_(ids))
+        return list(connection.execute(statement).scalars())
 
 
 def _set(engine: Engine, **values: object) -> None:
@@ -80,6 +94,61 @@ def test_the_relay_sends_what_was_never_enqueued_once(
     assert jobs.relay_job(actors, utcnow()) == 0, "within the grace they may still be on their way"
     assert jobs.relay_job(actors, later) == COUNT
     assert jobs.relay_job(actors, later) == 0
+
+
+def test_a_create_whose_process_died_before_the_send_is_relayed_after_the_grace(
+    actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    """Written as enqueued already, with the unsent record of `Actors.create`, and never sent: the relay takes
+    them once the record is older than the grace, not the re-push ten minutes later."""
+    engine = actors.app.engine
+    devices = _devices_of(engine, make_deployments(engine, Kind.app, count=COUNT))
+    now = utcnow()
+    with actors.app.session() as s:
+        ids = create_deployments(
+            s,
+            organization_id="acme",
+            deployments=[NewDeployment(d, Kind.profile) for d in devices],
+            now=now,
+            redeliver_after_s=600,
+        )
+        record_unsent(s, organization_id="acme", ids=ids, now=now)
+    _set_where(engine, DEPLOYMENT.c.id.not_in(ids), enqueued_at=now, next_attempt_at=now + timedelta(hours=1))
+    later = now + timedelta(seconds=31)
+
+    assert jobs.relay_job(actors, now) == 0, "within the grace they may still be on their way"
+    assert jobs.relay_job(actors, later) == COUNT
+    assert jobs.relay_job(actors, later) == 0
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(UNSENT)).scalar() == 0
+        enqueued = connection.execute(sa.select(DEPLOYMENT.c.enqueued_at).where(DEPLOYMENT.c.id.in_(ids)))
+        assert all(at is not None for (at,) in enqueued)
+
+
+def test_a_create_with_the_broker_away_returns_its_ids_and_leaves_them_to_the_relay(
+    actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    engine = actors.app.engine
+    devices = _devices_of(engine, make_deployments(engine, Kind.app, count=3))
+    [port] = free_ports(1)  # nobody listens there: every send fails as with a broker down
+    away = App(actors.app.settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"}))
+    try:
+        unreachable = declare_actors(away)
+        ids = unreachable.create("acme", [NewDeployment(d, Kind.profile) for d in devices]).ids
+        assert unreachable.enqueue_ids(ids) == 0, "a retry's or a release's enqueue neither raises"
+    finally:
+        away.close()
+
+    assert len(ids) == 3
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(UNSENT)).scalar() == 0
+        rows = connection.execute(
+            sa.select(DEPLOYMENT.c.enqueued_at, DEPLOYMENT.c.next_attempt_at).where(DEPLOYMENT.c.id.in_(ids))
+        ).all()
+    assert len(rows) == 3
+    assert all(row.enqueued_at is None and row.next_attempt_at is None for row in rows)
+    relayed = jobs.relay_job(actors, utcnow() + timedelta(seconds=31))
+    assert relayed == 3 + 3, "with make_deployments' own three, never enqueued either"
 
 
 def test_stuck_deployments_are_counted_per_kind_and_status(

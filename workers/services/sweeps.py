@@ -13,6 +13,7 @@ from models.statuses import Status
 from models.store import Effects, ErrorInfo, Move, lock_deployments, transition
 from models.store.organizations import retry_overrides
 from models.store.sweeps import Due, clear_repush, due_postponed, due_repush, never_enqueued
+from models.store.unsent import hand_unsent_to_relay
 from workers.policy import Policies, RetryPolicy
 from workers.services import wording
 
@@ -55,6 +56,13 @@ def repush_unanswered(
     return again
 
 
+# Creates whose process died before it sent them, handed to the relay per call: each may be 10,000 rows.
+UNSENT_PER_CALL = 10
+
+
 def relay_unenqueued(session: Session, *, now: datetime, grace_s: float, limit: int = 1_000) -> list[Due]:
-    """Queued deployments not enqueued `grace_s` after their commit: lost between commit and enqueue."""
-    return never_enqueued(session, queued_before=now - timedelta(seconds=grace_s), limit=limit)
+    """Queued deployments not enqueued `grace_s` after their commit: lost between commit and enqueue. Those
+    of a create that never sent them (its `unsent_create` record is still there) are taken too."""
+    queued_before = now - timedelta(seconds=grace_s)
+    hand_unsent_to_relay(session, created_before=queued_before, limit=UNSENT_PER_CALL)
+    return never_enqueued(session, queued_before=queued_before, limit=limit)

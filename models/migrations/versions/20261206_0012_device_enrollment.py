@@ -2,7 +2,7 @@
 it was unenrolled (a soft delete: the row stays for its deployments' history)
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0013
 Create Date: 2026-12-06
 """
 
@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 import models.types
 
 revision: str = "0012"
-down_revision: str | None = "0010"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

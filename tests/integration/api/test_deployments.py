@@ -15,6 +15,7 @@ from models.ids import new_id
 from models.statuses import Status
 from models.store import ensure_organization
 from models.store.devices import NewDevice, add_devices
+from models.store.rollouts import get_rollout, rollout_progress
 from models.store.tokens import create_token
 from models.tables import Deployment
 from tests.helpers import force_status
@@ -77,6 +78,35 @@ def test_bulk_create_answers_202_with_ids_and_enqueues_after_the_commit(
     assert all(d.status is Status.queued and d.enqueued_at is not None for d in rows.values())
     broker = mdmq.broker
     assert len(broker.queues[URGENT_QUEUE].queue) + len(broker.queues[BULK_QUEUE].queue) >= 2
+
+
+def test_each_create_is_one_rollout_whose_progress_counts_its_deployments(
+    client: Client, mdmq: App, world: dict[str, Any]
+) -> None:
+    body = {"deployments": [{"deviceId": d, "kind": "profile"} for d in world["devices"]]}
+    _, first = post(client, "/v1/organizations/acme/deployments", world["token"], body)
+    _, second = post(
+        client,
+        "/v1/organizations/acme/deployments",
+        world["token"],
+        body | {"deployments": body["deployments"][:1]},
+    )
+    first_rollout, second_rollout = first["data"]["rolloutId"], second["data"]["rolloutId"]
+    assert first_rollout != second_rollout
+    force_status(mdmq.engine, first["data"]["ids"][0], Status.completed)
+
+    with mdmq.session() as s:
+        in_rollout = {d.id: d.rollout_id for d in s.exec(select(Deployment))}
+        rollouts = [get_rollout(s, rollout_id=i) for i in (first_rollout, second_rollout)]
+        progress = rollout_progress(s, rollouts=[r for r in rollouts if r is not None])
+    assert {i: in_rollout[i] for i in first["data"]["ids"]} == dict.fromkeys(
+        first["data"]["ids"], first_rollout
+    )
+    assert [p.rollout.total for p in progress] == [3, 1]
+    assert progress[0].rollout.kind == "profile"
+    assert progress[0].counts == {Status.completed: 1, Status.queued: 2}
+    assert (progress[0].finished, progress[0].done) == (1, False)
+    assert progress[1].counts == {Status.queued: 1}
 
 
 def test_one_unknown_device_creates_nothing_and_says_which(
@@ -241,15 +271,15 @@ def test_list_filters_and_pages_with_a_cursor(client: Client, mdmq: App, world: 
             client, base + "?limit=2" + (f"&cursor={cursor}" if cursor else ""), world["token"]
         )
         assert status == 200
+        assert answer["data"]["total"] == 3, "every page's total counts every match"
         seen += [item["id"] for item in answer["data"]["items"]]
         cursor = answer["data"]["next"]
         if cursor is None:
             break
     assert seen == sorted(ids), "every deployment once, in creation order"
 
-    assert [i["id"] for i in get(client, base + "?status=Failed", world["token"])[1]["data"]["items"]] == [
-        ids[1]
-    ]
+    failed = get(client, base + "?status=Failed&limit=1", world["token"])[1]["data"]
+    assert ([i["id"] for i in failed["items"]], failed["total"]) == ([ids[1]], 1)
     assert [
         i["id"] for i in get(client, base + "?kind=profile&status=Queued", world["token"])[1]["data"]["items"]
     ] == [
