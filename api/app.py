@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api import audit, credentials, deployments, devices, idempotency, rollouts
+from api.access_log import AccessLog
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
 from api.limits import BodyLimit
@@ -75,7 +76,8 @@ def create_app(app: App | None = None) -> FastAPI:
     api.add_middleware(
         BodyLimit, max_bytes=settings.api_max_body_bytes, timeout_s=settings.api_body_timeout_s
     )
-    api.add_middleware(RequestMetrics)  # added last, so outermost: it counts the 413s too
+    api.add_middleware(RequestMetrics)  # outside the limits: it counts the 413s too
+    api.add_middleware(AccessLog)  # added last, so outermost: its request id is on every line inside
     api.state.mdmq = mdmq
     install(api)
     idempotency.install(api)

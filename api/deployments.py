@@ -21,6 +21,7 @@ from models.ids import ID_PATTERN
 from models.reports import UnknownReport, parse_report
 from models.statuses import Kind, Status
 from models.store import NewDeployment, deployment_history, get_deployment
+from models.store.attempts import push_attempts
 from models.store.deployments import (
     DeploymentFilter,
     UnknownDevices,
@@ -92,6 +93,18 @@ class Receipt(BaseModel):
     pendingDevices: int | None
 
 
+class PushAttemptOut(BaseModel):
+    at: datetime = Field(description="When the push was claimed and sent.")
+    provider: str
+    outcome: str = Field(
+        description="Whose problem the answer is: `transient` (retried), `credential` or `config` (held), "
+        "`permanent`, `dead_token` or `payload_rejected` (undeliverable)."
+    )
+    status: int | None = Field(description="The provider's HTTP status; null when no answer came.")
+    reason: str | None = Field(description="The provider's reason, as it gave it.")
+    nextAttemptAt: datetime | None = Field(description="When the push goes again; null: it does not.")
+
+
 class DeploymentOut(BaseModel):
     id: str
     organizationId: str
@@ -107,6 +120,10 @@ class DeploymentOut(BaseModel):
     updatedAt: datetime
     history: list[Event]
     receipt: Receipt | None
+    pushAttempts: list[PushAttemptOut] = Field(
+        description="The pushes the provider did not accept, newest first (at most 20); accepted ones are "
+        "the receipt's."
+    )
 
 
 class DeploymentSummary(BaseModel):
@@ -185,7 +202,8 @@ def router(actors: Actors) -> APIRouter:
 
     @routes.get("/deployments/{deploymentId}", response_model=DeploymentAnswer)
     def get(organizationId: OrganizationId, deploymentId: EntityId, caller: Caller) -> dict[str, Any]:
-        """Required permission: `mdm.deployment.get`. Status, error detail, history and push receipt."""
+        """Required permission: `mdm.deployment.get`. Status, error detail, history, push receipt and failed
+        pushes. Queued after a failed push: `error` is that push's answer, `nextAttemptAt` the retry."""
         caller.require(organizationId, "mdm.deployment.get")
         with app.session() as session:
             deployment = get_deployment(session, deployment_id=deploymentId)
@@ -193,7 +211,8 @@ def router(actors: Actors) -> APIRouter:
                 raise ApiError(ENTITY_NOT_FOUND)
             history = deployment_history(session, deployment_id=deploymentId)
             receipt = get_receipt(session, receipt_id=deployment.receipt_id)
-            return {"status": True, "data": deployment_detail(deployment, history, receipt)}
+            attempts = push_attempts(session, deployment_id=deploymentId)
+            return {"status": True, "data": deployment_detail(deployment, history, receipt, attempts)}
 
     @routes.get("/deployments", response_model=PageAnswer)
     def listing(

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from models.enums import PROVIDER_NAMES
 from models.statuses import Status
 from models.store import TransitionResult
 from models.store.rollouts import RolloutProgress
@@ -20,6 +21,7 @@ from models.tables import (
     DeploymentEvent,
     Device,
     ProviderHold,
+    PushAttempt,
     PushCredential,
     PushReceipt,
 )
@@ -40,20 +42,66 @@ def deployment_summary(d: Deployment) -> dict[str, Any]:
 
 
 def deployment_detail(
-    d: Deployment, history: Sequence[DeploymentEvent], receipt: PushReceipt | None
+    d: Deployment,
+    history: Sequence[DeploymentEvent],
+    receipt: PushReceipt | None,
+    attempts: Sequence[PushAttempt] = (),
 ) -> dict[str, Any]:
-    """One deployment: its summary, with the error's code and detail, its history and its push receipt."""
+    """One deployment: its summary, with the error's code and detail, its history, its push receipt and its
+    failed pushes (newest first). Queued and waiting to push again after a failed push, its error is that
+    push's answer and its next attempt is the retry's."""
     error = None
     if d.error_code is not None:
         error = {"code": d.error_code, "message": d.error_message, "detail": d.error_detail}
+    next_attempt_at = d.next_attempt_at
+    if (failed := retrying(d, attempts)) is not None:
+        error = push_failure(failed)
+        next_attempt_at = failed.next_attempt_at or next_attempt_at
     return deployment_summary(d) | {
         "attempts": d.attempt_count,
         "postpones": d.postpone_count,
-        "nextAttemptAt": d.next_attempt_at,
+        "nextAttemptAt": next_attempt_at,
         "error": error,
         "createdAt": d.created_at,
         "history": [event(e) for e in history],
         "receipt": None if receipt is None else push_receipt(receipt),
+        "pushAttempts": [push_attempt(a) for a in attempts],
+    }
+
+
+def retrying(d: Deployment, attempts: Sequence[PushAttempt]) -> PushAttempt | None:
+    """The last failed push (`attempts` are newest first) of a Queued deployment not pushed since: a later
+    claim sets `pushed_at` past it, and a failed one gives its claim back (`pushed_at` None)."""
+    if d.status is not Status.queued or not attempts:
+        return None
+    last = attempts[0]
+    return last if d.pushed_at is None or d.pushed_at <= last.at else None
+
+
+def push_failure(a: PushAttempt) -> dict[str, Any]:
+    """A failed push as a deployment's error: what the provider answered, and when it goes again."""
+    answer = " ".join(str(part) for part in (a.status, a.reason) if part) or a.outcome
+    then = f"; next try at {a.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC" if a.next_attempt_at else ""
+    return {
+        "code": "push_failed",
+        "message": f"{PROVIDER_NAMES[a.provider]} did not accept the push: {answer}{then}",
+        "detail": {
+            "provider": a.provider.value,
+            "status": a.status,
+            "reason": a.reason,
+            "outcome": a.outcome,
+        },
+    }
+
+
+def push_attempt(a: PushAttempt) -> dict[str, Any]:
+    return {
+        "at": a.at,
+        "provider": a.provider.value,
+        "outcome": a.outcome,
+        "status": a.status,
+        "reason": a.reason,
+        "nextAttemptAt": a.next_attempt_at,
     }
 
 

@@ -7,6 +7,7 @@ woken. mdmq runs as in production: `mdmq worker` processes taking dispatch messa
 MDM wake-ups with the organization's APNs push certificate as the TLS client certificate.
 
     python -m benchmarks.fanout [--deployments 10000] [--latency-ms 40] [--processes 2] [--threads 8]
+                                [--fail-share 0.1]
 
 Then the same number of pushes goes from aioapns alone and from a minimal HTTP/2 client (the emulator's
 ceiling), over TLS with a push certificate of their own, the same latency and no database or queue
@@ -32,6 +33,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -75,7 +77,14 @@ Device = tuple[str, str, str, str | None]  # id, platform, token, push magic
 
 
 def outside_world(
-    pipe: Connection, devices: int, *, seed: int, latency_ms: float, database_url: str, check_in: bool
+    pipe: Connection,
+    devices: int,
+    *,
+    seed: int,
+    latency_ms: float,
+    database_url: str,
+    check_in: bool,
+    fail_share: float = 0.0,
 ) -> None:
     from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
     from sandbox.fleet import Behaviour, Fleet
@@ -89,7 +98,12 @@ def outside_world(
     )
     fleet_build_s = time.perf_counter() - started  # the simulated fleet's own cost, for the record
     faults = FaultConfig(latency=Latency.fixed(latency_ms))
-    options = {"apns_faults": faults, "fcm_faults": faults, "aosp_faults": faults}
+    # `fail_share` of APNs and FCM pushes answered 503, each time: turned away, and retried.
+    options = {
+        "apns_faults": replace(faults, error_rates={"ServiceUnavailable": fail_share} if fail_share else {}),
+        "fcm_faults": replace(faults, error_rates={"UNAVAILABLE": fail_share} if fail_share else {}),
+        "aosp_faults": faults,
+    }
     with SandboxThread(registry, tls=True, **options) as sandbox:
         assert sandbox.tls is not None
         app = App(Settings(database_url=database_url, broker_url="stub://", database_pool_size=20))
@@ -229,6 +243,14 @@ def heaviest(profile: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def own_backends(engine: sa.Engine) -> list[int]:
+    """The PostgreSQL backends serving the run's database: its share of the server's CPU, apart from the
+    other databases of a shared machine (the server's background writers are left out)."""
+    with engine.connect() as connection:
+        statement = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        return [int(pid) for pid in connection.execute(sa.text(statement)).scalars()]
+
+
 def rows_written(engine: sa.Engine) -> int:
     with engine.connect() as connection:
         connection.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
@@ -315,6 +337,7 @@ def run(
     check_in: bool,
     chunk_size: int = 250,
     profile: Path | None = None,
+    fail_share: float = 0.0,
 ) -> dict[str, Any]:
     devices_needed = (deployments + 1) // 2
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -323,7 +346,13 @@ def run(
         world = multiprocessing.get_context("spawn").Process(
             target=outside_world,
             args=(child, devices_needed),
-            kwargs={"seed": 7, "latency_ms": latency_ms, "database_url": database_url, "check_in": check_in},
+            kwargs={
+                "seed": 7,
+                "latency_ms": latency_ms,
+                "database_url": database_url,
+                "check_in": check_in,
+                "fail_share": fail_share,
+            },
             daemon=True,
         )
         world.start()
@@ -349,7 +378,11 @@ def run(
         app = App(settings)
         engine = app.engine
         with app.session() as s:
-            ensure_organization(s, organization_id=ORGANIZATION, name="fan-out benchmark")
+            organization = ensure_organization(s, organization_id=ORGANIZATION, name="fan-out benchmark")
+            if fail_share:  # pushes turned away go again within a second or two, not the default minutes
+                organization.retry_policy = {
+                    kind.value: {"push_first_s": 1, "push_max_s": 2} for kind in Kind
+                }
             store_credentials(s, ORGANIZATION, keys_)
             add_devices(
                 s,
@@ -368,6 +401,7 @@ def run(
                 cpu_by_pid(pids_named("postgres")),
                 cpu_by_pid(pids_named("redis-server")),
                 rows_written(engine),
+                cpu_by_pid(own_backends(engine)),
             )
             with profiled(children(dramatiq.pid), profile and profile / str(deployments)):
                 created_s, enqueued_s, first_s, pushed_s, done_s = _roll_out(
@@ -379,6 +413,7 @@ def run(
                 cpu_since(before[1], pids_named("postgres")),
                 cpu_since(before[2], pids_named("redis-server")),
                 rows_written(engine),
+                cpu_since(before[4], own_backends(engine)),
             )
             pushes = _pushes(engine)
         parent.send("stop")
@@ -393,6 +428,7 @@ def run(
         "worker_processes": processes,
         "threads": threads,
         "chunk_size": chunk_size,
+        "fail_share": fail_share,
         "create_s": round(created_s, 2),
         "create_and_enqueue_s": round(enqueued_s, 2),
         "first_push_s": round(first_s, 2) if first_s is not None else None,
@@ -403,6 +439,7 @@ def run(
         "cpu_s_per_1000": {
             "workers": round((after[0] - before[0]) * per_1000, 3),
             "postgresql": round(after[1] * per_1000, 3),
+            "postgresql_run_database": round(after[4] * per_1000, 3),
             "redis": round(after[2] * per_1000, 3),
         },
         "peak_rss_mib_per_worker_process": sorted(round(v, 1) for v in peak.values()),
@@ -504,6 +541,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="deployments a dispatch message (MDMQ_DISPATCH_CHUNK_SIZE)",
     )
     parser.add_argument(
+        "--fail-share",
+        type=float,
+        default=0.0,
+        help="share of APNs and FCM pushes answered 503 (each retried a second or two later)",
+    )
+    parser.add_argument(
         "--no-check-in",
         dest="check_in",
         action="store_false",
@@ -533,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_in=args.check_in,
             chunk_size=args.chunk_size,
             profile=args.profile,
+            fail_share=args.fail_share,
         )
         if args.baselines and result["pushes_per_s"]:
             # The same number of pushes from aioapns alone, and from a minimal HTTP/2 client (the emulator's

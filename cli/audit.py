@@ -10,12 +10,11 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from api.representation import audit_event
 from cli.options import parse_since
-from cli.output import emit_json
+from cli.output import emit_json, make_console
 from cli.tokens import EXIT_NOTHING, EXIT_USAGE, Json
 from config import load_settings
 from models.ids import is_organization_id
@@ -23,7 +22,7 @@ from models.store.audit import audit_events
 from models.tables import AuditEvent
 from workers.app import App
 
-console = Console()
+console = make_console()
 
 
 def audit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -43,7 +44,10 @@ def db_upgrade(
     settings = load_settings()
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
     upgrade(settings.database_url, revision)
-    typer.echo(f"database at {revision}")
+    if settings.json_logs:  # the release step of a deployment: its log, one format
+        logging.getLogger(__name__).info("database at %s", revision, extra={"revision": revision})
+    else:
+        typer.echo(f"database at {revision}")
     if stay:
         stopping = {signal.SIGTERM, signal.SIGINT}
         signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
@@ -147,7 +151,7 @@ def worker(
     processes: int = typer.Option(2, min=1, help="Worker processes."),
     threads: int = typer.Option(8, min=1, help="Threads per worker process."),
 ) -> None:
-    """The Dramatiq workers: `dramatiq workers.main:broker` with these processes and threads."""
+    """The Dramatiq workers: Dramatiq's command on `workers.main:broker` with these processes and threads."""
     from workers.launch import worker_command, worker_environment
 
     settings = load_settings()  # a wrong setting is one line here, not a traceback in every worker process

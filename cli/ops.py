@@ -12,25 +12,25 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from api.representation import deployment_detail, deployment_summary, outcome, provider_hold
-from cli.output import emit_json
+from cli.output import emit_json, make_console
 from config import load_settings
 from models.database import Session
 from models.enums import Actor
 from models.ids import is_id
 from models.statuses import Kind, Status
 from models.store import TransitionResult, deployment_history, get_deployment
+from models.store.attempts import push_attempts
 from models.store.certificates import watched_certificates
 from models.store.credentials import list_credentials
 from models.store.deployments import DeploymentFilter, count_deployments, list_deployments
 from models.store.holds import held_providers
 from models.store.maintenance import stuck_counts
 from models.store.ops import get_receipt, held_deployment_counts
-from models.tables import Deployment
+from models.tables import Deployment, PushAttempt
 from models.types import utcnow
 from workers.actors import declare_actors
 from workers.app import App
@@ -40,8 +40,8 @@ EXIT_NOTHING = 1
 EXIT_USAGE = 64
 EXIT_DECLINED = 65
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 CHUNK = 1_000  # deployments per transaction of a cancel or retry
 Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]
 
@@ -76,18 +76,21 @@ def status(
                 raise typer.Exit(EXIT_NOTHING)
             history = deployment_history(s, deployment_id=deployment_id)
             receipt = get_receipt(s, receipt_id=d.receipt_id)
+            attempts = push_attempts(s, deployment_id=deployment_id)
     finally:
         app.close()
+    detail = deployment_detail(d, history, receipt, attempts)
     if as_json:
-        emit_json(deployment_detail(d, history, receipt))
+        emit_json(detail)
         return
     console.print(
         f"[bold]{d.kind.value} {d.id}[/] on device {d.device_id} ({d.organization_id}): [bold]{d.status}[/]"
     )
+    error = detail["error"]
     for label, value in (
         ("held", d.hold_reason),
-        ("error", d.error_message),
-        ("next try", d.next_attempt_at),
+        ("error", error and error["message"]),
+        ("next try", detail["nextAttemptAt"]),
     ):
         if value is not None:
             console.print(f"  {label}: {value}")
@@ -95,6 +98,18 @@ def status(
     for e in history:
         table.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.from_status or "", e.to_status, e.actor)
     console.print(table)
+    if attempts:
+        console.print(_failed_pushes(attempts))
+
+
+def _failed_pushes(attempts: Sequence[PushAttempt]) -> Table:
+    """The pushes the provider did not accept, newest first, each with its answer and next try."""
+    table = Table("pushed at", "provider", "status", "reason", "outcome", "next try", title="failed pushes")
+    for a in attempts:
+        then = f"{a.next_attempt_at:%Y-%m-%d %H:%M:%S}" if a.next_attempt_at else ""
+        status = str(a.status) if a.status is not None else ""
+        table.add_row(f"{a.at:%Y-%m-%d %H:%M:%S}", a.provider, status, a.reason or "", a.outcome, then)
+    return table
 
 
 def deployments(

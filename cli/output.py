@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,7 +20,19 @@ from models.statuses import STATUSES, Kind, Status
 if TYPE_CHECKING:
     from cli.demo import DemoResult
 
-console = Console()
+# Piped or redirected, Rich would cut every line at 80 columns; a table is then as wide as its widest row.
+PIPED_WIDTH = 10_000
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A Rich console as wide as the terminal; piped (`| less`, `> file`), as wide as its lines, unless
+    COLUMNS says otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+
+
+console = make_console()
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from api.representation import outcome, rollout
-from cli.output import emit_json, fail
+from cli.output import console, emit_json, fail
 from config import load_settings
 from models.ids import is_id
 from models.statuses import Status
@@ -40,7 +40,6 @@ EXIT_DECLINED = 65
 EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 
 rollouts = typer.Typer(help="Rollouts: one create request's deployments, followed together.")
-console = Console()
 Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]
 RolloutId = Annotated[str, typer.Argument(help="The rollout's id (24 hex), as the create answered it.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]

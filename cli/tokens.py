@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from api.representation import api_token
 from cli.options import parse_duration
-from cli.output import emit_json, fail
+from cli.output import emit_json, fail, make_console
 from config import load_settings
 from models.ids import is_id, is_organization_id
 from models.permissions import PERMISSIONS, unknown_permissions
@@ -41,7 +40,7 @@ EXIT_USAGE = 64
 ACTOR = "cli"  # the audit actor of what the command line does
 
 tokens = typer.Typer(no_args_is_help=True, help="API tokens: create, list, revoke.")
-console = Console()
+console = make_console()
 Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed in `extra=` and belongs in the JSON line.
@@ -72,6 +73,8 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(*, level: str = "INFO", json_lines: bool = False) -> None:
+    """The process's one handler, on stderr; with `json_lines`, Python's warnings and a crash's traceback
+    are lines of the log too, not text beside it."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if json_lines else TextFormatter("%(levelname)s %(name)s: %(message)s")
@@ -82,3 +85,14 @@ def configure_logging(*, level: str = "INFO", json_lines: bool = False) -> None:
     root.setLevel(level.upper())
     for name, quieter in _QUIETER.items():
         logging.getLogger(name).setLevel(max(quieter, root.level))
+    if json_lines:
+        logging.captureWarnings(True)
+        sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    """An exception that ends the process, as one critical line with its traceback."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, trace)
+        return
+    logging.getLogger("mdmq").critical("uncaught %s: %s", kind.__name__, error, exc_info=(kind, error, trace))

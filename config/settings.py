@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     # The longest an idle worker process sleeps between looks at a Redis queue (Dramatiq's worker timeout,
     # 1,000 ms by default): what a message waits at worst before an idle worker takes it.
     worker_poll_ms: int = Field(default=250, ge=10, le=10_000)
+    # The Redis broker: its key prefix (two mdmq installations may share one Redis), and how soon the
+    # messages a dead worker process had taken go back on their queue. A process that has not spoken to
+    # Redis for `broker_heartbeat_timeout_s` is dead (a live one speaks every `worker_poll_ms` at most, busy
+    # or idle); its messages are put back by the next broker call that does maintenance on their queue, one
+    # call in a million / `broker_maintenance_per_million`. Redelivery comes about the timeout after the
+    # death, plus a few seconds; the messages show meanwhile in `mdmq_queue_messages{state="orphaned"}`.
+    # RabbitMQ puts them back the moment the dead process's connection closes: neither setting applies.
+    broker_namespace: str = Field(default="mdmq", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    broker_heartbeat_timeout_s: float = Field(default=30.0, ge=1, le=3_600)
+    broker_maintenance_per_million: int = Field(default=50_000, ge=1, le=1_000_000)
     # Queued, and still not on the broker this long after its commit: lost on the way; the relay sends it.
     relay_grace_s: float = Field(default=30.0, gt=0)
     # On the broker, and still Queued with no push recorded this long after: the message was lost (a broker

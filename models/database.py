@@ -47,6 +47,7 @@ def is_connection_error(exc: BaseException) -> bool:
 
 # Seconds a new PostgreSQL connection may take before the database counts as unreachable.
 CONNECT_TIMEOUT_S = 10
+LOCK_TIMEOUT_S = 30  # the longest a statement waits for a row lock before it fails
 
 # What the driver says, by what an operator does about it. psycopg gives a connection refused at log-in
 # no SQLSTATE, so its message decides there; a refusal after log-in has one.
@@ -98,7 +99,7 @@ def _postgres_engine(url: str, pool_size: int, echo: bool) -> Engine:
         # A statement stuck behind a lock must not hold a worker thread for ever.
         # A host that drops packets must not hold a request or a start-up for ever: it is `unreachable`.
         connect_args={
-            "options": "-c lock_timeout=30s",
+            "options": f"-c lock_timeout={LOCK_TIMEOUT_S}s",
             "application_name": "mdmq",
             "connect_timeout": CONNECT_TIMEOUT_S,
         },

@@ -11,6 +11,10 @@ class Provider(StrEnum):
     aosp = "aosp"
 
 
+# How a message to an admin names each provider.
+PROVIDER_NAMES = {Provider.apns: "APNs", Provider.fcm: "FCM", Provider.aosp: "The AOSP push provider"}
+
+
 class Platform(StrEnum):
     ios = "ios"
     macos = "macos"

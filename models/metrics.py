@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
+from models.statuses import STATUSES
+
 TRANSITIONS = Counter(
     "mdmq_transitions",
     "Deployment status transitions applied, by kind and the status moved to.",
@@ -14,3 +16,7 @@ TRANSITION_REFUSALS = Counter(
     "Transitions refused because they did not fit the kind's table (late, duplicate or misdirected).",
     ["reason", "actor"],
 )
+
+for _kind, _statuses in STATUSES.items():  # a series at 0 for each, so that the first shows in rate()
+    for _status in _statuses:
+        TRANSITIONS.labels(kind=_kind.value, status=_status.value)

@@ -293,6 +293,22 @@ class DeploymentEvent(SQLModel, table=True):
     detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
+class PushAttempt(SQLModel, table=True):
+    """A push for a deployment that the provider did not accept: its answer, and when the deployment goes
+    again (None: it does not). Accepted pushes are in `push_receipt`. Written with the answers of the chunk,
+    one row per deployment and claim (`at`, the claim's time), and purged with the deployment."""
+
+    __tablename__ = "push_attempt"
+
+    deployment_id: str = Field(sa_type=ID, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime, primary_key=True)
+    provider: Provider = Field(sa_type=str_enum(Provider))
+    outcome: str = Field(sa_type=sa.String(32))  # the provider answer's scope: transient, credential, …
+    status: int | None = None  # the HTTP status, when an answer came
+    reason: str | None = Field(default=None, sa_type=sa.String(200))
+    next_attempt_at: datetime | None = _ts()
+
+
 class WatchedCertificate(SQLModel, table=True):
     """A certificate beyond the push credentials whose expiry would stop mdmq: a PEM file, a TLS endpoint."""
 

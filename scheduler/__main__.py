@@ -15,8 +15,9 @@ def main() -> None:
     configure_logging(level=app.settings.log_level, json_lines=app.settings.json_logs)
     init_sentry(app.settings, process="scheduler")
     settings = app.settings
+    scheduler = Scheduler(app)  # first: its series at 0 are in the first scrape
     start_http_server(settings.scheduler_metrics_port, addr=settings.metrics_host)  # /metrics, on a thread
-    Scheduler(app).run_forever()
+    scheduler.run_forever()
 
 
 if __name__ == "__main__":

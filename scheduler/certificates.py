@@ -28,11 +28,16 @@ from prometheus_client import Gauge
 from sentry_sdk.integrations.logging import ignore_logger
 
 from models.database import Session
-from models.enums import CertificateSource, CredentialKind, CredentialStatus, Provider
+from models.enums import PROVIDER_NAMES, CertificateSource, CredentialKind, CredentialStatus, Provider
 from models.secrets import CannotDecrypt
 from models.store.certificates import record_watched_check, watched_certificate, watched_certificates
 from models.store.certificates import watch_certificates as watch_targets
-from models.store.credentials import credentials_to_check, lock_credential, record_credential_check
+from models.store.credentials import (
+    CredentialState,
+    credentials_to_check,
+    lock_credential,
+    record_credential_check,
+)
 from models.store.dispatch import PushTarget, hold_for_credential
 from models.store.holds import NewHold, hold_provider
 from models.tables import PushCredential, WatchedCertificate
@@ -42,7 +47,7 @@ from workers.providers.base import CredentialRejected, Outcome, Push
 from workers.providers.credentials import InvalidCredential
 from workers.push_gateway import PushGateway
 from workers.services.credential_rows import credential_from_row
-from workers.services.dispatch import HOLD_FIRST_PROBE_S, PROVIDER_NAMES, wake_up
+from workers.services.dispatch import HOLD_FIRST_PROBE_S, wake_up
 
 log = logging.getLogger(__name__)
 # This module sends each alert to Sentry itself, once; its log lines must not become a second event.
@@ -58,6 +63,7 @@ CREDENTIAL_ACCEPTED = Gauge(
     "1 when the provider accepted the push credential at its last check, 0 when it refused it.",
     ["organization", "provider"],
 )
+_REFUSED = frozenset({CredentialStatus.revoked, CredentialStatus.invalid})
 TLS_TIMEOUT_S = 10.0
 CREDENTIALS_PER_PASS = 500
 
@@ -84,6 +90,20 @@ def crossed_threshold(days_left: float, thresholds: tuple[int, ...]) -> int | No
     return min(under) if under else None
 
 
+def show_credentials(states: list[CredentialState]) -> None:
+    """Each push credential's gauges from its row, as the upload or the last check left it: refused
+    (revoked, unusable) is 0, and an APNs certificate's expiry is its `not_after`. The gauges job calls
+    this, so an upload shows within its interval rather than at the next pass of this watch."""
+    for state in states:
+        accepted = 0 if state.status in _REFUSED else 1
+        CREDENTIAL_ACCEPTED.labels(organization=state.organization_id, provider=state.provider.value).set(
+            accepted
+        )
+        if state.not_after is not None:
+            name = f"{state.organization_id}/{state.provider.value}"
+            EXPIRY.labels(source="push_credential", name=name).set(state.not_after.timestamp())
+
+
 def watch_certificates(app: App, now: datetime) -> int:
     """One pass over every push credential and watched certificate; returns how many alerted this pass."""
     alerts = 0
@@ -100,6 +120,8 @@ def watch_certificates(app: App, now: datetime) -> int:
     with app.session() as s:
         watched = watched_certificates(s)
     for certificate in watched:
+        if not still_leading():  # each check may take TLS_TIMEOUT_S: a stopping scheduler stops here
+            return alerts
         found = _check_watched(certificate)
         with app.session() as s:
             alerts += _apply_to_watched(s, certificate.id, found, app.settings.thresholds_days, now)

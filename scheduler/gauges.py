@@ -9,6 +9,7 @@ from datetime import datetime
 from prometheus_client import Gauge
 
 from models.enums import Provider
+from models.store.credentials import credential_states
 from models.store.maintenance import held_counts, pending_devices, status_counts
 from scheduler import certificates
 from workers.actors import Actors
@@ -34,19 +35,23 @@ PENDING_DEVICES = Gauge(
 )
 QUEUE_MESSAGES = Gauge(
     "mdmq_queue_messages",
-    "Messages waiting on the broker, by queue and state (ready; delayed: a retry or a message not yet due).",
+    "Messages on the broker, by queue and state: ready; delayed (a retry or a message not yet due); "
+    "in_flight (taken by a live worker process, not yet acknowledged; Redis only); orphaned (taken by a "
+    "worker process that died, back on the queue within MDMQ_BROKER_HEARTBEAT_TIMEOUT_S).",
     ["queue", "state"],
 )
 LEADER_ONLY = (DEPLOYMENTS, STUCK, HELD, PENDING_DEVICES, QUEUE_MESSAGES)
 
 
 def gauges_job(actors: Actors, now: datetime) -> int:
-    """Counts deployments by status, held ones, pending devices and the broker's backlog; returns how many
-    deployments are held."""
+    """Counts deployments by status, held ones, pending devices and the broker's backlog, and shows each
+    push credential's state; returns how many deployments are held."""
     with actors.app.session() as s:
         statuses = status_counts(s)
         held = held_counts(s)
         pending = pending_devices(s, now=now)
+        credentials = credential_states(s)
+    certificates.show_credentials(credentials)
     for (kind, status), n in statuses.items():
         DEPLOYMENTS.labels(kind=kind.value, status=status.value).set(n)
     HELD.clear()  # a hold that ended leaves no series behind

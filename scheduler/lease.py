@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from datetime import datetime, timedelta
 
 from models.database import DATABASE_ERRORS, Session
-from models.store.lease import holds_lease, release_lease, take_lease
+from models.store.lease import holds_lease, lease_row, release_lease, take_lease
 from models.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,16 @@ class Lease:
                 release_lease(s, name=self.name, holder=self.holder, now=utcnow())
         except DATABASE_ERRORS as e:
             log.warning("scheduler lease %r not released: %s", self.name, type(e).__name__)
+
+    def leader(self) -> tuple[str, datetime] | None:
+        """Who the row names and until when (None before anyone took it); a database error is logged and
+        answers None."""
+        try:
+            with self.session() as s:
+                return lease_row(s, name=self.name)
+        except DATABASE_ERRORS as e:
+            log.warning("scheduler lease %r not read: %s", self.name, type(e).__name__)
+            return None
 
     def confirm(self, session: Session, now: datetime) -> bool:
         """In the caller's transaction: does the row still name this process, unexpired? A job checks this

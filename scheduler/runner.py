@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC
 from types import FrameType
 
@@ -24,6 +25,8 @@ from workers.actors import declare_actors
 from workers.app import App
 
 log = logging.getLogger(__name__)
+
+STANDBY_REPORT_S = 300.0  # a standby says who leads this often, so that its log shows it alive
 
 LEADER = Gauge("mdmq_scheduler_leader", "1 while this scheduler process holds the leader lease, else 0.")
 # `scheduler_job`, not `job`: Prometheus gives every target a `job` label of its own.
@@ -46,12 +49,24 @@ JOB_RUNS = Counter(
 
 
 class Scheduler:
-    def __init__(self, app: App, *, jobs: tuple[Job, ...] = JOBS, lease: Lease | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        jobs: tuple[Job, ...] = JOBS,
+        lease: Lease | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
         self.actors = declare_actors(app)
         self.jobs = jobs
         self.lease = lease or Lease(app.session, period_s=app.settings.scheduler_lease_s)
         self._leading = False
+        self._clock = clock
+        self._standby_said_at: float | None = None  # monotonic; None: say it at the next refresh
+        for job in jobs:  # at 0 from the first scrape, so that the first error shows in rate()
+            for outcome in ("ok", "error"):
+                JOB_RUNS.labels(scheduler_job=job.name, outcome=outcome)
         self._aps = BlockingScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -60,7 +75,7 @@ class Scheduler:
     def run_forever(self) -> None:
         """Until SIGTERM or SIGINT; then the lease is released so that a standby takes over at once."""
         now = utcnow()
-        self._aps.add_job(self._refresh, "interval", seconds=self.lease.renew_every_s, next_run_time=now)
+        self._aps.add_job(self.refresh_lease, "interval", seconds=self.lease.renew_every_s, next_run_time=now)
         for job in self.jobs:
             seconds = job.every_s(self.actors)
             JOB_INTERVAL.labels(scheduler_job=job.name).set(seconds)
@@ -85,13 +100,18 @@ class Scheduler:
         self.lease.stand_down()
         self._aps.shutdown(wait=True)
 
-    def _refresh(self) -> None:
+    def refresh_lease(self) -> None:
+        """Take or renew the lease; a new leader runs every job now, a standby says who leads every
+        `STANDBY_REPORT_S`."""
         was_leading, leading = self._leading, self.lease.refresh()
         self._leading = leading
         LEADER.set(1 if leading else 0)
         if not leading:
             gauges.clear()  # only the leader's counts are scraped
-        elif not was_leading:
+            self._report_standby()
+            return
+        self._standby_said_at = None  # should it lose the lease, it says so at once
+        if not was_leading:
             # A new leader runs every job now rather than an interval from now: the gauges and the
             # certificate watch (hourly) must not wait for their first figures.
             for job in self.jobs:
@@ -130,8 +150,37 @@ class Scheduler:
         JOB_DURATION.labels(scheduler_job=job.name).set(seconds)
         if error is None:
             JOB_LAST_SUCCESS.labels(scheduler_job=job.name).set(time.time())
-            log.debug("scheduler job %s: %s rows in %.3f s", job.name, work, seconds)
+        fields = {
+            "scheduler_job": job.name,
+            "outcome": outcome,
+            "work": work,
+            "duration_ms": round(seconds * 1000),
+        }
+        log.info("scheduler job %s %s: %s rows in %.3f s", job.name, outcome, work, seconds, extra=fields)
         return True
+
+    def _report_standby(self) -> None:
+        """One line saying this process stands by, who leads and until when; again every
+        `STANDBY_REPORT_S`."""
+        now = self._clock()
+        if self._standby_said_at is not None and now - self._standby_said_at < STANDBY_REPORT_S:
+            return
+        self._standby_said_at = now
+        row = self.lease.leader()
+        if row is None:
+            log.info(
+                "scheduler %s standing by: nobody holds the lease",
+                self.lease.holder,
+                extra={"state": "standby"},
+            )
+            return
+        holder, expires_at = row
+        fields = {"state": "standby", "leader": holder, "lease_expires_at": expires_at.isoformat()}
+        how = "leads, its lease expires" if expires_at > utcnow() else "held the lease, which expired"
+        log.info(
+            "scheduler %s standing by: %s %s at %s",
+            self.lease.holder, holder, how, expires_at.isoformat(timespec="seconds"), extra=fields,
+        )  # fmt: skip
 
 
 def _check_in(

@@ -29,6 +29,7 @@ TABLES = (
     "push_dead_answer",
     "audit_event",
     "deployment_event",
+    "push_attempt",
     "deployment",
     "rollout",
     "push_receipt",

@@ -57,7 +57,13 @@ class App:
 
     @cached_property
     def broker(self) -> dramatiq.Broker:
-        return build_broker(self.settings.broker_url)
+        s = self.settings
+        return build_broker(
+            s.broker_url,
+            namespace=s.broker_namespace,
+            heartbeat_timeout_s=s.broker_heartbeat_timeout_s,
+            maintenance_per_million=s.broker_maintenance_per_million,
+        )
 
     @cached_property
     def endpoints(self) -> ProviderEndpoints:

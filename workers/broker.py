@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, cast
 
 import dramatiq
 import dramatiq.errors
@@ -30,9 +31,17 @@ BULK_QUEUE = Lane.bulk.value
 BROKER_ERRORS: tuple[type[Exception], ...] = (dramatiq.errors.BrokerConnectionError, redis.RedisError)
 
 
-def build_broker(url: str, *, namespace: str = "mdmq") -> dramatiq.Broker:
-    """A broker for `url` (`stub://`, `redis://…`, `rediss://…`, `amqp://…`, `amqps://…`)."""
-    broker = _broker(url, namespace)
+def build_broker(
+    url: str,
+    *,
+    namespace: str = "mdmq",
+    heartbeat_timeout_s: float = 30.0,
+    maintenance_per_million: int = 50_000,
+) -> dramatiq.Broker:
+    """A broker for `url` (`stub://`, `redis://…`, `rediss://…`, `amqp://…`, `amqps://…`). For Redis:
+    the key prefix, how long a worker process may stay silent before its messages go back on their queue,
+    and how many broker calls in a million do that maintenance (`Settings` says more)."""
+    broker = _broker(url, namespace, heartbeat_timeout_s, maintenance_per_million)
     broker.add_middleware(RefuseUnstorable())
     return broker
 
@@ -50,12 +59,17 @@ def broker_cause(broker: dramatiq.Broker) -> str | None:
     return None
 
 
-def _broker(url: str, namespace: str) -> dramatiq.Broker:
+def _broker(url: str, namespace: str, heartbeat_timeout_s: float, maintenance: int) -> dramatiq.Broker:
     scheme = url.partition("://")[0]
     if scheme == "stub":
         return StubBroker()
     if scheme in ("redis", "rediss"):
-        return RedisBroker(url=url, namespace=namespace)  # type: ignore[no-untyped-call]
+        return RedisBroker(  # type: ignore[no-untyped-call]
+            url=url,
+            namespace=namespace,
+            heartbeat_timeout=int(heartbeat_timeout_s * 1000),
+            maintenance_chance=maintenance,
+        )
     if scheme in ("amqp", "amqps"):
         return RabbitmqBroker(url=url)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}")
@@ -84,19 +98,52 @@ class RefuseUnstorable(dramatiq.Middleware):
 def queue_backlog(
     broker: dramatiq.Broker, queues: tuple[str, ...] = (URGENT_QUEUE, BULK_QUEUE)
 ) -> dict[tuple[str, str], int]:
-    """Messages waiting on each queue, `ready` and `delayed` (not yet due, or due and not yet taken):
-    what the workers have still to do. Messages a worker holds are Dramatiq's own in-progress gauges."""
+    """Messages on each queue by state: `ready` and `delayed` (not yet due, or due and not yet taken) wait
+    for a worker; `in_flight` were taken by a live worker process and not yet acknowledged; `orphaned` were
+    taken by a process that died, and wait to go back on their queue (Redis only: RabbitMQ puts them back
+    at once, and tells unacknowledged messages only to its management API)."""
     counts: dict[tuple[str, str], int] = {}
     for queue in queues:
         if isinstance(broker, RedisBroker):
             client = broker.client
             counts[(queue, "ready")] = int(client.llen(f"{broker.namespace}:{queue}"))
             counts[(queue, "delayed")] = int(client.llen(f"{broker.namespace}:{dq_name(queue)}"))
+            counts[(queue, "in_flight")], counts[(queue, "orphaned")] = _redis_taken(broker, queue)
         elif isinstance(broker, RabbitmqBroker):
             ready, delayed, _dead = broker.get_queue_message_counts(queue)
             counts[(queue, "ready")], counts[(queue, "delayed")] = ready, delayed
+            counts[(queue, "orphaned")] = 0
         elif isinstance(broker, StubBroker):
             stub_queues = broker.queues
             for name, state in ((queue, "ready"), (dq_name(queue), "delayed")):
                 counts[(queue, state)] = stub_queues[name].qsize() if name in stub_queues else 0
     return counts
+
+
+def _redis_taken(broker: RedisBroker, queue: str) -> tuple[int, int]:
+    """Messages of `queue` and its delay queue taken and not acknowledged: by worker processes heard from
+    within the heartbeat timeout, and by silent ones. Dramatiq keeps them in a set per process and queue
+    (`<namespace>:__acks__.<process>.<queue>`) and each process's last call in `__heartbeats__`; a silent
+    process's set is put back on the queue by the next call that does maintenance on it."""
+    client = broker.client
+    heartbeats = cast(
+        "list[tuple[bytes, float]]",
+        client.zrange(f"{broker.namespace}:__heartbeats__", 0, -1, withscores=True),
+    )
+    if not heartbeats:
+        return 0, 0
+    counting = client.pipeline(transaction=False)
+    for process, _ in heartbeats:
+        acks = f"{broker.namespace}:__acks__.{process.decode()}"
+        counting.scard(f"{acks}.{queue}")
+        counting.scard(f"{acks}.{dq_name(queue)}")
+    sizes = counting.execute()
+    silent_since_ms = time.time() * 1000 - broker.heartbeat_timeout
+    live = orphaned = 0
+    for i, (_, last_ms) in enumerate(heartbeats):
+        taken = int(sizes[2 * i]) + int(sizes[2 * i + 1])
+        if last_ms < silent_since_ms:
+            orphaned += taken
+        else:
+            live += taken
+    return live, orphaned

@@ -5,18 +5,23 @@ file of its own in one directory, and Dramatiq's exposition server (a process of
 `MDMQ_WORKER_METRICS_PORT`) serves their sum. The directory must be named before any of them imports
 prometheus_client, so the launcher sets it, and empties it: files of processes of an earlier run would be
 summed in as if they were alive.
+
+`python -m workers.launch` is the `dramatiq` command with mdmq's logging: its main process and the processes
+it forks write the process's log format (JSON in production), not Dramatiq's text lines.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from config.settings import Settings
+from config.logging import configure_logging
+from config.settings import Settings, load_settings
 
 WORKER_MODULE = "workers.main:broker"
+LAUNCHER = "workers.launch"
 
 
 def metrics_dir(settings: Settings) -> Path:
@@ -48,13 +53,31 @@ def worker_environment(settings: Settings, base: Mapping[str, str]) -> dict[str,
 
 
 def worker_command(processes: int, threads: int) -> list[str]:
+    """This launcher's argv: then Dramatiq's arguments, its own logging set-up skipped."""
     return [
         sys.executable,
         "-m",
-        "dramatiq",
+        LAUNCHER,
         WORKER_MODULE,
         "--processes",
         str(processes),
         "--threads",
         str(threads),
+        "--skip-logging",
     ]
+
+
+def run_dramatiq(arguments: Sequence[str]) -> int:
+    """Dramatiq's command line, after mdmq's logging is set up: the forked processes inherit it, and the
+    worker processes set it up again when they import `workers.main` (on Dramatiq's pipe to this one)."""
+    from dramatiq.cli import main, make_argument_parser
+
+    settings = load_settings()
+    configure_logging(level=settings.log_level, json_lines=settings.json_logs)
+    parser = make_argument_parser()  # type: ignore[no-untyped-call]  # Dramatiq declares no types for it
+    code: int = main(parser.parse_args(list(arguments)))  # type: ignore[no-untyped-call]
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(run_dramatiq(sys.argv[1:]))

@@ -1,4 +1,5 @@
-"""The worker process: `dramatiq workers.main:broker` (the Procfile's `worker`).
+"""The worker process: `python -m workers.launch workers.main:broker`, Dramatiq's command with mdmq's logging
+(the Procfile's `worker`).
 
 Builds the process's parts from `MDMQ_*` settings and declares the actors on its broker. Name the broker:
 without `:broker`, the dramatiq command consumes from its own default broker instead. Start it with

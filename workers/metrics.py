@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import Counter
 
 from models.enums import Provider
+from workers.providers import aosp, apns_reasons, fcm
 from workers.providers.aosp import KNOWN_CODES as AOSP_CODES
 from workers.providers.apns_reasons import KNOWN_REASONS as APNS_REASONS
 from workers.providers.base import Outcome, PushResult
@@ -45,8 +46,18 @@ TOKENS_INVALIDATED = Counter(
     ["organization", "provider", "reason"],
 )
 
+# Each provider's documented answers and the outcome each means: with acceptance, the push series that are
+# at 0 from the start, so that the first such answer shows in rate() and the alerts.
+DOCUMENTED_OUTCOMES = {
+    Provider.apns: apns_reasons.DOCUMENTED_OUTCOMES,
+    Provider.fcm: fcm.DOCUMENTED_OUTCOMES,
+    Provider.aosp: aosp.DOCUMENTED_OUTCOMES,
+}
 for _provider in Provider:  # a series at 0 for each, so that the first hold shows in rate()
     HOLDS.labels(_provider.value)
+    PUSHES.labels(_provider.value, Outcome.accepted.value, "none")
+    for _reason, _outcome in DOCUMENTED_OUTCOMES[_provider].items():
+        PUSHES.labels(_provider.value, _outcome.value, _reason)
 
 # mdmq's own words for a push that got no answer, beside the providers' documented reasons.
 _OWN_REASONS = frozenset(

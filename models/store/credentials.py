@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from models.enums import CredentialStatus
+from models.enums import CredentialStatus, Provider
 from models.store._sql import run
 from models.tables import PushCredential, table_of
 
@@ -25,6 +26,31 @@ def credentials_to_check(session: Session, *, limit: int) -> list[PushCredential
     """Up to `limit` credentials, the least recently checked first (never checked before all)."""
     oldest = col(PushCredential.last_checked_at).asc().nulls_first()
     return list(session.exec(select(PushCredential).order_by(oldest).limit(limit)))
+
+
+@dataclass(frozen=True)
+class CredentialState:
+    """What a credential's gauges show: its status and its certificate's expiry, never its material."""
+
+    organization_id: str
+    provider: Provider
+    status: CredentialStatus
+    not_after: datetime | None
+
+
+def credential_states(session: Session) -> list[CredentialState]:
+    """Every push credential's status and expiry, by organization and provider; the secret is not read."""
+    columns = (
+        CREDENTIAL.c.organization_id,
+        CREDENTIAL.c.provider,
+        CREDENTIAL.c.status,
+        CREDENTIAL.c.not_after,
+    )
+    rows = run(session, sa.select(*columns).order_by(*columns[:2]))
+    return [
+        CredentialState(r.organization_id, Provider(r.provider), CredentialStatus(r.status), r.not_after)
+        for r in rows
+    ]
 
 
 def lock_credential(session: Session, *, credential_id: str) -> PushCredential | None:

@@ -26,6 +26,7 @@ from models.store._sql import (
     run,
     update_deployments,
 )
+from models.store.attempts import FailedPush, record_failed_pushes
 from models.store.transitions import Effects, ErrorInfo, Move, transition
 from models.tables import PushCredential
 from models.types import utcnow
@@ -405,6 +406,7 @@ class DispatchRecord:
     repush_at: Mapping[str, datetime] = field(default_factory=dict)
     give_back: tuple[str, ...] = ()  # turned away: their claim's count is given back, to go again later
     redeliver_at: datetime | None = None  # when the re-push sweep takes `give_back` again, should all be lost
+    failed: tuple[FailedPush, ...] = ()  # the answers that woke nobody, for the deployments' history
 
     @property
     def pushes_answered(self) -> int:
@@ -439,6 +441,17 @@ class DispatchRecord:
             "repush_at": {i: at.isoformat() for i, at in self.repush_at.items()},
             "give_back": list(self.give_back),
             "redeliver_at": self.redeliver_at.isoformat() if self.redeliver_at is not None else None,
+            "failed": [
+                [
+                    list(f.deployment_ids),
+                    f.provider.value,
+                    f.outcome,
+                    f.status,
+                    f.reason,
+                    f.next_attempt_at.isoformat() if f.next_attempt_at is not None else None,
+                ]
+                for f in self.failed
+            ],
         }
 
     @classmethod
@@ -465,6 +478,10 @@ class DispatchRecord:
             repush_at={i: at(value) for i, value in data["repush_at"].items()},
             give_back=tuple(data["give_back"]),
             redeliver_at=_at(data["redeliver_at"]),
+            failed=tuple(
+                FailedPush(tuple(ids), Provider(provider), outcome, status, reason, _at(next_at))
+                for ids, provider, outcome, status, reason, next_at in data.get("failed", ())
+            ),
         )
 
 
@@ -476,7 +493,7 @@ class Recorded:
 
 def record_dispatch(session: Session, *, record: DispatchRecord, again: bool = False) -> Recorded:
     """Write a dispatch's answers in the session's transaction: invalidated tokens, undeliverable
-    deployments, receipts and the links to them, and the claims given back.
+    deployments, receipts and the links to them, the claims given back, and the pushes that failed.
 
     `again`: the record may have been written already (a record-only message delivered twice); then nothing
     is written twice. Transitions, invalidations and claims given back are written once by their own
@@ -500,6 +517,7 @@ def record_dispatch(session: Session, *, record: DispatchRecord, again: bool = F
         give_back_attempts(
             session, ids=record.give_back, redeliver_at=record.redeliver_at, claimed_at=record.claimed_at
         )
+    record_failed_pushes(session, at=record.claimed_at, failed=record.failed)
     return Recorded(moved)
 
 

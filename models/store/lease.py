@@ -43,3 +43,10 @@ def holds_lease(session: Session, *, name: str, holder: str, now: datetime) -> b
     statement = sa.select(LEASE.c.holder, LEASE.c.expires_at).where(LEASE.c.name == name)
     row = run(session, statement).first()
     return row is not None and row.holder == holder and row.expires_at > now
+
+
+def lease_row(session: Session, *, name: str) -> tuple[str, datetime] | None:
+    """Who the row names and until when, or None before anyone took it."""
+    statement = sa.select(LEASE.c.holder, LEASE.c.expires_at).where(LEASE.c.name == name)
+    row = run(session, statement).first()
+    return None if row is None else (row.holder, row.expires_at)

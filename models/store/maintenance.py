@@ -10,6 +10,7 @@ from sqlmodel import Session, SQLModel
 from models.enums import Provider
 from models.statuses import IN_FLIGHT, STATUSES, TERMINAL, Kind, Status
 from models.store._sql import DEPLOYMENT, DEVICE, EVENT, lock_deployments, run
+from models.store.attempts import delete_attempts
 
 c = DEPLOYMENT.c
 RECEIPT = SQLModel.metadata.tables["push_receipt"]
@@ -41,8 +42,8 @@ def stuck_counts(session: Session, *, unchanged_since: datetime) -> dict[tuple[K
 
 
 def purge_finished(session: Session, *, finished_before: datetime, limit: int) -> int:
-    """Delete up to `limit` deployments that ended before `finished_before`, and their events; returns how
-    many. Ops retry clears `finished_at`, so a deployment brought back is never purged."""
+    """Delete up to `limit` deployments that ended before `finished_before`, their events and failed pushes;
+    returns how many. Ops retry clears `finished_at`, so a deployment brought back is never purged."""
     ids = list(
         run(
             session,
@@ -64,6 +65,7 @@ def purge_finished(session: Session, *, finished_before: datetime, limit: int) -
     if not ids:
         return 0
     run(session, sa.delete(EVENT).where(EVENT.c.deployment_id.in_(ids)))
+    delete_attempts(session, deployment_ids=ids)
     return int(run(session, sa.delete(DEPLOYMENT).where(c.id.in_(ids))).rowcount)
 
 

@@ -141,14 +141,13 @@ def test_every_series_the_dashboard_and_alerts_use_is_served_and_no_secret_is_lo
         "the 5-day certificate crossed the 7-day threshold: one Sentry message"
     )
 
-    # Production lines are JSON, and a dispatch's lines say what they are about.
-    lines = [json.loads(line) for line in texts["scheduler"].splitlines() + texts["api"].splitlines()]
-    assert lines, "the scheduler and the API log"
-    answered = [
-        json.loads(line)
-        for line in texts["workers"].splitlines()
-        if line.startswith("{") and "pushes answered" in line
+    # Production lines are JSON, Dramatiq's own included, and a dispatch's lines say what they are about.
+    lines = [
+        json.loads(line) for name in ("scheduler", "api", "workers") for line in texts[name].splitlines()
     ]
+    assert lines, "the scheduler, the API and the workers log"
+    assert any(line["logger"].startswith("dramatiq.") for line in lines), "Dramatiq's lines are JSON too"
+    answered = [line for line in lines if "pushes answered" in line["message"]]
     assert answered, "each group of pushes is logged"
     for line in answered:
         assert line["action"] == "dispatch"

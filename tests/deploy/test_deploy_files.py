@@ -142,15 +142,25 @@ def copy_units(directory: Path) -> Path:
 # --- the Procfile and the settings ------------------------------------------------------------------------
 
 _DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
+VENV_RUNNER = ["./dev", "run"]  # the checkout's .venv/bin first on PATH: `honcho start` needs no activation
 
 
-def procfile_commands() -> dict[str, list[str]]:
-    """Each Procfile process's argv, `${VAR:-default}` taken at its default."""
-    commands: dict[str, list[str]] = {}
+def procfile_lines() -> dict[str, list[str]]:
+    """Each Procfile line's words, `${VAR:-default}` taken at its default."""
+    lines: dict[str, list[str]] = {}
     for line in (ROOT / "Procfile").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, command = line.partition(":")
-            commands[name.strip()] = shlex.split(_DEFAULTED.sub(r"\2", command))
+            lines[name.strip()] = shlex.split(_DEFAULTED.sub(r"\2", command))
+    return lines
+
+
+def procfile_commands() -> dict[str, list[str]]:
+    """Each Procfile process's mdmq argv, as the other deployment files must run it."""
+    commands: dict[str, list[str]] = {}
+    for name, words in procfile_lines().items():
+        assert words[: len(VENV_RUNNER)] == VENV_RUNNER, f"{name} runs through {' '.join(VENV_RUNNER)}"
+        commands[name] = words[len(VENV_RUNNER) :]
     # The Procfile's release stays up afterwards (--stay) only because honcho stops everything when one
     # process ends; a Job, a oneshot unit and a Compose one-shot service must run to completion.
     commands["release"] = [word for word in commands["release"] if word != "--stay"]
@@ -208,11 +218,11 @@ def dramatiq_shutdown_timeout_s() -> float:
     `mdmq worker` starts it (Dramatiq's --worker-shutdown-timeout, its default unless the command sets it)."""
     from dramatiq.cli import make_argument_parser
 
-    from workers.launch import worker_command
+    from workers.launch import LAUNCHER, worker_command
 
     command = worker_command(processes=2, threads=8)
     parser = make_argument_parser()  # type: ignore[no-untyped-call]  # Dramatiq declares no types for it
-    arguments = parser.parse_args(command[command.index("dramatiq") + 1 :])
+    arguments = parser.parse_args(command[command.index(LAUNCHER) + 1 :])
     timeout_ms: int = arguments.worker_shutdown_timeout
     return timeout_ms / 1000
 
@@ -235,6 +245,61 @@ def test_dramatiq_waits_for_the_longest_message_and_a_dispatch_outlasts_its_send
     # Dramatiq gives up on a message in flight after its shutdown timeout: it must not be the shorter.
     assert dramatiq_shutdown_timeout_s() >= limits["DISPATCH_OPTIONS"]
     assert worker_stop_grace_needed_s() == limits["DISPATCH_OPTIONS"] + WORKER_EXIT_S
+
+
+# --- stopping the API and the scheduler -------------------------------------------------------------------
+
+# What the API and the scheduler need once their last step ends: the API's lifespan clean-up (the key-check
+# pool), the scheduler's lease release, and the exit.
+PROCESS_EXIT_S = 30
+
+
+def api_stop_grace_needed_s() -> float:
+    """uvicorn's wait for the requests in flight, as `mdmq api` configures it, then the exit."""
+    from api.server import server_config
+
+    config = server_config(object(), Settings(), host="127.0.0.1", port=0)
+    assert config.timeout_graceful_shutdown is not None, "uvicorn would wait for ever on a stuck request"
+    return config.timeout_graceful_shutdown + PROCESS_EXIT_S
+
+
+def scheduler_stop_grace_needed_s() -> float:
+    """A stopping scheduler lets its job step in flight end: at most a provider call (the certificate
+    watch's check, a held organization's probe push) and its record's wait for a lock; then the exit."""
+    from models.database import LOCK_TIMEOUT_S
+    from workers.push_gateway import SEND_TIMEOUT_S
+
+    return SEND_TIMEOUT_S + LOCK_TIMEOUT_S + PROCESS_EXIT_S
+
+
+STOP_GRACE_NEEDED_S = {
+    "web": api_stop_grace_needed_s,
+    "worker": worker_stop_grace_needed_s,
+    "scheduler": scheduler_stop_grace_needed_s,
+}
+
+
+def test_the_api_waits_for_a_request_in_flight_as_long_as_one_may_take_and_no_longer() -> None:
+    from api.server import SHUTDOWN_S
+    from models.database import LOCK_TIMEOUT_S
+
+    # Its body at the slowest allowed, then a statement behind a lock; a commit of 10,000 rows is ~1 s.
+    assert Settings().api_body_timeout_s + LOCK_TIMEOUT_S <= SHUTDOWN_S
+    assert api_stop_grace_needed_s() == SHUTDOWN_S + PROCESS_EXIT_S
+
+
+@pytest.mark.parametrize("process", ["web", "worker", "scheduler"])
+def test_each_process_has_one_stop_grace_in_every_deploy_file_longer_than_its_shutdown_needs(
+    process: str, compose: dict[str, Any]
+) -> None:
+    (unit,) = [name for name, unit_process in UNIT_PROCESS.items() if unit_process == process]
+    graces = {
+        "systemd": float(parse_unit(SYSTEMD / unit)["Service"]["TimeoutStopSec"][0]),
+        "kubernetes": float(pod_spec(workloads()[process])["terminationGracePeriodSeconds"]),
+        "compose": duration_s(compose["services"][process]["stop_grace_period"]),
+    }
+    assert len(set(graces.values())) == 1, f"{process}: one stop grace everywhere, not {graces}"
+    assert graces["systemd"] >= STOP_GRACE_NEEDED_S[process](), graces
 
 
 # --- systemd -----------------------------------------------------------------------------------------------
@@ -301,7 +366,7 @@ def test_systemd_long_running_units_wait_for_the_migrations_and_restart_on_failu
     assert "network-online.target" in " ".join(section["Wants"])
     assert service["Restart"] == ["on-failure"]
     assert service["KillSignal"] == ["SIGTERM"]
-    assert int(service["TimeoutStopSec"][0]) >= 30
+    assert int(service["TimeoutStopSec"][0]) >= STOP_GRACE_NEEDED_S[UNIT_PROCESS[name]]()
     assert unit["Install"]["WantedBy"] == ["mdmq.target"]
 
 

@@ -28,3 +28,20 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     assert "database at head" in result.stdout
     tables = set(sa.inspect(sa.create_engine(url)).get_table_names())
     assert {"deployment", "deployment_event", "device", "organization", "alembic_version"} <= tables
+
+
+def test_a_table_piped_to_a_file_or_a_pager_is_not_cut_at_80_columns(tmp_path: Path) -> None:
+    env = {"MDMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'wide.db'}"}
+    assert run_mdmq("db", "upgrade", env=env, timeout_s=120, cwd=tmp_path).returncode == 0
+    org = "an-organization-whose-id-is-longer-than-a-terminal-of-eighty-columns-" + "x" * 40
+    created = run_mdmq(
+        "token", "create", "--org", org, "--create-org", "--permission", "mdm.deployment.get",
+        env=env, timeout_s=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+
+    listed = run_mdmq("token", "list", env=env, timeout_s=60, cwd=tmp_path)  # stdout is a pipe here
+
+    assert listed.returncode == 0, listed.stderr
+    assert [line for line in listed.stdout.splitlines() if org in line], listed.stdout
+    assert max(map(len, listed.stdout.splitlines())) > 80

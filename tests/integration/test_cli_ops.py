@@ -201,7 +201,7 @@ def test_mdmq_api_serves_as_the_procfile_runs_it(pg: Engine, postgres_url: str) 
             server.terminate()
             server.wait(timeout=30)
     assert ready.json() == {"status": True, "data": {"database": "up", "broker": "up"}}
-    assert "web: mdmq api" in (Path(__file__).parents[2] / "Procfile").read_text()
+    assert "web: ./dev run mdmq api" in (Path(__file__).parents[2] / "Procfile").read_text()
 
 
 def test_mdmq_worker_consumes_what_is_sent_and_stops_on_sigterm(

@@ -13,22 +13,28 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from config.settings import Settings
+from models.enums import CredentialKind, CredentialStatus, Provider, PushEnvironment
 from models.migrations.runner import upgrade
 from models.statuses import Kind, Status
-from models.store import NewDeployment, create_deployments
+from models.store import NewDeployment, create_deployments, ensure_organization
+from models.store.credentials import record_credential_check
 from models.store.maintenance import RECEIPT
 from models.store.unsent import UNSENT, record_unsent
-from models.tables import Deployment, DeploymentEvent, table_of
+from models.tables import Deployment, DeploymentEvent, PushAttempt, table_of
 from models.types import utcnow
-from scheduler import gauges, jobs
+from sandbox.tls import issue_client_certificate, make_ca
+from scheduler import certificates, gauges, jobs
 from tests.conftest import MakeDeployments
 from tests.helpers import free_ports
+from tests.integration.providers.conftest import TOPIC
 from workers.actors import Actors, declare_actors
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.services.credentials import store_credential
 
 DEPLOYMENT = table_of(Deployment)
 EVENT = table_of(DeploymentEvent)
+ATTEMPT = table_of(PushAttempt)
 
 COUNT = 2_500  # two and a half pages of PAGE = 1,000
 
@@ -171,7 +177,7 @@ def test_stuck_deployments_are_counted_per_kind_and_status(
     assert gauges.STUCK.labels(kind="security_action", status="Queued")._value.get() == 0
 
 
-def test_retention_deletes_what_ended_long_ago_with_its_events_and_nothing_else(
+def test_retention_deletes_what_ended_long_ago_with_its_events_and_failed_pushes_and_nothing_else(
     actors: Actors, make_deployments: MakeDeployments
 ) -> None:
     engine = actors.app.engine
@@ -200,14 +206,29 @@ def test_retention_deletes_what_ended_long_ago_with_its_events_and_nothing_else(
                 for d in old + recent
             ],
         )
+        connection.execute(
+            sa.insert(ATTEMPT),
+            [
+                {
+                    "deployment_id": d,
+                    "at": long_ago,
+                    "provider": "apns",
+                    "outcome": "transient",
+                    "status": 503,
+                }
+                for d in old + recent
+            ],
+        )
 
     assert jobs.retention_job(actors, utcnow()) == 3
     assert jobs.retention_job(actors, utcnow()) == 0
     with engine.connect() as connection:
         left = set(connection.execute(sa.select(DEPLOYMENT.c.id)).scalars())
         with_events = set(connection.execute(sa.select(EVENT.c.deployment_id)).scalars())
+        with_attempts = set(connection.execute(sa.select(ATTEMPT.c.deployment_id)).scalars())
     assert left == set(recent + reopened)
     assert with_events == set(recent)
+    assert with_attempts == set(recent)
 
 
 def test_the_gauges_job_counts_statuses_holds_pending_devices_and_the_backlog(
@@ -264,3 +285,32 @@ def test_the_gauges_job_counts_statuses_holds_pending_devices_and_the_backlog(
         ("fcm", "", 0),
         ("aosp", "", 0),
     }, "a 0 per provider, with no reason"
+
+
+def test_an_uploaded_credential_shows_in_its_gauges_at_the_next_gauges_run(actors: Actors) -> None:
+    ca = make_ca(days=400)
+    certificate = issue_client_certificate(ca, TOPIC, days=20)
+    with actors.app.session() as s:
+        ensure_organization(s, organization_id="gauged")
+        stored = store_credential(
+            s,
+            organization_id="gauged",
+            provider=Provider.apns,
+            kind=CredentialKind.apns_certificate,
+            secret=(certificate.cert_pem + certificate.key_pem).decode(),
+            environment=PushEnvironment.sandbox,
+        ).credential
+    assert stored.not_after is not None
+
+    gauges.gauges_job(actors, utcnow())  # every 30 s; the certificate watch has not run (hourly)
+    expiry = certificates.EXPIRY.labels(source="push_credential", name="gauged/apns")._value.get()
+    accepted = certificates.CREDENTIAL_ACCEPTED.labels(organization="gauged", provider="apns")
+    assert (expiry, accepted._value.get()) == (stored.not_after.timestamp(), 1)
+
+    with actors.app.session() as s:  # as the watch records a provider's refusal
+        record_credential_check(
+            s, credential_id=stored.id, checked_at=utcnow(), status=CredentialStatus.revoked,
+            status_reason="refused", alerted_days=0,
+        )  # fmt: skip
+    gauges.gauges_job(actors, utcnow())
+    assert accepted._value.get() == 0

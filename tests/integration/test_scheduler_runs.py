@@ -3,6 +3,7 @@ Sentry is configured (captured here by a test transport)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from models.migrations.runner import upgrade
 from models.tables import SchedulerRun
 from scheduler.jobs import Job
 from scheduler.lease import Lease
-from scheduler.runner import Scheduler
+from scheduler.runner import STANDBY_REPORT_S, Scheduler
 from tests.sentry import Captured
 from workers.actors import Actors
 from workers.app import App
@@ -62,3 +63,44 @@ def test_a_run_is_recorded_with_its_cron_check_ins_and_only_under_the_lease(
         ("mdmq-scheduler-broken", "in_progress"),
         ("mdmq-scheduler-broken", "error"),
     ]
+
+
+def test_each_run_is_logged_at_info_with_its_outcome_work_and_duration(
+    scheduler: Scheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="scheduler.runner")
+    assert scheduler.lease.refresh() is True
+    scheduler.run_job(Job("fine", _fine, lambda a: 1.0))
+    scheduler.run_job(Job("broken", _broken, lambda a: 1.0))
+
+    runs = [r for r in caplog.records if hasattr(r, "scheduler_job") and r.levelno == logging.INFO]
+    seen = [(r.__dict__["scheduler_job"], r.__dict__["outcome"], r.__dict__["work"]) for r in runs]
+    assert seen == [("fine", "ok", 7), ("broken", "error", None)]
+    assert all(isinstance(r.__dict__["duration_ms"], int) for r in runs)
+    assert runs[0].getMessage().startswith("scheduler job fine ok: 7 rows in ")
+
+
+def test_a_standby_says_who_leads_at_once_and_then_every_five_minutes(
+    scheduler: Scheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="scheduler.runner")
+    now = [1_000.0]
+    other = App(scheduler.app.settings)  # the standby is another process on the same database
+    standby = Scheduler(other, lease=Lease(other.session, holder="there", period_s=15), clock=lambda: now[0])
+    assert scheduler.lease.refresh() is True
+
+    def said() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.__dict__.get("state") == "standby"]
+
+    standby.refresh_lease()
+    (line,) = said()
+    assert (line.__dict__["leader"], line.levelno) == ("here", logging.INFO)
+    assert line.getMessage().startswith("scheduler there standing by: here leads, its lease expires at ")
+    now[0] += STANDBY_REPORT_S - 1
+    standby.refresh_lease()
+    assert len(said()) == 1, "not again within five minutes"
+    now[0] += 1
+    standby.refresh_lease()
+    assert len(said()) == 2, "again after five minutes"
+    assert STANDBY_REPORT_S == 300
+    other.close()

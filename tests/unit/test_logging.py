@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -15,6 +18,15 @@ from config.logging import (
     ids_field,
     log_context,
 )
+
+
+@pytest.fixture(autouse=True)
+def _hooks_restored() -> Iterator[None]:
+    """configure_logging(json_lines=True) routes warnings and crashes to the log: not pytest's, after."""
+    excepthook = sys.excepthook
+    yield
+    sys.excepthook = excepthook
+    logging.captureWarnings(False)
 
 
 def _record(**extra: object) -> logging.LogRecord:
@@ -73,3 +85,23 @@ def test_lines_written_inside_a_log_context_carry_its_fields(capsys: pytest.Capt
 
 def test_one_deployment_is_named_by_its_id() -> None:
     assert ids_field(["d1"]) == {"deployment_id": "d1"}
+
+
+def test_in_production_a_warning_and_a_crash_are_json_lines_too() -> None:
+    program = (
+        "import warnings; from config.logging import configure_logging; "
+        "configure_logging(json_lines=True); warnings.warn('deprecated here'); raise RuntimeError('boom')"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert ran.returncode == 1
+    lines = [json.loads(line) for line in ran.stderr.splitlines()]
+    assert [(line["level"], line["logger"]) for line in lines] == [
+        ("warning", "py.warnings"),
+        ("critical", "mdmq"),
+    ]
+    assert "deprecated here" in lines[0]["message"]
+    assert lines[1]["message"] == "uncaught RuntimeError: boom"
+    assert "Traceback" in lines[1]["exception"]

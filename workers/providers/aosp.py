@@ -40,6 +40,7 @@ _OUTCOME_BY_CODE: Mapping[str, Outcome] = {
 }
 # The provider's documented words, for the metrics' reason label ("failed": a token of `info.failed`).
 KNOWN_CODES = frozenset(_OUTCOME_BY_CODE) | {"failed", "INVALID_PUSH_ID"}
+DOCUMENTED_OUTCOMES = _OUTCOME_BY_CODE  # the outcome each documented code means, for the metrics
 
 
 class PushGone(ProviderError):

@@ -106,8 +106,9 @@ _ANSWERS: dict[str, Answer] = {
     "UnrelatedKeyIdInToken": Answer(Outcome.transient),  # [A-RESP] [A-JWT] 403, open a new connection
     "ExpiredProviderToken": Answer(Outcome.transient),  # [A-JWT] 403, re-sign: never the key's fault
 }
-# The provider's documented words, for the metrics' reason label.
+# The provider's documented words, for the metrics' reason label, and the outcome each means.
 KNOWN_REASONS = frozenset(_ANSWERS)
+DOCUMENTED_OUTCOMES: dict[str, Outcome] = {reason: answer.outcome for reason, answer in _ANSWERS.items()}
 
 
 def answer_for(status: int, reason: str | None) -> Answer:

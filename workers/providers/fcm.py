@@ -69,6 +69,7 @@ _ADVICE: Mapping[str, str] = {
 }
 # The provider's documented words, for the metrics' reason label.
 KNOWN_ERROR_CODES = frozenset(_OUTCOME_BY_ERROR_CODE) | {"NOT_FOUND", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+DOCUMENTED_OUTCOMES = _OUTCOME_BY_ERROR_CODE  # the outcome each documented code means, for the metrics
 # [G-CODE] Google's front end refuses the caller (OAuth token, permission) before FCM reads the message.
 _REFUSED_STATUSES = frozenset({401, 403})
 

@@ -29,9 +29,10 @@ from typing import Any
 from config.logging import ids_field, log_context
 from config.settings import REDELIVER_AFTER_S
 from models.database import DATABASE_ERRORS, Session, is_connection_error
-from models.enums import Actor, CredentialStatus, Provider
+from models.enums import PROVIDER_NAMES, Actor, CredentialStatus, Provider
 from models.secrets import CANNOT_DECRYPT, CannotDecrypt, Undecryptable
 from models.store import ErrorInfo
+from models.store.attempts import FailedPush, record_failed_pushes
 from models.store.dispatch import (
     Claimed,
     DispatchRecord,
@@ -77,7 +78,6 @@ from workers.services.valve import Valve, Verdict, answer_marks
 log = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
-PROVIDER_NAMES = {Provider.apns: "APNs", Provider.fcm: "FCM", Provider.aosp: "The AOSP push provider"}
 # The first try of one push for a held organization comes this long after the hold (DESIGN §4.3).
 HOLD_FIRST_PROBE_S = 60.0
 DEFAULT_VALVE = Valve()
@@ -157,6 +157,7 @@ class Answered:
     results: tuple[PushResult, ...] = ()
     hold: Hold | None = None
     held: int = 0
+    pushed: bool = True  # the batch went to the provider (a hold decided before sending sent nothing)
 
     @property
     def sent(self) -> bool:
@@ -243,7 +244,10 @@ def dispatch_chunk(
     answered = send(gateway, loaded)
     answered = [judge(session, a, valve) if a.sent else a for a in answered]
     probe_at = loaded.now + timedelta(seconds=first_probe_s)
-    answered = [hold(session, a, probe_at=probe_at) if a.hold is not None else a for a in answered]
+    answered = [
+        hold(session, a, probe_at=probe_at, claimed_at=loaded.now) if a.hold is not None else a
+        for a in answered
+    ]
     planned = plan(loaded, answered, failures=failures + 1, redeliver_after_s=redeliver_after_s)
     summary = DispatchSummary(
         claimed=len(loaded.claimed),
@@ -357,7 +361,7 @@ def send(gateway: PushGateway, loaded: Loaded) -> list[Answered]:
         if isinstance(usable, Credential):
             sending.append((i, group, usable))
         else:
-            answered[i] = Answered(group, hold=usable)
+            answered[i] = Answered(group, hold=usable, pushed=False)
     if sending:
         batches = [
             (g.organization_id, credential, [wake_up(w.target) for w in g.live])
@@ -436,11 +440,14 @@ def judge(session: SessionFactory, answered: Answered, valve: Valve) -> Answered
     return answered
 
 
-def hold(session: SessionFactory, answered: Answered, *, probe_at: datetime) -> Answered:
+def hold(
+    session: SessionFactory, answered: Answered, *, probe_at: datetime, claimed_at: datetime
+) -> Answered:
     """Hold every Queued deployment of the organization for this provider, in a transaction of its own: the
     credential row, then the holds. If an operator stored another credential since this batch read it, or
     the hold it read was released meanwhile, hold nothing: the batch's pushes go again, as a transient
-    failure, with the new credential or unheld."""
+    failure, with the new credential or unheld. The refused push is recorded for the chunk's deployments
+    (at `claimed_at`), with the scheduler's probe as their next try."""
     group, reason = answered.group, answered.hold
     assert reason is not None
     with group.logged(), session() as s:
@@ -456,7 +463,10 @@ def hold(session: SessionFactory, answered: Answered, *, probe_at: datetime) -> 
         # No device was woken: the claim's count is given back, as for a provider's 5xx, so a rollout whose
         # key was revoked and renewed keeps every wake-up its policy allows. (The next attempt time of a
         # held deployment is the release's to set.)
-        give_back_attempts(s, ids=[d.id for w in group.live for d in w.deployments], redeliver_at=utcnow())
+        ids = [d.id for w in group.live for d in w.deployments]
+        give_back_attempts(s, ids=ids, redeliver_at=utcnow())
+        if answered.pushed and group.standing is None:
+            record_failed_pushes(s, at=claimed_at, failed=[_refused(group, reason, ids, probe_at)])
     return replace(answered, held=held)
 
 
@@ -468,6 +478,7 @@ def plan(loaded: Loaded, answered: Sequence[Answered], *, failures: int, redeliv
     receipts: list[NewReceipt] = []
     repush_at: dict[str, datetime] = {}
     turned_away: list[tuple[Wake, PushResult]] = []
+    failed: list[FailedPush] = []
     pushes = accepted = 0
     now = loaded.now
     for a in answered:
@@ -495,12 +506,14 @@ def plan(loaded: Loaded, answered: Sequence[Answered], *, failures: int, redeliv
             undeliverable += _undeliverable(
                 group.provider, rejected, "push_payload_rejected", "rejected the push"
             )
+            failed += _failed(dead + rejected)
             woken = by_outcome[Outcome.accepted]
             receipts += _receipts(group.organization_id, group.provider, woken, now)
             repush_at |= _repush_at([w for w, _ in woken], loaded.policies, now)
             turned_away += by_outcome[Outcome.transient]
             log.info("pushes answered: %s", a.outcomes())
     give_ups, retry = _retry(turned_away, policies=loaded.policies, failures=failures, now=now)
+    failed += _turned_away(turned_away, retry, now)
     record = DispatchRecord(
         claimed_at=now,
         claimed_ids=tuple(c.id for c in loaded.claimed),
@@ -514,6 +527,7 @@ def plan(loaded: Loaded, answered: Sequence[Answered], *, failures: int, redeliv
         redeliver_at=now + timedelta(seconds=retry.delay_s + redeliver_after_s)
         if retry is not None
         else None,
+        failed=tuple(failed),
     )
     return Planned(record, retry, pushes, accepted)
 
@@ -711,6 +725,46 @@ def _undeliverable(
         ids = tuple(d.id for w, _ in group for d in w.deployments)
         errors.append(Undeliverable(ids, ErrorInfo(code, message, detail)))
     return errors
+
+
+def _failed(answers: Sequence[tuple[Wake, PushResult]]) -> list[FailedPush]:
+    """The answers as failed pushes, one per distinct answer, for every deployment their wakes served."""
+    by_answer: dict[tuple[Provider, str, int | None, str | None], list[str]] = defaultdict(list)
+    for wake, result in answers:
+        key = (wake.target.provider, result.outcome.value, result.status, result.reason)
+        by_answer[key] += [d.id for d in wake.deployments]
+    return [
+        FailedPush(tuple(ids), provider, outcome, status, reason, None)
+        for (provider, outcome, status, reason), ids in by_answer.items()
+    ]
+
+
+def _turned_away(
+    turned_away: Sequence[tuple[Wake, PushResult]], retry: Retry | None, now: datetime
+) -> list[FailedPush]:
+    """Pushes the provider turned away: those retried go again with the retry's message; the ones past
+    their deadline do not (their error says so)."""
+    if retry is None:
+        return _failed(turned_away)
+    retried = set(retry.deployment_ids)
+    next_at = now + timedelta(seconds=retry.delay_s)
+    failed: list[FailedPush] = []
+    for f in _failed(turned_away):
+        going = tuple(i for i in f.deployment_ids if i in retried)
+        done = tuple(i for i in f.deployment_ids if i not in retried)
+        if going:
+            failed.append(replace(f, deployment_ids=going, next_attempt_at=next_at))
+        if done:
+            failed.append(replace(f, deployment_ids=done))
+    return failed
+
+
+def _refused(group: Group, hold: Hold, deployment_ids: Sequence[str], probe_at: datetime) -> FailedPush:
+    """The push a hold stopped: the provider's answer when one came, else the refusal (a TLS handshake)."""
+    answer = hold.answer
+    status = answer.status if answer is not None else None
+    reason = (answer.reason if answer is not None else None) or hold.reason
+    return FailedPush(tuple(deployment_ids), group.provider, hold.scope.value, status, reason, probe_at)
 
 
 def _reason_text(result: PushResult | None) -> str:

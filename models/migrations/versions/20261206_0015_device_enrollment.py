@@ -1,8 +1,8 @@
 """device enrollment: the push topic an Apple device enrolled with, labels, when it was last updated and when
 it was unenrolled (a soft delete: the row stays for its deployments' history)
 
-Revision ID: 0012
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-06
 """
 
@@ -14,8 +14,8 @@ from sqlalchemy.dialects import postgresql
 
 import models.types
 
-revision: str = "0012"
-down_revision: str | None = "0013"
+revision: str = "0015"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
