@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api import audit, credentials, deployments, idempotency, ops, rollouts
+from api import audit, credentials, deployments, devices, idempotency, ops, rollouts
 from api.access_log import AccessLog
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
@@ -85,6 +85,7 @@ def create_app(app: App | None = None) -> FastAPI:
     api.include_router(deployments.router(actors))
     api.include_router(deployments.reports_router(actors))
     api.include_router(rollouts.router(actors))
+    api.include_router(devices.router(actors))
     api.include_router(credentials.router(actors))
     api.include_router(audit.router(mdmq))
     api.include_router(ops.router(mdmq))

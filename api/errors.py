@@ -13,6 +13,7 @@
 | 4008 | 408 | Request body too slow: the seconds it had |
 | 4009 | 409 | Conflict: what the request would undo, and how to go ahead; or an `Idempotency-Key` in use |
 | 4013 | 413 | Request body too large: its size, and the most taken |
+| 4019 | 409 | Topic change refused: an enrolled Apple device keeps its topic; unenroll, then enroll again |
 | 4022 | 422 | Idempotency key reused: the key came first with another request body |
 | 5000 | 500 | Internal error |
 | 5003 | 503 | Service busy: the key checks (with `Retry-After`), or one API process's connections |
@@ -45,13 +46,15 @@ EXPIRED_TOKEN = (401, 4005, "Token expired")
 BODY_TOO_SLOW = (408, 4008, "Request body too slow")
 CONFLICT = (409, 4009, "Conflict")
 BODY_TOO_LARGE = (413, 4013, "Request body too large")
+TOPIC_CHANGE_REFUSED = (409, 4019, "Topic change refused")
 IDEMPOTENCY_KEY_REUSED = (422, 4022, "Idempotency key reused")
 INTERNAL_ERROR = (500, 5000, "Internal error")
 SERVICE_BUSY = (503, 5003, "Service busy")
 
 CODES = (
     ENTITY_NOT_FOUND, ROUTE_NOT_FOUND, METHOD_NOT_ALLOWED, INVALID_REQUEST, NO_AUTH_TOKEN, PERMISSION_DENIED,
-    INVALID_TOKEN, EXPIRED_TOKEN, BODY_TOO_SLOW, CONFLICT, BODY_TOO_LARGE, IDEMPOTENCY_KEY_REUSED,
+    INVALID_TOKEN, EXPIRED_TOKEN, BODY_TOO_SLOW, CONFLICT, BODY_TOO_LARGE, TOPIC_CHANGE_REFUSED,
+    IDEMPOTENCY_KEY_REUSED,
     INTERNAL_ERROR, SERVICE_BUSY,
 )  # fmt: skip
 

@@ -6,6 +6,7 @@ Times stay `datetime`: the API's response models and the command line's `--json`
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from models.enums import PROVIDER_NAMES
@@ -18,6 +19,7 @@ from models.tables import (
     AuditEvent,
     Deployment,
     DeploymentEvent,
+    Device,
     ProviderHold,
     PushAttempt,
     PushCredential,
@@ -218,4 +220,30 @@ def rollout(p: RolloutProgress) -> dict[str, Any]:
         "ratePerSecond": None if rate is None else round(rate, 2),
         "etaSeconds": None if eta is None else round(eta),
         "measuredAt": p.measured_at,
+    }
+
+
+def device(d: Device, *, last_push: datetime | None) -> dict[str, Any]:
+    """A device without its secrets: its token's state and the invalidation's record, never the token or the
+    push magic. `last_push`: when a push last woke it (the latest of its deployments')."""
+    return {
+        "id": d.id,
+        "organizationId": d.organization_id,
+        "platform": d.platform.value,
+        "provider": d.provider.value,
+        "topic": d.topic,
+        "labels": list(d.labels or []),
+        "token": {
+            "state": d.token_state.value,
+            "reason": d.token_invalid_reason,
+            "providerStatus": d.token_invalid_status,
+            "invalidAt": d.token_invalid_at,
+            "ambiguous": d.token_invalid_ambiguous,
+        },
+        "enrolled": d.unenrolled_at is None,
+        "unenrolledAt": d.unenrolled_at,
+        "lastPushAt": last_push,
+        "lastReportAt": d.last_seen_at,
+        "createdAt": d.created_at,
+        "updatedAt": d.updated_at,
     }

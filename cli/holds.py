@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from cli.devices import devices
 from cli.ops import EXIT_NOTHING, Json, _app, console
 from cli.options import parse_since
 from cli.output import emit_json
@@ -17,8 +18,6 @@ from models.enums import Provider
 from models.store.audit import record_audit_event
 from models.store.holds import provider_holds, release_provider, restore_tokens
 from workers.actors import declare_actors
-
-devices = typer.Typer(no_args_is_help=True, help="Devices and their push tokens.")
 
 OrgOption = Annotated[str, typer.Option("--org", help="The organization.")]
 ProviderOption = Annotated[Provider, typer.Option("--provider", help="apns, fcm or aosp.")]
@@ -89,5 +88,4 @@ def restore_tokens_command(
 
 def register(app: typer.Typer) -> None:
     app.command(name="release")(release)
-    devices.command(name="restore-tokens")(restore_tokens_command)
-    app.add_typer(devices, name="devices")
+    devices.command(name="restore-tokens")(restore_tokens_command)  # the group is cli.devices'

@@ -202,12 +202,13 @@ def sandbox(
     serve_forever(host, apns_port, fcm_port, aosp_port, tls, apns_sandbox_port=apns_sandbox_port)
 
 
-from cli import audit, credentials, holds, ops, queues, rollouts, secrets, tokens  # noqa: E402  (after the app and its groups)
+from cli import audit, credentials, devices, holds, ops, queues, rollouts, secrets, tokens  # noqa: E402  (after the app and its groups)
 
 ops.register(app)
 rollouts.register(app)
 holds.register(app)
 credentials.register(app)
+devices.register(app)
 tokens.register(app)
 audit.register(app)
 secrets.register(app)

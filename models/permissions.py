@@ -18,6 +18,8 @@ PERMISSIONS = frozenset(
         "mdm.deployment.create",
         "mdm.deployment.get",  # one deployment, and the list; rollouts
         "mdm.deployment.retry",  # deployments, or a rollout's
+        "mdm.device.get",  # one device (never its token or push magic), and the list
+        "mdm.device.manage",  # enroll, update (TokenUpdate), import and unenroll devices
         "mdm.device.report",  # the MDM check-in server's device reports
         OPS_VIEW,
     }

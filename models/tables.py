@@ -85,6 +85,9 @@ class PushCredential(SQLModel, table=True):
 
 
 class Device(SQLModel, table=True):
+    """A managed device and how to wake it: its provider, push token and, for Apple devices, push magic and
+    the topic it enrolled with."""
+
     __table_args__ = (sa.Index("ix_device_organization", "organization_id", "id"),)
 
     id: str = Field(sa_type=ID, primary_key=True)
@@ -106,7 +109,14 @@ class Device(SQLModel, table=True):
     token_invalid_fingerprint: str | None = Field(default=None, sa_type=sa.String(64))
     token_invalid_ambiguous: bool = False
     last_seen_at: datetime | None = _ts()
+    # Apple devices: the push topic the device enrolled with (its MDM enrollment's), kept for the life of the
+    # enrollment; pushes are routed by it (DESIGN §2).
+    topic: str | None = Field(default=None, sa_type=sa.String(255))
+    labels: list[str] | None = Field(default=None, sa_type=JSON)
     created_at: datetime = _created()
+    updated_at: datetime | None = _ts()
+    # Unenrolled: a soft delete. The row stays for its deployments' history; nothing is pushed to it again.
+    unenrolled_at: datetime | None = _ts()
 
 
 class ProviderHold(SQLModel, table=True):

@@ -84,7 +84,8 @@ def _probe(actors: Actors, hold: ProviderHold) -> Probe:
     app = actors.app
     with app.session() as s:
         row = push_credential(s, organization_id=hold.organization_id, provider=hold.provider)
-        device = probe_device(s, organization_id=hold.organization_id, provider=hold.provider)
+        topic = row.topic if row is not None else None
+        device = probe_device(s, organization_id=hold.organization_id, provider=hold.provider, topic=topic)
     if row is None:
         return Probe(False, "no credential stored")
     if device is None:

@@ -19,6 +19,7 @@ DEPLOYMENTS_RETRIED = "deployments.retried"
 TOKEN_CREATED = "token.created"  # noqa: S105  (an action, not a password)
 TOKEN_REVOKED = "token.revoked"  # noqa: S105
 SECRETS_ROTATED = "secrets.rotated"
+DEVICE_UNENROLLED = "device.unenrolled"
 IDS_KEPT = 100  # deployment ids an event names; each deployment's own history records the change too
 
 

@@ -49,7 +49,8 @@ def add_devices(session: Session, *, organization_id: str, devices: Sequence[New
 
 
 def unknown_device_ids(session: Session, *, organization_id: str, ids: Collection[str]) -> set[str]:
-    """Those of `ids` that are not devices of `organization_id`; a device of another organization is not."""
+    """Those of `ids` that are not enrolled devices of `organization_id`: a device of another organization
+    is not, nor an unenrolled one (nothing is sent to it again)."""
     if not ids:
         return set()
     if dialect_of(session) == "postgresql":
@@ -60,7 +61,11 @@ def unknown_device_ids(session: Session, *, organization_id: str, ids: Collectio
             .table_valued("id")
             .render_derived(name="wanted")
         )
-        ours = sa.and_(DEVICE.c.id == wanted.c.id, DEVICE.c.organization_id == organization_id)
+        ours = sa.and_(
+            DEVICE.c.id == wanted.c.id,
+            DEVICE.c.organization_id == organization_id,
+            DEVICE.c.unenrolled_at.is_(None),
+        )
         statement = (
             sa.select(wanted.c.id).select_from(wanted.outerjoin(DEVICE, ours)).where(DEVICE.c.id.is_(None))
         )
@@ -68,7 +73,9 @@ def unknown_device_ids(session: Session, *, organization_id: str, ids: Collectio
     found: set[str] = set()
     for batch in chunked(sorted(ids), IDS_PER_STATEMENT):
         statement = sa.select(DEVICE.c.id).where(
-            DEVICE.c.organization_id == organization_id, DEVICE.c.id.in_(batch)
+            DEVICE.c.organization_id == organization_id,
+            DEVICE.c.id.in_(batch),
+            DEVICE.c.unenrolled_at.is_(None),
         )
         found.update(run(session, statement).scalars())
     return set(ids) - found

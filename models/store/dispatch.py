@@ -54,6 +54,8 @@ class PushTarget:
     token: str = field(repr=False)
     push_magic: str | None = field(repr=False)
     token_valid: bool
+    topic: str | None = None  # an Apple device's enrollment topic: its pushes go under it
+    enrolled: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,12 +121,15 @@ def push_targets(session: Session, *, device_ids: Collection[str]) -> dict[str, 
     c = DEVICE.c
     targets: dict[str, PushTarget] = {}
     for batch in chunked(sorted(device_ids), IDS_PER_STATEMENT):
-        statement = sa.select(c.id, c.provider, c.push_token, c.push_magic, c.token_state).where(
-            one_of(session, c.id, batch)
-        )
+        statement = sa.select(
+            c.id, c.provider, c.push_token, c.push_magic, c.token_state, c.topic, c.unenrolled_at
+        ).where(one_of(session, c.id, batch))
         for r in run(session, statement):
             valid = r.token_state == TokenState.valid.value
-            targets[r.id] = PushTarget(r.id, Provider(r.provider), r.push_token, r.push_magic, valid)
+            enrolled = r.unenrolled_at is None
+            targets[r.id] = PushTarget(
+                r.id, Provider(r.provider), r.push_token, r.push_magic, valid, r.topic, enrolled
+            )
     return targets
 
 
@@ -294,6 +299,19 @@ def hold_for_credential(session: Session, *, organization_id: str, provider: Pro
         .values(hold_reason=reason[:200])
     )
     return int(run(session, statement).rowcount)
+
+
+def hold_for_topic(session: Session, *, ids: Sequence[str], reason: str) -> int:
+    """Hold these Queued deployments, whose devices enrolled under a topic the organization's certificate
+    does not serve; returns how many. Released as any hold is: by a credential of their topic."""
+    rows = update_deployments(
+        session,
+        ids=sorted(ids),
+        where=DEPLOYMENT.c.status == Status.queued.value,
+        values={"hold_reason": reason[:200]},
+        returning=(DEPLOYMENT.c.id,),
+    )
+    return len(rows)
 
 
 def release_holds(

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, col, select
 
 from models.enums import CredentialStatus, Provider, TokenState
-from models.store._sql import DEVICE, dialect_of, run
+from models.store._sql import DEVICE, dialect_of, one_of, run
 from models.store.dispatch import PushTarget, release_holds
 from models.tables import ProviderHold
 from models.types import utcnow
@@ -93,7 +93,11 @@ def devices_served(session: Session, *, organization_id: str, provider: Provider
     """How many of the organization's devices this provider wakes, counted up to `at_most`."""
     some = (
         sa.select(DEVICE.c.id)
-        .where(DEVICE.c.organization_id == organization_id, DEVICE.c.provider == provider.value)
+        .where(
+            DEVICE.c.organization_id == organization_id,
+            DEVICE.c.provider == provider.value,
+            DEVICE.c.unenrolled_at.is_(None),
+        )
         .limit(at_most)
         .subquery()
     )
@@ -208,21 +212,29 @@ def probe_failed(
     session.flush()
 
 
-def probe_device(session: Session, *, organization_id: str, provider: Provider) -> PushTarget | None:
-    """A device to try one push to: the most recently seen of the organization's with a valid token."""
+def probe_device(
+    session: Session, *, organization_id: str, provider: Provider, topic: str | None = None
+) -> PushTarget | None:
+    """A device to try one push to: the most recently seen of the organization's enrolled ones with a valid
+    token, and of `topic` when given (a device of another topic would answer `DeviceTokenNotForTopic`)."""
     c = DEVICE.c
+    of_topic = sa.true() if topic is None else sa.or_(c.topic.is_(None), c.topic == topic)
     statement = (
-        sa.select(c.id, c.push_token, c.push_magic)
+        sa.select(c.id, c.push_token, c.push_magic, c.topic)
         .where(
             c.organization_id == organization_id,
             c.provider == provider.value,
             c.token_state == TokenState.valid.value,
+            c.unenrolled_at.is_(None),
+            of_topic,
         )
         .order_by(c.last_seen_at.desc().nulls_last(), c.id)
         .limit(1)
     )
     row = run(session, statement).first()
-    return None if row is None else PushTarget(row.id, provider, row.push_token, row.push_magic, True)
+    if row is None:
+        return None
+    return PushTarget(row.id, provider, row.push_token, row.push_magic, True, row.topic)
 
 
 # -- invalidated tokens ----------------------------------------------------------------------------------
@@ -236,12 +248,15 @@ def restore_tokens(
     since: datetime | None = None,
     fingerprint: str | None = None,
     ambiguous_only: bool = False,
+    device_ids: Sequence[str] | None = None,
 ) -> int:
     """Make the organization's invalidated tokens valid again; returns how many. Optionally only those of one
-    provider, invalidated at or after `since`, seen with the credential of `fingerprint`, or invalidated by
-    an ambiguous answer."""
+    provider, invalidated at or after `since`, seen with the credential of `fingerprint`, invalidated by
+    an ambiguous answer, or of the devices `device_ids` (a token update)."""
     c = DEVICE.c
     where = [c.organization_id == organization_id, c.token_state == TokenState.invalid.value]
+    if device_ids is not None:
+        where.append(one_of(session, c.id, sorted(set(device_ids))))
     if provider is not None:
         where.append(c.provider == provider.value)
     if since is not None:

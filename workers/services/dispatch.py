@@ -29,7 +29,7 @@ from typing import Any
 from config.logging import ids_field, log_context
 from config.settings import REDELIVER_AFTER_S
 from models.database import DATABASE_ERRORS, Session, is_connection_error
-from models.enums import PROVIDER_NAMES, CredentialStatus, Provider
+from models.enums import PROVIDER_NAMES, Actor, CredentialStatus, Provider
 from models.secrets import CANNOT_DECRYPT, CannotDecrypt, Undecryptable
 from models.store import ErrorInfo
 from models.store.attempts import FailedPush, record_failed_pushes
@@ -45,11 +45,13 @@ from models.store.dispatch import (
     credential_unchanged,
     give_back_attempts,
     hold_for_credential,
+    hold_for_topic,
     mark_credential,
     push_credentials,
     push_targets,
     record_dispatch,
 )
+from models.store.enrollment import cancel_for_unenrolled
 from models.store.holds import (
     ANSWER_DEAD,
     NewHold,
@@ -277,8 +279,10 @@ def load(
     with session() as s:
         claimed = claim_for_push(s, ids=deployment_ids, now=now)
         targets = push_targets(s, device_ids={c.device_id for c in claimed})
+        claimed = _cancel_unenrolled(s, claimed, targets)
         organizations = {c.organization_id for c in claimed}
         credentials = push_credentials(s, organization_ids=organizations)
+        claimed = _hold_other_topics(s, claimed, targets, credentials, now=now)
         holds = provider_holds(s, organization_ids=organizations) if claimed else {}
         policies = Policies(policy, retry_overrides(s, organization_ids=organizations))
     groups = tuple(
@@ -292,6 +296,50 @@ def load(
         for (organization, provider), wakes in _by_group(claimed, targets).items()
     )
     return Loaded(now, tuple(claimed), groups, policies)
+
+
+def _cancel_unenrolled(s: Session, claimed: list[Claimed], targets: dict[str, PushTarget]) -> list[Claimed]:
+    """Nothing is pushed to an unenrolled device: deployments claimed for one (created or released as it
+    was unenrolled) end Cancelled, "device unenrolled", as its unenrollment cancelled the others."""
+    gone = {c.id for c in claimed if (t := targets.get(c.device_id)) is not None and not t.enrolled}
+    if not gone:
+        return claimed
+    cancel_for_unenrolled(s, ids=sorted(gone), actor=Actor.worker)
+    log.info("cancelled %d deployments of unenrolled devices", len(gone), extra=ids_field(sorted(gone)))
+    return [c for c in claimed if c.id not in gone]
+
+
+def _hold_other_topics(
+    s: Session,
+    claimed: list[Claimed],
+    targets: dict[str, PushTarget],
+    credentials: Mapping[tuple[str, Provider], PushCredential],
+    *,
+    now: datetime,
+) -> list[Claimed]:
+    """Hold, before any push, the deployments of Apple devices enrolled under a topic other than their
+    organization's certificate's. APNs takes an MDM push only under the topic of the device's enrollment
+    (Apple, "Sending MDM commands to a device"; NanoMDM routes each push by the enrollment's topic for
+    this reason); under another, every token answers `DeviceTokenNotForTopic` ("Handling notification
+    responses from APNs"), an answer that would invalidate a live token or hold the whole organization.
+    A certificate of the device's topic, uploaded, releases them."""
+    other: dict[str, list[str]] = defaultdict(list)  # hold reason → deployments
+    for c in claimed:
+        target = targets.get(c.device_id)
+        credential = credentials.get((c.organization_id, Provider.apns))
+        if target is None or target.provider is not Provider.apns or credential is None:
+            continue
+        if target.topic is not None and credential.topic is not None and target.topic != credential.topic:
+            other[wording.other_topic(target.topic, credential.topic)].append(c.id)
+    if not other:
+        return claimed
+    for reason, ids in other.items():
+        held = hold_for_topic(s, ids=ids, reason=reason)
+        HOLDS.labels(Provider.apns.value).inc(held)
+        log.error("deployments held: %s", reason, extra={"held": held} | ids_field(ids))
+    held_ids = {i for ids in other.values() for i in ids}
+    give_back_attempts(s, ids=sorted(held_ids), redeliver_at=now)  # no device was woken
+    return [c for c in claimed if c.id not in held_ids]
 
 
 def pace(loaded: Loaded) -> Loaded:

@@ -28,6 +28,7 @@ from models.store import (
     transition,
 )
 from models.store.deployments import deployment_devices
+from models.store.enrollment import record_devices_seen
 from models.store.organizations import retry_overrides
 from models.tables import Deployment
 from models.types import utcnow
@@ -94,6 +95,13 @@ def record_check_in(
     applied = (
         record_device_reports(session, binding.reports, policy=policy, now=now) if binding.reports else []
     )
+    bound = {r.deployment_id for r in binding.reports}
+    seen = [
+        (item.device_id, min(item.report.reported_at or now, now))
+        for item in reports
+        if item.report.deployment_id in bound
+    ]
+    record_devices_seen(session, seen=seen)
     return [*applied, TransitionResult((), tuple(binding.refused))]
 
 

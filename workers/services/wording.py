@@ -32,3 +32,12 @@ def device_error(chain: Sequence[Mapping[str, Any]] | None, reason: str | None) 
         code = " ".join(str(first[k]) for k in ("ErrorDomain", "ErrorCode") if k in first)
         return f"The device reported an error: {description}" + (f" ({code})" if code else "")
     return f"The device reported an error: {reason}" if reason else "The device reported an error"
+
+
+def other_topic(device_topic: str, certificate_topic: str) -> str:
+    """Why an Apple device's deployments are held: it enrolled under a topic the certificate doesn't serve."""
+    # Under the 200 characters a hold reason keeps, with two topics of 60.
+    return (
+        f"device topic {device_topic} is not the certificate's {certificate_topic}: "
+        "upload that certificate or re-enroll"
+    )

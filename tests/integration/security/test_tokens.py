@@ -225,7 +225,7 @@ def test_an_unknown_permission_is_refused_with_the_valid_ones(cli: Cli, mdmq: Ap
     with mdmq.session() as s:
         ensure_organization(s, organization_id="acme")
 
-    for wrong in ("*", "mdm.device.get", "MDM.DEPLOYMENT.GET"):
+    for wrong in ("*", "mdm.device.delete", "MDM.DEPLOYMENT.GET"):
         result = cli(
             "token", "create", "--org", "acme", "--permission", "mdm.deployment.get", "--permission", wrong
         )

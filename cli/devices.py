@@ -1,0 +1,175 @@
+"""`mdmq devices import FILE`: enroll a fleet from a CSV or JSON Lines file, in batches of up to 10,000 rows
+stored set-based as the API's batch stores them; bad rows are refused with their line and reason, the good
+ones are stored.
+
+CSV: a header row naming the columns `id`, `platform`, `provider`, `token`, `pushMagic`, `topic`, `labels`
+(labels separated by `;`); empty cells are absent. JSON Lines: one object a line, with the API's fields.
+The file is chosen by its extension (`.csv`, `.jsonl`/`.ndjson`), else by its first character (`{`: JSON).
+
+Exit codes: 0 every row stored, 1 some rows refused, 3 the database refused, 64 usage (an unreadable file,
+a malformed organization id).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cli.output import console, emit_json, fail
+from config import load_settings
+from models.enums import Actor
+from models.ids import is_organization_id
+from models.store import ensure_organization
+from workers.actors import declare_actors
+from workers.app import App
+from workers.services.devices import MAX_PER_BATCH, Imported, RowProblem, import_devices
+
+EXIT_REFUSED_ROWS = 1
+EXIT_USAGE = 64
+REFUSALS_SHOWN = 50
+
+devices = typer.Typer(no_args_is_help=True, help="Devices: enroll a fleet, restore push tokens.")
+
+
+@dataclass
+class Tally:
+    created: int = 0
+    updated: int = 0
+    refused: list[dict[str, Any]] = field(default_factory=list)  # line, id, field, reason
+
+
+@devices.command("import")
+def import_file(
+    file: Annotated[Path, typer.Argument(help="A CSV file with a header row, or JSON Lines.")],
+    *,
+    org: Annotated[
+        str, typer.Option("--org", help="The organization the devices enroll in (created if new).")
+    ],
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, max=MAX_PER_BATCH, help="Rows per transaction.")
+    ] = MAX_PER_BATCH,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")] = False,
+) -> None:
+    """Enroll (or update, as Apple's TokenUpdate) the devices of FILE; print how many were stored and each
+    refused row's line and reason. Exit 1 when some were refused."""
+    if not is_organization_id(org):
+        fail(f"--org {org!r} is not an organization id (24 hex, or 3+ letters, digits, -)", EXIT_USAGE)
+    rows = _rows(file)
+    total = _count_rows(file)
+    app = App(load_settings())
+    tally = Tally()
+    try:
+        with app.session() as session:
+            ensure_organization(session, organization_id=org)
+        enqueue = declare_actors(app).enqueue_ids
+        with _progress(enabled=not as_json, total=total) as advance:
+            for lines, chunk in _batches(rows, batch):
+                with app.session() as session:
+                    imported = import_devices(session, organization_id=org, rows=chunk, actor=Actor.ops)
+                enqueue(list(imported.enrolled.release))  # once committed
+                _add(tally, imported, lines)
+                advance(len(chunk))
+    finally:
+        app.close()
+    _print(tally, as_json=as_json)
+    if tally.refused:
+        raise typer.Exit(EXIT_REFUSED_ROWS)
+
+
+def _add(tally: Tally, imported: Imported, lines: list[int]) -> None:
+    tally.created += len(imported.enrolled.created)
+    tally.updated += len(imported.enrolled.updated)
+    tally.refused += [_refusal(lines[p.index], p) for p in imported.problems]
+
+
+def _refusal(line: int, problem: RowProblem) -> dict[str, Any]:
+    return {"line": line, "id": problem.device_id, "field": problem.field, "reason": problem.reason}
+
+
+def _rows(file: Path) -> Iterator[tuple[int, Any]]:
+    """(line, row) of the file; a line JSON cannot read is a row that is refused, not the import's end."""
+    try:
+        handle = file.open(encoding="utf-8", newline="")
+        first = handle.read(1)
+        handle.seek(0)
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"{file}: cannot be read ({type(e).__name__})", EXIT_USAGE)
+    suffix = file.suffix.lower()
+    if suffix in (".jsonl", ".ndjson") or (suffix != ".csv" and first == "{"):
+        return _json_lines(handle)
+    return _csv_rows(handle)
+
+
+def _json_lines(handle: Any) -> Iterator[tuple[int, Any]]:
+    with handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError:
+                yield number, "not a JSON object"  # refused by the row check: "Input should be an object"
+
+
+def _csv_rows(handle: Any) -> Iterator[tuple[int, Any]]:
+    with handle:
+        reader = csv.DictReader(handle)
+        for row in reader:
+            cells = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+            if "labels" in cells:
+                cells["labels"] = [label.strip() for label in cells["labels"].split(";") if label.strip()]
+            yield reader.line_num, cells
+
+
+def _count_rows(file: Path) -> int:
+    """Rows in the file, for the progress bar: its lines, less a CSV's header."""
+    with file.open("rb") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    return max(lines - (1 if file.suffix.lower() == ".csv" else 0), 0)
+
+
+def _batches(rows: Iterator[tuple[int, Any]], size: int) -> Iterator[tuple[list[int], list[Any]]]:
+    while chunk := list(islice(rows, size)):
+        yield [line for line, _ in chunk], [row for _, row in chunk]
+
+
+@contextmanager
+def _progress(*, enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar of the rows imported; nothing when printing JSON."""
+    if not enabled:
+        yield lambda rows: None
+        return
+    columns = (TextColumn("devices imported"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("import", total=total)
+        yield lambda rows: progress.advance(task, rows)
+
+
+def _print(tally: Tally, *, as_json: bool) -> None:
+    stored = tally.created + tally.updated
+    if as_json:
+        emit_json(
+            {"stored": stored, "created": tally.created, "updated": tally.updated, "refused": tally.refused}
+        )
+        return
+    typer.echo(
+        f"stored {stored} device(s) ({tally.created} enrolled, {tally.updated} updated), "
+        f"refused {len(tally.refused)}"
+    )
+    for r in tally.refused[:REFUSALS_SHOWN]:
+        typer.echo(f"  line {r['line']}: {r['id'] or '-'} {r['field']}: {r['reason']}")
+    if len(tally.refused) > REFUSALS_SHOWN:
+        typer.echo(f"  … and {len(tally.refused) - REFUSALS_SHOWN} more (--json lists them all)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(devices, name="devices")

@@ -1,0 +1,189 @@
+"""Enrollment through the real dispatch and the APNs emulator, on SQLite and PostgreSQL: an unenrolled device
+is never pushed, a device enrolled under another topic than the certificate's is held before any push, and
+a certificate of its topic sends it."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from models.enums import CredentialKind, Platform, Provider, PushEnvironment
+from models.ids import new_id
+from models.statuses import Kind, Status
+from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
+from models.store.enrollment import Enrollment, enroll_devices, unenroll_device
+from models.store.holds import probe_device, release_provider
+from models.tables import Deployment, DeploymentEvent, Device, PushCredential
+from models.types import utcnow
+from sandbox import Delivery, DeviceRegistry, SandboxThread
+from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topic
+from tests.helpers import sandbox_endpoints, sessions
+from workers.policy import RetryPolicy
+from workers.push_gateway import PushGateway
+from workers.services.dispatch import dispatch_chunk
+
+POLICY = RetryPolicy.defaults()
+
+
+@pytest.fixture
+def registry() -> DeviceRegistry:
+    return DeviceRegistry()
+
+
+@pytest.fixture
+def certificate(registry: DeviceRegistry) -> MdmPushCertificate:
+    return issue_mdm_push_certificate(registry, topic=mdm_topic(), days=365)
+
+
+@contextmanager
+def running(registry: DeviceRegistry) -> Iterator[tuple[PushGateway, list[Delivery]]]:
+    """The emulators and a gateway to them; the pushes that reach a device, as they arrive."""
+    reached: list[Delivery] = []
+    registry.subscribe(reached.append)
+    with SandboxThread(registry, tls=True) as sandbox:
+        gateway = PushGateway(sandbox_endpoints(sandbox))
+        try:
+            yield gateway, reached
+        finally:
+            gateway.close()
+
+
+def store_certificate(engine: Engine, certificate: MdmPushCertificate) -> None:
+    with Session(engine) as s, s.begin():
+        ensure_organization(s, organization_id="acme")
+        s.add(
+            PushCredential(
+                id=new_id(),
+                organization_id="acme",
+                provider=Provider.apns,
+                kind=CredentialKind.apns_certificate,
+                secret=certificate.pem_bundle,
+                fingerprint=secrets.token_hex(32),
+                topic=certificate.topic,
+                environment=PushEnvironment.production,
+            )
+        )
+
+
+def enroll(engine: Engine, registry: DeviceRegistry, *, topic: str) -> tuple[str, str]:
+    """An iPhone whose token APNs issued for `topic`, enrolled with it: its id and token."""
+    device_id, token = new_id(), secrets.token_hex(32)
+    registry.add_apns_device(token, topic=topic)
+    with Session(engine) as s, s.begin():
+        enrolled = enroll_devices(
+            s,
+            organization_id="acme",
+            devices=[Enrollment(device_id, Platform.ios, Provider.apns, token, "magic", topic)],
+        )
+    assert enrolled.created == (device_id,)
+    return device_id, token
+
+
+def create(engine: Engine, device_id: str, count: int = 1) -> list[str]:
+    with Session(engine) as s, s.begin():
+        return create_deployments(
+            s, organization_id="acme", deployments=[NewDeployment(device_id, Kind.profile)] * count
+        )
+
+
+def deployment(engine: Engine, deployment_id: str) -> Deployment:
+    with Session(engine) as s:
+        found = get_deployment(s, deployment_id=deployment_id)
+        assert found is not None
+        return found
+
+
+def test_an_unenrolled_device_is_never_pushed(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    store_certificate(engine, certificate)
+    kept, kept_token = enroll(engine, registry, topic=certificate.topic)
+    gone, gone_token = enroll(engine, registry, topic=certificate.topic)
+    ours = create(engine, kept) + create(engine, gone)
+    raced = create(engine, gone)  # created as the device was being unenrolled: it is
+    with Session(engine) as s, s.begin():
+        assert unenroll_device(s, organization_id="acme", device_id=gone) is not None
+        s.get_one(Device, gone)  # still there
+    with Session(engine) as s, s.begin():  # the race: the deployment back in Queued as unenrollment cancelled
+        row = s.get_one(Deployment, raced[0])
+        row.status, row.error_code, row.error_message = Status.queued, None, None
+        s.add(row)
+
+    with running(registry) as (gateway, reached):
+        summary = dispatch_chunk(sessions(engine), gateway, ours + raced, policy=POLICY)
+
+    assert summary.pushes == 1
+    assert [d.token for d in reached] == [kept_token], "nothing reaches the unenrolled device"
+    assert gone_token not in {d.token for d in reached}
+    for cancelled in (ours[1], raced[0]):
+        row = deployment(engine, cancelled)
+        assert (row.status, row.error_message) == (Status.cancelled, "device unenrolled")
+    with Session(engine) as s:
+        events = s.exec(select(DeploymentEvent).where(DeploymentEvent.deployment_id == raced[0])).all()
+    assert events[-1].to_status is Status.cancelled
+    assert events[-1].actor.value == "worker"
+
+
+def test_a_device_of_another_topic_is_held_before_any_push_and_goes_with_its_certificate(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    store_certificate(engine, certificate)
+    right, right_token = enroll(engine, registry, topic=certificate.topic)
+    elsewhere_topic = mdm_topic()
+    elsewhere, elsewhere_token = enroll(engine, registry, topic=elsewhere_topic)
+    ids = create(engine, right) + create(engine, elsewhere, 2)
+
+    with running(registry) as (gateway, reached):
+        summary = dispatch_chunk(sessions(engine), gateway, ids, policy=POLICY)
+        assert summary.pushes == 1
+        assert [d.token for d in reached] == [right_token], "no push under a topic the device is not of"
+        for held_id in ids[1:]:
+            held = deployment(engine, held_id)
+            assert held.status is Status.queued
+            assert held.attempt_count == 0, "no device was woken"
+            assert held.hold_reason is not None
+            assert elsewhere_topic in held.hold_reason
+            assert certificate.topic in held.hold_reason
+            assert held.hold_reason.endswith("upload that certificate or re-enroll"), "not cut short"
+        with Session(engine) as s:
+            device = s.get_one(Device, elsewhere)
+            assert device.token_state.value == "valid", "no token is touched"
+
+        # The certificate of the device's topic replaces the organization's: its holds are released.
+        other = issue_mdm_push_certificate(registry, topic=elsewhere_topic, ca=certificate.ca, days=365)
+        with Session(engine) as s, s.begin():
+            credential = s.exec(select(PushCredential)).one()
+            credential.secret, credential.topic = other.pem_bundle, other.topic
+            credential.fingerprint = secrets.token_hex(32)
+            s.add(credential)
+            released = release_provider(s, organization_id="acme", provider=Provider.apns)
+        assert sorted(released) == sorted(ids[1:])
+        again = dispatch_chunk(sessions(engine), gateway, released, policy=POLICY)
+
+    assert again.pushes == 1
+    assert reached[-1].token == elsewhere_token
+
+
+def test_a_hold_is_probed_on_an_enrolled_device_of_the_certificates_topic(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    store_certificate(engine, certificate)
+    elsewhere, _ = enroll(engine, registry, topic=mdm_topic())
+    gone, _ = enroll(engine, registry, topic=certificate.topic)
+    right, _ = enroll(engine, registry, topic=certificate.topic)
+    with Session(engine) as s, s.begin():
+        unenroll_device(s, organization_id="acme", device_id=gone)
+        for device_id, minutes in ((elsewhere, 1), (gone, 2), (right, 3)):  # seen last: the first tried
+            s.get_one(Device, device_id).last_seen_at = utcnow() - timedelta(minutes=minutes)
+
+    with Session(engine) as s:
+        probed = probe_device(s, organization_id="acme", provider=Provider.apns, topic=certificate.topic)
+
+    assert probed is not None
+    assert probed.device_id == right
