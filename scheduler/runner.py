@@ -23,6 +23,7 @@ from scheduler.jobs import JOBS, Job
 from scheduler.lease import STILL_LEADING, Lease
 from workers.actors import declare_actors
 from workers.app import App
+from workers.enqueue import BrokerAway
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ class Scheduler:
         try:
             with log_context(action=f"scheduler.{job.name}"):
                 work = job.run(self.actors, started)
+        except BrokerAway as e:  # the rows stay as they were: the next run sends them; no traceback
+            log.warning("scheduler job %s: the broker is away (%s); the next run tries again", job.name, e)
+            error = f"{type(e).__name__}: {e}"[:1_000]
         except Exception as e:
             log.exception("scheduler job %s failed", job.name)
             error = f"{type(e).__name__}: {e}"[:1_000]

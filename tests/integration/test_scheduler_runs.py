@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,11 +13,17 @@ import sentry_sdk
 from sqlmodel import Session, select
 
 from config.settings import Settings
+from models.enums import Platform
 from models.migrations.runner import upgrade
-from models.tables import SchedulerRun
-from scheduler.jobs import Job
+from models.statuses import Kind
+from models.store import NewDeployment, create_deployments, ensure_organization
+from models.store.devices import NewDevice, add_devices
+from models.tables import Deployment, SchedulerRun
+from models.types import utcnow
+from scheduler.jobs import Job, relay_job
 from scheduler.lease import Lease
 from scheduler.runner import STANDBY_REPORT_S, Scheduler
+from tests.helpers import free_ports
 from tests.sentry import Captured
 from workers.actors import Actors
 from workers.app import App
@@ -104,3 +110,39 @@ def test_a_standby_says_who_leads_at_once_and_then_every_five_minutes(
     assert len(said()) == 2, "again after five minutes"
     assert STANDBY_REPORT_S == 300
     other.close()
+
+
+def test_a_sweep_with_the_broker_away_says_so_in_one_line_and_leaves_its_rows_for_the_next_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'away.db'}"
+    upgrade(url)
+    [port] = free_ports(1)  # nobody listens there: every send fails as with a broker down
+    app = App(Settings(database_url=url, broker_url=f"redis://127.0.0.1:{port}/0"))
+    try:
+        with app.session() as s:
+            ensure_organization(s, organization_id="acme")
+            [device] = add_devices(
+                s, organization_id="acme", devices=[NewDevice(Platform.ios, "a" * 64, "m")]
+            )
+            long_ago = utcnow() - timedelta(hours=1)  # committed, never enqueued: the relay's
+            [deployment] = create_deployments(
+                s, organization_id="acme", deployments=[NewDeployment(device, Kind.profile)], now=long_ago
+            )
+        scheduler = Scheduler(app, lease=Lease(app.session, holder="here", period_s=15))
+        assert scheduler.lease.refresh() is True
+        with caplog.at_level(logging.WARNING):
+            assert scheduler.run_job(Job("relay", relay_job, lambda a: 1.0)) is True
+
+        [line] = [r for r in caplog.records if r.name == "scheduler.runner"]
+        assert line.exc_info is None, "no traceback for a broker that is away"
+        assert "the broker is away" in line.getMessage()
+        with Session(app.engine) as s:
+            [run] = s.exec(select(SchedulerRun))
+            row = s.get(Deployment, deployment)
+        assert run.ok is False
+        assert (run.error or "").startswith("BrokerAway")
+        assert row is not None
+        assert row.enqueued_at is None, "left for the next run"
+    finally:
+        app.close()
