@@ -144,7 +144,8 @@ def router(app: App) -> APIRouter:
             path="/ops",
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            # In production always: behind a proxy that ends TLS the request reaches us as http.
+            secure=request.url.scheme == "https" or app.settings.in_production,
         )
         return response
 

@@ -250,6 +250,10 @@ class Settings(BaseSettings):
         return self.broker_url.startswith("stub://")
 
     @property
+    def in_production(self) -> bool:
+        return self.environment is Environment.production
+
+    @property
     def serves_api_docs(self) -> bool:
         if self.api_docs is not None:
             return self.api_docs

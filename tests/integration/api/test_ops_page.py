@@ -11,10 +11,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from config.settings import Settings
+from models.secrets import KeyRing
 from models.store import ensure_organization
 from models.store.tokens import TOKEN, MixedPermissions, create_token, revoke_token
 from models.types import utcnow
-from tests.integration.api.conftest import Client
+from tests.integration.api.conftest import Client, serving
+from workers.app import App
 
 
 def _token(pg: Engine, org: str, *permissions: str) -> tuple[str, str]:
@@ -126,3 +129,25 @@ def test_an_operators_token_carries_no_other_permission(pg: Engine) -> None:
         ensure_organization(s, organization_id="operators")
         with pytest.raises(MixedPermissions):
             create_token(s, organization_id="operators", permissions=["mdm.ops.view", "mdm.deployment.get"])
+
+
+def test_in_production_the_cookie_is_secure_though_a_proxy_that_ended_tls_forwards_http(
+    pg: Engine, postgres_url: str
+) -> None:
+    _, token = _token(pg, "operators", "mdm.ops.view")
+    settings = Settings(
+        database_url=postgres_url,
+        broker_url="stub://",
+        environment="production",
+        secret_key=KeyRing.generate_key(),
+    )
+    app = App(settings)
+    try:
+        with serving(app) as base_url:
+            answer = requests.post(
+                base_url + "/ops/sign-in", data={"token": token}, allow_redirects=False, timeout=30
+            )
+    finally:
+        app.close()
+    assert answer.status_code == 303
+    assert "Secure" in answer.headers["set-cookie"]
