@@ -17,6 +17,7 @@ from models.store.holds import purge_dead_answers
 from models.store.idempotency import purge_expired_keys
 from models.store.maintenance import purge_finished, stuck_counts
 from models.store.receipts import ToPoll, receipts_to_poll, record_poll, record_untracked
+from models.store.rollouts import purge_empty_rollouts
 from models.store.runs import purge_runs
 from models.store.sweeps import Due
 from scheduler.certificates import watch_certificates
@@ -115,6 +116,7 @@ def retention_job(actors: Actors, now: datetime) -> int:
         purged += purge_runs(s, started_before=now - RUNS_KEPT)
         purged += purge_dead_answers(s, before=before)
         purged += purge_expired_keys(s, before=now)
+        purged += purge_empty_rollouts(s, created_before=before)
     return purged
 
 

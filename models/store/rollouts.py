@@ -239,3 +239,13 @@ def running_rollouts(session: Session, *, since: datetime, limit: int = 50) -> l
     )
     progress = rollout_progress(session, rollouts=list(session.exec(statement)))
     return [p for p in progress if not p.done][:limit]
+
+
+def purge_empty_rollouts(session: Session, *, created_before: datetime) -> int:
+    """Delete the rollouts created before `created_before` whose deployments the retention purge has all
+    deleted; returns how many. One with a deployment left, or younger, stays."""
+    c = DEPLOYMENT.c
+    rollout = Rollout.__table__  # type: ignore[attr-defined]
+    left = sa.select(c.id).where(c.rollout_id == rollout.c.id).exists()
+    statement = sa.delete(rollout).where(rollout.c.created_at < created_before, ~left)
+    return int(run(session, statement).rowcount)

@@ -11,7 +11,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from models.statuses import Kind, Status
-from models.store.rollouts import count_rollouts, get_rollout, rollout_progress, running_rollouts
+from models.store.rollouts import (
+    count_rollouts,
+    get_rollout,
+    purge_empty_rollouts,
+    rollout_progress,
+    running_rollouts,
+)
 from models.tables import Deployment
 from models.types import utcnow
 from tests.conftest import MakeRollout
@@ -78,3 +84,23 @@ def test_cancel_and_retry_of_a_rollout_go_chunk_by_chunk_and_miss_none(
     assert {status_of(pg, i) for i in ids} == {Status.cancelled}
     assert {status_of(pg, i) for i in others} == {Status.queued}, "another rollout's are left alone"
     assert other_rollout != rollout_id
+
+
+@pytest.mark.parametrize("database", ["pg", "sqlite"])
+def test_a_rollout_goes_with_its_last_deployment_and_not_before(
+    database: str, request: pytest.FixtureRequest, make_rollout: MakeRollout
+) -> None:
+    engine: Engine = request.getfixturevalue(database)
+    emptied, [gone] = make_rollout(engine, Kind.profile)
+    kept, _ = make_rollout(engine, Kind.profile)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.delete(DEPLOYMENT).where(DEPLOYMENT.c.id == gone)
+        )  # as the retention purge does
+
+    with Session(engine) as s, s.begin():
+        assert purge_empty_rollouts(s, created_before=utcnow() - timedelta(days=1)) == 0, "too young"
+        assert purge_empty_rollouts(s, created_before=utcnow() + timedelta(seconds=1)) == 1
+    with Session(engine) as s:
+        assert get_rollout(s, rollout_id=emptied) is None
+        assert get_rollout(s, rollout_id=kept) is not None, "a deployment left: kept"
