@@ -85,6 +85,10 @@ class OwnRedis:
             threading.Event().wait(0.05)
         client.close()
 
+    @property
+    def stopped(self) -> bool:
+        return self._process is None
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.terminate()

@@ -144,7 +144,8 @@ def dead_letters(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> d
 def _consumers(broker: dramatiq.Broker, queues: tuple[str, ...]) -> dict[str, int]:
     if not isinstance(broker, RabbitmqBroker):
         return {}
-    # The same passive look as Dramatiq's own message counts (`get_queue_message_counts`).
+    # Dramatiq's own declare, as its message counts (`get_queue_message_counts`) use: a declare with the
+    # arguments Dramatiq declared the queue with, which changes nothing and answers the consumer count.
     declare: Any = broker._declare_queue
     return {queue: int(declare(queue).method.consumer_count) for queue in queues}
 
