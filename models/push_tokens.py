@@ -13,6 +13,7 @@ can never take is refused with a reason, rather than stored and found dead at th
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from models.enums import Provider
@@ -40,3 +41,8 @@ def token_problem(provider: Provider, token: str) -> str | None:
     if _AOSP.fullmatch(token) is None:
         return "an AOSP push token is 1 to 512 letters, digits, '_', '-' or ':'"
     return None
+
+
+def token_digest(token: str) -> str:
+    """A digest that tells whether a device still has the token read earlier, without carrying the token."""
+    return hashlib.sha256(token.encode()).hexdigest()

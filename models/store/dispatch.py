@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, SQLModel, col, select
 
 from models.enums import Actor, CredentialStatus, Provider, TokenState
+from models.push_tokens import token_digest
 from models.statuses import PUSH_UNDELIVERABLE, Kind, Status
 from models.store._sql import (
     DEPLOYMENT,
@@ -98,23 +99,22 @@ def claim_for_push(session: Session, *, ids: Sequence[str], now: datetime) -> li
 
 
 def give_back_attempts(
-    session: Session, *, ids: Sequence[str], redeliver_at: datetime, claimed_at: datetime | None = None
+    session: Session, *, ids: Sequence[str], redeliver_at: datetime | None, claimed_at: datetime | None = None
 ) -> None:
     """Undo the claim's count for pushes the provider turned away (a 5xx, a 429, a lost connection, a refused
     credential): the device was not woken, so the wake-ups it is allowed stay as they were, and the push
     that does reach it counts. The re-push sweep takes them again at `redeliver_at`, should the retry's
-    message be lost. `claimed_at`: give back only the claim made then (its `pushed_at`), once."""
+    message be lost (None: their next attempt time stays, another message sends them). `claimed_at`: give
+    back only the claim made then (its `pushed_at`), once."""
     c = DEPLOYMENT.c
     condition = c.status == Status.queued.value
     if claimed_at is not None:
         condition = sa.and_(condition, c.pushed_at == claimed_at)
     given_back = sa.case((c.attempt_count > 0, c.attempt_count - 1), else_=0)
-    update_deployments(
-        session,
-        ids=sorted(set(ids)),
-        where=condition,
-        values={"attempt_count": given_back, "pushed_at": None, "next_attempt_at": redeliver_at},
-    )
+    values: dict[str, Any] = {"attempt_count": given_back, "pushed_at": None}
+    if redeliver_at is not None:
+        values["next_attempt_at"] = redeliver_at
+    update_deployments(session, ids=sorted(set(ids)), where=condition, values=values)
 
 
 def push_targets(session: Session, *, device_ids: Collection[str]) -> dict[str, PushTarget]:
@@ -348,6 +348,34 @@ class Invalidation:
     ambiguous: bool
 
 
+@dataclass(frozen=True)
+class TokenUsed:
+    """The token a dispatch read for a device whose deployments it found undeliverable for their token (dead
+    when read, or answered dead), by its digest: a record may travel as a message. A token update since
+    then makes the answer the old token's, not the device's."""
+
+    device_id: str
+    digest: str
+    deployment_ids: tuple[str, ...]
+
+
+def tokens_replaced(session: Session, *, used: Sequence[TokenUsed]) -> list[TokenUsed]:
+    """Of the tokens a dispatch used, those its device no longer has: a token update came since. The devices'
+    rows are locked till the end of the transaction on PostgreSQL, so that no update lands between this read
+    and the writes that trust it."""
+    by_device = {u.device_id: u for u in used}
+    c = DEVICE.c
+    replaced: list[TokenUsed] = []
+    for batch in chunked(sorted(by_device), IDS_PER_STATEMENT):
+        statement = sa.select(c.id, c.push_token).where(one_of(session, c.id, batch)).order_by(c.id)
+        if dialect_of(session) == "postgresql":
+            statement = statement.with_for_update()
+        for r in run(session, statement):
+            if token_digest(r.push_token) != by_device[r.id].digest:
+                replaced.append(by_device[r.id])
+    return replaced
+
+
 def invalidate_tokens(session: Session, *, invalidations: Iterable[Invalidation]) -> int:
     """Mark device tokens invalid with their record; returns how many were valid before."""
     params = [
@@ -407,6 +435,7 @@ class DispatchRecord:
     give_back: tuple[str, ...] = ()  # turned away: their claim's count is given back, to go again later
     redeliver_at: datetime | None = None  # when the re-push sweep takes `give_back` again, should all be lost
     failed: tuple[FailedPush, ...] = ()  # the answers that woke nobody, for the deployments' history
+    tokens: tuple[TokenUsed, ...] = ()  # the tokens behind `invalidations` and the token errors
 
     @property
     def pushes_answered(self) -> int:
@@ -452,6 +481,7 @@ class DispatchRecord:
                 ]
                 for f in self.failed
             ],
+            "tokens": [[t.device_id, t.digest, list(t.deployment_ids)] for t in self.tokens],
         }
 
     @classmethod
@@ -482,6 +512,9 @@ class DispatchRecord:
                 FailedPush(tuple(ids), Provider(provider), outcome, status, reason, _at(next_at))
                 for ids, provider, outcome, status, reason, next_at in data.get("failed", ())
             ),
+            tokens=tuple(
+                TokenUsed(device, digest, tuple(ids)) for device, digest, ids in data.get("tokens", ())
+            ),
         )
 
 
@@ -503,14 +536,22 @@ def record_dispatch(session: Session, *, record: DispatchRecord, again: bool = F
         return Recorded(0, already=True)
     if record.lock:
         lock_deployments(session, ids=record.claimed_ids)  # its writes take no row lock after this
-    invalidate_tokens(session, invalidations=record.invalidations)
+    # A device whose token was updated since the dispatch read it keeps its new token valid, and its
+    # deployments stay Queued for the dispatch the update enqueued, their wake-up given back.
+    replaced = tokens_replaced(session, used=record.tokens) if record.tokens else []
+    stale_devices = {t.device_id for t in replaced}
+    stale = {i for t in replaced for i in t.deployment_ids}
+    invalidate_tokens(
+        session, invalidations=[i for i in record.invalidations if i.device_id not in stale_devices]
+    )
     moved = 0
     for undeliverable in record.undeliverable:
         effects = Effects(error=undeliverable.error)
-        applied = transition(
-            session, ids=undeliverable.deployment_ids, move=UNDELIVERABLE, actor=Actor.worker, effects=effects
-        )
+        ids = [i for i in undeliverable.deployment_ids if i not in stale]
+        applied = transition(session, ids=ids, move=UNDELIVERABLE, actor=Actor.worker, effects=effects)
         moved += len(applied.applied)
+    if stale:
+        give_back_attempts(session, ids=sorted(stale), redeliver_at=None, claimed_at=record.claimed_at)
     record_receipts(session, receipts=record.receipts, repush_at=record.repush_at)
     if record.give_back:
         assert record.redeliver_at is not None

@@ -30,6 +30,7 @@ from config.logging import ids_field, log_context
 from config.settings import REDELIVER_AFTER_S
 from models.database import DATABASE_ERRORS, Session, is_connection_error
 from models.enums import PROVIDER_NAMES, Actor, CredentialStatus, Provider
+from models.push_tokens import token_digest
 from models.secrets import CANNOT_DECRYPT, CannotDecrypt, Undecryptable
 from models.store import ErrorInfo
 from models.store.attempts import FailedPush, record_failed_pushes
@@ -40,6 +41,7 @@ from models.store.dispatch import (
     NewReceipt,
     PushTarget,
     Recorded,
+    TokenUsed,
     Undeliverable,
     claim_for_push,
     credential_unchanged,
@@ -474,6 +476,7 @@ def plan(loaded: Loaded, answered: Sequence[Answered], *, failures: int, redeliv
     """What the answers settle, as values: tokens invalidated, deployments undeliverable, receipts, and
     pushes the provider turned away (`failures` in a row now), to go again with back-off."""
     invalidations: list[Invalidation] = []
+    tokens: list[TokenUsed] = []
     undeliverable: list[Undeliverable] = []
     receipts: list[NewReceipt] = []
     repush_at: dict[str, datetime] = {}
@@ -497,6 +500,7 @@ def plan(loaded: Loaded, answered: Sequence[Answered], *, failures: int, redeliv
             # against the organization held the group before it got here.
             dead = by_outcome[Outcome.permanent] + by_outcome[Outcome.dead_token]
             invalidations += [_token_invalid(w, r, group.fingerprint, now) for w, r in dead]
+            tokens += [_token_used(w) for w, _ in dead_targets] + [_token_used(w) for w, _ in dead]
             for label, count in Counter(reason_label(r) for _, r in dead).items():
                 TOKENS_INVALIDATED.labels(group.organization_id, group.provider.value, label).inc(count)
             undeliverable += _undeliverable(
@@ -528,6 +532,7 @@ def plan(loaded: Loaded, answered: Sequence[Answered], *, failures: int, redeliv
         if retry is not None
         else None,
         failed=tuple(failed),
+        tokens=tuple(tokens),
     )
     return Planned(record, retry, pushes, accepted)
 
@@ -702,6 +707,12 @@ def _token_invalid(wake: Wake, result: PushResult, fingerprint: str | None, now:
         result.status,
         fingerprint,
         ambiguous=result.outcome is Outcome.dead_token,
+    )
+
+
+def _token_used(wake: Wake) -> TokenUsed:
+    return TokenUsed(
+        wake.target.device_id, token_digest(wake.target.token), tuple(d.id for d in wake.deployments)
     )
 
 

@@ -4,6 +4,7 @@ a certificate of its topic sends it."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from models.enums import CredentialKind, Platform, Provider, PushEnvironment
 from models.ids import new_id
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
+from models.store.dispatch import DispatchRecord
 from models.store.enrollment import Enrollment, enroll_devices, unenroll_device
 from models.store.holds import probe_device, release_provider
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential
@@ -26,7 +28,7 @@ from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topi
 from tests.helpers import sandbox_endpoints, sessions
 from workers.policy import RetryPolicy
 from workers.push_gateway import PushGateway
-from workers.services.dispatch import dispatch_chunk
+from workers.services.dispatch import dispatch_chunk, load, plan, record, send
 
 POLICY = RetryPolicy.defaults()
 
@@ -187,3 +189,42 @@ def test_a_hold_is_probed_on_an_enrolled_device_of_the_certificates_topic(
 
     assert probed is not None
     assert probed.device_id == right
+
+
+def test_a_token_updated_while_its_old_one_is_pushed_stays_valid_and_its_deployment_goes_again(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    store_certificate(engine, certificate)
+    device_id, old_token = enroll(engine, registry, topic=certificate.topic)
+    ids = create(engine, device_id)
+    registry.unregister(old_token)  # APNs answers Unregistered for the old token
+    new_token = secrets.token_hex(32)
+    registry.add_apns_device(new_token, topic=certificate.topic)
+
+    with running(registry) as (gateway, reached):
+        loaded = load(sessions(engine), ids, policy=POLICY, now=utcnow())  # the old token read, claimed
+        with Session(engine) as s, s.begin():  # the device's token update lands meanwhile
+            updated = enroll_devices(
+                s,
+                organization_id="acme",
+                devices=[Enrollment(device_id, Platform.ios, Provider.apns, new_token, "magic2", None)],
+            )
+        assert updated.release == tuple(ids), "the token update sends the deployment again"
+        answered = send(gateway, loaded)
+        assert [r.reason for a in answered for r in a.results] == ["Unregistered"]
+        planned = plan(loaded, answered, failures=1, redeliver_after_s=60)
+        message = json.loads(json.dumps(planned.record.as_message()))  # as a record-only message has it
+        assert old_token not in json.dumps(message), "the token travels as its digest"
+        assert DispatchRecord.from_message(message) == planned.record
+        assert record(sessions(engine), planned.record).undeliverable == 0
+
+        with Session(engine) as s:
+            device = s.get_one(Device, device_id)
+            assert device.token_state.value == "valid", "the old token's answer is not the new token's"
+        row = deployment(engine, ids[0])
+        assert row.status is Status.queued, "left for the dispatch the token update enqueued"
+        assert row.attempt_count == 0, "the old token woke nobody: the wake-up is given back"
+
+        again = dispatch_chunk(sessions(engine), gateway, list(updated.release), policy=POLICY)
+        assert again.accepted == 1
+        assert reached[-1].token == new_token
