@@ -18,6 +18,8 @@ from models.store.enrollment import Enrolled, Enrollment, EnrollRefusal, enroll_
 from workers.providers.credentials import MDM_TOPIC_PREFIX
 
 MAX_PER_BATCH = 10_000
+# Apple's push magic is a UUID (36 characters); its column holds it sealed, which more than doubles it.
+MAX_PUSH_MAGIC_CHARS = 128
 APPLE = frozenset({Platform.ios, Platform.macos})
 Label = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -32,7 +34,7 @@ class DeviceFields(BaseModel):
     provider: Provider | None = Field(default=None, description="The platform's own when absent.")
     token: str = Field(min_length=1, max_length=MAX_TOKEN_CHARS, description="Never shown again.")
     pushMagic: str | None = Field(
-        default=None, min_length=1, max_length=512, description="Never shown again."
+        default=None, min_length=1, max_length=MAX_PUSH_MAGIC_CHARS, description="Never shown again."
     )
     topic: str | None = Field(default=None, max_length=255, pattern=r"^[A-Za-z0-9._-]+$")
     labels: list[Label] | None = Field(default=None, max_length=50)

@@ -125,6 +125,26 @@ def test_a_token_or_field_a_provider_cannot_take_is_a_400_naming_it(
         assert list(s.exec(select(Device))) == []
 
 
+def test_push_magic_is_at_most_128_characters_and_the_longest_is_stored_sealed(
+    client: Client, mdmq: App, tokens: dict[str, str]
+) -> None:
+    longest = new_id()
+    assert put(client, tokens["manage"], longest, iphone(pushMagic="m" * 128))[0] == 201
+
+    status, answer = put(client, tokens["manage"], new_id(), iphone(pushMagic="m" * 129))
+    assert (status, answer["error"]["code"]) == (400, 4000), answer
+    assert "pushMagic" in answer["error"]["message"]
+    rows = [{"id": new_id()} | iphone(pushMagic="m" * 512), {"id": new_id()} | iphone()]
+    status, answer = call(
+        client, "POST", "/v1/organizations/acme/devices:batch", tokens["manage"], {"devices": rows}
+    )
+    assert status == 200, answer
+    assert answer["data"]["stored"] == 1
+    assert [(r["index"], r["field"]) for r in answer["data"]["refused"]] == [(0, "pushMagic")]
+    with mdmq.session() as s:
+        assert s.get_one(Device, longest).push_magic == "m" * 128
+
+
 def test_each_provider_takes_its_own_tokens(client: Client, tokens: dict[str, str]) -> None:
     for body in (
         iphone(token=secrets.token_hex(32)),
