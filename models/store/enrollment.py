@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from models.enums import Actor, Platform, Provider, TokenState
@@ -99,7 +99,7 @@ def enroll_devices(
     its index and reason; the others are stored."""
     now = now or utcnow()
     stored = _stored(session, ids=[d.id for d in devices])
-    fresh: list[Enrollment] = []
+    fresh: list[tuple[int, Enrollment]] = []
     changed: list[tuple[Enrollment, bool]] = []  # and whether the token is made valid again
     refused: list[Refused] = []
     seen: set[str] = set()
@@ -109,17 +109,31 @@ def enroll_devices(
         if refusal is not None:
             refused.append(refusal)
         elif (before := stored.get(device.id)) is None:
-            fresh.append(device)
+            fresh.append((index, device))
         else:
             changed.append((device, _token_updated(device, before)))
-    _insert(session, organization_id, fresh, now)
+    inserted = _insert(session, organization_id, [d for _, d in fresh], now)
+    if len(inserted) < len(fresh):
+        # Another enrollment inserted some of these ids since they were read: each is this one's update
+        # (the same organization's device) or refused, as if it had been there already.
+        lost = [(i, d) for i, d in fresh if d.id not in inserted]
+        fresh = [(i, d) for i, d in fresh if d.id in inserted]
+        there = _stored(session, ids=[d.id for _, d in lost])
+        for index, device in lost:
+            before = there[device.id]
+            refusal = _refusal(index, device, before, organization_id, set())
+            if refusal is not None:
+                refused.append(refusal)
+            else:
+                changed.append((device, _token_updated(device, before)))
+        refused.sort(key=lambda r: r.index)
     revived = [d.id for d, updated in changed if updated]
     if revived:
         restore_tokens(session, organization_id=organization_id, device_ids=revived)
     _update(session, [d for d, _ in changed], now)
     release = release_for_token_update(session, device_ids=revived, actor=actor, now=now) if revived else []
     return Enrolled(
-        tuple(d.id for d in fresh), tuple(d.id for d, _ in changed), tuple(refused), tuple(release)
+        tuple(d.id for _, d in fresh), tuple(d.id for d, _ in changed), tuple(refused), tuple(release)
     )
 
 
@@ -175,15 +189,36 @@ def _stored(session: Session, *, ids: Sequence[str]) -> dict[str, _Stored]:
     return found
 
 
-def _insert(session: Session, organization_id: str, devices: Sequence[Enrollment], now: datetime) -> None:
+def _insert(session: Session, organization_id: str, devices: Sequence[Enrollment], now: datetime) -> set[str]:
+    """Insert the devices whose ids no other enrollment has inserted since they were read (on PostgreSQL, a
+    COPY into a scratch table, then one INSERT from it that skips those ids); returns the ids inserted."""
     if not devices:
-        return
+        return set()
     if dialect_of(session) == "postgresql":
-        _copy(session, _copy_lines(session, organization_id, devices, now))
-        return
+        run(session, sa.text(_INSERT_SCRATCH))
+        _copy(session, _copy_lines(session, organization_id, devices, now), table="device_insert")
+        inserted = set(run(session, sa.text(_INSERT_FROM_SCRATCH)).scalars())
+        run(session, sa.text("DROP TABLE device_insert"))
+        return inserted
     rows = [_row(organization_id, d, now) for d in devices]
-    for batch in chunked(rows, IDS_PER_STATEMENT):
-        run(session, sa.insert(DEVICE), list(batch))
+    statement = (
+        sqlite.insert(DEVICE).on_conflict_do_nothing(index_elements=[DEVICE.c.id]).returning(DEVICE.c.id)
+    )
+    return {
+        i
+        for batch in chunked(rows, IDS_PER_STATEMENT)
+        for i in run(session, statement, list(batch)).scalars()
+    }
+
+
+_INSERT_SCRATCH = (
+    f"CREATE TEMPORARY TABLE device_insert ON COMMIT DROP AS SELECT {_COLUMN_LIST} FROM device WITH NO DATA"  # noqa: S608  (column names of this module)
+)
+# An id another transaction inserted meanwhile waits for it, then is skipped once it commits.
+_INSERT_FROM_SCRATCH = f"""
+INSERT INTO device ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM device_insert ORDER BY id
+ON CONFLICT (id) DO NOTHING RETURNING id
+"""  # noqa: S608  (column names of this module)
 
 
 def _row(organization_id: str, d: Enrollment, now: datetime) -> dict[str, Any]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -19,13 +21,13 @@ from models.ids import new_id
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
 from models.store.dispatch import DispatchRecord
-from models.store.enrollment import Enrollment, enroll_devices, unenroll_device
+from models.store.enrollment import Enrolled, Enrollment, enroll_devices, unenroll_device
 from models.store.holds import probe_device, release_provider
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential
 from models.types import utcnow
 from sandbox import Delivery, DeviceRegistry, SandboxThread
 from sandbox.tls import MdmPushCertificate, issue_mdm_push_certificate, mdm_topic
-from tests.helpers import sandbox_endpoints, sessions
+from tests.helpers import sandbox_endpoints, sessions, wait_until
 from workers.policy import RetryPolicy
 from workers.push_gateway import PushGateway
 from workers.services.dispatch import dispatch_chunk, load, plan, record, send
@@ -228,3 +230,52 @@ def test_a_token_updated_while_its_old_one_is_pushed_stays_valid_and_its_deploym
         again = dispatch_chunk(sessions(engine), gateway, list(updated.release), policy=POLICY)
         assert again.accepted == 1
         assert reached[-1].token == new_token
+
+
+@pytest.mark.parametrize(("second", "outcome"), [("acme", "updated"), ("other-org", "device_id_taken")])
+def test_two_enrollments_of_one_new_id_at_once_store_one_and_take_the_other_as_theirs(
+    pg: Engine, second: str, outcome: str
+) -> None:
+    with Session(pg) as s, s.begin():
+        for org in ("acme", "other-org"):
+            ensure_organization(s, organization_id=org)
+    device_id, others = new_id(), [new_id() for _ in range(3)]
+    first = Enrollment(device_id, Platform.aosp, Provider.aosp, secrets.token_hex(11))
+    answers: list[Enrolled | BaseException] = []
+
+    def enroll_second() -> None:
+        rows = [Enrollment(i, Platform.aosp, Provider.aosp, secrets.token_hex(11)) for i in others]
+        rows.insert(1, Enrollment(device_id, Platform.aosp, Provider.aosp, secrets.token_hex(11)))
+        try:
+            with Session(pg) as s, s.begin():
+                answers.append(enroll_devices(s, organization_id=second, devices=rows))
+        except BaseException as e:  # the thread's failure, for the test to show
+            answers.append(e)
+
+    with Session(pg) as s, s.begin():
+        assert enroll_devices(s, organization_id="acme", devices=[first]).created == (device_id,)
+        thread = threading.Thread(target=enroll_second)
+        thread.start()  # its insert waits on the uncommitted row of the same id
+        wait_until(lambda: _waiting_on_a_lock(pg), 20, "the second enrollment to wait for the first")
+    thread.join(timeout=20)
+
+    [answer] = answers
+    assert isinstance(answer, Enrolled), answer
+    assert sorted(answer.created) == sorted(others), "the rest of the batch is stored"
+    if outcome == "updated":
+        assert answer.updated == (device_id,)
+    else:
+        assert [(r.index, r.device_id, r.reason.value) for r in answer.refused] == [(1, device_id, outcome)]
+    with Session(pg) as s:
+        assert s.get_one(Device, device_id).organization_id == "acme"
+
+
+def _waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        waiting = connection.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+        )
+        return bool(waiting.scalar_one())
