@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -73,10 +73,19 @@ def import_file(
         enqueue = declare_actors(app).enqueue_ids
         with _progress(enabled=not as_json, total=total) as advance:
             for lines, chunk in _batches(rows, batch):
+                rows_of = list(zip(lines, chunk, strict=True))
+                readable = [(line, row) for line, row in rows_of if not isinstance(row, Unreadable)]
+                tally.refused += [
+                    {"line": line, "id": None, "field": "row", "reason": row.reason}
+                    for line, row in rows_of
+                    if isinstance(row, Unreadable)
+                ]
                 with app.session() as session:
-                    imported = import_devices(session, organization_id=org, rows=chunk, actor=Actor.ops)
+                    imported = import_devices(
+                        session, organization_id=org, rows=[row for _, row in readable], actor=Actor.ops
+                    )
                 enqueue(list(imported.enrolled.release))  # once committed
-                _add(tally, imported, lines)
+                _add(tally, imported, [line for line, _ in readable])
                 advance(len(chunk))
     finally:
         app.close()
@@ -95,39 +104,78 @@ def _refusal(line: int, problem: RowProblem) -> dict[str, Any]:
     return {"line": line, "id": problem.device_id, "field": problem.field, "reason": problem.reason}
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A line that is no row at all (not UTF-8, or not CSV): refused with its line, as a bad row is."""
+
+    reason: str
+
+
+NOT_UTF8 = Unreadable("not UTF-8 text")
+
+
 def _rows(file: Path) -> Iterator[tuple[int, Any]]:
-    """(line, row) of the file; a line JSON cannot read is a row that is refused, not the import's end."""
+    """(line, row) of the file; a line that cannot be read is a row that is refused, not the import's end."""
     try:
-        handle = file.open(encoding="utf-8", newline="")
+        handle = file.open("rb")
         first = handle.read(1)
         handle.seek(0)
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         fail(f"{file}: cannot be read ({type(e).__name__})", EXIT_USAGE)
     suffix = file.suffix.lower()
-    if suffix in (".jsonl", ".ndjson") or (suffix != ".csv" and first == "{"):
+    if suffix in (".jsonl", ".ndjson") or (suffix != ".csv" and first == b"{"):
         return _json_lines(handle)
     return _csv_rows(handle)
 
 
-def _json_lines(handle: Any) -> Iterator[tuple[int, Any]]:
+def _json_lines(handle: BinaryIO) -> Iterator[tuple[int, Any]]:
     with handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
-                yield number, json.loads(text)
+                yield number, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield number, NOT_UTF8
             except json.JSONDecodeError:
                 yield number, "not a JSON object"  # refused by the row check: "Input should be an object"
 
 
-def _csv_rows(handle: Any) -> Iterator[tuple[int, Any]]:
+def _csv_rows(handle: BinaryIO) -> Iterator[tuple[int, Any]]:
+    """The rows of a CSV file. A line that is not UTF-8 is refused and read as an empty line (which the
+    reader skips); a row the reader cannot parse (a field beyond its limit) is refused with its line."""
+    undecodable: list[int] = []
+    read = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal read
+        for raw in handle:
+            read += 1
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                undecodable.append(read)
+                yield "\n"
+
     with handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
+        reader = csv.DictReader(lines())
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                yield from ((line, NOT_UTF8) for line in undecodable)
+                undecodable.clear()
+                yield read, Unreadable(f"not a CSV row ({e})")
+                continue
+            yield from ((line, NOT_UTF8) for line in undecodable)
+            undecodable.clear()
             cells = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
             if "labels" in cells:
                 cells["labels"] = [label.strip() for label in cells["labels"].split(";") if label.strip()]
             yield reader.line_num, cells
+        yield from ((line, NOT_UTF8) for line in undecodable)
 
 
 def _count_rows(file: Path) -> int:
@@ -155,6 +203,7 @@ def _progress(*, enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
 
 
 def _print(tally: Tally, *, as_json: bool) -> None:
+    tally.refused.sort(key=lambda r: r["line"])
     stored = tally.created + tally.updated
     if as_json:
         emit_json(

@@ -107,3 +107,51 @@ def test_every_row_stored_exits_0_and_a_second_import_updates(pg: Engine, mdmq: 
 
 def not_anywhere(secret: str, *outputs: Any) -> bool:
     return all(secret not in json.dumps(output) for output in outputs)
+
+
+def test_values_the_database_cannot_store_and_unreadable_lines_are_refused_rows(
+    pg: Engine, mdmq: Any, tmp_path: Path
+) -> None:
+    ids = [new_id() for _ in range(6)]
+    aosp = {"platform": "aosp", "token": secrets.token_hex(11)}
+    lines = [
+        json.dumps({"id": ids[0]} | aosp).encode(),
+        json.dumps({"id": ids[1], "labels": ["a\u0000b"]} | aosp).encode(),  # NUL, escaped
+        b'{"id": "' + ids[2].encode() + b'", "platform": "aosp", "token": "' + b"ab\\ud800" + b'"}',
+        json.dumps({"id": ids[3], "labels": ["tab\there"]} | aosp).encode(),  # a control character
+        b'{"id": "' + ids[4].encode() + b'", "platform": "aosp", "token": "\xff\xfe"}',  # not UTF-8
+        json.dumps({"id": ids[5]} | aosp).encode(),
+    ]
+    file = tmp_path / "fleet.jsonl"
+    file.write_bytes(b"\n".join(lines) + b"\n")
+
+    code, out, err = mdmq(str(file), "--org", "acme", "--json")
+
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert out["stored"] == 2
+    refused = {r["line"]: r["field"] for r in out["refused"]}
+    assert refused == {2: "labels.0", 3: "token", 4: "labels.0", 5: "row"}
+    assert set(devices_of(pg, "acme")) == {ids[0], ids[5]}
+
+
+def test_a_csv_line_that_cannot_be_read_is_a_refused_row(pg: Engine, mdmq: Any, tmp_path: Path) -> None:
+    ids = [new_id() for _ in range(4)]
+    lines = [
+        b"id,platform,token,labels",
+        f"{ids[0]},aosp,{secrets.token_hex(11)},kiosk".encode(),
+        f"{ids[1]},aosp,{secrets.token_hex(11)},".encode() + b"\xc3\x28",  # not UTF-8
+        f"{ids[2]},aosp,{secrets.token_hex(11)},".encode() + b"x" * 200_000,  # beyond the csv field limit
+        f"{ids[3]},aosp,{secrets.token_hex(11)},a\x00b".encode(),  # NUL
+        f"{new_id()},aosp,{secrets.token_hex(11)},bell\x07".encode(),  # a control character
+    ]
+    file = tmp_path / "fleet.csv"
+    file.write_bytes(b"\n".join(lines) + b"\n")
+
+    code, out, err = mdmq(str(file), "--org", "acme", "--json")
+
+    assert code == 1, err
+    assert "Traceback" not in err
+    refused = {r["line"]: r["field"] for r in out["refused"]}
+    assert refused == {3: "row", 4: "row", 5: "labels.0", 6: "labels.0"}
+    assert set(devices_of(pg, "acme")) == {ids[0]}

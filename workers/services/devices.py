@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models.database import Session
 from models.enums import PLATFORM_PROVIDER, Actor, Platform, Provider
 from models.ids import ID_PATTERN
+from models.json_values import first_unstorable, text_problem
 from models.push_tokens import MAX_TOKEN_CHARS, token_problem
 from models.store.enrollment import Enrolled, Enrollment, EnrollRefusal, enroll_devices
 from workers.providers.credentials import MDM_TOPIC_PREFIX
@@ -21,7 +22,8 @@ MAX_PER_BATCH = 10_000
 # Apple's push magic is a UUID (36 characters); its column holds it sealed, which more than doubles it.
 MAX_PUSH_MAGIC_CHARS = 128
 APPLE = frozenset({Platform.ios, Platform.macos})
-Label = Annotated[str, Field(min_length=1, max_length=64)]
+# Printable text: no C0 or C1 control character (a label is shown in lists and terminals).
+Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 
 
 class DeviceFields(BaseModel):
@@ -90,8 +92,14 @@ def enrollment(device_id: str, fields: DeviceFields) -> Enrollment | tuple[str, 
 
 
 def parse_row(index: int, raw: Any) -> Enrollment | RowProblem:
-    """One row of a batch: its enrollment, or the problem with it (never the value: it may be a secret)."""
+    """One row of a batch: its enrollment, or the problem with it (never the value: it may be a secret). A
+    value the database cannot store (NUL, a lone surrogate, NaN…) is refused as the API's strict JSON
+    refuses it, for rows that did not come through the API (an import file)."""
     device_id = raw.get("id") if isinstance(raw, Mapping) and isinstance(raw.get("id"), str) else None
+    if device_id is not None and text_problem(device_id) is not None:
+        device_id = None  # not shown back
+    if (unstorable := first_unstorable(raw)) is not None:
+        return RowProblem(index, device_id, _field_of(unstorable.pointer), unstorable.reason)
     try:
         row = DeviceRow.model_validate(raw)
     except ValidationError as e:
@@ -102,6 +110,13 @@ def parse_row(index: int, raw: Any) -> Enrollment | RowProblem:
     if isinstance(result, Enrollment):
         return result
     return RowProblem(index, row.id, *result)
+
+
+def _field_of(pointer: str) -> str:
+    """`labels.0` for the RFC 6901 pointer `/labels/0`, as a validation error names a field; `row` for the
+    row itself."""
+    parts = [part.replace("~1", "/").replace("~0", "~") for part in pointer.split("/")[1:]]
+    return ".".join(parts)[:100] or "row"
 
 
 def import_devices(
