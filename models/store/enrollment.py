@@ -2,8 +2,8 @@
 
 Enrolling a device that is there already is Apple's TokenUpdate: the new token and push magic replace the
 old, and a token that changed, or a device enrolled again after its unenrollment, is valid again (its
-invalidation record and its counted dead-token answers go, through `restore_tokens`). Its deployments held
-or refused for the old token are released for the caller to enqueue.
+invalidation record and its counted dead-token answers go, through `restore_tokens`). Its deployments that
+waited on the old token, or were refused for it, are released for the caller to enqueue.
 """
 
 from __future__ import annotations
@@ -350,9 +350,10 @@ FROM device_update AS u WHERE device.id = u.id
 def release_for_token_update(
     session: Session, *, device_ids: Sequence[str], actor: Actor, now: datetime
 ) -> list[str]:
-    """The deployments of these devices that waited on their old token, sent again: the Queued ones
-    (held ones released), and those that ended `Error distributing` because the token was dead, back to
-    Queued with an event. Returns every Queued one's id for the caller to enqueue once committed."""
+    """The deployments of these devices that waited on their old token, sent again: the Queued ones, and
+    those that ended `Error distributing` because the token was dead, back to Queued with an event. Returns
+    their ids for the caller to enqueue once committed. A held one stays held: a hold is the organization's
+    credential's, configuration's or topic's (a dead token holds nothing), and its release sends it."""
     c = DEPLOYMENT.c
     refused: list[str] = []
     for batch in chunked(sorted(device_ids), IDS_PER_STATEMENT):
@@ -368,8 +369,12 @@ def release_for_token_update(
     for batch in chunked(sorted(device_ids), IDS_PER_STATEMENT):
         release = (
             sa.update(DEPLOYMENT)
-            .where(one_of(session, c.device_id, batch), c.status == Status.queued.value)
-            .values(hold_reason=None, enqueued_at=None, next_attempt_at=None, updated_at=now)
+            .where(
+                one_of(session, c.device_id, batch),
+                c.status == Status.queued.value,
+                c.hold_reason.is_(None),
+            )
+            .values(enqueued_at=None, next_attempt_at=None, updated_at=now)
             .returning(c.id)
         )
         queued += run(session, release).scalars()

@@ -20,7 +20,7 @@ from models.enums import CredentialKind, Platform, Provider, PushEnvironment
 from models.ids import new_id
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
-from models.store.dispatch import DispatchRecord
+from models.store.dispatch import DispatchRecord, hold_for_credential
 from models.store.enrollment import Enrolled, Enrollment, enroll_devices, unenroll_device
 from models.store.holds import probe_device, release_provider
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential
@@ -279,3 +279,25 @@ def _waiting_on_a_lock(engine: Engine) -> bool:
             )
         )
         return bool(waiting.scalar_one())
+
+
+def test_a_token_update_leaves_the_organizations_holds_to_their_release(engine: Engine) -> None:
+    with Session(engine) as s, s.begin():
+        ensure_organization(s, organization_id="acme")
+    device_id = new_id()
+    old = Enrollment(device_id, Platform.aosp, Provider.aosp, secrets.token_hex(11))
+    with Session(engine) as s, s.begin():
+        enroll_devices(s, organization_id="acme", devices=[old])
+    held = create(engine, device_id)
+    with Session(engine) as s, s.begin():
+        hold_for_credential(s, organization_id="acme", provider=Provider.aosp, reason="key revoked")
+    waiting = create(engine, device_id)
+
+    with Session(engine) as s, s.begin():
+        new = Enrollment(device_id, Platform.aosp, Provider.aosp, secrets.token_hex(11))
+        updated = enroll_devices(s, organization_id="acme", devices=[new])
+
+    assert updated.release == tuple(waiting), "the organization's hold is not the token's"
+    assert deployment(engine, held[0]).hold_reason == "key revoked"
+    with Session(engine) as s, s.begin():
+        assert release_provider(s, organization_id="acme", provider=Provider.aosp) == held
