@@ -9,8 +9,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
+from api import idempotency
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import CONFLICT, ENTITY_NOT_FOUND, INVALID_REQUEST, TOPIC_CHANGE_REFUSED, ApiError
+from api.idempotency import Once, idempotent
 from api.representation import device as device_out
 from models.database import Session
 from models.enums import Platform, Provider, TokenState
@@ -31,6 +33,7 @@ from workers.actors import Actors
 from workers.services.devices import MAX_PER_BATCH, DeviceFields, Imported, enrollment, import_devices
 
 EnrolledFilter = Literal["enrolled", "unenrolled", "all"]
+ManageOnce = Annotated[Once, idempotent("mdm.device.manage")]
 
 
 class TokenOut(BaseModel):
@@ -145,15 +148,19 @@ def router(actors: Actors) -> APIRouter:
         response.status_code = 201 if enrolled.created else 200
         return {"status": True, "data": data}
 
-    @routes.post("/devices:batch", response_model=BatchAnswer)
-    def batch(organizationId: OrganizationId, body: Batch, caller: Caller) -> dict[str, Any]:
+    @routes.post("/devices:batch", response_model=BatchAnswer, responses=idempotency.RESPONSES)
+    def batch(
+        organizationId: OrganizationId, body: Batch, caller: Caller, once: ManageOnce
+    ) -> dict[str, Any]:
         """Required permission: `mdm.device.manage`. Up to 10,000 devices enrolled or updated as PUT does
-        each; the good rows are stored, and each bad one is answered with its index, field and reason."""
+        each; the good rows are stored, and each bad one is answered with its index, field and reason. Safe
+        to retry with an `Idempotency-Key`: the retry gets the first answer, not the rows' updates."""
         caller.require(organizationId, "mdm.device.manage")
         with app.session() as session:
             imported = import_devices(session, organization_id=organizationId, rows=body.devices)
+            answer = once.keep(session, {"status": True, "data": _batch_answer(imported)})
         actors.enqueue_ids(list(imported.enrolled.release))
-        return {"status": True, "data": _batch_answer(imported)}
+        return answer
 
     @routes.get("/devices/{deviceId}", response_model=DeviceAnswer)
     def get(organizationId: OrganizationId, deviceId: EntityId, caller: Caller) -> dict[str, Any]:

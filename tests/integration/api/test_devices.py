@@ -442,3 +442,25 @@ def test_the_last_report_is_when_the_device_last_reported(
 
     assert status == 200
     assert answer["data"]["lastReportAt"].replace("Z", "+00:00") == reported.isoformat(), "never moved back"
+
+
+def test_a_batch_retried_with_its_idempotency_key_gets_the_first_answer(
+    client: Client, mdmq: App, tokens: dict[str, str]
+) -> None:
+    rows = [{"id": new_id()} | iphone() for _ in range(2)]
+    path = client.base_url + "/v1/organizations/acme/devices:batch"
+    headers = {"Authorization": f"Bearer {tokens['manage']}", "Idempotency-Key": "fleet-import-1"}
+
+    first = client.http.post(path, json={"devices": rows}, headers=headers, timeout=60)
+    again = client.http.post(path, json={"devices": rows}, headers=headers, timeout=60)
+    other = client.http.post(path, json={"devices": rows[:1]}, headers=headers, timeout=60)
+
+    assert first.status_code == 200, first.text
+    assert (first.json()["data"]["created"], first.json()["data"]["updated"]) == (2, 0)
+    assert (again.status_code, again.json()) == (200, first.json()), "the first answer, not two updates"
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert (other.status_code, other.json()["error"]["code"]) == (422, 4022)
+    with mdmq.session() as s:
+        stored = list(s.exec(select(Device)))
+    assert sorted(d.id for d in stored) == sorted(r["id"] for r in rows)
+    assert all(d.updated_at == d.created_at for d in stored), "the retry stored nothing again"
