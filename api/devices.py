@@ -251,12 +251,3 @@ def _batch_answer(imported: Imported) -> dict[str, Any]:
         "updated": len(imported.enrolled.updated),
         "refused": refused,
     }
-
-
-def _audit_unenrolled(
-    session: Session, organization_id: str, device_id: str, cancelled: list[str], *, by: str
-) -> None:
-    detail = {"device": device_id, "cancelled": len(cancelled), "ids": cancelled[:IDS_KEPT]}
-    record_audit_event(
-        session, organization_id=organization_id, actor=by, action=DEVICE_UNENROLLED, detail=detail
-    )
