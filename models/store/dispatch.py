@@ -534,11 +534,12 @@ def record_dispatch(session: Session, *, record: DispatchRecord, again: bool = F
     receipt of a later push."""
     if again and _receipts_recorded(session, record.receipts):
         return Recorded(0, already=True)
+    # A device whose token was updated since the dispatch read it keeps its new token valid, and its
+    # deployments stay Queued for the dispatch the update enqueued, their wake-up given back. The devices
+    # are locked before the deployments, in the order an enrollment and an unenrollment lock them.
+    replaced = tokens_replaced(session, used=record.tokens) if record.tokens else []
     if record.lock:
         lock_deployments(session, ids=record.claimed_ids)  # its writes take no row lock after this
-    # A device whose token was updated since the dispatch read it keeps its new token valid, and its
-    # deployments stay Queued for the dispatch the update enqueued, their wake-up given back.
-    replaced = tokens_replaced(session, used=record.tokens) if record.tokens else []
     stale_devices = {t.device_id for t in replaced}
     stale = {i for t in replaced for i in t.deployment_ids}
     invalidate_tokens(
