@@ -20,7 +20,7 @@ from models.enums import CredentialKind, Platform, Provider, PushEnvironment
 from models.ids import new_id
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization, get_deployment
-from models.store.dispatch import DispatchRecord, hold_for_credential
+from models.store.dispatch import DispatchRecord, Invalidation, hold_for_credential, invalidate_tokens
 from models.store.enrollment import Enrolled, Enrollment, enroll_devices, unenroll_device
 from models.store.holds import probe_device, release_provider
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential
@@ -301,3 +301,34 @@ def test_a_token_update_leaves_the_organizations_holds_to_their_release(engine: 
     assert deployment(engine, held[0]).hold_reason == "key revoked"
     with Session(engine) as s, s.begin():
         assert release_provider(s, organization_id="acme", provider=Provider.aosp) == held
+
+
+def test_a_token_made_valid_again_after_the_dispatch_read_it_dead_fails_nothing(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    store_certificate(engine, certificate)
+    device_id, _ = enroll(engine, registry, topic=certificate.topic)
+    with Session(engine) as s, s.begin():
+        invalidate_tokens(
+            s, invalidations=[Invalidation(device_id, "Unregistered", utcnow(), 410, None, False)]
+        )
+    ids = create(engine, device_id)
+    new_token = secrets.token_hex(32)
+    registry.add_apns_device(new_token, topic=certificate.topic)
+
+    with running(registry) as (gateway, reached):
+        loaded = load(sessions(engine), ids, policy=POLICY, now=utcnow())  # the dead token read
+        with Session(engine) as s, s.begin():
+            updated = enroll_devices(
+                s,
+                organization_id="acme",
+                devices=[Enrollment(device_id, Platform.ios, Provider.apns, new_token, "magic2", None)],
+            )
+        planned = plan(loaded, send(gateway, loaded), failures=1, redeliver_after_s=60)
+        assert record(sessions(engine), planned.record).undeliverable == 0
+
+        row = deployment(engine, ids[0])
+        assert (row.status, row.attempt_count) == (Status.queued, 0)
+        again = dispatch_chunk(sessions(engine), gateway, list(updated.release), policy=POLICY)
+        assert again.accepted == 1
+        assert reached[-1].token == new_token
