@@ -15,7 +15,7 @@ import requests
 from sqlalchemy.engine import Engine
 
 from api.audit import AuditEventOut
-from models.permissions import PERMISSIONS
+from models.permissions import OPS_VIEW, PERMISSIONS
 from models.statuses import Kind, Status
 from models.store import ensure_organization
 from models.store.audit import audit_events, record_audit_event, record_secret_rotation
@@ -35,7 +35,8 @@ AOSP_KEY = "aosp-key-" + "k" * 32
 def token(mdmq: App, org: str = "acme", permissions: list[str] | None = None) -> tuple[str, str]:
     with mdmq.session() as s:
         ensure_organization(s, organization_id=org)
-        row, secret = create_token(s, organization_id=org, permissions=permissions or sorted(PERMISSIONS))
+        every = sorted(PERMISSIONS - {OPS_VIEW})  # an operator's permission goes alone
+        row, secret = create_token(s, organization_id=org, permissions=permissions or every)
     return row.id, secret
 
 
