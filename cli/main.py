@@ -173,39 +173,23 @@ def scheduler() -> None:
     run_scheduler()
 
 
-@app.command()
-def sandbox(
-    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    apns_port: int = typer.Option(2197, help="APNs production emulator port (0: any free port)."),
-    fcm_port: int = typer.Option(2198, help="FCM emulator port (0: any free port)."),
-    aosp_port: int = typer.Option(2199, help="AOSP (Pushy-style) emulator port (0: any free port)."),
-    tls: bool = typer.Option(
-        False, "--tls", help="HTTP/2 over TLS with a throw-away CA; issues an MDM push certificate."
-    ),
-    *,
-    apns_sandbox_port: int = typer.Option(2196, help="APNs development (sandbox) emulator port (0: any)."),
-) -> None:
-    """Run the APNs, FCM and AOSP emulators until stopped. They refuse what the real services refuse.
-
-    APNs: any hex token is a live device, except those starting with
-    deaddead (410 Unregistered), eeeeeeee (400 BadDeviceToken: other environment)
-    or 77777777 (400 DeviceTokenNotForTopic). MDM pushes need --tls and the
-    push certificate it prints. FCM and AOSP: see docs/sandbox.md.
-    """
-    from cli.demo import without_sandbox
-
-    try:
-        from sandbox import serve_forever
-    except ModuleNotFoundError as e:
-        without_sandbox("sandbox", e)
-    configure_logging(level=load_settings().log_level)
-    serve_forever(host, apns_port, fcm_port, aosp_port, tls, apns_sandbox_port=apns_sandbox_port)
-
-
-from cli import audit, credentials, devices, holds, ops, queues, rollouts, secrets, tokens  # noqa: E402  (after the app and its groups)
+from cli import (  # noqa: E402  (after the app and its groups)
+    audit,
+    credentials,
+    devices,
+    holds,
+    ops,
+    queues,
+    rollout_create,
+    rollouts,
+    sandbox,
+    secrets,
+    tokens,
+)
 
 ops.register(app)
 rollouts.register(app)
+rollout_create.register(rollouts.rollouts)
 holds.register(app)
 credentials.register(app)
 devices.register(app)
@@ -213,6 +197,7 @@ tokens.register(app)
 audit.register(app)
 secrets.register(app)
 queues.register(app)
+sandbox.register(app)
 
 
 def main() -> None:

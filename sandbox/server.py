@@ -8,13 +8,14 @@ import logging
 import signal
 import tempfile
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from sandbox.aosp import AospEmulator
 from sandbox.apns import ApnsEmulator
+from sandbox.control import ControlHandler, DeliveryLog, write_operator_files
 from sandbox.faults import FaultConfig, FaultRuntime
 from sandbox.fcm import FcmEmulator
 from sandbox.http2 import Handler
@@ -201,6 +202,8 @@ def serve_forever(
     *,
     apns_sandbox_port: int = 0,
     registry: DeviceRegistry | None = None,
+    control_port: int | None = None,
+    files: Path | None = None,
 ) -> None:
     """Serve the emulators until SIGINT/SIGTERM (the `mdmq sandbox` command).
 
@@ -209,6 +212,8 @@ def serve_forever(
     or of another topic), and APNs/FCM signing keys are accepted unverified. MDM pushes need a push
     certificate over TLS [A-MDMPUSH]: with `tls`, one is issued and its PEM bundle written to a private
     file whose path is printed; any certificate of its CA is accepted, its subject UID as its topic.
+    `control_port`: serve the control route there too (`sandbox.control`). `files`: write the operator's
+    files into that directory (`sandbox.control.write_operator_files`).
     """
     open_mode = registry is None
     registry = registry or DeviceRegistry(open_registration=True)
@@ -222,16 +227,23 @@ def serve_forever(
         aosp_port=aosp_port,
         tls=tls,
     )
-    asyncio.run(_serve(sandbox, certificate))
+    asyncio.run(_serve(sandbox, certificate, control_port=control_port, files=files))
 
 
-async def _serve(sandbox: Sandbox, certificate: MdmPushCertificate | None = None) -> None:
+async def _serve(
+    sandbox: Sandbox,
+    certificate: MdmPushCertificate | None = None,
+    *,
+    control_port: int | None = None,
+    files: Path | None = None,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
-    async with sandbox:
+    deliveries = DeliveryLog(sandbox.registry)
+    async with sandbox, _control(sandbox, deliveries, control_port) as control_url:
         log.info(
             "sandbox serving apns=%s apns_sandbox=%s fcm=%s aosp=%s",
             *(sandbox.apns_url, sandbox.apns_sandbox_url, sandbox.fcm_url, sandbox.aosp_url),
@@ -239,6 +251,11 @@ async def _serve(sandbox: Sandbox, certificate: MdmPushCertificate | None = None
         # The first three lines are read by scripts: keep their order; the development listener comes after.
         print(f"APNs {sandbox.apns_url}\nFCM  {sandbox.fcm_url}\nAOSP {sandbox.aosp_url}", flush=True)
         print(f"APNs-sandbox {sandbox.apns_sandbox_url}", flush=True)
+        if control_url is not None:
+            print(f"control {control_url}", flush=True)
+        if files is not None:
+            write_operator_files(files, sandbox, certificate)
+            print(f"operator files: {files}", flush=True)
         with tempfile.TemporaryDirectory(prefix="mdmq-sandbox-") as directory:
             if certificate is not None:
                 path = Path(directory, "apns-push-certificate.pem")
@@ -248,3 +265,18 @@ async def _serve(sandbox: Sandbox, certificate: MdmPushCertificate | None = None
             if sandbox.tls is not None:
                 print(sandbox.tls.ca_pem.decode("ascii"), flush=True)
             await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def _control(sandbox: Sandbox, deliveries: DeliveryLog, port: int | None) -> AsyncIterator[str | None]:
+    """The control route on `port` beside the emulators, and its URL (none without a port)."""
+    if port is None:
+        yield None
+        return
+    server = HttpServer(ControlHandler(sandbox.registry, deliveries), FaultRuntime(None), http1=True)
+    bound = await server.start(sandbox.host, port)
+    host = f"[{sandbox.host}]" if ":" in sandbox.host else sandbox.host
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        await server.close()
