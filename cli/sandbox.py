@@ -8,6 +8,7 @@ only when it runs, and says so when it is missing (exit 69).
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -151,6 +152,7 @@ def devices(
     except ModuleNotFoundError as e:
         without_sandbox("sandbox devices", e)
     configure_logging(level=load_settings().log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is no operator's reading
     try:
         known = read_fleet(fleet_file)
     except (OSError, ValueError, KeyError) as e:
