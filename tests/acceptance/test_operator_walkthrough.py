@@ -29,7 +29,7 @@ from models.secrets import KeyRing
 from models.statuses import Kind
 from sandbox.fleet import Behaviour, expected_status
 from tests.helpers import answers, free_ports, run_mdmq, wait_until
-from tests.services import OwnRedis
+from tests.services import OwnRedis, new_postgres_database
 
 pytestmark = pytest.mark.timeout(600)
 DEVICES = 1_000
@@ -78,8 +78,15 @@ def read_env(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
 
 
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    """A database of the test's own, with no tables: `mdmq db upgrade` makes them."""
+    with new_postgres_database("mdmq_walkthrough") as url:
+        yield url
+
+
 def test_a_new_user_enrolls_a_fleet_follows_a_rollout_and_sees_failed_pushes(
-    postgres_url: str, tmp_path: Path
+    empty_database: str, tmp_path: Path
 ) -> None:
     api_port, api_metrics, worker_metrics, scheduler_metrics, redis_port = free_ports(5)
     with ExitStack() as stack:
@@ -99,7 +106,7 @@ def test_a_new_user_enrolls_a_fleet_follows_a_rollout_and_sees_failed_pushes(
         announced = sandbox_lines(sandbox.stdout)
         files = Path(announced["files"])
         env = read_env(files / "env") | {
-            "MDMQ_DATABASE_URL": postgres_url,
+            "MDMQ_DATABASE_URL": empty_database,
             "MDMQ_BROKER_URL": redis.url,
             "MDMQ_SECRET_KEY": KeyRing.generate_key(),
             "MDMQ_METRICS_HOST": "127.0.0.1",
