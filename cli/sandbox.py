@@ -105,8 +105,7 @@ def fleet(
     ] = None,
 ) -> None:
     """Write a simulated fleet as a device file for `mdmq devices import`: tokens the sandbox takes, each
-    device's behaviour as its label `behaviour:<name>` (most succeed; some report errors, some have dead
-    tokens)."""
+    device's behaviour as its label `behaviour:<name>` (most succeed, some report errors)."""
     try:
         from sandbox.fleet import APNS_TOPIC
         from sandbox.operator_fleet import certificate_topic, fleet_rows

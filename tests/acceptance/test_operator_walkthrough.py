@@ -151,6 +151,20 @@ def test_a_new_user_enrolls_a_fleet_follows_a_rollout_and_sees_failed_pushes(
         assert (imported["created"], imported["refused"]) == (DEVICES, [])
 
         wait_until(lambda: answers(api + "/healthz"), 120, "the API")
+        created = mdmq("rollouts", "create", "--org", ORG, "--kind", "profile", "--all",
+                       "--payload", '{"profile": "com.example.wifi"}', "--json")  # fmt: skip
+        [rollout] = json.loads(created.stdout)["rollouts"]
+        assert rollout["total"] == DEVICES
+        # No device checks in yet: the rollout is in progress on the operator's page.
+        operator = json.loads(
+            mdmq("token", "create", "--org", "operators", "--create-org", "--permission", "mdm.ops.view",
+                 "--json").stdout
+        )  # fmt: skip
+        page = requests.Session()
+        assert page.post(api + "/ops/sign-in", data={"token": operator["token"]}, timeout=30).ok
+        assert rollout["id"] in _rollouts_on_the_page(page, api)
+
+        # The devices check in, woken by the pushes delivered so far and from now on.
         stack.enter_context(
             running(
                 mdmq_command(
@@ -161,17 +175,20 @@ def test_a_new_user_enrolls_a_fleet_follows_a_rollout_and_sees_failed_pushes(
                 tmp_path / "devices.log",
             )
         )  # fmt: skip
-        created = mdmq("rollouts", "create", "--org", ORG, "--kind", "profile", "--all",
-                       "--payload", '{"profile": "com.example.wifi"}', "--json")  # fmt: skip
-        [rollout] = json.loads(created.stdout)["rollouts"]
-        assert rollout["total"] == DEVICES
-
         watched = mdmq("rollouts", "show", rollout["id"], "--watch", "--json", "--interval", "1",
                        timeout_s=WATCH_TIMEOUT_S)  # fmt: skip
         last = json.loads(watched.stdout.splitlines()[-1])
         assert last["counts"] == _expected_counts(fleet), last
+        assert rollout["id"] not in _rollouts_on_the_page(page, api), "done: no longer in progress"
 
         _a_revoked_certificate_shows_in_history(mdmq, announced["control"], files, fleet, tmp_path)
+
+
+def _rollouts_on_the_page(page: requests.Session, api: str) -> dict[str, int]:
+    """The rollouts in progress on the operator's page (its figures, as the page shows them): id -> total."""
+    figures = page.get(api + "/ops/figures", timeout=30)
+    assert figures.status_code == 200, figures.text
+    return {r["id"]: r["total"] for r in figures.json()["data"]["rollouts"]}
 
 
 def _expected_counts(fleet: Path) -> dict[str, int]:

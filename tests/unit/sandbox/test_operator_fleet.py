@@ -30,11 +30,19 @@ def test_every_row_is_one_the_import_stores() -> None:
     assert len({r["id"] for r in rows}) == 500
 
 
-def test_dead_devices_carry_their_providers_dead_prefix_and_the_others_none() -> None:
+def test_the_default_mix_settles_without_the_retry_policys_waits() -> None:
     rows = list(fleet_rows(devices=500, seed=3))
     behaviours = Counter(r["labels"][0].removeprefix(LABEL_PREFIX) for r in rows)
-    assert set(behaviours) <= {"success", "device_error", "invalid_payload", "unregistered"}
-    assert behaviours["unregistered"] > 0
+    assert set(behaviours) == {"success", "device_error", "invalid_payload"}
+
+
+def test_dead_devices_carry_their_providers_dead_prefix_and_the_others_none() -> None:
+    mix = {Behaviour.success: 0.5, Behaviour.unregistered: 0.5}
+    rows = list(fleet_rows(devices=500, seed=3, mix=mix))
+    assert {r["platform"] for r in rows if r["labels"] == [f"{LABEL_PREFIX}unregistered"]} >= {
+        "ios",
+        "android",
+    }
     for row in rows:
         dead = any(row["token"].startswith(prefix) for prefix in DEAD_PREFIXES.values())
         assert dead == (row["labels"] == [f"{LABEL_PREFIX}unregistered"]), row["id"]
