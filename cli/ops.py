@@ -285,15 +285,7 @@ def _act(
                 advance(len(chunk))
     finally:
         app.close()
-    done = outcome(results)
-    if as_json:
-        emit_json(done)
-    else:
-        console.print(f"{what}: {len(done['applied']):,} applied, {len(done['refused']):,} refused")
-        for refusal in done["refused"][:20]:
-            console.print(f"  {refusal['id']}: {refusal['reason']}")
-    if not done["applied"]:
-        raise typer.Exit(EXIT_NOTHING)
+    report_outcome(what, results, as_json=as_json)
 
 
 def _selected(ids: list[str], status_: str | None, org: str | None) -> list[str]:
@@ -364,3 +356,17 @@ def retry(
 def register(app: typer.Typer) -> None:
     for command in (status, deployments, stuck, held, certs, cancel, retry):
         app.command(name=command.__name__)(command)
+
+
+def report_outcome(what: str, results: Sequence[TransitionResult], *, as_json: bool) -> None:
+    """What a cancel or retry applied, and why the rest was refused (the first 20), or all of it as JSON;
+    exits EXIT_NOTHING when nothing was applied."""
+    done = outcome(results)
+    if as_json:
+        emit_json(done)
+    else:
+        console.print(f"{what}: {len(done['applied']):,} applied, {len(done['refused']):,} refused")
+        for refusal in done["refused"][:20]:
+            console.print(f"  {refusal['id']}: {refusal['reason']}")
+    if not done["applied"]:
+        raise typer.Exit(EXIT_NOTHING)

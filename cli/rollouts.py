@@ -17,7 +17,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from api.representation import outcome, rollout
+from api.representation import rollout
+from cli.ops import report_outcome
 from cli.output import console, emit_json, fail
 from config import load_settings
 from models.ids import is_id
@@ -237,15 +238,7 @@ def _act(what: str, rollout_id: str, *, yes: bool, as_json: bool) -> None:
         results = _apply(app, what, rollout_id)
     finally:
         app.close()
-    done = outcome(results)
-    if as_json:
-        emit_json(done)
-    else:
-        console.print(f"{what}: {len(done['applied']):,} applied, {len(done['refused']):,} refused")
-        for refusal in done["refused"][:20]:
-            console.print(f"  {refusal['id']}: {refusal['reason']}")
-    if not done["applied"]:
-        raise typer.Exit(EXIT_NOTHING)
+    report_outcome(what, results, as_json=as_json)
 
 
 def _apply(app: App, what: str, rollout_id: str) -> list[TransitionResult]:
