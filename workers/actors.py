@@ -172,7 +172,8 @@ class Actors:
     ) -> int:
         """`create`'s second step, for a caller that created `deployments` (as `ids`) as enqueued already,
         in a transaction of its own that has committed."""
-        due = as_due([(i, organization_id, d.kind) for i, d in zip(ids, deployments, strict=True)])
+        created = zip(ids, deployments, strict=True)
+        due = as_due([(i, organization_id, d.kind, d.urgent) for i, d in created])
         return self.enqueue(due, marked=True)
 
     def enqueue(self, deployments: Iterable[Due], *, marked: bool = False) -> int:

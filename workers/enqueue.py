@@ -41,7 +41,7 @@ def enqueue_dispatch(
     (any other error as it is)."""
     chunks = [
         (urgent if lane is Lane.urgent else bulk, list(chunk))
-        for _, lane, ids in lanes((d.id, d.organization_id, d.kind) for d in deployments)
+        for _, lane, ids in lanes((d.id, d.organization_id, d.kind, d.urgent) for d in deployments)
         for chunk in chunked(ids, chunk_size)
     ]
     sent: list[str] = []
@@ -85,7 +85,7 @@ def _unmark(session: Callable[[], AbstractContextManager[Session]], ids: list[st
         unmark_enqueued(s, ids=ids)
 
 
-def as_due(rows: Sequence[tuple[str, str, Kind]]) -> list[Due]:
-    """(id, organization, kind) triples as the sweeps return them, for freshly created deployments."""
+def as_due(rows: Sequence[tuple[str, str, Kind, bool]]) -> list[Due]:
+    """(id, organization, kind, urgent) as the sweeps return them, for freshly created deployments."""
     now = utcnow()
-    return [Due(i, organization, kind, 0, now) for i, organization, kind in rows]
+    return [Due(i, organization, kind, 0, now, urgent) for i, organization, kind, urgent in rows]

@@ -74,18 +74,17 @@ class Lane(StrEnum):
     bulk = "bulk"
 
 
-def lanes(deployments: Iterable[tuple[str, str, Kind]]) -> list[tuple[str, Lane, list[str]]]:
-    """Deployments `(id, organization, kind)` grouped by organization, each group with its lane: the one
-    place a dispatch message's lane is chosen. An organization's security actions go on the urgent lane,
-    and so does its lone other deployment (a single-device request); a rollout goes on the bulk lane.
-
-    The deployment's own `urgent` flag (stored from the API) is not read here yet: it routes nothing."""
+def lanes(deployments: Iterable[tuple[str, str, Kind, bool]]) -> list[tuple[str, Lane, list[str]]]:
+    """Deployments `(id, organization, kind, urgent)` grouped by organization, each group with its lane: the
+    one place a dispatch message's lane is chosen. An organization's security actions and the deployments
+    created `urgent` go on the urgent lane, and so does its lone other deployment (a single-device request);
+    a rollout goes on the bulk lane."""
     groups: dict[tuple[str, bool], list[str]] = defaultdict(list)
-    for deployment_id, organization_id, kind in deployments:
-        groups[(organization_id, kind is Kind.security_action)].append(deployment_id)
+    for deployment_id, organization_id, kind, urgent in deployments:
+        groups[(organization_id, urgent or kind is Kind.security_action)].append(deployment_id)
     return [
-        (organization_id, Lane.urgent if security or len(ids) == 1 else Lane.bulk, ids)
-        for (organization_id, security), ids in groups.items()
+        (organization_id, Lane.urgent if urgent or len(ids) == 1 else Lane.bulk, ids)
+        for (organization_id, urgent), ids in groups.items()
     ]
 
 

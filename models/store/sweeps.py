@@ -22,17 +22,18 @@ class Due:
     kind: Kind
     attempt_count: int
     created_at: datetime
+    urgent: bool = False  # created `urgent`: the urgent lane, as a security action
 
 
-def _due(statement: sa.Select[tuple[str, str, str, int, datetime]], session: Session) -> list[Due]:
+def _due(statement: sa.Select[tuple[str, str, str, int, datetime, bool]], session: Session) -> list[Due]:
     return [
-        Due(r.id, r.organization_id, Kind(r.kind), r.attempt_count, r.created_at)
+        Due(r.id, r.organization_id, Kind(r.kind), r.attempt_count, r.created_at, bool(r.urgent))
         for r in run(session, statement)
     ]
 
 
-def _columns() -> sa.Select[tuple[str, str, str, int, datetime]]:
-    return sa.select(c.id, c.organization_id, c.kind, c.attempt_count, c.created_at)
+def _columns() -> sa.Select[tuple[str, str, str, int, datetime, bool]]:
+    return sa.select(c.id, c.organization_id, c.kind, c.attempt_count, c.created_at, c.urgent)
 
 
 def due_for(session: Session, *, ids: Sequence[str]) -> list[Due]:

@@ -71,18 +71,20 @@ def test_limits_are_named_not_placed() -> None:
     assert RetryPolicy.defaults()[Kind.security_action].deadline_s == 86_400
 
 
-def test_security_actions_and_lone_deployments_take_the_urgent_lane_rollouts_the_bulk_one() -> None:
+def test_security_actions_urgent_and_lone_deployments_take_the_urgent_lane_rollouts_the_bulk_one() -> None:
     chosen = lanes(
         [
-            ("p1", "acme", Kind.profile),
-            ("w1", "acme", Kind.security_action),
-            ("p2", "acme", Kind.profile),
-            ("a1", "globex", Kind.app),
+            ("p1", "acme", Kind.profile, False),
+            ("w1", "acme", Kind.security_action, False),
+            ("p2", "acme", Kind.profile, False),
+            ("u1", "acme", Kind.profile, True),
+            ("u2", "acme", Kind.message, True),
+            ("a1", "globex", Kind.app, False),
         ]
     )
 
     assert chosen == [
         ("acme", Lane.bulk, ["p1", "p2"]),
-        ("acme", Lane.urgent, ["w1"]),
+        ("acme", Lane.urgent, ["w1", "u1", "u2"]),
         ("globex", Lane.urgent, ["a1"]),
     ]

@@ -16,12 +16,14 @@ from models.statuses import Status
 from models.store import ensure_organization
 from models.store.devices import NewDevice, add_devices
 from models.store.rollouts import get_rollout, rollout_progress
+from models.store.sweeps import due_for
 from models.store.tokens import create_token
 from models.tables import Deployment
 from tests.helpers import force_status
 from tests.integration.api.conftest import Client
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.policy import Lane, lanes
 
 EVERYTHING = [
     "mdm.deployment.create", "mdm.deployment.get", "mdm.deployment.cancel", "mdm.deployment.retry",
@@ -78,6 +80,22 @@ def test_bulk_create_answers_202_with_ids_and_enqueues_after_the_commit(
     assert all(d.status is Status.queued and d.enqueued_at is not None for d in rows.values())
     broker = mdmq.broker
     assert len(broker.queues[URGENT_QUEUE].queue) + len(broker.queues[BULK_QUEUE].queue) >= 2
+
+
+def test_deployments_created_urgent_go_on_the_urgent_queue_and_stay_there_when_relayed(
+    client: Client, mdmq: App, world: dict[str, Any]
+) -> None:
+    body = {"deployments": [{"deviceId": d, "kind": "profile", "urgent": True} for d in world["devices"]]}
+    status, answer = post(client, "/v1/organizations/acme/deployments", world["token"], body)
+    assert status == 202, answer
+
+    queues = mdmq.broker.queues
+    assert (queues[URGENT_QUEUE].qsize(), queues[BULK_QUEUE].qsize()) == (1, 0), "one chunk, urgent"
+    with mdmq.session() as s:
+        again = due_for(s, ids=answer["data"]["ids"])  # as the relay and the sweeps read them
+    assert [chosen for _, chosen, _ in lanes((d.id, d.organization_id, d.kind, d.urgent) for d in again)] == [
+        Lane.urgent
+    ]
 
 
 def test_each_create_is_one_rollout_whose_progress_counts_its_deployments(

@@ -202,7 +202,7 @@ def test_a_failed_enqueue_leaves_the_rows_saying_which_messages_went(
     with pytest.raises(ConnectionError):
         enqueue_dispatch(
             lambda: _transaction(engine),
-            as_due([(i, "acme", Kind.app) for i in ids]),
+            as_due([(i, "acme", Kind.app, False) for i in ids]),
             urgent=send,
             bulk=send,
             chunk_size=2,
