@@ -19,15 +19,16 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis, xq_name
 
 from config.errors import MdmqError
-from workers.broker import BULK_QUEUE, URGENT_QUEUE, queue_backlog
+from workers.broker import BROKER_ERRORS, BULK_QUEUE, URGENT_QUEUE, queue_backlog
 
 QUEUES = (URGENT_QUEUE, BULK_QUEUE)
 # Beside Dramatiq's keys: broker id -> "host:pid" of each worker process (`WorkerPresence`).
 PRESENCE_KEY = "mdmq.workers"
 
 log = logging.getLogger(__name__)
-# What the clients raise when the broker does not answer (Dramatiq's own, where it translates pika's).
-BROKER_ERRORS = (redis.RedisError, pika.exceptions.AMQPError, dramatiq.errors.BrokerConnectionError)
+# What a read of the broker raises when it does not answer: what a send raises, and pika's own errors, which
+# the reads below (Dramatiq's queue declares) meet untranslated.
+READ_ERRORS = (*BROKER_ERRORS, pika.exceptions.AMQPError)
 
 
 class BrokerUnreachable(MdmqError):
@@ -107,7 +108,7 @@ def broker_figures(broker: dramatiq.Broker, *, now_ms: int) -> tuple[list[QueueF
     repeats no password) when the broker does not answer."""
     try:
         return queue_figures(broker), worker_beats(broker, now_ms=now_ms)
-    except BROKER_ERRORS as e:
+    except READ_ERRORS as e:
         raise BrokerUnreachable(f"unreachable: {type(e).__name__}: {e}") from None
 
 
