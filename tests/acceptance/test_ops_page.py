@@ -29,7 +29,7 @@ from models.enums import Provider
 from models.types import utcnow
 from sandbox.rollout import Rollout
 from tests.helpers import answers, free_ports, run_mdmq, wait_until
-from tests.services import CI, RABBITMQ_URL, require
+from tests.services import CI, RABBITMQ_URL, OwnRedis, require
 from workers.overview import Overview, gather_overview
 
 pytestmark = pytest.mark.timeout(600)
@@ -59,18 +59,8 @@ def chromium() -> str:
 def own_redis() -> Iterator[str]:
     """A Redis server of the test's own on a free port: the machine's is shared, and the page counts every
     heartbeat and message on it."""
-    server = shutil.which("redis-server")
-    if server is None:
-        require("redis://127.0.0.1:1/0", "redis-server")  # skips, or fails in CI
-        raise AssertionError("unreachable")
-    [port] = free_ports(1)
-    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with OwnRedis(free_ports(1)[0]) as server:
+        yield server.url
 
 
 @contextmanager
