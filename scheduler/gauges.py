@@ -11,10 +11,12 @@ from prometheus_client import Gauge
 from models.enums import Provider
 from models.store.credentials import credential_states
 from models.store.maintenance import held_counts, pending_devices, status_counts
+from models.store.organizations import DispatchLimits, busiest_organizations, dispatch_limits
 from scheduler import certificates, overview_gauges
 from workers.actors import Actors
 from workers.broker import queue_backlog
 from workers.overview import gather_overview
+from workers.queue_wait import NAMED_ORGANIZATIONS
 
 DEPLOYMENTS = Gauge("mdmq_deployments", "Deployments in each status, by kind.", ["kind", "status"])
 STUCK = Gauge(
@@ -41,7 +43,27 @@ QUEUE_MESSAGES = Gauge(
     "worker process that died, back on the queue within MDMQ_BROKER_HEARTBEAT_TIMEOUT_S).",
     ["queue", "state"],
 )
-LEADER_ONLY = (DEPLOYMENTS, STUCK, HELD, PENDING_DEVICES, QUEUE_MESSAGES)
+# The organizations the queue wait names (workers.queue_wait), by the same ranking, and whether each is
+# kept back on purpose: the queue wait alert leaves those out.
+ORGANIZATION_HELD = Gauge(
+    "mdmq_organization_held",
+    "1 when an organization the queue wait names has a provider hold (any provider), else 0.",
+    ["organization"],
+)
+ORGANIZATION_PACED = Gauge(
+    "mdmq_organization_paced",
+    "1 when an organization the queue wait names has a wake-up rate (wake_rate_per_s), else 0.",
+    ["organization"],
+)
+LEADER_ONLY = (
+    DEPLOYMENTS,
+    STUCK,
+    HELD,
+    PENDING_DEVICES,
+    QUEUE_MESSAGES,
+    ORGANIZATION_HELD,
+    ORGANIZATION_PACED,
+)
 
 
 def gauges_job(actors: Actors, now: datetime) -> int:
@@ -52,7 +74,10 @@ def gauges_job(actors: Actors, now: datetime) -> int:
         held = held_counts(s)
         pending = pending_devices(s, now=now)
         credentials = credential_states(s)
+        named = busiest_organizations(s, limit=NAMED_ORGANIZATIONS)
+        limits = dispatch_limits(s, organization_ids=named)
     certificates.show_credentials(credentials)
+    show_dispatch_limits(limits)
     for (kind, status), n in statuses.items():
         DEPLOYMENTS.labels(kind=kind.value, status=status.value).set(n)
     HELD.clear()  # a hold that ended leaves no series behind
@@ -68,6 +93,15 @@ def gauges_job(actors: Actors, now: datetime) -> int:
     with actors.app.session() as s:
         overview_gauges.export_overview(gather_overview(s, actors.app.broker, now=now))
     return sum(held.values())
+
+
+def show_dispatch_limits(limits: dict[str, DispatchLimits]) -> None:
+    """One series of each gauge per named organization, 0 included; one that left the ranking goes."""
+    ORGANIZATION_HELD.clear()
+    ORGANIZATION_PACED.clear()
+    for organization_id, limit in limits.items():
+        ORGANIZATION_HELD.labels(organization_id).set(int(limit.held))
+        ORGANIZATION_PACED.labels(organization_id).set(int(limit.paced))
 
 
 def clear() -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from config.errors import MdmqError
 from models.ids import is_organization_id
-from models.tables import Organization
+from models.statuses import Status
+from models.store._sql import DEPLOYMENT, run
+from models.tables import Organization, ProviderHold
 
 
 class InvalidOrganizationId(MdmqError, ValueError):
@@ -48,3 +52,41 @@ def retry_overrides(
 
 def organization_exists(session: Session, *, organization_id: str) -> bool:
     return session.get(Organization, organization_id) is not None
+
+
+def busiest_organizations(session: Session, *, limit: int) -> list[str]:
+    """The `limit` organizations with the most Queued deployments (held ones included), most first, ties by
+    id: the same answer in every process that asks at the same moment."""
+    c = DEPLOYMENT.c
+    n = sa.func.count().label("n")
+    statement = (
+        sa.select(c.organization_id, n)
+        .where(c.status == Status.queued.value)
+        .group_by(c.organization_id)
+        .order_by(n.desc(), c.organization_id)
+        .limit(limit)
+    )
+    return [r.organization_id for r in run(session, statement)]
+
+
+@dataclass(frozen=True)
+class DispatchLimits:
+    """What keeps an organization's pushes back on purpose: a provider hold (any provider), or a wake-up
+    rate (`Organization.wake_rate_per_s` set)."""
+
+    held: bool
+    paced: bool
+
+
+def dispatch_limits(session: Session, *, organization_ids: Collection[str]) -> dict[str, DispatchLimits]:
+    """Each of `organization_ids` that exists, and whether it is held or paced."""
+    if not organization_ids:
+        return {}
+    ids = sorted(organization_ids)
+    held = set(
+        session.exec(select(ProviderHold.organization_id).where(col(ProviderHold.organization_id).in_(ids)))
+    )
+    rates = session.exec(
+        select(Organization.id, Organization.wake_rate_per_s).where(col(Organization.id).in_(ids))
+    )
+    return {i: DispatchLimits(held=i in held, paced=rate is not None) for i, rate in rates}

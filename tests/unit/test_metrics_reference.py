@@ -21,6 +21,7 @@ MODULES = (
     "workers.metrics",
     "workers.prometheus",
     "workers.providers.timing",
+    "workers.queue_wait",
 )
 ROW = re.compile(r"^\| `(mdmq_[a-z0-9_]+)` \| (counter|gauge|histogram) \| ([^|]*) \|", re.MULTILINE)
 

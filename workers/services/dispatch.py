@@ -73,6 +73,7 @@ from workers.policy import KindPolicy, Policies, RetryPolicy, backoff_s
 from workers.providers.base import CredentialRejected, Outcome, ProviderError, Push, PushResult, PushType
 from workers.providers.credentials import Credential, InvalidCredential
 from workers.push_gateway import PushGateway
+from workers.queue_wait import observe_queue_wait
 from workers.services import wording
 from workers.services.credential_rows import credential_from_row
 from workers.services.valve import Valve, Verdict, answer_marks
@@ -287,6 +288,7 @@ def load(
         claimed = _hold_other_topics(s, claimed, targets, credentials, now=now)
         holds = provider_holds(s, organization_ids=organizations) if claimed else {}
         policies = Policies(policy, retry_overrides(s, organization_ids=organizations))
+    observe_queue_wait(session, claimed, now=now)
     groups = tuple(
         Group(
             organization,

@@ -10,10 +10,11 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client import REGISTRY
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, SQLModel, col, func, select
 
 from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
 from models.ids import new_id
@@ -22,6 +23,7 @@ from models.store import NewDeployment, create_deployments, ensure_organization,
 from models.store.devices import NewDevice, add_devices
 from models.store.holds import release_provider
 from models.tables import Deployment, DeploymentEvent, Device, PushCredential, PushReceipt
+from models.types import utcnow
 from sandbox import Delivery, DeviceRegistry, FaultConfig, Latency, Sandbox, SandboxThread, Storm
 from sandbox.credentials import register_credentials, store_credentials
 from sandbox.fleet import APNS_TOPIC
@@ -31,6 +33,7 @@ from workers.policy import RetryPolicy
 from workers.providers.base import PushResult
 from workers.providers.endpoints import ProviderEndpoints
 from workers.push_gateway import Batch, PushGateway
+from workers.queue_wait import LABELS
 from workers.services.credentials import store_credential
 from workers.services.dispatch import dispatch_chunk, record_later
 
@@ -342,6 +345,42 @@ def test_every_answer_is_counted_by_outcome_and_reason_and_timed(
     after = _pushes("accepted", "none"), _pushes("permanent", "Unregistered")
     assert (after[0] - before[0], after[1] - before[1]) == (2, 1), "one per device woken, not per deployment"
     assert REGISTRY.get_sample_value("mdmq_push_duration_seconds_count", {"provider": "apns"}) == timed + 3
+
+
+def _waits(organization: str) -> dict[str, float]:
+    """The queue wait's figures for `organization`: how many, their sum, and the buckets around 90 s."""
+    labels = {"organization": organization}
+    sample = REGISTRY.get_sample_value
+    return {
+        "count": sample("mdmq_queue_wait_seconds_count", labels) or 0.0,
+        "sum": sample("mdmq_queue_wait_seconds_sum", labels) or 0.0,
+        "le_60": sample("mdmq_queue_wait_seconds_bucket", labels | {"le": "60.0"}) or 0.0,
+        "le_120": sample("mdmq_queue_wait_seconds_bucket", labels | {"le": "120.0"}) or 0.0,
+    }
+
+
+def test_a_first_push_observes_the_wait_since_create_under_its_organization(
+    engine: Engine, registry: DeviceRegistry, certificate: MdmPushCertificate
+) -> None:
+    ids = _setup(engine, registry, certificate)
+    chunk = [ids[k] for k in ("first_profile", "first_app", "second_lock")]
+    deployment = SQLModel.metadata.tables["deployment"]
+    with engine.begin() as connection:  # created 90 s ago: they waited that long for their first push
+        created = utcnow() - timedelta(seconds=90)
+        connection.execute(sa.update(deployment).where(deployment.c.id.in_(chunk)).values(created_at=created))
+    LABELS.forget()  # the ranking of this test's database, not an earlier one's
+    before = _waits("acme")
+
+    with _running(registry) as (_, gateway):
+        started = utcnow()
+        dispatch_chunk(sessions(engine), gateway, chunk, policy=POLICY)
+        took_s = (utcnow() - started).total_seconds()
+
+    after = _waits("acme")
+    gained = {k: after[k] - before[k] for k in after}
+    assert (gained["count"], gained["le_60"], gained["le_120"]) == (3, 0, 3), "one per deployment, 60-120 s"
+    assert 3 * 90 <= gained["sum"] <= 3 * (90 + took_s + 1)
+    assert LABELS.named == {"acme"}, "the one organization with Queued work is named"
 
 
 def _away_at(engine: Engine, *away: int) -> tuple[Callable[[], AbstractContextManager[Session]], list[int]]:

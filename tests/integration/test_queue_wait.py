@@ -1,0 +1,110 @@
+"""The queue wait's `organization` label on SQLite and PostgreSQL: the K organizations with the most Queued
+deployments by id, every other one as `other`, however many organizations push; the scheduler's held and
+paced gauges name the same ones."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from models.enums import Provider
+from models.statuses import Kind
+from models.store.dispatch import claim_for_push
+from models.store.organizations import busiest_organizations, dispatch_limits
+from models.tables import Organization, ProviderHold
+from models.types import utcnow
+from scheduler import gauges
+from tests.conftest import MakeDeployments
+from tests.helpers import sessions
+from workers.queue_wait import BUCKETS_S, OTHER, OrganizationLabels, observe_queue_wait
+
+K = 3
+ORGANIZATIONS = 9
+
+
+def _organizations(engine: Engine, make_deployments: MakeDeployments) -> dict[str, list[str]]:
+    """Nine organizations, `org-1` with one Queued deployment up to `org-9` with nine."""
+    return {
+        f"org-{n}": make_deployments(engine, Kind.profile, count=n, organization_id=f"org-{n}")
+        for n in range(1, ORGANIZATIONS + 1)
+    }
+
+
+def _series(registry: CollectorRegistry) -> dict[str, float]:
+    """The histogram's observations by organization label."""
+    return {
+        s.labels["organization"]: s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name.endswith("_count")
+    }
+
+
+def test_many_organizations_make_at_most_k_named_series_and_other(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    created = _organizations(engine, make_deployments)
+    registry = CollectorRegistry()
+    histogram = Histogram("wait_seconds", "", ["organization"], buckets=BUCKETS_S, registry=registry)
+    labels = OrganizationLabels(k=K)
+    now = utcnow()
+
+    with Session(engine) as s, s.begin():
+        claimed = claim_for_push(s, ids=sorted(i for ids in created.values() for i in ids), now=now)
+    observed = observe_queue_wait(sessions(engine), claimed, now=now, labels=labels, histogram=histogram)
+
+    assert observed == sum(range(1, ORGANIZATIONS + 1)), "every first push is observed"
+    series = _series(registry)
+    assert len(series) == K + 1
+    assert series == {"org-9": 9, "org-8": 8, "org-7": 7, OTHER: sum(range(1, 7))}
+
+
+def test_the_ranking_is_read_once_a_minute_and_ties_go_by_id(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    make_deployments(engine, Kind.profile, count=2, organization_id="zeta")
+    make_deployments(engine, Kind.profile, count=2, organization_id="alpha")
+    make_deployments(engine, Kind.profile, count=1, organization_id="beta")
+    labels = OrganizationLabels(k=1)
+    minute = utcnow().replace(second=1, microsecond=0)
+
+    labels.refresh(sessions(engine), now=minute)
+    assert labels.named == {"alpha"}, "two each: the first id"
+    make_deployments(engine, Kind.profile, count=5, organization_id="beta")
+    labels.refresh(sessions(engine), now=minute + timedelta(seconds=58))
+    assert labels.named == {"alpha"}, "the same minute: not read again"
+    labels.refresh(sessions(engine), now=minute + timedelta(seconds=60))
+    assert labels.named == {"beta"}
+    assert (labels.label("beta"), labels.label("alpha")) == ("beta", OTHER)
+
+
+def test_the_scheduler_shows_held_and_paced_for_the_same_organizations(
+    engine: Engine, make_deployments: MakeDeployments
+) -> None:
+    for n, organization in enumerate(("held", "paced", "plain", "quiet"), start=1):
+        make_deployments(engine, Kind.profile, count=10 - n, organization_id=organization)
+    with Session(engine) as s, s.begin():
+        s.add(ProviderHold(organization_id="held", provider=Provider.apns, scope="credential", reason="r"))
+        paced = s.get(Organization, "paced")
+        assert paced is not None
+        paced.wake_rate_per_s = 50.0
+    labels = OrganizationLabels(k=3)
+    labels.refresh(sessions(engine), now=utcnow())
+
+    with Session(engine) as s:
+        named = busiest_organizations(s, limit=3)
+        limits = dispatch_limits(s, organization_ids=named)
+    gauges.show_dispatch_limits(limits)
+
+    assert set(named) == labels.named == {"held", "paced", "plain"}, "the same rule as the workers'"
+    assert _shown(gauges.ORGANIZATION_HELD) == {"held": 1, "paced": 0, "plain": 0}
+    assert _shown(gauges.ORGANIZATION_PACED) == {"held": 0, "paced": 1, "plain": 0}
+    gauges.show_dispatch_limits({})
+    assert _shown(gauges.ORGANIZATION_HELD) == {}, "an organization that left the ranking goes"
+
+
+def _shown(gauge: Gauge) -> dict[str, float]:
+    return {s.labels["organization"]: s.value for m in gauge.collect() for s in m.samples}
