@@ -8,15 +8,16 @@ from datetime import datetime
 
 from prometheus_client import Gauge
 
+from models.database import Session
 from models.enums import Provider
 from models.store.credentials import credential_states
 from models.store.maintenance import held_counts, pending_devices, status_counts
-from models.store.organizations import DispatchLimits, busiest_organizations, dispatch_limits
+from models.store.organizations import DispatchLimits, busiest_organizations, dispatch_limits, others_limited
 from scheduler import certificates, overview_gauges
 from workers.actors import Actors
 from workers.broker import queue_backlog
 from workers.overview import gather_overview
-from workers.queue_wait import NAMED_ORGANIZATIONS
+from workers.queue_wait import NAMED_ORGANIZATIONS, OTHER
 
 DEPLOYMENTS = Gauge("mdmq_deployments", "Deployments in each status, by kind.", ["kind", "status"])
 STUCK = Gauge(
@@ -43,16 +44,18 @@ QUEUE_MESSAGES = Gauge(
     "worker process that died, back on the queue within MDMQ_BROKER_HEARTBEAT_TIMEOUT_S).",
     ["queue", "state"],
 )
-# The organizations the queue wait names (workers.queue_wait), by the same ranking, and whether each is
-# kept back on purpose: the queue wait alert leaves those out.
+# The organizations the queue wait names (workers.queue_wait), by the same ranking, and `other`, and
+# whether each is kept back on purpose: the queue wait alert leaves those out.
 ORGANIZATION_HELD = Gauge(
     "mdmq_organization_held",
-    "1 when an organization the queue wait names has a provider hold (any provider), else 0.",
+    "1 when an organization the queue wait names has a provider hold (any provider), else 0; `other`: 1 "
+    "when any other organization has one.",
     ["organization"],
 )
 ORGANIZATION_PACED = Gauge(
     "mdmq_organization_paced",
-    "1 when an organization the queue wait names has a wake-up rate (wake_rate_per_s), else 0.",
+    "1 when an organization the queue wait names has a wake-up rate (wake_rate_per_s), else 0; `other`: 1 "
+    "when any other organization has one.",
     ["organization"],
 )
 LEADER_ONLY = (
@@ -74,8 +77,7 @@ def gauges_job(actors: Actors, now: datetime) -> int:
         held = held_counts(s)
         pending = pending_devices(s, now=now)
         credentials = credential_states(s)
-        named = busiest_organizations(s, limit=NAMED_ORGANIZATIONS)
-        limits = dispatch_limits(s, organization_ids=named)
+        limits = named_limits(s)
     certificates.show_credentials(credentials)
     show_dispatch_limits(limits)
     for (kind, status), n in statuses.items():
@@ -95,8 +97,16 @@ def gauges_job(actors: Actors, now: datetime) -> int:
     return sum(held.values())
 
 
+def named_limits(s: Session, *, k: int = NAMED_ORGANIZATIONS) -> dict[str, DispatchLimits]:
+    """Held and paced for each label of the queue wait: the `k` organizations it names, by the same ranking
+    as the workers', and `other` (any of the rest)."""
+    named = busiest_organizations(s, limit=k)
+    return dispatch_limits(s, organization_ids=named) | {OTHER: others_limited(s, organization_ids=named)}
+
+
 def show_dispatch_limits(limits: dict[str, DispatchLimits]) -> None:
-    """One series of each gauge per named organization, 0 included; one that left the ranking goes."""
+    """One series of each gauge per label (the named organizations and `other`), 0 included; an organization
+    that left the ranking goes."""
     ORGANIZATION_HELD.clear()
     ORGANIZATION_PACED.clear()
     for organization_id, limit in limits.items():

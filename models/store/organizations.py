@@ -90,3 +90,16 @@ def dispatch_limits(session: Session, *, organization_ids: Collection[str]) -> d
         select(Organization.id, Organization.wake_rate_per_s).where(col(Organization.id).in_(ids))
     )
     return {i: DispatchLimits(held=i in held, paced=rate is not None) for i, rate in rates}
+
+
+def others_limited(session: Session, *, organization_ids: Collection[str]) -> DispatchLimits:
+    """Whether any organization but `organization_ids` is held, and whether any is paced."""
+    ids = sorted(organization_ids)
+    held = select(ProviderHold.organization_id).where(col(ProviderHold.organization_id).not_in(ids))
+    paced = select(Organization.id).where(
+        col(Organization.wake_rate_per_s).is_not(None), col(Organization.id).not_in(ids)
+    )
+    return DispatchLimits(
+        held=session.exec(held.limit(1)).first() is not None,
+        paced=session.exec(paced.limit(1)).first() is not None,
+    )

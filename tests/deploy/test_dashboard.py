@@ -23,6 +23,7 @@ from tests.deploy.names import (
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
 DASHBOARD_PATH = GRAFANA / "mdmq.json"
+RULES_PATH = GRAFANA.parent / "prometheus" / "alerts.yml"
 PROVIDER_PATH = GRAFANA / "provisioning" / "dashboards" / "mdmq.yaml"
 DATASOURCE_PATH = GRAFANA / "provisioning" / "datasources" / "prometheus.yaml"
 README_PATH = GRAFANA / "README.md"
@@ -232,6 +233,28 @@ def test_soonest_certificate_expiry_is_in_days_with_thresholds() -> None:
     assert expr == "(min(mdmq_certificate_expiry_timestamp_seconds)-time())/86400"
     steps = [step["value"] for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
     assert steps == [None, 0, 7, 30]
+
+
+def test_queue_wait_shows_each_named_organizations_p95_beside_the_alerts_line_and_its_exclusions() -> None:
+    (wait,) = [p for p in QUERY_PANELS if p["title"] == "Queue wait p95 by organization"]
+    (target,) = wait["targets"]
+    expr = re.sub(r"\s+", " ", target["expr"])
+    assert expr.startswith("histogram_quantile(0.95, sum by (organization, le) (")
+    assert metric_names(expr) == {"mdmq_queue_wait_seconds_bucket"}
+    assert target["legendFormat"] == "{{organization}}"
+    defaults = wait["fieldConfig"]["defaults"]
+    assert defaults["unit"] == "s"
+    alert = yaml.safe_load(RULES_PATH.read_text(encoding="utf-8"))
+    (rule,) = [r for g in alert["groups"] for r in g["rules"] if r.get("alert") == "MdmqQueueWaitHigh"]
+    above = re.search(r"\)\s*>\s*(\d+)", rule["expr"])
+    assert above is not None, rule["expr"]
+    threshold = float(above.group(1))
+    assert [step["value"] for step in defaults["thresholds"]["steps"]] == [None, threshold]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "dashed"
+    (limits,) = [p for p in QUERY_PANELS if p["title"] == "Organizations held or paced"]
+    read = set().union(*(metric_names(t["expr"]) for t in limits["targets"]))
+    assert read == {"mdmq_organization_held", "mdmq_organization_paced"}
+    assert limits["gridPos"]["y"] == wait["gridPos"]["y"], "side by side"
 
 
 # --- the queries --------------------------------------------------------------------------------------------

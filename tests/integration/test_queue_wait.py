@@ -13,7 +13,6 @@ from sqlmodel import Session
 from models.enums import Provider
 from models.statuses import Kind
 from models.store.dispatch import claim_for_push
-from models.store.organizations import busiest_organizations, dispatch_limits
 from models.tables import Organization, ProviderHold
 from models.types import utcnow
 from scheduler import gauges
@@ -81,29 +80,44 @@ def test_the_ranking_is_read_once_a_minute_and_ties_go_by_id(
     assert (labels.label("beta"), labels.label("alpha")) == ("beta", OTHER)
 
 
-def test_the_scheduler_shows_held_and_paced_for_the_same_organizations(
+def test_the_scheduler_shows_held_and_paced_for_the_same_organizations_and_other(
     engine: Engine, make_deployments: MakeDeployments
 ) -> None:
     for n, organization in enumerate(("held", "paced", "plain", "quiet"), start=1):
         make_deployments(engine, Kind.profile, count=10 - n, organization_id=organization)
-    with Session(engine) as s, s.begin():
-        s.add(ProviderHold(organization_id="held", provider=Provider.apns, scope="credential", reason="r"))
-        paced = s.get(Organization, "paced")
-        assert paced is not None
-        paced.wake_rate_per_s = 50.0
+    _limit(engine, held=["held"], paced=["paced"])
     labels = OrganizationLabels(k=3)
     labels.refresh(sessions(engine), now=utcnow())
 
     with Session(engine) as s:
-        named = busiest_organizations(s, limit=3)
-        limits = dispatch_limits(s, organization_ids=named)
-    gauges.show_dispatch_limits(limits)
+        gauges.show_dispatch_limits(gauges.named_limits(s, k=3))
 
-    assert set(named) == labels.named == {"held", "paced", "plain"}, "the same rule as the workers'"
-    assert _shown(gauges.ORGANIZATION_HELD) == {"held": 1, "paced": 0, "plain": 0}
-    assert _shown(gauges.ORGANIZATION_PACED) == {"held": 0, "paced": 1, "plain": 0}
+    expected = {"held": 1, "paced": 0, "plain": 0, OTHER: 0}
+    assert _shown(gauges.ORGANIZATION_HELD) == expected
+    assert set(_shown(gauges.ORGANIZATION_HELD)) - {OTHER} == labels.named, "the same rule as the workers'"
+    assert _shown(gauges.ORGANIZATION_PACED) == {"held": 0, "paced": 1, "plain": 0, OTHER: 0}
+
+    _limit(engine, held=["quiet"], paced=["quiet"])  # `other` is any organization the ranking leaves out
+    with Session(engine) as s:
+        gauges.show_dispatch_limits(gauges.named_limits(s, k=3))
+    assert (_shown(gauges.ORGANIZATION_HELD)[OTHER], _shown(gauges.ORGANIZATION_PACED)[OTHER]) == (1, 1)
+
     gauges.show_dispatch_limits({})
     assert _shown(gauges.ORGANIZATION_HELD) == {}, "an organization that left the ranking goes"
+
+
+def _limit(engine: Engine, *, held: list[str], paced: list[str]) -> None:
+    with Session(engine) as s, s.begin():
+        for organization_id in held:
+            s.add(
+                ProviderHold(
+                    organization_id=organization_id, provider=Provider.apns, scope="config", reason="r"
+                )
+            )
+        for organization_id in paced:
+            organization = s.get(Organization, organization_id)
+            assert organization is not None
+            organization.wake_rate_per_s = 50.0
 
 
 def _shown(gauge: Gauge) -> dict[str, float]:
