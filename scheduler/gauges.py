@@ -12,12 +12,12 @@ from models.database import Session
 from models.enums import Provider
 from models.store.credentials import credential_states
 from models.store.maintenance import held_counts, pending_devices, status_counts
-from models.store.organizations import DispatchLimits, busiest_organizations, dispatch_limits, others_limited
+from models.store.organizations import DispatchLimits, dispatch_limits, others_limited
 from scheduler import certificates, overview_gauges
 from workers.actors import Actors
 from workers.broker import queue_backlog
 from workers.overview import gather_overview
-from workers.queue_wait import NAMED_ORGANIZATIONS, OTHER
+from workers.queue_wait import OTHER, OrganizationLabels
 
 DEPLOYMENTS = Gauge("mdmq_deployments", "Deployments in each status, by kind.", ["kind", "status"])
 STUCK = Gauge(
@@ -58,6 +58,8 @@ ORGANIZATION_PACED = Gauge(
     "when any other organization has one.",
     ["organization"],
 )
+# The ranking, read in the same windows as the workers read theirs; the holds and rates every run.
+NAMED = OrganizationLabels()
 LEADER_ONLY = (
     DEPLOYMENTS,
     STUCK,
@@ -72,12 +74,13 @@ LEADER_ONLY = (
 def gauges_job(actors: Actors, now: datetime) -> int:
     """Counts deployments by status, held ones, pending devices and the broker's backlog, and shows each
     push credential's state; returns how many deployments are held."""
+    NAMED.refresh(actors.app.session, now=now)
     with actors.app.session() as s:
         statuses = status_counts(s)
         held = held_counts(s)
         pending = pending_devices(s, now=now)
         credentials = credential_states(s)
-        limits = named_limits(s)
+        limits = named_limits(s, named=NAMED.named)
     certificates.show_credentials(credentials)
     show_dispatch_limits(limits)
     for (kind, status), n in statuses.items():
@@ -97,10 +100,9 @@ def gauges_job(actors: Actors, now: datetime) -> int:
     return sum(held.values())
 
 
-def named_limits(s: Session, *, k: int = NAMED_ORGANIZATIONS) -> dict[str, DispatchLimits]:
-    """Held and paced for each label of the queue wait: the `k` organizations it names, by the same ranking
-    as the workers', and `other` (any of the rest)."""
-    named = busiest_organizations(s, limit=k)
+def named_limits(s: Session, *, named: frozenset[str]) -> dict[str, DispatchLimits]:
+    """Held and paced for each label of the queue wait: the organizations it names, and `other` (any of the
+    rest)."""
     return dispatch_limits(s, organization_ids=named) | {OTHER: others_limited(s, organization_ids=named)}
 
 

@@ -2,11 +2,10 @@
 
 The `organization` label names at most `NAMED_ORGANIZATIONS` organizations, the rest are `other`: the ones
 with the most Queued deployments (held ones included), as the database ranks them. Every worker process, on
-every host, reads that ranking at most once a wall-clock minute, and the scheduler's
-`mdmq_organization_held` / `mdmq_organization_paced` use the same ranking (`busiest_organizations`), so that
-the series an alert joins name the same organizations. Processes agree except for the organization at the
-edge of the ranking during the seconds each takes to read it again; the bound holds in each process, and so
-in their sum.
+every host, reads that ranking once in each 5-minute window of the wall clock, and so does the scheduler for
+`mdmq_organization_held` / `mdmq_organization_paced`, so that the series an alert joins name the same
+organizations. Processes agree except for the organization at the edge of the ranking during the seconds
+each takes to read it again; the bound holds in each process, and so in their sum.
 
 A worker process keeps the series of an organization that has left the ranking (prometheus_client's
 multiprocess files cannot drop one) until it restarts; they no longer change, so `rate()` over them is 0.
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -35,7 +35,10 @@ SessionFactory = Callable[[], AbstractContextManager[Session]]
 # label, 16 series each (14 buckets, sum, count) per host.
 NAMED_ORGANIZATIONS = 20
 OTHER = "other"
-REFRESH_S = 60
+# The ranking's window. At most the alert's 5 minutes: a deployment that waited longer was Queued through
+# a whole window, so its organization's work was counted by the ranking in effect when its wait ends. Not
+# less: each process pays the query, 0.06 s at 100k Queued and 0.26 s at 1M (benchmarks/queue_wait.py).
+REFRESH_S = 300
 
 # From half a second (a healthy queue) to an hour (a held organization released), with a bound at 300 s:
 # the alert's 5 minutes is then a bucket's edge, and `histogram_quantile` reads it without interpolating.
@@ -52,13 +55,14 @@ QUEUE_WAIT = Histogram(
 
 class OrganizationLabels:
     """The `organization` label of the queue wait: the `k` busiest organizations by id, others `other`.
-    The ranking is read from the database at most once per wall-clock minute (the same minute in every
-    process whose clock is right), by one thread of the process while the others go on with the last one."""
+    The ranking is read from the database once per `REFRESH_S` window of the wall clock (the same window in
+    every process whose clock is right), by one thread of the process while the others go on with the last
+    one."""
 
     def __init__(self, k: int = NAMED_ORGANIZATIONS) -> None:
         self.k = k
         self._named: frozenset[str] = frozenset()
-        self._minute: int | None = None
+        self._window: int | None = None
         self._lock = threading.Lock()
 
     @property
@@ -69,21 +73,21 @@ class OrganizationLabels:
         return organization_id if organization_id in self._named else OTHER
 
     def forget(self) -> None:
-        """Read the ranking again at the next observation, whatever the minute (a process whose database
+        """Read the ranking again at the next refresh, whatever the window (a process whose database
         changed: a test's)."""
-        self._minute = None
+        self._window = None
 
     def refresh(self, session: SessionFactory, *, now: datetime) -> None:
-        """Read the ranking again when the minute of `now` is not the one last read; the first read is
+        """Read the ranking again when the window of `now` is not the one last read; the first read is
         waited for, later ones are left to the thread that took them."""
-        minute = int(now.timestamp() // REFRESH_S)
-        if minute == self._minute or not self._lock.acquire(blocking=self._minute is None):
+        window = int(now.timestamp() // REFRESH_S)
+        if window == self._window or not self._lock.acquire(blocking=self._window is None):
             return
         try:
-            if minute != self._minute:
+            if window != self._window:
                 with session() as s:
                     self._named = frozenset(busiest_organizations(s, limit=self.k))
-                self._minute = minute
+                self._window = window
         except DATABASE_ERRORS as e:  # the ranking is only a label: the dispatch goes on with the last one
             log.warning("could not read the busiest organizations: %s", type(e).__name__)
         finally:
@@ -110,7 +114,11 @@ def observe_queue_wait(
     first = [c for c in claimed if c.attempt_count == 1]
     if first:
         labels.refresh(session, now=now)
+    waits: dict[str, list[float]] = defaultdict(list)  # by label: one look-up of its series per chunk
     for c in first:
-        wait_s = max((now - c.created_at).total_seconds(), 0.0)
-        histogram.labels(labels.label(c.organization_id)).observe(wait_s)
+        waits[labels.label(c.organization_id)].append(max((now - c.created_at).total_seconds(), 0.0))
+    for label, seconds in waits.items():
+        series = histogram.labels(label)
+        for wait_s in seconds:
+            series.observe(wait_s)
     return len(first)

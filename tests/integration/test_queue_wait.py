@@ -4,7 +4,7 @@ paced gauges name the same ones."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from sqlalchemy.engine import Engine
@@ -18,7 +18,7 @@ from models.types import utcnow
 from scheduler import gauges
 from tests.conftest import MakeDeployments
 from tests.helpers import sessions
-from workers.queue_wait import BUCKETS_S, OTHER, OrganizationLabels, observe_queue_wait
+from workers.queue_wait import BUCKETS_S, OTHER, REFRESH_S, OrganizationLabels, observe_queue_wait
 
 K = 3
 ORGANIZATIONS = 9
@@ -61,21 +61,21 @@ def test_many_organizations_make_at_most_k_named_series_and_other(
     assert series == {"org-9": 9, "org-8": 8, "org-7": 7, OTHER: sum(range(1, 7))}
 
 
-def test_the_ranking_is_read_once_a_minute_and_ties_go_by_id(
+def test_the_ranking_is_read_once_a_window_and_ties_go_by_id(
     engine: Engine, make_deployments: MakeDeployments
 ) -> None:
     make_deployments(engine, Kind.profile, count=2, organization_id="zeta")
     make_deployments(engine, Kind.profile, count=2, organization_id="alpha")
     make_deployments(engine, Kind.profile, count=1, organization_id="beta")
     labels = OrganizationLabels(k=1)
-    minute = utcnow().replace(second=1, microsecond=0)
+    window = datetime.fromtimestamp(utcnow().timestamp() // REFRESH_S * REFRESH_S + 1, tz=UTC)
 
-    labels.refresh(sessions(engine), now=minute)
+    labels.refresh(sessions(engine), now=window)
     assert labels.named == {"alpha"}, "two each: the first id"
     make_deployments(engine, Kind.profile, count=5, organization_id="beta")
-    labels.refresh(sessions(engine), now=minute + timedelta(seconds=58))
-    assert labels.named == {"alpha"}, "the same minute: not read again"
-    labels.refresh(sessions(engine), now=minute + timedelta(seconds=60))
+    labels.refresh(sessions(engine), now=window + timedelta(seconds=REFRESH_S - 2))
+    assert labels.named == {"alpha"}, "the same window: not read again"
+    labels.refresh(sessions(engine), now=window + timedelta(seconds=REFRESH_S))
     assert labels.named == {"beta"}
     assert (labels.label("beta"), labels.label("alpha")) == ("beta", OTHER)
 
@@ -90,7 +90,7 @@ def test_the_scheduler_shows_held_and_paced_for_the_same_organizations_and_other
     labels.refresh(sessions(engine), now=utcnow())
 
     with Session(engine) as s:
-        gauges.show_dispatch_limits(gauges.named_limits(s, k=3))
+        gauges.show_dispatch_limits(gauges.named_limits(s, named=labels.named))
 
     expected = {"held": 1, "paced": 0, "plain": 0, OTHER: 0}
     assert _shown(gauges.ORGANIZATION_HELD) == expected
@@ -99,7 +99,7 @@ def test_the_scheduler_shows_held_and_paced_for_the_same_organizations_and_other
 
     _limit(engine, held=["quiet"], paced=["quiet"])  # `other` is any organization the ranking leaves out
     with Session(engine) as s:
-        gauges.show_dispatch_limits(gauges.named_limits(s, k=3))
+        gauges.show_dispatch_limits(gauges.named_limits(s, named=labels.named))
     assert (_shown(gauges.ORGANIZATION_HELD)[OTHER], _shown(gauges.ORGANIZATION_PACED)[OTHER]) == (1, 1)
 
     gauges.show_dispatch_limits({})

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import Gauge
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from config.settings import Settings
 from models.enums import CredentialKind, CredentialStatus, Provider, PushEnvironment
@@ -20,7 +22,7 @@ from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.credentials import record_credential_check
 from models.store.maintenance import RECEIPT
 from models.store.unsent import UNSENT, record_unsent
-from models.tables import Deployment, DeploymentEvent, PushAttempt, table_of
+from models.tables import Deployment, DeploymentEvent, Organization, ProviderHold, PushAttempt, table_of
 from models.types import utcnow
 from sandbox.tls import issue_client_certificate, make_ca
 from scheduler import certificates, gauges, jobs
@@ -30,6 +32,7 @@ from tests.integration.providers.conftest import TOPIC
 from workers.actors import Actors, declare_actors
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.queue_wait import OrganizationLabels
 from workers.services.credentials import store_credential
 
 DEPLOYMENT = table_of(Deployment)
@@ -229,6 +232,33 @@ def test_retention_deletes_what_ended_long_ago_with_its_events_and_failed_pushes
     assert left == set(recent + reopened)
     assert with_events == set(recent)
     assert with_attempts == set(recent)
+
+
+def test_the_gauges_job_shows_held_and_paced_for_the_organizations_the_workers_name(
+    actors: Actors, make_deployments: MakeDeployments
+) -> None:
+    engine = actors.app.engine
+    for n, organization in enumerate(("held", "paced", "plain"), start=1):
+        make_deployments(engine, Kind.profile, count=n, organization_id=organization)
+    with Session(engine) as s, s.begin():
+        s.add(ProviderHold(organization_id="held", provider=Provider.apns, scope="config", reason="BadTopic"))
+        paced = s.get(Organization, "paced")
+        assert paced is not None
+        paced.wake_rate_per_s = 30.0
+    workers = OrganizationLabels()
+    workers.refresh(actors.app.session, now=utcnow())
+    gauges.NAMED.forget()  # an earlier test's database ranked in this window
+
+    gauges.gauges_job(actors, utcnow())
+
+    def shown(gauge: Gauge) -> dict[str, float]:
+        return {s.labels["organization"]: s.value for m in gauge.collect() for s in m.samples}
+
+    assert shown(gauges.ORGANIZATION_HELD) == {"held": 1, "paced": 0, "plain": 0, "other": 0}
+    assert shown(gauges.ORGANIZATION_PACED) == {"held": 0, "paced": 1, "plain": 0, "other": 0}
+    assert set(shown(gauges.ORGANIZATION_HELD)) == workers.named | {"other"}
+    gauges.clear()
+    assert shown(gauges.ORGANIZATION_HELD) == {}, "a standby exports none"
 
 
 def test_the_gauges_job_counts_statuses_holds_pending_devices_and_the_backlog(
