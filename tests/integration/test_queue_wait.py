@@ -4,9 +4,14 @@ paced gauges name the same ones."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -59,6 +64,55 @@ def test_many_organizations_make_at_most_k_named_series_and_other(
     series = _series(registry)
     assert len(series) == K + 1
     assert series == {"org-9": 9, "org-8": 8, "org-7": 7, OTHER: sum(range(1, 7))}
+
+
+# One worker process: claims the deployments it is given, as a dispatch does, and observes them into the
+# queue wait histogram, in prometheus_client's multiprocess mode (the directory is in its environment).
+_WORKER = """
+import sys
+from sqlmodel import Session
+from models.database import create_engine
+from models.store.dispatch import claim_for_push
+from models.types import utcnow
+from tests.helpers import sessions
+from workers.queue_wait import OrganizationLabels, observe_queue_wait
+
+url, k, *ids = sys.argv[1:]
+engine = create_engine(url)
+now = utcnow()
+with Session(engine) as s, s.begin():
+    claimed = claim_for_push(s, ids=ids, now=now)
+print(observe_queue_wait(sessions(engine), claimed, now=now, labels=OrganizationLabels(k=int(k))))
+"""
+
+
+def test_two_worker_processes_together_export_k_named_series_and_other(
+    pg: Engine, postgres_url: str, make_deployments: MakeDeployments, tmp_path: Path
+) -> None:
+    created = _organizations(pg, make_deployments)
+    ids = sorted(i for each in created.values() for i in each)
+    environment = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    root = Path(__file__).resolve().parents[2]
+    observed = 0
+    for half in (ids[0::2], ids[1::2]):  # each process claims some of every organization's deployments
+        done = subprocess.run(
+            [sys.executable, "-c", _WORKER, postgres_url, str(K), *half],
+            env=environment, cwd=root, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        observed += int(done.stdout)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]  # as the workers serve it
+
+    assert len(list(tmp_path.glob("histogram_*.db"))) == 2, "one file per process"
+    series = {
+        s.labels["organization"]: s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name == "mdmq_queue_wait_seconds_count"
+    }
+    assert observed == len(ids)
+    assert series == {"org-9": 9, "org-8": 8, "org-7": 7, OTHER: sum(range(1, 7))}, "K+1, summed"
 
 
 def test_the_ranking_is_read_once_a_window_and_ties_go_by_id(
