@@ -46,15 +46,16 @@ BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 
 
 QUEUE_WAIT = Histogram(
     "mdmq_queue_wait_seconds",
-    "Seconds from a deployment's create to its first push attempt, by organization: the "
-    f"{NAMED_ORGANIZATIONS} with the most Queued deployments by id, every other one as `other`.",
+    "Seconds from a deployment's create to its first push attempt, by organization: each of the "
+    f"{NAMED_ORGANIZATIONS} with the most Queued deployments by its id, every other one as `other`.",
     ["organization"],
     buckets=BUCKETS_S,
 )
 
 
 class OrganizationLabels:
-    """The `organization` label of the queue wait: the `k` busiest organizations by id, others `other`.
+    """The `organization` label of the queue wait: each of the `k` busiest organizations by its id, every
+    other one `other`.
     The ranking is read from the database once per `REFRESH_S` window of the wall clock (the same window in
     every process whose clock is right), by one thread of the process while the others go on with the last
     one."""
