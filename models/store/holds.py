@@ -15,7 +15,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, col, select
 
 from models.enums import CredentialStatus, Provider, TokenState
-from models.store._sql import DEVICE, dialect_of, one_of, run
+from models.statuses import Status
+from models.store._sql import DEPLOYMENT, DEVICE, dialect_of, one_of, run
 from models.store.dispatch import PushTarget, release_holds
 from models.tables import ProviderHold
 from models.types import utcnow
@@ -102,6 +103,35 @@ def devices_served(session: Session, *, organization_id: str, provider: Provider
         .subquery()
     )
     return int(run(session, sa.select(sa.func.count()).select_from(some)).scalar_one())
+
+
+def answers_to_come(session: Session, *, organization_id: str, provider: Provider, fingerprint: str) -> bool:
+    """May another of the organization's devices that this provider wakes still add an answer to the
+    credential's window? One that will be pushed again: a valid token, a deployment Queued and not held (a
+    push answered and awaiting its check-in counts: a silent device is pushed again), and no dead-token
+    answer the window counts already (its next would not count). A device whose answer never reached the
+    window (its worker was killed in between) and that checked in since has nothing Queued: it adds nothing.
+    One statement, stopping at the first such device."""
+    d = DEVICE.c
+    waiting = sa.exists().where(
+        DEPLOYMENT.c.device_id == d.id,
+        DEPLOYMENT.c.status == Status.queued.value,
+        DEPLOYMENT.c.hold_reason.is_(None),
+    )
+    counted = sa.exists().where(DEAD.c.fingerprint == fingerprint, DEAD.c.device_id == d.id)
+    statement = (
+        sa.select(d.id)
+        .where(
+            d.organization_id == organization_id,
+            d.provider == provider.value,
+            d.unenrolled_at.is_(None),
+            d.token_state == TokenState.valid.value,
+            waiting,
+            ~counted,
+        )
+        .limit(1)
+    )
+    return run(session, statement).first() is not None
 
 
 # -- holds -----------------------------------------------------------------------------------------------

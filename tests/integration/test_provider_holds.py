@@ -8,12 +8,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from models.enums import Platform, Provider, TokenState
-from models.statuses import Kind
+from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
 from models.store.dispatch import Invalidation, hold_for_credential, invalidate_tokens
 from models.store.holds import (
     NewHold,
+    answers_to_come,
     devices_served,
     due_probes,
     first_dead_answers,
@@ -81,6 +82,43 @@ def test_devices_served_counts_up_to_what_is_asked(engine: Engine) -> None:
         assert devices_served(s, organization_id="acme", provider=Provider.apns, at_most=20) == 7
         assert devices_served(s, organization_id="acme", provider=Provider.apns, at_most=5) == 5
         assert devices_served(s, organization_id="acme", provider=Provider.fcm, at_most=20) == 0
+
+
+def test_answers_can_come_only_from_a_device_with_a_push_ahead_not_counted_dead(engine: Engine) -> None:
+    """A device adds to a credential's window only when it is pushed again: a deployment Queued and not
+    held, a valid token, and no dead-token answer the window counts already."""
+    quiet, held, dead, invalid, waiting = _devices(engine, 5)
+
+    def to_come(fingerprint: str = "f1") -> bool:
+        with Session(engine) as s:
+            return answers_to_come(s, organization_id="acme", provider=Provider.apns, fingerprint=fingerprint)
+
+    with Session(engine) as s, s.begin():
+        completed = create_deployments(
+            s, organization_id="acme", deployments=[NewDeployment(quiet, Kind.app)]
+        )
+        queued = create_deployments(
+            s,
+            organization_id="acme",
+            deployments=[NewDeployment(d, Kind.profile) for d in (held, dead, invalid)],
+        )
+        for row in s.exec(select(Deployment).where(Deployment.id == completed[0])):
+            row.status = Status.completed
+        for row in s.exec(select(Deployment).where(Deployment.id == queued[0])):
+            row.hold_reason = "APNs credential refused"
+        first_dead_answers(s, fingerprint="f1", device_ids=[dead], now=utcnow())
+        invalidate_tokens(
+            s, invalidations=[Invalidation(invalid, "Unregistered", utcnow(), 410, "f1", False)]
+        )
+    assert not to_come(), "done, held, counted dead, or a dead token: none will add to the window"
+    assert to_come("f2"), "the dead-token answer is counted per credential"
+    with Session(engine) as s:
+        assert not answers_to_come(s, organization_id="acme", provider=Provider.fcm, fingerprint="f2")
+        assert not answers_to_come(s, organization_id="other", provider=Provider.apns, fingerprint="f2")
+
+    with Session(engine) as s, s.begin():
+        create_deployments(s, organization_id="acme", deployments=[NewDeployment(waiting, Kind.profile)])
+    assert to_come()
 
 
 def test_an_invalidation_is_recorded_and_restored_by_what_an_operator_selects(engine: Engine) -> None:

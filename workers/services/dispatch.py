@@ -58,6 +58,7 @@ from models.store.holds import (
     ANSWER_DEAD,
     NewHold,
     answer_window,
+    answers_to_come,
     devices_served,
     first_dead_answers,
     hold_provider,
@@ -384,7 +385,7 @@ def send(gateway: PushGateway, loaded: Loaded) -> list[Answered]:
 def judge(session: SessionFactory, answered: Answered, valve: Valve) -> Answered:
     """Add the group's answers to its credential's window and judge its dead-token answers on it: the
     devices' (kept, for their tokens to be invalidated), the organization's (a hold; no token is touched), or
-    too few answers to tell (sent again with the next batch).
+    too few answers to tell while another device may still answer (sent again with the next batch).
 
     A device's dead-token answer counts once per credential (`first_dead_answers`): a retry sends again what
     an earlier try could not settle, and a chunk taken again after its worker died before recording it
@@ -416,10 +417,14 @@ def judge(session: SessionFactory, answered: Answered, valve: Valve) -> Answered
                 if not dead:
                     return answered
                 sample = window if len(marks) <= valve.window else marks
+                organization, provider = group.organization_id, group.provider
                 verdict = valve.judge(
                     sample,
                     devices_served=lambda n: devices_served(
-                        s, organization_id=group.organization_id, provider=group.provider, at_most=n
+                        s, organization_id=organization, provider=provider, at_most=n
+                    ),
+                    answers_to_come=lambda: answers_to_come(
+                        s, organization_id=organization, provider=provider, fingerprint=fingerprint
                     ),
                 )
         except DATABASE_ERRORS as e:

@@ -66,12 +66,25 @@ class Valve:
         ones only while the window is not known full of live answers already."""
         return bool(marks) and (ANSWER_DEAD in marks or not self.settled.settled(fingerprint))
 
-    def judge(self, sample: str, *, devices_served: Callable[[int], int]) -> Verdict:
+    def judge(
+        self, sample: str, *, devices_served: Callable[[int], int], answers_to_come: Callable[[], bool]
+    ) -> Verdict:
         """`sample`: the window's answers, one character each. `devices_served(n)`: how many devices the
-        credential serves, counted up to n (asked only when the sample is small)."""
+        credential serves, counted up to n; `answers_to_come()`: whether another device may still add an
+        answer to the window. Both are asked only when the sample is small.
+
+        A small sample waits for more answers only while more can come. The window may never reach
+        min(min_answers, devices served): a worker killed between its pushes and writing their answers
+        loses them, and those devices check in and are not pushed again; a rollout may reach a few of the
+        credential's devices. With nothing more to come, the sample is judged as it stands, by whether the
+        credential works at all: a wrong topic, environment or project gets a dead-token answer for every
+        device [A-RESP] [F-ERR], so one live answer makes the dead ones the devices' own, and none holds
+        the organization (nothing invalidated, and a probe or a credential releases it)."""
         answers, dead = len(sample), sample.count(ANSWER_DEAD)
         if answers < self.min_answers and answers < devices_served(self.min_answers):
-            return Verdict.undecided
+            if answers_to_come():
+                return Verdict.undecided
+            return Verdict.organization if dead == answers else Verdict.device
         return Verdict.organization if dead >= self.dead_share * answers else Verdict.device
 
 

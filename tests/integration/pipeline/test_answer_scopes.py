@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 
 from models.enums import CredentialKind, CredentialStatus, Platform, Provider, PushEnvironment, TokenState
 from models.ids import new_id
+from models.reports import Report
 from models.statuses import Kind, Status
 from models.store import NewDeployment, create_deployments, ensure_organization
 from models.store.devices import NewDevice, add_devices
@@ -39,6 +40,7 @@ from workers.app import App
 from workers.policy import RetryPolicy
 from workers.services.credentials import store_credential
 from workers.services.dispatch import DEFAULT_VALVE, DispatchSummary, dispatch_chunk, judge, load, send
+from workers.services.reports import DeviceReport, record_device_report
 
 POLICY = RetryPolicy.defaults()
 ORG = "acme"
@@ -336,6 +338,83 @@ def test_a_chunk_taken_again_after_its_worker_died_counts_each_dead_token_once(w
     assert {d.id: d.status for d in _deployments(world) if d.id in strays} == dict.fromkeys(
         strays, Status.error_distributing
     )
+
+
+def test_dead_tokens_are_judged_once_no_other_device_is_left_to_answer(world: World) -> None:
+    """The fault suite's SIGKILL: a worker sent a chunk's pushes and was killed before it wrote their
+    answers to the window; its devices took their push and checked in before the message came again. The
+    credential serves 20 devices, but its window can only ever hold 10 + 2 answers: the eight lost ones
+    never come again. Waiting for 20 would push the two dead tokens again and again until their deadline,
+    Queued all the while; with no other device left to answer, they are judged on what there is."""
+    _upload(world, world.right, PushEnvironment.production)
+    answered = _fleet(world, 10)
+    lost = _fleet(world, 8)
+    strays = _fleet(world, 2, topic=mdm_topic())
+    assert _dispatch(world, answered).accepted == 10  # the window: 10 live answers
+    loaded = load(world.app.session, [*lost, *strays], policy=POLICY, now=utcnow())
+    send(world.app.gateway, loaded)  # then SIGKILL: no answer written, nothing recorded
+    _check_in(world, [*answered, *lost])
+
+    again = _dispatch(world, [*lost, *strays])  # the message, delivered again
+
+    assert again.claimed == 2, "only the dead tokens' deployments were still Queued"
+    assert again.retry is None, "judged, not sent again"
+    assert again.held == 0
+    assert _hold(world) is None
+    assert sorted(d.id for d in _invalid_tokens(world)) == sorted(_device_ids(world, strays))
+    assert {d.id: d.status for d in _deployments(world) if d.id in strays} == dict.fromkeys(
+        strays, Status.error_distributing
+    )
+
+
+def test_a_dead_token_waits_while_another_device_still_has_a_push_coming(world: World) -> None:
+    """The same window of 12 answers, but one device of the credential still has a profile Queued: its
+    answer may yet come, so the dead tokens go again later, undecided."""
+    _upload(world, world.right, PushEnvironment.production)
+    answered = _fleet(world, 10)
+    lost = _fleet(world, 7)
+    [waiting] = _fleet(world, 1)
+    strays = _fleet(world, 2, topic=mdm_topic())
+    assert _dispatch(world, answered).accepted == 10
+    send(world.app.gateway, load(world.app.session, [*lost, *strays], policy=POLICY, now=utcnow()))
+    _check_in(world, [*answered, *lost])
+
+    again = _dispatch(world, strays)
+
+    assert again.retry is not None
+    assert sorted(again.retry.deployment_ids) == sorted(strays)
+    assert _invalid_tokens(world) == []
+    assert _hold(world) is None
+
+    assert _dispatch(world, [waiting]).accepted == 1
+    _check_in(world, [waiting])
+    last = dispatch_chunk(world.app.session, world.app.gateway, strays, policy=POLICY, failures=1)
+    assert last.retry is None
+    assert sorted(d.id for d in _invalid_tokens(world)) == sorted(_device_ids(world, strays))
+
+
+def test_only_dead_token_answers_hold_the_organization_when_no_other_device_is_left(world: World) -> None:
+    """A rollout to two devices of a credential that serves 32, the others with nothing queued (their
+    profiles done long ago): both answer DeviceTokenNotForTopic, and no other device will answer. No live
+    answer ever came through the credential; a certificate of another topic answers so for every device
+    [A-RESP], so the organization is held, and no token is touched."""
+    _upload(world, world.right, PushEnvironment.production)
+    _check_in(world, _fleet(world, 30))
+    strays = _fleet(world, 2, topic=mdm_topic())
+
+    summary = _dispatch(world, strays)
+
+    assert summary.held == 2
+    assert _invalid_tokens(world) == []
+    assert _hold(world) is not None
+
+
+def _check_in(world: World, deployment_ids: list[str]) -> None:
+    """Their devices checked in and installed the profile."""
+    with world.app.session() as s:
+        for deployment_id in deployment_ids:
+            applied = record_device_report(s, DeviceReport(deployment_id, Report.acknowledged), policy=POLICY)
+            assert applied.applied, applied.refused
 
 
 def _device_ids(world: World, deployment_ids: list[str]) -> list[str]:
