@@ -1,0 +1,34 @@
+"""The fairness benchmark's arithmetic: percentiles, the busiest second, the medians of runs."""
+
+from __future__ import annotations
+
+from benchmarks.fairness import medians, most_in_a_second, spread
+
+
+def test_spread_takes_nearest_rank_percentiles_and_counts_the_missing() -> None:
+    figures = spread([*(float(i) for i in range(1, 101)), None])
+
+    assert figures == {"n": 100, "missing": 1, "p50": 50.0, "p99": 99.0, "max": 100.0}
+
+
+def test_spread_of_nothing_reached_says_so() -> None:
+    assert spread([None, None]) == {"n": 0, "missing": 2}
+
+
+def test_the_busiest_second_is_any_window_not_calendar_seconds() -> None:
+    # Three in 0.9-1.8 s straddle the second boundary; no window of 1 s holds four.
+    moments = [0.0, 0.9, 1.2, 1.8, 2.95]
+
+    assert most_in_a_second(moments) == 3
+    assert most_in_a_second([]) == 0
+    assert most_in_a_second([5.0, 5.0, 5.0]) == 3
+
+
+def test_medians_go_key_by_key_through_nested_figures() -> None:
+    runs = [
+        {"a": 1.0, "b": {"p99": 9.0}, "complete": True, "late": None},
+        {"a": 3.0, "b": {"p99": 1.0}, "complete": False, "late": 4.0},
+        {"a": 2.0, "b": {"p99": 5.0}, "complete": True},
+    ]
+
+    assert medians(runs) == {"a": 2.0, "b": {"p99": 5.0}, "complete": False, "late": 4.0}
