@@ -625,8 +625,8 @@ def ten_orgs(options: Options, organizations: int, devices_each: int) -> dict[st
 
 def medians(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The median of each number over `runs`, key by key (nested mappings alike); a flag is true when it
-    is in every run; other values are the first run's. A figure missing from some run is the median of
-    those that have it."""
+    is in every run. A figure missing from some run is the median of those that have it. Lists (one
+    figure per organization) are left to the runs."""
     out: dict[str, Any] = {}
     for key in dict.fromkeys(k for r in runs for k in r):
         values = [r[key] for r in runs if key in r and r[key] is not None]
@@ -634,9 +634,9 @@ def medians(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             out[key] = all(values)
         elif values and all(isinstance(v, Mapping) for v in values):
             out[key] = medians(values)
-        elif values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        elif values and all(isinstance(v, int | float) for v in values):
             out[key] = round(statistics.median(values), 3)
-        else:
+        elif not any(isinstance(v, list) for v in values):
             out[key] = values[0] if values else None
     return out
 
@@ -658,20 +658,35 @@ def ratio(numerator: Any, denominator: Any) -> float | None:
     return None
 
 
+def beside_alone(
+    together: Sequence[Mapping[str, Any]],
+    alone: Sequence[Mapping[str, Any]],
+    names: tuple[str, str],
+    key: str,
+) -> dict[str, Any]:
+    """The medians of both variants, and `key` with the other organization over `key` alone: each
+    round's (a run and the run right after it, on the machine as it was then) and their median, the
+    steadier figure on a shared machine; and the ratio of the medians."""
+    by_round = [ratio(t.get(key), a.get(key)) for t, a in zip(together, alone, strict=True)]
+    present = [r for r in by_round if r is not None]
+    summary: dict[str, Any] = {names[0]: medians(together), names[1]: medians(alone)}
+    figure = key.removesuffix("_s")
+    summary[f"{figure}_vs_alone_by_round"] = by_round
+    summary[f"{figure}_vs_alone"] = round(statistics.median(present), 3) if present else None
+    summary[f"{figure}_vs_alone_of_medians"] = ratio(summary[names[0]].get(key), summary[names[1]].get(key))
+    return summary
+
+
 def scenario_two_orgs(options: Options, args: argparse.Namespace) -> dict[str, Any]:
     together, alone = repeated(
         args.runs,
         lambda: two_orgs(options, args.devices_a, args.devices_b, with_b=True),
         lambda: two_orgs(options, args.devices_a, args.devices_b, with_b=False),
     )
-    summary: dict[str, Any] = {"with_b": medians(together), "a_alone": medians(alone)}
-    summary["a_total_vs_alone"] = ratio(
-        summary["with_b"].get("a_total_s"), summary["a_alone"].get("a_total_s")
-    )
     return {
         "devices_a": args.devices_a,
         "devices_b": args.devices_b,
-        "median": summary,
+        "median": beside_alone(together, alone, ("with_b", "a_alone"), "a_total_s"),
         "runs": {"with_b": together, "a_alone": alone},
     }
 
@@ -693,15 +708,11 @@ def scenario_paced(options: Options, args: argparse.Namespace) -> dict[str, Any]
         return paced(options, args.paced_devices, args.wake_rate, args.devices_a, with_c=with_c)
 
     together, alone = repeated(args.runs, lambda: run(True), lambda: run(False))
-    summary: dict[str, Any] = {"with_c": medians(together), "p_alone": medians(alone)}
-    summary["p_total_vs_alone"] = ratio(
-        summary["with_c"].get("p_total_s"), summary["p_alone"].get("p_total_s")
-    )
     return {
         "devices_c": args.paced_devices,
         "wake_rate_per_s": args.wake_rate,
         "devices_p": args.devices_a,
-        "median": summary,
+        "median": beside_alone(together, alone, ("with_c", "p_alone"), "p_total_s"),
         "runs": {"with_c": together, "p_alone": alone},
     }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.fairness import medians, most_in_a_second, spread
+from benchmarks.fairness import beside_alone, medians, most_in_a_second, spread
 
 
 def test_spread_takes_nearest_rank_percentiles_and_counts_the_missing() -> None:
@@ -26,9 +26,21 @@ def test_the_busiest_second_is_any_window_not_calendar_seconds() -> None:
 
 def test_medians_go_key_by_key_through_nested_figures() -> None:
     runs = [
-        {"a": 1.0, "b": {"p99": 9.0}, "complete": True, "late": None},
+        {"a": 1.0, "b": {"p99": 9.0}, "complete": True, "late": None, "each": [1.0, 2.0]},
         {"a": 3.0, "b": {"p99": 1.0}, "complete": False, "late": 4.0},
         {"a": 2.0, "b": {"p99": 5.0}, "complete": True},
     ]
 
     assert medians(runs) == {"a": 2.0, "b": {"p99": 5.0}, "complete": False, "late": 4.0}
+
+
+def test_beside_alone_pairs_each_run_with_the_one_after_it() -> None:
+    together = [{"total_s": 12.0}, {"total_s": 30.0}, {"total_s": 11.0}]
+    alone = [{"total_s": 10.0}, {"total_s": 20.0}, {"total_s": 10.0}]
+
+    summary = beside_alone(together, alone, ("with", "alone"), "total_s")
+
+    assert summary["total_vs_alone_by_round"] == [1.2, 1.5, 1.1]
+    assert summary["total_vs_alone"] == 1.2
+    assert summary["total_vs_alone_of_medians"] == 1.2  # 12 / 10
+    assert summary["with"] == {"total_s": 12.0}
