@@ -1,0 +1,99 @@
+"""The fairness benchmark at a tiny size: every scenario of `benchmarks.fairness`, through real `dramatiq`
+worker processes, PostgreSQL, a Redis of the test's own and the emulators, and every deployment of every run
+pushed, accepted at the emulators and timed. `python -m benchmarks.fairness` runs them at full size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.fairness import main
+from tests.helpers import free_ports
+from tests.services import OwnRedis
+
+pytestmark = pytest.mark.timeout(600)
+
+DEVICES_A = 600
+DEVICES_B = 20
+ITEMS, GROUP, IDLE_ITEMS = 3, 2, 1
+PACED = 60
+ORGS, DEVICES_EACH = 3, 100
+
+
+@pytest.fixture(scope="module")
+def results(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("fairness") / "fairness.json"
+    with OwnRedis(free_ports(1)[0]) as server:
+        code = main(
+            [
+                *("--devices-a", str(DEVICES_A), "--devices-b", str(DEVICES_B), "--runs", "1"),
+                *("--urgent-items", str(ITEMS), "--urgent-group", str(GROUP)),
+                *("--urgent-idle-items", str(IDLE_ITEMS), "--paced-devices", str(PACED)),
+                *("--orgs", str(ORGS), "--devices-per-org", str(DEVICES_EACH), "--timeout-s", "180"),
+                *("--redis", server.url, "--database-url", postgres_url, "--out", str(out)),
+            ]
+        )
+    assert code == 0
+    scenarios: dict[str, Any] = json.loads(Path(out).read_text())["scenarios"]
+    return scenarios
+
+
+def every_run(scenario: dict[str, Any]) -> list[dict[str, Any]]:
+    runs = scenario["runs"]
+    return [r for rs in runs.values() for r in rs] if isinstance(runs, dict) else list(runs)
+
+
+@pytest.mark.parametrize("name", ["two-orgs", "urgent", "paced", "ten-orgs"])
+def test_every_run_pushes_every_deployment_and_counts_its_cpu(results: dict[str, Any], name: str) -> None:
+    runs = every_run(results[name])
+
+    assert runs, "the scenario ran"
+    for run in runs:
+        # Complete: every device's push accepted at the emulators and every deployment recorded as pushed.
+        assert run["complete"], run
+        assert run["cpu_s_per_1000_pushes"]["workers"] > 0, run
+
+
+def test_two_orgs_times_every_deployment_of_b_and_both_totals_of_a(results: dict[str, Any]) -> None:
+    with_b, alone = results["two-orgs"]["runs"]["with_b"][0], results["two-orgs"]["runs"]["a_alone"][0]
+
+    assert with_b["b_latency_s"]["n"] == DEVICES_B
+    assert with_b["b_latency_s"]["missing"] == 0
+    assert 0 < with_b["b_latency_s"]["p50"] <= with_b["b_latency_s"]["p99"] <= with_b["b_latency_s"]["max"]
+    assert with_b["pushes"] >= DEVICES_A + DEVICES_B
+    assert alone["pushes"] >= DEVICES_A
+    assert with_b["a_total_s"] > 0
+    assert alone["a_total_s"] > 0
+    assert results["two-orgs"]["median"]["a_total_vs_alone"] > 0
+
+
+def test_urgent_times_every_probe_from_its_create_to_sent_and_accepted(results: dict[str, Any]) -> None:
+    run = results["urgent"]["runs"][0]
+
+    for phase, items in (("idle", IDLE_ITEMS), ("during_rollout", ITEMS)):
+        for kind, size in (("lock", 1), ("urgent_profile", GROUP), ("plain_profile", GROUP)):
+            figures = run[phase][kind]
+            assert figures["accepted_s"]["n"] == items * size, (phase, kind, figures)
+            assert 0 < figures["sent_s"]["p50"] <= figures["accepted_s"]["max"], (phase, kind, figures)
+
+
+def test_paced_reports_the_paced_organizations_rate_and_the_unpaced_total(results: dict[str, Any]) -> None:
+    run = results["paced"]["runs"]["with_c"][0]
+
+    assert run["c_wake_rate_per_s"] == 50
+    assert 0 < run["c_most_pushes_in_1_s"] <= PACED
+    assert run["c_every_push_accepted_s"] > 0
+    assert run["p_total_s"] > 0
+    assert results["paced"]["runs"]["p_alone"][0]["p_total_s"] > 0
+
+
+def test_ten_orgs_reports_each_organizations_completion(results: dict[str, Any]) -> None:
+    run = results["ten-orgs"]["runs"][0]
+
+    assert len(run["completion_s"]) == ORGS
+    assert all(c > 0 for c in run["completion_s"])
+    assert min(run["completion_s"]) <= run["mean_s"] <= max(run["completion_s"])
+    assert run["max_deviation_pct"] >= 0
