@@ -321,7 +321,7 @@ def creating(run: Run, organization: str, gate: threading.Barrier | None = None)
 
 
 class CpuMeter:
-    """The worker processes' and the run's PostgreSQL backends' CPU seconds since `start`."""
+    """The worker processes' and the run's PostgreSQL backends' CPU seconds from the moment it is made."""
 
     def __init__(self, run: Run) -> None:
         self._run = run
