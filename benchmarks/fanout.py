@@ -297,7 +297,9 @@ def wanted(devices: list[Device], count: int) -> list[NewDeployment]:
 def workers(settings: Settings, processes: int, threads: int) -> Iterator[subprocess.Popen[bytes]]:
     environment = worker_environment(settings, settings_environment(settings))
     with subprocess.Popen(
-        worker_command(processes, threads), env=environment, stdout=subprocess.DEVNULL
+        worker_command(processes, threads, urgent_threads=settings.worker_urgent_threads),
+        env=environment,
+        stdout=subprocess.DEVNULL,
     ) as process:
         try:
             yield process

@@ -149,7 +149,13 @@ def api(
 @app.command()
 def worker(
     processes: int = typer.Option(2, min=1, help="Worker processes."),
-    threads: int = typer.Option(8, min=1, help="Threads per worker process."),
+    threads: int = typer.Option(8, min=1, help="Threads per worker process for the bulk queue."),
+    urgent_threads: int | None = typer.Option(
+        None,
+        min=0,
+        help="Threads per worker process for the urgent queue alone (default MDMQ_WORKER_URGENT_THREADS, 2; "
+        "0: every thread takes both queues).",
+    ),
 ) -> None:
     """The Dramatiq workers: Dramatiq's command on `workers.main:broker` with these processes and threads."""
     from workers.launch import worker_command, worker_environment
@@ -157,8 +163,10 @@ def worker(
     settings = load_settings()  # a wrong setting is one line here, not a traceback in every worker process
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
     _wait_for_schema(settings)
-    command = worker_command(processes, threads)
-    os.execvpe(command[0], command, worker_environment(settings, os.environ))  # noqa: S606  (replaces this process)
+    urgent = settings.worker_urgent_threads if urgent_threads is None else urgent_threads
+    command = worker_command(processes, threads, urgent_threads=urgent)
+    environment = worker_environment(settings, os.environ) | {"MDMQ_WORKER_URGENT_THREADS": str(urgent)}
+    os.execvpe(command[0], command, environment)  # noqa: S606  (replaces this process)
 
 
 @app.command()

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # The longest an idle worker process sleeps between looks at a Redis queue (Dramatiq's worker timeout,
     # 1,000 ms by default): what a message waits at worst before an idle worker takes it.
     worker_poll_ms: int = Field(default=250, ge=10, le=10_000)
+    # Worker threads of each worker process that take only urgent messages (locks, wipes, reports, a chunk's
+    # answers), beside its `--threads` for the bulk queue: urgent work never waits for a thread to finish a
+    # rollout's chunk (`workers.urgent_lane`). 0: every thread takes both queues, urgent first.
+    worker_urgent_threads: int = Field(default=2, ge=0, le=64)
     # The Redis broker: its key prefix (two mdmq installations may share one Redis), and how soon the
     # messages a dead worker process had taken go back on their queue. A process that has not spoken to
     # Redis for `broker_heartbeat_timeout_s` is dead (a live one speaks every `worker_poll_ms` at most, busy

@@ -39,7 +39,7 @@ class WorkerProcesses:
         restart_after_s: float = 1.0,
     ) -> None:
         self._processes = processes
-        self._command = worker_command(processes, threads)
+        self._command = worker_command(processes, threads, urgent_threads=settings.worker_urgent_threads)
         self._environment = worker_environment(settings, settings_environment(settings))
         self._log = log
         self._restart_after_s = restart_after_s

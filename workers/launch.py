@@ -19,6 +19,7 @@ from pathlib import Path
 
 from config.logging import configure_logging
 from config.settings import Settings, load_settings
+from workers.broker import BULK_QUEUE
 
 WORKER_MODULE = "workers.main:broker"
 LAUNCHER = "workers.launch"
@@ -52,8 +53,11 @@ def worker_environment(settings: Settings, base: Mapping[str, str]) -> dict[str,
     }
 
 
-def worker_command(processes: int, threads: int) -> list[str]:
-    """This launcher's argv: then Dramatiq's arguments, its own logging set-up skipped."""
+def worker_command(processes: int, threads: int, *, urgent_threads: int) -> list[str]:
+    """This launcher's argv: then Dramatiq's arguments, its own logging set-up skipped. With `urgent_threads`
+    (`MDMQ_WORKER_URGENT_THREADS`, which the processes read too) the `threads` consume the bulk queue only,
+    and each process gives the urgent queue threads of its own (`workers.urgent_lane`)."""
+    lanes = ["--queues", BULK_QUEUE] if urgent_threads > 0 else []
     return [
         sys.executable,
         "-m",
@@ -64,6 +68,7 @@ def worker_command(processes: int, threads: int) -> list[str]:
         "--threads",
         str(threads),
         "--skip-logging",
+        *lanes,
     ]
 
 

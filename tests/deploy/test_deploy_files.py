@@ -220,7 +220,7 @@ def dramatiq_shutdown_timeout_s() -> float:
 
     from workers.launch import LAUNCHER, worker_command
 
-    command = worker_command(processes=2, threads=8)
+    command = worker_command(processes=2, threads=8, urgent_threads=2)
     parser = make_argument_parser()  # type: ignore[no-untyped-call]  # Dramatiq declares no types for it
     arguments = parser.parse_args(command[command.index(LAUNCHER) + 1 :])
     timeout_ms: int = arguments.worker_shutdown_timeout

@@ -1,0 +1,139 @@
+"""A lock never waits for a worker thread to finish a rollout's chunk: real `dramatiq` worker processes on
+Redis and PostgreSQL, the bulk queue's only thread held by a slow APNs answer, a lock for an AOSP device.
+
+With the urgent queue's own thread (`MDMQ_WORKER_URGENT_THREADS`) the lock is pushed while the chunk's push
+is still out; with none, the same lock waits until the chunk's thread is free — the case that shows the
+threads are what makes the difference."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from config.settings import Settings
+from models.enums import CredentialKind, Platform, Provider, PushEnvironment
+from models.statuses import Kind
+from models.store import NewDeployment, ensure_organization
+from models.store.devices import NewDevice, add_devices
+from models.tables import Deployment
+from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
+from sandbox.processes import WorkerProcesses
+from sandbox.tls import issue_mdm_push_certificate, mdm_topic
+from tests.helpers import free_ports, sandbox_settings, wait_until
+from tests.services import REDIS_URL, require
+from workers.actors import declare_actors
+from workers.app import App
+from workers.services.credentials import store_credential
+
+pytestmark = pytest.mark.timeout(240)
+
+ROLLOUT_ORG, LOST_PHONE_ORG = "acme", "globex"
+APNS_TAKES_MS = 8_000  # each APNs answer: the bulk thread is busy this long with its chunk
+
+
+@dataclass(frozen=True)
+class World:
+    settings: Settings
+    rollout_device: str
+    lost_phone: str
+
+
+@pytest.fixture
+def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
+    require(REDIS_URL, "Redis")
+    namespace = f"mdmq-test-{uuid.uuid4().hex[:8]}"
+    registry = DeviceRegistry()
+    certificate = issue_mdm_push_certificate(registry, topic=mdm_topic(), days=365)
+    aosp_key = secrets.token_hex(16)
+    registry.add_aosp_api_key(aosp_key)
+    apns_token, aosp_token = secrets.token_hex(32), secrets.token_hex(11)
+    registry.add_apns_device(apns_token, topic=certificate.topic)
+    registry.add_aosp_device(aosp_token)
+    slow = FaultConfig(latency=Latency.fixed(APNS_TAKES_MS))
+    with SandboxThread(registry, tls=True, apns_faults=slow) as sandbox:
+        settings = sandbox_settings(
+            sandbox,
+            tmp_path,
+            database_url=postgres_url,
+            broker_url=REDIS_URL,
+            broker_namespace=namespace,
+            dispatch_chunk_size=1,
+            metrics_host="127.0.0.1",
+            worker_metrics_port=free_ports(1)[0],
+            metrics_dir=str(tmp_path / "metrics"),
+        )
+        app = App(settings)
+        with app.session() as s:
+            for org, provider, kind, secret in (
+                (ROLLOUT_ORG, Provider.apns, CredentialKind.apns_certificate, certificate.pem_bundle),
+                (LOST_PHONE_ORG, Provider.aosp, CredentialKind.aosp_api_key, aosp_key),
+            ):
+                ensure_organization(s, organization_id=org)
+                store_credential(
+                    s,
+                    organization_id=org,
+                    provider=provider,
+                    kind=kind,
+                    secret=secret,
+                    environment=PushEnvironment.production,
+                )
+            [rollout_device] = add_devices(
+                s, organization_id=ROLLOUT_ORG, devices=[NewDevice(Platform.ios, apns_token, push_magic="m")]
+            )
+            [lost_phone] = add_devices(
+                s, organization_id=LOST_PHONE_ORG, devices=[NewDevice(Platform.aosp, aosp_token)]
+            )
+        app.close()
+        yield World(settings, rollout_device, lost_phone)
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{namespace}*"):
+        client.delete(key)
+    client.close()
+
+
+def _pushed(engine: Engine, deployment_id: str) -> bool:
+    with Session(engine) as s:
+        row = s.exec(select(Deployment.receipt_id).where(col(Deployment.id) == deployment_id)).one()
+        return row is not None
+
+
+def _claimed(engine: Engine, deployment_id: str) -> bool:
+    with Session(engine) as s:
+        count = s.exec(select(Deployment.attempt_count).where(col(Deployment.id) == deployment_id)).one()
+        return count > 0
+
+
+@pytest.mark.parametrize("urgent_threads", [1, 0])
+def test_a_lock_is_pushed_while_the_only_bulk_thread_pushes_a_chunk(
+    world: World, urgent_threads: int
+) -> None:
+    settings = world.settings.model_copy(update={"worker_urgent_threads": urgent_threads})
+    actors = declare_actors(App(settings))
+    engine = actors.app.engine
+    try:
+        with WorkerProcesses(settings, processes=1, threads=1, restart_after_s=3_600):
+            # Two deployments of one device, on the bulk lane: the thread's chunk, then one more behind it.
+            rollout = actors.create(
+                ROLLOUT_ORG, [NewDeployment(world.rollout_device, k) for k in (Kind.profile, Kind.app)]
+            ).ids
+            taken = "the bulk thread to take a chunk"
+            wait_until(lambda: any(_claimed(engine, i) for i in rollout), 60, taken)
+            [lock] = actors.create(
+                LOST_PHONE_ORG, [NewDeployment(world.lost_phone, Kind.security_action, {"action": "lock"})]
+            ).ids
+            wait_until(lambda: _pushed(engine, lock), 60, "the lock to be pushed")
+            chunk_answered = any(_pushed(engine, i) for i in rollout)
+            if urgent_threads:
+                assert not chunk_answered, "the lock was pushed only once the chunk's thread was free"
+            else:
+                assert chunk_answered, "with no urgent threads the lock waits for the bulk thread"
+    finally:
+        actors.app.close()
