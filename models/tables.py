@@ -48,9 +48,42 @@ class Organization(SQLModel, table=True):
 
     id: str = Field(sa_type=ORG_ID, primary_key=True)
     name: str = Field(default="", sa_type=sa.String(200))
-    wake_rate_per_s: float | None = None
+    wake_rate_per_s: float | None = None  # wake-up pushes per second on the bulk lane; None: unpaced
+    # Its share of the bulk lane beside others waiting at the same time (1..100); None: 1.
+    fair_weight: int | None = None
     retry_policy: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     created_at: datetime = _created()
+
+
+class FairOrganization(SQLModel, table=True):
+    """An organization's place in the bulk lane's turns, and its pacing (`workers.fair`, on the database
+    when the broker is RabbitMQ). Times in seconds since the epoch, as the fair queue computes them."""
+
+    __tablename__ = "fair_organization"
+
+    organization_id: str = Field(sa_type=ORG_ID, primary_key=True)
+    weight: int = 1
+    rate_per_s: float | None = None
+    position: int = Field(default=0, sa_type=sa.BigInteger)  # the pass: the lowest waiting goes next
+    booked_s: float = 0.0  # the end of its chunks' bookings
+    tat_s: float = 0.0  # when its next chunk may be taken, paced
+
+
+class FairChunk(SQLModel, table=True):
+    """A chunk of the bulk lane waiting for a token (`claim` None), or taken by the token `claim`."""
+
+    __tablename__ = "fair_chunk"
+    __table_args__ = (
+        sa.Index("ix_fair_chunk_org_ready", "organization_id", "ready_at_s"),
+        sa.Index("ix_fair_chunk_claim", "claim"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BIGINT_PK, primary_key=True)
+    organization_id: str = Field(sa_type=ORG_ID)
+    deployment_ids: list[str] = Field(sa_type=JSON)
+    ready_at_s: float  # when it is booked to go
+    claim: str | None = Field(default=None, sa_type=sa.String(64))  # the token's message id
+    claimed_at_s: float | None = None
 
 
 class PushCredential(SQLModel, table=True):

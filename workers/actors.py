@@ -7,12 +7,14 @@ for `dramatiq`, the demo, the tests) builds the `App` and passes it in.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 from config.errors import MdmqError
 from config.logging import ids_field, log_context
@@ -25,7 +27,7 @@ from models.store.unsent import forget_unsent, record_unsent
 from models.types import utcnow
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
-from workers.enqueue import BrokerAway, as_due, enqueue_dispatch
+from workers.enqueue import BrokerAway, FairLane, as_due, enqueue_dispatch
 from workers.services.dispatch import dispatch_chunk, record_later
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import CheckInReport, DeviceReport, record_check_in
@@ -38,6 +40,7 @@ URGENT_PRIORITY = 0
 BULK_PRIORITY = 100
 
 # dispatch(deployment_ids, failures=0): `failures` is set only by the delayed retry of a turned-away push.
+# dispatch_bulk() without ids is a token: it takes the next chunk in turn from the fair queue.
 DispatchActor = dramatiq.Actor[..., None]
 
 # What each actor declares, rather than Dramatiq's defaults (20 retries over up to a week, 10 minutes each).
@@ -187,7 +190,14 @@ class Actors:
             chunk_size=self.app.settings.dispatch_chunk_size,
             redeliver_after_s=self.app.settings.redeliver_after_s,
             marked=marked,
+            fair=FairLane(self.app.fair, self._send_token),
         )
+
+    def _send_token(self, delay_s: float) -> None:
+        """One bulk-lane token, delayed by `delay_s` when its chunk is booked for later (a paced
+        organization's), else on the queue at once: a delayed message takes a detour through the broker."""
+        delay_ms = int(delay_s * 1000)
+        self.dispatch_bulk.send_with_options(args=(), delay=delay_ms if delay_ms > 0 else None)
 
     def enqueue_ids(self, deployment_ids: Sequence[str]) -> int:
         """`enqueue` for deployments known by id only (released, retried), committed already. With the
@@ -303,7 +313,13 @@ def _dispatch_actor(
     settings = app.settings
     valve = Valve(settings.valve_window, settings.valve_min_answers, settings.valve_dead_share)
 
-    def dispatch(deployment_ids: list[str], failures: int = 0) -> None:
+    def dispatch(deployment_ids: list[str] | None = None, failures: int = 0) -> None:
+        if deployment_ids is None:
+            take_turn()
+        else:
+            dispatch_ids(deployment_ids, failures)
+
+    def dispatch_ids(deployment_ids: list[str], failures: int) -> None:
         with log_context(action="dispatch", **ids_field(deployment_ids)):
             summary = dispatch_chunk(
                 app.session,
@@ -322,6 +338,20 @@ def _dispatch_actor(
             retry = summary.retry
             delay_ms = int(retry.delay_s * 1000)
             actor.send_with_options(args=(retry.deployment_ids, retry.failures), delay=delay_ms)
+
+    def take_turn() -> None:
+        """A token: dispatch the chunk the fair queue gives this message (the same one if the message is
+        delivered again), then forget the claim. With none that may go yet, the token comes back when one
+        may; with none at all, it ends (another token took its chunk)."""
+        message = CurrentMessage.get_current_message()
+        assert message is not None, "the broker runs CurrentMessage (workers.broker.build_broker)"
+        taken = app.fair.take(message.message_id)
+        if taken.deployment_ids is None:
+            if taken.wait_s is not None:
+                actor.send_with_options(args=(), delay=max(1, math.ceil(taken.wait_s * 1000)))
+            return
+        dispatch_ids(taken.deployment_ids, 0)
+        app.fair.done(message.message_id)
 
     actor: DispatchActor = dramatiq.Actor(
         dispatch,

@@ -10,11 +10,17 @@ from contextlib import contextmanager
 from functools import cached_property
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
 
 from config.settings import Settings, load_settings
 from models.database import Engine, Session, create_engine
 from models.secrets import KeyRing, key_ring_from_settings
 from workers.broker import build_broker
+from workers.fair import FairQueue
+from workers.fair.database import DatabaseFairQueue
+from workers.fair.memory import MemoryFairQueue
+from workers.fair.redis import RedisFairQueue
 from workers.policy import RetryPolicy
 from workers.providers.endpoints import ProviderEndpoints
 from workers.push_gateway import PushGateway
@@ -64,6 +70,18 @@ class App:
             heartbeat_timeout_s=s.broker_heartbeat_timeout_s,
             maintenance_per_million=s.broker_maintenance_per_million,
         )
+
+    @cached_property
+    def fair(self) -> FairQueue:
+        """The bulk lane's fair queue, where the broker's processes all see it: in Redis beside a Redis
+        broker's queues, in this process beside the in-process broker, in the database otherwise (RabbitMQ
+        keeps no state a script could share)."""
+        broker = self.broker
+        if isinstance(broker, RedisBroker):
+            return RedisFairQueue(broker.client, self.settings.broker_namespace)
+        if isinstance(broker, StubBroker):
+            return MemoryFairQueue()
+        return DatabaseFairQueue(self.session)
 
     @cached_property
     def endpoints(self) -> ProviderEndpoints:

@@ -13,7 +13,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name
-from dramatiq.middleware import SkipMessage
+from dramatiq.middleware import CurrentMessage, SkipMessage
 
 from models.json_values import first_unstorable
 from workers.policy import Lane
@@ -43,6 +43,7 @@ def build_broker(
     and how many broker calls in a million do that maintenance (`Settings` says more)."""
     broker = _broker(url, namespace, heartbeat_timeout_s, maintenance_per_million)
     broker.add_middleware(RefuseUnstorable())
+    broker.add_middleware(CurrentMessage())  # a bulk token's claim is its message's id (`workers.fair`)
     return broker
 
 

@@ -103,3 +103,64 @@ def others_limited(session: Session, *, organization_ids: Collection[str]) -> Di
         held=session.exec(held.limit(1)).first() is not None,
         paced=session.exec(paced.limit(1)).first() is not None,
     )
+
+
+@dataclass(frozen=True)
+class FairShare:
+    """An organization's share of the bulk lane: its weight beside others, its wake-up rate (None: off)."""
+
+    weight: int = 1
+    wake_rate_per_s: float | None = None
+
+
+def fair_shares(session: Session, *, organization_ids: Collection[str]) -> dict[str, FairShare]:
+    """Each organization's weight and wake-up rate; an organization without a row has the defaults."""
+    statement = select(Organization.id, Organization.fair_weight, Organization.wake_rate_per_s).where(
+        col(Organization.id).in_(organization_ids)
+    )
+    found = {i: FairShare(weight or 1, rate) for i, weight, rate in session.exec(statement)}
+    return {i: found.get(i, FairShare()) for i in organization_ids}
+
+
+_UNCHANGED: Any = object()
+MAX_FAIR_WEIGHT = 100
+
+
+class InvalidFairShare(MdmqError, ValueError):
+    """A weight is a whole number from 1 to 100; a wake-up rate a finite number above 0, or none."""
+
+
+def check_fair_share(*, weight: object = None, wake_rate_per_s: object = None) -> None:
+    """`InvalidFairShare` naming the value refused; None for either is allowed (the default)."""
+    if weight is not None and (
+        not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= MAX_FAIR_WEIGHT
+    ):
+        raise InvalidFairShare(f"weight must be a whole number from 1 to {MAX_FAIR_WEIGHT}, not {weight!r}")
+    rate = wake_rate_per_s
+    if rate is not None and (
+        not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 < rate < float("inf")
+    ):
+        raise InvalidFairShare(f"wake rate must be a number of pushes per second above 0, not {rate!r}")
+
+
+def set_fair_share(
+    session: Session,
+    *,
+    organization_id: str,
+    weight: int | None = _UNCHANGED,
+    wake_rate_per_s: float | None = _UNCHANGED,
+) -> FairShare:
+    """Change an organization's weight or wake-up rate (None: back to the default), creating it if needed;
+    what it has now. Chunks waiting already keep the rate they were booked at; new ones take the new."""
+    check_fair_share(
+        weight=None if weight is _UNCHANGED else weight,
+        wake_rate_per_s=None if wake_rate_per_s is _UNCHANGED else wake_rate_per_s,
+    )
+    organization = ensure_organization(session, organization_id=organization_id)
+    if weight is not _UNCHANGED:
+        organization.fair_weight = weight
+    if wake_rate_per_s is not _UNCHANGED:
+        organization.wake_rate_per_s = wake_rate_per_s
+    session.add(organization)
+    session.flush()
+    return FairShare(organization.fair_weight or 1, organization.wake_rate_per_s)

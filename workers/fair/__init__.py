@@ -1,0 +1,105 @@
+"""The bulk lane's fair queue (DESIGN §4.7): chunks of deployments kept per organization, taken in weighted
+turns across every worker process, each organization's wake-ups paced to its rate.
+
+A dispatch message on the bulk queue carries no deployment: it is a *token*, and the worker that takes one
+takes the next chunk from here. Tokens are interchangeable, so a message's place on the broker's FIFO queue
+no longer decides whose devices are woken next: this queue does, at the moment a worker is free.
+
+- **Turns** (stride scheduling, a smooth weighted round-robin): each organization with chunks waiting has a
+  *pass*; a take serves the organization of the lowest pass whose next chunk may go now, and advances its
+  pass by `STRIDE // weight`. Over any stretch, organizations waiting together get chunks in the ratio of
+  their weights; one that starts waiting joins at the lowest pass of those waiting, so it is served at once
+  but gains no credit for the time it was idle.
+- **Pacing** (GCRA): an organization with a wake-up rate has its chunks cut to at most a fifth of the rate
+  (`paced_chunk_size`), and a chunk of `n` may be taken only when the organization's *theoretical arrival
+  time* has come; taking it moves that time to `now + n / rate`. Chunks are taken at least `n / rate` apart
+  however late the workers are, so any one-second window sees at most `rate + n <= 1.2 * rate` pushes.
+  `put` books each chunk's expected slot the same way, so that its token is sent delayed to about when it
+  may go, never to wake a thread that would sleep.
+- **Redelivery**: a take is keyed by the token's message id. A token delivered again (its worker died, or
+  Dramatiq retries it) takes the same chunk again; `done` forgets the claim once the dispatch returned.
+  Claims never finished (a message that ran out of retries) are forgotten after `CLAIM_TTL_S`: the
+  deployments are marked enqueued, and the re-push sweep takes them at their redelivery time.
+
+Implementations: `memory` (the in-process broker), `redis` (Lua scripts, atomic, beside the Redis broker's
+queues), `database` (rows in PostgreSQL, for the RabbitMQ broker).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# A take advances the organization's pass by STRIDE // weight: weights 1..100 divide it with little rounding.
+STRIDE = 1_000_000
+MAX_WEIGHT = 100
+# The largest share of an organization's rate one chunk may carry: the burst a 1-second window may see
+# beyond the rate (DESIGN §4.7, "at most 1.2 times the rate").
+PACED_CHUNK_SHARE = 0.2
+# A claim whose dispatch never said it was done (its message failed for good) is forgotten after this
+# long: longer than a dispatch's retries and time limit (workers.actors.DISPATCH_OPTIONS) together.
+CLAIM_TTL_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What a token took: a chunk of an organization; or, when none may go now, how long until one may
+    (`wait_s`), or nothing left at all (every field None)."""
+
+    organization_id: str | None = None
+    deployment_ids: list[str] | None = None
+    wait_s: float | None = None
+
+
+class FairQueue(Protocol):
+    """The interface every implementation keeps. Methods raise their store's errors untranslated:
+    redis-py's (a broker error, `workers.broker.BROKER_ERRORS`) or the database's."""
+
+    def put(
+        self,
+        organization_id: str,
+        chunks: Sequence[Sequence[str]],
+        *,
+        weight: int = 1,
+        rate_per_s: float | None = None,
+    ) -> list[float]:
+        """Add an organization's chunks after those it has waiting; the seconds from now each is booked to
+        go at (0 unpaced): its token's delay."""
+        ...
+
+    def take(self, claim: str) -> Taken:
+        """The chunk claimed by `claim` already, else the next chunk in turn that may go now, claimed."""
+        ...
+
+    def done(self, claim: str) -> None:
+        """Forget `claim`: its chunk was dispatched."""
+        ...
+
+
+def paced_chunk_size(chunk_size: int, rate_per_s: float | None) -> int:
+    """The most deployments one chunk of an organization paced at `rate_per_s` carries."""
+    if not rate_per_s:
+        return chunk_size
+    return max(1, min(chunk_size, math.floor(PACED_CHUNK_SHARE * rate_per_s)))
+
+
+def stride(weight: int) -> int:
+    """How far a take moves an organization of `weight` along: a weight of 2 goes twice as often as 1."""
+    return STRIDE // max(1, min(weight, MAX_WEIGHT))
+
+
+def book(
+    now: float, booked: float, *, sizes: Sequence[int], rate_per_s: float | None
+) -> tuple[list[float], float]:
+    """The times chunks of `sizes` are booked to go at from `now`, after the organization's bookings up to
+    `booked`, and its bookings after them. Unpaced: all now."""
+    if not rate_per_s:
+        return [now] * len(sizes), booked
+    times = []
+    for n in sizes:
+        at = max(now, booked)
+        times.append(at)
+        booked = at + n / rate_per_s
+    return times, booked

@@ -1,0 +1,58 @@
+"""The fair queue on the database, for the RabbitMQ broker (which has no shared state of its own to keep
+it in): rows in `fair_chunk` and `fair_organization`, each step one short transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from functools import partial
+
+from models.database import Session
+from models.store.fair import forget_claim, put_chunks, take_chunk
+from workers.fair import CLAIM_TTL_S, STRIDE, Taken, book
+
+
+class DatabaseFairQueue:
+    """`workers.fair.FairQueue` in the database of `session`. `clock`: seconds since the epoch; the hosts'
+    clocks are assumed in step (NTP), as for every other time mdmq writes."""
+
+    def __init__(
+        self,
+        session: Callable[[], AbstractContextManager[Session]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._clock = clock
+
+    def put(
+        self,
+        organization_id: str,
+        chunks: Sequence[Sequence[str]],
+        *,
+        weight: int = 1,
+        rate_per_s: float | None = None,
+    ) -> list[float]:
+        if not chunks:
+            return []
+        now = self._clock()
+        sizes = [len(c) for c in chunks]
+        with self._session() as s:
+            times = put_chunks(
+                s,
+                organization_id=organization_id,
+                chunks=chunks,
+                weight=weight,
+                rate_per_s=rate_per_s,
+                book=partial(book, now, sizes=sizes, rate_per_s=rate_per_s),
+            )
+        return [at - now for at in times]
+
+    def take(self, claim: str) -> Taken:
+        with self._session() as s:
+            taken = take_chunk(s, claim=claim, now_s=self._clock(), stride=STRIDE)
+        return Taken(taken.organization_id, taken.deployment_ids, taken.wait_s)
+
+    def done(self, claim: str) -> None:
+        with self._session() as s:
+            forget_claim(s, claim=claim, stale_before_s=self._clock() - CLAIM_TTL_S)

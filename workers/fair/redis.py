@@ -1,0 +1,144 @@
+"""The fair queue in Redis, beside the Redis broker's queues: every step one Lua script, so that workers on
+every host take turns on one state atomically, on Redis's clock.
+
+Keys, under `<namespace>:fair:`: `orgs` (sorted set: the organizations with chunks waiting, by pass),
+`q:<organization>` (sorted set: its chunks' sequence numbers by the time they are booked at), `chunk` (hash:
+sequence number → the chunk's ids as JSON), `seq`, `weight`, `rate`, `booked`, `tat` (hashes by
+organization), `claims` (hash: claim → organization and ids) and `claimed` (sorted set: claim → when).
+The scripts name keys they build themselves: fine on one Redis (what Dramatiq's broker needs too), not on a
+cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from workers.fair import CLAIM_TTL_S, STRIDE, Taken
+
+# The clock of every script: Redis's own, one for all hosts.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# ARGV: organization, weight, rate (0: unpaced), then each chunk's ids as JSON. Returns each chunk's delay.
+_PUT = (
+    _NOW
+    + """
+local p, org = KEYS[1], ARGV[1]
+local weight, rate = tonumber(ARGV[2]), tonumber(ARGV[3])
+local q = p .. 'q:' .. org
+if redis.call('ZCARD', q) == 0 then
+  local lowest = redis.call('ZRANGE', p .. 'orgs', 0, 0, 'WITHSCORES')
+  redis.call('ZADD', p .. 'orgs', lowest[2] or 0, org)
+end
+redis.call('HSET', p .. 'weight', org, weight)
+redis.call('HSET', p .. 'rate', org, rate)
+local booked = tonumber(redis.call('HGET', p .. 'booked', org) or '0')
+local delays = {}
+for i = 4, #ARGV do
+  local at = now
+  if rate > 0 then
+    at = math.max(now, booked)
+    booked = at + #cjson.decode(ARGV[i]) / rate
+  end
+  local seq = string.format('%016d', redis.call('INCR', p .. 'seq'))
+  redis.call('HSET', p .. 'chunk', seq, ARGV[i])
+  redis.call('ZADD', q, string.format('%.6f', at), seq)
+  delays[#delays + 1] = string.format('%.6f', at - now)
+end
+if rate > 0 then redis.call('HSET', p .. 'booked', org, string.format('%.6f', booked)) end
+return delays
+"""
+)
+
+# ARGV: claim, stride, claim TTL. Returns {organization, ids} taken, {'', wait} or {}.
+_TAKE = (
+    _NOW
+    + """
+local p, claim, stride_base, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = redis.call('HGET', p .. 'claims', claim)
+if held then
+  local c = cjson.decode(held)
+  return {c[1], c[2]}
+end
+for _, stale in ipairs(redis.call('ZRANGEBYSCORE', p .. 'claimed', '-inf', now - ttl, 'LIMIT', 0, 100)) do
+  redis.call('HDEL', p .. 'claims', stale)
+  redis.call('ZREM', p .. 'claimed', stale)
+end
+local earliest = nil
+for _, org in ipairs(redis.call('ZRANGE', p .. 'orgs', 0, -1)) do
+  local q = p .. 'q:' .. org
+  local head = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
+  local at = math.max(tonumber(head[2]), tonumber(redis.call('HGET', p .. 'tat', org) or '0'))
+  if at <= now then
+    local ids = redis.call('HGET', p .. 'chunk', head[1])
+    redis.call('HDEL', p .. 'chunk', head[1])
+    redis.call('ZREM', q, head[1])
+    local rate = tonumber(redis.call('HGET', p .. 'rate', org) or '0')
+    if rate > 0 then
+      redis.call('HSET', p .. 'tat', org, string.format('%.6f', now + #cjson.decode(ids) / rate))
+    end
+    if redis.call('ZCARD', q) == 0 then
+      redis.call('ZREM', p .. 'orgs', org)
+    else
+      local weight = tonumber(redis.call('HGET', p .. 'weight', org) or '1')
+      redis.call('ZINCRBY', p .. 'orgs', math.floor(stride_base / weight), org)
+    end
+    redis.call('HSET', p .. 'claims', claim, cjson.encode({org, ids}))
+    redis.call('ZADD', p .. 'claimed', now, claim)
+    return {org, ids}
+  end
+  if earliest == nil or at < earliest then earliest = at end
+end
+if earliest == nil then return {} end
+return {'', string.format('%.6f', earliest - now)}
+"""
+)
+
+_DONE = """
+redis.call('HDEL', KEYS[1] .. 'claims', ARGV[1])
+redis.call('ZREM', KEYS[1] .. 'claimed', ARGV[1])
+"""
+
+
+class RedisFairQueue:
+    """`workers.fair.FairQueue` in Redis, through `client` (the broker's), under `namespace`."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self._client = client
+        self._prefix = f"{namespace}:fair:"
+        self._put = client.register_script(_PUT)
+        self._take = client.register_script(_TAKE)
+        self._done = client.register_script(_DONE)
+
+    def put(
+        self,
+        organization_id: str,
+        chunks: Sequence[Sequence[str]],
+        *,
+        weight: int = 1,
+        rate_per_s: float | None = None,
+    ) -> list[float]:
+        if not chunks:
+            return []
+        payloads = [json.dumps(list(c), separators=(",", ":")) for c in chunks]
+        args = [organization_id, weight, rate_per_s or 0, *payloads]
+        delays: list[Any] = self._put(keys=[self._prefix], args=args)
+        return [float(d) for d in delays]
+
+    def take(self, claim: str) -> Taken:
+        answer: list[Any] = self._take(keys=[self._prefix], args=[claim, STRIDE, CLAIM_TTL_S])
+        if not answer:
+            return Taken()
+        organization, rest = answer[0].decode(), answer[1].decode()
+        if not organization:
+            return Taken(wait_s=float(rest))
+        return Taken(organization, json.loads(rest))
+
+    def done(self, claim: str) -> None:
+        self._done(keys=[self._prefix], args=[claim])
