@@ -23,6 +23,8 @@ from tests.services import CI, new_postgres_database
 
 TABLES = (
     "idempotency_key",
+    "fair_chunk",
+    "fair_organization",
     "unsent_create",
     "provider_hold",
     "push_answer_window",

@@ -20,6 +20,8 @@ _LOOKS = 8
 
 # From the end of an organization's bookings: each chunk's booked time, and the new end.
 Booking = Callable[[float], tuple[list[float], float]]
+# (tat, now, chunk size, rate) → the organization's tat once the chunk is taken.
+Pacing = Callable[[float, float, int, float], float]
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,10 @@ def put_chunks(
     return times
 
 
-def take_chunk(session: Session, *, claim: str, now_s: float, stride: int) -> FairTake:
+def take_chunk(session: Session, *, claim: str, now_s: float, stride: int, pace: Pacing) -> FairTake:
     """The chunk `claim` holds already; else the next that may go now, of the organization with the lowest
-    position (moved on by `stride // weight`), claimed. Chunks other takers hold locked are passed over."""
+    position (moved on by `stride // weight`, and its tat by `pace`), claimed. Chunks other takers hold
+    locked are passed over."""
     held = run(
         session, sa.select(CHUNK.c.organization_id, CHUNK.c.deployment_ids).where(CHUNK.c.claim == claim)
     ).first()
@@ -76,7 +79,7 @@ def take_chunk(session: Session, *, claim: str, now_s: float, stride: int) -> Fa
         found = _next_chunk(session, now_s=now_s, passed=passed)
         if found is None:
             break
-        if not _advance(session, found, now_s=now_s, stride=stride):
+        if not _advance(session, found, now_s=now_s, stride=stride, pace=pace):
             passed.add(found.organization_id)
             continue
         claimed = {"claim": claim, "claimed_at_s": now_s}
@@ -107,19 +110,24 @@ def _next_chunk(session: Session, *, now_s: float, passed: set[str]) -> sa.Row[t
     return run(session, statement).first()
 
 
-def _advance(session: Session, found: sa.Row[tuple[object, ...]], *, now_s: float, stride: int) -> bool:
+def _advance(
+    session: Session, found: sa.Row[tuple[object, ...]], *, now_s: float, stride: int, pace: Pacing
+) -> bool:
     """Move the chunk's organization on a turn, and its pacing on past the chunk; False when another taker
     took its paced slot first (its row, locked until that taker commits, is read again after)."""
     o = TURN.c
+    where = o.organization_id == found.organization_id
     weight = max(1, int(found.weight))
     values: dict[str, object] = {"position": o.position + stride // weight}
-    where = o.organization_id == found.organization_id
     rate = found.rate_per_s
     if rate:
-        values["tat_s"] = now_s + len(found.deployment_ids) / rate
-        where = sa.and_(where, o.tat_s <= now_s)
-    done = run(session, sa.update(TURN).where(where).values(values).returning(o.organization_id))
-    return done.first() is not None
+        locked = sa.select(o.tat_s).where(where, o.tat_s <= now_s).with_for_update()
+        tat = run(session, locked).scalar()
+        if tat is None:
+            return False
+        values["tat_s"] = pace(tat, now_s, len(found.deployment_ids), rate)
+    run(session, sa.update(TURN).where(where).values(values))
+    return True
 
 
 def _waits(session: Session, organization_id: str) -> bool:

@@ -10,12 +10,14 @@ no longer decides whose devices are woken next: this queue does, at the moment a
   pass by `STRIDE // weight`. Over any stretch, organizations waiting together get chunks in the ratio of
   their weights; one that starts waiting joins at the lowest pass of those waiting, so it is served at once
   but gains no credit for the time it was idle.
-- **Pacing** (GCRA): an organization with a wake-up rate has its chunks cut to at most a fifth of the rate
+- **Pacing** (GCRA): an organization with a wake-up rate has its chunks cut to a tenth of the rate at most
   (`paced_chunk_size`), and a chunk of `n` may be taken only when the organization's *theoretical arrival
-  time* has come; taking it moves that time to `now + n / rate`. Chunks are taken at least `n / rate` apart
-  however late the workers are, so any one-second window sees at most `rate + n <= 1.2 * rate` pushes.
-  `put` books each chunk's expected slot the same way, so that its token is sent delayed to about when it
-  may go, never to wake a thread that would sleep.
+  time* (tat) has come; taking it moves the tat on by `n / rate` from itself, or from `now - catch_up_s(n)`
+  when the workers came late (a delayed message is due to within a worker poll, not to the millisecond),
+  so that lateness is made up a little but never in a burst. Over any one-second window that allows at
+  most `rate * (1 + catch_up_s) + n <= 1.2 * rate` pushes, and the whole goes in about `total / rate`.
+  `put` books each chunk's slot the same way, so that its token is sent delayed to about when it may go,
+  never to wake a thread that would sleep.
 - **Redelivery**: a take is keyed by the token's message id. A token delivered again (its worker died, or
   Dramatiq retries it) takes the same chunk again; `done` forgets the claim once the dispatch returned.
   Claims never finished (a message that ran out of retries) are forgotten after `CLAIM_TTL_S`: the
@@ -35,9 +37,11 @@ from typing import Protocol
 # A take advances the organization's pass by STRIDE // weight: weights 1..100 divide it with little rounding.
 STRIDE = 1_000_000
 MAX_WEIGHT = 100
-# The largest share of an organization's rate one chunk may carry: the burst a 1-second window may see
-# beyond the rate (DESIGN §4.7, "at most 1.2 times the rate").
-PACED_CHUNK_SHARE = 0.2
+# The burst a 1-second window may see beyond the rate, in seconds of it (DESIGN §4.7, "at most 1.2 times
+# the rate"): one chunk, and the lateness a take may make up.
+PACE_BURST_S = 0.2
+# The largest share of an organization's rate one chunk carries: half the burst, the rest for catching up.
+PACED_CHUNK_SHARE = 0.1
 # A claim whose dispatch never said it was done (its message failed for good) is forgotten after this
 # long: longer than a dispatch's retries and time limit (workers.actors.DISPATCH_OPTIONS) together.
 CLAIM_TTL_S = 3600.0
@@ -83,6 +87,16 @@ def paced_chunk_size(chunk_size: int, rate_per_s: float | None) -> int:
     if not rate_per_s:
         return chunk_size
     return max(1, min(chunk_size, math.floor(PACED_CHUNK_SHARE * rate_per_s)))
+
+
+def catch_up_s(size: int, rate_per_s: float) -> float:
+    """How far behind `now` a take of `size` may start the next slot: the burst less the chunk."""
+    return max(0.0, PACE_BURST_S - size / rate_per_s)
+
+
+def next_tat(tat: float, now: float, size: int, rate_per_s: float) -> float:
+    """An organization's tat after a chunk of `size` is taken `now` (when `tat <= now`)."""
+    return max(tat, now - catch_up_s(size, rate_per_s)) + size / rate_per_s
 
 
 def stride(weight: int) -> int:

@@ -10,7 +10,7 @@ from functools import partial
 
 from models.database import Session
 from models.store.fair import forget_claim, put_chunks, take_chunk
-from workers.fair import CLAIM_TTL_S, STRIDE, Taken, book
+from workers.fair import CLAIM_TTL_S, STRIDE, Taken, book, next_tat
 
 
 class DatabaseFairQueue:
@@ -50,7 +50,7 @@ class DatabaseFairQueue:
 
     def take(self, claim: str) -> Taken:
         with self._session() as s:
-            taken = take_chunk(s, claim=claim, now_s=self._clock(), stride=STRIDE)
+            taken = take_chunk(s, claim=claim, now_s=self._clock(), stride=STRIDE, pace=next_tat)
         return Taken(taken.organization_id, taken.deployment_ids, taken.wait_s)
 
     def done(self, claim: str) -> None:

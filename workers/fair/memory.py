@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from workers.fair import CLAIM_TTL_S, Taken, book, stride
+from workers.fair import CLAIM_TTL_S, Taken, book, next_tat, stride
 
 
 @dataclass
@@ -79,7 +79,7 @@ class MemoryFairQueue:
         _, ids = organization.chunks.popleft()
         organization.pass_ += stride(organization.weight)
         if organization.rate_per_s:
-            organization.tat = now + len(ids) / organization.rate_per_s
+            organization.tat = next_tat(organization.tat, now, len(ids), organization.rate_per_s)
         return ids
 
     def _waiting_passes(self) -> list[int]:

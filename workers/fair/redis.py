@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from workers.fair import CLAIM_TTL_S, STRIDE, Taken
+from workers.fair import CLAIM_TTL_S, PACE_BURST_S, STRIDE, Taken
 
 # The clock of every script: Redis's own, one for all hosts.
 _NOW = """
@@ -56,11 +56,12 @@ return delays
 """
 )
 
-# ARGV: claim, stride, claim TTL. Returns {organization, ids} taken, {'', wait} or {}.
+# ARGV: claim, stride, claim TTL, pace burst. Returns {organization, ids} taken, {'', wait} or {}.
 _TAKE = (
     _NOW
     + """
 local p, claim, stride_base, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
 local held = redis.call('HGET', p .. 'claims', claim)
 if held then
   local c = cjson.decode(held)
@@ -74,14 +75,17 @@ local earliest = nil
 for _, org in ipairs(redis.call('ZRANGE', p .. 'orgs', 0, -1)) do
   local q = p .. 'q:' .. org
   local head = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
-  local at = math.max(tonumber(head[2]), tonumber(redis.call('HGET', p .. 'tat', org) or '0'))
+  local tat = tonumber(redis.call('HGET', p .. 'tat', org) or '0')
+  local at = math.max(tonumber(head[2]), tat)
   if at <= now then
     local ids = redis.call('HGET', p .. 'chunk', head[1])
     redis.call('HDEL', p .. 'chunk', head[1])
     redis.call('ZREM', q, head[1])
     local rate = tonumber(redis.call('HGET', p .. 'rate', org) or '0')
-    if rate > 0 then
-      redis.call('HSET', p .. 'tat', org, string.format('%.6f', now + #cjson.decode(ids) / rate))
+    if rate > 0 then  -- workers.fair.next_tat
+      local step = #cjson.decode(ids) / rate
+      tat = math.max(tat, now - math.max(0, burst - step)) + step
+      redis.call('HSET', p .. 'tat', org, string.format('%.6f', tat))
     end
     if redis.call('ZCARD', q) == 0 then
       redis.call('ZREM', p .. 'orgs', org)
@@ -132,7 +136,7 @@ class RedisFairQueue:
         return [float(d) for d in delays]
 
     def take(self, claim: str) -> Taken:
-        answer: list[Any] = self._take(keys=[self._prefix], args=[claim, STRIDE, CLAIM_TTL_S])
+        answer: list[Any] = self._take(keys=[self._prefix], args=[claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S])
         if not answer:
             return Taken()
         organization, rest = answer[0].decode(), answer[1].decode()

@@ -1,0 +1,133 @@
+"""The fair queue's promises, the same on each store it lives in: memory (the in-process broker), Redis (the
+Redis broker) and PostgreSQL (the RabbitMQ broker)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import redis
+from sqlmodel import Session
+
+from models.database import Engine
+from tests.services import REDIS_URL, require
+from workers.fair import FairQueue
+from workers.fair.database import DatabaseFairQueue
+from workers.fair.memory import MemoryFairQueue
+from workers.fair.redis import RedisFairQueue
+
+
+@pytest.fixture(params=["memory", "redis", "postgresql"])
+def fair(request: pytest.FixtureRequest) -> Iterator[FairQueue]:
+    if request.param == "memory":
+        yield MemoryFairQueue()
+    elif request.param == "redis":
+        require(REDIS_URL, "Redis")
+        client = redis.Redis.from_url(REDIS_URL)
+        namespace = f"mdmq-test-{uuid.uuid4().hex[:8]}"
+        yield RedisFairQueue(client, namespace)
+        for key in client.scan_iter(f"{namespace}:*"):
+            client.delete(key)
+        client.close()
+    else:
+        engine: Engine = request.getfixturevalue("pg")
+
+        @contextmanager
+        def session() -> Iterator[Session]:
+            with Session(engine) as s, s.begin():
+                yield s
+
+        yield DatabaseFairQueue(session)
+
+
+def _chunks(prefix: str, count: int, size: int = 2) -> list[list[str]]:
+    return [[f"{prefix}{i}-{j}" for j in range(size)] for i in range(count)]
+
+
+def _take_all(fair: FairQueue) -> list[str]:
+    """The organizations of every chunk, in the order the takes give them."""
+    order = []
+    while (taken := fair.take(uuid.uuid4().hex)).organization_id is not None:
+        order.append(taken.organization_id)
+    return order
+
+
+def test_a_later_organization_is_served_beside_the_first_not_after_it(fair: FairQueue) -> None:
+    fair.put("acme", _chunks("a", 20))
+    fair.put("beta", _chunks("b", 2))
+
+    order = _take_all(fair)
+
+    assert sorted(order) == ["acme"] * 20 + ["beta"] * 2
+    assert order[:4].count("beta") == 2, order
+
+
+def test_weights_share_the_lane_in_their_ratio(fair: FairQueue) -> None:
+    fair.put("acme", _chunks("a", 30), weight=2)
+    fair.put("beta", _chunks("b", 30), weight=1)
+
+    first = _take_all(fair)[:30]
+
+    assert first.count("acme") == 20, first
+    assert first.count("beta") == 10, first
+
+
+def test_an_organization_that_starts_waiting_gets_no_credit_for_its_idle_time(fair: FairQueue) -> None:
+    fair.put("beta", _chunks("b", 1))
+    assert _take_all(fair) == ["beta"]
+    fair.put("acme", _chunks("a", 12))
+    for _ in range(10):
+        assert fair.take(uuid.uuid4().hex).organization_id == "acme"
+    fair.put("beta", _chunks("c", 6))
+
+    order = _take_all(fair)
+
+    # beta joins at acme's place, not at the place its single chunk left it: they alternate.
+    assert order[:4] == ["acme", "beta", "acme", "beta"], order
+
+
+def test_a_token_delivered_again_takes_the_same_chunk_until_done(fair: FairQueue) -> None:
+    fair.put("acme", _chunks("a", 3))
+
+    first = fair.take("message-1")
+    again = fair.take("message-1")
+    other = fair.take("message-2")
+    fair.done("message-1")
+    after = fair.take("message-1")
+
+    assert first.deployment_ids == ["a0-0", "a0-1"]
+    assert again == first
+    assert other.deployment_ids == ["a1-0", "a1-1"]
+    assert after.deployment_ids == ["a2-0", "a2-1"]
+
+
+def test_with_nothing_left_a_token_takes_nothing(fair: FairQueue) -> None:
+    fair.put("acme", _chunks("a", 1))
+    assert fair.take("one").deployment_ids is not None
+
+    nothing = fair.take("two")
+
+    assert (nothing.organization_id, nothing.deployment_ids, nothing.wait_s) == (None, None, None)
+
+
+def test_a_paced_organization_is_booked_and_taken_no_faster_than_its_rate(fair: FairQueue) -> None:
+    delays = fair.put("acme", _chunks("a", 5), rate_per_s=10.0)
+
+    assert delays == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8], abs=0.05)
+    assert fair.take("one").organization_id == "acme"
+    wait = fair.take("two")
+    assert wait.deployment_ids is None
+    assert wait.wait_s is not None
+    assert 0.1 < wait.wait_s <= 0.2
+
+
+def test_a_paced_organization_does_not_hold_up_an_unpaced_one(fair: FairQueue) -> None:
+    fair.put("slow", _chunks("s", 3), rate_per_s=1.0)
+    fair.put("acme", _chunks("a", 3))
+
+    order = _take_all(fair)
+
+    # Level at first (the lower id goes first); then slow's next chunk is a second away, acme's are not.
+    assert order == ["acme", "slow", "acme", "acme"]

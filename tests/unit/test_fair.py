@@ -1,0 +1,63 @@
+"""The fair queue's arithmetic: chunk sizes, bookings, strides, and the pacing bound under late workers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from workers.fair import book, paced_chunk_size, stride
+from workers.fair.memory import MemoryFairQueue
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("rate", "size"), [(None, 250), (50.0, 5), (4.0, 1), (0.5, 1), (10_000.0, 250), (25.0, 2)]
+)
+def test_a_paced_chunk_carries_a_fifth_of_the_rate_at_most_and_one_at_least(
+    rate: float | None, size: int
+) -> None:
+    assert paced_chunk_size(250, rate) == size
+
+
+def test_bookings_follow_each_other_at_the_rate_and_never_start_in_the_past() -> None:
+    times, booked = book(100.0, 90.0, sizes=[10, 10, 5], rate_per_s=50.0)
+    assert times == pytest.approx([100.0, 100.2, 100.4])
+    assert booked == pytest.approx(100.5)
+    later, _ = book(100.1, booked, sizes=[10], rate_per_s=50.0)
+    assert later == pytest.approx([100.5]), "after the bookings already made"
+    assert book(100.0, 200.0, sizes=[10, 10], rate_per_s=None) == ([100.0, 100.0], 200.0)
+
+
+def test_a_weight_divides_the_stride_and_is_kept_within_bounds() -> None:
+    assert stride(1) == 2 * stride(2) == 100 * stride(100)
+    assert stride(0) == stride(1)
+    assert stride(1_000) == stride(100)
+
+
+def test_late_workers_never_send_a_paced_organization_beyond_its_rate_in_any_second() -> None:
+    """Workers that come late by up to a poll (250 ms) and take all that may go each time, and once are
+    all busy elsewhere for 3 s: the chunks that fell due meanwhile go no closer together than the burst
+    allows, so no 1-second window sees more than 1.2 times the rate, and the whole takes about n / rate
+    (plus the stall, which is not made up beyond the burst)."""
+    rate, devices = 50.0, 3_000
+    clock, rng = Clock(), random.Random(7)
+    fair = MemoryFairQueue(clock)
+    size = paced_chunk_size(250, rate)
+    fair.put("acme", [[f"d{i}"] * size for i in range(devices // size)], rate_per_s=rate)
+    start, sent = clock.now, list[tuple[float, int]]()  # (time, pushes)
+    while len(sent) < devices // size:
+        clock.now += 3.0 if len(sent) == 100 and clock.now < start + 20 else rng.uniform(0.0, 0.25)
+        while (taken := fair.take(f"m{len(sent)}")).deployment_ids is not None:
+            sent.append((clock.now, len(taken.deployment_ids)))
+    for at, _ in sent:
+        in_window = sum(n for t, n in sent if at <= t < at + 1.0)
+        assert in_window <= 1.2 * rate, (at, in_window)
+    assert clock.now - start == pytest.approx(devices / rate + 3.0, rel=0.1)
