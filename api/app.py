@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api import audit, credentials, deployments, devices, idempotency, ops, rollouts
+from api import audit, credentials, deployments, devices, idempotency, ops, organizations, rollouts
 from api.access_log import AccessLog
 from api.auth import Caller, EntityId, OrganizationId
 from api.errors import ENTITY_NOT_FOUND, RESPONSES, ApiError, install, without_422
@@ -88,6 +88,7 @@ def create_app(app: App | None = None) -> FastAPI:
     api.include_router(devices.router(actors))
     api.include_router(credentials.router(actors))
     api.include_router(audit.router(mdmq))
+    api.include_router(organizations.router(mdmq))
     api.include_router(ops.router(mdmq))
 
     @api.get("/healthz", response_model=Health, tags=["health"])

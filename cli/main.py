@@ -187,6 +187,7 @@ from cli import (  # noqa: E402  (after the app and its groups)
     devices,
     holds,
     ops,
+    organizations,
     queues,
     rollout_create,
     rollouts,
@@ -203,6 +204,7 @@ credentials.register(app)
 devices.register(app)
 tokens.register(app)
 audit.register(app)
+organizations.register(app)
 secrets.register(app)
 queues.register(app)
 sandbox.register(app)

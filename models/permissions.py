@@ -21,6 +21,7 @@ PERMISSIONS = frozenset(
         "mdm.device.get",  # one device (never its token or push magic), and the list
         "mdm.device.manage",  # enroll, update (TokenUpdate), import and unenroll devices
         "mdm.device.report",  # the MDM check-in server's device reports
+        "mdm.organization.manage",  # the organization's settings: wake-up rate, share of the bulk lane
         OPS_VIEW,
     }
 )

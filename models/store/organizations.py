@@ -164,3 +164,8 @@ def set_fair_share(
     session.add(organization)
     session.flush()
     return FairShare(organization.fair_weight or 1, organization.wake_rate_per_s)
+
+
+def fair_share_of(session: Session, *, organization_id: str) -> FairShare:
+    """The organization's weight and wake-up rate (the defaults when it has no row)."""
+    return fair_shares(session, organization_ids=[organization_id])[organization_id]

@@ -1,0 +1,70 @@
+"""`mdmq orgs show|set` through the real entry point on PostgreSQL: what they change and print, and their
+exit codes; a bad value changes nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from models.store import ensure_organization
+from models.store.organizations import fair_share_of
+from tests.helpers import run_mdmq
+
+
+@pytest.fixture
+def mdmq(postgres_url: str) -> Any:
+    def run(*args: str) -> tuple[int, Any, str]:
+        result = run_mdmq(*args, env={"MDMQ_DATABASE_URL": postgres_url}, timeout_s=120)
+        out = json.loads(result.stdout) if "--json" in args and result.stdout.strip() else result.stdout
+        return result.returncode, out, result.stderr
+
+    return run
+
+
+def test_set_changes_the_rate_and_weight_and_show_reads_them(mdmq: Any, pg: Engine) -> None:
+    with Session(pg) as s, s.begin():
+        ensure_organization(s, organization_id="acme")
+
+    code, out, _ = mdmq("orgs", "set", "--org", "acme", "--wake-rate", "50", "--weight", "2", "--json")
+    assert (code, out) == (0, {"organizationId": "acme", "wakeRatePerS": 50.0, "fairWeight": 2})
+    code, out, _ = mdmq("orgs", "set", "--org", "acme", "--unpaced")
+    assert code == 0
+    assert "unpaced, bulk weight 2" in out
+    code, out, _ = mdmq("orgs", "show", "--org", "acme", "--json")
+    assert (code, out) == (0, {"organizationId": "acme", "wakeRatePerS": None, "fairWeight": 2})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--wake-rate", "0"),
+        ("--wake-rate", "-1"),
+        ("--weight", "0"),
+        ("--weight", "101"),
+        ("--wake-rate", "5", "--unpaced"),
+        (),
+    ],
+)
+def test_a_bad_value_is_a_usage_error_that_changes_nothing(
+    mdmq: Any, pg: Engine, args: tuple[str, ...]
+) -> None:
+    with Session(pg) as s, s.begin():
+        ensure_organization(s, organization_id="acme")
+
+    code, _, err = mdmq("orgs", "set", "--org", "acme", *args)
+
+    assert code == 64, err
+    assert err.startswith("mdmq: ")
+    with Session(pg) as s:
+        share = fair_share_of(s, organization_id="acme")
+    assert (share.weight, share.wake_rate_per_s) == (1, None)
+
+
+def test_show_of_an_unknown_organization_exits_1(mdmq: Any, pg: Engine) -> None:
+    code, _, err = mdmq("orgs", "show", "--org", "nobody")
+    assert code == 1
+    assert "no organization nobody" in err
