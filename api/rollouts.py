@@ -68,8 +68,9 @@ class RolloutOut(BaseModel):
     )
     etaSeconds: int | None = Field(
         description="Seconds until the deployments still to push (never pushed or retrying, not held) are "
-        "pushed at `ratePerSecond`: their number divided by the rate. 0 when none is left to push; null "
-        "when the rate is unknown or 0 (none pushed in the window, e.g. all left are held)."
+        "pushed at `ratePerSecond`, or at the organization's wake-up rate when it is paced and that is "
+        "slower: their number divided by the rate. 0 when none is left to push; null when the rate is "
+        "unknown or 0 (none pushed in the window, e.g. all left are held) and the organization unpaced."
     )
     measuredAt: datetime = Field(description="When these figures were counted.")
 

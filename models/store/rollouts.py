@@ -4,7 +4,7 @@ its deployments' rows (one indexed GROUP BY), never kept in counters that a work
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -14,7 +14,7 @@ from models.ids import new_id
 from models.statuses import TERMINAL, Kind, Status
 from models.store._sql import DEPLOYMENT, run
 from models.store.deployments import NewDeployment
-from models.tables import Rollout
+from models.tables import Organization, Rollout
 from models.types import utcnow
 
 MIXED = "mixed"
@@ -68,6 +68,7 @@ class RolloutProgress:
     pushed_and_queued: int = 0  # of `pushed`, those still Queued: waiting for the device to check in
     recent_pushes: int = 0  # pushed in the `RATE_WINDOW_S` before `measured_at`
     measured_at: datetime | None = None
+    paced_per_s: float | None = None  # the organization's wake-up rate, which bulk pushes never exceed
 
     @property
     def done(self) -> bool:
@@ -89,12 +90,13 @@ class RolloutProgress:
 
     @property
     def eta_s(self) -> float | None:
-        """Seconds until every deployment not held is pushed, at `rate_per_s`: 0 when none is left to push,
-        None when the rate is unknown or 0 (nothing pushed in the window)."""
+        """Seconds until every deployment not held is pushed, at `rate_per_s`, or at the organization's
+        wake-up rate when it is paced and that is slower (or nothing was pushed yet): 0 when none is left to
+        push, None when the rate is unknown or 0 (nothing pushed in the window) and it is not paced."""
         if self.to_push <= 0:
             return 0.0
-        rate = self.rate_per_s
-        return self.to_push / rate if rate else None
+        rates = [r for r in (self.rate_per_s, self.paced_per_s) if r]
+        return self.to_push / min(rates) if rates else None
 
 
 def get_rollout(session: Session, *, rollout_id: str) -> Rollout | None:
@@ -136,7 +138,17 @@ def rollout_progress(
     rows: dict[str, list[sa.Row[tuple[object, ...]]]] = {r.id: [] for r in rollouts}
     for row in run(session, statement):
         rows[row.rollout_id].append(row)
-    return [_progress(r, rows[r.id], now) for r in rollouts]
+    paced = _paced(session, {r.organization_id for r in rollouts})
+    return [
+        replace(_progress(r, rows[r.id], now), paced_per_s=paced.get(r.organization_id)) for r in rollouts
+    ]
+
+
+def _paced(session: Session, organization_ids: set[str]) -> dict[str, float | None]:
+    statement = select(Organization.id, Organization.wake_rate_per_s).where(
+        col(Organization.id).in_(organization_ids)
+    )
+    return dict(session.exec(statement).all())
 
 
 def _count_where(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from models.statuses import Kind, Status
+from models.store.organizations import set_fair_share
 from models.store.rollouts import (
     count_rollouts,
     get_rollout,
@@ -65,6 +66,31 @@ def test_progress_parts_the_deployments_by_push_state_on_either_database(
     assert p.rate_per_s == pytest.approx(1 / 60)
     assert p.eta_s == pytest.approx(120)
     assert fresh != woken
+
+
+def test_a_paced_organization_s_eta_is_at_least_what_is_left_over_its_rate(
+    pg: Engine, make_rollout: MakeRollout
+) -> None:
+    rollout_id, ids = make_rollout(pg, Kind.profile, count=100)
+    now = utcnow()
+    with Session(pg) as s, s.begin():
+        set_fair_share(s, organization_id="acme", wake_rate_per_s=0.5)
+        rollout = get_rollout(s, rollout_id=rollout_id)
+        assert rollout is not None
+        [before] = rollout_progress(s, rollouts=[rollout], now=now)
+    # The first 40 went out in a burst a second ago, faster than the rate (it was just set).
+    with pg.begin() as connection:
+        pushed = {"pushed_at": now - timedelta(seconds=1), "enqueued_at": now - timedelta(seconds=2)}
+        connection.execute(sa.update(DEPLOYMENT).where(DEPLOYMENT.c.id.in_(ids[:40])).values(**pushed))
+    with Session(pg) as s:
+        again = get_rollout(s, rollout_id=rollout_id)
+        assert again is not None
+        [after] = rollout_progress(s, rollouts=[again], now=now)
+
+    assert before.rate_per_s is None
+    assert before.eta_s == pytest.approx(100 / 0.5), "paced: known before the first push"
+    assert after.rate_per_s == pytest.approx(40)
+    assert after.eta_s == pytest.approx(60 / 0.5), "the rate it will be held to, not the burst's"
 
 
 def test_cancel_and_retry_of_a_rollout_go_chunk_by_chunk_and_miss_none(
