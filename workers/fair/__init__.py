@@ -10,14 +10,20 @@ no longer decides whose devices are woken next: this queue does, at the moment a
   pass by `STRIDE // weight`. Over any stretch, organizations waiting together get chunks in the ratio of
   their weights; one that starts waiting joins at the lowest pass of those waiting, so it is served at once
   but gains no credit for the time it was idle.
-- **Pacing** (GCRA): an organization with a wake-up rate has its chunks cut to a tenth of the rate at most
+- **Pacing** (GCRA): an organization with a wake-up rate has its chunks cut to a twentieth of the rate at most
   (`paced_chunk_size`), and a chunk of `n` may be taken only when the organization's *theoretical arrival
   time* (tat) has come; taking it moves the tat on by `n / rate` from itself, or from `now - catch_up_s(n)`
   when the workers came late (a delayed message is due to within a worker poll, not to the millisecond),
   so that lateness is made up a little but never in a burst. Over any one-second window that allows at
-  most `rate * (1 + catch_up_s) + n <= 1.2 * rate` pushes, and the whole goes in about `total / rate`.
+  most `rate * (1 + catch_up_s) + n <= 1.15 * rate` pushes, and the whole goes in about `total / rate`.
   `put` books each chunk's slot the same way, so that its token is sent delayed to about when it may go,
   never to wake a thread that would sleep.
+- **Holds**: a held organization takes no share of the pushing. Its chunks stay in turn, and the first
+  taken after the hold holds every Queued deployment of the organization for that provider at once
+  (`services.dispatch.hold`); each later chunk of it then claims nothing (`claim_for_push` passes held
+  deployments over) and its turn costs one statement, no push. Skipping held organizations here instead
+  would need the queue to know holds, which live per provider in the database, and a release re-enqueues
+  the held deployments through the same enqueue anyway.
 - **Redelivery**: a take is keyed by the token's message id. A token delivered again (its worker died, or
   Dramatiq retries it) takes the same chunk again; `done` forgets the claim once the dispatch returned.
   Claims never finished (a message that ran out of retries) are forgotten after `CLAIM_TTL_S`: the
@@ -37,11 +43,13 @@ from typing import Protocol
 # A take advances the organization's pass by STRIDE // weight: weights 1..100 divide it with little rounding.
 STRIDE = 1_000_000
 MAX_WEIGHT = 100
-# The burst a 1-second window may see beyond the rate, in seconds of it (DESIGN §4.7, "at most 1.2 times
-# the rate"): one chunk, and the lateness a take may make up.
-PACE_BURST_S = 0.2
-# The largest share of an organization's rate one chunk carries: half the burst, the rest for catching up.
-PACED_CHUNK_SHARE = 0.1
+# The burst a 1-second window may see beyond the rate, in seconds of it: one chunk, and the lateness a take
+# may make up. DESIGN §4.7 allows 1.2 times the rate; 0.15 leaves 0.05 for the dispatches' own jitter
+# (a chunk's pushes reach the devices some milliseconds after its take).
+PACE_BURST_S = 0.15
+# The largest share of an organization's rate one chunk carries: a third of the burst, the rest for
+# catching up, enough for two or three takes at once when a worker comes late.
+PACED_CHUNK_SHARE = 0.05
 # A claim whose dispatch never said it was done (its message failed for good) is forgotten after this
 # long: longer than a dispatch's retries and time limit (workers.actors.DISPATCH_OPTIONS) together.
 CLAIM_TTL_S = 3600.0

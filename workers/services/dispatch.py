@@ -2,8 +2,8 @@
 
 - **load** claims the chunk and reads its devices, credentials, holds and policies, in one transaction;
   each device is woken once for all of its deployments in the chunk (`Loaded`).
-- **pace** is where an organization's wake-up rate will delay part of a chunk (DESIGN §4.7); it passes
-  everything on for now.
+- **pace** passes everything on: an organization's wake-up rate is kept before a chunk gets here, by the
+  size and the turn of its chunks in the fair queue (`workers.fair`).
 - **send** pushes every group's batch at once, with no transaction open, and touches no database: it
   returns each group's answers, or the hold its credential calls for (`Answered`).
 - **judge** weighs dead-token answers on the credential's window (the safety valve), and **hold** holds
@@ -348,9 +348,8 @@ def _hold_other_topics(
 
 
 def pace(loaded: Loaded) -> Loaded:
-    """The seat of pacing (DESIGN §4.7): an organization's wake-up rate (`Organization.wake_rate_per_s`)
-    would send part of a chunk now and the rest as a delayed message. Nothing reads the rate yet, so every
-    wake goes now, as fast as the providers accept them."""
+    """Every wake of the chunk goes now: an organization's wake-up rate (DESIGN §4.7) is kept by the fair
+    queue (`workers.fair`), which cuts its chunks to a twentieth of the rate and hands them out no faster."""
     return loaded
 
 
