@@ -18,8 +18,6 @@ from models.store.organizations import (
 )
 from workers.app import App
 
-PERMISSION = "mdm.organization.manage"
-
 
 class SettingsIn(BaseModel):
     """Only the fields given change; `null` puts one back to its default."""
@@ -60,7 +58,7 @@ def router(app: App) -> APIRouter:
     @routes.get("/settings", response_model=SettingsAnswer)
     def get(organizationId: OrganizationId, caller: Caller) -> dict[str, Any]:
         """Required permission: `mdm.organization.manage`. The organization's wake-up rate and weight."""
-        caller.require(organizationId, PERMISSION)
+        caller.require(organizationId, "mdm.organization.manage")
         with app.session() as session:
             share = fair_share_of(session, organization_id=organizationId)
         return {"status": True, "data": _settings(organizationId, share)}
@@ -70,7 +68,7 @@ def router(app: App) -> APIRouter:
         """Required permission: `mdm.organization.manage`. Changes the fields given (`null`: back to the
         default), kept in the audit record. A rate of 0 or less, or a weight outside 1-100, is a 400 and
         changes nothing. Chunks already waiting keep the pace they were booked at."""
-        caller.require(organizationId, PERMISSION)
+        caller.require(organizationId, "mdm.organization.manage")
         given = body.model_fields_set
         changes: dict[str, Any] = {}
         if "wakeRatePerS" in given:

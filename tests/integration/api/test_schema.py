@@ -28,7 +28,7 @@ from workers.app import App
 
 EVERY_PERMISSION = [
     "mdm.aosp.command.get", "mdm.deployment.create", "mdm.deployment.get", "mdm.deployment.cancel",
-    "mdm.deployment.retry", "mdm.device.report", "mdm.credential.manage",
+    "mdm.deployment.retry", "mdm.device.report", "mdm.credential.manage", "mdm.organization.manage",
 ]  # fmt: skip
 # Per operation; the two whose bodies cost most to generate (a create's payloads, a check-in's error chains)
 # fewer. Eight operations take generated input (the rest take none, and run once): some 5,000 requests.
