@@ -19,6 +19,10 @@ import redis
 
 from workers.fair import CLAIM_TTL_S, PACE_BURST_S, STRIDE, Taken
 
+# Chunks put by one script call: Redis runs nothing else during a script, and a million-device rollout is
+# thousands of chunks; a hundred of 250 ids is some 650 KB, a few milliseconds.
+PUT_AT_ONCE = 100
+
 # The clock of every script: Redis's own, one for all hosts.
 _NOW = """
 local t = redis.call('TIME')
@@ -128,12 +132,15 @@ class RedisFairQueue:
         weight: int = 1,
         rate_per_s: float | None = None,
     ) -> list[float]:
-        if not chunks:
-            return []
-        payloads = [json.dumps(list(c), separators=(",", ":")) for c in chunks]
-        args = [organization_id, weight, rate_per_s or 0, *payloads]
-        delays: list[Any] = self._put(keys=[self._prefix], args=args)
-        return [float(d) for d in delays]
+        delays: list[float] = []
+        for start in range(0, len(chunks), PUT_AT_ONCE):
+            payloads = [
+                json.dumps(list(c), separators=(",", ":")) for c in chunks[start : start + PUT_AT_ONCE]
+            ]
+            args = [organization_id, weight, rate_per_s or 0, *payloads]
+            answer: list[Any] = self._put(keys=[self._prefix], args=args)
+            delays += [float(d) for d in answer]
+        return delays
 
     def take(self, claim: str) -> Taken:
         answer: list[Any] = self._take(keys=[self._prefix], args=[claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S])

@@ -131,3 +131,13 @@ def test_a_paced_organization_does_not_hold_up_an_unpaced_one(fair: FairQueue) -
 
     # Level at first (the lower id goes first); then slow's next chunk is a second away, acme's are not.
     assert order == ["acme", "slow", "acme", "acme"]
+
+
+def test_a_long_paced_rollout_is_booked_slot_after_slot_and_taken_in_order(fair: FairQueue) -> None:
+    chunks = _chunks("a", 250)  # more than one Redis script call's worth (PUT_AT_ONCE)
+
+    delays = fair.put("acme", chunks, rate_per_s=1_000.0)
+
+    assert delays == pytest.approx([i * 0.002 for i in range(250)], abs=0.05)
+    first = fair.take("one")
+    assert first.deployment_ids == chunks[0]
