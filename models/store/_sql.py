@@ -34,7 +34,9 @@ DEVICE = SQLModel.metadata.tables["device"]
 
 
 def run(
-    session: Session, statement: sa.Executable, params: Sequence[dict[str, Any]] | None = None
+    session: Session,
+    statement: sa.Executable,
+    params: Sequence[dict[str, Any]] | Mapping[str, Any] | None = None,
 ) -> CursorResult[Any]:
     """Run a Core statement in the session's transaction, past the ORM: set-based writes need no identity map.
     Objects the session already loaded are not refreshed by it."""

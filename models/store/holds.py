@@ -150,8 +150,14 @@ class NewHold:
 def provider_holds(
     session: Session, *, organization_ids: Collection[str]
 ) -> dict[tuple[str, Provider], ProviderHold]:
-    rows = session.exec(select(ProviderHold).where(col(ProviderHold.organization_id).in_(organization_ids)))
+    rows = session.exec(_HOLDS, params={"b_organizations": list(organization_ids)})
     return {(row.organization_id, row.provider): row for row in rows}
+
+
+# Built once: a dispatch reads it for every chunk.
+_HOLDS = select(ProviderHold).where(
+    col(ProviderHold.organization_id).in_(sa.bindparam("b_organizations", expanding=True))
+)
 
 
 def hold_provider(session: Session, *, hold: NewHold, probe_at: datetime, now: datetime) -> None:

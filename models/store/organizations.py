@@ -44,10 +44,14 @@ def retry_overrides(
     session: Session, *, organization_ids: Collection[str]
 ) -> dict[str, Mapping[str, Any] | None]:
     """Each organization's retry policy overrides (None: the defaults)."""
-    statement = select(Organization.id, Organization.retry_policy).where(
-        col(Organization.id).in_(organization_ids)
-    )
-    return {organization_id: overrides for organization_id, overrides in session.exec(statement)}
+    rows = session.exec(_OVERRIDES, params={"b_organizations": list(organization_ids)})
+    return {organization_id: overrides for organization_id, overrides in rows}
+
+
+# Built once: a dispatch reads it for every chunk.
+_OVERRIDES = select(Organization.id, Organization.retry_policy).where(
+    col(Organization.id).in_(sa.bindparam("b_organizations", expanding=True))
+)
 
 
 def organization_exists(session: Session, *, organization_id: str) -> bool:
