@@ -1,5 +1,5 @@
-"""The static-table HPACK encoder round-trips through hpack's Decoder: on its own, and inside the counting
-h2 connection that sends mdmq's pushes. The emulators' responses: tests/unit/sandbox/test_sandbox_hpack.py."""
+"""The static-table HPACK encoder round-trips through hpack's Decoder: on its own, and inside the client
+connection that sends mdmq's pushes. The emulators' responses: tests/unit/sandbox/test_sandbox_hpack.py."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import hpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_h2_client import Recorder
+from workers.providers.h2_client import ClientConnection
 from workers.providers.hpack_static import StaticTableEncoder
-from workers.providers.http2 import _CountingH2Connection
 
 # Names with and without a static-table entry; values from the static table among random ones.
 NAMES = [
@@ -64,22 +65,14 @@ def test_a_full_cache_is_emptied_and_encoding_goes_on() -> None:
         assert decoder.decode(encoder.encode(headers), raw=True) == headers
 
 
-def test_requests_of_the_counting_connection_reach_an_h2_server_as_sent() -> None:
-    client_config = h2.config.H2Configuration(
-        client_side=True,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-        validate_inbound_headers=False,
-    )
-    client = _CountingH2Connection(client_config, count_open=lambda: 0)
+def test_requests_of_the_client_connection_reach_an_h2_server_as_sent() -> None:
+    client = ClientConnection(Recorder(), receive_window=1 << 24)
     server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
-    client.initiate_connection()
+    client.initiate()
     server.initiate_connection()
     sent: dict[int, list[tuple[bytes, bytes]]] = {}
     for n in range(40):
-        stream_id = client.get_next_available_stream_id()
-        sent[stream_id] = [
+        headers = [
             (b":method", b"POST"),
             (b":scheme", b"https"),
             hpack.NeverIndexedHeaderTuple(b":path", f"/3/device/{n:064x}".encode()),
@@ -90,7 +83,7 @@ def test_requests_of_the_counting_connection_reach_an_h2_server_as_sent() -> Non
             # Past one frame's 16,384 octets every tenth time: the block goes on in CONTINUATION frames.
             (b"x-padding", b"p" * (20_000 if n % 10 == 9 else n)),
         ]
-        client.send_headers(stream_id, sent[stream_id], end_stream=True)
+        sent[client.send_request(headers, end_stream=True)] = headers
     events = server.receive_data(client.data_to_send())
     received = {e.stream_id: e.headers for e in events if isinstance(e, h2.events.RequestReceived)}
     assert received == sent

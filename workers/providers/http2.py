@@ -1,9 +1,10 @@
-"""A small HTTP/2 client on asyncio and `h2`: persistent, multiplexed connections to one origin.
+"""A small HTTP/2 client on asyncio: persistent, multiplexed connections to one origin.
 
-Written on `h2` directly rather than on httpx because the push fan-out spends its CPU here, and this path
-costs far less per request than httpx's HTTP/2 (`benchmarks/apns_clients.py` compares them). Everything
-h2, ssl and socket code raises is translated where it enters, into `ConnectionFailed` (could not connect at
-all) or `StreamUnanswered` (the connection ended before this request was answered, so it may be sent again).
+Written on a protocol layer of its own (`h2_client`) rather than on httpx, or on h2, because the push fan-out
+spends its CPU here, and this path costs far less per request than either (`benchmarks/apns_clients.py`
+compares it with aioapns). Everything the protocol layer, ssl and socket code raise is translated where it
+enters, into `ConnectionFailed` (could not connect at all) or `StreamUnanswered` (the connection ended before
+this request was answered, so it may be sent again).
 """
 
 from __future__ import annotations
@@ -21,15 +22,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
+from h2.errors import ErrorCodes
 
 from workers.providers.base import ConnectionFailed, CredentialRejected, ProviderError
-from workers.providers.hpack_static import StaticTableEncoder
+from workers.providers.h2_client import ClientConnection, ProtocolViolation, StreamsExhausted, error_name
 
 logger = logging.getLogger(__name__)
 
@@ -123,44 +119,13 @@ class _Stream:
         self.body = bytearray()
 
 
-class _CountingH2Connection(h2.connection.H2Connection):
-    """h2 counts the open streams by scanning all of them whenever a request starts; with hundreds in flight
-    the scan costs more than the request. The pool knows the count, so h2's scan — which also forgets the
-    closed streams — runs only once every `_SCAN_EVERY` requests.
-    """
-
-    _SCAN_EVERY = 128
-
-    def __init__(self, config: h2.config.H2Configuration, count_open: Callable[[], int]) -> None:
-        super().__init__(config)
-        self.encoder = StaticTableEncoder()
-        self._count_open = count_open
-        self._since_scan = 0
-
-    @property
-    def open_outbound_streams(self) -> int:
-        self._since_scan += 1
-        if self._since_scan >= self._SCAN_EVERY:
-            self._since_scan = 0
-            return super().open_outbound_streams
-        return self._count_open()
-
-
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 connection. Not used directly: `Http2Pool` hands out its free streams."""
 
     def __init__(
         self, origin: Origin, stream_limit: int, pool: _PoolListener, request_timeout_s: float = 30.0
     ) -> None:
-        config = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            # Our own headers are built lower-case and valid; checking them again costs CPU on every push.
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_inbound_headers=False,
-        )
-        self._h2 = _CountingH2Connection(config, lambda: len(self._streams))
+        self._protocol = ClientConnection(self, receive_window=_RECEIVE_WINDOW)
         self._origin = origin
         self._stream_limit = stream_limit
         self._request_timeout_s = request_timeout_s
@@ -193,16 +158,16 @@ class Http2Connection(asyncio.Protocol):
 
     def start_request(self, headers: Headers, body: bytes) -> asyncio.Future[Response]:
         """Send one request now (the caller checked `free_streams`); the future may fail: StreamUnanswered."""
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
         try:
-            stream_id = self._h2.get_next_available_stream_id()
-            self._h2.send_headers(stream_id, headers, end_stream=not body)
-        except h2.exceptions.ProtocolError as e:
+            stream_id = self._protocol.send_request(headers, end_stream=not body)
+        except StreamsExhausted:
             # Stream ids used up, or the connection closed under us: another connection takes the request.
-            self._stop_accepting(f"cannot open a stream: {type(e).__name__}")
+            self._stop_accepting("cannot open a stream: stream ids used up")
             future.set_exception(StreamUnanswered("no stream available"))
             return future
-        deadline = asyncio.get_running_loop().call_later(self._request_timeout_s, self._expire, stream_id)
+        deadline = loop.call_later(self._request_timeout_s, self._expire, stream_id)
         stream = _Stream(body, future, deadline)
         self._streams[stream_id] = stream
         if body:
@@ -219,12 +184,12 @@ class Http2Connection(asyncio.Protocol):
     def _send_pending(self, stream_id: int, stream: _Stream) -> None:
         # Flow control: send what the windows allow now, the rest when the server opens them (WINDOW_UPDATE).
         while stream.pending:
-            window = min(self._h2.local_flow_control_window(stream_id), self._h2.max_outbound_frame_size)
+            window = self._protocol.send_window(stream_id)
             if window <= 0:
                 self._blocked[stream_id] = stream
                 return
             chunk, stream.pending = stream.pending[:window], stream.pending[window:]
-            self._h2.send_data(stream_id, chunk, end_stream=not stream.pending)
+            self._protocol.send_data(stream_id, chunk, end_stream=not stream.pending)
         self._blocked.pop(stream_id, None)
 
     def _send_blocked(self) -> None:
@@ -239,19 +204,16 @@ class Http2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._h2.initiate_connection()
-        self._h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _RECEIVE_WINDOW})
-        self._h2.increment_flow_control_window(_RECEIVE_WINDOW)
+        self._protocol.initiate()
         self._flush()
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            self._abort(f"protocol error: {type(e).__name__}")
+            self._protocol.receive(data)
+        except ProtocolViolation as e:
+            self._flush()  # its GOAWAY, before the connection goes
+            self._abort(f"protocol error: {e}")
             return
-        for event in events:
-            self._dispatch(event)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -264,41 +226,22 @@ class Http2Connection(asyncio.Protocol):
             self._closed.set_result(None)
         self._pool.connection_changed(self)
 
-    # --- h2 events -----------------------------------------------------------------------------------------
+    # --- what the protocol layer tells ---------------------------------------------------------------------
 
-    def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
-            self._on_response(event)
-        elif isinstance(event, h2.events.DataReceived):
-            self._on_data(event)
-        elif isinstance(event, h2.events.StreamEnded):
-            self._finish(event.stream_id)
-        elif isinstance(event, h2.events.StreamReset):
-            self._on_reset(event)
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._on_settings()
-        elif isinstance(event, h2.events.WindowUpdated) and self._blocked:
-            self._send_blocked()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._on_goaway(event)
-
-    def _on_response(self, event: h2.events.ResponseReceived) -> None:
-        stream = self._streams.get(event.stream_id or 0)
-        if stream is None or event.headers is None:
+    def response_received(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
             return
-        stream.headers = {bytes(name): bytes(value) for name, value in event.headers}
+        stream.headers = dict(headers)
         stream.status = int(stream.headers.pop(b":status", b"0"))
 
-    def _on_data(self, event: h2.events.DataReceived) -> None:
-        stream_id = event.stream_id or 0
-        if event.flow_controlled_length:
-            self._h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+    def data_received_on(self, stream_id: int, data: bytes) -> None:
         stream = self._streams.get(stream_id)
-        if stream is not None and event.data:
-            stream.body += event.data
+        if stream is not None:
+            stream.body += data
 
-    def _finish(self, stream_id: int | None) -> None:
-        stream = self._streams.pop(stream_id or 0, None)
+    def stream_ended(self, stream_id: int) -> None:
+        stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
         stream.deadline.cancel()
@@ -306,20 +249,33 @@ class Http2Connection(asyncio.Protocol):
             stream.future.set_result(Response(stream.status, stream.headers, bytes(stream.body)))
         self._stream_freed()
 
-    def _on_reset(self, event: h2.events.StreamReset) -> None:
-        stream = self._streams.pop(event.stream_id or 0, None)
+    def stream_reset(self, stream_id: int, error_code: int) -> None:
+        stream = self._streams.pop(stream_id, None)
         if stream is not None:
-            code = getattr(event.error_code, "name", event.error_code)
-            self._fail(stream, f"stream reset: {code}")
+            self._fail(stream, f"stream reset: {error_name(error_code)}")
         self._stream_freed()
+
+    def settings_changed(self) -> None:
+        self._on_settings()
+
+    def window_opened(self) -> None:
+        if self._blocked:
+            self._send_blocked()
+
+    def goaway_received(self, last_stream_id: int, error_code: int) -> None:
+        # Streams above last_stream_id were never processed: they fail now and may be resent elsewhere.
+        # Those at or below it may still be answered on this connection, which then closes.
+        self.last_error = f"GOAWAY {error_name(error_code)}"
+        self._stop_accepting(self.last_error)
+        self._fail_streams(lambda stream_id: stream_id > last_stream_id, self.last_error)
+        self._close_if_drained()
 
     def _expire(self, stream_id: int) -> None:
         # A server that accepts a stream and never answers must not hold the push (or the stream) for ever.
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._protocol.reset_stream(stream_id, ErrorCodes.CANCEL)
         self._fail(stream, f"no answer within {self._request_timeout_s:g} s")
         self._stream_freed()
         self._flush_soon()
@@ -337,22 +293,12 @@ class Http2Connection(asyncio.Protocol):
             self._close_if_drained()
 
     def _on_settings(self) -> None:
-        self._allowed_streams = min(self._h2.remote_settings.max_concurrent_streams, self._stream_limit)
+        self._allowed_streams = min(self._protocol.max_concurrent_streams, self._stream_limit)
         if not self._ready.done():
             # The server's first SETTINGS says how many streams it allows: only now is the connection usable.
             self.accepting = True
             self._ready.set_result(None)
         self._pool.connection_changed(self)
-
-    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        # Streams above last_stream_id were never processed: they fail now and may be resent elsewhere.
-        # Those at or below it may still be answered on this connection, which then closes.
-        last = event.last_stream_id if event.last_stream_id is not None else 0
-        code = getattr(event.error_code, "name", event.error_code)
-        self.last_error = f"GOAWAY {code}"
-        self._stop_accepting(self.last_error)
-        self._fail_streams(lambda stream_id: stream_id > last, self.last_error)
-        self._close_if_drained()
 
     # --- closing -------------------------------------------------------------------------------------------
 
@@ -380,7 +326,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self._h2.data_to_send()
+        data = self._protocol.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
@@ -401,8 +347,7 @@ class Http2Connection(asyncio.Protocol):
             return
         if self.accepting:
             self.accepting = False
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.close_connection()
+            self._protocol.close_connection()
             self._flush()
         self._close_if_drained()
         try:
