@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_h2_client import Recorder
-from workers.providers.h2_client import ClientConnection
+from workers.providers.h2_client import ClientConnection, decode_plain
 from workers.providers.hpack_static import StaticTableEncoder
 
 # Names with and without a static-table entry; values from the static table among random ones.
@@ -56,6 +56,27 @@ def test_hpack_decodes_what_it_encodes_and_nothing_is_indexed(
             unique = never or name in (b"apns-id", b"x-y")
             assert isinstance(header, hpack.NeverIndexedHeaderTuple) is unique
         assert not decoder.header_table.dynamic_entries
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks=st.lists(st.lists(FIELD, max_size=10), min_size=1, max_size=6))
+def test_the_clients_one_pass_decoder_reads_static_blocks_and_leaves_the_rest_to_hpack(
+    blocks: list[list[tuple[bytes, bytes, bool, bool]]],
+) -> None:
+    static, indexing = StaticTableEncoder(never_indexed=NEVER_INDEXED_NAMES), hpack.Encoder()
+    decoder = hpack.Decoder()
+    # The encoder's first block announces its table size of 0: an update the one-pass decoder leaves to hpack.
+    assert decode_plain(static.encode([])) is None
+    for fields in blocks:
+        headers = [_header(*field) for field in fields]
+        expected = [(_octets(n), _octets(v)) for n, v in headers]
+        assert decode_plain(static.encode(headers)) == expected
+        # hpack's own encoder indexes and Huffman-codes: such a block is hpack's to decode (None), unless
+        # it happens to hold nothing of either.
+        block = indexing.encode(headers)
+        plain = decode_plain(block)
+        assert [tuple(h) for h in decoder.decode(block, raw=True)] == expected
+        assert plain is None or plain == expected
 
 
 def test_a_full_cache_is_emptied_and_encoding_goes_on() -> None:

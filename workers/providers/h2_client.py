@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import hpack
 from h2.errors import ErrorCodes
+from hpack.table import HeaderTable
 
 from workers.providers.hpack_static import StaticTableEncoder
 
@@ -35,6 +36,8 @@ _PADDED = 0x8
 _PRIORITY_FLAG = 0x20
 _FRAME_HEAD = struct.Struct(">BHBBL")  # length (24 bits as 8 + 16), type, flags, stream id
 _ENABLE_PUSH, _MAX_CONCURRENT_STREAMS, _INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE = 2, 3, 4, 5
+_STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
+_STATIC_LENGTH = len(_STATIC)
 
 
 class ProtocolViolation(Exception):
@@ -263,7 +266,10 @@ class ClientConnection:
 
     def _on_header_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         try:  # always decoded: the HPACK state is the connection's, whatever became of the stream
-            headers = [(bytes(name), bytes(value)) for name, value in self.decoder.decode(block, raw=True)]
+            headers = decode_plain(block)
+            if headers is None:
+                decoded = self.decoder.decode(block, raw=True)
+                headers = [(bytes(name), bytes(value)) for name, value in decoded]
         except hpack.HPACKError as error:
             raise ProtocolViolation(
                 ErrorCodes.COMPRESSION_ERROR, f"undecodable header block: {type(error).__name__}"
@@ -411,6 +417,68 @@ class ClientConnection:
             raise ProtocolViolation(ErrorCodes.FRAME_SIZE_ERROR, "GOAWAY too short")
         last_stream_id, error_code = struct.unpack_from(">LL", payload)
         self.listener.goaway_received(last_stream_id & 0x7FFFFFFF, error_code)
+
+
+def decode_plain(block: bytes) -> list[tuple[bytes, bytes]] | None:
+    """A header block of static-table fields and raw literals that enter no table, decoded in one pass; None
+    for any other (dynamic-table references or entries, Huffman-coded strings, a table size update), which
+    hpack's decoder then takes whole. Such a block leaves the dynamic table as it was, so either decoder may
+    take the next. Answers encoded as mdmq's emulators encode them (`hpack_static`) all go this way."""
+    headers: list[tuple[bytes, bytes]] = []
+    pos, end = 0, len(block)
+    while pos < end:
+        first = block[pos]
+        if first & 0x80:  # RFC 7541 6.1: an indexed field, in the static table if its index is
+            index, pos = _integer(block, pos, 7)
+            if not 0 < index <= _STATIC_LENGTH:
+                return None
+            headers.append(_STATIC[index - 1])
+            continue
+        if first & 0xE0:  # 6.2.1 (enters the table) or 6.3 (table size update)
+            return None
+        index, pos = _integer(block, pos, 4)  # 6.2.2 without indexing, 6.2.3 never indexed
+        if index > _STATIC_LENGTH:
+            return None
+        if index:
+            name = _STATIC[index - 1][0]
+        else:
+            if pos >= end or block[pos] & 0x80:
+                return None  # Huffman-coded
+            name, pos = _string(block, pos)
+        if pos >= end or block[pos] & 0x80:
+            return None
+        value, pos = _string(block, pos)
+        headers.append((name, value))
+    return headers
+
+
+def _integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    """RFC 7541 5.1: the integer at `pos` and the position after it."""
+    mask = (1 << prefix_bits) - 1
+    value = block[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    while shift <= 28:  # a longer HPACK integer is an attack, not a header
+        if pos >= len(block):
+            raise hpack.HPACKDecodingError("Truncated header block")
+        octet = block[pos]
+        pos += 1
+        value += (octet & 0x7F) << shift
+        if not octet & 0x80:
+            return value, pos
+        shift += 7
+    raise hpack.HPACKDecodingError("HPACK integer too large")
+
+
+def _string(block: bytes, pos: int) -> tuple[bytes, int]:
+    """RFC 7541 5.2: the raw (not Huffman-coded) string at `pos` and the position after it."""
+    length, pos = _integer(block, pos, 7)
+    end = pos + length
+    if end > len(block):
+        raise hpack.HPACKDecodingError("Truncated header block")
+    return bytes(block[pos:end]), end
 
 
 def _connection_frame(stream_id: int) -> None:

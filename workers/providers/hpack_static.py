@@ -29,6 +29,10 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
 
 
 def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
+    # RFC 7541 5.1; a value within the prefix (nearly all of them: lengths and indexes) without hpack's
+    # `encode_integer`, which logs every call at debug level.
+    if value < (1 << prefix_bits) - 1:
+        return bytes((value | flags,))
     encoded = encode_integer(value, prefix_bits)
     encoded[0] |= flags
     return bytes(encoded)
