@@ -6,6 +6,7 @@ credential or configuration), not a device's. Its row says why, and when the sch
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,19 +40,30 @@ def record_answers(session: Session, *, fingerprint: str, answers: str, keep: in
     first. One statement, so that concurrent workers each add theirs: run it in a short transaction."""
     if not answers:
         return ""
-    dialect = dialect_of(session)
+    params = {"b_fingerprint": fingerprint, "b_answers": answers, "b_keep": keep, "b_now": utcnow()}
+    return str(run(session, _record_answers(dialect_of(session)), params).scalar_one())
+
+
+@functools.cache
+def _record_answers(dialect: str) -> sa.Insert:
+    """`record_answers`' statement for `dialect`, built once: a dispatch runs it for every group it sends."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    now = utcnow()
-    statement = (
+    answers = sa.bindparam("b_answers", type_=sa.String)
+    keep = sa.bindparam("b_keep", type_=sa.Integer)
+    now = sa.bindparam("b_now", type_=WINDOW.c.updated_at.type)
+    return (
         insert(WINDOW)
-        .values(fingerprint=fingerprint, answers=_last(answers, keep, dialect), updated_at=now)
+        .values(
+            fingerprint=sa.bindparam("b_fingerprint", type_=sa.String),
+            answers=_last(answers, keep, dialect),
+            updated_at=now,
+        )
         .on_conflict_do_update(
             index_elements=[WINDOW.c.fingerprint],
             set_={"answers": _last(WINDOW.c.answers + answers, keep, dialect), "updated_at": now},
         )
         .returning(WINDOW.c.answers)
     )
-    return str(run(session, statement).scalar_one())
 
 
 def answer_window(session: Session, *, fingerprint: str) -> str:
@@ -83,7 +95,9 @@ def purge_dead_answers(session: Session, *, before: datetime) -> int:
     return int(run(session, sa.delete(DEAD).where(DEAD.c.at < before)).rowcount)
 
 
-def _last(value: str | sa.ColumnElement[str], keep: int, dialect: str) -> sa.ColumnElement[str]:
+def _last(
+    value: str | sa.ColumnElement[str], keep: int | sa.ColumnElement[int], dialect: str
+) -> sa.ColumnElement[str]:
     text = sa.cast(value, sa.String) if isinstance(value, str) else value
     if dialect == "postgresql":
         return sa.func.right(text, keep)
