@@ -10,6 +10,7 @@ this request was answered, so it may be sent again).
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import json
 import logging
@@ -38,6 +39,10 @@ _RECEIVE_WINDOW = 1 << 24
 # concurrency spreads over several connections and losing one leaves fewer requests unanswered.
 # 4 connections x 200 streams cover 40 ms of latency at 20,000 requests/s.
 DEFAULT_STREAMS_PER_CONNECTION = 200
+# What one read from a TLS connection's socket takes at most: one TLS record. asyncio allocates (and fills)
+# a buffer of 256 KiB for every TLS connection; a push service's answers are a few hundred bytes, and one
+# process may hold a connection for each of 1,000 organizations' certificates: 250 MB of buffers.
+_TLS_READ_BYTES = 16 * 1024
 
 
 class StreamUnanswered(ProviderError):
@@ -489,14 +494,10 @@ class Http2Pool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                _, connection = await loop.create_connection(
-                    lambda: Http2Connection(
-                        self.origin, self._streams_per_connection, self, self._request_timeout_s
-                    ),
-                    self.origin.host,
-                    self.origin.port,
-                    ssl=self._ssl_context,
+                connection = Http2Connection(
+                    self.origin, self._streams_per_connection, self, self._request_timeout_s
                 )
+                await self._open_transport(loop, connection)
                 await self._until_ready(connection)
         except ssl.SSLCertVerificationError:
             raise ConnectionFailed(
@@ -512,6 +513,24 @@ class Http2Pool:
             ) from None
         logger.debug("HTTP/2 connection %d to %s open", len(self._connections) + 1, self.origin.host)
         return connection
+
+    async def _open_transport(self, loop: asyncio.AbstractEventLoop, connection: Http2Connection) -> None:
+        """TCP, then TLS as `create_connection(ssl=...)` does it, but with `_TlsLayer`'s smaller buffer."""
+        host, port = self.origin.host, self.origin.port
+        if self._ssl_context is None:
+            await loop.create_connection(lambda: connection, host, port)
+            return
+        handshake: asyncio.Future[None] = loop.create_future()
+        context = self._ssl_context
+        # Built once TCP is connected: a layer never connected would leave its transport unclosed.
+        transport, _ = await loop.create_connection(
+            lambda: _TlsLayer(loop, connection, context, handshake, server_hostname=host), host, port
+        )
+        try:
+            await handshake
+        except BaseException:
+            transport.abort()
+            raise
 
     async def _until_ready(self, connection: Http2Connection) -> None:
         try:
@@ -542,6 +561,13 @@ class Http2Pool:
         connections = [*self._connections, *self._draining]
         self._connections, self._draining = [], set()
         await asyncio.gather(*(connection.close(grace_s) for connection in connections))
+
+
+class _TlsLayer(asyncio.sslproto.SSLProtocol):
+    """asyncio's own TLS layer (what `create_connection(ssl=...)` stacks), reading `_TLS_READ_BYTES` at a
+    time instead of 256 KiB."""
+
+    max_size = _TLS_READ_BYTES
 
 
 def _translate_tls_error(error: ssl.SSLError, origin: Origin) -> ProviderError:
