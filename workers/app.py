@@ -97,7 +97,10 @@ class App:
 
     @cached_property
     def gateway(self) -> PushGateway:
-        return PushGateway(self.endpoints)
+        s = self.settings
+        return PushGateway(
+            self.endpoints, provider_idle_s=s.provider_idle_s, max_connections=s.provider_max_connections
+        )
 
     @cached_property
     def key_checks(self) -> KeyChecks:

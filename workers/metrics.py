@@ -17,12 +17,16 @@ from workers.providers import aosp, apns_reasons, fcm
 from workers.providers.aosp import KNOWN_CODES as AOSP_CODES
 from workers.providers.apns_reasons import KNOWN_REASONS as APNS_REASONS
 from workers.providers.base import Outcome, PushResult
+from workers.providers.factory import CONNECTIONS_OPEN, PROVIDERS_ALIVE, PROVIDERS_EVICTED
 from workers.providers.fcm import KNOWN_ERROR_CODES as FCM_CODES
 from workers.providers.timing import CLOCK_SKEW_REFUSALS, PUSH_DURATION, count_clock_skew_refusal
 
 __all__ = [
     "CLOCK_SKEW_REFUSALS",
+    "CONNECTIONS_OPEN",
     "HOLDS",
+    "PROVIDERS_ALIVE",
+    "PROVIDERS_EVICTED",
     "PUSHES",
     "PUSH_DURATION",
     "TOKENS_INVALIDATED",

@@ -16,7 +16,7 @@ from workers.providers.aosp import AospProvider, PushStatus
 from workers.providers.base import ProviderError, Push, PushResult
 from workers.providers.credentials import Credential
 from workers.providers.endpoints import ProviderEndpoints
-from workers.providers.factory import ProviderFactory
+from workers.providers.factory import DEFAULT_IDLE_S, DEFAULT_MAX_CONNECTIONS, ProviderFactory
 
 # A batch that has not come back after this long is not coming back: its pushes are retried as transient.
 SEND_TIMEOUT_S = 120.0
@@ -26,8 +26,19 @@ Batch = tuple[str, Credential, Sequence[Push]]
 
 
 class PushGateway:
-    def __init__(self, endpoints: ProviderEndpoints) -> None:
+    """Providers are kept per credential (`ProviderFactory`): closed after `provider_idle_s` unused, each
+    opening at most `max_connections` connections."""
+
+    def __init__(
+        self,
+        endpoints: ProviderEndpoints,
+        *,
+        provider_idle_s: float = DEFAULT_IDLE_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
         self._endpoints = endpoints
+        self._provider_idle_s = provider_idle_s
+        self._max_connections = max_connections
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -65,10 +76,10 @@ class PushGateway:
         loop, factory = self._running()
 
         async def poll() -> dict[str, PushStatus | ProviderError]:
-            provider = factory.provider_for(organization_id, credential)
-            if not isinstance(provider, AospProvider):
-                raise TypeError(f"{type(provider).__name__} does not report delivery")
-            answers = await asyncio.gather(*(provider.poll(p) for p in push_ids), return_exceptions=True)
+            with factory.using(organization_id, credential) as provider:
+                if not isinstance(provider, AospProvider):
+                    raise TypeError(f"{type(provider).__name__} does not report delivery")
+                answers = await asyncio.gather(*(provider.poll(p) for p in push_ids), return_exceptions=True)
             results: dict[str, PushStatus | ProviderError] = {}
             for push_id, answer in zip(push_ids, answers, strict=True):
                 if isinstance(answer, PushStatus | ProviderError):
@@ -95,7 +106,9 @@ class PushGateway:
         with self._lock:
             if self._loop is None or self._factory is None or self._pid != os.getpid():
                 self._loop = asyncio.new_event_loop()
-                self._factory = ProviderFactory(self._endpoints)
+                self._factory = ProviderFactory(
+                    self._endpoints, idle_s=self._provider_idle_s, max_connections=self._max_connections
+                )
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._loop.run_forever, name="mdmq-push", daemon=True)
                 self._thread.start()
@@ -104,4 +117,5 @@ class PushGateway:
 
 async def _send(factory: ProviderFactory, batch: Batch) -> list[PushResult]:
     organization_id, credential, pushes = batch
-    return await factory.provider_for(organization_id, credential).send(pushes)
+    with factory.using(organization_id, credential) as provider:
+        return await provider.send(pushes)

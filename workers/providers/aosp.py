@@ -113,6 +113,10 @@ class AospProvider:
     async def close(self) -> None:
         await self._pool.close()
 
+    @property
+    def connection_count(self) -> int:
+        return self._pool.connection_count
+
     async def _send_group(self, pushes: list[Push]) -> list[PushResult]:
         first = pushes[0]
         ttl_s = min(max(first.expiration_s, 1), MAX_TTL_S)

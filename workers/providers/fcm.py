@@ -105,6 +105,10 @@ class FcmProvider:
     async def close(self) -> None:
         await asyncio.gather(self._pool.close(), self._oauth_pool.close())
 
+    @property
+    def connection_count(self) -> int:
+        return self._pool.connection_count + self._oauth_pool.connection_count
+
     async def _send_one(self, push: Push) -> PushResult:
         body = json.dumps({"message": _message(push)}, separators=(",", ":")).encode()
         token = await self.tokens.current()
