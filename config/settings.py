@@ -179,9 +179,10 @@ class Settings(BaseSettings):
     # A worker process keeps one provider per push credential it sends with (its TLS context and HTTP/2
     # connections). One unused for `provider_idle_s` is closed, once its pushes in flight are answered, and
     # built again by the next push: a process that has served 1,000 organizations holds only those active
-    # lately. A provider opens at most `provider_max_connections` connections, the next only when every
+    # lately. Not under 10 s: APNs treats rapid connection and disconnection as a denial-of-service attack
+    # [A-SEND]. A provider opens at most `provider_max_connections` connections, the next only when every
     # open one has all its streams (200 each) in flight: 4 carry some 20,000 pushes/s at 40 ms latency.
-    provider_idle_s: float = Field(default=300.0, gt=0)
+    provider_idle_s: float = Field(default=300.0, ge=10)
     provider_max_connections: int = Field(default=4, ge=1, le=64)
 
     @field_validator("apns_url", "apns_sandbox_url", "fcm_url", "fcm_token_url", "aosp_url")

@@ -45,6 +45,8 @@ def test_environment_variables_are_read_with_the_prefix(monkeypatch: pytest.Monk
         ("MDMQ_DATABASE_URL", "mysql://root@db/mdmq", "got 'mysql://root@db/mdmq'"),
         ("MDMQ_BROKER_URL", "kafka://broker:9092", "expected stub://, redis://"),
         ("MDMQ_DISPATCH_CHUNK_SIZE", "0", "greater than or equal to 1"),
+        ("MDMQ_PROVIDER_IDLE_S", "5", "greater than or equal to 10"),
+        ("MDMQ_PROVIDER_MAX_CONNECTIONS", "0", "greater than or equal to 1"),
         ("MDMQ_ENVIRONMENT", "staging", "'development' or 'production'"),
     ],
 )

@@ -35,7 +35,10 @@ MDM_NEEDS_CERTIFICATE = (
     "(from identity.apple.com)"
 )
 PROVIDER_KINDS = ("apns", "fcm", "aosp")
+# Minutes, not seconds: APNs wants connections kept open across notifications, and treats rapid connection
+# and disconnection as a denial-of-service attack [A-SEND].
 DEFAULT_IDLE_S = 300.0
+# APNs allows several connections per provider for throughput [A-SEND]; each holds up to 200 streams.
 DEFAULT_MAX_CONNECTIONS = 4
 # Idle providers are looked for (and the connections gauge brought up to date) this often at most: one idle
 # for `idle_s` is closed within `idle_s` and `idle_s` + this.
