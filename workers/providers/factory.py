@@ -4,6 +4,7 @@ closes those left idle."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Iterator
@@ -141,6 +142,8 @@ class ProviderFactory:
         self._fingerprint_of: dict[tuple[str, str], str] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._tick: asyncio.TimerHandle | None = None
+        self._evicted_since_collection = False
+        self._collected_at = time.monotonic()
 
     def provider_for(self, organization_id: str, credential: Credential) -> PushProvider:
         """The provider for this organization's current credential of its kind."""
@@ -216,13 +219,25 @@ class ProviderFactory:
     def _evict_idle(self) -> None:
         self._tick = None
         now = time.monotonic()
+        self._collect_evicted(now)
         for fingerprint, entry in list(self._entries.items()):
             if not entry.in_use and now - entry.last_used >= self._idle_s:
                 self._evict(fingerprint, entry)
             else:
                 _count_connections(entry, entry.provider.connection_count)
-        if self._entries:
+        if self._entries or self._evicted_since_collection:
             self._arm()
+
+    def _collect_evicted(self, now: float) -> None:
+        """Free the providers evicted since the last collection, once they are closed, at most once per
+        idle time. A closed provider is held in reference cycles (its connections' asyncio transports and
+        protocols, h2's state), which only a full collection frees, and a busy worker runs one rarely: the
+        memory of each wave of idle providers would stay taken while the next wave's was allocated."""
+        if not self._evicted_since_collection or self._closing or now - self._collected_at < self._idle_s:
+            return
+        gc.collect()
+        self._evicted_since_collection = False
+        self._collected_at = now
 
     def _evict(self, fingerprint: str, entry: _Entry) -> None:
         del self._entries[fingerprint]
@@ -230,6 +245,7 @@ class ProviderFactory:
             del self._fingerprint_of[key]
         logger.debug("%s push provider unused for %g s: closed", entry.kind, self._idle_s)
         PROVIDERS_EVICTED.labels(entry.kind).inc()
+        self._evicted_since_collection = True
         entry.retired = True
         self._close_later(entry)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,7 @@ from tests.integration.providers.conftest import TOPIC, apns_endpoints, apns_tok
 from workers.providers.base import Outcome, Push, PushResult
 from workers.providers.credentials import AospApiKey, ApnsCertificate, Credential
 from workers.providers.factory import ProviderFactory
+from workers.providers.http2 import Http2Connection
 
 ORGANIZATION = "org-1"
 
@@ -92,6 +94,36 @@ def test_an_idle_provider_is_closed_and_the_next_push_opens_anew(
         assert after.outcome is Outcome.accepted
 
     asyncio.run(scenario())
+
+
+def connections_alive() -> int:
+    return sum(isinstance(o, Http2Connection) for o in gc.get_objects())
+
+
+def test_an_evicted_provider_is_freed_without_waiting_for_the_collector(
+    registry: DeviceRegistry, apns_cert: ApnsCertificate
+) -> None:
+    # The automatic collector is off: only the factory's own collection can free the reference cycles a
+    # closed provider's connections are held in.
+    [push] = wake_ups(registry, 1)
+
+    async def scenario() -> tuple[int, int]:
+        async with Sandbox(registry, tls=True) as sandbox:
+            factory = ProviderFactory(apns_endpoints(sandbox), idle_s=0.2)
+            [result] = await send(factory, apns_cert, [push])
+            assert result.outcome is Outcome.accepted
+            used = connections_alive()
+            await until(lambda: connections_alive() < used, 5, "the evicted connection to be freed")
+            await factory.close()
+            return used, connections_alive()
+
+    gc.collect()
+    before = connections_alive()
+    gc.disable()
+    try:
+        assert asyncio.run(scenario()) == (before + 1, before)
+    finally:
+        gc.enable()
 
 
 def test_a_provider_in_use_is_not_evicted(registry: DeviceRegistry, apns_cert: ApnsCertificate) -> None:
