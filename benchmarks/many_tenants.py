@@ -130,7 +130,10 @@ def worker(settings: Settings, threads: int, tree: Path | None) -> Iterator[int]
     if tree is not None:
         environment["PYTHONPATH"] = str(tree)
     with subprocess.Popen(
-        worker_command(1, threads), env=environment, cwd=tree, stdout=subprocess.DEVNULL
+        worker_command(1, threads, urgent_threads=settings.worker_urgent_threads),
+        env=environment,
+        cwd=tree,
+        stdout=subprocess.DEVNULL,
     ) as process:
         try:
             wait_for_metrics(METRICS_PORT, 60)
