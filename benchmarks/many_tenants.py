@@ -130,7 +130,8 @@ def worker(settings: Settings, threads: int, tree: Path | None) -> Iterator[int]
     if tree is not None:
         environment["PYTHONPATH"] = str(tree)
     with subprocess.Popen(
-        worker_command(1, threads, urgent_threads=settings.worker_urgent_threads),
+        # A tree from before the urgent queue had threads of its own serves both queues on its threads.
+        worker_command(1, threads, urgent_threads=0 if tree else settings.worker_urgent_threads),
         env=environment,
         cwd=tree,
         stdout=subprocess.DEVNULL,
