@@ -10,11 +10,13 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
@@ -144,6 +146,35 @@ def sandbox_settings(sandbox: Sandbox, directory: Path, **settings: Any) -> Sett
         ca_file = directory / "sandbox-ca.pem"
         ca_file.write_bytes(sandbox.tls.ca_pem)
     return Settings(**sandbox.settings(), push_ca_file=str(ca_file) if ca_file else None, **settings)
+
+
+@contextmanager
+def worker_process_settings(
+    sandbox: Sandbox, directory: Path, *, database_url: str, **settings: Any
+) -> Iterator[Settings]:
+    """`sandbox_settings` for real `dramatiq` worker processes of one test: the suite's Redis under a key
+    prefix of the test's own (its keys deleted afterwards), and a metrics port and directory of their own."""
+    from tests.services import REDIS_URL, require
+
+    require(REDIS_URL, "Redis")
+    namespace = f"mdmq-test-{uuid.uuid4().hex[:8]}"
+    yield sandbox_settings(
+        sandbox,
+        directory,
+        database_url=database_url,
+        broker_url=REDIS_URL,
+        broker_namespace=namespace,
+        metrics_host="127.0.0.1",
+        worker_metrics_port=free_ports(1)[0],
+        metrics_dir=str(directory / "metrics"),
+        **settings,
+    )
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(f"{namespace}*"):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def sandbox_endpoints(sandbox: Sandbox) -> ProviderEndpoints:

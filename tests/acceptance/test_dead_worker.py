@@ -8,13 +8,11 @@ import os
 import secrets
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
@@ -30,8 +28,7 @@ from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
 from sandbox.processes import WorkerProcesses
 from sandbox.tls import issue_mdm_push_certificate, mdm_topic
 from scheduler.gauges import gauges_job
-from tests.helpers import free_ports, sandbox_settings, wait_until
-from tests.services import REDIS_URL, require
+from tests.helpers import wait_until, worker_process_settings
 from workers.actors import Actors, declare_actors
 from workers.app import App
 from workers.services.credentials import store_credential
@@ -51,24 +48,15 @@ class World:
 
 @pytest.fixture
 def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
-    require(REDIS_URL, "Redis")
-    namespace = f"mdmq-test-{uuid.uuid4().hex[:8]}"
     registry = DeviceRegistry()
     certificate = issue_mdm_push_certificate(registry, topic=mdm_topic(), days=365)
     slow = FaultConfig(latency=Latency.fixed(PUSH_TAKES_MS))
-    with SandboxThread(registry, tls=True, apns_faults=slow) as sandbox:
-        settings = sandbox_settings(
-            sandbox,
-            tmp_path,
-            database_url=postgres_url,
-            broker_url=REDIS_URL,
-            broker_namespace=namespace,
-            broker_heartbeat_timeout_s=3,
-            dispatch_chunk_size=1,
-            metrics_host="127.0.0.1",
-            worker_metrics_port=free_ports(1)[0],
-            metrics_dir=str(tmp_path / "metrics"),
-        )
+    with (
+        SandboxThread(registry, tls=True, apns_faults=slow) as sandbox,
+        worker_process_settings(
+            sandbox, tmp_path, database_url=postgres_url, broker_heartbeat_timeout_s=3, dispatch_chunk_size=1
+        ) as settings,
+    ):
         app = App(settings)
         with app.session() as s:
             ensure_organization(s, organization_id=ORG)
@@ -88,10 +76,6 @@ def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
             )
         app.close()
         yield World(settings, devices)
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{namespace}*"):
-        client.delete(key)
-    client.close()
 
 
 def _gauge(actors: Actors) -> dict[str, float]:

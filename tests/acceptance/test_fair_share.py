@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import secrets
 import threading
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy.engine import Engine
 
 from config.settings import Settings
@@ -28,8 +26,7 @@ from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
 from sandbox.processes import WorkerProcesses
 from sandbox.registry import Delivery
 from sandbox.tls import Issued, MdmPushCertificate, issue_mdm_push_certificate, make_ca, mdm_topic
-from tests.helpers import free_ports, sandbox_settings, wait_until
-from tests.services import REDIS_URL, require
+from tests.helpers import wait_until, worker_process_settings
 from workers.actors import declare_actors
 from workers.app import App
 from workers.services.credentials import store_credential
@@ -65,27 +62,19 @@ class World:
 def world(pg: Engine, postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
     """Organizations with `request.param`'s device counts, each with its certificate, on an APNs that
     answers in 40 ms."""
-    require(REDIS_URL, "Redis")
     sizes: dict[str, int] = request.param
-    namespace = f"mdmq-test-{uuid.uuid4().hex[:8]}"
     registry = DeviceRegistry()
     owner: dict[str, str] = {}
     # Certificates first: the sandbox reads its client CAs when it starts.
     ca = make_ca("mdmq test push CA")  # one for all: the sandbox trusts one client CA per listener
     registry.add_apns_client_ca(ca.certificate)
     fleets = {o: _fleet(registry, ca, owner, o, count) for o, count in sizes.items()}
-    with SandboxThread(registry, tls=True, apns_faults=FaultConfig(latency=Latency.fixed(40))) as sandbox:
-        settings = sandbox_settings(
-            sandbox,
-            tmp_path,
-            database_url=postgres_url,
-            broker_url=REDIS_URL,
-            broker_namespace=namespace,
-            dispatch_chunk_size=CHUNK,
-            metrics_host="127.0.0.1",
-            worker_metrics_port=free_ports(1)[0],
-            metrics_dir=str(tmp_path / "metrics"),
-        )
+    with (
+        SandboxThread(registry, tls=True, apns_faults=FaultConfig(latency=Latency.fixed(40))) as sandbox,
+        worker_process_settings(
+            sandbox, tmp_path, database_url=postgres_url, dispatch_chunk_size=CHUNK
+        ) as settings,
+    ):
         world = World(settings, registry, {}, owner, defaultdict(list), threading.Lock())
         app = App(settings)
         for organization_id, (certificate, tokens) in fleets.items():
@@ -93,10 +82,6 @@ def world(pg: Engine, postgres_url: str, tmp_path: Path, request: pytest.Fixture
         app.close()
         registry.subscribe(world.record)
         yield world
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{namespace}*"):
-        client.delete(key)
-    client.close()
 
 
 def _fleet(

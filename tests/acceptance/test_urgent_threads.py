@@ -8,13 +8,11 @@ threads are what makes the difference."""
 from __future__ import annotations
 
 import secrets
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -27,8 +25,7 @@ from models.tables import Deployment
 from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
 from sandbox.processes import WorkerProcesses
 from sandbox.tls import issue_mdm_push_certificate, mdm_topic
-from tests.helpers import free_ports, sandbox_settings, wait_until
-from tests.services import REDIS_URL, require
+from tests.helpers import wait_until, worker_process_settings
 from workers.actors import declare_actors
 from workers.app import App
 from workers.services.credentials import store_credential
@@ -48,8 +45,6 @@ class World:
 
 @pytest.fixture
 def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
-    require(REDIS_URL, "Redis")
-    namespace = f"mdmq-test-{uuid.uuid4().hex[:8]}"
     registry = DeviceRegistry()
     certificate = issue_mdm_push_certificate(registry, topic=mdm_topic(), days=365)
     aosp_key = secrets.token_hex(16)
@@ -58,18 +53,12 @@ def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
     registry.add_apns_device(apns_token, topic=certificate.topic)
     registry.add_aosp_device(aosp_token)
     slow = FaultConfig(latency=Latency.fixed(APNS_TAKES_MS))
-    with SandboxThread(registry, tls=True, apns_faults=slow) as sandbox:
-        settings = sandbox_settings(
-            sandbox,
-            tmp_path,
-            database_url=postgres_url,
-            broker_url=REDIS_URL,
-            broker_namespace=namespace,
-            dispatch_chunk_size=1,
-            metrics_host="127.0.0.1",
-            worker_metrics_port=free_ports(1)[0],
-            metrics_dir=str(tmp_path / "metrics"),
-        )
+    with (
+        SandboxThread(registry, tls=True, apns_faults=slow) as sandbox,
+        worker_process_settings(
+            sandbox, tmp_path, database_url=postgres_url, dispatch_chunk_size=1
+        ) as settings,
+    ):
         app = App(settings)
         with app.session() as s:
             for org, provider, kind, secret in (
@@ -93,10 +82,6 @@ def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
             )
         app.close()
         yield World(settings, rollout_device, lost_phone)
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{namespace}*"):
-        client.delete(key)
-    client.close()
 
 
 def _pushed(engine: Engine, deployment_id: str) -> bool:
