@@ -22,6 +22,9 @@ _LOOKS = 8
 Booking = Callable[[float], tuple[list[float], float]]
 # (tat, now, chunk size, rate) → the organization's tat once the chunk is taken.
 Pacing = Callable[[float, float, int, float], float]
+# (its own position, the virtual time, the lowest position waiting) → where an organization that starts
+# waiting joins.
+Joining = Callable[[int, int, int], int]
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,12 @@ def put_chunks(
     weight: int,
     rate_per_s: float | None,
     book: Booking,
+    stride: int,
+    join: Joining,
 ) -> list[float]:
     """Add `chunks` after the organization's waiting ones, booked by `book`; their booked times. An
-    organization that had none waiting joins at the lowest position of those waiting."""
+    organization that had none waiting joins where `join` says, from its own position, the virtual time
+    (`_virtual`) and the lowest position of those waiting."""
     insert = postgresql.insert if dialect_of(session) == "postgresql" else sqlite.insert
     new = {"organization_id": organization_id, "weight": weight, "position": 0, "booked_s": 0.0, "tat_s": 0.0}
     run(session, insert(TURN).values(new).on_conflict_do_nothing())
@@ -54,7 +60,8 @@ def put_chunks(
     values: dict[str, object] = {"weight": weight, "rate_per_s": rate_per_s, "booked_s": booked}
     if not _waits(session, organization_id):
         lowest = run(session, sa.select(sa.func.min(TURN.c.position)).where(_waiting())).scalar()
-        values["position"] = row.position if lowest is None else lowest
+        virtual = _virtual(session, stride)
+        values["position"] = join(row.position, virtual, row.position if lowest is None else lowest)
     run(session, sa.update(TURN).where(mine).values(values))
     rows = [
         {"organization_id": organization_id, "deployment_ids": list(c), "ready_at_s": at}
@@ -128,6 +135,30 @@ def _advance(
         values["tat_s"] = pace(tat, now_s, len(found.deployment_ids), rate)
     run(session, sa.update(TURN).where(where).values(values))
     return True
+
+
+def _virtual(session: Session, stride: int) -> int:
+    """The highest position a take has served, before moving it on: each organization's row keeps its
+    position after its last take, `stride // weight` past it. Read from the rows, not kept in one of its
+    own, so that takes never queue for the lock of a single row. (An organization whose weight a put has
+    changed since its last take is off by the difference of the strides: a fraction of a turn.)"""
+    o = TURN.c
+    served = o.position - sa.literal(stride) // sa.case((o.weight > 1, o.weight), else_=1)
+    return int(run(session, sa.select(sa.func.max(served))).scalar() or 0)
+
+
+def ready_count(session: Session, *, now_s: float, limit: int) -> int:
+    """How many chunks may be taken at `now_s` (booked by then, their organization's tat come) and are
+    claimed by none, counted up to `limit`."""
+    c, o = CHUNK.c, TURN.c
+    ready = (
+        sa.select(c.id)
+        .join(TURN, o.organization_id == c.organization_id)
+        .where(c.claim.is_(None), c.ready_at_s <= now_s, o.tat_s <= now_s)
+        .limit(limit)
+        .subquery()
+    )
+    return int(run(session, sa.select(sa.func.count()).select_from(ready)).scalar() or 0)
 
 
 def _waits(session: Session, organization_id: str) -> bool:

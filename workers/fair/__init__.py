@@ -8,8 +8,11 @@ no longer decides whose devices are woken next: this queue does, at the moment a
 - **Turns** (stride scheduling, a smooth weighted round-robin): each organization with chunks waiting has a
   *pass*; a take serves the organization of the lowest pass whose next chunk may go now, and advances its
   pass by `STRIDE // weight`. Over any stretch, organizations waiting together get chunks in the ratio of
-  their weights; one that starts waiting joins at the lowest pass of those waiting, so it is served at once
-  but gains no credit for the time it was idle.
+  their weights; one that starts waiting joins at the *virtual time*, the highest pass served so far (or at
+  its own pass, or at the lowest of those waiting, when higher: `joining_pass`), so it is served at once but
+  gains no credit for the time it was idle. Not at the lowest pass waiting alone: a paced organization's
+  pass moves only at its own slow rate and lags far behind, and a newcomer joining there would take every
+  turn until it caught up, starving an unpaced organization that has waited all along.
 - **Pacing** (GCRA): an organization with a wake-up rate has its chunks cut to a twentieth of the rate at most
   (`paced_chunk_size`), and a chunk of `n` may be taken only when the organization's *theoretical arrival
   time* (tat) has come; taking it moves the tat on by `n / rate` from itself, or from `now - catch_up_s(n)`
@@ -89,6 +92,11 @@ class FairQueue(Protocol):
         """Forget `claim`: its chunk was dispatched."""
         ...
 
+    def ready(self, limit: int) -> int:
+        """How many chunks may be taken now and are claimed by none, counted up to `limit`: the tokens the
+        scheduler's `fair_tokens` job sends, should some chunk have lost its own."""
+        ...
+
 
 def paced_chunk_size(chunk_size: int, rate_per_s: float | None) -> int:
     """The most deployments one chunk of an organization paced at `rate_per_s` carries."""
@@ -110,6 +118,13 @@ def next_tat(tat: float, now: float, size: int, rate_per_s: float) -> float:
 def stride(weight: int) -> int:
     """How far a take moves an organization of `weight` along: a weight of 2 goes twice as often as 1."""
     return STRIDE // max(1, min(weight, MAX_WEIGHT))
+
+
+def joining_pass(own: int, virtual: int, lowest_waiting: int) -> int:
+    """The pass an organization that starts waiting joins at: the virtual time (the highest pass a take
+    has served, before moving it on), so that it starts level with those served lately; never below its
+    own pass (a chunk put, taken and put again must not win a turn twice), nor below every pass waiting."""
+    return max(own, virtual, lowest_waiting)
 
 
 def book(

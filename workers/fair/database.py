@@ -9,8 +9,8 @@ from contextlib import AbstractContextManager
 from functools import partial
 
 from models.database import Session
-from models.store.fair import forget_claim, put_chunks, take_chunk
-from workers.fair import CLAIM_TTL_S, STRIDE, Taken, book, next_tat
+from models.store.fair import forget_claim, put_chunks, ready_count, take_chunk
+from workers.fair import CLAIM_TTL_S, STRIDE, Taken, book, joining_pass, next_tat
 
 
 class DatabaseFairQueue:
@@ -45,6 +45,8 @@ class DatabaseFairQueue:
                 weight=weight,
                 rate_per_s=rate_per_s,
                 book=partial(book, now, sizes=sizes, rate_per_s=rate_per_s),
+                stride=STRIDE,
+                join=joining_pass,
             )
         return [at - now for at in times]
 
@@ -56,3 +58,7 @@ class DatabaseFairQueue:
     def done(self, claim: str) -> None:
         with self._session() as s:
             forget_claim(s, claim=claim, stale_before_s=self._clock() - CLAIM_TTL_S)
+
+    def ready(self, limit: int) -> int:
+        with self._session() as s:
+            return ready_count(s, now_s=self._clock(), limit=limit)

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from workers.fair import CLAIM_TTL_S, Taken, book, next_tat, stride
+from workers.fair import CLAIM_TTL_S, Taken, book, joining_pass, next_tat, stride
 
 
 @dataclass
@@ -29,6 +29,7 @@ class MemoryFairQueue:
         self._lock = threading.Lock()
         self._organizations: dict[str, _Organization] = {}
         self._claims: dict[str, tuple[float, str, list[str]]] = {}  # claim → (at, organization, ids)
+        self._virtual = 0  # the highest pass served (`workers.fair.joining_pass`)
 
     def put(
         self,
@@ -42,7 +43,9 @@ class MemoryFairQueue:
             now = self._clock()
             organization = self._organizations.setdefault(organization_id, _Organization())
             if not organization.chunks:
-                organization.pass_ = min(self._waiting_passes(), default=0)
+                organization.pass_ = joining_pass(
+                    organization.pass_, self._virtual, min(self._waiting_passes(), default=0)
+                )
             organization.weight, organization.rate_per_s = weight, rate_per_s
             times, organization.booked = book(
                 now, organization.booked, sizes=[len(c) for c in chunks], rate_per_s=rate_per_s
@@ -75,8 +78,21 @@ class MemoryFairQueue:
         with self._lock:
             self._claims.pop(claim, None)
 
+    def ready(self, limit: int) -> int:
+        with self._lock:
+            now, ready = self._clock(), 0
+            for organization in self._organizations.values():
+                if organization.tat > now:
+                    continue
+                for at, _ in organization.chunks:  # in booked order
+                    if at > now or ready >= limit:
+                        break
+                    ready += 1
+            return min(ready, limit)
+
     def _take_from(self, organization: _Organization, now: float) -> list[str]:
         _, ids = organization.chunks.popleft()
+        self._virtual = max(self._virtual, organization.pass_)
         organization.pass_ += stride(organization.weight)
         if organization.rate_per_s:
             organization.tat = next_tat(organization.tat, now, len(ids), organization.rate_per_s)

@@ -4,7 +4,8 @@ every host take turns on one state atomically, on Redis's clock.
 Keys, under `<namespace>:fair:`: `orgs` (sorted set: the organizations with chunks waiting, by pass),
 `q:<organization>` (sorted set: its chunks' sequence numbers by the time they are booked at), `chunk` (hash:
 sequence number → the chunk's ids as JSON), `seq`, `weight`, `rate`, `booked`, `tat` (hashes by
-organization), `claims` (hash: claim → organization and ids) and `claimed` (sorted set: claim → when).
+organization), `left` (hash: an organization's pass when it stopped waiting), `virtual` (the highest pass
+served), `claims` (hash: claim → organization and ids) and `claimed` (sorted set: claim → when).
 The scripts name keys they build themselves: fine on one Redis (what Dramatiq's broker needs too), not on a
 cluster.
 """
@@ -12,7 +13,7 @@ cluster.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -23,28 +24,35 @@ from workers.fair import CLAIM_TTL_S, PACE_BURST_S, STRIDE, Taken
 # thousands of chunks; a hundred of 250 ids is some 650 KB, a few milliseconds.
 PUT_AT_ONCE = 100
 
-# The clock of every script: Redis's own, one for all hosts.
+# The clock of every script: ARGV[1] when a test gives one, else Redis's own, one for all hosts.
 _NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(ARGV[1])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 """
 
-# ARGV: organization, weight, rate (0: unpaced), then each chunk's ids as JSON. Returns each chunk's delay.
+# ARGV: now, organization, weight, rate (0: unpaced), then each chunk's ids as JSON. Returns each chunk's
+# delay. An organization that starts waiting joins at workers.fair.joining_pass: its own pass kept in `left`,
+# the virtual time in `virtual`, the lowest pass waiting.
 _PUT = (
     _NOW
     + """
-local p, org = KEYS[1], ARGV[1]
-local weight, rate = tonumber(ARGV[2]), tonumber(ARGV[3])
+local p, org = KEYS[1], ARGV[2]
+local weight, rate = tonumber(ARGV[3]), tonumber(ARGV[4])
 local q = p .. 'q:' .. org
 if redis.call('ZCARD', q) == 0 then
   local lowest = redis.call('ZRANGE', p .. 'orgs', 0, 0, 'WITHSCORES')
-  redis.call('ZADD', p .. 'orgs', lowest[2] or 0, org)
+  local own = tonumber(redis.call('HGET', p .. 'left', org) or '0')
+  local virtual = tonumber(redis.call('GET', p .. 'virtual') or '0')
+  redis.call('ZADD', p .. 'orgs', math.max(own, virtual, tonumber(lowest[2] or '0')), org)
 end
 redis.call('HSET', p .. 'weight', org, weight)
 redis.call('HSET', p .. 'rate', org, rate)
 local booked = tonumber(redis.call('HGET', p .. 'booked', org) or '0')
 local delays = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local at = now
   if rate > 0 then
     at = math.max(now, booked)
@@ -60,12 +68,12 @@ return delays
 """
 )
 
-# ARGV: claim, stride, claim TTL, pace burst. Returns {organization, ids} taken, {'', wait} or {}.
+# ARGV: now, claim, stride, claim TTL, pace burst. Returns {organization, ids} taken, {'', wait} or {}.
 _TAKE = (
     _NOW
     + """
-local p, claim, stride_base, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local burst = tonumber(ARGV[4])
+local p, claim, stride_base, ttl = KEYS[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local burst = tonumber(ARGV[5])
 local held = redis.call('HGET', p .. 'claims', claim)
 if held then
   local c = cjson.decode(held)
@@ -91,11 +99,17 @@ for _, org in ipairs(redis.call('ZRANGE', p .. 'orgs', 0, -1)) do
       tat = math.max(tat, now - math.max(0, burst - step)) + step
       redis.call('HSET', p .. 'tat', org, string.format('%.6f', tat))
     end
+    local pass = tonumber(redis.call('ZSCORE', p .. 'orgs', org))
+    if pass > tonumber(redis.call('GET', p .. 'virtual') or '0') then
+      redis.call('SET', p .. 'virtual', string.format('%d', pass))
+    end
+    local weight = tonumber(redis.call('HGET', p .. 'weight', org) or '1')
+    pass = pass + math.floor(stride_base / weight)
     if redis.call('ZCARD', q) == 0 then
       redis.call('ZREM', p .. 'orgs', org)
+      redis.call('HSET', p .. 'left', org, string.format('%d', pass))
     else
-      local weight = tonumber(redis.call('HGET', p .. 'weight', org) or '1')
-      redis.call('ZINCRBY', p .. 'orgs', math.floor(stride_base / weight), org)
+      redis.call('ZADD', p .. 'orgs', pass, org)
     end
     redis.call('HSET', p .. 'claims', claim, cjson.encode({org, ids}))
     redis.call('ZADD', p .. 'claimed', now, claim)
@@ -109,20 +123,40 @@ return {'', string.format('%.6f', earliest - now)}
 )
 
 _DONE = """
-redis.call('HDEL', KEYS[1] .. 'claims', ARGV[1])
-redis.call('ZREM', KEYS[1] .. 'claimed', ARGV[1])
+redis.call('HDEL', KEYS[1] .. 'claims', ARGV[2])
+redis.call('ZREM', KEYS[1] .. 'claimed', ARGV[2])
 """
+
+# ARGV: now, limit. Returns how many chunks may be taken now (booked by now, their organization's tat come),
+# counted up to the limit: one ZCOUNT per organization waiting.
+_READY = (
+    _NOW
+    + """
+local p, limit = KEYS[1], tonumber(ARGV[2])
+local ready = 0
+for _, org in ipairs(redis.call('ZRANGE', p .. 'orgs', 0, -1)) do
+  if tonumber(redis.call('HGET', p .. 'tat', org) or '0') <= now then
+    ready = ready + redis.call('ZCOUNT', p .. 'q:' .. org, '-inf', now)
+    if ready >= limit then return limit end
+  end
+end
+return ready
+"""
+)
 
 
 class RedisFairQueue:
-    """`workers.fair.FairQueue` in Redis, through `client` (the broker's), under `namespace`."""
+    """`workers.fair.FairQueue` in Redis, through `client` (the broker's), under `namespace`. `clock`:
+    seconds, Redis's own clock unless a test gives one."""
 
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(self, client: redis.Redis, namespace: str, clock: Callable[[], float] | None = None) -> None:
         self._client = client
+        self._clock = clock
         self._prefix = f"{namespace}:fair:"
         self._put = client.register_script(_PUT)
         self._take = client.register_script(_TAKE)
         self._done = client.register_script(_DONE)
+        self._ready = client.register_script(_READY)
 
     def put(
         self,
@@ -137,13 +171,15 @@ class RedisFairQueue:
             payloads = [
                 json.dumps(list(c), separators=(",", ":")) for c in chunks[start : start + PUT_AT_ONCE]
             ]
-            args = [organization_id, weight, rate_per_s or 0, *payloads]
+            args = [self._now(), organization_id, weight, rate_per_s or 0, *payloads]
             answer: list[Any] = self._put(keys=[self._prefix], args=args)
             delays += [float(d) for d in answer]
         return delays
 
     def take(self, claim: str) -> Taken:
-        answer: list[Any] = self._take(keys=[self._prefix], args=[claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S])
+        answer: list[Any] = self._take(
+            keys=[self._prefix], args=[self._now(), claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S]
+        )
         if not answer:
             return Taken()
         organization, rest = answer[0].decode(), answer[1].decode()
@@ -152,4 +188,11 @@ class RedisFairQueue:
         return Taken(organization, json.loads(rest))
 
     def done(self, claim: str) -> None:
-        self._done(keys=[self._prefix], args=[claim])
+        self._done(keys=[self._prefix], args=[self._now(), claim])
+
+    def ready(self, limit: int) -> int:
+        return int(self._ready(keys=[self._prefix], args=[self._now(), limit]))
+
+    def _now(self) -> str:
+        """The scripts' ARGV[1]: empty for Redis's clock."""
+        return "" if self._clock is None else f"{self._clock():.6f}"

@@ -3,8 +3,9 @@ Redis broker) and PostgreSQL (the RabbitMQ broker)."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -19,15 +20,26 @@ from workers.fair.memory import MemoryFairQueue
 from workers.fair.redis import RedisFairQueue
 
 
-@pytest.fixture(params=["memory", "redis", "postgresql"])
-def fair(request: pytest.FixtureRequest) -> Iterator[FairQueue]:
+class Clock:
+    """A clock a test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _queue(request: pytest.FixtureRequest, clock: Clock | None) -> Iterator[FairQueue]:
+    """The queue of the store `request.param` names, on `clock` (else each store's own)."""
+    now: Callable[[], float] = time.time if clock is None else clock
     if request.param == "memory":
-        yield MemoryFairQueue()
+        yield MemoryFairQueue(now)
     elif request.param == "redis":
         require(REDIS_URL, "Redis")
         client = redis.Redis.from_url(REDIS_URL)
         namespace = f"mdmq-test-{uuid.uuid4().hex[:8]}"
-        yield RedisFairQueue(client, namespace)
+        yield RedisFairQueue(client, namespace, clock)
         for key in client.scan_iter(f"{namespace}:*"):
             client.delete(key)
         client.close()
@@ -39,7 +51,23 @@ def fair(request: pytest.FixtureRequest) -> Iterator[FairQueue]:
             with Session(engine) as s, s.begin():
                 yield s
 
-        yield DatabaseFairQueue(session)
+        yield DatabaseFairQueue(session, now)
+
+
+@pytest.fixture(params=["memory", "redis", "postgresql"])
+def fair(request: pytest.FixtureRequest) -> Iterator[FairQueue]:
+    yield from _queue(request, None)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(1_800_000_000.0)
+
+
+@pytest.fixture(params=["memory", "redis", "postgresql"])
+def clocked(request: pytest.FixtureRequest, clock: Clock) -> Iterator[FairQueue]:
+    """A queue on `clock`."""
+    yield from _queue(request, clock)
 
 
 def _chunks(prefix: str, count: int, size: int = 2) -> list[list[str]]:
@@ -141,3 +169,41 @@ def test_a_long_paced_rollout_is_booked_slot_after_slot_and_taken_in_order(fair:
     assert delays == pytest.approx([i * 0.002 for i in range(250)], abs=0.05)
     first = fair.take("one")
     assert first.deployment_ids == chunks[0]
+
+
+def test_an_organization_that_starts_waiting_beside_a_paced_one_does_not_starve_the_others(
+    clocked: FairQueue, clock: Clock
+) -> None:
+    # A paced organization's pass moves only at its own rate (5 takes a second here), an unpaced one's at
+    # the lane's (40 takes a second, less the paced one's): after a while the paced one lags far behind.
+    # An organization that starts waiting then must join level with the unpaced one, not at the paced one's
+    # stale pass, where it would take every turn until it caught up.
+    clocked.put("paced", _chunks("p", 200, size=1), rate_per_s=5.0)
+    clocked.put("acme", _chunks("a", 1_000))
+    for _ in range(800):  # 20 s of the lane, a take every 25 ms
+        assert clocked.take(uuid.uuid4().hex).organization_id is not None
+        clock.now += 0.025
+    clocked.put("beta", _chunks("b", 200))
+
+    order = []
+    for _ in range(100):
+        order.append(clocked.take(uuid.uuid4().hex).organization_id)
+        clock.now += 0.025
+
+    # The paced one keeps its 5 a second (12 or 13 in 2.5 s); acme and beta share the rest about evenly.
+    assert 11 <= order.count("paced") <= 14, order
+    assert 40 <= order.count("acme") <= 48, order
+    assert 40 <= order.count("beta") <= 48, order
+
+
+def test_ready_counts_the_chunks_that_may_go_now_and_no_others(clocked: FairQueue, clock: Clock) -> None:
+    clocked.put("acme", _chunks("a", 3))
+    clocked.put("paced", _chunks("p", 4, size=1), rate_per_s=1.0)  # booked a second apart
+    claimed = clocked.take("one")
+
+    assert claimed.organization_id == "acme"
+    assert clocked.ready(100) == 2 + 1  # acme's two not claimed, paced's first
+    assert clocked.ready(2) == 2
+    clock.now += 2.0
+    assert clocked.ready(100) == 2 + 3
+
