@@ -17,6 +17,10 @@ CHUNK = SQLModel.metadata.tables["fair_chunk"]
 TURN = SQLModel.metadata.tables["fair_organization"]
 # Takers that lose a paced organization's slot to another look again, past it, this many times at most.
 _LOOKS = 8
+# The wait a take answers when chunks may go now but other takers hold them all locked (or won their
+# slots): without a floor it would be ~0, and the token, sent again after a millisecond, would spin on the
+# database for as long as the contention lasts. 50 ms is a fraction of a chunk's dispatch.
+CONTENDED_WAIT_S = 0.05
 
 # From the end of an organization's bookings: each chunk's booked time, and the new end.
 Booking = Callable[[float], tuple[list[float], float]]
@@ -183,4 +187,6 @@ def _wait(session: Session, *, now_s: float) -> FairTake:
         .group_by(o.organization_id, o.tat_s)
     )
     times = [max(row.tat_s, row.ready) for row in run(session, statement)]
-    return FairTake(wait_s=max(0.0, min(times) - now_s)) if times else FairTake()
+    if not times:
+        return FairTake()
+    return FairTake(wait_s=max(CONTENDED_WAIT_S, min(times) - now_s))

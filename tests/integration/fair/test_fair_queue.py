@@ -10,9 +10,11 @@ from contextlib import contextmanager
 
 import pytest
 import redis
+import sqlalchemy as sa
 from sqlmodel import Session
 
 from models.database import Engine
+from models.store.fair import CHUNK, CONTENDED_WAIT_S
 from tests.services import REDIS_URL, require
 from workers.fair import FairQueue
 from workers.fair.database import DatabaseFairQueue
@@ -207,3 +209,20 @@ def test_ready_counts_the_chunks_that_may_go_now_and_no_others(clocked: FairQueu
     clock.now += 2.0
     assert clocked.ready(100) == 2 + 3
 
+
+def test_a_database_take_that_finds_every_ready_chunk_locked_waits_a_floor_not_zero(pg: Engine) -> None:
+    @contextmanager
+    def session() -> Iterator[Session]:
+        with Session(pg) as s, s.begin():
+            yield s
+
+    fair = DatabaseFairQueue(session)
+    fair.put("acme", _chunks("a", 1))
+
+    with pg.connect() as other, other.begin():  # another taker, mid-take, holds the chunk locked
+        other.execute(sa.select(CHUNK.c.id).with_for_update()).all()
+        contended = fair.take("one")
+
+    assert contended.deployment_ids is None
+    assert contended.wait_s == CONTENDED_WAIT_S
+    assert fair.take("two").organization_id == "acme"  # the lock gone, the chunk goes
