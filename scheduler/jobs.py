@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 PAGE = 1_000
 PAGES = 200  # at most 200,000 rows a run, a page at a time; what is left is the next run's
 
+# The most tokens one run of `fair_tokens` sends: tokens lost are the odd one, and a backlog that has its
+# tokens queued already should cost no more than a hundred empty takes a run.
+FAIR_TOKENS_PER_RUN = 100
 _USABLE = frozenset({CredentialStatus.valid, CredentialStatus.expiring})
 # Runs of the scheduler's own history older than this are purged.
 RUNS_KEPT = timedelta(days=7)
@@ -169,6 +172,18 @@ def poll_receipts_job(actors: Actors, now: datetime) -> int:
     return polled
 
 
+def fair_tokens_job(actors: Actors, now: datetime) -> int:
+    """Send a bulk-lane token for each chunk of the fair queue that may go now and is claimed by none, up
+    to `FAIR_TOKENS_PER_RUN`; returns how many. A token ends only when it finds the queue empty, so chunks
+    that lost theirs (a send that failed after the put, a put re-sent by the relay, a Redis restart that
+    kept chunks and tokens unevenly, a token an older release failed) would otherwise wait for the re-push
+    sweep, and the last of every rollout with them. Tokens sent for chunks whose own are still queued are
+    harmless: the last ones find the queue empty and end."""
+    ready = actors.app.fair.ready(FAIR_TOKENS_PER_RUN)
+    actors.send_tokens(ready)
+    return ready
+
+
 def _sweep_interval(actors: Actors) -> float:
     return actors.app.settings.sweep_interval_s
 
@@ -191,4 +206,5 @@ JOBS: tuple[Job, ...] = (
     Job("poll_receipts", poll_receipts_job, lambda actors: actors.app.settings.poll_interval_s),
     Job("certificates", certificates_job, lambda actors: actors.app.settings.cert_watch_interval_s),
     Job("probe_holds", probe_holds_job, _sweep_interval),
+    Job("fair_tokens", fair_tokens_job, _sweep_interval),
 )

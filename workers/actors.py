@@ -199,6 +199,12 @@ class Actors:
         delay_ms = int(delay_s * 1000)
         self.dispatch_bulk.send_with_options(args=(), delay=delay_ms if delay_ms > 0 else None)
 
+    def send_tokens(self, count: int) -> None:
+        """`count` bulk-lane tokens on the queue at once, each to take the next chunk in turn (a token that
+        finds the fair queue empty ends there)."""
+        for _ in range(count):
+            self._send_token(0.0)
+
     def enqueue_ids(self, deployment_ids: Sequence[str]) -> int:
         """`enqueue` for deployments known by id only (released, retried), committed already. With the
         broker away, those not sent are the relay's (they are not marked enqueued): logged in one line, and

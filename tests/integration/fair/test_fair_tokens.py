@@ -1,0 +1,72 @@
+"""The scheduler's `fair_tokens` job on Redis and PostgreSQL, with a real `dramatiq` worker and the
+sandbox's APNs: chunks in the fair queue whose tokens were lost are dispatched after one run, not left to
+the re-push sweep."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dramatiq
+import pytest
+from sqlalchemy.engine import Engine
+
+from models.store import create_deployments
+from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
+from sandbox.tls import make_ca
+from scheduler import jobs
+from tests.acceptance.test_fair_share import World, _fleet, _organization, _profiles
+from tests.helpers import wait_until, worker_process_settings
+from workers.actors import declare_actors
+from workers.app import App
+from workers.fair.database import DatabaseFairQueue
+from workers.fair.redis import RedisFairQueue
+
+DEVICES = 30
+
+
+@pytest.fixture
+def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
+    registry = DeviceRegistry()
+    owner: dict[str, str] = {}
+    ca = make_ca("mdmq test push CA")
+    registry.add_apns_client_ca(ca.certificate)
+    certificate, tokens = _fleet(registry, ca, owner, "acme", DEVICES)
+    with (
+        SandboxThread(registry, tls=True, apns_faults=FaultConfig(latency=Latency.fixed(5))) as sandbox,
+        worker_process_settings(sandbox, tmp_path, database_url=postgres_url) as settings,
+    ):
+        world = World(settings, registry, {}, owner, defaultdict(list), threading.Lock())
+        app = App(settings)
+        world.devices["acme"] = _organization(app, "acme", certificate, tokens)
+        app.close()
+        registry.subscribe(world.record)
+        yield world
+
+
+# The Redis broker carries the tokens either way; "postgresql" keeps the fair queue in the database, as
+# beside a RabbitMQ broker (whose queues no test namespace separates from another run's).
+@pytest.mark.parametrize("store", ["redis", "postgresql"])
+def test_chunks_that_lost_their_tokens_are_dispatched_after_one_run(world: World, store: str) -> None:
+    app = App(world.settings)
+    if store == "postgresql":
+        app.__dict__["fair"] = DatabaseFairQueue(app.session)
+    assert isinstance(app.fair, RedisFairQueue if store == "redis" else DatabaseFairQueue)
+    actors = declare_actors(app)
+    with app.session() as s:
+        ids = create_deployments(s, organization_id="acme", deployments=_profiles(world.devices["acme"]))
+    app.fair.put("acme", [ids[i : i + 10] for i in range(0, DEVICES, 10)])  # and no token sent
+    worker = dramatiq.Worker(app.broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        assert app.fair.ready(100) == 3
+        assert jobs.fair_tokens_job(actors, datetime.now(UTC)) == 3
+        wait_until(lambda: world.count("acme") == DEVICES, 60, "every push")
+        wait_until(lambda: app.fair.ready(100) == 0, 10, "the chunks taken")
+        assert jobs.fair_tokens_job(actors, datetime.now(UTC)) == 0
+    finally:
+        worker.stop()
+        app.close()
