@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from models.batches import IDS_PER_STATEMENT, chunked
 from models.database import Session
 from models.statuses import Kind
 from models.store.organizations import FairShare, fair_shares
-from models.store.sweeps import Due, mark_enqueued, unmark_enqueued
+from models.store.sweeps import Due, defer_redelivery, mark_enqueued, unmark_enqueued
 from models.types import utcnow
 from workers.broker import BROKER_ERRORS
 from workers.fair import FairQueue, paced_chunk_size
@@ -54,28 +55,24 @@ def enqueue_dispatch(
     a send fails (the broker is down), the rows are left saying which messages went: those sent are marked,
     those not are unmarked, for the relay to enqueue once the broker is back; then `BrokerAway` is raised
     (any other error as it is). A chunk in the fair queue counts as sent, token or not: any token takes
-    it in turn, and the re-push sweep at its redelivery time should no token come."""
+    it in turn, and the re-push sweep at its redelivery time should no token come. A chunk booked for
+    later (a paced organization's) has that time counted from its slot: the sweep would otherwise send a
+    second copy of every chunk still waiting its turn, and push the organization's pacing further again."""
     grouped = lanes((d.id, d.organization_id, d.kind, d.urgent) for d in deployments)
     sends = _sends(session, grouped, urgent=urgent, bulk=bulk, chunk_size=chunk_size, fair=fair)
-    sent: list[str] = []
+    marks = _Marks(session, redeliver_after_s, mark=not marked)
     for done, (send, chunk) in enumerate(sends):
         try:
             send()
         except Exception as e:
             if marked:
                 _unmark(session, [i for _, unsent in sends[done:] for i in unsent])
-            elif sent:
-                _mark(session, sent, redeliver_after_s)
+            marks.flush()
             if isinstance(e, BROKER_ERRORS):
                 raise BrokerAway(f"{type(e).__name__}: {e}") from None
             raise
-        if not marked:
-            sent += chunk
-            if len(sent) >= MARK_EVERY:
-                _mark(session, sent, redeliver_after_s)
-                sent = []
-    if sent:
-        _mark(session, sent, redeliver_after_s)
+        marks.add(chunk, send.booked)
+    marks.flush()
     if lost := next((send.lost for send, _ in sends if isinstance(send, _FairPut) and send.lost), None):
         raise BrokerAway(f"{type(lost).__name__}: {lost}") from None
     return sum(send.messages for send, _ in sends)
@@ -116,6 +113,7 @@ class _Message:
 
     def __init__(self, send: Send, ids: list[str]) -> None:
         self.send, self.ids, self.messages = send, ids, 1
+        self.booked: list[tuple[list[str], float]] = []  # goes at once
 
     def __call__(self) -> None:
         self.send(self.ids)
@@ -131,6 +129,7 @@ class _FairPut:
         self.fair, self.organization_id, self.chunks, self.share = fair, organization_id, chunks, share
         self.messages = len(chunks)
         self.lost: Exception | None = None
+        self.booked: list[tuple[list[str], float]] = []  # (chunk, seconds to its slot), once put
 
     def __call__(self) -> None:
         delays = self.fair.queue.put(
@@ -139,6 +138,7 @@ class _FairPut:
             weight=self.share.weight,
             rate_per_s=self.share.wake_rate_per_s,
         )
+        self.booked = [(chunk, delay_s) for chunk, delay_s in zip(self.chunks, delays, strict=True)]
         for sent, delay_s in enumerate(delays):
             try:
                 self.fair.token(delay_s)
@@ -156,12 +156,46 @@ _Send = _Message | _FairPut
 MARK_EVERY = IDS_PER_STATEMENT
 
 
-def _mark(
-    session: Callable[[], AbstractContextManager[Session]], ids: list[str], redeliver_after_s: float
-) -> None:
-    with session() as s:
-        now = utcnow()
-        mark_enqueued(s, ids=ids, now=now, redeliver_at=now + timedelta(seconds=redeliver_after_s))
+# A chunk booked for later is re-pushed no sooner than its slot and then the redelivery time; the slot
+# rounded up to a tenth of the redelivery time, so that a paced rollout's chunks, each booked a little after
+# the last, are re-marked a group at a time (one statement per group, not per chunk), and no re-push comes
+# more than a tenth of the redelivery time late.
+REDELIVERY_STEP_SHARE = 0.1
+
+
+class _Marks:
+    """The ids sent, marked enqueued (`mark`: not created so) a few thousand at a time, and those booked for
+    later given their later redelivery time, grouped by it."""
+
+    def __init__(
+        self, session: Callable[[], AbstractContextManager[Session]], redeliver_after_s: float, *, mark: bool
+    ) -> None:
+        self.session, self.redeliver_after_s, self.mark = session, redeliver_after_s, mark
+        self.sent: list[str] = []
+        self.later: dict[float, list[str]] = {}  # seconds from now to redelivery → ids booked for later
+        self.step_s = redeliver_after_s * REDELIVERY_STEP_SHARE
+
+    def add(self, ids: list[str], booked: list[tuple[list[str], float]]) -> None:
+        if self.mark:
+            self.sent += ids
+        for chunk, delay_s in booked:
+            if delay_s > 0:
+                offset = self.redeliver_after_s + math.ceil(delay_s / self.step_s) * self.step_s
+                self.later.setdefault(offset, []).extend(chunk)
+        if len(self.sent) + sum(len(i) for i in self.later.values()) >= MARK_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.sent and not self.later:
+            return
+        with self.session() as s:
+            now = utcnow()
+            if self.sent:
+                redeliver_at = now + timedelta(seconds=self.redeliver_after_s)
+                mark_enqueued(s, ids=self.sent, now=now, redeliver_at=redeliver_at)
+            for offset, ids in self.later.items():
+                defer_redelivery(s, ids=ids, redeliver_at=now + timedelta(seconds=offset))
+        self.sent, self.later = [], {}
 
 
 def _unmark(session: Callable[[], AbstractContextManager[Session]], ids: list[str]) -> None:

@@ -87,6 +87,19 @@ def mark_enqueued(session: Session, *, ids: Sequence[str], now: datetime, redeli
     )
 
 
+def defer_redelivery(session: Session, *, ids: Sequence[str], redeliver_at: datetime) -> None:
+    """Enqueued, but booked to go later (a paced organization's chunk in the fair queue): the re-push sweep
+    is to take them no sooner than `redeliver_at`, their slot and then the redelivery time. A re-push time
+    later already stands; so does a retry time of its own (the deployment is no longer Queued)."""
+    pending = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at < redeliver_at)
+    update_deployments(
+        session,
+        ids=ids,
+        where=sa.and_(c.status == Status.queued.value, c.enqueued_at.is_not(None), pending),
+        values={"next_attempt_at": redeliver_at},
+    )
+
+
 def unmark_enqueued(session: Session, *, ids: Sequence[str]) -> None:
     """Created as enqueued (`create_deployments(redeliver_after_s=…)`), but their messages never reached the
     broker: the relay is to enqueue them once the broker is back. Only those not claimed since (a message
