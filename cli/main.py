@@ -153,6 +153,7 @@ def worker(
     urgent_threads: int | None = typer.Option(
         None,
         min=0,
+        max=64,  # as MDMQ_WORKER_URGENT_THREADS allows
         help="Threads per worker process for the urgent queue alone (default MDMQ_WORKER_URGENT_THREADS, 2; "
         "0: every thread takes both queues).",
     ),

@@ -45,3 +45,15 @@ def test_a_table_piped_to_a_file_or_a_pager_is_not_cut_at_80_columns(tmp_path: P
     assert listed.returncode == 0, listed.stderr
     assert [line for line in listed.stdout.splitlines() if org in line], listed.stdout
     assert max(map(len, listed.stdout.splitlines())) > 80
+
+
+def test_more_urgent_threads_than_the_setting_allows_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    env = {"MDMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'never.db'}", "MDMQ_BROKER_URL": "stub://"}
+
+    result = run_mdmq("worker", "--urgent-threads", "65", env=env, timeout_s=60, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    said = " ".join(result.stderr.replace("│", " ").split())  # the usage box wraps the line
+    assert "Invalid value for '--urgent-threads'" in said
+    assert "less than or equal to 64" in said
+    assert not (tmp_path / "never.db").exists()
