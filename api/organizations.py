@@ -9,11 +9,14 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Caller, OrganizationId
+from api.errors import ENTITY_NOT_FOUND, ApiError
 from models.store.audit import record_audit_event
 from models.store.organizations import (
     MAX_FAIR_WEIGHT,
     FairShare,
+    UnknownOrganization,
     fair_share_of,
+    organization_exists,
     set_fair_share,
 )
 from workers.app import App
@@ -60,6 +63,8 @@ def router(app: App) -> APIRouter:
         """Required permission: `mdm.organization.manage`. The organization's wake-up rate and weight."""
         caller.require(organizationId, "mdm.organization.manage")
         with app.session() as session:
+            if not organization_exists(session, organization_id=organizationId):
+                raise ApiError(ENTITY_NOT_FOUND)
             share = fair_share_of(session, organization_id=organizationId)
         return {"status": True, "data": _settings(organizationId, share)}
 
@@ -67,7 +72,8 @@ def router(app: App) -> APIRouter:
     def change(organizationId: OrganizationId, body: SettingsIn, caller: Caller) -> dict[str, Any]:
         """Required permission: `mdm.organization.manage`. Changes the fields given (`null`: back to the
         default), kept in the audit record. A rate of 0 or less, or a weight outside 1-100, is a 400 and
-        changes nothing. Chunks already waiting keep the pace they were booked at."""
+        changes nothing; an unknown organization is a 404 (3001), never created. Chunks already waiting
+        keep the pace they were booked at."""
         caller.require(organizationId, "mdm.organization.manage")
         given = body.model_fields_set
         changes: dict[str, Any] = {}
@@ -76,7 +82,10 @@ def router(app: App) -> APIRouter:
         if "fairWeight" in given:
             changes["weight"] = body.fairWeight
         with app.session() as session:
-            share = set_fair_share(session, organization_id=organizationId, **changes)
+            try:
+                share = set_fair_share(session, organization_id=organizationId, **changes)
+            except UnknownOrganization:  # never created by a setting: a 404, as the GET
+                raise ApiError(ENTITY_NOT_FOUND) from None
             if changes:
                 record_audit_event(
                     session,

@@ -1,7 +1,8 @@
 """`mdmq orgs show|set`: an organization's wake-up rate and its weight on the bulk lane (DESIGN §4.7), as the
 API's `/settings` reads and changes them; a change is kept in the audit record.
 
-Exit codes: 0 done, 1 no such organization (show), 64 usage (a rate of 0 or less, a weight outside 1-100).
+Exit codes: 0 done, 1 no such organization (show, and set: a setting never creates one), 64 usage (a rate
+of 0 or less, a weight outside 1-100).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from models.store.audit import record_audit_event
 from models.store.organizations import (
     FairShare,
     InvalidFairShare,
+    UnknownOrganization,
     check_fair_share,
     fair_share_of,
     organization_exists,
@@ -79,7 +81,10 @@ def set_(
     app = App(load_settings())
     try:
         with app.session() as s:
-            share = set_fair_share(s, organization_id=org, **changes)
+            try:
+                share = set_fair_share(s, organization_id=org, **changes)
+            except UnknownOrganization as e:
+                fail(str(e), EXIT_NOTHING)
             detail = {_API_NAMES[name]: value for name, value in changes.items()}
             record_audit_event(s, organization_id=org, actor="cli", action="settings.changed", detail=detail)
     finally:

@@ -134,6 +134,10 @@ class InvalidFairShare(MdmqError, ValueError):
     """A weight is a whole number from 1 to 100; a wake-up rate a finite number above 0, or none."""
 
 
+class UnknownOrganization(MdmqError, LookupError):
+    """No such organization: its settings are neither read nor changed (nor is it created)."""
+
+
 def check_fair_share(*, weight: object = None, wake_rate_per_s: object = None) -> None:
     """`InvalidFairShare` naming the value refused; None for either is allowed (the default)."""
     if weight is not None and (
@@ -154,13 +158,17 @@ def set_fair_share(
     weight: int | None = _UNCHANGED,
     wake_rate_per_s: float | None = _UNCHANGED,
 ) -> FairShare:
-    """Change an organization's weight or wake-up rate (None: back to the default), creating it if needed;
-    what it has now. Chunks waiting already keep the rate they were booked at; new ones take the new."""
+    """Change an organization's weight or wake-up rate (None: back to the default); what it has now. Chunks
+    waiting already keep the rate they were booked at; new ones take the new. `UnknownOrganization` when it
+    does not exist: a setting never creates one (a typo in its id would otherwise make a new organization;
+    they are created with their first token, `mdmq token create --create-org`)."""
     check_fair_share(
         weight=None if weight is _UNCHANGED else weight,
         wake_rate_per_s=None if wake_rate_per_s is _UNCHANGED else wake_rate_per_s,
     )
-    organization = ensure_organization(session, organization_id=organization_id)
+    organization = session.get(Organization, organization_id)
+    if organization is None:
+        raise UnknownOrganization(f"no organization {organization_id}")
     if weight is not _UNCHANGED:
         organization.fair_weight = weight
     if wake_rate_per_s is not _UNCHANGED:

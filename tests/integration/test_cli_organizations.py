@@ -11,7 +11,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from models.store import ensure_organization
-from models.store.organizations import fair_share_of
+from models.store.audit import audit_events
+from models.store.organizations import (
+    UnknownOrganization,
+    fair_share_of,
+    organization_exists,
+    set_fair_share,
+)
 from tests.helpers import run_mdmq
 
 
@@ -68,3 +74,20 @@ def test_show_of_an_unknown_organization_exits_1(mdmq: Any, pg: Engine) -> None:
     code, _, err = mdmq("orgs", "show", "--org", "nobody")
     assert code == 1
     assert "no organization nobody" in err
+
+
+def test_set_of_an_unknown_organization_exits_1_and_creates_nothing(mdmq: Any, pg: Engine) -> None:
+    code, _, err = mdmq("orgs", "set", "--org", "nobody", "--wake-rate", "5", "--weight", "2")
+
+    assert code == 1, err
+    assert "no organization nobody" in err
+    with Session(pg) as s:
+        assert not organization_exists(s, organization_id="nobody")
+        assert audit_events(s, organization_id="nobody", action="settings.changed") == []
+
+
+def test_the_store_never_creates_an_organization_for_a_setting(pg: Engine) -> None:
+    with Session(pg) as s, s.begin(), pytest.raises(UnknownOrganization, match="no organization nobody"):
+        set_fair_share(s, organization_id="nobody", weight=2)
+    with Session(pg) as s:
+        assert not organization_exists(s, organization_id="nobody")

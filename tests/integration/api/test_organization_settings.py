@@ -10,7 +10,7 @@ import requests
 
 from models.store import ensure_organization
 from models.store.audit import audit_events
-from models.store.organizations import fair_share_of
+from models.store.organizations import fair_share_of, organization_exists
 from models.store.tokens import create_token
 from tests.integration.api.conftest import Client
 from workers.app import App
@@ -94,3 +94,22 @@ def test_settings_need_their_permission(client: Client, mdmq: App) -> None:
     assert answer.status_code == 403, answer.text
     with mdmq.session() as s:
         assert fair_share_of(s, organization_id="acme").weight == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH"])
+def test_an_unknown_organization_is_not_found_and_not_created(
+    client: Client, token: str, mdmq: App, method: str
+) -> None:
+    answer = client.http.request(
+        method,
+        f"{client.base_url}/v1/organizations/nobody/settings",
+        json={"fairWeight": 2} if method == "PATCH" else None,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+
+    assert answer.status_code == 404, answer.text
+    assert answer.json() == {"status": False, "error": {"code": 3001, "message": "Entity not found"}}
+    with mdmq.session() as s:
+        assert not organization_exists(s, organization_id="nobody")
+        assert audit_events(s, organization_id="nobody", action="settings.changed") == []
