@@ -13,6 +13,8 @@ from api.errors import ENTITY_NOT_FOUND, ApiError
 from models.store.audit import record_audit_event
 from models.store.organizations import (
     MAX_FAIR_WEIGHT,
+    MAX_WAKE_RATE_PER_S,
+    MIN_WAKE_RATE_PER_S,
     FairShare,
     UnknownOrganization,
     fair_share_of,
@@ -29,10 +31,12 @@ class SettingsIn(BaseModel):
 
     wakeRatePerS: float | None = Field(
         default=None,
-        gt=0,
+        ge=MIN_WAKE_RATE_PER_S,  # why these bounds: beside them, in models.store.organizations
+        le=MAX_WAKE_RATE_PER_S,
         allow_inf_nan=False,
-        description="Wake-up pushes per second for bulk work, shared by every worker; null: as fast as the "
-        "providers accept them. Urgent work (security actions, `urgent: true`) is never paced.",
+        description="Wake-up pushes per second for bulk work (0.1 to 100000), shared by every worker; "
+        "null: as fast as the providers accept them. Urgent work (security actions, `urgent: true`) is "
+        "never paced.",
     )
     fairWeight: int | None = Field(
         default=None,
@@ -71,9 +75,9 @@ def router(app: App) -> APIRouter:
     @routes.patch("/settings", response_model=SettingsAnswer)
     def change(organizationId: OrganizationId, body: SettingsIn, caller: Caller) -> dict[str, Any]:
         """Required permission: `mdm.organization.manage`. Changes the fields given (`null`: back to the
-        default), kept in the audit record. A rate of 0 or less, or a weight outside 1-100, is a 400 and
-        changes nothing; an unknown organization is a 404 (3001), never created. Chunks already waiting
-        keep the pace they were booked at."""
+        default), kept in the audit record. A rate outside 0.1-100,000, or a weight outside 1-100, is a
+        400 and changes nothing; an unknown organization is a 404 (3001), never created. Chunks already
+        waiting keep the pace they were booked at."""
         caller.require(organizationId, "mdm.organization.manage")
         given = body.model_fields_set
         changes: dict[str, Any] = {}

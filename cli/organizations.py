@@ -2,7 +2,7 @@
 API's `/settings` reads and changes them; a change is kept in the audit record.
 
 Exit codes: 0 done, 1 no such organization (show, and set: a setting never creates one), 64 usage (a rate
-of 0 or less, a weight outside 1-100).
+outside 0.1-100,000 a second, a weight outside 1-100).
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def set_(
     org: OrgOption,
     wake_rate: Annotated[
         float | None,
-        typer.Option("--wake-rate", help="Wake-up pushes per second for bulk work, shared by every worker."),
+        typer.Option(
+            "--wake-rate", help="Wake-up pushes a second for bulk work (0.1-100000), shared by every worker."
+        ),
     ] = None,
     unpaced: Annotated[bool, typer.Option("--unpaced", help="No wake-up rate: as fast as accepted.")] = False,
     weight: Annotated[

@@ -130,8 +130,17 @@ _UNCHANGED: Any = object()
 MAX_FAIR_WEIGHT = 100
 
 
+# A wake-up rate books each chunk's slot that far after the last, so it bounds how long a rollout lasts:
+# below 0.1 per second (one push every 10 s) a 100,000-device rollout would take more than eleven days, and
+# a rate such as 1e-300 books chunks centuries ahead, held in the fair queue for good. Above 100,000 per
+# second it paces nothing: more than the whole pipeline pushes, and every chunk is full-sized then
+# (`workers.fair.paced_chunk_size`). No pacing at all is None (`--unpaced`, null), not a huge rate.
+MIN_WAKE_RATE_PER_S = 0.1
+MAX_WAKE_RATE_PER_S = 100_000.0
+
+
 class InvalidFairShare(MdmqError, ValueError):
-    """A weight is a whole number from 1 to 100; a wake-up rate a finite number above 0, or none."""
+    """A weight is a whole number from 1 to 100; a wake-up rate from 0.1 to 100,000 a second, or none."""
 
 
 class UnknownOrganization(MdmqError, LookupError):
@@ -146,9 +155,14 @@ def check_fair_share(*, weight: object = None, wake_rate_per_s: object = None) -
         raise InvalidFairShare(f"weight must be a whole number from 1 to {MAX_FAIR_WEIGHT}, not {weight!r}")
     rate = wake_rate_per_s
     if rate is not None and (
-        not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 < rate < float("inf")
+        not isinstance(rate, int | float)
+        or isinstance(rate, bool)
+        or not MIN_WAKE_RATE_PER_S <= rate <= MAX_WAKE_RATE_PER_S
     ):
-        raise InvalidFairShare(f"wake rate must be a number of pushes per second above 0, not {rate!r}")
+        raise InvalidFairShare(
+            f"wake rate must be a number of pushes per second from {MIN_WAKE_RATE_PER_S:g} "
+            f"to {MAX_WAKE_RATE_PER_S:,.0f}, not {rate!r}"
+        )
 
 
 def set_fair_share(

@@ -49,6 +49,10 @@ def test_set_changes_the_rate_and_weight_and_show_reads_them(mdmq: Any, pg: Engi
     [
         ("--wake-rate", "0"),
         ("--wake-rate", "-1"),
+        ("--wake-rate", "1e-300"),
+        ("--wake-rate", "0.09"),
+        ("--wake-rate", "100001"),
+        ("--wake-rate", "inf"),
         ("--weight", "0"),
         ("--weight", "101"),
         ("--wake-rate", "5", "--unpaced"),

@@ -59,6 +59,9 @@ def test_settings_are_changed_field_by_field_and_reset_with_null(
     [
         ({"wakeRatePerS": 0}, "wakeRatePerS"),
         ({"wakeRatePerS": -5}, "wakeRatePerS"),
+        ({"wakeRatePerS": 1e-300}, "wakeRatePerS"),
+        ({"wakeRatePerS": 0.09}, "wakeRatePerS"),
+        ({"wakeRatePerS": 100_001}, "wakeRatePerS"),
         ({"wakeRatePerS": "fast"}, "wakeRatePerS"),
         ({"fairWeight": 0}, "fairWeight"),
         ({"fairWeight": 101}, "fairWeight"),
