@@ -2,7 +2,7 @@
 the sweep before their slot and then the redelivery time, and are after it: created as enqueued already
 (`Actors.create`) or enqueued after their commit (the relay, a retry). Real PostgreSQL, the fair queue of
 the in-process broker, no worker: nothing is pushed, so the rows stay Queued and the sweep is probed at
-chosen times."""
+chosen times; then enqueued again by the sweep, behind the first round's slots."""
 
 from __future__ import annotations
 
@@ -79,3 +79,13 @@ def test_a_paced_rollout_is_re_pushed_only_after_each_chunks_slot_and_the_redeli
     with Session(pg) as s, s.begin():
         again = repush_unanswered(s, policy=actors.app.policy, now=end, redeliver_after_s=REDELIVER_S)
     assert {d.id for d in again} == set(ids)
+
+    # Enqueued again by the sweep, they are booked after the first round's slots: the sweep's own
+    # redelivery time gives way to the later of each chunk's new slot and then the redelivery time.
+    actors.enqueue(again)
+    second = {d.id: DEVICES / RATE_PER_S + k / RATE_PER_S for k, d in enumerate(again)}
+    now = end + timedelta(seconds=REDELIVER_S + 0.5)
+    due = due_at(now)
+    early = [i for i in due if before + timedelta(seconds=second[i] + REDELIVER_S) > now]
+    assert not early, f"{len(early)} re-pushed again before their second slot and the redelivery time"
+    assert len(due) < DEVICES / 2
