@@ -9,7 +9,8 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from models.statuses import Kind
 from models.store import NewDeployment, ensure_organization
 from models.store.devices import NewDevice, add_devices
 from models.store.organizations import set_fair_share
-from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
+from sandbox import DeviceRegistry, FaultConfig, Latency, Sandbox, SandboxThread
 from sandbox.processes import WorkerProcesses
 from sandbox.registry import Delivery
 from sandbox.tls import Issued, MdmPushCertificate, issue_mdm_push_certificate, make_ca, mdm_topic
@@ -61,22 +62,36 @@ class World:
 @pytest.fixture
 def world(pg: Engine, postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
     """Organizations with `request.param`'s device counts, each with its certificate, on an APNs that
-    answers in 40 ms."""
-    sizes: dict[str, int] = request.param
+    answers in 40 ms, for real worker processes."""
+
+    def settings(sandbox: Sandbox) -> AbstractContextManager[Settings]:
+        return worker_process_settings(
+            sandbox, tmp_path, database_url=postgres_url, dispatch_chunk_size=CHUNK
+        )
+
+    with fleets_world(request.param, latency_ms=40, settings=settings) as world:
+        yield world
+
+
+@contextmanager
+def fleets_world(
+    sizes: Mapping[str, int],
+    *,
+    latency_ms: int,
+    settings: Callable[[Sandbox], AbstractContextManager[Settings]],
+) -> Iterator[World]:
+    """Organizations with `sizes` devices, each with its certificate, stored in the database `settings`
+    names, on an APNs that answers in `latency_ms`; every delivery recorded by organization."""
     registry = DeviceRegistry()
     owner: dict[str, str] = {}
     # Certificates first: the sandbox reads its client CAs when it starts.
     ca = make_ca("mdmq test push CA")  # one for all: the sandbox trusts one client CA per listener
     registry.add_apns_client_ca(ca.certificate)
     fleets = {o: _fleet(registry, ca, owner, o, count) for o, count in sizes.items()}
-    with (
-        SandboxThread(registry, tls=True, apns_faults=FaultConfig(latency=Latency.fixed(40))) as sandbox,
-        worker_process_settings(
-            sandbox, tmp_path, database_url=postgres_url, dispatch_chunk_size=CHUNK
-        ) as settings,
-    ):
-        world = World(settings, registry, {}, owner, defaultdict(list), threading.Lock())
-        app = App(settings)
+    faults = FaultConfig(latency=Latency.fixed(latency_ms))
+    with SandboxThread(registry, tls=True, apns_faults=faults) as sandbox, settings(sandbox) as chosen:
+        world = World(chosen, registry, {}, owner, defaultdict(list), threading.Lock())
+        app = App(chosen)
         for organization_id, (certificate, tokens) in fleets.items():
             world.devices[organization_id] = _organization(app, organization_id, certificate, tokens)
         app.close()

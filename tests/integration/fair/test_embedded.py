@@ -4,9 +4,8 @@ paced one no faster than its rate; and each broker gets the fair queue its proce
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import dramatiq
@@ -15,9 +14,8 @@ from sqlalchemy.engine import Engine
 
 from config.settings import Settings
 from models.store.organizations import set_fair_share
-from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
-from sandbox.tls import make_ca
-from tests.acceptance.test_fair_share import World, _fleet, _organization, _profiles
+from sandbox import Sandbox
+from tests.acceptance.test_fair_share import World, _profiles, fleets_world
 from tests.helpers import sandbox_settings, wait_until
 from tests.services import RABBITMQ_URL, REDIS_URL
 from workers.actors import declare_actors
@@ -29,21 +27,15 @@ from workers.fair.redis import RedisFairQueue
 
 @pytest.fixture
 def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
-    registry = DeviceRegistry()
-    owner: dict[str, str] = {}
-    ca = make_ca("mdmq test push CA")
-    registry.add_apns_client_ca(ca.certificate)
-    fleets = {o: _fleet(registry, ca, owner, o, n) for o, n in {"acme": 600, "beta": 40, "calm": 40}.items()}
-    with SandboxThread(registry, tls=True, apns_faults=FaultConfig(latency=Latency.fixed(20))) as sandbox:
-        settings = sandbox_settings(
-            sandbox, tmp_path, database_url=postgres_url, broker_url="stub://", dispatch_chunk_size=20
+    def settings(sandbox: Sandbox) -> AbstractContextManager[Settings]:
+        return nullcontext(
+            sandbox_settings(
+                sandbox, tmp_path, database_url=postgres_url, broker_url="stub://", dispatch_chunk_size=20
+            )
         )
-        world = World(settings, registry, {}, owner, defaultdict(list), threading.Lock())
-        app = App(settings)
-        for organization_id, (certificate, tokens) in fleets.items():
-            world.devices[organization_id] = _organization(app, organization_id, certificate, tokens)
-        app.close()
-        registry.subscribe(world.record)
+
+    sizes = {"acme": 600, "beta": 40, "calm": 40}
+    with fleets_world(sizes, latency_ms=20, settings=settings) as world:
         yield world
 
 

@@ -4,9 +4,8 @@ the re-push sweep."""
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,11 +13,11 @@ import dramatiq
 import pytest
 from sqlalchemy.engine import Engine
 
+from config.settings import Settings
 from models.store import create_deployments
-from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
-from sandbox.tls import make_ca
+from sandbox import Sandbox
 from scheduler import jobs
-from tests.acceptance.test_fair_share import World, _fleet, _organization, _profiles
+from tests.acceptance.test_fair_share import World, _profiles, fleets_world
 from tests.helpers import wait_until, worker_process_settings
 from workers.actors import declare_actors
 from workers.app import App
@@ -30,20 +29,10 @@ DEVICES = 30
 
 @pytest.fixture
 def world(pg: Engine, postgres_url: str, tmp_path: Path) -> Iterator[World]:
-    registry = DeviceRegistry()
-    owner: dict[str, str] = {}
-    ca = make_ca("mdmq test push CA")
-    registry.add_apns_client_ca(ca.certificate)
-    certificate, tokens = _fleet(registry, ca, owner, "acme", DEVICES)
-    with (
-        SandboxThread(registry, tls=True, apns_faults=FaultConfig(latency=Latency.fixed(5))) as sandbox,
-        worker_process_settings(sandbox, tmp_path, database_url=postgres_url) as settings,
-    ):
-        world = World(settings, registry, {}, owner, defaultdict(list), threading.Lock())
-        app = App(settings)
-        world.devices["acme"] = _organization(app, "acme", certificate, tokens)
-        app.close()
-        registry.subscribe(world.record)
+    def settings(sandbox: Sandbox) -> AbstractContextManager[Settings]:
+        return worker_process_settings(sandbox, tmp_path, database_url=postgres_url)
+
+    with fleets_world({"acme": DEVICES}, latency_ms=5, settings=settings) as world:
         yield world
 
 
