@@ -3,6 +3,7 @@ waiting for a condition."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -60,6 +61,18 @@ def events_of(engine: Engine, deployment_id: str) -> list[DeploymentEvent]:
 def event_count(engine: Engine) -> int:
     with Session(engine) as session:
         return session.exec(select(func.count(col(DeploymentEvent.id)))).one()
+
+
+def mdmq_json(database_url: str) -> Callable[..., tuple[int, Any, str]]:
+    """`mdmq ARGS` on `database_url`: its exit code, its output (parsed when `--json` is asked and it
+    printed something) and its standard error."""
+
+    def run(*args: str) -> tuple[int, Any, str]:
+        result = run_mdmq(*args, env={"MDMQ_DATABASE_URL": database_url}, timeout_s=120)
+        out = json.loads(result.stdout) if "--json" in args and result.stdout.strip() else result.stdout
+        return result.returncode, out, result.stderr
+
+    return run
 
 
 def run_mdmq(

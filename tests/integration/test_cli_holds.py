@@ -3,7 +3,6 @@ what they change, what they print for scripts, and their exit codes."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -18,19 +17,14 @@ from models.store.holds import NewHold, hold_provider
 from models.tables import AuditEvent, Deployment, Device, ProviderHold
 from models.types import utcnow
 from tests.conftest import MakeDeployments
-from tests.helpers import run_mdmq
+from tests.helpers import mdmq_json
 
 REASON = "the push certificate's topic does not match the devices' enrollment topic: upload the renewal"
 
 
 @pytest.fixture
 def mdmq(postgres_url: str) -> Any:
-    def run(*args: str) -> tuple[int, Any, str]:
-        result = run_mdmq(*args, env={"MDMQ_DATABASE_URL": postgres_url}, timeout_s=120)
-        out = json.loads(result.stdout) if "--json" in args and result.stdout.strip() else result.stdout
-        return result.returncode, out, result.stderr
-
-    return run
+    return mdmq_json(postgres_url)
 
 
 def _held(pg: Engine, make_deployments: MakeDeployments) -> list[str]:

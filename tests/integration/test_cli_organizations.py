@@ -3,7 +3,6 @@ exit codes; a bad value changes nothing."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -18,17 +17,12 @@ from models.store.organizations import (
     organization_exists,
     set_fair_share,
 )
-from tests.helpers import run_mdmq
+from tests.helpers import mdmq_json
 
 
 @pytest.fixture
 def mdmq(postgres_url: str) -> Any:
-    def run(*args: str) -> tuple[int, Any, str]:
-        result = run_mdmq(*args, env={"MDMQ_DATABASE_URL": postgres_url}, timeout_s=120)
-        out = json.loads(result.stdout) if "--json" in args and result.stdout.strip() else result.stdout
-        return result.returncode, out, result.stderr
-
-    return run
+    return mdmq_json(postgres_url)
 
 
 def test_set_changes_the_rate_and_weight_and_show_reads_them(mdmq: Any, pg: Engine) -> None:
