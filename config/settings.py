@@ -77,10 +77,20 @@ class Settings(BaseSettings):
     # The longest an idle worker process sleeps between looks at a Redis queue (Dramatiq's worker timeout,
     # 1,000 ms by default): what a message waits at worst before an idle worker takes it.
     worker_poll_ms: int = Field(default=250, ge=10, le=10_000)
-    # Worker threads of each worker process that take only urgent messages (locks, wipes, reports, a chunk's
-    # answers), beside its `--threads` for the bulk queue: urgent work never waits for a thread to finish a
-    # rollout's chunk (`workers.urgent_lane`). 0: every thread takes both queues, urgent first.
+    # Threads of the urgent lane's worker process, which `mdmq worker` starts beside its `--processes` (those
+    # then take the bulk queue alone): urgent messages (locks, wipes, reports, a chunk's answers) never wait
+    # for a thread, or for the interpreter lock, of a process pushing a rollout (`workers.urgent_lane`).
+    # 0: no such process; every thread takes both queues, urgent first.
     worker_urgent_threads: int = Field(default=2, ge=0, le=64)
+    # The longest the urgent lane's process, idle, sleeps between looks at the urgent queue on Redis: what a
+    # lock waits at worst before it is taken.
+    worker_urgent_poll_ms: int = Field(default=50, ge=10, le=10_000)
+    # How much lower the bulk lane's processes run than the urgent lane's (their niceness, 0-19; only with
+    # an urgent lane): on a host whose cores the bulk processes keep busy, a lock's few milliseconds of work
+    # then wait for no time slice of theirs, and the API and a database on the same host go first too.
+    worker_bulk_nice: int = Field(default=5, ge=0, le=19)
+    # True in the urgent lane's process only: `mdmq worker` sets it there (`workers.launch`).
+    worker_urgent_lane: bool = False
     # The Redis broker: its key prefix (two mdmq installations may share one Redis), and how soon the
     # messages a dead worker process had taken go back on their queue. A process that has not spoken to
     # Redis for `broker_heartbeat_timeout_s` is dead (a live one speaks every `worker_poll_ms` at most, busy

@@ -7,22 +7,37 @@ prometheus_client, so the launcher sets it, and empties it: files of processes o
 summed in as if they were alive.
 
 `python -m workers.launch` is the `dramatiq` command with mdmq's logging: its main process and the processes
-it forks write the process's log format (JSON in production), not Dramatiq's text lines.
+it forks write the process's log format (JSON in production), not Dramatiq's text lines. With
+`--urgent-threads N` it starts one worker process more than `--processes`, the urgent lane's
+(`workers.urgent_lane`): the others take the bulk queue alone, it takes the urgent queue alone with N threads.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from dramatiq import cli as dramatiq_cli
 
 from config.logging import configure_logging
 from config.settings import Settings, load_settings
-from workers.broker import BULK_QUEUE
+from workers.broker import BULK_QUEUE, URGENT_QUEUE
 
 WORKER_MODULE = "workers.main:broker"
 LAUNCHER = "workers.launch"
+URGENT_THREADS_FLAG = "--urgent-threads"
+# Set in the urgent lane's process only (`Settings.worker_urgent_lane`).
+URGENT_LANE_VARIABLE = "MDMQ_WORKER_URGENT_LANE"
+# Dramatiq's own, taken when this module is first imported: before `run_dramatiq` puts `worker_process` in
+# its place, and again in a process that a spawn start method imports afresh.
+_dramatiq_worker_process = dramatiq_cli.worker_process
 
 
 def metrics_dir(settings: Settings) -> Path:
@@ -55,9 +70,10 @@ def worker_environment(settings: Settings, base: Mapping[str, str]) -> dict[str,
 
 def worker_command(processes: int, threads: int, *, urgent_threads: int) -> list[str]:
     """This launcher's argv: then Dramatiq's arguments, its own logging set-up skipped. With `urgent_threads`
-    (`MDMQ_WORKER_URGENT_THREADS`, which the processes read too) the `threads` consume the bulk queue only,
-    and each process gives the urgent queue threads of its own (`workers.urgent_lane`)."""
-    lanes = ["--queues", BULK_QUEUE] if urgent_threads > 0 else []
+    (`MDMQ_WORKER_URGENT_THREADS`) the `processes` and their `threads` take the bulk queue alone, and one
+    process more, the urgent lane's, takes the urgent queue with `urgent_threads` threads. With none, every
+    thread takes both queues, urgent first."""
+    lanes = [URGENT_THREADS_FLAG, str(urgent_threads), "--queues", BULK_QUEUE] if urgent_threads > 0 else []
     return [
         sys.executable,
         "-m",
@@ -72,16 +88,73 @@ def worker_command(processes: int, threads: int, *, urgent_threads: int) -> list
     ]
 
 
+@dataclass(frozen=True)
+class UrgentLane:
+    """Which worker processes of the command are the urgent lane's (ids from `first`), their threads, and
+    the niceness the others, the bulk lane's, add to their own."""
+
+    first: int
+    threads: int
+    bulk_nice: int = 0
+
+
+def with_urgent_lane(args: argparse.Namespace, threads: int, *, bulk_nice: int = 0) -> argparse.Namespace:
+    """Dramatiq's parsed arguments with one worker process more, the urgent lane's (`worker_process`)."""
+    lane = copy.copy(args)
+    lane.urgent_lane = UrgentLane(first=args.processes, threads=threads, bulk_nice=bulk_nice)
+    lane.processes = args.processes + 1
+    return lane
+
+
+def urgent_lane_arguments(args: argparse.Namespace, worker_id: int) -> argparse.Namespace | None:
+    """The arguments of worker process `worker_id` when it is the urgent lane's: the urgent queue alone,
+    with the lane's threads."""
+    lane: UrgentLane | None = getattr(args, "urgent_lane", None)
+    if lane is None or worker_id < lane.first:
+        return None
+    urgent = copy.copy(args)
+    urgent.queues, urgent.threads = [URGENT_QUEUE], lane.threads
+    return urgent
+
+
+def worker_process(args: argparse.Namespace, worker_id: int, *rest: Any) -> None:
+    """Dramatiq's worker process; the urgent lane's (`with_urgent_lane`) takes the urgent queue alone, with
+    its own threads, and the bulk lane's yield the CPU to it (`MDMQ_WORKER_BULK_NICE`). Dramatiq starts,
+    watches and stops it with the others: should it die, the command stops every process, and its
+    supervisor starts them all again, as for any worker process."""
+    urgent = urgent_lane_arguments(args, worker_id)
+    if urgent is not None:
+        args = urgent
+        os.environ[URGENT_LANE_VARIABLE] = "true"  # before the process imports the worker module
+    elif (lane := getattr(args, "urgent_lane", None)) is not None and lane.bulk_nice:
+        os.nice(lane.bulk_nice)
+    _dramatiq_worker_process(args, worker_id, *rest)  # type: ignore[no-untyped-call]  # untyped in Dramatiq
+
+
 def run_dramatiq(arguments: Sequence[str]) -> int:
     """Dramatiq's command line, after mdmq's logging is set up: the forked processes inherit it, and the
     worker processes set it up again when they import `workers.main` (on Dramatiq's pipe to this one)."""
-    from dramatiq.cli import main, make_argument_parser
-
     settings = load_settings()
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
-    parser = make_argument_parser()  # type: ignore[no-untyped-call]  # Dramatiq declares no types for it
-    code: int = main(parser.parse_args(list(arguments)))  # type: ignore[no-untyped-call]
+    args = parse_arguments(arguments, bulk_nice=settings.worker_bulk_nice)
+    if getattr(args, "urgent_lane", None) is not None:
+        # Dramatiq's main starts each worker process on this module-level name: ours picks the lane.
+        dramatiq_cli.worker_process = worker_process
+    code: int = dramatiq_cli.main(args)  # type: ignore[no-untyped-call]
     return code
+
+
+def parse_arguments(arguments: Sequence[str], *, bulk_nice: int = 0) -> argparse.Namespace:
+    """Dramatiq's arguments from this launcher's, with the urgent lane's process when `--urgent-threads`
+    gives it threads (and `bulk_nice` for the others)."""
+    ours = argparse.ArgumentParser(add_help=False)
+    ours.add_argument(URGENT_THREADS_FLAG, type=int, default=0)
+    own, rest = ours.parse_known_args(list(arguments))
+    parser = dramatiq_cli.make_argument_parser()  # type: ignore[no-untyped-call]  # Dramatiq declares no types
+    args: argparse.Namespace = parser.parse_args(rest)
+    if own.urgent_threads < 1:
+        return args
+    return with_urgent_lane(args, own.urgent_threads, bulk_nice=bulk_nice)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from config.sentry import init_sentry
 from workers.actors import declare_actors
 from workers.app import App
 from workers.queues import WorkerPresence
-from workers.urgent_lane import UrgentThreads
+from workers.urgent_lane import UrgentLane
 from workers.warm_up import WarmUp
 
 app = App()
@@ -30,10 +30,9 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 else:
     logging.getLogger(__name__).warning("no metrics directory: start the workers with `mdmq worker`")
 app.broker.add_middleware(WarmUp(app))  # each process connects and compiles before its threads start
-app.broker.add_middleware(WorkerPresence())  # names the process for the operator's page
-# The urgent queue's own threads, beside a worker that `mdmq worker` started on the bulk queue alone.
-app.broker.add_middleware(
-    UrgentThreads(app.settings.worker_urgent_threads, worker_timeout_ms=app.settings.worker_poll_ms)
-)
+urgent_lane = app.settings.worker_urgent_lane  # the process `mdmq worker` started for the urgent queue
+app.broker.add_middleware(WorkerPresence(lane="urgent" if urgent_lane else None))  # for the operator's page
+if urgent_lane:
+    app.broker.add_middleware(UrgentLane(poll_ms=app.settings.worker_urgent_poll_ms))
 actors = declare_actors(app)
 broker = app.broker

@@ -56,7 +56,7 @@ class WorkerBeat:
     its last heartbeat was (a worker beats each time it fetches, every `MDMQ_WORKER_POLL_MS` when idle)."""
 
     worker_id: str
-    name: str  # host:pid
+    name: str  # host:pid, and "(urgent)" for the urgent lane's process
     age_s: float
 
 
@@ -64,12 +64,18 @@ class WorkerPresence(dramatiq.Middleware):
     """Names each worker process on Redis (its host and pid) from its boot to its shutdown. Dramatiq's
     heartbeats are written by every process that uses the broker, the API's and the scheduler's sends
     included: the overview counts as workers only the heartbeats of processes named here. A booting worker
-    forgets the names of processes that stopped beating (killed, never shut down)."""
+    forgets the names of processes that stopped beating (killed, never shut down). A process of a `lane` of
+    its own (the urgent lane's) is named with it."""
+
+    def __init__(self, *, lane: str | None = None) -> None:
+        self.lane = lane
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if not isinstance(broker, RedisBroker):
             return
         name = f"{socket.gethostname()}:{os.getpid()}"
+        if self.lane is not None:
+            name += f" ({self.lane})"
         try:
             broker.client.hset(_presence(broker), broker.broker_id, name)
             _forget_silent(broker)

@@ -1,13 +1,15 @@
 """A lock never waits for a worker thread to finish a rollout's chunk: real `dramatiq` worker processes on
 Redis and PostgreSQL, the bulk queue's only thread held by a slow APNs answer, a lock for an AOSP device.
 
-With the urgent queue's own thread (`MDMQ_WORKER_URGENT_THREADS`) the lock is pushed while the chunk's push
-is still out; with none, the same lock waits until the chunk's thread is free — the case that shows the
-threads are what makes the difference."""
+With the urgent lane (`MDMQ_WORKER_URGENT_THREADS`: a worker process of its own beside the bulk one) the
+lock is pushed while the chunk's push is still out; with none, the same lock waits until the chunk's thread
+is free — the case that shows the lane is what makes the difference."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from sandbox.tls import issue_mdm_push_certificate, mdm_topic
 from tests.helpers import wait_until, worker_process_settings
 from workers.actors import declare_actors
 from workers.app import App
+from workers.queues import worker_beats
 from workers.services.credentials import store_credential
 
 pytestmark = pytest.mark.timeout(240)
@@ -90,6 +93,12 @@ def _pushed(engine: Engine, deployment_id: str) -> bool:
         return row is not None
 
 
+def _named_workers(app: App) -> list[str]:
+    """The worker processes named on the broker, with a fresh heartbeat."""
+    now_ms = int(time.time() * 1000)
+    return sorted(b.name for b in worker_beats(app.broker, now_ms=now_ms, within_ms=10_000) if b.name)
+
+
 def _claimed(engine: Engine, deployment_id: str) -> bool:
     with Session(engine) as s:
         count = s.exec(select(Deployment.attempt_count).where(col(Deployment.id) == deployment_id)).one()
@@ -104,7 +113,20 @@ def test_a_lock_is_pushed_while_the_only_bulk_thread_pushes_a_chunk(
     actors = declare_actors(App(settings))
     engine = actors.app.engine
     try:
-        with WorkerProcesses(settings, processes=1, threads=1, restart_after_s=3_600):
+        with WorkerProcesses(settings, processes=1, threads=1, restart_after_s=3_600) as workers:
+            # One bulk process, and (with urgent threads) the urgent lane's process beside it.
+            expected = 2 if urgent_threads else 1
+            wait_until(lambda: len(_named_workers(actors.app)) == expected, 60, "the worker processes")
+            names = _named_workers(actors.app)
+            assert [n.endswith("(urgent)") for n in names].count(True) == expected - 1, names
+            assert len({n.split()[0] for n in names}) == expected, "processes of their own"
+            pids = {int(n.split(":")[1].split()[0]): n.endswith("(urgent)") for n in names}
+            assert set(pids) <= workers.children(), names
+            # Beside an urgent lane the bulk process yields the CPU to it (MDMQ_WORKER_BULK_NICE).
+            ours = os.getpriority(os.PRIO_PROCESS, 0)
+            bulk_nice = settings.worker_bulk_nice if urgent_threads else 0
+            for pid, urgent in pids.items():
+                assert os.getpriority(os.PRIO_PROCESS, pid) == ours + (0 if urgent else bulk_nice)
             # Two deployments of one device, on the bulk lane: the thread's chunk, then one more behind it.
             rollout = actors.create(
                 ROLLOUT_ORG, [NewDeployment(world.rollout_device, k) for k in (Kind.profile, Kind.app)]

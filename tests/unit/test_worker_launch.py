@@ -1,4 +1,4 @@
-"""`mdmq worker`'s environment reaches the `dramatiq` command it starts."""
+"""`mdmq worker`'s environment reaches the `dramatiq` command it starts, and its lanes their processes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+
 from config.settings import Settings
-from workers.launch import worker_environment
+from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.launch import (
+    LAUNCHER,
+    parse_arguments,
+    urgent_lane_arguments,
+    worker_command,
+    worker_environment,
+)
+from workers.urgent_lane import UrgentLane
 
 # What the `dramatiq` command's Worker gets, built as the command builds it: with no timeout given.
 _PRINT_WORKER_TIMEOUT = (
@@ -32,3 +43,40 @@ def test_the_idle_poll_setting_is_the_worker_timeout_dramatiq_reads(tmp_path: Pa
 
     assert read.stdout.strip() == "300"
     assert Settings().worker_poll_ms == 250, "below Dramatiq's 1,000 ms"
+
+
+def test_urgent_threads_add_one_process_that_takes_the_urgent_queue_alone() -> None:
+    command = worker_command(processes=2, threads=8, urgent_threads=3)
+    args = parse_arguments(command[command.index(LAUNCHER) + 1 :])
+
+    assert args.processes == 3, "the two bulk processes and the urgent lane's"
+    assert [urgent_lane_arguments(args, worker_id) is None for worker_id in range(3)] == [True, True, False]
+    assert (args.queues, args.threads) == ([BULK_QUEUE], 8)
+    urgent = urgent_lane_arguments(args, 2)
+    assert urgent is not None
+    assert (urgent.queues, urgent.threads) == ([URGENT_QUEUE], 3)
+    assert (args.queues, args.threads) == ([BULK_QUEUE], 8), "the bulk processes' arguments unchanged"
+
+
+def test_no_urgent_threads_no_lane_every_process_takes_both_queues() -> None:
+    command = worker_command(processes=2, threads=8, urgent_threads=0)
+    args = parse_arguments(command[command.index(LAUNCHER) + 1 :])
+
+    assert (args.processes, args.queues) == (2, None)
+    assert urgent_lane_arguments(args, 1) is None
+
+
+def test_the_urgent_lane_looks_at_its_idle_queue_at_its_own_poll() -> None:
+    worker = Worker(StubBroker(), worker_timeout=250)
+
+    UrgentLane(poll_ms=40).before_worker_boot(worker.broker, worker)
+
+    assert worker.worker_timeout == 40
+
+
+def test_the_bulk_lane_is_niced_only_beside_an_urgent_lane() -> None:
+    command = worker_command(processes=1, threads=8, urgent_threads=2)
+    args = parse_arguments(command[command.index(LAUNCHER) + 1 :], bulk_nice=7)
+
+    assert args.urgent_lane.bulk_nice == 7
+    assert Settings().worker_bulk_nice == 5
