@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import dramatiq
 import dramatiq.errors
 import redis
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name
@@ -17,6 +17,9 @@ from dramatiq.middleware import CurrentMessage, SkipMessage
 
 from models.json_values import first_unstorable
 from workers.policy import Lane
+
+if TYPE_CHECKING:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,18 @@ def _broker(url: str, namespace: str, heartbeat_timeout_s: float, maintenance: i
             maintenance_chance=maintenance,
         )
     if scheme in ("amqp", "amqps"):
+        # Imported here: pika and Dramatiq's RabbitMQ broker are 2 MiB of every process on another broker.
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
         return RabbitmqBroker(url=url)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}")
+
+
+def is_rabbitmq(broker: dramatiq.Broker) -> TypeGuard[RabbitmqBroker]:
+    """Whether `broker` is Dramatiq's RabbitMQ broker, without importing it (and pika) when it is not: a
+    process whose broker is one has imported it to build it."""
+    rabbitmq = sys.modules.get("dramatiq.brokers.rabbitmq")
+    return rabbitmq is not None and isinstance(broker, rabbitmq.RabbitmqBroker)
 
 
 class RefuseUnstorable(dramatiq.Middleware):
@@ -110,7 +123,7 @@ def queue_backlog(
             counts[(queue, "ready")] = int(client.llen(f"{broker.namespace}:{queue}"))
             counts[(queue, "delayed")] = int(client.llen(f"{broker.namespace}:{dq_name(queue)}"))
             counts[(queue, "in_flight")], counts[(queue, "orphaned")] = _redis_taken(broker, queue)
-        elif isinstance(broker, RabbitmqBroker):
+        elif is_rabbitmq(broker):
             ready, delayed, _dead = broker.get_queue_message_counts(queue)
             counts[(queue, "ready")], counts[(queue, "delayed")] = ready, delayed
             counts[(queue, "orphaned")] = 0

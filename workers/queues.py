@@ -7,28 +7,34 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-import pika.exceptions
 import redis
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis, xq_name
 
 from config.errors import MdmqError
-from workers.broker import BROKER_ERRORS, BULK_QUEUE, URGENT_QUEUE, queue_backlog
+from workers.broker import BROKER_ERRORS, BULK_QUEUE, URGENT_QUEUE, is_rabbitmq, queue_backlog
 
 QUEUES = (URGENT_QUEUE, BULK_QUEUE)
 # Beside Dramatiq's keys: broker id -> "host:pid" of each worker process (`WorkerPresence`).
 PRESENCE_KEY = "mdmq.workers"
 
 log = logging.getLogger(__name__)
-# What a read of the broker raises when it does not answer: what a send raises, and pika's own errors, which
-# the reads below (Dramatiq's queue declares) meet untranslated.
-READ_ERRORS = (*BROKER_ERRORS, pika.exceptions.AMQPError)
+
+
+def read_errors() -> tuple[type[Exception], ...]:
+    """What a read of the broker raises when it does not answer: what a send raises, and pika's own errors,
+    which the reads below (Dramatiq's queue declares) meet untranslated; pika's only once a RabbitMQ broker
+    has imported it."""
+    pika_exceptions = sys.modules.get("pika.exceptions")
+    if pika_exceptions is None:
+        return BROKER_ERRORS
+    return (*BROKER_ERRORS, pika_exceptions.AMQPError)
 
 
 class BrokerUnreachable(MdmqError):
@@ -114,7 +120,7 @@ def broker_figures(broker: dramatiq.Broker, *, now_ms: int) -> tuple[list[QueueF
     repeats no password) when the broker does not answer."""
     try:
         return queue_figures(broker), worker_beats(broker, now_ms=now_ms)
-    except READ_ERRORS as e:
+    except read_errors() as e:
         raise BrokerUnreachable(f"unreachable: {type(e).__name__}: {e}") from None
 
 
@@ -141,7 +147,7 @@ def dead_letters(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> d
     if isinstance(broker, RedisBroker):
         client, ns = broker.client, broker.namespace
         return {queue: int(client.zcard(f"{ns}:{xq_name(queue)}")) for queue in queues}
-    if isinstance(broker, RabbitmqBroker):
+    if is_rabbitmq(broker):
         return {queue: broker.get_queue_message_counts(queue)[2] for queue in queues}
     if isinstance(broker, StubBroker):
         return {queue: len(broker.dead_letters_by_queue.get(queue, ())) for queue in queues}
@@ -149,7 +155,7 @@ def dead_letters(broker: dramatiq.Broker, queues: tuple[str, ...] = QUEUES) -> d
 
 
 def _consumers(broker: dramatiq.Broker, queues: tuple[str, ...]) -> dict[str, int]:
-    if not isinstance(broker, RabbitmqBroker):
+    if not is_rabbitmq(broker):
         return {}
     # Dramatiq's own declare, as its message counts (`get_queue_message_counts`) use: a declare with the
     # arguments Dramatiq declared the queue with, which changes nothing and answers the consumer count.
