@@ -54,7 +54,10 @@ class ApnsProvider:
         request_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._credential = credential
+        # Only what a send reads of the credential: its PEM text (some 3 KB) is in the TLS context once
+        # loaded, and a provider is kept for each of up to thousands of organizations.
+        self._topic_text = credential.topic
+        self._not_after = credential.not_after
         self._clock = clock
         # The certificate's subject UID [A-MDMPUSH]: APNs refuses another topic (TopicDisallowed).
         self._topic = credential.topic.encode()
@@ -82,10 +85,9 @@ class ApnsProvider:
         await self._pool.close()
 
     def _refuse_expired_certificate(self) -> None:
-        credential = self._credential
-        if credential.expired(datetime.fromtimestamp(self._clock(), UTC)):
+        if datetime.fromtimestamp(self._clock(), UTC) >= self._not_after:
             raise CredentialRejected(
-                f"the APNs certificate for {credential.topic} expired on {credential.not_after}"
+                f"the APNs certificate for {self._topic_text} expired on {self._not_after}"
             )
 
     async def _send_one(self, push: Push) -> PushResult:
