@@ -100,7 +100,9 @@ class ClientConnection:
     def __init__(self, listener: Listener, *, receive_window: int) -> None:
         self.listener = listener
         self.encoder = StaticTableEncoder()
-        self.decoder = hpack.Decoder()
+        # hpack's decoder (a header table, some 1 KiB) only from the first block that `decode_plain` cannot
+        # take: until then no block has touched the dynamic table, so a new decoder is in the same state.
+        self._decoder: hpack.Decoder | None = None
         self.streams: dict[int, _Stream] = {}
         self.max_concurrent_streams = 100  # the server's, until its SETTINGS say (h2's assumption too)
         self.max_outbound_frame_size = MAX_FRAME_SIZE
@@ -268,7 +270,9 @@ class ClientConnection:
         try:  # always decoded: the HPACK state is the connection's, whatever became of the stream
             headers = decode_plain(block)
             if headers is None:
-                decoded = self.decoder.decode(block, raw=True)
+                if self._decoder is None:
+                    self._decoder = hpack.Decoder()
+                decoded = self._decoder.decode(block, raw=True)
                 headers = [(bytes(name), bytes(value)) for name, value in decoded]
         except hpack.HPACKError as error:
             raise ProtocolViolation(

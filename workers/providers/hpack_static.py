@@ -21,6 +21,8 @@ _MAX_CACHED = 512  # values like apns-expiration change every second; the cache 
 # RFC 7541 6.3: "dynamic table size update" to 0 — our table stays empty whatever the peer allows.
 _TABLE_SIZE_ZERO = b"\x20"
 
+_NO_NAMES: frozenset[str | bytes] = frozenset()
+
 _STATIC_FULL: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAME: dict[bytes, int] = {}
 for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
@@ -68,17 +70,23 @@ def encode_header(name: bytes, value: bytes) -> bytes:
     return encode_literal(name, value, never_indexed=False)
 
 
-class StaticTableEncoder(hpack.Encoder):
-    """Drop-in for `h2.connection.H2Connection.encoder`: static table and literals only, cached per header.
+class StaticTableEncoder:
+    """`hpack.Encoder.encode` with the static table and literals only, cached per header. It holds no header
+    table and no Huffman coder (hpack's encoder does, some 1 KiB): every connection has one.
 
     Headers are (name, value) pairs of `str` or `bytes`. An `hpack.NeverIndexedHeaderTuple`, or a header
     whose name is in `never_indexed`, is a never-indexed literal and is not cached: secrets, and values that
     change on every block (a device path, an apns-id, a content-length)."""
 
+    __slots__ = ("_announced", "_cache", "never_indexed")
+
     def __init__(self, never_indexed: Collection[str | bytes] = ()) -> None:
-        super().__init__()
         # Both spellings, so that a header matches whether it gives its name as str or as bytes.
-        self.never_indexed = frozenset(n for name in never_indexed for n in (_octets(name), _text(name)))
+        self.never_indexed = (
+            frozenset(n for name in never_indexed for n in (_octets(name), _text(name)))
+            if never_indexed
+            else _NO_NAMES
+        )
         self._cache: dict[tuple[str | bytes, str | bytes], bytes] = {}
         self._announced = False
 

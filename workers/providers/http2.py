@@ -401,7 +401,8 @@ class Http2Pool:
         self._draining: set[Http2Connection] = set()
         self._opening: asyncio.Task[None] | None = None
         self._connect_error: ProviderError | None = None
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Made at the first wait for a stream: most pools never wait, and an empty deque is 0.7 KiB.
+        self._waiters: deque[asyncio.Future[None]] | None = None
         self._closed = False
 
     @property
@@ -450,6 +451,8 @@ class Http2Pool:
 
     async def _wait_for_capacity(self) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = deque()
         self._waiters.append(waiter)
         try:
             await waiter
@@ -457,9 +460,14 @@ class Http2Pool:
             if not waiter.done():
                 waiter.cancel()
 
+    def _wake_all(self) -> None:
+        if self._waiters:
+            self._wake(len(self._waiters))
+
     def _wake(self, count: int) -> None:
-        while count > 0 and self._waiters:
-            waiter = self._waiters.popleft()
+        waiters = self._waiters
+        while count > 0 and waiters:
+            waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 count -= 1
@@ -481,7 +489,7 @@ class Http2Pool:
         if connection in self._connections:
             # It drains its answered streams on its own; all waiting re-check, and one opens a replacement.
             self._connections.remove(connection)
-            self._wake(len(self._waiters))
+            self._wake_all()
 
     async def _open(self) -> None:
         try:
@@ -491,7 +499,7 @@ class Http2Pool:
             self._connect_error = e
         finally:
             self._opening = None
-            self._wake(len(self._waiters))
+            self._wake_all()
 
     async def _connect(self) -> Http2Connection:
         loop = asyncio.get_running_loop()
@@ -556,7 +564,7 @@ class Http2Pool:
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop taking requests; let those in flight finish (at most `grace_s`); close all connections."""
         self._closed = True
-        self._wake(len(self._waiters))
+        self._wake_all()
         if self._opening is not None:
             self._opening.cancel()
             with contextlib.suppress(asyncio.CancelledError):
