@@ -470,6 +470,7 @@ class Probe:
     label: str
     indexes: list[int]
     started: float = 0.0
+    created: float = 0.0  # when its create returned: the deployments committed and their message sent
 
 
 @dataclass(frozen=True)
@@ -538,6 +539,7 @@ def _probe(run: Run, organization: str, probe: Probe, plan: UrgentPlan) -> None:
     _, kind, is_urgent = next(k for k in plan.kinds if k[0] == probe.label)
     devices = [run.devices[organization][i] for i in probe.indexes]
     probe.started = create(run, organization, devices, kind=kind, urgent=is_urgent)
+    probe.created = time.time()
 
 
 def _spread_over(
@@ -556,17 +558,23 @@ def _spread_over(
 def _probe_figures(
     run: Run, times: Times, sent: Mapping[str, float], organization: str, probes: Sequence[Probe]
 ) -> dict[str, Any]:
-    """Per kind: latency from create to accepted, and its part to sent (queued and taken by a worker)."""
+    """Per kind: latency from create to accepted, its part to sent (queued and taken by a worker), and the
+    create's own part (committed and its message sent)."""
     figures: dict[str, Any] = {}
     for label in dict.fromkeys(p.label for p in probes):
-        accepted, to_sent = [], []
+        accepted, to_sent, created = [], [], []
         for probe in (p for p in probes if p.label == label):
+            created.append(probe.created - probe.started)
             moments = first_accepted(times, run, organization, probe.indexes)
             for index, moment in zip(probe.indexes, moments, strict=True):
                 accepted.append(None if moment is None else moment - probe.started)
                 sent_s = sent.get(run.devices[organization][index][0])
                 to_sent.append(None if sent_s is None else sent_s - probe.started)
-        figures[label] = {"accepted_s": spread(accepted), "sent_s": spread(to_sent)}
+        figures[label] = {
+            "accepted_s": spread(accepted),
+            "sent_s": spread(to_sent),
+            "created_s": spread(created),
+        }
     return figures
 
 
