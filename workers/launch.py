@@ -35,6 +35,7 @@ LAUNCHER = "workers.launch"
 URGENT_THREADS_FLAG = "--urgent-threads"
 # Set in the urgent lane's process only (`Settings.worker_urgent_lane`).
 URGENT_LANE_VARIABLE = "MDMQ_WORKER_URGENT_LANE"
+POOL_SIZE_VARIABLE = "MDMQ_DATABASE_POOL_SIZE"
 # Dramatiq's own, taken when this module is first imported: before `run_dramatiq` puts `worker_process` in
 # its place, and again in a process that a spawn start method imports afresh.
 _dramatiq_worker_process = dramatiq_cli.worker_process
@@ -96,12 +97,16 @@ class UrgentLane:
     first: int
     threads: int
     bulk_nice: int = 0
+    pool_size: int | None = None  # the lane's database pool, at most its threads: None, as the others'
 
 
-def with_urgent_lane(args: argparse.Namespace, threads: int, *, bulk_nice: int = 0) -> argparse.Namespace:
+def with_urgent_lane(
+    args: argparse.Namespace, threads: int, *, bulk_nice: int = 0, pool_size: int | None = None
+) -> argparse.Namespace:
     """Dramatiq's parsed arguments with one worker process more, the urgent lane's (`worker_process`)."""
     lane = copy.copy(args)
-    lane.urgent_lane = UrgentLane(first=args.processes, threads=threads, bulk_nice=bulk_nice)
+    pool = None if pool_size is None else min(pool_size, threads)
+    lane.urgent_lane = UrgentLane(first=args.processes, threads=threads, bulk_nice=bulk_nice, pool_size=pool)
     lane.processes = args.processes + 1
     return lane
 
@@ -126,6 +131,8 @@ def worker_process(args: argparse.Namespace, worker_id: int, *rest: Any) -> None
     if urgent is not None:
         args = urgent
         os.environ[URGENT_LANE_VARIABLE] = "true"  # before the process imports the worker module
+        if (pool := args.urgent_lane.pool_size) is not None:  # its few threads need no more connections
+            os.environ[POOL_SIZE_VARIABLE] = str(pool)
     elif (lane := getattr(args, "urgent_lane", None)) is not None and lane.bulk_nice:
         os.nice(lane.bulk_nice)
     _dramatiq_worker_process(args, worker_id, *rest)  # type: ignore[no-untyped-call]  # untyped in Dramatiq
@@ -136,7 +143,9 @@ def run_dramatiq(arguments: Sequence[str]) -> int:
     worker processes set it up again when they import `workers.main` (on Dramatiq's pipe to this one)."""
     settings = load_settings()
     configure_logging(level=settings.log_level, json_lines=settings.json_logs)
-    args = parse_arguments(arguments, bulk_nice=settings.worker_bulk_nice)
+    args = parse_arguments(
+        arguments, bulk_nice=settings.worker_bulk_nice, pool_size=settings.database_pool_size
+    )
     if getattr(args, "urgent_lane", None) is not None:
         # Dramatiq's main starts each worker process on this module-level name: ours picks the lane.
         dramatiq_cli.worker_process = worker_process
@@ -144,9 +153,11 @@ def run_dramatiq(arguments: Sequence[str]) -> int:
     return code
 
 
-def parse_arguments(arguments: Sequence[str], *, bulk_nice: int = 0) -> argparse.Namespace:
+def parse_arguments(
+    arguments: Sequence[str], *, bulk_nice: int = 0, pool_size: int | None = None
+) -> argparse.Namespace:
     """Dramatiq's arguments from this launcher's, with the urgent lane's process when `--urgent-threads`
-    gives it threads (and `bulk_nice` for the others)."""
+    gives it threads (its database pool at most `pool_size`, and `bulk_nice` for the others)."""
     ours = argparse.ArgumentParser(add_help=False)
     ours.add_argument(URGENT_THREADS_FLAG, type=int, default=0)
     own, rest = ours.parse_known_args(list(arguments))
@@ -154,7 +165,7 @@ def parse_arguments(arguments: Sequence[str], *, bulk_nice: int = 0) -> argparse
     args: argparse.Namespace = parser.parse_args(rest)
     if own.urgent_threads < 1:
         return args
-    return with_urgent_lane(args, own.urgent_threads, bulk_nice=bulk_nice)
+    return with_urgent_lane(args, own.urgent_threads, bulk_nice=bulk_nice, pool_size=pool_size)
 
 
 if __name__ == "__main__":

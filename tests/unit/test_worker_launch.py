@@ -74,9 +74,11 @@ def test_the_urgent_lane_looks_at_its_idle_queue_at_its_own_poll() -> None:
     assert worker.worker_timeout == 40
 
 
-def test_the_bulk_lane_is_niced_only_beside_an_urgent_lane() -> None:
+def test_the_bulk_lane_is_niced_and_the_urgent_lanes_pool_no_larger_than_its_threads() -> None:
     command = worker_command(processes=1, threads=8, urgent_threads=2)
-    args = parse_arguments(command[command.index(LAUNCHER) + 1 :], bulk_nice=7)
+    args = parse_arguments(command[command.index(LAUNCHER) + 1 :], bulk_nice=7, pool_size=5)
 
-    assert args.urgent_lane.bulk_nice == 7
+    assert (args.urgent_lane.bulk_nice, args.urgent_lane.pool_size) == (7, 2)
     assert Settings().worker_bulk_nice == 5
+    small = parse_arguments(command[command.index(LAUNCHER) + 1 :], pool_size=1)
+    assert small.urgent_lane.pool_size == 1, "never larger than the setting"
