@@ -65,6 +65,7 @@ class FairOrganization(SQLModel, table=True):
     weight: int = 1
     rate_per_s: float | None = None
     position: int = Field(default=0, sa_type=sa.BigInteger)  # the pass: the lowest waiting goes next
+    served: int = Field(default=0, sa_type=sa.BigInteger)  # its position when its last take served it
     booked_s: float = 0.0  # the end of its chunks' bookings
     tat_s: float = 0.0  # when its next chunk may be taken, paced
 

@@ -29,6 +29,8 @@ Pacing = Callable[[float, float, int, float], float]
 # (its own position, the virtual time, the lowest position waiting) → where an organization that starts
 # waiting joins.
 Joining = Callable[[int, int, int], int]
+# (chunk size, weight) → how far a take moves its organization's position on.
+Advancing = Callable[[int, int], int]
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,20 @@ def put_chunks(
     weight: int,
     rate_per_s: float | None,
     book: Booking,
-    stride: int,
     join: Joining,
 ) -> list[float]:
     """Add `chunks` after the organization's waiting ones, booked by `book`; their booked times. An
     organization that had none waiting joins where `join` says, from its own position, the virtual time
     (`_virtual`) and the lowest position of those waiting."""
     insert = postgresql.insert if dialect_of(session) == "postgresql" else sqlite.insert
-    new = {"organization_id": organization_id, "weight": weight, "position": 0, "booked_s": 0.0, "tat_s": 0.0}
+    new = {
+        "organization_id": organization_id,
+        "weight": weight,
+        "position": 0,
+        "served": 0,
+        "booked_s": 0.0,
+        "tat_s": 0.0,
+    }
     run(session, insert(TURN).values(new).on_conflict_do_nothing())
     mine = TURN.c.organization_id == organization_id
     row = run(session, sa.select(TURN.c.position, TURN.c.booked_s).where(mine).with_for_update()).one()
@@ -64,7 +72,7 @@ def put_chunks(
     values: dict[str, object] = {"weight": weight, "rate_per_s": rate_per_s, "booked_s": booked}
     if not _waits(session, organization_id):
         lowest = run(session, sa.select(sa.func.min(TURN.c.position)).where(_waiting())).scalar()
-        virtual = _virtual(session, stride)
+        virtual = _virtual(session)
         values["position"] = join(row.position, virtual, row.position if lowest is None else lowest)
     run(session, sa.update(TURN).where(mine).values(values))
     rows = [
@@ -76,10 +84,10 @@ def put_chunks(
     return times
 
 
-def take_chunk(session: Session, *, claim: str, now_s: float, stride: int, pace: Pacing) -> FairTake:
+def take_chunk(session: Session, *, claim: str, now_s: float, advance: Advancing, pace: Pacing) -> FairTake:
     """The chunk `claim` holds already; else the next that may go now, of the organization with the lowest
-    position (moved on by `stride // weight`, and its tat by `pace`), claimed. Chunks other takers hold
-    locked are passed over."""
+    position (moved on by `advance` of the chunk's size and its weight, and its tat by `pace`), claimed.
+    Chunks other takers hold locked are passed over."""
     held = run(
         session, sa.select(CHUNK.c.organization_id, CHUNK.c.deployment_ids).where(CHUNK.c.claim == claim)
     ).first()
@@ -90,7 +98,7 @@ def take_chunk(session: Session, *, claim: str, now_s: float, stride: int, pace:
         found = _next_chunk(session, now_s=now_s, passed=passed)
         if found is None:
             break
-        if not _advance(session, found, now_s=now_s, stride=stride, pace=pace):
+        if not _advance(session, found, now_s=now_s, advance=advance, pace=pace):
             passed.add(found.organization_id)
             continue
         claimed = {"claim": claim, "claimed_at_s": now_s}
@@ -122,14 +130,16 @@ def _next_chunk(session: Session, *, now_s: float, passed: set[str]) -> sa.Row[t
 
 
 def _advance(
-    session: Session, found: sa.Row[tuple[object, ...]], *, now_s: float, stride: int, pace: Pacing
+    session: Session, found: sa.Row[tuple[object, ...]], *, now_s: float, advance: Advancing, pace: Pacing
 ) -> bool:
-    """Move the chunk's organization on a turn, and its pacing on past the chunk; False when another taker
-    took its paced slot first (its row, locked until that taker commits, is read again after)."""
+    """Move the chunk's organization on past the chunk, its turns and its pacing, noting the position it was
+    served at; False when another taker took its paced slot first (its row, locked until that taker
+    commits, is read again after)."""
     o = TURN.c
     where = o.organization_id == found.organization_id
-    weight = max(1, int(found.weight))
-    values: dict[str, object] = {"position": o.position + stride // weight}
+    step = advance(len(found.deployment_ids), int(found.weight))
+    # Both from the row as it was: `served` the position before this take, whoever took last.
+    values: dict[str, object] = {"position": o.position + step, "served": o.position}
     rate = found.rate_per_s
     if rate:
         locked = sa.select(o.tat_s).where(where, o.tat_s <= now_s).with_for_update()
@@ -141,14 +151,11 @@ def _advance(
     return True
 
 
-def _virtual(session: Session, stride: int) -> int:
-    """The highest position a take has served, before moving it on: each organization's row keeps its
-    position after its last take, `stride // weight` past it. Read from the rows, not kept in one of its
-    own, so that takes never queue for the lock of a single row. (An organization whose weight a put has
-    changed since its last take is off by the difference of the strides: a fraction of a turn.)"""
-    o = TURN.c
-    served = o.position - sa.literal(stride) // sa.case((o.weight > 1, o.weight), else_=1)
-    return int(run(session, sa.select(sa.func.max(served))).scalar() or 0)
+def _virtual(session: Session) -> int:
+    """The highest position a take has served, before moving it on: each organization's row keeps the one
+    its last take served. Read from the rows, not kept in one of its own, so that takes never queue for the
+    lock of a single row."""
+    return int(run(session, sa.select(sa.func.max(TURN.c.served))).scalar() or 0)
 
 
 def ready_count(session: Session, *, now_s: float, limit: int) -> int:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from workers.fair import book, paced_chunk_size, stride
+from workers.fair import STRIDE, advance, book, paced_chunk_size
 from workers.fair.memory import MemoryFairQueue
 
 
@@ -36,10 +36,19 @@ def test_bookings_follow_each_other_at_the_rate_and_never_start_in_the_past() ->
     assert book(100.0, 200.0, sizes=[10, 10], rate_per_s=None) == ([100.0, 100.0], 200.0)
 
 
-def test_a_weight_divides_the_stride_and_is_kept_within_bounds() -> None:
-    assert stride(1) == 2 * stride(2) == 100 * stride(100)
-    assert stride(0) == stride(1)
-    assert stride(1_000) == stride(100)
+def test_a_take_advances_by_its_size_divided_by_the_weight_kept_within_bounds() -> None:
+    assert advance(1, 1) == 2 * advance(1, 2) == 10 * advance(1, 10) == advance(100, 100) == STRIDE
+    assert advance(250, 1) == 250 * advance(1, 1) == 125 * advance(2, 1)
+    assert advance(1, 0) == advance(1, 1)
+    assert advance(1, 1_000) == advance(1, 100)
+    # Rounded once per take, not per deployment: under 1 off whatever the size.
+    assert advance(250, 3) == 250 * STRIDE // 3
+
+
+def test_the_passes_stay_exact_in_a_double_for_a_year_at_100_000_pushes_a_second() -> None:
+    """Redis keeps the passes as sorted-set scores (doubles), exact to 2**53."""
+    year_of_pushes = 100_000 * 365 * 24 * 3600
+    assert year_of_pushes * advance(1, 1) < 2**53
 
 
 def test_late_workers_never_send_a_paced_organization_beyond_its_rate_in_any_second() -> None:

@@ -10,7 +10,7 @@ from functools import partial
 
 from models.database import Session
 from models.store.fair import forget_claim, put_chunks, ready_count, take_chunk
-from workers.fair import CLAIM_TTL_S, STRIDE, Taken, book, joining_pass, next_tat
+from workers.fair import CLAIM_TTL_S, Taken, advance, book, joining_pass, next_tat
 
 
 class DatabaseFairQueue:
@@ -45,14 +45,13 @@ class DatabaseFairQueue:
                 weight=weight,
                 rate_per_s=rate_per_s,
                 book=partial(book, now, sizes=sizes, rate_per_s=rate_per_s),
-                stride=STRIDE,
                 join=joining_pass,
             )
         return [at - now for at in times]
 
     def take(self, claim: str) -> Taken:
         with self._session() as s:
-            taken = take_chunk(s, claim=claim, now_s=self._clock(), stride=STRIDE, pace=next_tat)
+            taken = take_chunk(s, claim=claim, now_s=self._clock(), advance=advance, pace=next_tat)
         return Taken(taken.organization_id, taken.deployment_ids, taken.wait_s)
 
     def done(self, claim: str) -> None:

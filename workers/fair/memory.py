@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from workers.fair import CLAIM_TTL_S, Taken, book, joining_pass, next_tat, stride
+from workers.fair import CLAIM_TTL_S, Taken, advance, book, joining_pass, next_tat
 
 
 @dataclass
@@ -93,7 +93,7 @@ class MemoryFairQueue:
     def _take_from(self, organization: _Organization, now: float) -> list[str]:
         _, ids = organization.chunks.popleft()
         self._virtual = max(self._virtual, organization.pass_)
-        organization.pass_ += stride(organization.weight)
+        organization.pass_ += advance(len(ids), organization.weight)
         if organization.rate_per_s:
             organization.tat = next_tat(organization.tat, now, len(ids), organization.rate_per_s)
         return ids

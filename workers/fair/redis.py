@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from workers.fair import CLAIM_TTL_S, PACE_BURST_S, STRIDE, Taken
+from workers.fair import CLAIM_TTL_S, MAX_WEIGHT, PACE_BURST_S, STRIDE, Taken
 
 # Chunks put by one script call: Redis runs nothing else during a script, and a million-device rollout is
 # thousands of chunks; a hundred of 250 ids is some 650 KB, a few milliseconds.
@@ -46,7 +46,8 @@ if redis.call('ZCARD', q) == 0 then
   local lowest = redis.call('ZRANGE', p .. 'orgs', 0, 0, 'WITHSCORES')
   local own = tonumber(redis.call('HGET', p .. 'left', org) or '0')
   local virtual = tonumber(redis.call('GET', p .. 'virtual') or '0')
-  redis.call('ZADD', p .. 'orgs', math.max(own, virtual, tonumber(lowest[2] or '0')), org)
+  local pass = math.max(own, virtual, tonumber(lowest[2] or '0'))
+  redis.call('ZADD', p .. 'orgs', string.format('%d', pass), org)
 end
 redis.call('HSET', p .. 'weight', org, weight)
 redis.call('HSET', p .. 'rate', org, rate)
@@ -68,12 +69,14 @@ return delays
 """
 )
 
-# ARGV: now, claim, stride, claim TTL, pace burst. Returns {organization, ids} taken, {'', wait} or {}.
+# ARGV: now, claim, stride, claim TTL, pace burst, the largest weight. Returns {organization, ids} taken,
+# {'', wait} or {}. A pass is an integer below 2**53 (workers.fair.STRIDE), exact in a Lua number and a
+# score; it goes to Redis through '%d', since Lua would pass a number on with 14 digits ('%.14g').
 _TAKE = (
     _NOW
     + """
 local p, claim, stride_base, ttl = KEYS[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local burst = tonumber(ARGV[5])
+local burst, max_weight = tonumber(ARGV[5]), tonumber(ARGV[6])
 local held = redis.call('HGET', p .. 'claims', claim)
 if held then
   local c = cjson.decode(held)
@@ -91,11 +94,12 @@ for _, org in ipairs(redis.call('ZRANGE', p .. 'orgs', 0, -1)) do
   local at = math.max(tonumber(head[2]), tat)
   if at <= now then
     local ids = redis.call('HGET', p .. 'chunk', head[1])
+    local size = #cjson.decode(ids)
     redis.call('HDEL', p .. 'chunk', head[1])
     redis.call('ZREM', q, head[1])
     local rate = tonumber(redis.call('HGET', p .. 'rate', org) or '0')
     if rate > 0 then  -- workers.fair.next_tat
-      local step = #cjson.decode(ids) / rate
+      local step = size / rate
       tat = math.max(tat, now - math.max(0, burst - step)) + step
       redis.call('HSET', p .. 'tat', org, string.format('%.6f', tat))
     end
@@ -104,12 +108,13 @@ for _, org in ipairs(redis.call('ZRANGE', p .. 'orgs', 0, -1)) do
       redis.call('SET', p .. 'virtual', string.format('%d', pass))
     end
     local weight = tonumber(redis.call('HGET', p .. 'weight', org) or '1')
-    pass = pass + math.floor(stride_base / weight)
+    weight = math.max(1, math.min(weight, max_weight))  -- workers.fair.advance
+    pass = pass + math.floor(size * stride_base / weight)
     if redis.call('ZCARD', q) == 0 then
       redis.call('ZREM', p .. 'orgs', org)
       redis.call('HSET', p .. 'left', org, string.format('%d', pass))
     else
-      redis.call('ZADD', p .. 'orgs', pass, org)
+      redis.call('ZADD', p .. 'orgs', string.format('%d', pass), org)
     end
     redis.call('HSET', p .. 'claims', claim, cjson.encode({org, ids}))
     redis.call('ZADD', p .. 'claimed', now, claim)
@@ -178,7 +183,7 @@ class RedisFairQueue:
 
     def take(self, claim: str) -> Taken:
         answer: list[Any] = self._take(
-            keys=[self._prefix], args=[self._now(), claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S]
+            keys=[self._prefix], args=[self._now(), claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S, MAX_WEIGHT]
         )
         if not answer:
             return Taken()

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from models.database import Engine
 from models.store.fair import CHUNK, CONTENDED_WAIT_S
 from tests.services import REDIS_URL, require
-from workers.fair import FairQueue
+from workers.fair import FairQueue, advance, paced_chunk_size
 from workers.fair.database import DatabaseFairQueue
 from workers.fair.memory import MemoryFairQueue
 from workers.fair.redis import RedisFairQueue
@@ -102,6 +102,45 @@ def test_weights_share_the_lane_in_their_ratio(fair: FairQueue) -> None:
 
     assert first.count("acme") == 20, first
     assert first.count("beta") == 10, first
+
+
+def test_weights_share_the_pushes_in_their_ratio_whatever_the_chunks_sizes(fair: FairQueue) -> None:
+    fair.put("acme", _chunks("a", 40, size=10), weight=2)
+    fair.put("beta", _chunks("b", 100, size=2), weight=1)
+
+    pushes = {"acme": 0, "beta": 0}
+    for _ in range(70):
+        taken = fair.take(uuid.uuid4().hex)
+        assert taken.organization_id is not None
+        assert taken.deployment_ids is not None
+        pushes[taken.organization_id] += len(taken.deployment_ids)
+
+    # Deployments 2:1 (counted in chunks, acme would take two turns of three: 470 pushes to beta's 46).
+    assert 190 <= pushes["acme"] <= 210, pushes
+    assert 90 <= pushes["beta"] <= 110, pushes
+
+
+def test_a_paced_organization_of_small_chunks_gets_its_rate_beside_a_busy_unpaced_one(
+    clocked: FairQueue, clock: Clock
+) -> None:
+    # C's chunks carry a twentieth of its rate (workers.fair.paced_chunk_size: 2 at 50 a second), P's the
+    # whole 250: C needs 25 takes a second. The lane here takes a chunk every 30 ms, 33 a second.
+    rate = 50.0
+    clocked.put("c-paced", _chunks("c", 500, size=paced_chunk_size(250, rate)), rate_per_s=rate)
+    clocked.put("p-busy", _chunks("p", 200, size=250))
+
+    pushes = {"c-paced": 0, "p-busy": 0}
+    for _ in range(334):  # 10 s of the lane
+        taken = clocked.take(uuid.uuid4().hex)
+        # Every take finds a chunk: P's are always ready when C's next slot has not come.
+        assert taken.organization_id is not None
+        assert taken.deployment_ids is not None
+        pushes[taken.organization_id] += len(taken.deployment_ids)
+        clock.now += 0.030
+
+    # C its full rate, 500 in 10 s (counted in turns it would get one of two takes: 33 a second); P the rest.
+    assert 480 <= pushes["c-paced"] <= 1.2 * rate * 10, pushes
+    assert pushes["p-busy"] >= 250 * 80, pushes
 
 
 def test_an_organization_that_starts_waiting_gets_no_credit_for_its_idle_time(fair: FairQueue) -> None:
@@ -226,3 +265,22 @@ def test_a_database_take_that_finds_every_ready_chunk_locked_waits_a_floor_not_z
     assert contended.deployment_ids is None
     assert contended.wait_s == CONTENDED_WAIT_S
     assert fair.take("two").organization_id == "acme"  # the lock gone, the chunk goes
+
+
+def test_a_redis_pass_beyond_fourteen_digits_is_kept_exact(clock: Clock) -> None:
+    # Lua hands a number to Redis with 14 significant digits; a pass (a score) goes through '%d' instead.
+    require(REDIS_URL, "Redis")
+    client = redis.Redis.from_url(REDIS_URL)
+    namespace = f"mdmq-test-{uuid.uuid4().hex[:8]}"
+    try:
+        fair = RedisFairQueue(client, namespace, clock)
+        virtual = 2**52 + 1
+        client.set(f"{namespace}:fair:virtual", virtual)
+        fair.put("acme", _chunks("a", 2, size=3))
+        fair.take("one")
+
+        assert client.zscore(f"{namespace}:fair:orgs", "acme") == virtual + advance(3, 1)
+    finally:
+        for key in client.scan_iter(f"{namespace}:*"):
+            client.delete(key)
+        client.close()
