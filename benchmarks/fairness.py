@@ -16,8 +16,9 @@ path: from an organization's create to its devices' pushes accepted.
   another organization, spread over A's progress; the same kinds first with the workers idle. Latency to
   accepted per kind, and its part before the push was sent (the receipt's `sent_at`).
 - paced: C with `Organization.wake_rate_per_s` set and its rollout beside an unpaced organization's: the
-  time to every C push accepted, the most C pushes in a 1-second window, and the unpaced rollout's time
-  beside its time in a run of its own.
+  time to every C push accepted, the most C pushes in a 1-second window, C's rate while the unpaced
+  rollout lasted, the fair queue's takes (beyond the chunks: tokens sent again), and the unpaced rollout's
+  time beside its time in a run of its own.
 - ten-orgs: ten organizations' rollouts created at once: each one's completion time, the mean and the
   largest deviation from it.
 
@@ -587,10 +588,12 @@ def paced(
     sizes = ({c: devices_c} if with_c else {}) | {p: devices_p}
     with running(sizes, options, wake_rates={c: rate_per_s}) as run:
         meter = CpuMeter(run)
+        takes_before = fair_takes(options.broker_url)
         started = time.time()
         for thread in [creating(run, organization) for organization in sizes]:
             thread.join()
         outcome = settle(run, sizes, started)
+        outcome["fair_takes"] = fair_takes(options.broker_url) - takes_before
         times = finish(run, meter, outcome)
     outcome["p_total_s"] = completion_s(times, run, p, started)
     if with_c:
@@ -600,7 +603,21 @@ def paced(
         outcome["c_most_pushes_in_1_s"] = most_in_a_second(accepted)
         if len(accepted) > 1:
             outcome["c_rate_per_s"] = round(len(accepted) / max(max(accepted) - min(accepted), 1e-3), 1)
+            p_last = max(
+                (t for t in first_accepted(times, run, p, range(devices_p)) if t is not None), default=0.0
+            )
+            beside = [t for t in accepted if t <= p_last]
+            if len(beside) > 1:
+                outcome["c_rate_while_p_per_s"] = round(len(beside) / max(p_last - min(accepted), 1e-3), 1)
     return outcome
+
+
+def fair_takes(broker_url: str) -> int:
+    """How many takes the fair queue in the broker's Redis has run: each begins with the one ZRANGEBYSCORE
+    (its stale claims) that Redis counts inside scripts; Dramatiq's own runs only in rare maintenance. Takes
+    beyond the chunks are tokens that found none that may go yet and were sent again."""
+    stats = redis.Redis.from_url(broker_url).info("commandstats")
+    return int(stats.get("cmdstat_zrangebyscore", {}).get("calls", 0))
 
 
 def ten_orgs(options: Options, organizations: int, devices_each: int) -> dict[str, Any]:

@@ -86,6 +86,7 @@ def test_paced_reports_the_paced_organizations_rate_and_the_unpaced_total(result
     assert run["c_wake_rate_per_s"] == 50
     assert 0 < run["c_most_pushes_in_1_s"] <= PACED
     assert run["c_every_push_accepted_s"] > 0
+    assert run["fair_takes"] >= PACED // 2  # a chunk of 2 at 50/s: a take each at least
     assert run["p_total_s"] > 0
     assert results["paced"]["runs"]["p_alone"][0]["p_total_s"] > 0
 
