@@ -19,9 +19,9 @@ class Clock:
 
 
 @pytest.mark.parametrize(
-    ("rate", "size"), [(None, 250), (50.0, 2), (4.0, 1), (0.5, 1), (10_000.0, 250), (100.0, 5)]
+    ("rate", "size"), [(None, 250), (50.0, 5), (4.0, 1), (0.5, 1), (10_000.0, 250), (100.0, 10), (25.0, 2)]
 )
-def test_a_paced_chunk_carries_a_fifth_of_the_rate_at_most_and_one_at_least(
+def test_a_paced_chunk_carries_a_tenth_of_the_rate_at_most_and_one_at_least(
     rate: float | None, size: int
 ) -> None:
     assert paced_chunk_size(250, rate) == size

@@ -18,7 +18,7 @@ no longer decides whose devices are woken next: this queue does, at the moment a
   paced organization's pass moves only at its own slow rate and lags far behind, and a newcomer joining
   there would take every turn until it caught up, starving an unpaced organization that has waited all
   along.
-- **Pacing** (GCRA): an organization with a wake-up rate has its chunks cut to a twentieth of the rate at most
+- **Pacing** (GCRA): an organization with a wake-up rate has its chunks cut to a tenth of the rate at most
   (`paced_chunk_size`), and a chunk of `n` may be taken only when the organization's *theoretical arrival
   time* (tat) has come; taking it moves the tat on by `n / rate` from itself, or from `now - catch_up_s(n)`
   when the workers came late (a delayed message is due to within a worker poll, not to the millisecond),
@@ -61,9 +61,11 @@ MAX_WEIGHT = 100
 # may make up. DESIGN §4.7 allows 1.2 times the rate; 0.15 leaves 0.05 for the dispatches' own jitter
 # (a chunk's pushes reach the devices some milliseconds after its take).
 PACE_BURST_S = 0.15
-# The largest share of an organization's rate one chunk carries: a third of the burst, the rest for
-# catching up, enough for two or three takes at once when a worker comes late.
-PACED_CHUNK_SHARE = 0.05
+# The largest share of an organization's rate one chunk carries: two thirds of the burst, the rest (0.05 s)
+# for catching up when a worker comes late. Measured against a twentieth beside a busy unpaced rollout: the
+# same pace, with 2.5 times fewer dispatches and the busiest second at 1.2 times the rate, not 1.3 (more
+# catching up gave more bursts than pace).
+PACED_CHUNK_SHARE = 0.1
 # A claim whose dispatch never said it was done (its message failed for good) is forgotten after this
 # long: longer than a dispatch's retries and time limit (workers.actors.DISPATCH_OPTIONS) together.
 CLAIM_TTL_S = 3600.0

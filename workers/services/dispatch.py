@@ -349,7 +349,7 @@ def _hold_other_topics(
 
 def pace(loaded: Loaded) -> Loaded:
     """Every wake of the chunk goes now: an organization's wake-up rate (DESIGN §4.7) is kept by the fair
-    queue (`workers.fair`), which cuts its chunks to a twentieth of the rate and hands them out no faster."""
+    queue (`workers.fair`), which cuts its chunks to a tenth of the rate and hands them out no faster."""
     return loaded
 
 

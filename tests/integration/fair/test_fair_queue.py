@@ -16,7 +16,7 @@ from sqlmodel import Session
 from models.database import Engine
 from models.store.fair import CHUNK, CONTENDED_WAIT_S
 from tests.services import REDIS_URL, require
-from workers.fair import FairQueue, advance, paced_chunk_size
+from workers.fair import FairQueue, advance
 from workers.fair.database import DatabaseFairQueue
 from workers.fair.memory import MemoryFairQueue
 from workers.fair.redis import RedisFairQueue
@@ -123,10 +123,10 @@ def test_weights_share_the_pushes_in_their_ratio_whatever_the_chunks_sizes(fair:
 def test_a_paced_organization_of_small_chunks_gets_its_rate_beside_a_busy_unpaced_one(
     clocked: FairQueue, clock: Clock
 ) -> None:
-    # C's chunks carry a twentieth of its rate (workers.fair.paced_chunk_size: 2 at 50 a second), P's the
-    # whole 250: C needs 25 takes a second. The lane here takes a chunk every 30 ms, 33 a second.
+    # C's chunks carry 2 deployments (a twenty-fifth of its rate), P's 250: C needs 25 takes a second. The
+    # lane here takes a chunk every 30 ms, 33 a second.
     rate = 50.0
-    clocked.put("c-paced", _chunks("c", 500, size=paced_chunk_size(250, rate)), rate_per_s=rate)
+    clocked.put("c-paced", _chunks("c", 500, size=2), rate_per_s=rate)
     clocked.put("p-busy", _chunks("p", 200, size=250))
 
     pushes = {"c-paced": 0, "p-busy": 0}
