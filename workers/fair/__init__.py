@@ -63,8 +63,8 @@ MAX_WEIGHT = 100
 PACE_BURST_S = 0.15
 # The largest share of an organization's rate one chunk carries: two thirds of the burst, the rest (0.05 s)
 # for catching up when a worker comes late. Measured against a twentieth beside a busy unpaced rollout: the
-# same pace, with 2.5 times fewer dispatches and the busiest second at 1.2 times the rate, not 1.3 (more
-# catching up gave more bursts than pace).
+# same pace, with 2.5 times fewer dispatches and the busiest second nearer 1.2 times the rate than 1.3
+# (more catching up gave more bursts than pace).
 PACED_CHUNK_SHARE = 0.1
 # A claim whose dispatch never said it was done (its message failed for good) is forgotten after this
 # long: longer than a dispatch's retries and time limit (workers.actors.DISPATCH_OPTIONS) together.
