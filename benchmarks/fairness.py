@@ -595,12 +595,16 @@ def paced(
         outcome = settle(run, sizes, started)
         outcome["fair_takes"] = fair_takes(options.broker_url) - takes_before
         times = finish(run, meter, outcome)
+        sent = list(sent_at(run.engine, c).values()) if with_c else []
     outcome["p_total_s"] = completion_s(times, run, p, started)
     if with_c:
         accepted = [t for i in range(devices_c) if (t := first_accepted(times, run, c, [i])[0]) is not None]
         outcome["c_wake_rate_per_s"] = rate_per_s
         outcome["c_every_push_accepted_s"] = completion_s(times, run, c, started)
         outcome["c_most_pushes_in_1_s"] = most_in_a_second(accepted)
+        # The same, as mdmq sent them (each chunk's claim, its receipts' `sent_at`), before the way to the
+        # emulator and its answer add their own jitter.
+        outcome["c_most_sent_in_1_s"] = most_in_a_second(sent)
         if len(accepted) > 1:
             outcome["c_rate_per_s"] = round(len(accepted) / max(max(accepted) - min(accepted), 1e-3), 1)
             p_last = max(
