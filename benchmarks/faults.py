@@ -408,7 +408,7 @@ def sigkill_workers(run: Run, *, kills: int = 5, between_s: float = 3.0) -> None
     for kill in range(kills):
         if kill:
             time.sleep(between_s)  # the fault's own rhythm: a kill every few seconds
-        _wait(lambda: len(workers.children()) >= 3, 60, "the worker processes to be up")
+        _wait(workers.all_up, 60, "the worker processes to be up")
         restarts = workers.restarts
         os.kill(chooser.choice(workers.worker_pids()), signal.SIGKILL)
         _wait(partial(_restarted_since, workers, restarts), 120, "the worker command to be started again")

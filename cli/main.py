@@ -154,9 +154,9 @@ def worker(
         None,
         min=0,
         max=64,  # as MDMQ_WORKER_URGENT_THREADS allows
-        help="Threads of the urgent lane's own process, started beside the others, which then take the bulk "
-        "queue alone (default MDMQ_WORKER_URGENT_THREADS, 2; 0: no such process, every thread takes both "
-        "queues).",
+        help="Urgent-lane threads for each worker process, all in a process of their own started beside the "
+        "others, which then take the bulk queue alone (default MDMQ_WORKER_URGENT_THREADS, 2; 0: no such "
+        "process, every thread takes both queues).",
     ),
 ) -> None:
     """The Dramatiq workers: Dramatiq's command on `workers.main:broker` with these processes and threads."""

@@ -77,10 +77,10 @@ class Settings(BaseSettings):
     # The longest an idle worker process sleeps between looks at a Redis queue (Dramatiq's worker timeout,
     # 1,000 ms by default): what a message waits at worst before an idle worker takes it.
     worker_poll_ms: int = Field(default=250, ge=10, le=10_000)
-    # Threads of the urgent lane's worker process, which `mdmq worker` starts beside its `--processes` (those
-    # then take the bulk queue alone): urgent messages (locks, wipes, reports, a chunk's answers) never wait
-    # for a thread, or for the interpreter lock, of a process pushing a rollout (`workers.urgent_lane`).
-    # 0: no such process; every thread takes both queues, urgent first.
+    # Threads of the urgent lane for each of `mdmq worker --processes`, all in one worker process more that it
+    # starts beside them (those then take the bulk queue alone): urgent messages (locks, wipes, reports, a
+    # chunk's answers) never wait for a thread, or for the interpreter lock, of a process pushing a rollout
+    # (`workers.urgent_lane`). 0: no such process; every thread takes both queues, urgent first.
     worker_urgent_threads: int = Field(default=2, ge=0, le=64)
     # The longest the urgent lane's process, idle, sleeps between looks at the urgent queue on Redis: what a
     # lock waits at worst before it is taken.

@@ -38,7 +38,8 @@ class WorkerProcesses:
         log: Path | None = None,
         restart_after_s: float = 1.0,
     ) -> None:
-        self._processes = processes
+        # Dramatiq's worker processes: `processes` for the bulk queue, and the urgent lane's if it has any.
+        self._processes = processes + (1 if settings.worker_urgent_threads > 0 else 0)
         self._command = worker_command(processes, threads, urgent_threads=settings.worker_urgent_threads)
         self._environment = worker_environment(settings, settings_environment(settings))
         self._log = log
@@ -80,9 +81,13 @@ class WorkerProcesses:
         return {int(child) for child in listed.split()}
 
     def worker_pids(self) -> list[int]:
-        """The worker processes alone: Dramatiq starts them before its fork processes (the exposition server),
-        so they are the first children."""
+        """The worker processes alone, the urgent lane's last: Dramatiq starts them before its fork processes
+        (the exposition server), so they are the first children."""
         return sorted(self.children())[: self._processes]
+
+    def all_up(self) -> bool:
+        """Whether every process of the command has started: the worker processes, the exposition server."""
+        return len(self.children()) >= self._processes + 1
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         stderr = self._log.open("ab") if self._log is not None else None

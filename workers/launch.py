@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -36,6 +38,8 @@ URGENT_THREADS_FLAG = "--urgent-threads"
 # Set in the urgent lane's process only (`Settings.worker_urgent_lane`).
 URGENT_LANE_VARIABLE = "MDMQ_WORKER_URGENT_LANE"
 POOL_SIZE_VARIABLE = "MDMQ_DATABASE_POOL_SIZE"
+# In the urgent lane's process: where the command's bulk processes write their pids (`bulk_processes`).
+_bulk_pids: Any = None
 # Dramatiq's own, taken when this module is first imported: before `run_dramatiq` puts `worker_process` in
 # its place, and again in a process that a spawn start method imports afresh.
 _dramatiq_worker_process = dramatiq_cli.worker_process
@@ -72,8 +76,8 @@ def worker_environment(settings: Settings, base: Mapping[str, str]) -> dict[str,
 def worker_command(processes: int, threads: int, *, urgent_threads: int) -> list[str]:
     """This launcher's argv: then Dramatiq's arguments, its own logging set-up skipped. With `urgent_threads`
     (`MDMQ_WORKER_URGENT_THREADS`) the `processes` and their `threads` take the bulk queue alone, and one
-    process more, the urgent lane's, takes the urgent queue with `urgent_threads` threads. With none, every
-    thread takes both queues, urgent first."""
+    process more, the urgent lane's, takes the urgent queue with `urgent_threads` threads for each of them.
+    With none, every thread takes both queues, urgent first."""
     lanes = [URGENT_THREADS_FLAG, str(urgent_threads), "--queues", BULK_QUEUE] if urgent_threads > 0 else []
     return [
         sys.executable,
@@ -97,7 +101,9 @@ class UrgentLane:
     first: int
     threads: int
     bulk_nice: int = 0
-    pool_size: int | None = None  # the lane's database pool, at most its threads: None, as the others'
+    # The lane's database pool: half its threads, since a pool opens as many again under load (SQLAlchemy's
+    # max_overflow), or the setting when smaller; None, as the others'.
+    pool_size: int | None = None
 
 
 def with_urgent_lane(
@@ -105,10 +111,15 @@ def with_urgent_lane(
 ) -> argparse.Namespace:
     """Dramatiq's parsed arguments with one worker process more, the urgent lane's (`worker_process`)."""
     lane = copy.copy(args)
-    pool = None if pool_size is None else min(pool_size, threads)
+    pool = None if pool_size is None else min(pool_size, math.ceil(threads / 2))
     lane.urgent_lane = UrgentLane(first=args.processes, threads=threads, bulk_nice=bulk_nice, pool_size=pool)
     lane.processes = args.processes + 1
     return lane
+
+
+def bulk_processes() -> list[int]:
+    """In the urgent lane's process: the pids of the command's bulk processes (none elsewhere)."""
+    return [pid for pid in (_bulk_pids or ()) if pid]
 
 
 def urgent_lane_arguments(args: argparse.Namespace, worker_id: int) -> argparse.Namespace | None:
@@ -126,15 +137,22 @@ def worker_process(args: argparse.Namespace, worker_id: int, *rest: Any) -> None
     """Dramatiq's worker process; the urgent lane's (`with_urgent_lane`) takes the urgent queue alone, with
     its own threads, and the bulk lane's yield the CPU to it (`MDMQ_WORKER_BULK_NICE`). Dramatiq starts,
     watches and stops it with the others: should it die, the command stops every process, and its
-    supervisor starts them all again, as for any worker process."""
+    supervisor starts them all again, as for any worker process. Asked to stop, it stops last
+    (`workers.urgent_lane`), from the pids the bulk processes write in `args.bulk_pids`."""
+    global _bulk_pids  # noqa: PLW0603  (the lane's process reads it later: `bulk_processes`)
     urgent = urgent_lane_arguments(args, worker_id)
+    bulk_pids = getattr(args, "bulk_pids", None)
     if urgent is not None:
         args = urgent
         os.environ[URGENT_LANE_VARIABLE] = "true"  # before the process imports the worker module
         if (pool := args.urgent_lane.pool_size) is not None:  # its few threads need no more connections
             os.environ[POOL_SIZE_VARIABLE] = str(pool)
-    elif (lane := getattr(args, "urgent_lane", None)) is not None and lane.bulk_nice:
-        os.nice(lane.bulk_nice)
+        _bulk_pids = bulk_pids
+    elif (lane := getattr(args, "urgent_lane", None)) is not None:
+        if bulk_pids is not None:
+            bulk_pids[worker_id] = os.getpid()
+        if lane.bulk_nice:
+            os.nice(lane.bulk_nice)
     _dramatiq_worker_process(args, worker_id, *rest)  # type: ignore[no-untyped-call]  # untyped in Dramatiq
 
 
@@ -146,7 +164,9 @@ def run_dramatiq(arguments: Sequence[str]) -> int:
     args = parse_arguments(
         arguments, bulk_nice=settings.worker_bulk_nice, pool_size=settings.database_pool_size
     )
-    if getattr(args, "urgent_lane", None) is not None:
+    if (lane := getattr(args, "urgent_lane", None)) is not None:
+        # Each bulk process writes its pid here: the lane stops only once they have all exited.
+        args.bulk_pids = multiprocessing.Array("i", lane.first, lock=False)
         # Dramatiq's main starts each worker process on this module-level name: ours picks the lane.
         dramatiq_cli.worker_process = worker_process
     code: int = dramatiq_cli.main(args)  # type: ignore[no-untyped-call]
@@ -165,8 +185,13 @@ def parse_arguments(
     args: argparse.Namespace = parser.parse_args(rest)
     if own.urgent_threads < 1:
         return args
-    return with_urgent_lane(args, own.urgent_threads, bulk_nice=bulk_nice, pool_size=pool_size)
+    threads = own.urgent_threads * args.processes  # as many as when each process had its own
+    return with_urgent_lane(args, threads, bulk_nice=bulk_nice, pool_size=pool_size)
 
 
 if __name__ == "__main__":
-    sys.exit(run_dramatiq(sys.argv[1:]))
+    # From the module by its name, not `__main__`: the worker processes import `workers.launch` (the urgent
+    # lane reads `bulk_processes` there), and a spawned one unpickles `worker_process` from it.
+    from workers.launch import run_dramatiq as run
+
+    sys.exit(run(sys.argv[1:]))

@@ -16,6 +16,7 @@ from config.logging import configure_logging
 from config.sentry import init_sentry
 from workers.actors import declare_actors
 from workers.app import App
+from workers.launch import bulk_processes
 from workers.queues import WorkerPresence
 from workers.urgent_lane import UrgentLane
 from workers.warm_up import WarmUp
@@ -33,6 +34,8 @@ app.broker.add_middleware(WarmUp(app))  # each process connects and compiles bef
 urgent_lane = app.settings.worker_urgent_lane  # the process `mdmq worker` started for the urgent queue
 app.broker.add_middleware(WorkerPresence(lane="urgent" if urgent_lane else None))  # for the operator's page
 if urgent_lane:
-    app.broker.add_middleware(UrgentLane(poll_ms=app.settings.worker_urgent_poll_ms))
+    app.broker.add_middleware(
+        UrgentLane(poll_ms=app.settings.worker_urgent_poll_ms, bulk_processes=bulk_processes)
+    )
 actors = declare_actors(app)
 broker = app.broker

@@ -1,5 +1,6 @@
-"""A lock never waits for a worker thread to finish a rollout's chunk: real `dramatiq` worker processes on
-Redis and PostgreSQL, the bulk queue's only thread held by a slow APNs answer, a lock for an AOSP device.
+"""A lock never waits for a worker thread to finish a rollout's chunk, nor for a stopping command's bulk
+process to finish one: real `dramatiq` worker processes on Redis and PostgreSQL, the bulk queue's only
+thread held by a slow APNs answer, a lock for an AOSP device.
 
 With the urgent lane (`MDMQ_WORKER_URGENT_THREADS`: a worker process of its own beside the bulk one) the
 lock is pushed while the chunk's push is still out; with none, the same lock waits until the chunk's thread
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,5 +144,37 @@ def test_a_lock_is_pushed_while_the_only_bulk_thread_pushes_a_chunk(
                 assert not chunk_answered, "the lock was pushed only once the chunk's thread was free"
             else:
                 assert chunk_answered, "with no urgent threads the lock waits for the bulk thread"
+    finally:
+        actors.app.close()
+
+
+def test_a_stopping_command_still_pushes_locks_until_its_bulk_process_has_finished(
+    world: World, tmp_path: Path
+) -> None:
+    """SIGTERM to the command while its only bulk thread waits for a slow APNs answer: Dramatiq asks every
+    process to stop at once, the bulk process finishes its chunk first, and the urgent lane goes on taking
+    locks until it has; then the whole command exits."""
+    actors = declare_actors(App(world.settings))
+    engine = actors.app.engine
+    log = tmp_path / "workers.log"
+    try:
+        processes = WorkerProcesses(world.settings, processes=1, threads=1, log=log, restart_after_s=3_600)
+        with processes as workers:
+            wait_until(lambda: len(_named_workers(actors.app)) == 2, 60, "the bulk and urgent processes")
+            [chunk] = actors.create(ROLLOUT_ORG, [NewDeployment(world.rollout_device, Kind.profile)]).ids
+            wait_until(lambda: _claimed(engine, chunk), 60, "the bulk thread to take its chunk")
+            os.kill(workers.pid, signal.SIGTERM)
+            draining = "stops once the 1 bulk processes have exited"
+            wait_until(lambda: draining in log.read_text(), 60, "the lane to be asked to stop")
+
+            [lock] = actors.create(
+                LOST_PHONE_ORG, [NewDeployment(world.lost_phone, Kind.security_action, {"action": "lock"})]
+            ).ids
+            wait_until(lambda: _pushed(engine, lock), 60, "the lock to be pushed")
+            assert not _pushed(engine, chunk), "the bulk process was still finishing its chunk"
+            assert workers.children(), "the command is still running"
+
+            wait_until(lambda: not workers.children(), 120, "the command to exit")
+            assert _pushed(engine, chunk), "the bulk process finished its chunk before it exited"
     finally:
         actors.app.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from dramatiq import Worker
@@ -19,7 +20,7 @@ from workers.launch import (
     worker_command,
     worker_environment,
 )
-from workers.urgent_lane import UrgentLane
+from workers.urgent_lane import UrgentLane, wait_for_exits
 
 # What the `dramatiq` command's Worker gets, built as the command builds it: with no timeout given.
 _PRINT_WORKER_TIMEOUT = (
@@ -54,7 +55,7 @@ def test_urgent_threads_add_one_process_that_takes_the_urgent_queue_alone() -> N
     assert (args.queues, args.threads) == ([BULK_QUEUE], 8)
     urgent = urgent_lane_arguments(args, 2)
     assert urgent is not None
-    assert (urgent.queues, urgent.threads) == ([URGENT_QUEUE], 3)
+    assert (urgent.queues, urgent.threads) == ([URGENT_QUEUE], 6), "3 for each bulk process, as before"
     assert (args.queues, args.threads) == ([BULK_QUEUE], 8), "the bulk processes' arguments unchanged"
 
 
@@ -78,7 +79,35 @@ def test_the_bulk_lane_is_niced_and_the_urgent_lanes_pool_no_larger_than_its_thr
     command = worker_command(processes=1, threads=8, urgent_threads=2)
     args = parse_arguments(command[command.index(LAUNCHER) + 1 :], bulk_nice=7, pool_size=5)
 
-    assert (args.urgent_lane.bulk_nice, args.urgent_lane.pool_size) == (7, 2)
+    # 2 threads: a pool of 1, which opens 1 more under load (max_overflow): a connection for each thread.
+    assert (args.urgent_lane.bulk_nice, args.urgent_lane.pool_size) == (7, 1)
     assert Settings().worker_bulk_nice == 5
-    small = parse_arguments(command[command.index(LAUNCHER) + 1 :], pool_size=1)
-    assert small.urgent_lane.pool_size == 1, "never larger than the setting"
+    wide = parse_arguments(worker_command(4, 8, urgent_threads=2)[3:], pool_size=3)
+    assert (wide.urgent_lane.threads, wide.urgent_lane.pool_size) == (8, 3), "never larger than the setting"
+
+
+def _waiting_child() -> subprocess.Popen[bytes]:
+    """A process that runs until its stdin closes."""
+    return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+
+
+def test_waiting_for_exits_returns_only_once_every_process_has_exited() -> None:
+    first, second = _waiting_child(), _waiting_child()
+    gone = 2**22 + 1  # above the kernel's pid_max: no such process, so none to wait for
+    waiter = threading.Thread(target=wait_for_exits, args=([first.pid, second.pid, gone],))
+    try:
+        waiter.start()
+        assert first.stdin is not None
+        assert second.stdin is not None
+        first.stdin.close()
+        first.wait()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive(), "one of the two is still running"
+        second.stdin.close()
+        second.wait()
+        waiter.join(timeout=30)
+        assert not waiter.is_alive(), "both have exited"
+    finally:
+        for process in (first, second):
+            process.kill()
+            process.wait()
