@@ -209,10 +209,12 @@ def _sees_every_figure(page: Page, r: Rollout, rollout_id: str, total: int, reas
             # RabbitMQ tells no client its unacknowledged messages, a live or a dead worker's.
             expect(cells.nth(3)).to_have_text("n/a")
             expect(cells.nth(4)).to_have_text("n/a")
-    # One `dramatiq` process; the test's own process and the API's send too, and are no workers.
-    expect(page.locator("#live-workers")).to_have_text("1")
+    # One `dramatiq` worker process on the bulk queue and the urgent lane's; the test's own process and the
+    # API's send too, and are no workers. RabbitMQ counts consumers of a queue: one on each.
+    expect(page.locator("#live-workers")).to_have_text("2" if redis else "1")
     if redis:
-        expect(page.locator("#workers tbody tr")).to_contain_text("s ago")
+        expect(page.locator("#workers tbody tr").first).to_contain_text("s ago")
+        expect(page.locator("#workers tbody")).to_contain_text("(urgent)")
     else:
         expect(page.locator("#workers")).to_contain_text("RabbitMQ keeps no heartbeats")
     bar = page.locator(f"#rollouts tr[data-rollout='{rollout_id}'] progress")
