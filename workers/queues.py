@@ -102,7 +102,10 @@ def _presence(broker: RedisBroker) -> str:
 
 
 def _forget_silent(broker: RedisBroker) -> None:
-    """Forget the other processes whose heartbeat stopped (this one has not beaten yet at its boot)."""
+    """Forget the other processes whose heartbeat stopped (this one has not beaten yet at its boot). Not
+    those that have not beaten yet either: the processes of one command boot together, and one named a
+    moment ago fetches (and beats) only once its consumers run. A process killed before its first fetch
+    keeps a name no heartbeat ever lists."""
     client = broker.client
     ids = [i for i in (_text(i) for i in client.hkeys(_presence(broker))) if i != broker.broker_id]
     beats: Any = client.pipeline(transaction=False)
@@ -110,7 +113,7 @@ def _forget_silent(broker: RedisBroker) -> None:
         beats.zscore(f"{broker.namespace}:__heartbeats__", worker_id)
     scores = beats.execute() if ids else []
     oldest = current_millis() - broker.heartbeat_timeout
-    silent = [i for i, score in zip(ids, scores, strict=True) if score is None or score < oldest]
+    silent = [i for i, score in zip(ids, scores, strict=True) if score is not None and score < oldest]
     if silent:
         client.hdel(_presence(broker), *silent)
 

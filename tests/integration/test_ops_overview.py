@@ -13,7 +13,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import dq_name, xq_name
+from dramatiq.common import current_millis, dq_name, xq_name
 from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -24,7 +24,7 @@ from tests.helpers import free_ports, wait_until
 from tests.services import RABBITMQ_URL, REDIS_URL, require
 from workers.broker import build_broker
 from workers.overview import gather_overview
-from workers.queues import QueueFigures, WorkerPresence, queue_figures, worker_beats
+from workers.queues import PRESENCE_KEY, QueueFigures, WorkerPresence, queue_figures, worker_beats
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -138,3 +138,28 @@ def test_a_broker_that_does_not_answer_leaves_its_figures_out_and_says_why(schem
     assert overview.broker_problem.startswith("unreachable: ")
     assert (overview.queues, overview.workers, overview.live_workers) == ([], [], None)
     assert overview.as_json()["brokerProblem"] == overview.broker_problem
+
+
+def test_a_booting_worker_forgets_silent_workers_but_not_those_still_booting() -> None:
+    """The processes of one command boot together: the second must not forget the first, named a moment
+    before and yet to fetch (and so to beat); a process whose heartbeat stopped long ago is forgotten."""
+    require(REDIS_URL, "redis")
+    namespace = f"presence-{uuid.uuid4().hex[:10]}"
+    first, second, dead = (build_broker(REDIS_URL, namespace=namespace) for _ in range(3))
+    assert isinstance(first, RedisBroker)
+    assert isinstance(second, RedisBroker)
+    assert isinstance(dead, RedisBroker)
+    names, beats = f"{namespace}:{PRESENCE_KEY}", f"{namespace}:__heartbeats__"
+    try:
+        dead.client.hset(names, dead.broker_id, "gone:1")
+        dead.client.zadd(beats, {dead.broker_id: current_millis() - 2 * dead.heartbeat_timeout})
+        for booting in (first, second):
+            WorkerPresence().after_worker_boot(booting, dramatiq.Worker(booting, worker_threads=1))
+
+        named = {k.decode() if isinstance(k, bytes) else k for k in dead.client.hkeys(names)}
+        assert {first.broker_id, second.broker_id} <= named, "the first, yet to beat, is still named"
+        assert dead.broker_id not in named, "a process silent past the timeout is forgotten"
+    finally:
+        dead.client.delete(names, beats)
+        for b in (first, second, dead):
+            b.close()
