@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Self
 
 from config.settings import Settings
-from workers.launch import worker_command, worker_environment
+from workers.launch import launcher_arguments, parse_arguments, worker_command, worker_environment
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -38,9 +38,9 @@ class WorkerProcesses:
         log: Path | None = None,
         restart_after_s: float = 1.0,
     ) -> None:
-        # Dramatiq's worker processes: `processes` for the bulk queue, and the urgent lane's if it has any.
-        self._processes = processes + (1 if settings.worker_urgent_threads > 0 else 0)
         self._command = worker_command(processes, threads, urgent_threads=settings.worker_urgent_threads)
+        # Dramatiq's worker processes: `processes` for the bulk queue, and the urgent lane's if it has one.
+        self._processes: int = parse_arguments(launcher_arguments(self._command)).processes
         self._environment = worker_environment(settings, settings_environment(settings))
         self._log = log
         self._restart_after_s = restart_after_s

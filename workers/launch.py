@@ -173,6 +173,11 @@ def run_dramatiq(arguments: Sequence[str]) -> int:
     return code
 
 
+def launcher_arguments(command: Sequence[str]) -> list[str]:
+    """The arguments a `worker_command` gives this launcher (for `parse_arguments`)."""
+    return list(command[command.index(LAUNCHER) + 1 :])
+
+
 def parse_arguments(
     arguments: Sequence[str], *, bulk_nice: int = 0, pool_size: int | None = None
 ) -> argparse.Namespace:

@@ -216,10 +216,10 @@ def actor_time_limits_s() -> dict[str, float]:
 def dramatiq_shutdown_timeout_s() -> float:
     """How long each Dramatiq worker process waits for its messages in flight after SIGTERM, as
     `mdmq worker` starts it (Dramatiq's --worker-shutdown-timeout, its default unless the command sets it)."""
-    from workers.launch import LAUNCHER, parse_arguments, worker_command
+    from workers.launch import launcher_arguments, parse_arguments, worker_command
 
     command = worker_command(processes=2, threads=8, urgent_threads=2)
-    arguments = parse_arguments(command[command.index(LAUNCHER) + 1 :])
+    arguments = parse_arguments(launcher_arguments(command))
     timeout_ms: int = arguments.worker_shutdown_timeout
     return timeout_ms / 1000
 

@@ -14,7 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 from config.settings import Settings
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.launch import (
-    LAUNCHER,
+    launcher_arguments,
     parse_arguments,
     urgent_lane_arguments,
     worker_command,
@@ -48,7 +48,7 @@ def test_the_idle_poll_setting_is_the_worker_timeout_dramatiq_reads(tmp_path: Pa
 
 def test_urgent_threads_add_one_process_that_takes_the_urgent_queue_alone() -> None:
     command = worker_command(processes=2, threads=8, urgent_threads=3)
-    args = parse_arguments(command[command.index(LAUNCHER) + 1 :])
+    args = parse_arguments(launcher_arguments(command))
 
     assert args.processes == 3, "the two bulk processes and the urgent lane's"
     assert [urgent_lane_arguments(args, worker_id) is None for worker_id in range(3)] == [True, True, False]
@@ -61,7 +61,7 @@ def test_urgent_threads_add_one_process_that_takes_the_urgent_queue_alone() -> N
 
 def test_no_urgent_threads_no_lane_every_process_takes_both_queues() -> None:
     command = worker_command(processes=2, threads=8, urgent_threads=0)
-    args = parse_arguments(command[command.index(LAUNCHER) + 1 :])
+    args = parse_arguments(launcher_arguments(command))
 
     assert (args.processes, args.queues) == (2, None)
     assert urgent_lane_arguments(args, 1) is None
@@ -77,12 +77,12 @@ def test_the_urgent_lane_looks_at_its_idle_queue_at_its_own_poll() -> None:
 
 def test_the_bulk_lane_is_niced_and_the_urgent_lanes_pool_no_larger_than_its_threads() -> None:
     command = worker_command(processes=1, threads=8, urgent_threads=2)
-    args = parse_arguments(command[command.index(LAUNCHER) + 1 :], bulk_nice=7, pool_size=5)
+    args = parse_arguments(launcher_arguments(command), bulk_nice=7, pool_size=5)
 
     # 2 threads: a pool of 1, which opens 1 more under load (max_overflow): a connection for each thread.
     assert (args.urgent_lane.bulk_nice, args.urgent_lane.pool_size) == (7, 1)
     assert Settings().worker_bulk_nice == 5
-    wide = parse_arguments(worker_command(4, 8, urgent_threads=2)[3:], pool_size=3)
+    wide = parse_arguments(launcher_arguments(worker_command(4, 8, urgent_threads=2)), pool_size=3)
     assert (wide.urgent_lane.threads, wide.urgent_lane.pool_size) == (8, 3), "never larger than the setting"
 
 
