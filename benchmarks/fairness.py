@@ -214,6 +214,8 @@ class Run:
     devices: dict[str, list[Device]]
     worker_pids: list[int]
     timeout_s: float
+    # When each organization's create returned (`creating`), wall clock.
+    created: dict[str, float] = field(default_factory=dict)
 
     @property
     def engine(self) -> sa.Engine:
@@ -225,10 +227,15 @@ class Run:
 
 @contextmanager
 def running(
-    sizes: Mapping[str, int], options: Options, wake_rates: Mapping[str, float] | None = None
+    sizes: Mapping[str, int],
+    options: Options,
+    wake_rates: Mapping[str, float] | None = None,
+    *,
+    before_workers: Callable[[Run], None] | None = None,
 ) -> Iterator[Run]:
     """A run of the organizations `sizes` names (with that many devices each); `wake_rates` set on the
-    organizations' `wake_rate_per_s` before the workers start."""
+    organizations' `wake_rate_per_s` before the workers start, and `before_workers` called (to create work
+    that waits for them) before they start."""
     redis.Redis.from_url(options.broker_url).flushdb()  # nothing left by an earlier run
     database: AbstractContextManager[str] = (
         nullcontext(options.database_url) if options.database_url else scratch_database()
@@ -243,12 +250,14 @@ def running(
         app = App(settings)
         stack.callback(app.close)
         _set_up(app, world, wake_rates or {})
-        actors = declare_actors(app)
+        run = Run(app, declare_actors(app), world, world.devices, [], options.timeout_s)
+        if before_workers is not None:
+            before_workers(run)
         dramatiq = stack.enter_context(workers(settings, options.processes, options.threads))
         wait_for_metrics(settings.worker_metrics_port, 60)
         wait_for_workers(dramatiq.pid, options.processes, options.threads, 60)
-        pids = [dramatiq.pid, *children(dramatiq.pid)]
-        yield Run(app, actors, world, world.devices, pids, options.timeout_s)
+        run.worker_pids = [dramatiq.pid, *children(dramatiq.pid)]
+        yield run
 
 
 def _settings(options: Options, database_url: str, world: World, directory: Path) -> Settings:
@@ -312,6 +321,7 @@ def creating(run: Run, organization: str, gate: threading.Barrier | None = None)
         if gate is not None:
             gate.wait()
         create(run, organization, run.devices[organization])
+        run.created[organization] = time.time()
 
     thread = threading.Thread(target=create_all, name=f"create-{organization}", daemon=True)
     thread.start()
@@ -322,11 +332,12 @@ def creating(run: Run, organization: str, gate: threading.Barrier | None = None)
 
 
 class CpuMeter:
-    """The worker processes' and the run's PostgreSQL backends' CPU seconds from the moment it is made."""
+    """The worker processes' and the run's PostgreSQL backends' CPU seconds from the moment it is made
+    (the workers' from their start, `from_start`)."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, *, from_start: bool = False) -> None:
         self._run = run
-        self._workers = cpu_s(run.worker_pids)
+        self._workers = 0.0 if from_start else cpu_s(run.worker_pids)
         self._postgres = cpu_by_pid(own_backends(run.engine))
 
     def per_1000(self, pushes: int) -> dict[str, float | None]:
@@ -624,21 +635,40 @@ def fair_takes(broker_url: str) -> int:
     return int(stats.get("cmdstat_zrangebyscore", {}).get("calls", 0))
 
 
-def ten_orgs(options: Options, organizations: int, devices_each: int) -> dict[str, Any]:
-    """Every organization's rollout created at once, one thread each."""
+def ten_orgs(options: Options, organizations: int, devices_each: int, *, waiting: bool) -> dict[str, Any]:
+    """Every organization's rollout created at once, one thread each. `waiting`: created before the
+    workers start, so that every organization's work waits for them together, and each completion is
+    counted from the first push accepted of any; else created while the workers run, each completion
+    counted from the moment the creates were released, the organization whose create returned first
+    having the workers to itself until the next."""
     names = organization_ids(*(f"t{i}" for i in range(organizations)))
     sizes = dict.fromkeys(names, devices_each)
-    with running(sizes, options) as run:
-        meter = CpuMeter(run)
+
+    released: list[float] = []
+
+    def create_together(run: Run) -> None:
         gate = threading.Barrier(organizations + 1)
         threads = [creating(run, organization, gate) for organization in names]
-        started = time.time()
+        released.append(time.time())
         gate.wait()
         for thread in threads:
             thread.join()
-        outcome = settle(run, sizes, started)
+
+    with running(sizes, options, before_workers=create_together if waiting else None) as run:
+        # Waiting, the workers push from their first thread's boot: their CPU is counted from their start.
+        meter = CpuMeter(run, from_start=waiting)
+        if not waiting:
+            create_together(run)
+        outcome = settle(run, sizes, released[0])
         times = finish(run, meter, outcome)
-    completions = [completion_s(times, run, o, started) for o in names]
+    firsts = [
+        min((t for t in first_accepted(times, run, o, range(devices_each)) if t is not None), default=None)
+        for o in names
+    ]
+    began = min((t for t in firsts if t is not None), default=released[0]) if waiting else released[0]
+    outcome["created_s"] = [round(run.created[o] - released[0], 3) for o in names]
+    outcome["first_accepted_s"] = [None if t is None else round(t - began, 3) for t in firsts]
+    completions = [completion_s(times, run, o, began) for o in names]
     outcome["completion_s"] = completions
     if all(c is not None for c in completions):
         done = [c for c in completions if c is not None]
@@ -747,12 +777,16 @@ def scenario_paced(options: Options, args: argparse.Namespace) -> dict[str, Any]
 
 
 def scenario_ten_orgs(options: Options, args: argparse.Namespace) -> dict[str, Any]:
-    (runs,) = repeated(args.runs, lambda: ten_orgs(options, args.orgs, args.devices_per_org))
+    waiting, creating = repeated(
+        args.runs,
+        lambda: ten_orgs(options, args.orgs, args.devices_per_org, waiting=True),
+        lambda: ten_orgs(options, args.orgs, args.devices_per_org, waiting=False),
+    )
     return {
         "organizations": args.orgs,
         "devices_each": args.devices_per_org,
-        "median": medians(runs),
-        "runs": runs,
+        "median": {"waiting": medians(waiting), "creating": medians(creating)},
+        "runs": {"waiting": waiting, "creating": creating},
     }
 
 

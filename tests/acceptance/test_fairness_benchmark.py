@@ -91,10 +91,18 @@ def test_paced_reports_the_paced_organizations_rate_and_the_unpaced_total(result
     assert results["paced"]["runs"]["p_alone"][0]["p_total_s"] > 0
 
 
-def test_ten_orgs_reports_each_organizations_completion(results: dict[str, Any]) -> None:
-    run = results["ten-orgs"]["runs"][0]
+def test_ten_orgs_reports_each_organizations_completion_waiting_and_while_created(
+    results: dict[str, Any],
+) -> None:
+    for variant in ("waiting", "creating"):
+        run = results["ten-orgs"]["runs"][variant][0]
 
-    assert len(run["completion_s"]) == ORGS
-    assert all(c > 0 for c in run["completion_s"])
-    assert min(run["completion_s"]) <= run["mean_s"] <= max(run["completion_s"])
-    assert run["max_deviation_pct"] >= 0
+        assert len(run["completion_s"]) == len(run["created_s"]) == ORGS, variant
+        assert all(c > 0 for c in run["completion_s"]), variant
+        assert min(run["completion_s"]) <= run["mean_s"] <= max(run["completion_s"]), variant
+        assert run["max_deviation_pct"] >= 0, variant
+        assert all(0 <= f < c for f, c in zip(run["first_accepted_s"], run["completion_s"], strict=True))
+    # Waiting, the times count from the first push accepted of any organization: one of them is at 0.
+    assert min(results["ten-orgs"]["runs"]["waiting"][0]["first_accepted_s"]) == 0
+    # Waiting, every create returned before the workers started, so before any push.
+    assert all(c > 0 for c in results["ten-orgs"]["runs"]["waiting"][0]["created_s"])
