@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import ssl
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,6 +31,7 @@ from workers.providers.credentials import ApnsCertificate
 from workers.providers.endpoints import ProviderEndpoints
 from workers.providers.http2 import Http2Pool, Origin, Response, StreamUnanswered
 from workers.providers.timing import timed
+from workers.providers.tls import ClientCertificateContext, key_type
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +53,8 @@ class ApnsProvider:
         request_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        # Only what a send reads of the credential: its PEM text (some 3 KB) is in the TLS context once
-        # loaded, and a provider is kept for each of up to thousands of organizations.
+        # Only what a send reads of the credential, and the PEM text of its certificate and key (some 3 KB)
+        # that each connection loads: a provider is kept for each of up to thousands of organizations.
         self._topic_text = credential.topic
         self._not_after = credential.not_after
         self._clock = clock
@@ -64,7 +63,7 @@ class ApnsProvider:
         origin = Origin.from_url(endpoints.apns(credential.environment))
         self._pool = Http2Pool(
             origin,
-            ssl_context=_ssl_context(credential, origin, endpoints),
+            ssl_context=_client_certificate(credential, origin, endpoints),
             max_connections=max_connections,
             request_timeout_s=request_timeout_s,
         )
@@ -180,25 +179,16 @@ def _result(push: Push, apns_id: str, response: Response, sent_at: datetime) -> 
     )
 
 
-def _ssl_context(
+def _client_certificate(
     credential: ApnsCertificate, origin: Origin, endpoints: ProviderEndpoints
-) -> ssl.SSLContext | None:
+) -> ClientCertificateContext | None:
     # Cleartext h2c (an emulator's `http://` URL) carries no client certificate: APNs itself is TLS only.
     if origin.scheme != "https":
         return None
-    context = endpoints.tls_context()
-    _load_client_certificate(context, credential)
-    return context
-
-
-def _load_client_certificate(context: ssl.SSLContext, credential: ApnsCertificate) -> None:
-    # ssl only loads a certificate chain from files: write it to a private directory and remove it at once.
-    with tempfile.TemporaryDirectory(prefix="mdmq-apns-") as directory:
-        path = os.path.join(directory, "client.pem")
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(credential.certificate_pem.rstrip("\n") + "\n" + credential.private_key_pem)
-        try:
-            context.load_cert_chain(path)
-        except ssl.SSLError:
-            raise CredentialRejected("the APNs certificate and its key do not match") from None
+    shared = endpoints.shared_tls_context(client_key_type=key_type(credential.certificate_pem))
+    try:
+        return ClientCertificateContext(
+            shared, credential.certificate_pem.rstrip("\n") + "\n" + credential.private_key_pem
+        )
+    except ssl.SSLError:
+        raise CredentialRejected("the APNs certificate and its key do not match") from None

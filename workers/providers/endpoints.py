@@ -50,23 +50,47 @@ class ProviderEndpoints:
         )
 
     def tls_context(self) -> ssl.SSLContext:
-        """A verifying client context offering only h2, trusting the extra CA if one is set, else the
+        """A new verifying client context offering only h2, trusting the extra CA if one is set, else the
         system's CAs."""
-        if self.ca_file or self.ca_pem:
-            context = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_pem)
-        else:
-            context = ssl.create_default_context(capath=_hashed_ca_directory())
-        context.set_alpn_protocols(["h2"])
-        return context
+        return _trust_context(*self._trust())
+
+    def shared_tls_context(self, *, client_key_type: str | None = None) -> ssl.SSLContext:
+        """This process's context of this trust, made once: the one of connections without a client
+        certificate, or the one of client certificates of `client_key_type` (`ClientCertificateContext`,
+        which loads its certificate into the context for each connection it makes)."""
+        return _shared_context(*self._trust(), client_key_type)
 
     def pool(self, url: str, *, max_connections: int) -> Http2Pool:
         """Connections to `url`: TLS with this trust for `https://`, cleartext h2c for `http://`."""
         origin = Origin.from_url(url)
-        context = self.tls_context() if origin.scheme == "https" else None
+        context = self.shared_tls_context() if origin.scheme == "https" else None
         return Http2Pool(origin, ssl_context=context, max_connections=max_connections)
+
+    def _trust(self) -> tuple[str | None, str | None, str | None]:
+        """The extra CA (file, PEM), else the system's hashed CA directory if it has one."""
+        if self.ca_file or self.ca_pem:
+            return self.ca_file, self.ca_pem, None
+        return None, None, _hashed_ca_directory()
 
     def apns(self, environment: ApnsEnvironment) -> str:
         return self.apns_production if environment is ApnsEnvironment.production else self.apns_sandbox
+
+
+def _trust_context(ca_file: str | None, ca_pem: str | None, ca_directory: str | None) -> ssl.SSLContext:
+    if ca_file or ca_pem:
+        context = ssl.create_default_context(cafile=ca_file, cadata=ca_pem)
+    else:
+        context = ssl.create_default_context(capath=ca_directory)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+@cache
+def _shared_context(
+    ca_file: str | None, ca_pem: str | None, ca_directory: str | None, client_key_type: str | None
+) -> ssl.SSLContext:
+    # Kept for the process's life: one for each trust in the settings and kind of client certificate.
+    return _trust_context(ca_file, ca_pem, ca_directory)
 
 
 _HASHED_NAME = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
@@ -77,9 +101,9 @@ def _hashed_ca_directory() -> str | None:
     """The system's CA directory when OpenSSL can look CAs up in it by subject hash (Debian's and Alpine's
     /etc/ssl/certs), and no CA file is forced (SSL_CERT_FILE); None otherwise, for the default trust.
 
-    Each APNs provider has a context of its own (its push certificate is the client certificate), and the
-    default trust loads the whole CA bundle into each: some 850 KB a context, 850 MB for 1,000
-    organizations. From the directory, OpenSSL reads only the CA a handshake needs, when it needs it.
+    The default trust loads the whole CA bundle into a context, some 850 KB: into each of the process's
+    shared contexts (one for each kind of client certificate and one without) and each `tls_context()`.
+    From the directory, OpenSSL reads only the CA a handshake needs, when it needs it.
     """
     if os.environ.get("SSL_CERT_FILE"):
         return None

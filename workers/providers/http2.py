@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from h2.errors import ErrorCodes
 
 from workers.providers.base import ConnectionFailed, CredentialRejected, ProviderError
 from workers.providers.h2_client import ClientConnection, ProtocolViolation, StreamsExhausted, error_name
+from workers.providers.tls import TlsContext
 
 logger = logging.getLogger(__name__)
 
@@ -382,15 +383,16 @@ class Http2Pool:
         self,
         origin: Origin,
         *,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: TlsContext | None = None,
         max_connections: int = 4,
         streams_per_connection: int = DEFAULT_STREAMS_PER_CONNECTION,
         connect_timeout_s: float = 10.0,
         request_timeout_s: float = 30.0,
     ) -> None:
         if origin.scheme == "https" and ssl_context is None:
-            ssl_context = ssl.create_default_context()
-            ssl_context.set_alpn_protocols(["h2"])
+            default = ssl.create_default_context()
+            default.set_alpn_protocols(["h2"])
+            ssl_context = default
         self.origin = origin
         self._ssl_context = ssl_context if origin.scheme == "https" else None
         self._max_connections = max_connections
@@ -587,8 +589,20 @@ class _TlsLayer(asyncio.sslproto.SSLProtocol):
 
     max_size = _TLS_READ_BYTES
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        app_protocol: asyncio.BaseProtocol,
+        context: TlsContext,
+        waiter: asyncio.Future[None],
+        *,
+        server_hostname: str,
+    ) -> None:
+        # asyncio asks its context only for `wrap_bio`, the TLS object: a ClientCertificateContext makes one
+        # that presents its own client certificate.
+        super().__init__(
+            loop, app_protocol, cast(ssl.SSLContext, context), waiter, server_hostname=server_hostname
+        )
         self._ssl_buffer_view = _thread_read_buffer()  # the private one just made is dropped
         self._ssl_buffer = bytearray()
 
