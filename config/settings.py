@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     aosp_url: str = "https://api.pushy.me"
     # An extra CA to trust for the push services (a test emulator's); the system store otherwise.
     push_ca_file: str | None = None
-    # A worker process keeps one provider per push credential it sends with (its TLS context and HTTP/2
+    # A worker process keeps one provider per push credential it sends with (its credential and HTTP/2
     # connections). One unused for `provider_idle_s` is closed, once its pushes in flight are answered, and
     # built again by the next push: a process that has served 1,000 organizations holds only those active
     # lately. Not under 10 s: APNs treats rapid connection and disconnection as a denial-of-service attack

@@ -1,4 +1,4 @@
-"""The system's trust, read from its hashed CA directory: each provider's TLS context loads no CA up front,
+"""The system's trust, read from its hashed CA directory: a TLS context loads no CA up front,
 and still verifies the push service's certificate."""
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from workers.providers.endpoints import ProviderEndpoints
 @pytest.fixture
 def fresh_lookup() -> Iterator[None]:
     endpoints_module._hashed_ca_directory.cache_clear()
+    endpoints_module._shared_context.cache_clear()
     yield
     endpoints_module._hashed_ca_directory.cache_clear()
+    endpoints_module._shared_context.cache_clear()
 
 
 def hashed_directory(directory: Path, ca_pem: bytes) -> Path:

@@ -1,0 +1,111 @@
+"""APNs providers share a TLS context (one per trust and key type), and each connection still presents its
+own organization's certificate (`workers.providers.tls`)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
+from sandbox.tls import Issued, issue_client_certificate, issue_mdm_push_certificate, make_ca, mdm_topic
+from tests.integration.providers.conftest import apns_credential, apns_endpoints, apns_token, private_pem
+from workers.providers.apns import ApnsProvider
+from workers.providers.base import CredentialRejected, Outcome, Push, PushType
+from workers.providers.credentials import ApnsCertificate, ApnsEnvironment
+from workers.providers.endpoints import ProviderEndpoints
+from workers.providers.tls import key_type
+
+Organization = tuple[ApnsCertificate, list[str]]
+
+
+def rsa_push_certificate(registry: DeviceRegistry, ca: Issued) -> ApnsCertificate:
+    """An MDM push certificate with an RSA key, as Apple's are (the sandbox issues EC ones)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    topic = mdm_topic()
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.USER_ID, topic)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    registry.add_apns_client_certificate(certificate, topics=[topic])
+    return ApnsCertificate.from_pem(Issued(certificate, ca.key).cert_pem.decode(), private_pem(key))
+
+
+def organization(registry: DeviceRegistry, ca: Issued, *, rsa_key: bool) -> Organization:
+    if rsa_key:
+        credential = rsa_push_certificate(registry, ca)
+    else:
+        credential = apns_credential(issue_mdm_push_certificate(registry, ca=ca))
+    tokens = [apns_token() for _ in range(10)]
+    for token in tokens:
+        registry.add_apns_device(token, topic=credential.topic)
+    return credential, tokens
+
+
+def test_each_connection_presents_its_own_certificate_from_any_thread() -> None:
+    registry = DeviceRegistry()
+    ca = make_ca("shared context push CA", days=30)
+    registry.add_apns_client_ca(ca.certificate)
+    # EC and RSA keys alternate: a context keeps one certificate of each key type, so a context shared
+    # between the two would have RSA organizations present the last EC certificate loaded (TLS 1.3).
+    organizations = [organization(registry, ca, rsa_key=i % 2 == 1) for i in range(12)]
+    assert len({key_type(credential.certificate_pem) for credential, _ in organizations}) == 2
+    start = threading.Barrier(2)
+
+    def serve(endpoints: ProviderEndpoints, served: list[Organization]) -> list[list[Outcome]]:
+        async def scenario() -> list[list[Outcome]]:
+            providers = [ApnsProvider(credential, endpoints) for credential, _ in served]
+            start.wait()  # both threads' loops open their connections at once
+            try:
+                results = await asyncio.gather(
+                    *(
+                        provider.send(
+                            [Push(f"d{i}", t, PushType.mdm, push_magic="m") for i, t in enumerate(tokens)]
+                        )
+                        for provider, (_, tokens) in zip(providers, served, strict=True)
+                    )
+                )
+            finally:
+                await asyncio.gather(*(provider.close() for provider in providers))
+            return [[result.outcome for result in answered] for answered in results]
+
+        return asyncio.run(scenario())
+
+    # The emulator answers TopicDisallowed to a push whose connection presented another topic's certificate.
+    with SandboxThread(registry, tls=True, apns_faults=FaultConfig(latency=Latency.fixed(20))) as sandbox:
+        endpoints = apns_endpoints(sandbox)
+        with ThreadPoolExecutor(2) as threads:
+            halves = [threads.submit(serve, endpoints, organizations[i::2]) for i in (0, 1)]
+            outcomes = [outcome for half in halves for outcome in half.result(timeout=60)]
+    assert outcomes == [[Outcome.accepted] * 10] * 12
+
+
+def test_a_key_that_is_not_the_certificates_is_refused_when_the_provider_is_made() -> None:
+    ca = make_ca("APNs test CA")
+    issued = issue_client_certificate(ca, mdm_topic())
+    other = issue_client_certificate(ca, mdm_topic())
+    credential = ApnsCertificate(
+        issued.cert_pem.decode(),
+        other.key_pem.decode(),  # as no stored credential is: from_pem refuses it
+        mdm_topic(),
+        ApnsEnvironment.production,
+        issued.certificate.not_valid_after_utc,
+    )
+    with pytest.raises(CredentialRejected) as refused:
+        ApnsProvider(credential, ProviderEndpoints(apns_production="https://127.0.0.1:9"))
+    assert str(refused.value) == "the APNs certificate and its key do not match"
