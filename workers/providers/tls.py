@@ -12,8 +12,19 @@ from typing import Protocol
 
 from cryptography import x509
 
-# Held from loading a certificate into a shared context to making the TLS object that copies it.
-_LOADING = threading.Lock()
+
+class _Loading:
+    """Held from loading a certificate into a shared context to making the TLS object that copies it."""
+
+    lock = threading.Lock()
+
+    @classmethod
+    def renew(cls) -> None:
+        # A process forked while another thread held it would have it held for good.
+        cls.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_Loading.renew)
 
 
 class TlsContext(Protocol):
@@ -59,7 +70,7 @@ class ClientCertificateContext:
         server_hostname: str | None = None,
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLObject:
-        with _LOADING:
+        with _Loading.lock:
             _load_chain(self._shared, self._chain_and_key)
             return self._shared.wrap_bio(
                 incoming, outgoing, server_side=server_side, server_hostname=server_hostname, session=session

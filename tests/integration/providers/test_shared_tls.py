@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import ssl
+import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -17,11 +22,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
 from sandbox.tls import Issued, issue_client_certificate, issue_mdm_push_certificate, make_ca, mdm_topic
 from tests.integration.providers.conftest import apns_credential, apns_endpoints, apns_token, private_pem
+from workers.providers import tls
 from workers.providers.apns import ApnsProvider
 from workers.providers.base import CredentialRejected, Outcome, Push, PushType
 from workers.providers.credentials import ApnsCertificate, ApnsEnvironment
 from workers.providers.endpoints import ProviderEndpoints
-from workers.providers.tls import key_type
 
 Organization = tuple[ApnsCertificate, list[str]]
 
@@ -64,7 +69,7 @@ def test_each_connection_presents_its_own_certificate_from_any_thread() -> None:
     # EC and RSA keys alternate: a context keeps one certificate of each key type, so a context shared
     # between the two would have RSA organizations present the last EC certificate loaded (TLS 1.3).
     organizations = [organization(registry, ca, rsa_key=i % 2 == 1) for i in range(12)]
-    assert len({key_type(credential.certificate_pem) for credential, _ in organizations}) == 2
+    assert len({tls.key_type(credential.certificate_pem) for credential, _ in organizations}) == 2
     start = threading.Barrier(2)
 
     def serve(endpoints: ProviderEndpoints, served: list[Organization]) -> list[list[Outcome]]:
@@ -109,3 +114,32 @@ def test_a_key_that_is_not_the_certificates_is_refused_when_the_provider_is_made
     with pytest.raises(CredentialRejected) as refused:
         ApnsProvider(credential, ProviderEndpoints(apns_production="https://127.0.0.1:9"))
     assert str(refused.value) == "the APNs certificate and its key do not match"
+
+
+def test_a_forked_process_does_not_inherit_the_lock_held_by_another_thread() -> None:
+    read, write = os.pipe()
+    with tls._Loading.lock:  # as a thread of the parent making a connection when the worker forks
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking a process with threads; forking is exactly what workers do.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: it makes connections of its own
+            try:
+                os.write(write, b"free" if tls._Loading.lock.acquire(timeout=5) else b"held")
+            finally:
+                os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"free"
+
+
+def test_without_memory_files_the_certificate_is_read_from_a_private_file_removed_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delattr(os, "memfd_create")  # as on macOS
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    issued = issue_client_certificate(make_ca("APNs test CA"), mdm_topic())
+    pem = issued.cert_pem.decode() + issued.key_pem.decode()
+    context = tls.ClientCertificateContext(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), pem)
+    context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost")
+    assert list(tmp_path.iterdir()) == []
