@@ -16,9 +16,9 @@ path: from an organization's create to its devices' pushes accepted.
   another organization, spread over A's progress; the same kinds first with the workers idle. Latency to
   accepted per kind, and its part before the push was sent (the receipt's `sent_at`).
 - paced: C with `Organization.wake_rate_per_s` set and its rollout beside an unpaced organization's: the
-  time to every C push accepted, the most C pushes in a 1-second window, C's rate while the unpaced
-  rollout lasted, the fair queue's takes (beyond the chunks: tokens sent again), and the unpaced rollout's
-  time beside its time in a run of its own.
+  time to every C push accepted, the most C pushes in a 1-second window (as claimed, sent and accepted),
+  C's rate while the unpaced rollout lasted, the fair queue's takes (beyond the chunks: tokens sent
+  again), and the unpaced rollout's time beside its time in a run of its own.
 - ten-orgs: ten organizations' rollouts created at once: each one's completion time, the mean and the
   largest deviation from it.
 
@@ -393,6 +393,18 @@ def sent_at(engine: sa.Engine, organization: str) -> dict[str, float]:
     return {row.device_id: _utc(row.sent_at).timestamp() for row in rows}
 
 
+def claimed_at(engine: sa.Engine, organization: str) -> dict[str, float]:
+    """Each device's (id) deployment's claim for its push (`pushed_at`, set as its chunk's dispatch
+    begins), wall clock."""
+    statement = sa.text(
+        "SELECT device_id, min(pushed_at) AS pushed_at FROM deployment "
+        "WHERE organization_id = :organization AND pushed_at IS NOT NULL GROUP BY device_id"
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(statement, {"organization": organization}).all()
+    return {row.device_id: _utc(row.pushed_at).timestamp() for row in rows}
+
+
 def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
@@ -607,6 +619,7 @@ def paced(
         outcome["fair_takes"] = fair_takes(options.broker_url) - takes_before
         times = finish(run, meter, outcome)
         sent = list(sent_at(run.engine, c).values()) if with_c else []
+        claimed = list(claimed_at(run.engine, c).values()) if with_c else []
     outcome["p_total_s"] = completion_s(times, run, p, started)
     if with_c:
         accepted = [t for i in range(devices_c) if (t := first_accepted(times, run, c, [i])[0]) is not None]
@@ -616,6 +629,9 @@ def paced(
         # The same, as mdmq sent them (each chunk's claim, its receipts' `sent_at`), before the way to the
         # emulator and its answer add their own jitter.
         outcome["c_most_sent_in_1_s"] = most_in_a_second(sent)
+        # And as the fair queue handed them out: each chunk's claim (`pushed_at`), a few milliseconds after
+        # its take, before the worker's own reads and its push loop, busy with P's chunks, delay the sends.
+        outcome["c_most_claimed_in_1_s"] = most_in_a_second(claimed)
         if len(accepted) > 1:
             outcome["c_rate_per_s"] = round(len(accepted) / max(max(accepted) - min(accepted), 1e-3), 1)
             p_last = max(
