@@ -53,10 +53,9 @@ def test_the_passes_stay_exact_in_a_double_for_a_year_at_100_000_pushes_a_second
 
 def test_late_workers_never_send_a_paced_organization_beyond_its_rate_in_any_second() -> None:
     """Workers that come every 0-100 ms (a busy pool, or delayed tokens due within a poll) and take all that
-    may go each time, and once are
-    all busy elsewhere for 3 s: the chunks that fell due meanwhile go no closer together than the burst
-    allows, so no 1-second window sees more than 1.2 times the rate, and the whole takes about n / rate
-    (plus the stall, which is not made up beyond the burst)."""
+    may go each time, and once are all busy elsewhere for 3 s: the chunks that fell due meanwhile go no
+    closer together than the burst allows, so no 1-second window sees more than 1.2 times the rate, and the
+    whole takes about n / rate (plus the stall, made up only at `CATCH_UP_PACE` times the rate)."""
     rate, devices = 50.0, 3_000
     clock, rng = Clock(), random.Random(7)
     fair = MemoryFairQueue(clock)

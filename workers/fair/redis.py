@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from workers.fair import CLAIM_TTL_S, MAX_WEIGHT, PACE_BURST_S, STRIDE, Taken
+from workers.fair import CATCH_UP_PACE, CLAIM_TTL_S, MAX_WEIGHT, PACE_BURST_S, STRIDE, Taken
 
 # Chunks put by one script call: Redis runs nothing else during a script, and a million-device rollout is
 # thousands of chunks; a hundred of 250 ids is some 650 KB, a few milliseconds.
@@ -69,14 +69,15 @@ return delays
 """
 )
 
-# ARGV: now, claim, stride, claim TTL, pace burst, the largest weight. Returns {organization, ids} taken,
-# {'', wait} or {}. A pass is an integer below 2**53 (workers.fair.STRIDE), exact in a Lua number and a
-# score; it goes to Redis through '%d', since Lua would pass a number on with 14 digits ('%.14g').
+# ARGV: now, claim, stride, claim TTL, pace burst, the largest weight, the catch-up pace. Returns
+# {organization, ids} taken, {'', wait} or {}. A pass is an integer below 2**53 (workers.fair.STRIDE), exact
+# in a Lua number and a score; it goes to Redis through '%d', since Lua would pass a number on with 14
+# digits ('%.14g').
 _TAKE = (
     _NOW
     + """
 local p, claim, stride_base, ttl = KEYS[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local burst, max_weight = tonumber(ARGV[5]), tonumber(ARGV[6])
+local burst, max_weight, catch_up_pace = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local held = redis.call('HGET', p .. 'claims', claim)
 if held then
   local c = cjson.decode(held)
@@ -99,8 +100,7 @@ for _, org in ipairs(redis.call('ZRANGE', p .. 'orgs', 0, -1)) do
     redis.call('ZREM', q, head[1])
     local rate = tonumber(redis.call('HGET', p .. 'rate', org) or '0')
     if rate > 0 then  -- workers.fair.next_tat
-      local step = size / rate
-      tat = math.max(tat, now - math.max(0, burst - step)) + step
+      tat = math.max(tat, now - math.max(0, burst - size / rate)) + size / (rate * catch_up_pace)
       redis.call('HSET', p .. 'tat', org, string.format('%.6f', tat))
     end
     local pass = tonumber(redis.call('ZSCORE', p .. 'orgs', org))
@@ -183,7 +183,8 @@ class RedisFairQueue:
 
     def take(self, claim: str) -> Taken:
         answer: list[Any] = self._take(
-            keys=[self._prefix], args=[self._now(), claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S, MAX_WEIGHT]
+            keys=[self._prefix],
+            args=[self._now(), claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S, MAX_WEIGHT, CATCH_UP_PACE],
         )
         if not answer:
             return Taken()

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from models.database import Engine
 from models.store.fair import CHUNK, CONTENDED_WAIT_S
 from tests.services import REDIS_URL, require
-from workers.fair import FairQueue, advance
+from workers.fair import CATCH_UP_PACE, FairQueue, advance, catch_up_s, paced_chunk_size
 from workers.fair.database import DatabaseFairQueue
 from workers.fair.memory import MemoryFairQueue
 from workers.fair.redis import RedisFairQueue
@@ -141,6 +141,33 @@ def test_a_paced_organization_of_small_chunks_gets_its_rate_beside_a_busy_unpace
     # C its full rate, 500 in 10 s (counted in turns it would get one of two takes: 33 a second); P the rest.
     assert 480 <= pushes["c-paced"] <= 1.2 * rate * 10, pushes
     assert pushes["p-busy"] >= 250 * 80, pushes
+
+
+def test_a_paced_organization_makes_up_lateness_slowly_never_beyond_the_bound(
+    clocked: FairQueue, clock: Clock
+) -> None:
+    # 150 chunks of 2 at 20/s: slots 0.1 s apart, the last at 14.9 s. For the first second the lane takes
+    # a chunk every 250 ms only (every thread in another organization's big chunks): C falls 0.6 s behind.
+    # Then it takes whatever may go every 20 ms.
+    rate, chunks = 20.0, 150
+    size = paced_chunk_size(250, rate)
+    clocked.put("c-paced", _chunks("c", chunks, size=size), rate_per_s=rate)
+    start, taken = clock.now, list[float]()
+    while len(taken) < chunks and clock.now < start + 30:
+        busy = clock.now < start + 1.0
+        clock.now += 0.25 if busy else 0.02
+        while clocked.take(uuid.uuid4().hex).deployment_ids is not None:
+            taken.append(clock.now - start)
+            if busy:
+                break
+
+    # The lateness is made up, a little faster than the rate, by the last slot (lost, it would end 0.6 s
+    # later); and no 1-second window sees more than the bound (23.8), under 1.2 times the rate.
+    assert len(taken) == chunks
+    assert taken[-1] == pytest.approx((chunks - 1) * size / rate, abs=0.05), taken[-10:]
+    bound = rate * CATCH_UP_PACE * (1 + catch_up_s(size, rate)) + size
+    busiest = max(sum(size for t in taken if at <= t < at + 1.0) for at in taken)
+    assert busiest <= bound <= 1.2 * rate, (busiest, bound)
 
 
 def test_an_organization_that_starts_waiting_gets_no_credit_for_its_idle_time(fair: FairQueue) -> None:
