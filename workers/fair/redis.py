@@ -18,8 +18,10 @@ from typing import Any
 
 import redis
 
-from workers.fair import CATCH_UP_PACE, CLAIM_TTL_S, MAX_WEIGHT, PACE_BURST_S, STRIDE, Taken
+from workers.fair import CATCH_UP_PACE, CLAIM_TTL_S, MAX_WEIGHT, PACE_BURST_S, PACE_LIMIT, STRIDE, Taken
 
+# The take's pacing arguments after the burst: workers.fair.catch_up_pace's.
+_PACE = (CATCH_UP_PACE, PACE_LIMIT)
 # Chunks put by one script call: Redis runs nothing else during a script, and a million-device rollout is
 # thousands of chunks; a hundred of 250 ids is some 650 KB, a few milliseconds.
 PUT_AT_ONCE = 100
@@ -69,15 +71,16 @@ return delays
 """
 )
 
-# ARGV: now, claim, stride, claim TTL, pace burst, the largest weight, the catch-up pace. Returns
-# {organization, ids} taken, {'', wait} or {}. A pass is an integer below 2**53 (workers.fair.STRIDE), exact
-# in a Lua number and a score; it goes to Redis through '%d', since Lua would pass a number on with 14
-# digits ('%.14g').
+# ARGV: now, claim, stride, claim TTL, pace burst, the largest weight, the catch-up pace, the pace limit.
+# Returns {organization, ids} taken, {'', wait} or {}. A pass is an integer below 2**53
+# (workers.fair.STRIDE), exact in a Lua number and a score; it goes to Redis through '%d', since Lua would
+# pass a number on with 14 digits ('%.14g'). A tat is kept with 17 digits, as the other stores keep it.
 _TAKE = (
     _NOW
     + """
 local p, claim, stride_base, ttl = KEYS[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local burst, max_weight, catch_up_pace = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local pace_limit = tonumber(ARGV[8])
 local held = redis.call('HGET', p .. 'claims', claim)
 if held then
   local c = cjson.decode(held)
@@ -99,9 +102,12 @@ for _, org in ipairs(redis.call('ZRANGE', p .. 'orgs', 0, -1)) do
     redis.call('HDEL', p .. 'chunk', head[1])
     redis.call('ZREM', q, head[1])
     local rate = tonumber(redis.call('HGET', p .. 'rate', org) or '0')
-    if rate > 0 then  -- workers.fair.next_tat
-      tat = math.max(tat, now - math.max(0, burst - size / rate)) + size / (rate * catch_up_pace)
-      redis.call('HSET', p .. 'tat', org, string.format('%.6f', tat))
+    if rate > 0 then  -- workers.fair.next_tat, with workers.fair.catch_up_pace
+      local behind = math.max(0, burst - size / rate)
+      local most = math.floor(pace_limit * rate / size) * size / (rate * (1 + behind))
+      local pace = math.max(1, math.min(catch_up_pace, most))
+      tat = math.max(tat, now - behind) + size / (rate * pace)
+      redis.call('HSET', p .. 'tat', org, string.format('%.17g', tat))
     end
     local pass = tonumber(redis.call('ZSCORE', p .. 'orgs', org))
     if pass > tonumber(redis.call('GET', p .. 'virtual') or '0') then
@@ -184,7 +190,7 @@ class RedisFairQueue:
     def take(self, claim: str) -> Taken:
         answer: list[Any] = self._take(
             keys=[self._prefix],
-            args=[self._now(), claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S, MAX_WEIGHT, CATCH_UP_PACE],
+            args=[self._now(), claim, STRIDE, CLAIM_TTL_S, PACE_BURST_S, MAX_WEIGHT, *_PACE],
         )
         if not answer:
             return Taken()

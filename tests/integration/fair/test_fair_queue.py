@@ -3,6 +3,7 @@ Redis broker) and PostgreSQL (the RabbitMQ broker)."""
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from sqlmodel import Session
 from models.database import Engine
 from models.store.fair import CHUNK, CONTENDED_WAIT_S
 from tests.services import REDIS_URL, require
-from workers.fair import CATCH_UP_PACE, FairQueue, advance, catch_up_s, paced_chunk_size
+from workers.fair import PACE_LIMIT, FairQueue, advance, catch_up_pace, catch_up_s, paced_chunk_size
 from workers.fair.database import DatabaseFairQueue
 from workers.fair.memory import MemoryFairQueue
 from workers.fair.redis import RedisFairQueue
@@ -165,9 +166,30 @@ def test_a_paced_organization_makes_up_lateness_slowly_never_beyond_the_bound(
     # later); and no 1-second window sees more than the bound (23.8), under 1.2 times the rate.
     assert len(taken) == chunks
     assert taken[-1] == pytest.approx((chunks - 1) * size / rate, abs=0.05), taken[-10:]
-    bound = rate * CATCH_UP_PACE * (1 + catch_up_s(size, rate)) + size
+    bound = rate * catch_up_pace(size, rate) * (1 + catch_up_s(size, rate)) + size
     busiest = max(sum(size for t in taken if at <= t < at + 1.0) for at in taken)
     assert busiest <= bound <= 1.2 * rate, (busiest, bound)
+
+
+@pytest.mark.parametrize("rate", [2.0, 4.0, 4.9, 20.0])
+def test_after_a_stall_no_second_sees_more_whole_pushes_than_1_2_times_the_rate(
+    clocked: FairQueue, clock: Clock, rate: float
+) -> None:
+    # Under 10 a second a chunk is one push, a large share of the rate: catching up at 1.05 times it would
+    # fit one push more into some second (3 at 2/s, 5 at 4/s, 6 at 4.9/s).
+    size = paced_chunk_size(250, rate)
+    chunks = int(8 * rate / size)
+    clocked.put("c-paced", _chunks("c", chunks, size=size), rate_per_s=rate)
+    clock.now += 3.0  # every thread busy elsewhere: the first 3 s of slots all fall due at once
+    start, taken = clock.now, list[float]()
+    while len(taken) < chunks and clock.now < start + 30:
+        while clocked.take(uuid.uuid4().hex).deployment_ids is not None:
+            taken.append(clock.now)
+        clock.now += 1 / 128  # exact in binary: the stores see the moments the test counts
+
+    assert len(taken) == chunks
+    busiest = max(sum(size for t in taken if at <= t < at + 1.0) for at in taken)
+    assert busiest <= max(size, math.floor(PACE_LIMIT * rate)), busiest
 
 
 def test_an_organization_that_starts_waiting_gets_no_credit_for_its_idle_time(fair: FairQueue) -> None:
