@@ -174,9 +174,9 @@ def set_fair_share(
 ) -> FairShare:
     """Change an organization's weight or wake-up rate (None: back to the default); what it has now. Chunks
     waiting keep their size and their booked slots; new ones are cut and booked at the new rate. Every take
-    from then on is paced at the new rate: after a cut, the slots already past let it catch up at up to 1.05
-    times the new rate, and a chunk cut for the old one can be more than a tenth of the new (5 at 50/s is
-    a fifth of 25/s), so a second may briefly see up to 1.25 times the new rate until those chunks are
+    from then on is paced at the new rate (`workers.fair.catch_up_pace`, which counts the chunk's own size,
+    so a second stays within 1.2 times the new rate), except that a chunk cut for the old rate and larger
+    than 1.2 times the new goes whole: 5 at 50/s cut to 4/s is 5 in a second, once a chunk until those are
     gone. `UnknownOrganization` when it
     does not exist: a setting never creates one (a typo in its id would otherwise make a new organization;
     they are created with their first token, `mdmq token create --create-org`)."""
