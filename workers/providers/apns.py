@@ -44,6 +44,13 @@ _CONNECT_FAILED = "ConnectionFailed"
 class ApnsProvider:
     """Sends pushes for one APNs push certificate over a pool of multiplexed HTTP/2 connections."""
 
+    __slots__ = (
+        "_clock",
+        "_not_after",
+        "_pool",
+        "_topic",
+    )
+
     def __init__(
         self,
         credential: ApnsCertificate,
@@ -55,7 +62,6 @@ class ApnsProvider:
     ) -> None:
         # Only what a send reads of the credential, and the PEM text of its certificate and key (some 3 KB)
         # that each connection loads: a provider is kept for each of up to thousands of organizations.
-        self._topic_text = credential.topic
         self._not_after = credential.not_after
         self._clock = clock
         # The certificate's subject UID [A-MDMPUSH]: APNs refuses another topic (TopicDisallowed).
@@ -86,7 +92,7 @@ class ApnsProvider:
     def _refuse_expired_certificate(self) -> None:
         if datetime.fromtimestamp(self._clock(), UTC) >= self._not_after:
             raise CredentialRejected(
-                f"the APNs certificate for {self._topic_text} expired on {self._not_after}"
+                f"the APNs certificate for {self._topic.decode()} expired on {self._not_after}"
             )
 
     async def _send_one(self, push: Push) -> PushResult:

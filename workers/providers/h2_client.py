@@ -97,6 +97,26 @@ class ClientConnection:
     goes; the listener hears of each answer's headers, data and end, and of resets, SETTINGS, opened windows
     and GOAWAY."""
 
+    __slots__ = (
+        "_buffer",
+        "_continuation",
+        "_decoder",
+        "_next_stream_id",
+        "_outbound",
+        "_receive_window",
+        "_recv_consumed",
+        "_recv_initial_window",
+        "_recv_window",
+        "_send_initial_window",
+        "_send_window",
+        "closed",
+        "encoder",
+        "listener",
+        "max_concurrent_streams",
+        "max_outbound_frame_size",
+        "streams",
+    )
+
     def __init__(self, listener: Listener, *, receive_window: int) -> None:
         self.listener = listener
         self.encoder = StaticTableEncoder()

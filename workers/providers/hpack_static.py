@@ -17,7 +17,7 @@ import hpack
 from hpack.hpack import encode_integer
 from hpack.table import HeaderTable
 
-_MAX_CACHED = 512  # values like apns-expiration change every second; the cache is emptied when full
+_MAX_CACHED = 512  # values like apns-expiration change every second; a cache is emptied when full
 # RFC 7541 6.3: "dynamic table size update" to 0 — our table stays empty whatever the peer allows.
 _TABLE_SIZE_ZERO = b"\x20"
 
@@ -70,9 +70,18 @@ def encode_header(name: bytes, value: bytes) -> bytes:
     return encode_literal(name, value, never_indexed=False)
 
 
+# The encodings of the process's encoders, one cache for each set of never-indexed names (an encoding is
+# the same whatever the connection, but a name never indexed by one encoder must not be found cached by it).
+# Shared by every connection of every thread, rather than one cache a connection: with an organization a
+# connection, 1,000 organizations' connections each kept the same few headers' encodings (some 1 KB each).
+# A dict's get, set and clear are each atomic under the GIL: a lost race costs one encoding more.
+_CACHES: dict[frozenset[str | bytes], dict[tuple[str | bytes, str | bytes], bytes]] = {}
+
+
 class StaticTableEncoder:
     """`hpack.Encoder.encode` with the static table and literals only, cached per header. It holds no header
-    table and no Huffman coder (hpack's encoder does, some 1 KiB): every connection has one.
+    table and no Huffman coder (hpack's encoder does, some 1 KiB), and shares its cache with the process's
+    other encoders of the same `never_indexed`: every connection has one.
 
     Headers are (name, value) pairs of `str` or `bytes`. An `hpack.NeverIndexedHeaderTuple`, or a header
     whose name is in `never_indexed`, is a never-indexed literal and is not cached: secrets, and values that
@@ -87,7 +96,7 @@ class StaticTableEncoder:
             if never_indexed
             else _NO_NAMES
         )
-        self._cache: dict[tuple[str | bytes, str | bytes], bytes] = {}
+        self._cache = _CACHES.setdefault(self.never_indexed, {})
         self._announced = False
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:

@@ -131,6 +131,23 @@ class _Stream:
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 connection. Not used directly: `Http2Pool` hands out its free streams."""
 
+    __slots__ = (
+        "_allowed_streams",
+        "_blocked",
+        "_closed",
+        "_flush_scheduled",
+        "_origin",
+        "_pool",
+        "_protocol",
+        "_ready",
+        "_request_timeout_s",
+        "_stream_limit",
+        "_streams",
+        "_transport",
+        "accepting",
+        "last_error",
+    )
+
     def __init__(
         self, origin: Origin, stream_limit: int, pool: _PoolListener, request_timeout_s: float = 30.0
     ) -> None:
@@ -378,6 +395,21 @@ class Http2Pool:
     A request waits for a free stream on any connection; a connection that ends (GOAWAY, loss) is dropped and
     the next request that finds no room opens its replacement.
     """
+
+    __slots__ = (
+        "_closed",
+        "_connect_error",
+        "_connect_timeout_s",
+        "_connections",
+        "_draining",
+        "_max_connections",
+        "_opening",
+        "_request_timeout_s",
+        "_ssl_context",
+        "_streams_per_connection",
+        "_waiters",
+        "origin",
+    )
 
     def __init__(
         self,
