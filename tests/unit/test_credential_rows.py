@@ -27,6 +27,7 @@ from workers.providers.credentials import (
     require_printable,
     require_project_id,
 )
+from workers.services import credential_rows
 from workers.services.credential_rows import credential_from_row
 
 MDM_TOPIC = "com.apple.mgmt.External.2b6f0cc9-04a1-4f0e-9d3e-6c1f6b1c1a11"
@@ -95,6 +96,29 @@ def _certificate_row(topic: str, *, key: str | None = None, row_topic: str | Non
     issued = issue_client_certificate(make_ca(), topic)
     bundle = issued.cert_pem.decode() + (key if key is not None else issued.key_pem.decode())
     return _row(Provider.apns, CredentialKind.apns_certificate, bundle, topic=row_topic)
+
+
+def test_a_loaded_certificate_is_kept_by_its_secrets_digest_and_a_renewed_one_loaded_afresh() -> None:
+    row = _certificate_row(MDM_TOPIC)
+    first = credential_from_row(row)
+    assert isinstance(first, ApnsCertificate)
+
+    assert credential_from_row(row) is first
+    renewed = credential_from_row(_certificate_row(MDM_TOPIC))
+    assert isinstance(renewed, ApnsCertificate)
+    assert renewed.certificate_pem != first.certificate_pem
+    # The cache holds the credential as loaded, and no other copy of the decrypted bundle.
+    assert all(row.secret not in key for key in credential_rows._loaded)
+
+
+def test_only_the_last_loaded_credentials_are_kept() -> None:
+    rows = [_row(Provider.aosp, CredentialKind.aosp_api_key, f"key-{n:04d}") for n in range(300)]
+    loaded = [credential_from_row(row) for row in rows]
+
+    assert len(credential_rows._loaded) == credential_rows._CACHED
+    assert credential_from_row(rows[-1]) is loaded[-1]
+    assert credential_from_row(rows[0]) is not loaded[0]  # dropped, loaded again
+    assert credential_from_row(rows[0]) == loaded[0]
 
 
 def test_a_stored_apns_token_key_is_refused_with_the_reason_mdm_needs_the_certificate() -> None:

@@ -61,7 +61,8 @@ class ApnsProvider:
         clock: Callable[[], float] = time.time,
     ) -> None:
         # Only what a send reads of the credential, and the PEM text of its certificate and key (some 3 KB)
-        # that each connection loads: a provider is kept for each of up to thousands of organizations.
+        # that each connection loads, the credential's own strings (which the cache of loaded credentials
+        # shares): a provider is kept for each of up to thousands of organizations.
         self._not_after = credential.not_after
         self._clock = clock
         # The certificate's subject UID [A-MDMPUSH]: APNs refuses another topic (TopicDisallowed).
@@ -193,8 +194,6 @@ def _client_certificate(
         return None
     shared = endpoints.shared_tls_context(client_key_type=key_type(credential.certificate_pem))
     try:
-        return ClientCertificateContext(
-            shared, credential.certificate_pem.rstrip("\n") + "\n" + credential.private_key_pem
-        )
+        return ClientCertificateContext(shared, credential.certificate_pem, credential.private_key_pem)
     except ssl.SSLError:
         raise CredentialRejected("the APNs certificate and its key do not match") from None

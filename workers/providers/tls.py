@@ -56,8 +56,10 @@ class ClientCertificateContext:
 
     __slots__ = ("_chain_and_key", "_shared")
 
-    def __init__(self, shared: ssl.SSLContext, chain_and_key_pem: str) -> None:
-        """Raises ssl.SSLError if the key is not the certificate's, or either cannot be read."""
+    def __init__(self, shared: ssl.SSLContext, *chain_and_key_pem: str) -> None:
+        """The certificate chain and the key as PEM text, in one or more parts (the credential's own strings,
+        not a copy joined here). Raises ssl.SSLError if the key is not the certificate's, or either cannot
+        be read."""
         _load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), chain_and_key_pem)  # checked on a throw-away one
         self._shared = shared
         self._chain_and_key = chain_and_key_pem
@@ -82,9 +84,10 @@ def key_type(certificate_pem: str) -> str:
     return x509.load_pem_x509_certificate(certificate_pem.encode()).public_key_algorithm_oid.dotted_string
 
 
-def _load_chain(context: ssl.SSLContext, chain_and_key_pem: str) -> None:
+def _load_chain(context: ssl.SSLContext, chain_and_key_pem: tuple[str, ...]) -> None:
     # ssl loads a certificate chain only from a file: one in memory where Linux has them, else a private one.
-    with _private_file(chain_and_key_pem.encode()) as path:
+    # A line break between the parts: a PEM block must start on a line of its own.
+    with _private_file("\n".join(chain_and_key_pem).encode()) as path:
         context.load_cert_chain(path)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import re
 import threading
-from typing import NamedTuple
+from collections import OrderedDict
 
 from models.enums import CredentialKind, Provider
 from models.secrets import reveal
@@ -41,16 +41,31 @@ def credential_from_row(row: PushCredential) -> Credential:
     An RSA key is loaded without its costly consistency check: a stored row passed it when it was stored,
     and material on its way in gets it from `KeyChecks`, which remembers each key's answer by the key.
 
-    Each distinct stored credential is loaded once (every dispatch chunk asks); the cache key is the row's
-    whole content, so a renewed or edited credential is loaded afresh. The lock makes the first of the
-    worker threads that ask at once load it, and the others wait."""
+    Each distinct stored credential is loaded once (every dispatch chunk asks), and the last `_CACHED` kept;
+    the cache key is the row's whole content, its secret by digest, so a renewed or edited credential is
+    loaded afresh. The lock makes the first of the worker threads that ask at once load it, and the others
+    wait."""
     require_kind_of(row.provider, row.kind)
-    material = _Stored(row.kind, row.environment.value, reveal(row.secret), row.project_id)
+    secret = reveal(row.secret)
+    # The secret's digest, not the secret: the cache keeps each credential as loaded (whose PEM text the
+    # provider built from it shares) without one more copy of its decrypted material.
+    key = (row.kind, row.environment.value, hashlib.sha256(secret.encode()).digest(), row.project_id)
     with _loading:
-        return _credential(material)
+        credential = _loaded.get(key)
+        if credential is not None:
+            _loaded.move_to_end(key)
+            return credential
+        credential = _credential(row.kind, row.environment.value, secret, row.project_id)
+        _loaded[key] = credential
+        if len(_loaded) > _CACHED:
+            _loaded.popitem(last=False)
+        return credential
 
 
+_CACHED = 256
 _loading = threading.Lock()
+# The credentials last loaded, by kind, environment, digest of the secret and project, least recent first.
+_loaded: OrderedDict[tuple[CredentialKind, str, bytes, str | None], Credential] = OrderedDict()
 
 
 def require_kind_of(provider: Provider, kind: CredentialKind) -> None:
@@ -62,26 +77,16 @@ def require_kind_of(provider: Provider, kind: CredentialKind) -> None:
         raise InvalidCredential(MDM_NEEDS_CERTIFICATE)
 
 
-class _Stored(NamedTuple):
-    kind: CredentialKind
-    environment: str
-    secret: str
-    project_id: str | None
-
-    def __repr__(self) -> str:  # never the secret
-        return f"_Stored({self.kind.value}, {self.environment})"
-
-
-@functools.lru_cache(maxsize=256)
-def _credential(row: _Stored) -> Credential:
-    environment = ApnsEnvironment(row.environment)
-    if row.kind is CredentialKind.apns_certificate:
-        certificate, key = _certificate_and_key(row.secret)
+def _credential(kind: CredentialKind, environment: str, secret: str, project_id: str | None) -> Credential:
+    if kind is CredentialKind.apns_certificate:
+        certificate, key = _certificate_and_key(secret)
         # The topic is the certificate's own [A-SEND]: what the row says is a copy, for listing.
-        return ApnsCertificate.from_pem(certificate, key, environment=environment, check_key=False)
-    if row.kind is CredentialKind.fcm_service_account:
-        return FcmServiceAccount.from_json(row.secret, project_id=row.project_id, check_key=False)
-    return AospApiKey(row.secret)
+        return ApnsCertificate.from_pem(
+            certificate, key, environment=ApnsEnvironment(environment), check_key=False
+        )
+    if kind is CredentialKind.fcm_service_account:
+        return FcmServiceAccount.from_json(secret, project_id=project_id, check_key=False)
+    return AospApiKey(secret)
 
 
 def _certificate_and_key(bundle: str) -> tuple[str, str]:
