@@ -621,6 +621,45 @@ class _TlsLayer(asyncio.sslproto.SSLProtocol):
 
     max_size = _TLS_READ_BYTES
 
+    # asyncio's layer sets 32 attributes (Python 3.11), more than an instance's values can share their keys
+    # with the class's other instances (30): each layer got a dict of its own, 1.5 KiB. Its attributes held
+    # in slots instead leave the dict unmade (a slot set in the base class's code is still the slot's). Not
+    # the three it gives class defaults (`_handshake_timeout_handle`...): a slot would hide the default.
+    __slots__ = (
+        "_app_protocol",
+        "_app_protocol_is_buffer",
+        "_app_reading_paused",
+        "_app_state",
+        "_app_transport",
+        "_app_transport_created",
+        "_app_writing_paused",
+        "_conn_lost",
+        "_eof_received",
+        "_extra",
+        "_incoming",
+        "_incoming_high_water",
+        "_incoming_low_water",
+        "_loop",
+        "_outgoing",
+        "_outgoing_high_water",
+        "_outgoing_low_water",
+        "_server_hostname",
+        "_server_side",
+        "_ssl_buffer",
+        "_ssl_buffer_view",
+        "_ssl_handshake_timeout",
+        "_ssl_reading_paused",
+        "_ssl_shutdown_timeout",
+        "_ssl_writing_paused",
+        "_sslcontext",
+        "_sslobj",
+        "_state",
+        "_transport",
+        "_waiter",
+        "_write_backlog",
+        "_write_buffer_size",
+    )
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,

@@ -4,6 +4,7 @@ buffer (`workers.providers.http2._TlsLayer`), and answers still reach their own 
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import threading
 
 from sandbox import DeviceRegistry, FaultConfig, Latency, Sandbox
@@ -55,3 +56,34 @@ def test_connections_of_many_certificates_share_a_read_buffer_and_get_their_own_
     thread.join()
     assert elsewhere[0] is not here
     assert len(elsewhere[0]) == len(here) == http2._TLS_READ_BYTES
+
+
+def test_the_tls_layer_holds_asyncios_attributes_in_slots_and_makes_no_dict() -> None:
+    # No slot hides a class attribute of asyncio's layer, which it reads before an instance sets it.
+    assert not set(http2._TlsLayer.__slots__) & set(vars(asyncio.sslproto.SSLProtocol))
+    registry = DeviceRegistry()
+    ca = make_ca("tls layer push CA", days=30)
+    registry.add_apns_client_ca(ca.certificate)
+    certificate = issue_mdm_push_certificate(registry, ca=ca, days=30)
+    token = apns_token()
+    registry.add_apns_device(token, topic=certificate.topic)
+
+    async def scenario() -> tuple[list[Outcome], dict[str, object]]:
+        async with Sandbox(registry, tls=True) as sandbox:
+            provider = ApnsProvider(apns_credential(certificate), apns_endpoints(sandbox))
+            try:
+                [result] = await provider.send([Push("d" * 24, token, PushType.mdm, push_magic="m")])
+                [connection] = provider._pool._connections
+                # The TLS layer under the transport asyncio hands the connection.
+                layer = getattr(connection.transport, "_ssl_protocol", None)
+                assert isinstance(layer, http2._TlsLayer)
+                attributes = dict(vars(layer))
+            finally:
+                await provider.close()
+        return [result.outcome], attributes
+
+    outcomes, attributes = asyncio.run(scenario())
+    assert outcomes == [Outcome.accepted]
+    # Only what asyncio sets on a connected layer past its slots: the handshake's timing, whose class
+    # defaults the slots leave visible. Its own attributes' dict (1.5 KiB) is never made.
+    assert set(attributes) <= {"_handshake_start_time", "_handshake_timeout_handle"}
