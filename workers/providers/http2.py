@@ -432,7 +432,8 @@ class Http2Pool:
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout_s = request_timeout_s
         self._connections: list[Http2Connection] = []
-        self._draining: set[Http2Connection] = set()
+        # Made when a connection first drains: most pools never have one, and an empty set is 216 bytes.
+        self._draining: set[Http2Connection] | None = None
         self._opening: asyncio.Task[None] | None = None
         self._connect_error: ProviderError | None = None
         # Made at the first wait for a stream: most pools never wait, and an empty deque is 0.7 KiB.
@@ -517,8 +518,11 @@ class Http2Pool:
             return
         # Out of the pool, but still answering its last streams: kept so that close() can close it.
         if connection.closed:
-            self._draining.discard(connection)
+            if self._draining is not None:
+                self._draining.discard(connection)
         else:
+            if self._draining is None:
+                self._draining = set()
             self._draining.add(connection)
         if connection in self._connections:
             # It drains its answered streams on its own; all waiting re-check, and one opens a replacement.
@@ -603,8 +607,8 @@ class Http2Pool:
             self._opening.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._opening
-        connections = [*self._connections, *self._draining]
-        self._connections, self._draining = [], set()
+        connections = [*self._connections, *(self._draining or ())]
+        self._connections, self._draining = [], None
         await asyncio.gather(*(connection.close(grace_s) for connection in connections))
 
 
@@ -676,12 +680,19 @@ class _TlsLayer(asyncio.sslproto.SSLProtocol):
         )
         self._ssl_buffer_view = _thread_read_buffer()  # the private one just made is dropped
         self._ssl_buffer = bytearray()
+        # asyncio's backlog of data written before the TLS object takes it: a deque, which allocates its
+        # first block (0.7 KiB) when made. asyncio only appends to it, clears it, tests it and reads,
+        # replaces or deletes its first item (`_do_write`), as a list does too; once the handshake is done
+        # each write empties it at once, and the HTTP/2 connection writes nothing before that.
+        self._write_backlog: Any = []
 
     def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
         super()._on_handshake_complete(handshake_exc)
-        # asyncio keeps the server's certificate decoded to a dict (some 3 KB) for `get_extra_info`, which
-        # nothing here asks for: the handshake has verified it, and ALPN is read from the TLS object.
-        self._extra.pop("peercert", None)
+        # asyncio keeps the server's certificate decoded to a dict (some 3 KB), and the cipher suite's name,
+        # protocol and bits, for `get_extra_info`, which nothing here asks for: the handshake has verified
+        # the certificate, and ALPN is read from the TLS object.
+        for name in ("peercert", "cipher"):
+            self._extra.pop(name, None)
 
     def get_buffer(self, n: int) -> memoryview:
         # This thread's, whichever thread built the layer; `buffer_updated` reads the same view.
