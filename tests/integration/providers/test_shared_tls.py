@@ -62,19 +62,38 @@ def organization(registry: DeviceRegistry, ca: Issued, *, rsa_key: bool) -> Orga
     return credential, tokens
 
 
-def test_each_connection_presents_its_own_certificate_from_any_thread() -> None:
+def test_each_connection_presents_its_own_certificate_from_any_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     registry = DeviceRegistry()
     ca = make_ca("shared context push CA", days=30)
     registry.add_apns_client_ca(ca.certificate)
     # EC and RSA keys alternate: a context keeps one certificate of each key type, so a context shared
     # between the two would have RSA organizations present the last EC certificate loaded (TLS 1.3).
     organizations = [organization(registry, ca, rsa_key=i % 2 == 1) for i in range(12)]
-    assert len({tls.key_type(credential.certificate_pem) for credential, _ in organizations}) == 2
+    key_types = {tls.key_type(credential.certificate_pem) for credential, _ in organizations}
+    assert len(key_types) == 2
     start = threading.Barrier(2)
+    serving = threading.local()
+    # Each thread, once it has loaded its first certificate of a key type into the shared context, waits for
+    # the other thread to load one of its own before making the TLS object. Under the lock the other thread
+    # cannot: the wait times out. Without it, the TLS object would copy the other organization's certificate.
+    loaded = {(half, kind): threading.Event() for half in (0, 1) for kind in key_types}
+    load_chain = tls._load_chain
 
-    def serve(endpoints: ProviderEndpoints, served: list[Organization]) -> list[list[Outcome]]:
+    def load_then_let_the_other_thread_load(context: ssl.SSLContext, chain_and_key_pem: str) -> None:
+        load_chain(context, chain_and_key_pem)
+        half, kind = getattr(serving, "half", None), tls.key_type(chain_and_key_pem)
+        if half is not None and not loaded[half, kind].is_set():
+            loaded[half, kind].set()
+            loaded[1 - half, kind].wait(timeout=0.5)
+
+    monkeypatch.setattr(tls, "_load_chain", load_then_let_the_other_thread_load)
+
+    def serve(endpoints: ProviderEndpoints, half: int, served: list[Organization]) -> list[list[Outcome]]:
         async def scenario() -> list[list[Outcome]]:
             providers = [ApnsProvider(credential, endpoints) for credential, _ in served]
+            serving.half = half  # from here on, loads are into the shared context, for a connection
             start.wait()  # both threads' loops open their connections at once
             try:
                 results = await asyncio.gather(
@@ -95,7 +114,11 @@ def test_each_connection_presents_its_own_certificate_from_any_thread() -> None:
     with SandboxThread(registry, tls=True, apns_faults=FaultConfig(latency=Latency.fixed(20))) as sandbox:
         endpoints = apns_endpoints(sandbox)
         with ThreadPoolExecutor(2) as threads:
-            halves = [threads.submit(serve, endpoints, organizations[i::2]) for i in (0, 1)]
+            # Each thread serves both key types: the two threads load into both shared contexts.
+            halves = [
+                threads.submit(serve, endpoints, half, organizations[half * 6 : half * 6 + 6])
+                for half in (0, 1)
+            ]
             outcomes = [outcome for half in halves for outcome in half.result(timeout=60)]
     assert outcomes == [[Outcome.accepted] * 10] * 12
 
