@@ -93,8 +93,9 @@ def _load_chain(context: ssl.SSLContext, chain_and_key_pem: tuple[str, ...]) -> 
 
 @contextlib.contextmanager
 def _private_file(data: bytes) -> Iterator[str]:
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        with os.fdopen(os.memfd_create("mdmq-client-certificate", os.MFD_CLOEXEC), "wb") as file:
+    memory_file = _memory_file()
+    if memory_file is not None:
+        with os.fdopen(memory_file, "wb") as file:
             file.write(data)
             file.flush()
             yield f"/proc/self/fd/{file.fileno()}"
@@ -104,3 +105,12 @@ def _private_file(data: bytes) -> Iterator[str]:
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
             file.write(data)
         yield path
+
+
+def _memory_file() -> int | None:
+    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.memfd_create("mdmq-client-certificate", os.MFD_CLOEXEC)
+    except OSError:  # refused by a seccomp filter (EPERM), or no descriptor left (EMFILE): a file will do
+        return None

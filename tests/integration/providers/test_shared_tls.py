@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import os
 import ssl
 import tempfile
@@ -160,6 +161,21 @@ def test_without_memory_files_the_certificate_is_read_from_a_private_file_remove
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delattr(os, "memfd_create")  # as on macOS
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    issued = issue_client_certificate(make_ca("APNs test CA"), mdm_topic())
+    pem = issued.cert_pem.decode() + issued.key_pem.decode()
+    context = tls.ClientCertificateContext(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), pem)
+    context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_memory_file_falls_back_to_a_private_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def refused(name: str, flags: int = 0) -> int:
+        raise PermissionError(errno.EPERM, "Operation not permitted")  # as under a seccomp filter
+
+    monkeypatch.setattr(os, "memfd_create", refused)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     issued = issue_client_certificate(make_ca("APNs test CA"), mdm_topic())
     pem = issued.cert_pem.decode() + issued.key_pem.decode()
