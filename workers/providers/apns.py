@@ -192,7 +192,11 @@ def _client_certificate(
     # Cleartext h2c (an emulator's `http://` URL) carries no client certificate: APNs itself is TLS only.
     if origin.scheme != "https":
         return None
-    shared = endpoints.shared_tls_context(client_key_type=key_type(credential.certificate_pem))
+    try:
+        kind = key_type(credential.certificate_pem)
+    except ValueError:
+        raise CredentialRejected("the APNs certificate cannot be read") from None
+    shared = endpoints.shared_tls_context(client_key_type=kind)
     try:
         return ClientCertificateContext(shared, credential.certificate_pem, credential.private_key_pem)
     except ssl.SSLError:

@@ -140,6 +140,20 @@ def test_a_key_that_is_not_the_certificates_is_refused_when_the_provider_is_made
     assert str(refused.value) == "the APNs certificate and its key do not match"
 
 
+def test_a_certificate_that_cannot_be_read_is_refused_when_the_provider_is_made() -> None:
+    issued = issue_client_certificate(make_ca("APNs test CA"), mdm_topic())
+    credential = ApnsCertificate(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        issued.key_pem.decode(),
+        mdm_topic(),
+        ApnsEnvironment.production,
+        issued.certificate.not_valid_after_utc,
+    )
+    with pytest.raises(CredentialRejected) as refused:
+        ApnsProvider(credential, ProviderEndpoints(apns_production="https://127.0.0.1:9"))
+    assert str(refused.value) == "the APNs certificate cannot be read"
+
+
 def test_a_forked_process_does_not_inherit_the_lock_held_by_another_thread() -> None:
     read, write = os.pipe()
     with tls._Loading.lock:  # as a thread of the parent making a connection when the worker forks
