@@ -72,10 +72,14 @@ class ClientCertificateContext:
         server_hostname: str | None = None,
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLObject:
+        """Raises ValueError for a `session` to resume: a session carries the client authentication of the
+        connection that made it, and the shared context's sessions may be another organization's."""
+        if session is not None:
+            raise ValueError("a connection with a client certificate of a shared context resumes no session")
         with _Loading.lock:
             _load_chain(self._shared, self._chain_and_key)
             return self._shared.wrap_bio(
-                incoming, outgoing, server_side=server_side, server_hostname=server_hostname, session=session
+                incoming, outgoing, server_side=server_side, server_hostname=server_hostname
             )
 
 

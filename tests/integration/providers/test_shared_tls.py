@@ -13,6 +13,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cryptography import x509
@@ -196,3 +197,13 @@ def test_a_refused_memory_file_falls_back_to_a_private_file(
     context = tls.ClientCertificateContext(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), pem)
     context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_session_is_resumed_through_a_shared_context() -> None:
+    issued = issue_client_certificate(make_ca("APNs test CA"), mdm_topic())
+    pem = issued.cert_pem.decode() + issued.key_pem.decode()
+    context = tls.ClientCertificateContext(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), pem)
+    # asyncio never passes one; any session object stands for another organization's connection's.
+    session = cast(ssl.SSLSession, object())
+    with pytest.raises(ValueError, match="resumes no session"):
+        context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost", session=session)
