@@ -93,6 +93,11 @@ def _shared_context(
     return _trust_context(ca_file, ca_pem, ca_directory)
 
 
+# A forked child makes its own: OpenSSL's context, and the locks inside it, may be in use by another thread
+# of the parent at the fork.
+os.register_at_fork(after_in_child=_shared_context.cache_clear)
+
+
 _HASHED_NAME = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
 
 

@@ -155,7 +155,9 @@ def test_a_certificate_that_cannot_be_read_is_refused_when_the_provider_is_made(
     assert str(refused.value) == "the APNs certificate cannot be read"
 
 
-def test_a_forked_process_does_not_inherit_the_lock_held_by_another_thread() -> None:
+def test_a_forked_process_inherits_neither_the_lock_held_by_another_thread_nor_the_contexts() -> None:
+    endpoints = ProviderEndpoints()
+    parents = endpoints.shared_tls_context()
     read, write = os.pipe()
     with tls._Loading.lock:  # as a thread of the parent making a connection when the worker forks
         with warnings.catch_warnings():
@@ -165,11 +167,12 @@ def test_a_forked_process_does_not_inherit_the_lock_held_by_another_thread() -> 
         if pid == 0:  # the child: it makes connections of its own
             try:
                 os.write(write, b"free" if tls._Loading.lock.acquire(timeout=5) else b"held")
+                os.write(write, b", own" if endpoints.shared_tls_context() is not parents else b", parent's")
             finally:
                 os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
-    assert os.read(read, 16) == b"free"
+    assert os.read(read, 32) == b"free, own"
 
 
 def test_without_memory_files_the_certificate_is_read_from_a_private_file_removed_at_once(
