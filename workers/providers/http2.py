@@ -571,10 +571,21 @@ class Http2Pool:
             return
         handshake: asyncio.Future[None] = loop.create_future()
         context = self._ssl_context
-        # Built once TCP is connected: a layer never connected would leave its transport unclosed.
-        transport, _ = await loop.create_connection(
-            lambda: _TlsLayer(loop, connection, context, handshake, server_hostname=host), host, port
-        )
+        unbuilt: list[Exception] = []
+
+        def tls_layer() -> asyncio.BaseProtocol:
+            # Built once TCP is connected: a layer never connected would leave its transport unclosed. It
+            # makes its TLS object as it is built, and asyncio does not close the connected socket of a
+            # factory that raises: a stand-in takes the socket and closes it.
+            try:
+                return _TlsLayer(loop, connection, context, handshake, server_hostname=host)
+            except Exception as e:
+                unbuilt.append(e)
+                return _Unbuilt()
+
+        transport, _ = await loop.create_connection(tls_layer, host, port)
+        if unbuilt:
+            raise unbuilt[0]
         try:
             await handshake
         except BaseException:
@@ -610,6 +621,13 @@ class Http2Pool:
         connections = [*self._connections, *(self._draining or ())]
         self._connections, self._draining = [], None
         await asyncio.gather(*(connection.close(grace_s) for connection in connections))
+
+
+class _Unbuilt(asyncio.Protocol):
+    """Stands for a TLS layer that could not be built: closes the connection asyncio hands it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
 
 
 class _TlsLayer(asyncio.sslproto.SSLProtocol):

@@ -4,9 +4,12 @@ own organization's certificate (`workers.providers.tls`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import errno
+import gc
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -26,9 +29,10 @@ from sandbox.tls import Issued, issue_client_certificate, issue_mdm_push_certifi
 from tests.integration.providers.conftest import apns_credential, apns_endpoints, apns_token, private_pem
 from workers.providers import tls
 from workers.providers.apns import ApnsProvider
-from workers.providers.base import CredentialRejected, Outcome, Push, PushType
+from workers.providers.base import ConnectionFailed, CredentialRejected, Outcome, Push, PushType
 from workers.providers.credentials import ApnsCertificate, ApnsEnvironment
 from workers.providers.endpoints import ProviderEndpoints
+from workers.providers.http2 import Origin
 
 Organization = tuple[ApnsCertificate, list[str]]
 
@@ -153,6 +157,49 @@ def test_a_certificate_that_cannot_be_read_is_refused_when_the_provider_is_made(
     with pytest.raises(CredentialRejected) as refused:
         ApnsProvider(credential, ProviderEndpoints(apns_production="https://127.0.0.1:9"))
     assert str(refused.value) == "the APNs certificate cannot be read"
+
+
+def test_a_tls_object_that_cannot_be_made_closes_the_connected_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = DeviceRegistry()
+    ca = make_ca("shared context push CA", days=30)
+    registry.add_apns_client_ca(ca.certificate)
+    credential, tokens = organization(registry, ca, rsa_key=False)
+
+    def no_descriptor_left(context: ssl.SSLContext, chain_and_key_pem: str) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async def scenario(endpoints: ProviderEndpoints) -> int:
+        provider = ApnsProvider(credential, endpoints)
+        monkeypatch.setattr(tls, "_load_chain", no_descriptor_left)  # as each connection loads it
+        try:
+            with pytest.raises(ConnectionFailed, match="cannot reach APNs"):
+                await provider.send([Push("d0", tokens[0], PushType.mdm, push_magic="m")])
+            return sockets_connected_to(Origin.from_url(endpoints.apns_production).port)
+        finally:
+            await provider.close()
+
+    gc.disable()  # a leaked socket is closed only when collected
+    try:
+        with SandboxThread(registry, tls=True) as sandbox:
+            assert asyncio.run(scenario(apns_endpoints(sandbox))) == 0
+    finally:
+        gc.enable()
+
+
+def sockets_connected_to(port: int) -> int:
+    """This process's sockets whose peer is loopback `port`: the clients' ends, not the emulator's."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # not a socket, not connected, or the listing's own descriptor
+            sock = socket.socket(fileno=int(name))
+            try:
+                peer = sock.getpeername()
+            finally:
+                sock.detach()
+            count += isinstance(peer, tuple) and peer[1] == port
+    return count
 
 
 def test_a_forked_process_inherits_neither_the_lock_held_by_another_thread_nor_the_contexts() -> None:
