@@ -214,8 +214,11 @@ class Run:
     devices: dict[str, list[Device]]
     worker_pids: list[int]
     timeout_s: float
-    # When each organization's create returned (`creating`), wall clock.
+    # When each organization's create returned (`creating`), and when the workers were started, wall clock.
     created: dict[str, float] = field(default_factory=dict)
+    workers_started: float = math.nan
+    # The run's PostgreSQL backends' CPU seconds before `before_workers` (`CpuMeter(from_start=True)`).
+    backends_at_start: dict[int, float] = field(default_factory=dict)
 
     @property
     def engine(self) -> sa.Engine:
@@ -251,8 +254,10 @@ def running(
         stack.callback(app.close)
         _set_up(app, world, wake_rates or {})
         run = Run(app, declare_actors(app), world, world.devices, [], options.timeout_s)
+        run.backends_at_start = cpu_by_pid(own_backends(app.engine))
         if before_workers is not None:
             before_workers(run)
+        run.workers_started = time.time()
         dramatiq = stack.enter_context(workers(settings, options.processes, options.threads))
         wait_for_metrics(settings.worker_metrics_port, 60)
         wait_for_workers(dramatiq.pid, options.processes, options.threads, 60)
@@ -332,13 +337,14 @@ def creating(run: Run, organization: str, gate: threading.Barrier | None = None)
 
 
 class CpuMeter:
-    """The worker processes' and the run's PostgreSQL backends' CPU seconds from the moment it is made
-    (the workers' from their start, `from_start`)."""
+    """The worker processes' and the run's PostgreSQL backends' CPU seconds from the moment it is made;
+    `from_start`, from the run's start: the workers' from theirs, PostgreSQL's from before `before_workers`
+    (creates included, as when they run with the workers)."""
 
     def __init__(self, run: Run, *, from_start: bool = False) -> None:
         self._run = run
         self._workers = 0.0 if from_start else cpu_s(run.worker_pids)
-        self._postgres = cpu_by_pid(own_backends(run.engine))
+        self._postgres = run.backends_at_start if from_start else cpu_by_pid(own_backends(run.engine))
 
     def per_1000(self, pushes: int) -> dict[str, float | None]:
         workers_s = cpu_s(self._run.worker_pids) - self._workers
@@ -683,6 +689,7 @@ def ten_orgs(options: Options, organizations: int, devices_each: int, *, waiting
     ]
     began = min((t for t in firsts if t is not None), default=released[0]) if waiting else released[0]
     outcome["created_s"] = [round(run.created[o] - released[0], 3) for o in names]
+    outcome["workers_started_s"] = round(run.workers_started - released[0], 3)
     outcome["first_accepted_s"] = [None if t is None else round(t - began, 3) for t in firsts]
     completions = [completion_s(times, run, o, began) for o in names]
     outcome["completion_s"] = completions
