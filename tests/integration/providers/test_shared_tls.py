@@ -87,9 +87,11 @@ def test_each_connection_presents_its_own_certificate_from_any_thread(
     loaded = {(half, kind): threading.Event() for half in (0, 1) for kind in key_types}
     load_chain = tls._load_chain
 
-    def load_then_let_the_other_thread_load(context: ssl.SSLContext, chain_and_key_pem: str) -> None:
+    def load_then_let_the_other_thread_load(
+        context: ssl.SSLContext, chain_and_key_pem: tuple[str, ...]
+    ) -> None:
         load_chain(context, chain_and_key_pem)
-        half, kind = getattr(serving, "half", None), tls.key_type(chain_and_key_pem)
+        half, kind = getattr(serving, "half", None), tls.key_type(chain_and_key_pem[0])
         if half is not None and not loaded[half, kind].is_set():
             loaded[half, kind].set()
             loaded[1 - half, kind].wait(timeout=0.5)
