@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from hpack import NeverIndexedHeaderTuple
+
 from workers.providers.base import ConnectionFailed, Outcome, ProviderError, Push, PushResult
 from workers.providers.credentials import AospApiKey
 from workers.providers.endpoints import ProviderEndpoints
@@ -96,7 +98,7 @@ class AospProvider:
         ConnectionFailed."""
         path = b"/pushes/" + quote(push_id, safe="").encode() + self._key_query
         try:
-            response = await self._pool.request(self._pool.request_headers(b"GET", path))
+            response = await self._pool.request(self._pool.request_headers(b"GET", _secret_path(path)))
         except StreamUnanswered as e:
             raise ConnectionFailed(f"the AOSP push service did not answer: {e.reason}") from None
         answer = response.json_object() or {}
@@ -125,7 +127,7 @@ class AospProvider:
             "data": dict(first.payload or {}),
             "time_to_live": ttl_s,
         }
-        headers = self._pool.request_headers(b"POST", b"/push" + self._key_query)
+        headers = self._pool.request_headers(b"POST", _secret_path(b"/push" + self._key_query))
         headers.append((b"content-type", b"application/json"))
         sent_at = datetime.fromtimestamp(self._clock(), UTC)
         try:
@@ -211,3 +213,9 @@ def _time(value: object) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return datetime.fromtimestamp(value, UTC)
+
+
+def _secret_path(path: bytes) -> NeverIndexedHeaderTuple:
+    # The path carries the API key: never indexed (RFC 7541 7.1.3), and so never kept in the process's
+    # cache of header encodings.
+    return NeverIndexedHeaderTuple(b":path", path)

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from hpack import NeverIndexedHeaderTuple
+
 from workers.providers.base import (
     ConnectionFailed,
     CredentialRejected,
@@ -128,7 +130,9 @@ class FcmProvider:
 
     async def _post(self, push: Push, body: bytes, token: AccessToken) -> PushResult:
         headers = self._pool.request_headers(b"POST", self._project_path)
-        headers += [(b"authorization", token.authorization), (b"content-type", b"application/json")]
+        # Never indexed (RFC 7541 7.1.3), and so never kept in the process's cache of header encodings.
+        headers += [NeverIndexedHeaderTuple(b"authorization", token.authorization)]
+        headers.append((b"content-type", b"application/json"))
         sent_at = datetime.now(UTC)
         try:
             response = await timed("fcm", self._pool.request(headers, body))

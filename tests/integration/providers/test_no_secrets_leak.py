@@ -1,4 +1,5 @@
-"""No log line, exception message or repr of a provider run shows key material, tokens or push magic."""
+"""No log line, exception message or repr of a provider run, nor the process's cache of header encodings,
+shows key material, tokens or push magic."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
 from tests.integration.providers.conftest import PROJECT, TOPIC, apns_token
+from workers.providers import hpack_static
 from workers.providers.aosp import AospProvider
 from workers.providers.apns import ApnsProvider
 from workers.providers.base import Push, PushType
@@ -101,6 +103,8 @@ def test_no_secret_in_logs_errors_or_reprs(
     ours = [r for r in caplog.records if r.threadName != SANDBOX_THREAD]
     text = "\n".join([*(r.getMessage() for r in ours), *(str(r.exc_info) for r in ours), *seen])
     text += "\n".join(repr(c) for c in (apns_cert, fcm_account, aosp_key))
+    # The process's header encodings outlive every connection and provider: no secret may be kept there.
+    text += repr(hpack_static._CACHES)
     assert ours, "the run should have logged something at DEBUG"
     forbidden = [
         *apns_tokens,
