@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import ssl
 import tempfile
@@ -12,11 +13,14 @@ from typing import Protocol
 
 from cryptography import x509
 
+logger = logging.getLogger(__name__)
+
 
 class _Loading:
     """Held from loading a certificate into a shared context to making the TLS object that copies it."""
 
     lock = threading.Lock()
+    warned_of_file = False  # the private-file fallback, said once a process
 
     @classmethod
     def renew(cls) -> None:
@@ -104,6 +108,12 @@ def _private_file(data: bytes) -> Iterator[str]:
             file.flush()
             yield f"/proc/self/fd/{file.fileno()}"
         return
+    if not _Loading.warned_of_file:
+        _Loading.warned_of_file = True
+        logger.warning(
+            "no memory file (memfd_create) for client certificates: each connection writes its certificate "
+            "and key to a private file and removes it at once; keep the temporary directory on a tmpfs"
+        )
     with tempfile.TemporaryDirectory(prefix="mdmq-tls-") as directory:
         path = os.path.join(directory, "client.pem")
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
