@@ -131,34 +131,31 @@ def test_each_connection_presents_its_own_certificate_from_any_thread(
     assert outcomes == [[Outcome.accepted] * 10] * 12
 
 
-def test_a_key_that_is_not_the_certificates_is_refused_when_the_provider_is_made() -> None:
+@pytest.mark.parametrize(
+    ("wrong", "refusal"),
+    [
+        ("key", "the APNs certificate and its key do not match"),
+        ("certificate", "the APNs certificate cannot be read"),
+    ],
+)
+def test_a_key_or_certificate_that_will_not_load_is_refused_when_the_provider_is_made(
+    wrong: str, refusal: str
+) -> None:
     ca = make_ca("APNs test CA")
     issued = issue_client_certificate(ca, mdm_topic())
     other = issue_client_certificate(ca, mdm_topic())
+    # As no stored credential is: from_pem refuses both.
+    unreadable = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
     credential = ApnsCertificate(
-        issued.cert_pem.decode(),
-        other.key_pem.decode(),  # as no stored credential is: from_pem refuses it
+        unreadable if wrong == "certificate" else issued.cert_pem.decode(),
+        (other if wrong == "key" else issued).key_pem.decode(),
         mdm_topic(),
         ApnsEnvironment.production,
         issued.certificate.not_valid_after_utc,
     )
     with pytest.raises(CredentialRejected) as refused:
         ApnsProvider(credential, ProviderEndpoints(apns_production="https://127.0.0.1:9"))
-    assert str(refused.value) == "the APNs certificate and its key do not match"
-
-
-def test_a_certificate_that_cannot_be_read_is_refused_when_the_provider_is_made() -> None:
-    issued = issue_client_certificate(make_ca("APNs test CA"), mdm_topic())
-    credential = ApnsCertificate(
-        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
-        issued.key_pem.decode(),
-        mdm_topic(),
-        ApnsEnvironment.production,
-        issued.certificate.not_valid_after_utc,
-    )
-    with pytest.raises(CredentialRejected) as refused:
-        ApnsProvider(credential, ProviderEndpoints(apns_production="https://127.0.0.1:9"))
-    assert str(refused.value) == "the APNs certificate cannot be read"
+    assert str(refused.value) == refusal
 
 
 def test_a_tls_object_that_cannot_be_made_closes_the_connected_socket(
