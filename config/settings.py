@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     # an urgent lane): on a host whose cores the bulk processes keep busy, a lock's few milliseconds of work
     # then wait for no time slice of theirs, and the API and a database on the same host go first too.
     worker_bulk_nice: int = Field(default=5, ge=0, le=19)
+    # An organization paced at up to this many wake-ups a second (`wake_rate_per_s`) has its chunks served
+    # by the urgent lane's process, below locks and wipes, as it puts them: the bulk processes, niced and
+    # busy with other rollouts, let a paced chunk wait up to half a second between its take and its pushes,
+    # and at the end of such a rollout the late ones went out with the next, above the rate. Faster paced
+    # organizations are served by the bulk lane as any other (a lane of a few threads would fall behind
+    # them, and locks behind it). 0: every organization on the bulk lane.
+    paced_lane_max_rate: float = Field(default=200.0, ge=0)
     # True in the urgent lane's process only: `mdmq worker` sets it there (`workers.launch`).
     worker_urgent_lane: bool = False
     # The Redis broker: its key prefix (two mdmq installations may share one Redis), and how soon the

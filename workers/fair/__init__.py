@@ -47,6 +47,7 @@ queues), `database` (rows in PostgreSQL, for the RabbitMQ broker).
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,6 +82,16 @@ PACED_CHUNK_SHARE = 0.1
 # A claim whose dispatch never said it was done (its message failed for good) is forgotten after this
 # long: longer than a dispatch's retries and time limit (workers.actors.DISPATCH_OPTIONS) together.
 CLAIM_TTL_S = 3600.0
+
+
+class FairLaneName(enum.StrEnum):
+    """Which fair queue a chunk is put in, fixed at its put: `paced` for an organization paced at up to
+    `Settings.paced_lane_max_rate` when it was put (its tokens are served by the urgent lane's process, so
+    that its sends keep to its slots), `bulk` for the rest. Each lane is a fair queue of its own: a take
+    of one never sees the other's chunks."""
+
+    bulk = "bulk"
+    paced = "paced"
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """The fair queue in Redis, beside the Redis broker's queues: every step one Lua script, so that workers on
 every host take turns on one state atomically, on Redis's clock.
 
-Keys, under `<namespace>:fair:`: `orgs` (sorted set: the organizations with chunks waiting, by pass),
-`q:<organization>` (sorted set: its chunks' sequence numbers by the time they are booked at), `chunk` (hash:
-sequence number → the chunk's ids as JSON), `seq`, `weight`, `rate`, `booked`, `tat` (hashes by
-organization), `left` (hash: an organization's pass when it stopped waiting), `virtual` (the highest pass
-served), `claims` (hash: claim → organization and ids) and `claimed` (sorted set: claim → when).
+Keys, under `<namespace>:fair:` (the paced lane's under `<namespace>:fair-paced:`): `orgs` (sorted set: the
+organizations with chunks waiting, by pass), `q:<organization>` (sorted set: its chunks' sequence numbers by
+the time they are booked at), `chunk` (hash: sequence number → the chunk's ids as JSON), `seq`, `weight`,
+`rate`, `booked`, `tat` (hashes by organization), `left` (hash: an organization's pass when it stopped
+waiting), `virtual` (the highest pass served), `claims` (hash: claim → organization and ids) and `claimed`
+(sorted set: claim → when).
 The scripts name keys they build themselves: fine on one Redis (what Dramatiq's broker needs too), not on a
 cluster.
 """
@@ -18,7 +19,16 @@ from typing import Any
 
 import redis
 
-from workers.fair import CATCH_UP_PACE, CLAIM_TTL_S, MAX_WEIGHT, PACE_BURST_S, PACE_LIMIT, STRIDE, Taken
+from workers.fair import (
+    CATCH_UP_PACE,
+    CLAIM_TTL_S,
+    MAX_WEIGHT,
+    PACE_BURST_S,
+    PACE_LIMIT,
+    STRIDE,
+    FairLaneName,
+    Taken,
+)
 
 # The take's pacing arguments after the burst: workers.fair.catch_up_pace's.
 _PACE = (CATCH_UP_PACE, PACE_LIMIT)
@@ -157,13 +167,20 @@ return ready
 
 
 class RedisFairQueue:
-    """`workers.fair.FairQueue` in Redis, through `client` (the broker's), under `namespace`. `clock`:
-    seconds, Redis's own clock unless a test gives one."""
+    """`workers.fair.FairQueue` in Redis, through `client` (the broker's), under `namespace`, for `lane`.
+    `clock`: seconds, Redis's own clock unless a test gives one."""
 
-    def __init__(self, client: redis.Redis, namespace: str, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        clock: Callable[[], float] | None = None,
+        *,
+        lane: FairLaneName = FairLaneName.bulk,
+    ) -> None:
         self._client = client
         self._clock = clock
-        self._prefix = f"{namespace}:fair:"
+        self._prefix = f"{namespace}:fair:" if lane is FairLaneName.bulk else f"{namespace}:fair-{lane}:"
         self._put = client.register_script(_PUT)
         self._take = client.register_script(_TAKE)
         self._done = client.register_script(_DONE)
