@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -98,6 +98,7 @@ class Options:
     chunk_size: int = 250
     broker_url: str = ""  # set by `main` (a Redis of the invocation's own) or the caller
     database_url: str | None = None  # None: a scratch database for each run
+    paced_lane_max_rate: float | None = None  # None: the setting's default; 0: paced on the bulk lane
 
 
 # --- the outside world: the emulators, in a process of their own -----------------------------------------
@@ -268,7 +269,7 @@ def running(
 def _settings(options: Options, database_url: str, world: World, directory: Path) -> Settings:
     ca_file = directory / "emulators-ca.pem"  # the emulators' CA, for the workers to trust
     ca_file.write_bytes(world.ca_pem)
-    return Settings(
+    settings = Settings(
         database_url=database_url,
         broker_url=options.broker_url,
         **world.endpoints,
@@ -280,6 +281,9 @@ def _settings(options: Options, database_url: str, world: World, directory: Path
         database_pool_size=max(options.threads, len(world.devices)) + 4,
         dispatch_chunk_size=options.chunk_size,
     )
+    if options.paced_lane_max_rate is None:
+        return settings
+    return settings.model_copy(update={"paced_lane_max_rate": options.paced_lane_max_rate})
 
 
 def _set_up(app: App, world: World, wake_rates: Mapping[str, float]) -> None:
@@ -786,16 +790,28 @@ def scenario_urgent(options: Options, args: argparse.Namespace) -> dict[str, Any
 
 
 def scenario_paced(options: Options, args: argparse.Namespace) -> dict[str, Any]:
-    def run(with_c: bool) -> dict[str, Any]:
-        return paced(options, args.paced_devices, args.wake_rate, args.devices_a, with_c=with_c)
+    """C beside P, and P alone; with `--paced-on-bulk-lane`, also C beside P with C's chunks served by the
+    bulk lane (`paced_lane_max_rate` 0, the code before the paced lane), in the same rounds."""
 
-    together, alone = repeated(args.runs, lambda: run(True), lambda: run(False))
+    def run(with_c: bool, on: Options = options) -> dict[str, Any]:
+        return paced(on, args.paced_devices, args.wake_rate, args.devices_a, with_c=with_c)
+
+    variants = [lambda: run(True), lambda: run(False)]
+    if args.paced_on_bulk_lane:
+        bulk_lane = replace(options, paced_lane_max_rate=0.0)
+        variants.append(lambda: run(True, bulk_lane))
+    together, alone, *on_bulk = repeated(args.runs, *variants)
+    median = beside_alone(together, alone, ("with_c", "p_alone"), "p_total_s")
+    runs = {"with_c": together, "p_alone": alone}
+    if on_bulk:
+        median |= {"with_c_on_bulk_lane": medians(on_bulk[0])}
+        runs |= {"with_c_on_bulk_lane": on_bulk[0]}
     return {
         "devices_c": args.paced_devices,
         "wake_rate_per_s": args.wake_rate,
         "devices_p": args.devices_a,
-        "median": beside_alone(together, alone, ("with_c", "p_alone"), "p_total_s"),
-        "runs": {"with_c": together, "p_alone": alone},
+        "median": median,
+        "runs": runs,
     }
 
 
@@ -834,6 +850,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--urgent-idle-items", type=int, default=5)
     p.add_argument("--paced-devices", type=int, default=3_000)
     p.add_argument("--wake-rate", type=float, default=50.0, help="C's wake_rate_per_s")
+    p.add_argument(
+        "--paced-on-bulk-lane", action="store_true", help="paced: also C served by the bulk lane, as before"
+    )
     p.add_argument("--orgs", type=int, default=10)
     p.add_argument("--devices-per-org", type=int, default=10_000)
     p.add_argument("--runs", type=int, default=3)

@@ -25,6 +25,7 @@ from scheduler.gauges import STUCK, gauges_job
 from scheduler.holds import probe_holds_job
 from scheduler.lease import still_leading
 from workers.actors import Actors
+from workers.fair import FairLaneName
 from workers.providers.aosp import PushGone, PushStatus
 from workers.providers.base import ProviderError
 from workers.providers.credentials import InvalidCredential
@@ -173,15 +174,18 @@ def poll_receipts_job(actors: Actors, now: datetime) -> int:
 
 
 def fair_tokens_job(actors: Actors, now: datetime) -> int:
-    """Send a bulk-lane token for each chunk of the fair queue that may go now and is claimed by none, up
-    to `FAIR_TOKENS_PER_RUN`; returns how many. A token ends only when it finds the queue empty, so chunks
+    """Send a token for each chunk of either fair lane that may go now and is claimed by none, up to
+    `FAIR_TOKENS_PER_RUN` a lane; returns how many. A token ends only when it finds the queue empty, so chunks
     that lost theirs (a send that failed after the put, a put re-sent by the relay, a Redis restart that
     kept chunks and tokens unevenly, a token an older release failed) would otherwise wait for the re-push
     sweep, and the last of every rollout with them. Tokens sent for chunks whose own are still queued are
     harmless: the last ones find the queue empty and end."""
-    ready = actors.app.fair.ready(FAIR_TOKENS_PER_RUN)
-    actors.send_tokens(ready)
-    return ready
+    sent = 0
+    for lane in FairLaneName:
+        ready = actors.app.fair_queue(lane).ready(FAIR_TOKENS_PER_RUN)
+        actors.send_tokens(lane, ready)
+        sent += ready
+    return sent
 
 
 def _sweep_interval(actors: Actors) -> float:

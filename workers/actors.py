@@ -27,7 +27,8 @@ from models.store.unsent import forget_unsent, record_unsent
 from models.types import utcnow
 from workers.app import App
 from workers.broker import BULK_QUEUE, URGENT_QUEUE
-from workers.enqueue import BrokerAway, FairLane, as_due, enqueue_dispatch
+from workers.enqueue import BrokerAway, FairLane, FairLanes, as_due, enqueue_dispatch
+from workers.fair import FairLaneName
 from workers.services.dispatch import dispatch_chunk, record_later
 from workers.services.operations import cancel_deployments, retry_deployments
 from workers.services.reports import CheckInReport, DeviceReport, record_check_in
@@ -35,12 +36,15 @@ from workers.services.valve import Valve
 
 log = logging.getLogger(__name__)
 
-# Dramatiq runs the lower number first: a lock or wipe never waits behind a rollout's chunks.
+# Dramatiq runs the lower number first: a lock or wipe never waits behind a rollout's chunks, nor behind a
+# paced organization's, which share the urgent queue (and its lane's process) with them.
 URGENT_PRIORITY = 0
+PACED_PRIORITY = 50
 BULK_PRIORITY = 100
 
 # dispatch(deployment_ids, failures=0): `failures` is set only by the delayed retry of a turned-away push.
-# dispatch_bulk() without ids is a token: it takes the next chunk in turn from the fair queue.
+# dispatch_bulk() without ids is a token: it takes the next chunk in turn from the bulk lane's fair queue;
+# dispatch_paced(), from the paced lane's (`workers.fair.FairLaneName`).
 DispatchActor = dramatiq.Actor[..., None]
 
 # What each actor declares, rather than Dramatiq's defaults (20 retries over up to a week, 10 minutes each).
@@ -103,6 +107,7 @@ class Created(NamedTuple):
 class Actors:
     dispatch_urgent: DispatchActor
     dispatch_bulk: DispatchActor
+    dispatch_paced: DispatchActor
     record_report: dramatiq.Actor[..., None]
     record_dispatch: dramatiq.Actor[[dict[str, Any]], None]
     cancel: dramatiq.Actor[[list[str]], None]
@@ -190,20 +195,31 @@ class Actors:
             chunk_size=self.app.settings.dispatch_chunk_size,
             redeliver_after_s=self.app.settings.redeliver_after_s,
             marked=marked,
-            fair=FairLane(self.app.fair, self._send_token),
+            fair=FairLanes(
+                bulk=FairLane(self.app.fair, self._bulk_token),
+                paced=FairLane(self.app.paced, self._paced_token),
+                paced_max_rate=self.app.settings.paced_lane_max_rate,
+            ),
         )
 
-    def _send_token(self, delay_s: float) -> None:
-        """One bulk-lane token, delayed by `delay_s` when its chunk is booked for later (a paced
-        organization's), else on the queue at once: a delayed message takes a detour through the broker."""
-        delay_ms = int(delay_s * 1000)
-        self.dispatch_bulk.send_with_options(args=(), delay=delay_ms if delay_ms > 0 else None)
+    def _bulk_token(self, delay_s: float) -> None:
+        self.send_token(FairLaneName.bulk, delay_s)
 
-    def send_tokens(self, count: int) -> None:
-        """`count` bulk-lane tokens on the queue at once, each to take the next chunk in turn (a token that
-        finds the fair queue empty ends there)."""
+    def _paced_token(self, delay_s: float) -> None:
+        self.send_token(FairLaneName.paced, delay_s)
+
+    def send_token(self, lane: FairLaneName, delay_s: float = 0.0) -> None:
+        """One token of `lane`, delayed by `delay_s` when its chunk is booked for later (a paced
+        organization's), else on the queue at once: a delayed message takes a detour through the broker."""
+        actor = self.dispatch_paced if lane is FairLaneName.paced else self.dispatch_bulk
+        delay_ms = int(delay_s * 1000)
+        actor.send_with_options(args=(), delay=delay_ms if delay_ms > 0 else None)
+
+    def send_tokens(self, lane: FairLaneName, count: int) -> None:
+        """`count` tokens of `lane` on the queue at once, each to take the next chunk in turn (a token that
+        finds its fair queue empty ends there)."""
         for _ in range(count):
-            self._send_token(0.0)
+            self.send_token(lane)
 
     def enqueue_ids(self, deployment_ids: Sequence[str]) -> int:
         """`enqueue` for deployments known by id only (released, retried), committed already. With the
@@ -240,6 +256,12 @@ def declare_actors(app: App) -> Actors:
     )  # fmt: skip
     urgent = _dispatch_actor(app, "dispatch_urgent", URGENT_QUEUE, URGENT_PRIORITY, recorder)
     bulk = _dispatch_actor(app, "dispatch_bulk", BULK_QUEUE, BULK_PRIORITY, recorder)
+    # A paced organization's tokens: on the urgent queue, below its own work, so that the urgent lane's
+    # process (not niced, idle most of the time) sends each chunk when it is taken, on its slot. The bulk
+    # processes let one wait 0.1-0.5 s behind their rollouts, and the late ones went out with the next.
+    paced = _dispatch_actor(
+        app, "dispatch_paced", URGENT_QUEUE, PACED_PRIORITY, recorder, lane=FairLaneName.paced
+    )
 
     def record_report(
         deployment_id: str,
@@ -301,7 +323,7 @@ def declare_actors(app: App) -> Actors:
         retry, actor_name="retry", queue_name=URGENT_QUEUE, priority=URGENT_PRIORITY,
         options=OPERATOR_OPTIONS, broker=app.broker,
     )  # fmt: skip
-    actors = Actors(urgent, bulk, reports, recorder, cancels, retries, app)
+    actors = Actors(urgent, bulk, paced, reports, recorder, cancels, retries, app)
     return actors
 
 
@@ -314,7 +336,13 @@ def _reported_at(raw: str | None) -> datetime | None:
 
 
 def _dispatch_actor(
-    app: App, name: str, queue: str, priority: int, recorder: dramatiq.Actor[[dict[str, Any]], None]
+    app: App,
+    name: str,
+    queue: str,
+    priority: int,
+    recorder: dramatiq.Actor[[dict[str, Any]], None],
+    *,
+    lane: FairLaneName = FairLaneName.bulk,
 ) -> DispatchActor:
     settings = app.settings
     valve = Valve(settings.valve_window, settings.valve_min_answers, settings.valve_dead_share)
@@ -346,18 +374,19 @@ def _dispatch_actor(
             actor.send_with_options(args=(retry.deployment_ids, retry.failures), delay=delay_ms)
 
     def take_turn() -> None:
-        """A token: dispatch the chunk the fair queue gives this message (the same one if the message is
-        delivered again), then forget the claim. With none that may go yet, the token comes back when one
+        """A token: dispatch the chunk its lane's fair queue gives this message (the same one if the message
+        is delivered again), then forget the claim. With none that may go yet, the token comes back when one
         may; with none at all, it ends (another token took its chunk)."""
         message = CurrentMessage.get_current_message()
         assert message is not None, "the broker runs CurrentMessage (workers.broker.build_broker)"
-        taken = app.fair.take(message.message_id)
+        fair = app.fair_queue(lane)
+        taken = fair.take(message.message_id)
         if taken.deployment_ids is None:
             if taken.wait_s is not None:
                 actor.send_with_options(args=(), delay=max(1, math.ceil(taken.wait_s * 1000)))
             return
         dispatch_ids(taken.deployment_ids, 0)
-        app.fair.done(message.message_id)
+        fair.done(message.message_id)
 
     actor: DispatchActor = dramatiq.Actor(
         dispatch,

@@ -17,7 +17,7 @@ from config.settings import Settings, load_settings
 from models.database import Engine, Session, create_engine
 from models.secrets import KeyRing, key_ring_from_settings
 from workers.broker import build_broker
-from workers.fair import FairQueue
+from workers.fair import FairLaneName, FairQueue
 from workers.fair.database import DatabaseFairQueue
 from workers.fair.memory import MemoryFairQueue
 from workers.fair.redis import RedisFairQueue
@@ -76,12 +76,23 @@ class App:
         """The bulk lane's fair queue, where the broker's processes all see it: in Redis beside a Redis
         broker's queues, in this process beside the in-process broker, in the database otherwise (RabbitMQ
         keeps no state a script could share)."""
+        return self._fair_queue(FairLaneName.bulk)
+
+    @cached_property
+    def paced(self) -> FairQueue:
+        """The paced lane's fair queue (`workers.fair.FairLaneName`), beside the bulk lane's."""
+        return self._fair_queue(FairLaneName.paced)
+
+    def fair_queue(self, lane: FairLaneName) -> FairQueue:
+        return self.paced if lane is FairLaneName.paced else self.fair
+
+    def _fair_queue(self, lane: FairLaneName) -> FairQueue:
         broker = self.broker
         if isinstance(broker, RedisBroker):
-            return RedisFairQueue(broker.client, self.settings.broker_namespace)
+            return RedisFairQueue(broker.client, self.settings.broker_namespace, lane=lane)
         if isinstance(broker, StubBroker):
             return MemoryFairQueue()
-        return DatabaseFairQueue(self.session)
+        return DatabaseFairQueue(self.session, lane=lane)
 
     @cached_property
     def endpoints(self) -> ProviderEndpoints:

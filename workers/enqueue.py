@@ -16,11 +16,11 @@ from models.store.organizations import FairShare, fair_shares
 from models.store.sweeps import Due, defer_redelivery, mark_enqueued, unmark_enqueued
 from models.types import utcnow
 from workers.broker import BROKER_ERRORS
-from workers.fair import FairQueue, paced_chunk_size
+from workers.fair import FairLaneName, FairQueue, paced_chunk_size
 from workers.policy import Lane, lanes
 
 Send = Callable[[list[str]], object]
-Token = Callable[[float], object]  # sends one bulk-lane token, delayed by so many seconds
+Token = Callable[[float], object]  # sends one token of a fair lane, delayed by so many seconds
 
 
 class BrokerAway(MdmqError):
@@ -29,11 +29,28 @@ class BrokerAway(MdmqError):
 
 @dataclass(frozen=True)
 class FairLane:
-    """The bulk lane through the fair queue (`workers.fair`): each chunk put in its organization's turn,
-    and a token sent for it, delayed to the chunk's booked time when its organization is paced."""
+    """A fair queue (`workers.fair`) and how its tokens are sent: each chunk put in its organization's
+    turn, and a token sent for it, delayed to the chunk's booked time when its organization is paced."""
 
     queue: FairQueue
     token: Token
+
+
+@dataclass(frozen=True)
+class FairLanes:
+    """Where an organization's bulk chunks go, chosen at their put (`workers.fair.FairLaneName`): to the
+    `paced` lane when it is paced at up to `paced_max_rate` wake-ups a second, else to `bulk`."""
+
+    bulk: FairLane
+    paced: FairLane
+    paced_max_rate: float
+
+    def lane_of(self, share: FairShare) -> FairLaneName:
+        rate = share.wake_rate_per_s
+        return FairLaneName.paced if rate and rate <= self.paced_max_rate else FairLaneName.bulk
+
+    def __getitem__(self, lane: FairLaneName) -> FairLane:
+        return self.paced if lane is FairLaneName.paced else self.bulk
 
 
 def enqueue_dispatch(
@@ -45,11 +62,12 @@ def enqueue_dispatch(
     chunk_size: int,
     redeliver_after_s: float,
     marked: bool = False,
-    fair: FairLane | None = None,
+    fair: FairLanes | None = None,
 ) -> int:
     """Send dispatch messages: chunks of one organization, security actions and single deployments on the
-    urgent queue. Returns the number of messages. With `fair`, the bulk lane's chunks go into the fair
-    queue, each with a token on the bulk queue (`bulk` is not used); without, as ids on the bulk queue.
+    urgent queue. Returns the number of messages. With `fair`, the bulk lane's chunks go into a fair
+    queue, the paced lane's or the bulk lane's (`FairLanes.lane_of`), each with a token of that lane (`bulk`
+    is not used); without, as ids on the bulk queue.
 
     The rows are marked enqueued as their messages go out, unless they were created `marked` already. When
     a send fails (the broker is down), the rows are left saying which messages went: those sent are marked,
@@ -85,7 +103,7 @@ def _sends(
     urgent: Send,
     bulk: Send,
     chunk_size: int,
-    fair: FairLane | None,
+    fair: FairLanes | None,
 ) -> list[tuple[_Send, list[str]]]:
     """Each step of the enqueue, with the ids it sends: a message per chunk, or (fair) one put of an
     organization's bulk chunks with their tokens."""
@@ -104,7 +122,7 @@ def _sends(
         share = shares[organization_id]
         size = paced_chunk_size(chunk_size, share.wake_rate_per_s)
         chunks = [list(chunk) for chunk in chunked(ids, size)]
-        sends.append((_FairPut(fair, organization_id, chunks, share), ids))
+        sends.append((_FairPut(fair[fair.lane_of(share)], organization_id, chunks, share), ids))
     return sends
 
 

@@ -32,6 +32,7 @@ def results(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict
                 *("--devices-a", str(DEVICES_A), "--devices-b", str(DEVICES_B), "--runs", "1"),
                 *("--urgent-items", str(ITEMS), "--urgent-group", str(GROUP)),
                 *("--urgent-idle-items", str(IDLE_ITEMS), "--paced-devices", str(PACED)),
+                "--paced-on-bulk-lane",
                 *("--orgs", str(ORGS), "--devices-per-org", str(DEVICES_EACH), "--timeout-s", "180"),
                 *("--redis", server.url, "--database-url", postgres_url, "--out", str(out)),
             ]
@@ -89,6 +90,11 @@ def test_paced_reports_the_paced_organizations_rate_and_the_unpaced_total(result
     assert run["fair_takes"] >= PACED // 2  # a chunk of 2 at 50/s: a take each at least
     assert run["p_total_s"] > 0
     assert results["paced"]["runs"]["p_alone"][0]["p_total_s"] > 0
+    # The same paced rollout with its chunks on the bulk lane (the code before the paced lane), beside.
+    [on_bulk] = results["paced"]["runs"]["with_c_on_bulk_lane"]
+    assert 0 < on_bulk["c_most_sent_in_1_s"] <= PACED
+    assert on_bulk["c_every_push_accepted_s"] > 0
+    assert results["paced"]["median"]["with_c_on_bulk_lane"]["c_wake_rate_per_s"] == 50
 
 
 def test_ten_orgs_reports_each_organizations_completion_waiting_and_while_created(

@@ -25,6 +25,7 @@ from models.enums import CredentialKind, Platform, Provider, PushEnvironment
 from models.statuses import Kind
 from models.store import NewDeployment, ensure_organization
 from models.store.devices import NewDevice, add_devices
+from models.store.organizations import set_fair_share
 from models.tables import Deployment
 from sandbox import DeviceRegistry, FaultConfig, Latency, SandboxThread
 from sandbox.processes import WorkerProcesses
@@ -176,5 +177,40 @@ def test_a_stopping_command_still_pushes_locks_until_its_bulk_process_has_finish
 
             wait_until(lambda: not workers.children(), 120, "the command to exit")
             assert _pushed(engine, chunk), "the bulk process finished its chunk before it exited"
+    finally:
+        actors.app.close()
+
+
+@pytest.mark.parametrize("paced_lane_max_rate", [200.0, 0.0])
+def test_a_paced_organizations_chunk_is_pushed_while_the_only_bulk_thread_pushes_one(
+    world: World, paced_lane_max_rate: float
+) -> None:
+    """A paced organization's chunks are served by the urgent lane's process (`MDMQ_PACED_LANE_MAX_RATE`),
+    so that none waits behind a rollout's chunk to go out on its slot; above that rate, on the bulk lane,
+    the same chunk waits for the bulk thread."""
+    settings = world.settings.model_copy(update={"paced_lane_max_rate": paced_lane_max_rate})
+    actors = declare_actors(App(settings))
+    engine = actors.app.engine
+    try:
+        with actors.app.session() as s:
+            set_fair_share(s, organization_id=LOST_PHONE_ORG, wake_rate_per_s=10)
+        with WorkerProcesses(settings, processes=1, threads=1, restart_after_s=3_600):
+            wait_until(lambda: len(_named_workers(actors.app)) == 2, 60, "the worker processes")
+            rollout = actors.create(
+                ROLLOUT_ORG, [NewDeployment(world.rollout_device, k) for k in (Kind.profile, Kind.app)]
+            ).ids
+            wait_until(
+                lambda: any(_claimed(engine, i) for i in rollout), 60, "the bulk thread to take a chunk"
+            )
+            # Two, or it would go on the urgent lane as a single deployment does.
+            paced = actors.create(
+                LOST_PHONE_ORG, [NewDeployment(world.lost_phone, k) for k in (Kind.profile, Kind.app)]
+            ).ids
+            wait_until(lambda: all(_pushed(engine, i) for i in paced), 60, "the paced chunks to be pushed")
+            chunk_answered = any(_pushed(engine, i) for i in rollout)
+            if paced_lane_max_rate:
+                assert not chunk_answered, "the paced chunk was pushed only once the bulk thread was free"
+            else:
+                assert chunk_answered, "on the bulk lane the paced chunk waits for the bulk thread"
     finally:
         actors.app.close()

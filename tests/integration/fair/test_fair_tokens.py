@@ -1,6 +1,6 @@
 """The scheduler's `fair_tokens` job on Redis and PostgreSQL, with a real `dramatiq` worker and the
-sandbox's APNs: chunks in the fair queue whose tokens were lost are dispatched after one run, not left to
-the re-push sweep."""
+sandbox's APNs: chunks in either fair lane whose tokens were lost are dispatched after one run, not left
+to the re-push sweep."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tests.acceptance.test_fair_share import World, _profiles, fleets_world
 from tests.helpers import wait_until, worker_process_settings
 from workers.actors import declare_actors
 from workers.app import App
+from workers.fair import FairLaneName
 from workers.fair.database import DatabaseFairQueue
 from workers.fair.redis import RedisFairQueue
 
@@ -43,18 +44,21 @@ def test_chunks_that_lost_their_tokens_are_dispatched_after_one_run(world: World
     app = App(world.settings)
     if store == "postgresql":
         app.__dict__["fair"] = DatabaseFairQueue(app.session)
-    assert isinstance(app.fair, RedisFairQueue if store == "redis" else DatabaseFairQueue)
+        app.__dict__["paced"] = DatabaseFairQueue(app.session, lane=FairLaneName.paced)
+    assert isinstance(app.paced, RedisFairQueue if store == "redis" else DatabaseFairQueue)
     actors = declare_actors(app)
     with app.session() as s:
         ids = create_deployments(s, organization_id="acme", deployments=_profiles(world.devices["acme"]))
-    app.fair.put("acme", [ids[i : i + 10] for i in range(0, DEVICES, 10)])  # and no token sent
+    # Two chunks on the bulk lane, one on the paced lane's, and no token sent.
+    app.fair.put("acme", [ids[0:10], ids[10:20]])
+    app.paced.put("acme", [ids[20:30]])
     worker = dramatiq.Worker(app.broker, worker_threads=2, worker_timeout=50)
     worker.start()
     try:
-        assert app.fair.ready(100) == 3
+        assert (app.fair.ready(100), app.paced.ready(100)) == (2, 1)
         assert jobs.fair_tokens_job(actors, datetime.now(UTC)) == 3
         wait_until(lambda: world.count("acme") == DEVICES, 60, "every push")
-        wait_until(lambda: app.fair.ready(100) == 0, 10, "the chunks taken")
+        wait_until(lambda: app.fair.ready(100) + app.paced.ready(100) == 0, 10, "the chunks taken")
         assert jobs.fair_tokens_job(actors, datetime.now(UTC)) == 0
     finally:
         worker.stop()

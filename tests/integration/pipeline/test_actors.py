@@ -163,6 +163,7 @@ def test_every_actor_declares_its_retries_expected_errors_and_time_limit() -> No
     assert set(declared) == {
         "dispatch_urgent",
         "dispatch_bulk",
+        "dispatch_paced",
         "record_dispatch",
         "record_report",
         "cancel",
@@ -178,5 +179,5 @@ def test_every_actor_declares_its_retries_expected_errors_and_time_limit() -> No
         assert all(issubclass(t, Exception) for t in throws), name
         assert isinstance(options.get("time_limit"), int), name
         assert options["time_limit"] > 0, name
-    for name in ("dispatch_urgent", "dispatch_bulk"):
+    for name in ("dispatch_urgent", "dispatch_bulk", "dispatch_paced"):
         assert declared[name]["time_limit"] > SEND_TIMEOUT_S * 1000, "a send may take its whole timeout"
