@@ -55,12 +55,29 @@ class Organization(SQLModel, table=True):
     created_at: datetime = _created()
 
 
+# A fair queue's lane (`workers.fair.FairLaneName`'s values): each lane keeps turns and chunks of its own.
+FAIR_LANE = sa.String(16)
+
+
+def _fair_lane(*, primary_key: bool = False) -> Any:
+    # The server default files the rows of code that names no lane under the bulk lane, where they were.
+    return Field(
+        default="bulk",
+        sa_type=FAIR_LANE,
+        primary_key=primary_key,
+        sa_column_kwargs={"server_default": "bulk"},
+    )
+
+
 class FairOrganization(SQLModel, table=True):
-    """An organization's place in the bulk lane's turns, and its pacing (`workers.fair`, on the database
+    """An organization's place in one lane's turns, and its pacing there (`workers.fair`, on the database
     when the broker is RabbitMQ). Times in seconds since the epoch, as the fair queue computes them."""
 
     __tablename__ = "fair_organization"
 
+    # Lane first: every lookup names the lane, and the lane-wide ones (the virtual time, the lowest
+    # position waiting) read a range of the key.
+    lane: str = _fair_lane(primary_key=True)
     organization_id: str = Field(sa_type=ORG_ID, primary_key=True)
     weight: int = 1
     rate_per_s: float | None = None
@@ -71,15 +88,16 @@ class FairOrganization(SQLModel, table=True):
 
 
 class FairChunk(SQLModel, table=True):
-    """A chunk of the bulk lane waiting for a token (`claim` None), or taken by the token `claim`."""
+    """A chunk of a lane waiting for a token (`claim` None), or taken by the token `claim`."""
 
     __tablename__ = "fair_chunk"
     __table_args__ = (
-        sa.Index("ix_fair_chunk_org_ready", "organization_id", "ready_at_s"),
+        sa.Index("ix_fair_chunk_lane_org_ready", "lane", "organization_id", "ready_at_s"),
         sa.Index("ix_fair_chunk_claim", "claim"),
     )
 
     id: int | None = Field(default=None, sa_type=BIGINT_PK, primary_key=True)
+    lane: str = _fair_lane()
     organization_id: str = Field(sa_type=ORG_ID)
     deployment_ids: list[str] = Field(sa_type=JSON)
     ready_at_s: float  # when it is booked to go
