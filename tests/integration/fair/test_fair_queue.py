@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -17,7 +17,15 @@ from sqlmodel import Session
 from models.database import Engine
 from models.store.fair import CHUNK, CONTENDED_WAIT_S
 from tests.services import REDIS_URL, require
-from workers.fair import PACE_LIMIT, FairQueue, advance, catch_up_pace, catch_up_s, paced_chunk_size
+from workers.fair import (
+    PACE_LIMIT,
+    FairLaneName,
+    FairQueue,
+    advance,
+    catch_up_pace,
+    catch_up_s,
+    paced_chunk_size,
+)
 from workers.fair.database import DatabaseFairQueue
 from workers.fair.memory import MemoryFairQueue
 from workers.fair.redis import RedisFairQueue
@@ -33,19 +41,28 @@ class Clock:
         return self.now
 
 
-def _queue(request: pytest.FixtureRequest, clock: Clock | None) -> Iterator[FairQueue]:
-    """The queue of the store `request.param` names, on `clock` (else each store's own)."""
+STORES = ["memory", "redis", "postgresql"]
+
+
+@contextmanager
+def _queues(
+    request: pytest.FixtureRequest, clock: Clock | None, lanes: Sequence[FairLaneName]
+) -> Iterator[list[FairQueue]]:
+    """A queue for each of `lanes`, all in the one store `request.param` names (a memory queue each), on
+    `clock` (else each store's own)."""
     now: Callable[[], float] = time.time if clock is None else clock
     if request.param == "memory":
-        yield MemoryFairQueue(now)
+        yield [MemoryFairQueue(now) for _ in lanes]
     elif request.param == "redis":
         require(REDIS_URL, "Redis")
         client = redis.Redis.from_url(REDIS_URL)
         namespace = f"mdmq-test-{uuid.uuid4().hex[:8]}"
-        yield RedisFairQueue(client, namespace, clock)
-        for key in client.scan_iter(f"{namespace}:*"):
-            client.delete(key)
-        client.close()
+        try:
+            yield [RedisFairQueue(client, namespace, clock, lane=lane) for lane in lanes]
+        finally:
+            for key in client.scan_iter(f"{namespace}:*"):
+                client.delete(key)
+            client.close()
     else:
         engine: Engine = request.getfixturevalue("pg")
 
@@ -54,12 +71,14 @@ def _queue(request: pytest.FixtureRequest, clock: Clock | None) -> Iterator[Fair
             with Session(engine) as s, s.begin():
                 yield s
 
-        yield DatabaseFairQueue(session, now)
+        yield [DatabaseFairQueue(session, now, lane=lane) for lane in lanes]
 
 
-@pytest.fixture(params=["memory", "redis", "postgresql"])
+@pytest.fixture(params=STORES)
 def fair(request: pytest.FixtureRequest) -> Iterator[FairQueue]:
-    yield from _queue(request, None)
+    """The bulk lane's queue."""
+    with _queues(request, None, [FairLaneName.bulk]) as (queue,):
+        yield queue
 
 
 @pytest.fixture
@@ -67,10 +86,18 @@ def clock() -> Clock:
     return Clock(1_800_000_000.0)
 
 
-@pytest.fixture(params=["memory", "redis", "postgresql"])
+@pytest.fixture(params=STORES)
 def clocked(request: pytest.FixtureRequest, clock: Clock) -> Iterator[FairQueue]:
-    """A queue on `clock`."""
-    yield from _queue(request, clock)
+    """The bulk lane's queue on `clock`."""
+    with _queues(request, clock, [FairLaneName.bulk]) as (queue,):
+        yield queue
+
+
+@pytest.fixture(params=STORES)
+def lanes(request: pytest.FixtureRequest, clock: Clock) -> Iterator[tuple[FairQueue, FairQueue]]:
+    """The bulk lane's queue and the paced lane's, in one store, on `clock`."""
+    with _queues(request, clock, [FairLaneName.bulk, FairLaneName.paced]) as (bulk, paced):
+        yield bulk, paced
 
 
 def _chunks(prefix: str, count: int, size: int = 2) -> list[list[str]]:
@@ -296,6 +323,56 @@ def test_ready_counts_the_chunks_that_may_go_now_and_no_others(clocked: FairQueu
     assert clocked.ready(2) == 2
     clock.now += 2.0
     assert clocked.ready(100) == 2 + 3
+
+
+def test_a_lane_takes_counts_and_forgets_its_own_chunks_alone(
+    lanes: tuple[FairQueue, FairQueue],
+) -> None:
+    bulk, paced = lanes
+    bulk.put("acme", _chunks("b", 2))
+    paced.put("acme", _chunks("p", 3))
+    paced.put("beta", _chunks("q", 1))
+
+    assert (bulk.ready(100), paced.ready(100)) == (2, 4)
+    # One message id claims a chunk in each lane: a claim is its lane's.
+    first = bulk.take("message-1")
+    other = paced.take("message-1")
+    assert first.deployment_ids == ["b0-0", "b0-1"]
+    assert other.deployment_ids == ["p0-0", "p0-1"]
+    assert (bulk.ready(100), paced.ready(100)) == (1, 3)
+
+    bulk.done("message-1")
+
+    assert paced.take("message-1") == other  # still claimed in its lane
+    assert bulk.take("message-2").deployment_ids == ["b1-0", "b1-1"]
+    nothing = bulk.take("message-3")  # the paced lane's three left are no concern of the bulk lane's
+    assert (nothing.organization_id, nothing.deployment_ids, nothing.wait_s) == (None, None, None)
+    assert (bulk.ready(100), paced.ready(100)) == (0, 3)
+    assert sorted(_take_all(paced)) == ["acme", "acme", "beta"]
+
+
+def test_an_organizations_turns_and_pacing_in_one_lane_leave_the_others_alone(
+    lanes: tuple[FairQueue, FairQueue], clock: Clock
+) -> None:
+    bulk, paced = lanes
+    paced.put("beta", _chunks("q", 4))
+    bulk.put("acme", _chunks("b", 10))
+    assert _take_all(bulk) == ["acme"] * 10  # the bulk lane's turns far along, acme's alone
+
+    paced.put("acme", _chunks("p", 4, size=1), rate_per_s=1.0)  # booked a second apart
+    bulk.put("acme", _chunks("c", 4))  # unpaced in the bulk lane
+
+    # In the paced lane acme joins level with beta, there all along (the lower id goes first): the bulk
+    # lane's turns count for nothing here. There acme's tat moves a second on with each take; in the bulk
+    # lane its chunks all go at once.
+    assert [paced.take(uuid.uuid4().hex).organization_id for _ in range(2)] == ["acme", "beta"]
+    assert _take_all(bulk) == ["acme"] * 4
+    assert _take_all(paced) == ["beta"] * 3
+    wait = paced.take(uuid.uuid4().hex)
+    assert wait.deployment_ids is None
+    assert wait.wait_s == pytest.approx(1.0, abs=0.05)
+    clock.now += 1.0
+    assert paced.take(uuid.uuid4().hex).organization_id == "acme"
 
 
 def test_a_database_take_that_finds_every_ready_chunk_locked_waits_a_floor_not_zero(pg: Engine) -> None:
