@@ -628,7 +628,8 @@ def paced(
         outcome = settle(run, sizes, started)
         outcome["fair_takes"] = fair_takes(options.broker_url) - takes_before
         times = finish(run, meter, outcome)
-        sent = list(sent_at(run.engine, c).values()) if with_c else []
+        sent_by_device = sent_at(run.engine, c) if with_c else {}
+        sent = list(sent_by_device.values())
         claimed = list(claimed_at(run.engine, c).values()) if with_c else []
     outcome["p_total_s"] = completion_s(times, run, p, started)
     if with_c:
@@ -642,6 +643,15 @@ def paced(
         # And as the fair queue handed them out: each chunk's claim (`pushed_at`), a few milliseconds after
         # its take, before the worker's own reads and its push loop, busy with P's chunks, delay the sends.
         outcome["c_most_claimed_in_1_s"] = most_in_a_second(claimed)
+        # From mdmq's send to the emulator's acceptance, each of C's pushes: the way and the emulator's own
+        # event loop, which serves P's pushes too, so that the accepted seconds can bunch what was sent apart.
+        lags = []
+        for i in range(devices_c):
+            accepted_at = first_accepted(times, run, c, [i])[0]
+            sent_s = sent_by_device.get(run.devices[c][i][0])
+            if accepted_at is not None and sent_s is not None:
+                lags.append(accepted_at - sent_s)
+        outcome["c_accepted_after_sent_s"] = spread(lags)
         if len(accepted) > 1:
             outcome["c_rate_per_s"] = round(len(accepted) / max(max(accepted) - min(accepted), 1e-3), 1)
             p_last = max(

@@ -87,6 +87,9 @@ def test_paced_reports_the_paced_organizations_rate_and_the_unpaced_total(result
     assert run["c_wake_rate_per_s"] == 50
     assert 0 < run["c_most_pushes_in_1_s"] <= PACED
     assert run["c_every_push_accepted_s"] > 0
+    # Every push's way from mdmq's send to the emulator's acceptance: after it, and never missing.
+    assert run["c_accepted_after_sent_s"]["n"] == PACED
+    assert run["c_accepted_after_sent_s"]["p50"] > 0
     assert run["fair_takes"] >= PACED // 2  # a chunk of 2 at 50/s: a take each at least
     assert run["p_total_s"] > 0
     assert results["paced"]["runs"]["p_alone"][0]["p_total_s"] > 0
