@@ -5,12 +5,13 @@ pushed, accepted at the emulators and timed. `python -m benchmarks.fairness` run
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.fairness import main
+from benchmarks.fairness import World, main
 from tests.helpers import free_ports
 from tests.services import OwnRedis
 
@@ -116,3 +117,14 @@ def test_ten_orgs_reports_each_organizations_completion_waiting_and_while_create
     # before the creates were released.
     assert max(waiting["created_s"]) <= waiting["workers_started_s"], waiting
     assert creating["workers_started_s"] < 0 < min(creating["created_s"]), creating
+
+
+def test_the_emulators_run_at_the_niceness_asked_beside_the_benchmarks() -> None:
+    world = World({"acme": 2}, latency_ms=1, nice=1)
+    try:
+        pid = world._process.pid
+        assert pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 1
+        assert len(world.devices["acme"]) == 2
+    finally:
+        world.close()
