@@ -26,7 +26,7 @@ from models.store.sweeps import Due, due_for
 from models.store.unsent import forget_unsent, record_unsent
 from models.types import utcnow
 from workers.app import App
-from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.broker import BULK_QUEUE, PACED_QUEUE, URGENT_QUEUE
 from workers.enqueue import BrokerAway, FairLane, FairLanes, as_due, enqueue_dispatch
 from workers.fair import FairLaneName
 from workers.services.dispatch import dispatch_chunk, record_later
@@ -36,8 +36,9 @@ from workers.services.valve import Valve
 
 log = logging.getLogger(__name__)
 
-# Dramatiq runs the lower number first: a lock or wipe never waits behind a rollout's chunks, nor behind a
-# paced organization's, which share the urgent queue (and its lane's process) with them.
+# Dramatiq runs the lower number first, among the messages a process has fetched: a lock or wipe never
+# waits behind a rollout's chunks, nor behind a paced organization's, whose tokens the urgent lane's
+# process takes from a queue of their own (`workers.broker.PACED_QUEUE`).
 URGENT_PRIORITY = 0
 PACED_PRIORITY = 50
 BULK_PRIORITY = 100
@@ -256,11 +257,12 @@ def declare_actors(app: App) -> Actors:
     )  # fmt: skip
     urgent = _dispatch_actor(app, "dispatch_urgent", URGENT_QUEUE, URGENT_PRIORITY, recorder)
     bulk = _dispatch_actor(app, "dispatch_bulk", BULK_QUEUE, BULK_PRIORITY, recorder)
-    # A paced organization's tokens: on the urgent queue, below its own work, so that the urgent lane's
-    # process (not niced, idle most of the time) sends each chunk when it is taken, on its slot. The bulk
-    # processes let one wait 0.1-0.5 s behind their rollouts, and the late ones went out with the next.
+    # A paced organization's tokens: on a queue the urgent lane's process takes beside the urgent one,
+    # below its work, so that the process (not niced, idle most of the time) sends each chunk when it is
+    # taken, on its slot. The bulk processes let one wait 0.1-0.5 s behind their rollouts, and the late ones
+    # went out with the next.
     paced = _dispatch_actor(
-        app, "dispatch_paced", URGENT_QUEUE, PACED_PRIORITY, recorder, lane=FairLaneName.paced
+        app, "dispatch_paced", PACED_QUEUE, PACED_PRIORITY, recorder, lane=FairLaneName.paced
     )
 
     def record_report(

@@ -24,8 +24,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Queues, most urgent first: a lock or wipe of a lost phone never waits behind a million profile pushes.
-# One per lane (`workers.policy.lanes` chooses it).
+# One per lane (`workers.policy.lanes` chooses it), and one for the paced lane's tokens (`workers.fair`):
+# served by the urgent lane's process beside the urgent queue, but a queue of its own, so that a lock is
+# never behind a paced rollout's tokens on the broker (a queue is first in, first out there, priorities
+# order only what a process has fetched) nor its retry behind their delayed ones (a process fetches a
+# bounded number of delayed messages per queue ahead of their time).
 URGENT_QUEUE = Lane.urgent.value
+PACED_QUEUE = "paced"
 BULK_QUEUE = Lane.bulk.value
 
 
@@ -110,7 +115,7 @@ class RefuseUnstorable(dramatiq.Middleware):
 
 
 def queue_backlog(
-    broker: dramatiq.Broker, queues: tuple[str, ...] = (URGENT_QUEUE, BULK_QUEUE)
+    broker: dramatiq.Broker, queues: tuple[str, ...] = (URGENT_QUEUE, PACED_QUEUE, BULK_QUEUE)
 ) -> dict[tuple[str, str], int]:
     """Messages on each queue by state: `ready` and `delayed` (not yet due, or due and not yet taken) wait
     for a worker; `in_flight` were taken by a live worker process and not yet acknowledged; `orphaned` were

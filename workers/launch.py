@@ -9,7 +9,8 @@ summed in as if they were alive.
 `python -m workers.launch` is the `dramatiq` command with mdmq's logging: its main process and the processes
 it forks write the process's log format (JSON in production), not Dramatiq's text lines. With
 `--urgent-threads N` it starts one worker process more than `--processes`, the urgent lane's
-(`workers.urgent_lane`): the others take the bulk queue alone, it takes the urgent queue alone with N threads.
+(`workers.urgent_lane`): the others take the bulk queue alone, it takes the urgent queue and the paced lane's
+tokens with N threads.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dramatiq import cli as dramatiq_cli
 
 from config.logging import configure_logging
 from config.settings import Settings, load_settings
-from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.broker import BULK_QUEUE, PACED_QUEUE, URGENT_QUEUE
 
 WORKER_MODULE = "workers.main:broker"
 LAUNCHER = "workers.launch"
@@ -76,8 +77,8 @@ def worker_environment(settings: Settings, base: Mapping[str, str]) -> dict[str,
 def worker_command(processes: int, threads: int, *, urgent_threads: int) -> list[str]:
     """This launcher's argv: then Dramatiq's arguments, its own logging set-up skipped. With `urgent_threads`
     (`MDMQ_WORKER_URGENT_THREADS`) the `processes` and their `threads` take the bulk queue alone, and one
-    process more, the urgent lane's, takes the urgent queue with `urgent_threads` threads for each of them.
-    With none, every thread takes both queues, urgent first."""
+    process more, the urgent lane's, takes the urgent and paced queues with `urgent_threads` threads for each
+    of them. With none, every thread takes every queue, urgent first."""
     lanes = [URGENT_THREADS_FLAG, str(urgent_threads), "--queues", BULK_QUEUE] if urgent_threads > 0 else []
     return [
         sys.executable,
@@ -123,19 +124,19 @@ def bulk_processes() -> list[int]:
 
 
 def urgent_lane_arguments(args: argparse.Namespace, worker_id: int) -> argparse.Namespace | None:
-    """The arguments of worker process `worker_id` when it is the urgent lane's: the urgent queue alone,
-    with the lane's threads."""
+    """The arguments of worker process `worker_id` when it is the urgent lane's: the urgent queue and the
+    paced lane's tokens, with the lane's threads."""
     lane: UrgentLane | None = getattr(args, "urgent_lane", None)
     if lane is None or worker_id < lane.first:
         return None
     urgent = copy.copy(args)
-    urgent.queues, urgent.threads = [URGENT_QUEUE], lane.threads
+    urgent.queues, urgent.threads = [URGENT_QUEUE, PACED_QUEUE], lane.threads
     return urgent
 
 
 def worker_process(args: argparse.Namespace, worker_id: int, *rest: Any) -> None:
-    """Dramatiq's worker process; the urgent lane's (`with_urgent_lane`) takes the urgent queue alone, with
-    its own threads, and the bulk lane's yield the CPU to it (`MDMQ_WORKER_BULK_NICE`). Dramatiq starts,
+    """Dramatiq's worker process; the urgent lane's (`with_urgent_lane`) takes the urgent and paced queues,
+    with its own threads, and the bulk lane's yield the CPU to it (`MDMQ_WORKER_BULK_NICE`). Dramatiq starts,
     watches and stops it with the others: should it die, the command stops every process, and its
     supervisor starts them all again, as for any worker process. Asked to stop, it stops last
     (`workers.urgent_lane`), from the pids the bulk processes write in `args.bulk_pids`."""

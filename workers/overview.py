@@ -92,8 +92,9 @@ class Overview:
     @property
     def live_workers(self) -> int | None:
         """Worker processes: heartbeats on Redis; on RabbitMQ the most consumers of one queue (a process
-        consumes each of its queues once; the urgent lane's process, on the urgent queue alone, is not
-        counted beside the bulk ones); None on the in-process broker, or when the broker is down."""
+        consumes each of its queues once; the urgent lane's process, on the urgent and paced queues
+        alone, is not counted beside the bulk ones); None on the in-process broker, or when the broker is
+        down."""
         if self.broker_problem is not None:
             return None
         if self.broker == "redis":

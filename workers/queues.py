@@ -18,9 +18,9 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis, xq_name
 
 from config.errors import MdmqError
-from workers.broker import BROKER_ERRORS, BULK_QUEUE, URGENT_QUEUE, is_rabbitmq, queue_backlog
+from workers.broker import BROKER_ERRORS, BULK_QUEUE, PACED_QUEUE, URGENT_QUEUE, is_rabbitmq, queue_backlog
 
-QUEUES = (URGENT_QUEUE, BULK_QUEUE)
+QUEUES = (URGENT_QUEUE, PACED_QUEUE, BULK_QUEUE)
 # Beside Dramatiq's keys: broker id -> "host:pid" of each worker process (`WorkerPresence`).
 PRESENCE_KEY = "mdmq.workers"
 

@@ -1,4 +1,4 @@
-"""The urgent lane: a worker process of its own for the urgent queue.
+"""The urgent lane: a worker process of its own for the urgent queue (and the paced lane's tokens).
 
 Dramatiq's worker threads take messages from one work queue ordered by priority: an urgent message (a lock,
 a wipe, a device's report, the answers of a chunk) goes before every bulk message a process has prefetched,
@@ -7,7 +7,8 @@ pushing a rollout's chunks. Threads of its own in each process removed the first
 docs/performance.md, "The urgent lane's own process"). So `mdmq worker` starts one worker process more than
 `--processes` (`workers.launch.with_urgent_lane`), which takes only the urgent queue, with
 `MDMQ_WORKER_URGENT_THREADS` threads for each bulk process; the others take only the bulk queue. Dramatiq
-starts, watches and stops it with them.
+starts, watches and stops it with them. It takes the paced lane's tokens too (`workers.broker.PACED_QUEUE`),
+from a queue of their own, below its urgent work: a paced chunk waits for no rollout's either.
 
 In that process this middleware
 - looks at the urgent queue more often when it is idle (`MDMQ_WORKER_URGENT_POLL_MS`, not

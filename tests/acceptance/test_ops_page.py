@@ -202,7 +202,7 @@ def _sign_in(page: Page, token: str) -> None:
 
 def _sees_every_figure(page: Page, r: Rollout, rollout_id: str, total: int, reason: str) -> None:
     redis = r.app.settings.broker_url.startswith("redis")
-    for queue in ("urgent", "bulk"):
+    for queue in ("urgent", "paced", "bulk"):
         cells = page.locator(f"#queues tr[data-queue='{queue}'] td")
         expect(cells).to_have_count(6 if redis else 7)  # RabbitMQ: its consumers too
         if not redis:

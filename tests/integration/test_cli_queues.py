@@ -69,7 +69,7 @@ def test_the_figures_in_json_and_in_tables(pg: Engine, postgres_url: str) -> Non
 
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    assert [q["queue"] for q in figures["queues"]] == ["urgent", "bulk"]
+    assert [q["queue"] for q in figures["queues"]] == ["urgent", "paced", "bulk"]
     [rollout] = figures["rollouts"]
     assert (rollout["id"], rollout["total"], rollout["finished"], rollout["percent"]) == (rollout_id, 3, 0, 0)
     [hold] = figures["holds"]

@@ -98,7 +98,7 @@ def test_the_overview_gathers_both_queues_and_its_gauges_show_them(
         overview = gather_overview(session, broker, now=utcnow())
 
     assert overview.broker in ("redis", "rabbitmq")
-    assert [q.queue for q in overview.queues] == ["urgent", "bulk"]
+    assert [q.queue for q in overview.queues] == ["urgent", "paced", "bulk"]
     assert (overview.rollouts, overview.holds, overview.credentials) == ([], [], [])
     overview_gauges.export_overview(overview)
     served = scraped_names()

@@ -12,7 +12,7 @@ from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
 from config.settings import Settings
-from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.broker import BULK_QUEUE, PACED_QUEUE, URGENT_QUEUE
 from workers.launch import (
     launcher_arguments,
     parse_arguments,
@@ -55,7 +55,7 @@ def test_urgent_threads_add_one_process_that_takes_the_urgent_queue_alone() -> N
     assert (args.queues, args.threads) == ([BULK_QUEUE], 8)
     urgent = urgent_lane_arguments(args, 2)
     assert urgent is not None
-    assert (urgent.queues, urgent.threads) == ([URGENT_QUEUE], 6), "3 for each bulk process, as before"
+    assert (urgent.queues, urgent.threads) == ([URGENT_QUEUE, PACED_QUEUE], 6), "3 for each bulk process"
     assert (args.queues, args.threads) == ([BULK_QUEUE], 8), "the bulk processes' arguments unchanged"
 
 

@@ -54,7 +54,7 @@ def test_an_operator_signs_in_sees_the_figures_and_signs_out(client: Client, pg:
     assert page.headers["Cache-Control"] == "no-store"
     figures = client.get("/ops/figures").json()
     assert figures["status"] is True
-    assert [q["queue"] for q in figures["data"]["queues"]] == ["urgent", "bulk"]
+    assert [q["queue"] for q in figures["data"]["queues"]] == ["urgent", "paced", "bulk"]
 
     out = client.http.post(client.base_url + "/ops/sign-out", allow_redirects=False, timeout=30)
     assert out.headers["location"] == "/ops/sign-in"

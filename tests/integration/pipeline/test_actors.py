@@ -19,7 +19,8 @@ from tests.conftest import MakeDeployments
 from tests.helpers import device_of, events_of, force_status, status_of
 from workers.actors import Actors, declare_actors
 from workers.app import App
-from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.broker import BULK_QUEUE, PACED_QUEUE, URGENT_QUEUE
+from workers.fair import FairLaneName
 from workers.push_gateway import SEND_TIMEOUT_S
 
 
@@ -181,3 +182,24 @@ def test_every_actor_declares_its_retries_expected_errors_and_time_limit() -> No
         assert options["time_limit"] > 0, name
     for name in ("dispatch_urgent", "dispatch_bulk", "dispatch_paced"):
         assert declared[name]["time_limit"] > SEND_TIMEOUT_S * 1000, "a send may take its whole timeout"
+
+
+def test_each_lanes_tokens_go_on_a_queue_of_their_own_never_the_urgent_one() -> None:
+    """A lock is never behind a paced rollout's tokens on the broker (first in, first out there), nor its
+    delayed retry behind their delayed ones: the paced lane's tokens have a queue of their own."""
+    app = App(Settings(database_url="sqlite://", broker_url="stub://"))
+    try:
+        actors = declare_actors(app)
+        actors.send_token(FairLaneName.paced)
+        actors.send_token(FairLaneName.paced, delay_s=30.0)
+        actors.send_token(FairLaneName.bulk)
+        queues = app.broker.queues  # type: ignore[attr-defined]
+        sizes = {q: queues[q].qsize() if q in queues else 0 for q in queues}
+    finally:
+        app.close()
+
+    assert sizes[PACED_QUEUE] == 1
+    assert sizes[f"{PACED_QUEUE}.DQ"] == 1
+    assert sizes[BULK_QUEUE] == 1
+    assert sizes.get(URGENT_QUEUE, 0) == 0
+    assert sizes.get(f"{URGENT_QUEUE}.DQ", 0) == 0
