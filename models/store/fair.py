@@ -73,7 +73,7 @@ def put_chunks(
     row = run(session, sa.select(TURN.c.position, TURN.c.booked_s).where(mine).with_for_update()).one()
     times, booked = book(row.booked_s)
     values: dict[str, object] = {"weight": weight, "rate_per_s": rate_per_s, "booked_s": booked}
-    if not _waits(session, lane=lane, organization_id=organization_id):
+    if not organization_waits(session, lane=lane, organization_id=organization_id):
         waiting = sa.and_(TURN.c.lane == lane, _waiting())
         lowest = run(session, sa.select(sa.func.min(TURN.c.position)).where(waiting)).scalar()
         virtual = _virtual(session, lane=lane)
@@ -195,7 +195,8 @@ def ready_count(session: Session, *, lane: str, now_s: float, limit: int) -> int
     return int(run(session, sa.select(sa.func.count()).select_from(ready)).scalar() or 0)
 
 
-def _waits(session: Session, *, lane: str, organization_id: str) -> bool:
+def organization_waits(session: Session, *, lane: str, organization_id: str) -> bool:
+    """Whether the organization has a chunk in `lane` claimed by none."""
     c = CHUNK.c
     statement = sa.select(c.id).where(c.lane == lane, c.organization_id == organization_id, c.claim.is_(None))
     return run(session, statement.limit(1)).first() is not None

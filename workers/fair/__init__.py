@@ -133,6 +133,12 @@ class FairQueue(Protocol):
         scheduler's `fair_tokens` job sends, should some chunk have lost its own."""
         ...
 
+    def waits(self, organization_id: str) -> bool:
+        """Whether the organization has a chunk here not yet taken (a claimed one does not count). The
+        enqueue asks it to keep an organization's new chunks in the lane where its earlier ones still wait,
+        so that a rate change across the paced lane's limit does not give it two bookings at once."""
+        ...
+
 
 def paced_chunk_size(chunk_size: int, rate_per_s: float | None) -> int:
     """The most deployments one chunk of an organization paced at `rate_per_s` carries."""

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from functools import partial
 
 from models.database import Session
-from models.store.fair import forget_claim, put_chunks, ready_count, take_chunk
+from models.store.fair import forget_claim, organization_waits, put_chunks, ready_count, take_chunk
 from workers.fair import CLAIM_TTL_S, FairLaneName, Taken, advance, book, joining_pass, next_tat
 
 
@@ -68,3 +68,7 @@ class DatabaseFairQueue:
     def ready(self, limit: int) -> int:
         with self._session() as s:
             return ready_count(s, lane=self._lane, now_s=self._clock(), limit=limit)
+
+    def waits(self, organization_id: str) -> bool:
+        with self._session() as s:
+            return organization_waits(s, lane=self._lane, organization_id=organization_id)

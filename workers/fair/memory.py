@@ -90,6 +90,11 @@ class MemoryFairQueue:
                     ready += 1
             return min(ready, limit)
 
+    def waits(self, organization_id: str) -> bool:
+        with self._lock:
+            organization = self._organizations.get(organization_id)
+            return organization is not None and bool(organization.chunks)
+
     def _take_from(self, organization: _Organization, now: float) -> list[str]:
         _, ids = organization.chunks.popleft()
         self._virtual = max(self._virtual, organization.pass_)

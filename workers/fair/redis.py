@@ -222,6 +222,10 @@ class RedisFairQueue:
     def ready(self, limit: int) -> int:
         return int(self._ready(keys=[self._prefix], args=[self._now(), limit]))
 
+    def waits(self, organization_id: str) -> bool:
+        # `q:<organization>` holds its chunks not yet taken; a take removes a chunk from it as it claims it.
+        return int(self._client.zcard(f"{self._prefix}q:{organization_id}")) > 0
+
     def _now(self) -> str:
         """The scripts' ARGV[1]: empty for Redis's clock."""
         return "" if self._clock is None else f"{self._clock():.6f}"

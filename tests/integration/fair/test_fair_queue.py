@@ -375,6 +375,22 @@ def test_an_organizations_turns_and_pacing_in_one_lane_leave_the_others_alone(
     assert paced.take(uuid.uuid4().hex).organization_id == "acme"
 
 
+def test_an_organization_waits_in_a_lane_while_a_chunk_of_it_there_is_not_yet_taken(
+    lanes: tuple[FairQueue, FairQueue],
+) -> None:
+    bulk, paced = lanes
+    bulk.put("acme", _chunks("b", 2))
+
+    assert (bulk.waits("acme"), paced.waits("acme"), bulk.waits("beta")) == (True, False, False)
+    bulk.take("message-1")
+    assert bulk.waits("acme")  # one chunk left
+    bulk.take("message-2")
+    assert not bulk.waits("acme")  # both claimed, neither done: a claimed chunk no longer waits
+    bulk.done("message-1")
+    bulk.done("message-2")
+    assert not bulk.waits("acme")
+
+
 def test_a_database_take_that_finds_every_ready_chunk_locked_waits_a_floor_not_zero(pg: Engine) -> None:
     @contextmanager
     def session() -> Iterator[Session]:
