@@ -181,14 +181,14 @@ def _virtual(session: Session, *, lane: str) -> int:
     return int(run(session, highest).scalar() or 0)
 
 
-def ready_count(session: Session, *, lane: str, now_s: float, limit: int) -> int:
-    """How many chunks of `lane` may be taken at `now_s` (booked by then, their organization's tat come) and
-    are claimed by none, counted up to `limit`."""
+def ready_count(session: Session, *, lane: str, since_s: float, limit: int) -> int:
+    """How many chunks of `lane` could have been taken at `since_s` already (booked by then, their
+    organization's tat come by then) and are claimed by none, counted up to `limit`."""
     c, o = CHUNK.c, TURN.c
     ready = (
         sa.select(c.id)
         .join(TURN, _turn_of_chunk())
-        .where(c.lane == lane, c.claim.is_(None), c.ready_at_s <= now_s, o.tat_s <= now_s)
+        .where(c.lane == lane, c.claim.is_(None), c.ready_at_s <= since_s, o.tat_s <= since_s)
         .limit(limit)
         .subquery()
     )

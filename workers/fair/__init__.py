@@ -82,6 +82,12 @@ PACED_CHUNK_SHARE = 0.1
 # A claim whose dispatch never said it was done (its message failed for good) is forgotten after this
 # long: longer than a dispatch's retries and time limit (workers.actors.DISPATCH_OPTIONS) together.
 CLAIM_TTL_S = 3600.0
+# How long a chunk must have been free to take, and not taken, before `ready` counts it as having lost its
+# token. A chunk's own token is sent delayed to its slot and arrives within a worker's poll after it (250 ms
+# by default, Dramatiq's 1,000 ms): counted sooner, a paced chunk whose token is just due would get a
+# second one, and that token, finding only later chunks, would send itself again delayed until its lane
+# empties, a take per slot for nothing.
+READY_GRACE_S = 1.0
 
 
 class FairLaneName(enum.StrEnum):
@@ -129,8 +135,10 @@ class FairQueue(Protocol):
         ...
 
     def ready(self, limit: int) -> int:
-        """How many chunks may be taken now and are claimed by none, counted up to `limit`: the tokens the
-        scheduler's `fair_tokens` job sends, should some chunk have lost its own."""
+        """How many chunks could have been taken for `READY_GRACE_S` at least and were not (booked, and
+        their organization's tat come, that long ago), counted up to `limit`: the tokens the scheduler's
+        `fair_tokens` job sends, should some chunk have lost its own. A chunk free for less is left to the
+        token on its way to it."""
         ...
 
     def waits(self, organization_id: str) -> bool:

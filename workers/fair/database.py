@@ -11,7 +11,16 @@ from functools import partial
 
 from models.database import Session
 from models.store.fair import forget_claim, organization_waits, put_chunks, ready_count, take_chunk
-from workers.fair import CLAIM_TTL_S, FairLaneName, Taken, advance, book, joining_pass, next_tat
+from workers.fair import (
+    CLAIM_TTL_S,
+    READY_GRACE_S,
+    FairLaneName,
+    Taken,
+    advance,
+    book,
+    joining_pass,
+    next_tat,
+)
 
 
 class DatabaseFairQueue:
@@ -67,7 +76,7 @@ class DatabaseFairQueue:
 
     def ready(self, limit: int) -> int:
         with self._session() as s:
-            return ready_count(s, lane=self._lane, now_s=self._clock(), limit=limit)
+            return ready_count(s, lane=self._lane, since_s=self._clock() - READY_GRACE_S, limit=limit)
 
     def waits(self, organization_id: str) -> bool:
         with self._session() as s:

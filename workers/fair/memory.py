@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from workers.fair import CLAIM_TTL_S, Taken, advance, book, joining_pass, next_tat
+from workers.fair import CLAIM_TTL_S, READY_GRACE_S, Taken, advance, book, joining_pass, next_tat
 
 
 @dataclass
@@ -80,12 +80,12 @@ class MemoryFairQueue:
 
     def ready(self, limit: int) -> int:
         with self._lock:
-            now, ready = self._clock(), 0
+            since, ready = self._clock() - READY_GRACE_S, 0
             for organization in self._organizations.values():
-                if organization.tat > now:
+                if organization.tat > since:
                     continue
                 for at, _ in organization.chunks:  # in booked order
-                    if at > now or ready >= limit:
+                    if at > since or ready >= limit:
                         break
                     ready += 1
             return min(ready, limit)

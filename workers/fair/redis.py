@@ -25,6 +25,7 @@ from workers.fair import (
     MAX_WEIGHT,
     PACE_BURST_S,
     PACE_LIMIT,
+    READY_GRACE_S,
     STRIDE,
     FairLaneName,
     Taken,
@@ -148,16 +149,17 @@ redis.call('HDEL', KEYS[1] .. 'claims', ARGV[2])
 redis.call('ZREM', KEYS[1] .. 'claimed', ARGV[2])
 """
 
-# ARGV: now, limit. Returns how many chunks may be taken now (booked by now, their organization's tat come),
-# counted up to the limit: one ZCOUNT per organization waiting.
+# ARGV: now, limit, grace. Returns how many chunks could have been taken a grace ago already (booked by
+# then, their organization's tat come by then), counted up to the limit: one ZCOUNT per organization waiting.
 _READY = (
     _NOW
     + """
 local p, limit = KEYS[1], tonumber(ARGV[2])
+local since = now - tonumber(ARGV[3])
 local ready = 0
 for _, org in ipairs(redis.call('ZRANGE', p .. 'orgs', 0, -1)) do
-  if tonumber(redis.call('HGET', p .. 'tat', org) or '0') <= now then
-    ready = ready + redis.call('ZCOUNT', p .. 'q:' .. org, '-inf', now)
+  if tonumber(redis.call('HGET', p .. 'tat', org) or '0') <= since then
+    ready = ready + redis.call('ZCOUNT', p .. 'q:' .. org, '-inf', since)
     if ready >= limit then return limit end
   end
 end
@@ -220,7 +222,7 @@ class RedisFairQueue:
         self._done(keys=[self._prefix], args=[self._now(), claim])
 
     def ready(self, limit: int) -> int:
-        return int(self._ready(keys=[self._prefix], args=[self._now(), limit]))
+        return int(self._ready(keys=[self._prefix], args=[self._now(), limit, READY_GRACE_S]))
 
     def waits(self, organization_id: str) -> bool:
         # `q:<organization>` holds its chunks not yet taken; a take removes a chunk from it as it claims it.

@@ -19,6 +19,7 @@ from models.store.fair import CHUNK, CONTENDED_WAIT_S
 from tests.services import REDIS_URL, require
 from workers.fair import (
     PACE_LIMIT,
+    READY_GRACE_S,
     FairLaneName,
     FairQueue,
     advance,
@@ -313,25 +314,52 @@ def test_an_organization_that_starts_waiting_beside_a_paced_one_does_not_starve_
     assert 40 <= order.count("beta") <= 48, order
 
 
-def test_ready_counts_the_chunks_that_may_go_now_and_no_others(clocked: FairQueue, clock: Clock) -> None:
+def test_ready_counts_the_chunks_free_to_go_for_the_grace_and_no_others(
+    clocked: FairQueue, clock: Clock
+) -> None:
     clocked.put("acme", _chunks("a", 3))
     clocked.put("paced", _chunks("p", 4, size=1), rate_per_s=1.0)  # booked a second apart
     claimed = clocked.take("one")
 
     assert claimed.organization_id == "acme"
+    assert clocked.ready(100) == 0  # free to go, but for no time yet: their tokens are on their way
+    clock.now += READY_GRACE_S
     assert clocked.ready(100) == 2 + 1  # acme's two not claimed, paced's first
     assert clocked.ready(2) == 2
     clock.now += 2.0
     assert clocked.ready(100) == 2 + 3
 
 
+def test_ready_leaves_a_chunk_due_within_the_grace_to_its_own_token(clocked: FairQueue, clock: Clock) -> None:
+    due = clock.now + 1.0
+    clocked.put("paced", _chunks("p", 2, size=1), rate_per_s=1.0)  # booked now and a second on
+    clock.now = due + 0.5 * READY_GRACE_S  # the second's slot came 0.5 s ago
+    assert clocked.ready(100) == 1
+    clock.now = due + 1.5 * READY_GRACE_S  # 1.5 s ago
+    assert clocked.ready(100) == 2
+
+
+def test_ready_leaves_a_chunk_whose_organizations_tat_came_within_the_grace_to_its_own_token(
+    clocked: FairQueue, clock: Clock
+) -> None:
+    clocked.put("paced", _chunks("p", 2, size=1), rate_per_s=1.0)  # booked now and a second on
+    clock.now += 1.5  # the first taken late: the organization's tat goes a second on from the take
+    assert clocked.take("one").organization_id == "paced"
+    tat = clock.now + 1.0
+    clock.now = tat + 0.5 * READY_GRACE_S  # the second's slot long come, the tat 0.5 s ago
+    assert clocked.ready(100) == 0
+    clock.now = tat + 1.5 * READY_GRACE_S  # 1.5 s ago
+    assert clocked.ready(100) == 1
+
+
 def test_a_lane_takes_counts_and_forgets_its_own_chunks_alone(
-    lanes: tuple[FairQueue, FairQueue],
+    lanes: tuple[FairQueue, FairQueue], clock: Clock
 ) -> None:
     bulk, paced = lanes
     bulk.put("acme", _chunks("b", 2))
     paced.put("acme", _chunks("p", 3))
     paced.put("beta", _chunks("q", 1))
+    clock.now += READY_GRACE_S
 
     assert (bulk.ready(100), paced.ready(100)) == (2, 4)
     # One message id claims a chunk in each lane: a claim is its lane's.
