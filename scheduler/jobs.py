@@ -174,12 +174,13 @@ def poll_receipts_job(actors: Actors, now: datetime) -> int:
 
 
 def fair_tokens_job(actors: Actors, now: datetime) -> int:
-    """Send a token for each chunk of either fair lane that may go now and is claimed by none, up to
-    `FAIR_TOKENS_PER_RUN` a lane; returns how many. A token ends only when it finds the queue empty, so chunks
-    that lost theirs (a send that failed after the put, a put re-sent by the relay, a Redis restart that
-    kept chunks and tokens unevenly, a token an older release failed) would otherwise wait for the re-push
-    sweep, and the last of every rollout with them. Tokens sent for chunks whose own are still queued are
-    harmless: the last ones find the queue empty and end."""
+    """Send a token for each chunk of either fair lane that could have gone for
+    `workers.fair.READY_GRACE_S` and is claimed by none (`FairQueue.ready`), up to `FAIR_TOKENS_PER_RUN` a
+    lane; returns how many. A token ends only when it finds the queue empty, so chunks that lost theirs (a
+    send that failed after the put, a put re-sent by the relay, a Redis restart that kept chunks and tokens
+    unevenly, a token an older release failed) would otherwise wait for the re-push sweep, and the last of
+    every rollout with them. The grace spares chunks whose own tokens are on their way: an extra token, too,
+    ends only when it finds its lane empty, and takes a turn for nothing at each slot until then."""
     sent = 0
     for lane in FairLaneName:
         ready = actors.app.fair_queue(lane).ready(FAIR_TOKENS_PER_RUN)
