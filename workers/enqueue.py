@@ -45,9 +45,14 @@ class FairLanes:
     paced: FairLane
     paced_max_rate: float
 
-    def lane_of(self, share: FairShare) -> FairLaneName:
+    def lane_of(self, organization_id: str, share: FairShare) -> FairLaneName:
+        """The lane for the organization's chunks put now: by its rate, unless its chunks still wait in
+        the other lane (its rate changed across the limit since they were put). Each lane books an
+        organization's slots apart: chunks in both would go at both rates at once."""
         rate = share.wake_rate_per_s
-        return FairLaneName.paced if rate and rate <= self.paced_max_rate else FairLaneName.bulk
+        chosen = FairLaneName.paced if rate and rate <= self.paced_max_rate else FairLaneName.bulk
+        other = FairLaneName.bulk if chosen is FairLaneName.paced else FairLaneName.paced
+        return other if self[other].queue.waits(organization_id) else chosen
 
     def __getitem__(self, lane: FairLaneName) -> FairLane:
         return self.paced if lane is FairLaneName.paced else self.bulk
@@ -122,7 +127,7 @@ def _sends(
         share = shares[organization_id]
         size = paced_chunk_size(chunk_size, share.wake_rate_per_s)
         chunks = [list(chunk) for chunk in chunked(ids, size)]
-        sends.append((_FairPut(fair[fair.lane_of(share)], organization_id, chunks, share), ids))
+        sends.append((_FairPut(fair, organization_id, chunks, share), ids))
     return sends
 
 
@@ -138,19 +143,21 @@ class _Message:
 
 
 class _FairPut:
-    """An organization's bulk chunks into the fair queue, then a token each. Should a token not go (the
-    broker away), the chunks stay put and count as sent; the error is raised once every put is done."""
+    """An organization's bulk chunks into the fair queue of its lane, then a token each. The lane is chosen
+    here, with the put: its store is the broker's, and away, it fails as a send does. Should a token not go
+    (the broker away), the chunks stay put and count as sent; the error is raised once every put is done."""
 
     def __init__(
-        self, fair: FairLane, organization_id: str, chunks: list[list[str]], share: FairShare
+        self, lanes: FairLanes, organization_id: str, chunks: list[list[str]], share: FairShare
     ) -> None:
-        self.fair, self.organization_id, self.chunks, self.share = fair, organization_id, chunks, share
+        self.lanes, self.organization_id, self.chunks, self.share = lanes, organization_id, chunks, share
         self.messages = len(chunks)
         self.lost: Exception | None = None
         self.booked: list[tuple[list[str], float]] = []  # (chunk, seconds to its slot), once put
 
     def __call__(self) -> None:
-        delays = self.fair.queue.put(
+        fair = self.lanes[self.lanes.lane_of(self.organization_id, self.share)]
+        delays = fair.queue.put(
             self.organization_id,
             self.chunks,
             weight=self.share.weight,
@@ -159,7 +166,7 @@ class _FairPut:
         self.booked = [(chunk, delay_s) for chunk, delay_s in zip(self.chunks, delays, strict=True)]
         for sent, delay_s in enumerate(delays):
             try:
-                self.fair.token(delay_s)
+                fair.token(delay_s)
             except BROKER_ERRORS as e:
                 self.lost, self.messages = e, sent
                 return

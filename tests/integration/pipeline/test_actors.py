@@ -193,7 +193,7 @@ def test_each_lanes_tokens_go_on_a_queue_of_their_own_never_the_urgent_one() -> 
         actors.send_token(FairLaneName.paced)
         actors.send_token(FairLaneName.paced, delay_s=30.0)
         actors.send_token(FairLaneName.bulk)
-        queues = app.broker.queues  # type: ignore[attr-defined]
+        queues = app.broker.queues
         sizes = {q: queues[q].qsize() if q in queues else 0 for q in queues}
     finally:
         app.close()
