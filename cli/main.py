@@ -156,7 +156,7 @@ def worker(
         max=64,  # as MDMQ_WORKER_URGENT_THREADS allows
         help="Urgent-lane threads for each worker process, all in a process of their own started beside the "
         "others, which then take the bulk queue alone (default MDMQ_WORKER_URGENT_THREADS, 2; 0: no such "
-        "process, every thread takes both queues).",
+        "process, every thread takes every queue).",
     ),
 ) -> None:
     """The Dramatiq workers: Dramatiq's command on `workers.main:broker` with these processes and threads."""

@@ -46,13 +46,16 @@ class FairLanes:
     paced_max_rate: float
 
     def lane_of(self, organization_id: str, share: FairShare) -> FairLaneName:
-        """The lane for the organization's chunks put now: by its rate, unless its chunks still wait in
-        the other lane (its rate changed across the limit since they were put). Each lane books an
-        organization's slots apart: chunks in both would go at both rates at once."""
+        """The lane for the organization's chunks put now: by its rate; but paced now while its chunks
+        still wait in the bulk lane (its rate lowered under the limit, or set), the bulk lane, where its
+        new chunks are booked after its old ones, at the new rate. Each lane books an organization's slots
+        apart: chunks in both go at both rates at once. Never the other way round: an organization no
+        longer paced within the limit must not fill the urgent lane's few threads, so chunks it still has
+        in the paced lane go on at their old rate beside the new ones, until they are taken."""
         rate = share.wake_rate_per_s
-        chosen = FairLaneName.paced if rate and rate <= self.paced_max_rate else FairLaneName.bulk
-        other = FairLaneName.bulk if chosen is FairLaneName.paced else FairLaneName.paced
-        return other if self[other].queue.waits(organization_id) else chosen
+        if not rate or rate > self.paced_max_rate:
+            return FairLaneName.bulk
+        return FairLaneName.bulk if self.bulk.queue.waits(organization_id) else FairLaneName.paced
 
     def __getitem__(self, lane: FairLaneName) -> FairLane:
         return self.paced if lane is FairLaneName.paced else self.bulk

@@ -35,21 +35,25 @@ def test_an_organization_goes_to_the_lane_of_its_rate(
     assert _lanes(paced_max_rate).lane_of("acme", FairShare(wake_rate_per_s=rate)) is lane
 
 
-@pytest.mark.parametrize(
-    ("waiting_in", "rate_now"),
-    [(FairLaneName.paced, 500.0), (FairLaneName.paced, None), (FairLaneName.bulk, 50.0)],
-)
-def test_an_organization_keeps_to_the_lane_its_chunks_wait_in_until_they_are_taken(
-    waiting_in: FairLaneName, rate_now: float | None
-) -> None:
+def test_an_organization_paced_again_keeps_to_the_bulk_lane_while_its_chunks_wait_there() -> None:
+    """Each lane books an organization's slots apart: its new chunks go after the old ones, at the new rate,
+    not beside them in the paced lane."""
     lanes = _lanes()
-    queue = lanes[waiting_in].queue
-    queue.put("acme", [["d1"]], rate_per_s=50.0 if waiting_in is FairLaneName.paced else None)
-    share = FairShare(wake_rate_per_s=rate_now)
-    by_rate = lanes.lane_of("initech", share)
-    assert by_rate is not waiting_in, "the rate alone would choose the other lane"
+    lanes.bulk.queue.put("acme", [["d1"]])
+    paced = FairShare(wake_rate_per_s=50.0)
+    assert lanes.lane_of("initech", paced) is FairLaneName.paced, "by the rate alone"
 
-    # Its rate changed across the limit while its chunk waits: one booking, in the lane it waits in.
-    assert lanes.lane_of("acme", share) is waiting_in
-    assert queue.take("token-1").organization_id == "acme"
-    assert lanes.lane_of("acme", share) is by_rate, "taken (claimed) is no longer waiting"
+    assert lanes.lane_of("acme", paced) is FairLaneName.bulk
+    assert lanes.bulk.queue.take("token-1").organization_id == "acme"
+    assert lanes.lane_of("acme", paced) is FairLaneName.paced, "taken (claimed) is no longer waiting"
+
+
+@pytest.mark.parametrize(("rate_now", "paced_max_rate"), [(None, 200.0), (100_000.0, 200.0), (50.0, 0.0)])
+def test_an_organization_that_leaves_the_paced_lane_goes_to_the_bulk_lane_at_once(
+    rate_now: float | None, paced_max_rate: float
+) -> None:
+    """Unpaced, paced beyond the lane's limit, or the lane turned off, with chunks still waiting in the
+    paced lane: its new chunks never fill the urgent lane's threads."""
+    lanes = _lanes(paced_max_rate)
+    lanes.paced.queue.put("acme", [["d1"]], rate_per_s=50.0)
+    assert lanes.lane_of("acme", FairShare(wake_rate_per_s=rate_now)) is FairLaneName.bulk
