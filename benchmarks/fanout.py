@@ -63,8 +63,8 @@ from sandbox.processes import settings_environment
 from sandbox.rollout import StoreCheckIn
 from workers.actors import declare_actors
 from workers.app import App
-from workers.broker import BULK_QUEUE, URGENT_QUEUE
 from workers.launch import worker_command, worker_environment
+from workers.queues import QUEUES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REDIS_URL = os.environ.get("MDMQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -499,7 +499,7 @@ def _every_message_answered_s(app: App, started: float, timeout_s: float) -> flo
     figures it measures). A message is answered once its actor returned: its pushes' answers committed."""
     broker = app.broker
     assert isinstance(broker, RedisBroker)  # the fan-out runs on Redis
-    for queue in (URGENT_QUEUE, BULK_QUEUE):
+    for queue in QUEUES:
         remaining_ms = max(int((timeout_s - (time.monotonic() - started)) * 1000), 1)
         try:
             broker.join(queue, interval=10, timeout=remaining_ms)

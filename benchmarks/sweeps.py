@@ -33,7 +33,7 @@ from models.types import utcnow
 from scheduler import jobs
 from workers.actors import Actors, declare_actors
 from workers.app import App
-from workers.broker import BULK_QUEUE, URGENT_QUEUE
+from workers.queues import QUEUES
 
 DEPLOYMENT = table_of(Deployment)
 RESULTS = Path(__file__).parent / "results"
@@ -72,7 +72,7 @@ def _prepare(app: App, job: str) -> None:
 def _drain(actors: Actors) -> int:
     broker = actors.app.broker
     sent = 0
-    for queue in (URGENT_QUEUE, BULK_QUEUE):
+    for queue in QUEUES:
         sent += len(broker.queues[queue].queue)
         broker.flush(queue)
     return sent

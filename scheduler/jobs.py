@@ -25,6 +25,7 @@ from scheduler.gauges import STUCK, gauges_job
 from scheduler.holds import probe_holds_job
 from scheduler.lease import still_leading
 from workers.actors import Actors
+from workers.broker import queue_backlog
 from workers.fair import FairLaneName
 from workers.providers.aosp import PushGone, PushStatus
 from workers.providers.base import ProviderError
@@ -179,14 +180,27 @@ def fair_tokens_job(actors: Actors, now: datetime) -> int:
     lane; returns how many. A token ends only when it finds the queue empty, so chunks that lost theirs (a
     send that failed after the put, a put re-sent by the relay, a Redis restart that kept chunks and tokens
     unevenly, a token an older release failed) would otherwise wait for the re-push sweep, and the last of
-    every rollout with them. The grace spares chunks whose own tokens are on their way: an extra token, too,
-    ends only when it finds its lane empty, and takes a turn for nothing at each slot until then."""
+    every rollout with them. An extra token, too, ends only when it finds its lane empty, and takes a turn
+    for nothing at each slot until then: so the grace spares chunks whose own tokens are on their way, and
+    the tokens still on the lane's queue are counted against the chunks (`_tokens_queued`), since any token
+    takes any chunk in turn. A lane whose workers fall behind would otherwise get more tokens every run."""
     sent = 0
     for lane in FairLaneName:
         ready = actors.app.fair_queue(lane).ready(FAIR_TOKENS_PER_RUN)
-        actors.send_tokens(lane, ready)
-        sent += ready
+        missing = max(0, ready - _tokens_queued(actors, lane)) if ready else 0
+        actors.send_tokens(lane, missing)
+        sent += missing
     return sent
+
+
+def _tokens_queued(actors: Actors, lane: FairLaneName) -> int:
+    """The messages on `lane`'s queue not yet done: ready, delayed, or taken by a live worker process (on
+    Redis a delayed message a process fetched ahead of its time is one of those). Those taken include a
+    token dispatching its chunk, which takes no other: counted all the same, they hold back a token for a
+    lost chunk only until they are done."""
+    queue = actors.token_queue(lane)
+    backlog = queue_backlog(actors.app.broker, (queue,))
+    return sum(backlog.get((queue, state), 0) for state in ("ready", "delayed", "in_flight"))
 
 
 def _sweep_interval(actors: Actors) -> float:

@@ -216,6 +216,10 @@ class Actors:
         delay_ms = int(delay_s * 1000)
         actor.send_with_options(args=(), delay=delay_ms if delay_ms > 0 else None)
 
+    def token_queue(self, lane: FairLaneName) -> str:
+        """The queue `lane`'s tokens go on."""
+        return (self.dispatch_paced if lane is FairLaneName.paced else self.dispatch_bulk).queue_name
+
     def send_tokens(self, lane: FairLaneName, count: int) -> None:
         """`count` tokens of `lane` on the queue at once, each to take the next chunk in turn (a token that
         finds its fair queue empty ends there)."""

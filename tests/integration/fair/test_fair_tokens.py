@@ -25,7 +25,7 @@ from workers.fair import FairLaneName
 from workers.fair.database import DatabaseFairQueue
 from workers.fair.redis import RedisFairQueue
 
-DEVICES = 30
+DEVICES = 40
 
 
 @pytest.fixture
@@ -49,16 +49,21 @@ def test_chunks_that_lost_their_tokens_are_dispatched_after_one_run(world: World
     actors = declare_actors(app)
     with app.session() as s:
         ids = create_deployments(s, organization_id="acme", deployments=_profiles(world.devices["acme"]))
-    # Two chunks on the bulk lane, one on the paced lane's, and no token sent.
+    # Two chunks on the bulk lane, two on the paced lane's; one paced token on its way (due in 10 s), no
+    # other token sent.
     app.fair.put("acme", [ids[0:10], ids[10:20]])
-    app.paced.put("acme", [ids[20:30]])
+    app.paced.put("acme", [ids[20:30], ids[30:40]])
+    actors.send_token(FairLaneName.paced, delay_s=10.0)
     worker = dramatiq.Worker(app.broker, worker_threads=2, worker_timeout=50)
     worker.start()
     try:
         # Counted once free to go for the grace (workers.fair.READY_GRACE_S), their tokens not come.
-        ready = (2, 1)
+        ready = (2, 2)
         wait_until(lambda: (app.fair.ready(100), app.paced.ready(100)) == ready, 10, "the chunks counted")
+        # A token for each chunk, less the one on its way: any token takes any chunk in turn.
         assert jobs.fair_tokens_job(actors, datetime.now(UTC)) == 3
+        wait_until(lambda: world.count("acme") == 30, 8, "the pushes of the tokens sent")
+        assert app.paced.waits("acme"), "one chunk left for the token on its way, not a second token"
         wait_until(lambda: world.count("acme") == DEVICES, 60, "every push")
         wait_until(lambda: app.fair.ready(100) + app.paced.ready(100) == 0, 10, "the chunks taken")
         assert jobs.fair_tokens_job(actors, datetime.now(UTC)) == 0
