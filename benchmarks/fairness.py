@@ -542,27 +542,36 @@ class UrgentPlan:
         return sum(self.size(label) for label, _, _ in self.kinds) * (self.items + self.idle_items)
 
 
-def urgent(options: Options, devices_a: int, plan: UrgentPlan) -> dict[str, Any]:
-    """Probes with the workers idle, then probes spread evenly over A's progress while its rollout runs."""
-    a, other = organization_ids("a", "u")
-    sizes = {a: devices_a, other: plan.devices()}
+def urgent(
+    options: Options, devices_a: int, plan: UrgentPlan, *, paced_devices: int = 0, rate_per_s: float = 50.0
+) -> dict[str, Any]:
+    """Probes with the workers idle, then probes spread evenly over A's progress while its rollout runs;
+    with `paced_devices`, beside a paced organization C's rollout, created with A's, whose chunks the urgent
+    lane's process serves too."""
+    a, other, c = organization_ids("a", "u", "c")
+    sizes = {a: devices_a, other: plan.devices()} | ({c: paced_devices} if paced_devices else {})
     idle = plan.probes(plan.idle_items, 0)
     busy = plan.probes(plan.items, sum(len(p.indexes) for p in idle))
     pause = random.Random(3)
-    with running(sizes, options) as run:
+    with running(sizes, options, wake_rates={c: rate_per_s}) as run:
         for probe in idle:  # one at a time, each once the last was accepted: the workers idle between
             _probe(run, other, probe, plan)
             run.world.wait({other: probe.indexes[-1] + 1}, time.monotonic() + 60)
             time.sleep(pause.uniform(0.05, 0.4))  # lands anywhere in the idle workers' poll of the queue
         meter = CpuMeter(run)
         a_started = time.time()
-        a_creating = creating(run, a)
+        rollouts = [creating(run, organization) for organization in ([c] if paced_devices else []) + [a]]
         _spread_over(run, a, devices_a, lambda probe: _probe(run, other, probe, plan), busy)
-        a_creating.join()
+        for thread in rollouts:
+            thread.join()
         outcome = settle(run, sizes, a_started)
         times = finish(run, meter, outcome)
         sent = sent_at(run.engine, other)
+        c_sent = list(sent_at(run.engine, c).values()) if paced_devices else []
     outcome["a_total_s"] = completion_s(times, run, a, a_started)
+    if paced_devices:
+        outcome["c_every_push_accepted_s"] = completion_s(times, run, c, a_started)
+        outcome["c_most_sent_in_1_s"] = most_in_a_second(c_sent)
     outcome["idle"] = _probe_figures(run, times, sent, other, idle)
     outcome["during_rollout"] = _probe_figures(run, times, sent, other, busy)
     # How long a bulk chunk holds a worker thread, on average over A's rollout: what an urgent message
@@ -795,9 +804,15 @@ def scenario_two_orgs(options: Options, args: argparse.Namespace) -> dict[str, A
 
 def scenario_urgent(options: Options, args: argparse.Namespace) -> dict[str, Any]:
     plan = UrgentPlan(items=args.urgent_items, group=args.urgent_group, idle_items=args.urgent_idle_items)
-    (runs,) = repeated(args.runs, lambda: urgent(options, args.devices_a, plan))
+    paced_devices = args.paced_devices if args.urgent_beside_paced else 0
+
+    def run() -> dict[str, Any]:
+        return urgent(options, args.devices_a, plan, paced_devices=paced_devices, rate_per_s=args.wake_rate)
+
+    (runs,) = repeated(args.runs, run)
     return {
         "devices_a": args.devices_a,
+        "paced_devices_beside": paced_devices,
         "items_per_kind": plan.items,
         "profile_group": plan.group,
         "median": medians(runs),
@@ -868,6 +883,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wake-rate", type=float, default=50.0, help="C's wake_rate_per_s")
     p.add_argument(
         "--paced-on-bulk-lane", action="store_true", help="paced: also C served by the bulk lane, as before"
+    )
+    p.add_argument(
+        "--urgent-beside-paced",
+        action="store_true",
+        help="urgent: C's paced rollout (--paced-devices at --wake-rate) created with A's, its chunks on the "
+        "urgent lane's process beside the locks",
     )
     p.add_argument("--orgs", type=int, default=10)
     p.add_argument("--devices-per-org", type=int, default=10_000)

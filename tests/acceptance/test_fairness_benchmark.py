@@ -33,7 +33,7 @@ def results(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict
                 *("--devices-a", str(DEVICES_A), "--devices-b", str(DEVICES_B), "--runs", "1"),
                 *("--urgent-items", str(ITEMS), "--urgent-group", str(GROUP)),
                 *("--urgent-idle-items", str(IDLE_ITEMS), "--paced-devices", str(PACED)),
-                "--paced-on-bulk-lane",
+                *("--paced-on-bulk-lane", "--urgent-beside-paced"),
                 *("--orgs", str(ORGS), "--devices-per-org", str(DEVICES_EACH), "--timeout-s", "180"),
                 *("--redis", server.url, "--database-url", postgres_url, "--out", str(out)),
             ]
@@ -80,6 +80,10 @@ def test_urgent_times_every_probe_from_its_create_to_sent_and_accepted(results: 
             figures = run[phase][kind]
             assert figures["accepted_s"]["n"] == items * size, (phase, kind, figures)
             assert 0 < figures["sent_s"]["p50"] <= figures["accepted_s"]["max"], (phase, kind, figures)
+    # Beside a paced organization's rollout, every push of it accepted too, no faster than its rate allows.
+    assert results["urgent"]["paced_devices_beside"] == PACED
+    assert run["c_every_push_accepted_s"] > 0
+    assert 0 < run["c_most_sent_in_1_s"] <= PACED
 
 
 def test_paced_reports_the_paced_organizations_rate_and_the_unpaced_total(results: dict[str, Any]) -> None:
