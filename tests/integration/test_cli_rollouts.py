@@ -140,9 +140,15 @@ def test_ctrl_c_stops_watching_with_130(pg: Engine, postgres_url: str, make_roll
         assert watch.stdout is not None
         assert json.loads(watch.stdout.readline())["done"] is False
         watch.send_signal(signal.SIGINT)
-        code = watch.wait(timeout=WATCH_TIMEOUT_S)
+        # Read what it writes meanwhile, so that no full pipe holds it; should it not stop, say where it was.
+        try:
+            watch.communicate(timeout=WATCH_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            watch.send_signal(signal.SIGABRT)  # its threads' stacks on stderr (PYTHONFAULTHANDLER)
+            _, errors = watch.communicate()
+            pytest.fail(f"still watching {WATCH_TIMEOUT_S} s after Ctrl-C; its stderr ends: {errors[-2000:]}")
 
-    assert code == 130
+    assert watch.returncode == 130
 
 
 def test_watch_is_a_live_view_in_a_terminal_that_ends_when_the_rollout_is_done(
@@ -174,6 +180,7 @@ def _mdmq_watching(
 ) -> Iterator[subprocess.Popen[str]]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
     environment |= {"MDMQ_DATABASE_URL": postgres_url, "TERM": "xterm", "COLUMNS": "120"}
+    environment |= {"PYTHONFAULTHANDLER": "1"}
     command = [sys.executable, "-c", "from cli.main import main; main()", "rollouts", "show", rollout_id]
     command += ["--watch", "--interval", "0.1", *args]
     with subprocess.Popen(
