@@ -91,10 +91,11 @@ READY_GRACE_S = 1.0
 
 
 class FairLaneName(enum.StrEnum):
-    """Which fair queue a chunk is put in, fixed at its put: `paced` for an organization paced at up to
-    `Settings.paced_lane_max_rate` when it was put (its tokens are served by the urgent lane's process, so
-    that its sends keep to its slots), `bulk` for the rest. Each lane is a fair queue of its own: a take
-    of one never sees the other's chunks."""
+    """Which fair queue a chunk is put in, fixed at its put (`workers.enqueue.FairLanes.lane_of`): `paced`
+    for an organization paced at up to `Settings.paced_lane_max_rate` when it was put, none of its chunks
+    waiting in the bulk lane (its tokens are served by the urgent lane's process, so that its sends keep to
+    its slots), `bulk` for the rest. Each lane is a fair queue of its own: a take of one never sees the
+    other's chunks."""
 
     bulk = "bulk"
     paced = "paced"
@@ -143,8 +144,8 @@ class FairQueue(Protocol):
 
     def waits(self, organization_id: str) -> bool:
         """Whether the organization has a chunk here not yet taken (a claimed one does not count). The
-        enqueue asks it to keep an organization's new chunks in the lane where its earlier ones still wait,
-        so that a rate change across the paced lane's limit does not give it two bookings at once."""
+        enqueue asks the bulk lane's, to keep an organization paced anew in the bulk lane while its earlier
+        chunks still wait there, so that it is not booked in both lanes at once."""
         ...
 
 
