@@ -181,7 +181,11 @@ def _mdmq_watching(
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MDMQ_")}
     environment |= {"MDMQ_DATABASE_URL": postgres_url, "TERM": "xterm", "COLUMNS": "120"}
     environment |= {"PYTHONFAULTHANDLER": "1"}
-    command = [sys.executable, "-c", "from cli.main import main; main()", "rollouts", "show", rollout_id]
+    # Ctrl-C as a terminal gives it, whatever the suite's own: a process started in the background by a
+    # non-interactive shell (a CI runner's) ignores SIGINT, and its children inherit that.
+    program = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    program += "from cli.main import main; main()"
+    command = [sys.executable, "-c", program, "rollouts", "show", rollout_id]
     command += ["--watch", "--interval", "0.1", *args]
     with subprocess.Popen(
         command, env=environment, stdout=stdout, stderr=subprocess.PIPE, text=True
