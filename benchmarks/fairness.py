@@ -648,7 +648,8 @@ def paced(
         claimed = list(claimed_at(run.engine, c).values()) if with_c else []
     outcome["p_total_s"] = completion_s(times, run, p, started)
     if with_c:
-        accepted = [t for i in range(devices_c) if (t := first_accepted(times, run, c, [i])[0]) is not None]
+        firsts = first_accepted(times, run, c, range(devices_c))  # each device's, in the devices' order
+        accepted = [t for t in firsts if t is not None]
         outcome["c_wake_rate_per_s"] = rate_per_s
         outcome["c_every_push_accepted_s"] = completion_s(times, run, c, started)
         outcome["c_most_pushes_in_1_s"] = most_in_a_second(accepted)
@@ -660,12 +661,8 @@ def paced(
         outcome["c_most_claimed_in_1_s"] = most_in_a_second(claimed)
         # From mdmq's send to the emulator's acceptance, each of C's pushes: the way and the emulator's own
         # event loop, which serves P's pushes too, so that the accepted seconds can bunch what was sent apart.
-        lags = []
-        for i in range(devices_c):
-            accepted_at = first_accepted(times, run, c, [i])[0]
-            sent_s = sent_by_device.get(run.devices[c][i][0])
-            if accepted_at is not None and sent_s is not None:
-                lags.append(accepted_at - sent_s)
+        sent_in_order = [sent_by_device.get(device[0]) for device in run.devices[c]]
+        lags = [a - s for a, s in zip(firsts, sent_in_order, strict=True) if a is not None and s is not None]
         outcome["c_accepted_after_sent_s"] = spread(lags)
         if len(accepted) > 1:
             outcome["c_rate_per_s"] = round(len(accepted) / max(max(accepted) - min(accepted), 1e-3), 1)
