@@ -212,13 +212,15 @@ class Actors:
     def send_token(self, lane: FairLaneName, delay_s: float = 0.0) -> None:
         """One token of `lane`, delayed by `delay_s` when its chunk is booked for later (a paced
         organization's), else on the queue at once: a delayed message takes a detour through the broker."""
-        actor = self.dispatch_paced if lane is FairLaneName.paced else self.dispatch_bulk
         delay_ms = int(delay_s * 1000)
-        actor.send_with_options(args=(), delay=delay_ms if delay_ms > 0 else None)
+        self._token_actor(lane).send_with_options(args=(), delay=delay_ms if delay_ms > 0 else None)
 
     def token_queue(self, lane: FairLaneName) -> str:
         """The queue `lane`'s tokens go on."""
-        return (self.dispatch_paced if lane is FairLaneName.paced else self.dispatch_bulk).queue_name
+        return self._token_actor(lane).queue_name
+
+    def _token_actor(self, lane: FairLaneName) -> DispatchActor:
+        return self.dispatch_paced if lane is FairLaneName.paced else self.dispatch_bulk
 
     def send_tokens(self, lane: FairLaneName, count: int) -> None:
         """`count` tokens of `lane` on the queue at once, each to take the next chunk in turn (a token that
